@@ -1,0 +1,74 @@
+"""The `memosd` command: `init` creates the data directory, `serve` runs the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from memosd import __version__
+from memosd.config import CONFIG_NAME, load_config, write_default_config
+from memosd.errors import MemosError
+from memosd.logs import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memosd", description="memosd: the MemOS memory daemon for LLM agents.")
+    parser.add_argument("--version", action="version", version=f"memosd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("init", "create the data directory and a commented config file"),
+                       ("serve", "run the daemon in the foreground until SIGTERM/SIGINT")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--data-dir", help="data directory (env MEMOSD_DATA_DIR; default ~/.local/share/memosd)")
+        p.add_argument("--config", help=f"TOML config file (env MEMOSD_CONFIG; default DATA_DIR/{CONFIG_NAME})")
+        if name == "serve":
+            p.add_argument("--listen", help="unix:/path/to.sock or 127.0.0.1:PORT (env MEMOSD_LISTEN)")
+            p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="(env MEMOSD_LOG_LEVEL)")
+            p.add_argument("--embedding-model", help="local encoder directory for dense search (env MEMOSD_EMBEDDING_MODEL)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config({k: v for k, v in vars(args).items() if k != "command"})
+        if args.command == "init":
+            return _init(config)
+        return asyncio.run(_serve(config))
+    except MemosError as exc:
+        print(f"memosd: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _init(config) -> int:
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = config.data_dir / CONFIG_NAME
+    if path.exists():
+        print(f"memosd: {config.data_dir} is already initialised ({path} exists)")
+        return 0
+    write_default_config(config.data_dir)
+    print(f"memosd: initialised {config.data_dir}; start with: memosd serve")
+    return 0
+
+
+async def _serve(config) -> int:
+    from memosd.server import build_server
+
+    setup_logging(config.log_level)
+    server = build_server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"memosd {__version__} listening on {server.address}", file=sys.stderr, flush=True)
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Daemon settings: defaults, then the TOML file, then MEMOSD_* variables, then command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memos_client.defaults import default_data_dir, default_socket_path
+from memosd.errors import InvalidArgument
+from memosd.limits import Limits
+
+CONFIG_NAME = "memosd.toml"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything `memosd serve` needs; build_server takes one of these."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    listen: str = field(default_factory=lambda: f"unix:{default_socket_path()}")
+    log_level: str = "info"
+    # Directory of a Hugging Face encoder for dense search; empty means BM25 only.
+    embedding_model: str = ""
+    sweep_interval: float = 30.0
+    access_flush_interval: float = 2.0
+    shutdown_grace: float = 10.0
+    limits: Limits = field(default_factory=Limits)
+
+
+_LIMIT_KEYS = {f.name for f in dataclasses.fields(Limits)}
+_TOP_KEYS = {f.name for f in dataclasses.fields(Config)} - {"limits"}
+
+
+def load_config(flags: dict | None = None, env: dict | None = None) -> Config:
+    """Merge the sources in order of precedence; flags with value None are not given."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    from_env = {k[len("MEMOSD_"):].lower(): v for k, v in env.items() if k.startswith("MEMOSD_")}
+    from_env.pop("config", None)
+    data_dir = Path(flags.get("data_dir") or from_env.get("data_dir") or default_data_dir()).expanduser()
+    path = flags.pop("config", None) or env.get("MEMOSD_CONFIG")
+    from_file: dict = {}
+    if path or (data_dir / CONFIG_NAME).is_file():
+        path = Path(path or data_dir / CONFIG_NAME)
+        try:
+            from_file = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidArgument(f"cannot read config file {path}: {exc}") from None
+    merged: dict = {}
+    for source in (from_file, from_env, flags):
+        merged.update(source)
+    return _build(merged)
+
+
+def _build(values: dict) -> Config:
+    top, limits = {}, {}
+    for key, value in values.items():
+        if key in _TOP_KEYS:
+            top[key] = value
+        elif key in _LIMIT_KEYS:
+            limits[key] = int(value)
+        elif key == "limits" and isinstance(value, dict):
+            limits.update({k: int(v) for k, v in value.items() if k in _LIMIT_KEYS})
+    try:
+        for key in ("sweep_interval", "access_flush_interval", "shutdown_grace"):
+            if key in top:
+                top[key] = float(top[key])
+    except ValueError as exc:
+        raise InvalidArgument(f"bad number in config: {exc}") from None
+    if "data_dir" in top:
+        top["data_dir"] = Path(top["data_dir"]).expanduser()
+    config = Config(**top, limits=Limits(**limits))
+    if config.log_level not in LOG_LEVELS:
+        raise InvalidArgument(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    check_listen(config.listen)
+    return config
+
+
+def check_listen(listen: str) -> None:
+    """A Unix socket, or a TCP port on a loopback address (off-loopback needs TLS, not yet built)."""
+    if listen.startswith("unix:") or listen.startswith("/"):
+        return
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit():
+        raise InvalidArgument(f"listen address {listen!r}: use unix:/path/to.sock or 127.0.0.1:PORT")
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise InvalidArgument(
+                f"listen address {listen!r} is not loopback; memosd serves TCP only on 127.0.0.1, ::1 or localhost"
+            )
+
+
+def socket_path(listen: str) -> Path | None:
+    """The socket file of a unix: address, None for TCP."""
+    if listen.startswith("/"):
+        return Path(listen)
+    if not listen.startswith("unix:"):
+        return None
+    rest = listen[len("unix:"):]
+    return Path(rest[2:] if rest.startswith("//") else rest)
+
+
+def write_default_config(data_dir: Path) -> Path:
+    """The commented config file `memosd init` writes."""
+    path = data_dir / CONFIG_NAME
+    path.write_text(
+        "# memosd configuration. Precedence: command-line flags > MEMOSD_* variables > this file.\n"
+        f'# listen = "unix:{default_socket_path()}"   # or "127.0.0.1:7700"\n'
+        '# log_level = "info"\n'
+        '# embedding_model = "/path/to/local/all-MiniLM-L6-v2"   # enables dense and hybrid search\n'
+        "# sweep_interval = 30.0\n"
+        "\n[limits]\n"
+        "# max_text_bytes = 65536\n"
+        "# max_batch = 1000\n"
+    )
+    return path

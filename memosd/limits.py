@@ -1,0 +1,131 @@
+"""Validation of what clients send: every rule answers InvalidArgument with a fix-it message."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+from memosd.cube import CubeDraft, CubeFilter, LifecycleState
+from memosd.errors import InvalidArgument
+
+_SEGMENT = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_TAG = re.compile(r"[^\s\x00-\x1f\x7f]{1,64}")
+MAX_NAMESPACE_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits a daemon enforces; configurable."""
+
+    max_text_bytes: int = 65536
+    max_metadata_bytes: int = 16384
+    max_tags: int = 32
+    max_source_chars: int = 256
+    max_batch: int = 1000
+    max_query_bytes: int = 4096
+    max_page_size: int = 1000
+
+
+def check_namespace(namespace: str, *, what: str = "namespace") -> str:
+    """Return the namespace if it is well formed, else raise InvalidArgument."""
+    if not namespace:
+        raise InvalidArgument(f"{what} is required, e.g. 'agents/alice/notes'")
+    segments = namespace.split("/")
+    if len(segments) > MAX_NAMESPACE_DEPTH:
+        raise InvalidArgument(f"{what} {namespace!r} has more than {MAX_NAMESPACE_DEPTH} segments")
+    for seg in segments:
+        if seg in ("", ".", ".."):
+            raise InvalidArgument(
+                f"{what} {namespace!r} has an empty, '.' or '..' segment; use names like 'agents/alice/notes'"
+            )
+        if not _SEGMENT.fullmatch(seg):
+            raise InvalidArgument(
+                f"{what} {namespace!r}: segment {seg!r} must be 1-64 lowercase ASCII letters, digits,"
+                " '_', '.' or '-', starting with a letter or digit"
+            )
+    return namespace
+
+
+def check_namespace_prefix(prefix: str) -> str:
+    """A filter prefix is a namespace, or empty for every namespace; a trailing '/' is tolerated."""
+    prefix = prefix.rstrip("/")
+    return check_namespace(prefix, what="namespace prefix") if prefix else ""
+
+
+def check_tags(tags, limits: Limits) -> tuple[str, ...]:
+    tags = tuple(tags)
+    if len(tags) > limits.max_tags:
+        raise InvalidArgument(f"{len(tags)} tags given; at most {limits.max_tags} are allowed")
+    for tag in tags:
+        if not _TAG.fullmatch(tag):
+            raise InvalidArgument(f"tag {tag!r} must be 1-64 printable characters without spaces")
+    return tuple(dict.fromkeys(tags))
+
+
+def check_text(text: str, limits: Limits) -> str:
+    if not text or not text.strip():
+        raise InvalidArgument("text is empty; a plaintext cube needs some text")
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(f"text is not valid UTF-8 (at character {exc.start})") from None
+    if size > limits.max_text_bytes:
+        raise InvalidArgument(
+            f"text is {size} bytes; the limit is {limits.max_text_bytes} (max_text_bytes in the config)."
+            " Split it into several cubes"
+        )
+    return text
+
+
+def check_metadata(metadata, limits: Limits):
+    if not metadata:
+        return None
+    encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if len(encoded.encode()) > limits.max_metadata_bytes:
+        raise InvalidArgument(f"metadata is over {limits.max_metadata_bytes} bytes as JSON")
+    return metadata
+
+
+def check_draft(draft: CubeDraft, limits: Limits, now: float) -> CubeDraft:
+    """Validate a new cube and resolve its TTL into an absolute expiry."""
+    check_namespace(draft.namespace)
+    check_text(draft.text, limits)
+    tags = check_tags(draft.tags, limits)
+    check_metadata(draft.metadata, limits)
+    if len(draft.source) > limits.max_source_chars:
+        raise InvalidArgument(f"source is over {limits.max_source_chars} characters")
+    expires_at = resolve_expiry(draft, now)
+    return CubeDraft(
+        namespace=draft.namespace, text=draft.text, tags=tags, metadata=draft.metadata or None,
+        source=draft.source, priority=draft.priority, visibility=draft.visibility,
+        expires_at=expires_at, ttl_seconds=0,
+    )
+
+
+def resolve_expiry(draft: CubeDraft, now: float) -> float | None:
+    if draft.ttl_seconds < 0:
+        raise InvalidArgument("ttl_seconds must be positive, or 0 for no expiry")
+    if draft.ttl_seconds and draft.expires_at is not None:
+        raise InvalidArgument("give expires_at or ttl_seconds, not both")
+    if draft.ttl_seconds:
+        return now + draft.ttl_seconds
+    if draft.expires_at is not None and not math.isfinite(draft.expires_at):
+        raise InvalidArgument("expires_at is not a valid time")
+    return draft.expires_at
+
+
+def check_filter(f: CubeFilter) -> CubeFilter:
+    check_namespace_prefix(f.namespace_prefix)
+    if LifecycleState.DELETED in f.states:
+        raise InvalidArgument("deleted cubes are tombstones and cannot be listed; use History on an id")
+    if f.created_after is not None and f.created_before is not None and f.created_after >= f.created_before:
+        raise InvalidArgument("created_after must be before created_before")
+    return f
+
+
+def check_page_size(size: int, limits: Limits, default: int = 100) -> int:
+    if size < 0 or size > limits.max_page_size:
+        raise InvalidArgument(f"page_size must be between 1 and {limits.max_page_size} (0 for {default})")
+    return size or default

@@ -1,0 +1,1 @@
+"""torch/transformers/peft live here only, imported lazily so the daemon starts fast."""

@@ -1,0 +1,136 @@
+"""build_server(): the daemon as one object that tests and `memosd serve` start the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from memos_mip.v1 import daemon_pb2, vault_pb2
+from memosd.config import Config, socket_path
+from memosd.errors import FailedPrecondition
+from memosd.lifecycle import MemLifecycle
+from memosd.server.daemon_service import DaemonService
+from memosd.server.rpc import service_handler
+from memosd.server.vault_service import VaultService
+from memosd.vault import MemVault
+
+log = logging.getLogger("memosd")
+SERVICES = (vault_pb2.DESCRIPTOR.services_by_name["VaultService"], daemon_pb2.DESCRIPTOR.services_by_name["DaemonService"])
+# Largest message either way: a full page of cubes at the text limit fits; tensors are chunked streams.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class MemosServer:
+    """The running daemon: gRPC server, MemVault and background lifecycle tasks."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.address = config.listen
+        self.vault: MemVault | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._lifecycle: MemLifecycle | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        embedder = None
+        if cfg.embedding_model:
+            from memosd.runtime.embedder import Embedder
+
+            embedder = Embedder(cfg.embedding_model)
+        self.vault = MemVault(cfg.data_dir, limits=cfg.limits, embedder=embedder)
+        await self.vault.start()
+        self._lifecycle = MemLifecycle(self.vault, sweep_interval=cfg.sweep_interval,
+                                       flush_interval=cfg.access_flush_interval)
+        self._lifecycle.start()
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ])
+        started = time.time()
+        server.add_generic_rpc_handlers((
+            service_handler(SERVICES[0], VaultService(self.vault, owner_of=_local_owner)),
+            service_handler(SERVICES[1], DaemonService(self.vault, started, cfg.listen)),
+        ))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names = [s.full_name for s in SERVICES] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                                                   reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+        self.address = self._bind(server)
+        await server.start()
+        self._server = server
+        self._restrict_socket()
+        for name in ["", *(s.full_name for s in SERVICES)]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("memosd listening on %s (data in %s)", self.address, cfg.data_dir)
+
+    def _bind(self, server: grpc.aio.Server) -> str:
+        path = socket_path(self.config.listen)
+        if path is None:
+            port = server.add_insecure_port(self.config.listen)
+            host = self.config.listen.rpartition(":")[0]
+            return f"{host}:{port}"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _clear_stale_socket(path)
+        server.add_insecure_port(f"unix:{path}")
+        return f"unix:{path}"
+
+    def _restrict_socket(self) -> None:
+        # Owner and group only; the directory (0700) is the first gate.
+        path = socket_path(self.address)
+        if path is not None and path.exists():
+            os.chmod(path, 0o660)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: health NOT_SERVING, finish in-flight calls (up to grace), flush and close the vault."""
+        if self._server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self.config.shutdown_grace if grace is None else grace)
+        self._server = None
+        await self._lifecycle.stop()
+        await self.vault.close()
+        path = socket_path(self.address)
+        if path is not None:
+            path.unlink(missing_ok=True)
+        self._stopped.set()
+        log.info("memosd stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def _local_owner(context) -> str:
+    # Until MemGovernance authenticates callers, every local caller writes as the workstation owner.
+    return "local"
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket file left by a daemon that died; refuse if a live daemon still answers on it."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise FailedPrecondition(f"another memosd is already listening on {path}; stop it or use --listen")
+
+
+def build_server(config: Config) -> MemosServer:
+    """The daemon for a config; `await server.start()` binds and serves, `await server.stop()` drains."""
+    return MemosServer(config)

@@ -1,0 +1,109 @@
+"""Conversions between protocol messages and domain objects; the core never sees a protobuf."""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from memos_mip.v1 import cube_pb2, vault_pb2
+from memosd.cube import (
+    CubeDraft, CubeFilter, CubePatch, LifecycleState, MemCube, MemoryKind, SearchHit, SearchMode, Visibility,
+)
+from memosd.errors import InvalidArgument
+
+
+def to_timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(round(seconds * 1e9)))
+    return ts
+
+
+def _seconds(msg, field: str) -> float | None:
+    if not msg.HasField(field):
+        return None
+    ts = getattr(msg, field)
+    return ts.seconds + ts.nanos / 1e9
+
+
+def _enum(cls, value: int, what: str):
+    try:
+        return cls(value)
+    except ValueError:
+        raise InvalidArgument(f"{what} {value} is not a known value") from None
+
+
+def draft_from_proto(d: cube_pb2.CubeDraft) -> CubeDraft:
+    return CubeDraft(
+        namespace=d.namespace,
+        text=d.text,
+        tags=tuple(d.tags),
+        metadata=json_format.MessageToDict(d.metadata) if d.HasField("metadata") else None,
+        source=d.source,
+        priority=d.priority,
+        visibility=_enum(Visibility, d.visibility, "visibility") if d.visibility else Visibility.PRIVATE,
+        expires_at=_seconds(d, "expires_at"),
+        ttl_seconds=d.ttl_seconds,
+    )
+
+
+def patch_from_proto(req: vault_pb2.UpdateRequest) -> CubePatch:
+    return CubePatch(
+        fields=frozenset(req.update_mask.paths),
+        values=draft_from_proto(req.cube),
+        state=_enum(LifecycleState, req.state, "state") if req.state else None,
+        expected_version=req.expected_version,
+    )
+
+
+def filter_from_proto(f: vault_pb2.CubeFilter) -> CubeFilter:
+    states = frozenset(_enum(LifecycleState, s, "state") for s in f.states if s)
+    return CubeFilter(
+        namespace_prefix=f.namespace_prefix,
+        kinds=frozenset(_enum(MemoryKind, k, "kind") for k in f.kinds if k),
+        tags=tuple(f.tags),
+        created_after=_seconds(f, "created_after"),
+        created_before=_seconds(f, "created_before"),
+        states=states or frozenset({LifecycleState.ACTIVE}),
+    )
+
+
+def mode_from_proto(mode: int) -> SearchMode:
+    return _enum(SearchMode, mode, "search mode")
+
+
+def fts_syntax_from_proto(syntax: int) -> bool:
+    if syntax not in (vault_pb2.QUERY_SYNTAX_UNSPECIFIED, vault_pb2.QUERY_SYNTAX_FTS):
+        raise InvalidArgument(f"query syntax {syntax} is not a known value")
+    return syntax == vault_pb2.QUERY_SYNTAX_FTS
+
+
+def cube_to_proto(c: MemCube) -> cube_pb2.MemCube:
+    descriptive = cube_pb2.Descriptive(
+        id=c.id, namespace=c.namespace, kind=int(c.kind), created_at=to_timestamp(c.created_at),
+        updated_at=to_timestamp(c.updated_at), source=c.source, tags=c.tags,
+    )
+    if c.metadata:
+        descriptive.metadata.update(c.metadata)
+    msg = cube_pb2.MemCube(
+        header=cube_pb2.CubeHeader(
+            descriptive=descriptive,
+            governance=cube_pb2.Governance(
+                owner=c.owner, visibility=int(c.visibility), priority=c.priority, state=int(c.state),
+                expires_at=to_timestamp(c.expires_at),
+            ),
+            behaviour=cube_pb2.Behaviour(
+                access_count=c.access_count, last_accessed_at=to_timestamp(c.last_accessed_at), version=c.version,
+                parent_version=c.parent_version, derived_from=c.derived_from,
+            ),
+        )
+    )
+    if c.kind is MemoryKind.PLAINTEXT and c.text is not None:
+        msg.plaintext.text = c.text
+    return msg
+
+
+def hit_to_proto(h: SearchHit) -> vault_pb2.SearchHit:
+    return vault_pb2.SearchHit(cube=cube_to_proto(h.cube), score=h.score, bm25_score=h.bm25_score,
+                               dense_score=h.dense_score)

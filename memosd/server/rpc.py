@@ -1,0 +1,134 @@
+"""Turns servicer methods into gRPC handlers: safe decoding, error mapping, one log line per call."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from typing import AsyncIterator
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError
+
+from memosd.errors import InvalidArgument, MemosError
+from memosd.server.status import status_for
+
+log = logging.getLogger("memosd.requests")
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so the handler can answer INVALID_ARGUMENT."""
+
+    def __init__(self, type_name: str, reason: str):
+        self.error = InvalidArgument(
+            f"request is not a valid {type_name}: {reason} (text fields must be valid UTF-8)"
+        )
+
+
+def _decoder(cls):
+    def decode(data: bytes):
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return _Undecodable(cls.DESCRIPTOR.full_name, str(exc) or "cannot parse")
+
+    return decode
+
+
+def _caller(context) -> str:
+    return getattr(context, "memos_caller", None) or context.peer() or "unknown"
+
+
+def _log(method: str, code: grpc.StatusCode, started: float, context, detail: str = "") -> None:
+    if log.isEnabledFor(logging.INFO):
+        line = {"method": method, "status": code.name, "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
+                "caller": _caller(context)}
+        if detail:
+            line["error"] = detail
+        log.info(json.dumps(line))
+
+
+@contextlib.asynccontextmanager
+async def _answering(method: str, context):
+    """Maps what the body raises to a status, logs one line, and aborts the call if it failed."""
+    started, code, detail = time.perf_counter(), grpc.StatusCode.OK, ""
+    try:
+        yield
+    except MemosError as exc:
+        code, detail = status_for(exc), str(exc)
+    except grpc.aio.AbortError:
+        code = grpc.StatusCode(context.code()) if isinstance(context.code(), grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+        raise
+    except Exception:
+        code, detail = grpc.StatusCode.INTERNAL, "internal error in memosd; the daemon's log has the details"
+        log.exception("unexpected error in %s", method)
+    except BaseException:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    finally:
+        _log(method, code, started, context, detail)
+    if code is not grpc.StatusCode.OK:
+        await context.abort(code, detail)
+
+
+async def _checked(requests) -> AsyncIterator:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.error
+        yield request
+
+
+def _check(request):
+    if isinstance(request, _Undecodable):
+        raise request.error
+    return request
+
+
+def _unary(method: str, impl):
+    async def handle(request, context):
+        async with _answering(method, context):
+            return await impl(_check(request), context)
+
+    return handle
+
+
+def _client_stream(method: str, impl):
+    async def handle(requests, context):
+        async with _answering(method, context):
+            return await impl(_checked(requests), context)
+
+    return handle
+
+
+def _server_stream(method: str, impl, client_streams: bool):
+    async def handle(request, context):
+        async with _answering(method, context):
+            source = _checked(request) if client_streams else _check(request)
+            async for response in impl(source, context):
+                yield response
+
+    return handle
+
+
+def service_handler(service_descriptor, servicer) -> grpc.GenericRpcHandler:
+    """A handler for every method the descriptor declares; fails fast if the servicer lacks one."""
+    handlers = {}
+    for m in service_descriptor.methods:
+        impl = getattr(servicer, m.name, None)
+        if impl is None:
+            raise TypeError(f"{type(servicer).__name__} does not implement {service_descriptor.full_name}.{m.name}")
+        request_cls = message_factory.GetMessageClass(m.input_type)
+        response_cls = message_factory.GetMessageClass(m.output_type)
+        path = f"/{service_descriptor.full_name}/{m.name}"
+        kwargs = dict(request_deserializer=_decoder(request_cls), response_serializer=response_cls.SerializeToString)
+        if m.client_streaming and m.server_streaming:
+            handlers[m.name] = grpc.stream_stream_rpc_method_handler(_server_stream(path, impl, True), **kwargs)
+        elif m.server_streaming:
+            handlers[m.name] = grpc.unary_stream_rpc_method_handler(_server_stream(path, impl, False), **kwargs)
+        elif m.client_streaming:
+            handlers[m.name] = grpc.stream_unary_rpc_method_handler(_client_stream(path, impl), **kwargs)
+        else:
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(_unary(path, impl), **kwargs)
+    return grpc.method_handlers_generic_handler(service_descriptor.full_name, handlers)

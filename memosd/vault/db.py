@@ -1,0 +1,133 @@
+"""SQLite access for the vault: one writer thread with group commit, a small pool of readers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from sqlite_utils import Database as SqliteUtilsDatabase
+
+from memosd.errors import MemosError, Unavailable
+from memosd.vault.schema import migrate
+
+T = TypeVar("T")
+log = logging.getLogger("memosd.vault")
+_STOP = object()
+MAX_GROUP = 64
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit acknowledged to a client is on disk before the acknowledgement.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    if readonly:
+        conn.execute("PRAGMA query_only=1")
+    return conn
+
+
+class Database:
+    """Runs write jobs on one thread (batched into shared transactions) and reads on a pool."""
+
+    def __init__(self, path: Path, *, readers: int = 4):
+        self.path = path
+        setup = connect(path)
+        migrate(SqliteUtilsDatabase(setup))
+        setup.close()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="memosd-writer", daemon=True)
+        self._writer.start()
+        self._local = threading.local()
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="memosd-reader")
+
+    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run job(conn) inside a transaction; return once it is committed and durable."""
+        if self._closed:
+            raise Unavailable("the daemon is shutting down; retry against the restarted daemon")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put((job, loop, future))
+        return await future
+
+    async def read(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run job(conn) on a reader thread, in one read transaction (a consistent snapshot)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._run_read, job)
+
+    def _run_read(self, job):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path, readonly=True)
+        conn.execute("BEGIN")
+        try:
+            return job(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Finish queued writes, then stop the writer and readers."""
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(_STOP)
+        self._writer.join()
+        self._readers.shutdown(wait=True)
+
+    def _write_loop(self) -> None:
+        conn = connect(self.path)
+        stopping = False
+        while not stopping:
+            batch = [self._jobs.get()]
+            while len(batch) < MAX_GROUP:
+                try:
+                    batch.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in batch:
+                stopping = True
+                batch = [item for item in batch if item is not _STOP]
+            if batch:
+                self._commit_group(conn, batch)
+        conn.close()
+
+    def _commit_group(self, conn: sqlite3.Connection, batch) -> None:
+        # Group commit: one fsync for many callers; each job in its own savepoint so a failing
+        # job is rolled back alone and the others still commit.
+        outcomes = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job, _, _ in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    outcomes.append((True, job(conn)))
+                    conn.execute("RELEASE job")
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((False, exc))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            log.exception("commit failed")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = [(False, exc)] * len(batch)
+        for (_, loop, future), (ok, value) in zip(batch, outcomes):
+            loop.call_soon_threadsafe(_settle, future, ok, value)
+
+
+def _settle(future: asyncio.Future, ok: bool, value) -> None:
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value if isinstance(value, (MemosError, Exception)) else RuntimeError(value))

@@ -1,0 +1,85 @@
+"""SQL for CubeFilter conditions and tamper-evident page tokens."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+
+from memosd.cube import CubeFilter, LifecycleState
+from memosd.errors import InvalidArgument
+
+
+def filter_sql(f: CubeFilter, now: float, alias: str = "c") -> tuple[str, list]:
+    """WHERE conditions (joined by AND) and their parameters for a filter over cubes AS alias."""
+    a = alias
+    conds: list[str] = []
+    params: list = []
+    if f.namespace_prefix:
+        # "p" itself or anything under "p/": '/' sorts just before '0', so the range is index-friendly.
+        conds.append(f"({a}.namespace = ? OR ({a}.namespace >= ? AND {a}.namespace < ?))")
+        params += [f.namespace_prefix, f.namespace_prefix + "/", f.namespace_prefix + "0"]
+    if f.kinds:
+        conds.append(f"{a}.kind IN ({','.join('?' * len(f.kinds))})")
+        params += sorted(int(k) for k in f.kinds)
+    for tag in f.tags:
+        conds.append(f"{a}.seq IN (SELECT seq FROM cube_tags WHERE tag = ?)")
+        params.append(tag)
+    if f.created_after is not None:
+        conds.append(f"{a}.created_at >= ?")
+        params.append(f.created_after)
+    if f.created_before is not None:
+        conds.append(f"{a}.created_at < ?")
+        params.append(f.created_before)
+    conds.append(_states_sql(f.states, now, a, params))
+    return " AND ".join(conds), params
+
+
+def _states_sql(states, now: float, a: str, params: list) -> str:
+    # A cube past its expiry counts as expired even before the sweeper has marked it.
+    parts = []
+    if LifecycleState.ACTIVE in states:
+        parts.append(f"({a}.state = 1 AND ({a}.expires_at IS NULL OR {a}.expires_at > ?))")
+        params.append(now)
+    if LifecycleState.ARCHIVED in states:
+        parts.append(f"{a}.state = 2")
+    if LifecycleState.EXPIRED in states:
+        parts.append(f"({a}.state = 3 OR ({a}.state = 1 AND {a}.expires_at <= ?))")
+        params.append(now)
+    return "(" + " OR ".join(parts) + ")" if parts else "0"
+
+
+def filter_digest(f: CubeFilter) -> str:
+    key = json.dumps(
+        [f.namespace_prefix, sorted(map(int, f.kinds)), list(f.tags), f.created_after, f.created_before,
+         sorted(map(int, f.states))]
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class PageTokens:
+    """Opaque page tokens: the position and the filter they belong to, signed with a daemon key."""
+
+    def __init__(self, key: bytes):
+        self._key = key
+
+    def make(self, after_seq: int, f: CubeFilter) -> str:
+        body = json.dumps({"a": after_seq, "f": filter_digest(f)}, separators=(",", ":")).encode()
+        mac = hmac.new(self._key, body, hashlib.sha256).digest()[:16]
+        return base64.urlsafe_b64encode(body + mac).decode().rstrip("=")
+
+    def read(self, token: str, f: CubeFilter) -> int:
+        """The seq to continue after; InvalidArgument if the token was altered or is for another filter."""
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            body, mac = raw[:-16], raw[-16:]
+            ok = hmac.compare_digest(mac, hmac.new(self._key, body, hashlib.sha256).digest()[:16])
+            data = json.loads(body) if ok else None
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if not isinstance(data, dict) or not isinstance(data.get("a"), int):
+            raise InvalidArgument("page_token is not one this daemon issued; start again without a page_token")
+        if data.get("f") != filter_digest(f):
+            raise InvalidArgument("page_token belongs to a different filter; send the same filter as the first page")
+        return data["a"]

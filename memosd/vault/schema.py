@@ -1,0 +1,75 @@
+"""The vault's schema: ordered migrations, recorded by sqlite-utils in _sqlite_migrations."""
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("memosd.vault")
+
+
+@migrations()
+def m0001_cubes(db: Database) -> None:
+    # One row per cube holding its current version; seq is the FTS rowid and the list order.
+    db.execute(
+        """
+        CREATE TABLE cubes (
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            namespace TEXT NOT NULL,
+            kind INTEGER NOT NULL,
+            state INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            parent_version INTEGER NOT NULL,
+            text TEXT,
+            tags TEXT NOT NULL DEFAULT '[]',
+            metadata TEXT,
+            source TEXT NOT NULL DEFAULT '',
+            owner TEXT NOT NULL,
+            visibility INTEGER NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            expires_at REAL,
+            access_count INTEGER NOT NULL DEFAULT 0,
+            last_accessed_at REAL,
+            derived_from TEXT NOT NULL DEFAULT '[]',
+            manifest TEXT
+        )
+        """
+    )
+    db.execute("CREATE INDEX cubes_namespace ON cubes(namespace, seq)")
+    db.execute("CREATE INDEX cubes_created ON cubes(created_at)")
+    db.execute("CREATE INDEX cubes_expiry ON cubes(expires_at) WHERE expires_at IS NOT NULL")
+    db.execute("CREATE TABLE cube_tags (tag TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (tag, seq)) WITHOUT ROWID")
+    db.execute("CREATE INDEX cube_tags_seq ON cube_tags(seq)")
+    # Earlier versions, as JSON snapshots of the cubes row they replaced.
+    db.execute(
+        "CREATE TABLE cube_versions (id TEXT NOT NULL, version INTEGER NOT NULL, snapshot TEXT NOT NULL,"
+        " PRIMARY KEY (id, version)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE VIRTUAL TABLE cubes_fts USING fts5(text, content='cubes', content_rowid='seq',"
+        " tokenize='porter unicode61 remove_diacritics 2')"
+    )
+    # External-content FTS kept in step by triggers, inside the writing transaction.
+    db.execute(
+        "CREATE TRIGGER cubes_ai AFTER INSERT ON cubes WHEN new.text IS NOT NULL BEGIN"
+        " INSERT INTO cubes_fts(rowid, text) VALUES (new.seq, new.text); END"
+    )
+    db.execute(
+        "CREATE TRIGGER cubes_ad AFTER DELETE ON cubes WHEN old.text IS NOT NULL BEGIN"
+        " INSERT INTO cubes_fts(cubes_fts, rowid, text) VALUES ('delete', old.seq, old.text); END"
+    )
+    db.execute(
+        "CREATE TRIGGER cubes_au_old AFTER UPDATE OF text ON cubes WHEN old.text IS NOT NULL BEGIN"
+        " INSERT INTO cubes_fts(cubes_fts, rowid, text) VALUES ('delete', old.seq, old.text); END"
+    )
+    db.execute(
+        "CREATE TRIGGER cubes_au_new AFTER UPDATE OF text ON cubes WHEN new.text IS NOT NULL BEGIN"
+        " INSERT INTO cubes_fts(rowid, text) VALUES (new.seq, new.text); END"
+    )
+    db.execute("CREATE TABLE embeddings (seq INTEGER PRIMARY KEY, model TEXT NOT NULL, vector BLOB NOT NULL)")
+    db.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+def migrate(db: Database) -> None:
+    migrations.apply(db)

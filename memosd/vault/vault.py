@@ -1,0 +1,347 @@
+"""MemVault: the store of MemCubes (SQLite metadata and text, FTS5 and vector search)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from memosd.cube import (
+    CubeDraft, CubeFilter, CubePatch, LifecycleState, MemCube, MemoryKind, SearchHit, SearchMode,
+)
+from memosd.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from memosd.ids import is_id, new_id
+from memosd.limits import Limits, check_draft, check_filter, check_metadata, check_tags, check_text, resolve_expiry
+from memosd.vault import rows
+from memosd.vault.db import Database
+from memosd.vault.fulltext import bm25_search, plain_query
+from memosd.vault.query import PageTokens, filter_sql
+from memosd.vault.search import DenseSearch, fuse
+
+log = logging.getLogger("memosd.vault")
+SELECT = f"SELECT {rows.COLUMNS} FROM cubes"
+
+
+@dataclass
+class Page:
+    cubes: list[MemCube]
+    next_token: str
+    total: int
+
+
+class MemVault:
+    """Stores, versions and searches MemCubes under one data directory."""
+
+    def __init__(self, data_dir: Path, *, limits: Limits = Limits(), embedder=None, clock=time.time):
+        self.data_dir = Path(data_dir)
+        self.limits = limits
+        self.clock = clock
+        self.db = Database(self.data_dir / "memos.db")
+        self._tokens = PageTokens(self._setting("page_token_key", lambda: secrets.token_hex(32)).encode())
+        self.dense = DenseSearch(self.db, embedder) if embedder is not None else None
+        # Access metrics are counted in memory and flushed in batches (MemLifecycle), never on a read's path.
+        self._access: dict[str, list] = {}
+
+    def _setting(self, key: str, default) -> str:
+        conn = sqlite3.connect(self.db.path, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            value = row[0] if row else default()
+            if not row:
+                conn.execute("INSERT INTO settings(key, value) VALUES (?, ?)", (key, value))
+            conn.execute("COMMIT")
+            return value
+        finally:
+            conn.close()
+
+    async def start(self) -> None:
+        if self.dense is not None:
+            await self.dense.start()
+
+    async def close(self) -> None:
+        if self.dense is not None:
+            await self.dense.stop()
+        await self.flush_access()
+        await asyncio.to_thread(self.db.close)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def put_many(self, drafts: list[CubeDraft], owner: str) -> list[MemCube]:
+        """Store new plaintext cubes in one transaction; all or none."""
+        if not drafts:
+            raise InvalidArgument("no cubes given")
+        if len(drafts) > self.limits.max_batch:
+            raise InvalidArgument(f"{len(drafts)} cubes in one batch; at most {self.limits.max_batch}")
+        now = self.clock()
+        cubes = []
+        for i, draft in enumerate(drafts):
+            try:
+                d = check_draft(draft, self.limits, now)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"cube {i} of the batch: {exc}" if len(drafts) > 1 else str(exc)) from None
+            cubes.append(MemCube(
+                id=new_id(now), namespace=d.namespace, kind=MemoryKind.PLAINTEXT, created_at=now,
+                updated_at=now, owner=owner, text=d.text, tags=d.tags, metadata=d.metadata, source=d.source,
+                visibility=d.visibility, priority=d.priority, expires_at=d.expires_at,
+            ))
+
+        def job(conn: sqlite3.Connection) -> None:
+            (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM cubes").fetchone()
+            conn.executemany(
+                "INSERT INTO cubes (seq, id, namespace, kind, state, version, parent_version, text, tags,"
+                " metadata, source, owner, visibility, priority, created_at, updated_at, expires_at)"
+                " VALUES (?, ?, ?, ?, 1, 1, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (top + i + 1, c.id, c.namespace, int(c.kind), c.text, rows.dumps(list(c.tags)),
+                     rows.dumps(c.metadata), c.source, c.owner, int(c.visibility), c.priority, now, now,
+                     c.expires_at)
+                    for i, c in enumerate(cubes)
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO cube_tags (tag, seq) VALUES (?, ?)",
+                [(tag, top + i + 1) for i, c in enumerate(cubes) for tag in c.tags],
+            )
+
+        await self.db.write(job)
+        if self.dense is not None:
+            self.dense.wake()
+        return cubes
+
+    async def update(self, cube_id: str, patch: CubePatch) -> MemCube:
+        """Write a new version of a cube with the patched fields."""
+        self._check_id(cube_id)
+        if not patch.fields and patch.state is None:
+            raise InvalidArgument("nothing to update: name fields in update_mask, or give a state")
+        unknown = patch.fields - {"text", "tags", "metadata", "source", "priority", "visibility", "expires_at", "ttl_seconds"}
+        if unknown:
+            raise InvalidArgument(f"cannot update {', '.join(sorted(unknown))}; updatable fields are text, tags,"
+                                  " metadata, source, priority, visibility, expires_at, ttl_seconds")
+        if patch.state not in (None, LifecycleState.ACTIVE, LifecycleState.ARCHIVED):
+            raise InvalidArgument("state may only be set to ACTIVE or ARCHIVED; use Delete to delete")
+        v, now = patch.values, self.clock()
+        changes: dict = {}
+        if "text" in patch.fields:
+            changes["text"] = check_text(v.text, self.limits)
+        if "tags" in patch.fields:
+            changes["tags"] = check_tags(v.tags, self.limits)
+        if "metadata" in patch.fields:
+            changes["metadata"] = rows.dumps(check_metadata(v.metadata, self.limits))
+        if "source" in patch.fields:
+            if len(v.source) > self.limits.max_source_chars:
+                raise InvalidArgument(f"source is over {self.limits.max_source_chars} characters")
+            changes["source"] = v.source
+        if "priority" in patch.fields:
+            changes["priority"] = v.priority
+        if "visibility" in patch.fields:
+            changes["visibility"] = int(v.visibility)
+        if patch.fields & {"expires_at", "ttl_seconds"}:
+            changes["expires_at"] = resolve_expiry(
+                CubeDraft("", "", expires_at=v.expires_at if "expires_at" in patch.fields else None,
+                          ttl_seconds=v.ttl_seconds if "ttl_seconds" in patch.fields else 0), now)
+
+        def job(conn: sqlite3.Connection) -> MemCube:
+            row = self._current_row(conn, cube_id)
+            if row["state"] == LifecycleState.DELETED:
+                raise FailedPrecondition(f"cube {cube_id} was deleted; deleted cubes cannot be updated")
+            if patch.expected_version and patch.expected_version != row["version"]:
+                raise Conflict(f"cube {cube_id} is at version {row['version']}, not {patch.expected_version};"
+                               " re-read it and retry")
+            if row["kind"] != MemoryKind.PLAINTEXT and "text" in changes:
+                raise InvalidArgument(f"cube {cube_id} is not plaintext; it has no text to update")
+            conn.execute("INSERT INTO cube_versions (id, version, snapshot) VALUES (?, ?, ?)",
+                         (cube_id, row["version"], rows.snapshot(row)))
+            new = dict(row, **changes, version=row["version"] + 1, parent_version=row["version"], updated_at=now)
+            if "tags" in changes:
+                new["tags"] = rows.dumps(list(changes["tags"]))
+                conn.execute("DELETE FROM cube_tags WHERE seq = ?", (row["seq"],))
+                conn.executemany("INSERT INTO cube_tags (tag, seq) VALUES (?, ?)",
+                                 [(t, row["seq"]) for t in changes["tags"]])
+            if patch.state is not None:
+                new["state"] = int(patch.state)
+            elif row["state"] == LifecycleState.EXPIRED and "expires_at" in changes:
+                new["state"] = int(LifecycleState.ACTIVE)
+            if new["state"] == LifecycleState.ACTIVE and new["expires_at"] is not None and new["expires_at"] <= now:
+                new["state"] = int(LifecycleState.EXPIRED)
+            cols = [k for k in new if k != "seq" and new[k] != row[k]]
+            conn.execute(f"UPDATE cubes SET {', '.join(f'{k} = ?' for k in cols)} WHERE seq = ?",
+                         [new[k] for k in cols] + [row["seq"]])
+            if "text" in changes:
+                conn.execute("DELETE FROM embeddings WHERE seq = ?", (row["seq"],))
+            return rows.to_cube(new, now), row["seq"]
+
+        cube, seq = await self.db.write(job)
+        if self.dense is not None and "text" in changes:
+            self.dense.forget([seq])
+            self.dense.wake()
+        return cube
+
+    async def delete(self, cube_id: str) -> int:
+        """Replace a cube by a tombstone; returns the tombstone's version."""
+        self._check_id(cube_id)
+        now = self.clock()
+        seqs = []
+
+        def job(conn: sqlite3.Connection) -> int:
+            row = self._current_row(conn, cube_id)
+            if row["state"] == LifecycleState.DELETED:
+                raise NotFound(f"cube {cube_id} is already deleted")
+            conn.execute("INSERT INTO cube_versions (id, version, snapshot) VALUES (?, ?, ?)",
+                         (cube_id, row["version"], rows.snapshot(row)))
+            conn.execute(
+                "UPDATE cubes SET state = 4, text = NULL, version = ?, parent_version = ?, updated_at = ?"
+                " WHERE seq = ?", (row["version"] + 1, row["version"], now, row["seq"]))
+            conn.execute("DELETE FROM cube_tags WHERE seq = ?", (row["seq"],))
+            conn.execute("DELETE FROM embeddings WHERE seq = ?", (row["seq"],))
+            seqs.append(row["seq"])
+            return row["version"] + 1
+
+        version = await self.db.write(job)
+        if self.dense is not None:
+            self.dense.forget(seqs)
+        return version
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def get(self, cube_id: str, version: int = 0) -> MemCube:
+        self._check_id(cube_id)
+        if version < 0:
+            raise InvalidArgument("version must be positive, or 0 for the current one")
+        now = self.clock()
+
+        def job(conn: sqlite3.Connection) -> MemCube:
+            row = self._current_row(conn, cube_id)
+            if version and version != row["version"]:
+                found = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? AND version = ?",
+                                     (cube_id, version)).fetchone()
+                if not found:
+                    raise NotFound(f"cube {cube_id} has no version {version} (current is {row['version']})")
+                return rows.from_snapshot(found[0])
+            if row["state"] == LifecycleState.DELETED:
+                raise NotFound(f"cube {cube_id} was deleted; History still lists its versions")
+            return rows.to_cube(row, now)
+
+        cube = await self.db.read(job)
+        self._count_access([cube], now)
+        return cube
+
+    async def list(self, f: CubeFilter, page_size: int, page_token: str = "") -> Page:
+        check_filter(f)
+        after = self._tokens.read(page_token, f) if page_token else 0
+        now = self.clock()
+        where, params = filter_sql(f, now)
+
+        def job(conn: sqlite3.Connection) -> Page:
+            found = conn.execute(
+                f"SELECT {rows.COLUMNS} FROM cubes c WHERE c.seq > ? AND {where} ORDER BY c.seq LIMIT ?",
+                [after, *params, page_size + 1]).fetchall()
+            (total,) = conn.execute(f"SELECT count(*) FROM cubes c WHERE {where}", params).fetchone()
+            page = [rows.row_dict(r) for r in found[:page_size]]
+            token = self._tokens.make(page[-1]["seq"], f) if len(found) > page_size else ""
+            return Page([rows.to_cube(r, now) for r in page], token, total)
+
+        return await self.db.read(job)
+
+    async def history(self, cube_id: str) -> list[MemCube]:
+        self._check_id(cube_id)
+
+        def job(conn: sqlite3.Connection) -> list[MemCube]:
+            row = self._current_row(conn, cube_id)
+            older = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? ORDER BY version",
+                                 (cube_id,)).fetchall()
+            return [rows.from_snapshot(s) for (s,) in older] + [rows.to_cube(row)]
+
+        return await self.db.read(job)
+
+    async def search(self, query: str, f: CubeFilter, limit: int, mode: SearchMode = SearchMode.AUTO,
+                     fts_syntax: bool = False) -> tuple[list[SearchHit], SearchMode]:
+        """Rank plaintext cubes against a query; returns hits (best first) and the mode used."""
+        check_filter(f)
+        if not query.strip():
+            raise InvalidArgument("query is empty")
+        if len(query.encode("utf-8", "replace")) > self.limits.max_query_bytes:
+            raise InvalidArgument(f"query is over {self.limits.max_query_bytes} bytes")
+        if not 0 <= limit <= self.limits.max_page_size:
+            raise InvalidArgument(f"limit must be between 1 and {self.limits.max_page_size} (0 for 10)")
+        limit = limit or 10
+        if mode is SearchMode.AUTO:
+            mode = SearchMode.HYBRID if self.dense is not None else SearchMode.BM25
+        if mode is not SearchMode.BM25 and self.dense is None:
+            raise FailedPrecondition("dense search needs an embedding model: set embedding_model in the"
+                                     " daemon's config, or search with mode BM25")
+        now = self.clock()
+        match = query if fts_syntax else plain_query(query)
+        if match is None and mode is SearchMode.BM25:
+            raise InvalidArgument("query has no words to search for")
+        depth = max(limit, 50) if mode is SearchMode.HYBRID else limit
+        lexical, semantic = [], []
+        if match is not None and mode is not SearchMode.DENSE:
+            lexical = await self.db.read(lambda conn: bm25_search(conn, match, f, now, depth))
+        if mode is not SearchMode.BM25:
+            semantic = await self.dense.search(query, f, now, depth)
+        hits = fuse(lexical, semantic, limit, now)
+        self._count_access([h.cube for h in hits], now)
+        return hits, mode
+
+    async def stats(self) -> dict:
+        def job(conn: sqlite3.Connection) -> dict:
+            counts = conn.execute("SELECT kind, state, count(*) FROM cubes GROUP BY kind, state").fetchall()
+            return {"counts": [(MemoryKind(k), LifecycleState(s), n) for k, s, n in counts]}
+
+        stats = await self.db.read(job)
+        stats["data_bytes"] = sum(p.stat().st_size for p in self.data_dir.rglob("*") if p.is_file())
+        stats["embedding_model"] = self.dense.model_name if self.dense else ""
+        stats["embedding_backlog"] = await self.dense.backlog() if self.dense else 0
+        return stats
+
+    # -- behaviour metrics ---------------------------------------------------------------------
+
+    def _count_access(self, cubes: list[MemCube], now: float) -> None:
+        for cube in cubes:
+            entry = self._access.setdefault(cube.id, [0, now])
+            entry[0] += 1
+            entry[1] = now
+            cube.access_count += entry[0]
+            cube.last_accessed_at = now
+
+    async def flush_access(self) -> int:
+        """Write the access counts gathered since the last flush; returns how many cubes."""
+        pending, self._access = self._access, {}
+        if not pending:
+            return 0
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE cubes SET access_count = access_count + ?, last_accessed_at = max(coalesce(last_accessed_at, 0), ?)"
+                " WHERE id = ?", [(n, last, cube_id) for cube_id, (n, last) in pending.items()])
+
+        await self.db.write(job)
+        return len(pending)
+
+    async def expire_due(self) -> int:
+        """Mark active cubes whose expiry has passed as expired; returns how many."""
+        now = self.clock()
+        return await self.db.write(lambda conn: conn.execute(
+            "UPDATE cubes SET state = 3 WHERE state = 1 AND expires_at IS NOT NULL AND expires_at <= ?", (now,)
+        ).rowcount)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_id(cube_id: str) -> None:
+        if not is_id(cube_id):
+            raise InvalidArgument(f"{cube_id!r} is not a cube id (26 characters, like 01J9Z3K5Q8W2E4R6T8Y0V2X4N6)")
+
+    @staticmethod
+    def _current_row(conn: sqlite3.Connection, cube_id: str) -> dict:
+        row = conn.execute(f"{SELECT} WHERE id = ?", (cube_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no cube with id {cube_id}")
+        return rows.row_dict(row)
