@@ -48,9 +48,10 @@ def bm25_search(
     try:
         rows = conn.execute(sql, [match, *params, limit]).fetchall()
     except sqlite3.OperationalError as exc:
-        if "fts5" in str(exc) or "syntax error" in str(exc) or "no such column" in str(exc):
-            raise InvalidArgument(
-                f"query is not valid FTS5 syntax ({exc}); fix it or send it with the plain query syntax"
-            ) from None
-        raise
+        # The statement is fixed; only the MATCH expression varies, so a parse failure is the user's.
+        if "database" in str(exc) or "disk" in str(exc):
+            raise
+        raise InvalidArgument(
+            f"query is not valid FTS5 syntax ({exc}); fix it or search with the plain query syntax"
+        ) from None
     return [(row_dict(r[:-1]), -r[-1]) for r in rows]

@@ -1,0 +1,17 @@
+"""memos_client: Python clients (sync and asyncio) for the memosd memory daemon."""
+
+from memos_client.aio import AsyncMemosClient
+from memos_client.client import MemosClient
+from memos_client.errors import (
+    AlreadyExists, Cancelled, Conflict, DataLoss, DeadlineExceeded, FailedPrecondition, InternalError,
+    InvalidArgument, MemosError, ModelMismatch, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated,
+    Unavailable,
+)
+from memos_client.models import Cube, Hit, Kind, Page, State, Status
+
+__all__ = [
+    "AsyncMemosClient", "MemosClient", "Cube", "Hit", "Kind", "Page", "State", "Status",
+    "MemosError", "InvalidArgument", "NotFound", "AlreadyExists", "Conflict", "FailedPrecondition",
+    "ModelMismatch", "Unauthenticated", "PermissionDenied", "ResourceExhausted", "DataLoss", "Unavailable",
+    "DeadlineExceeded", "Cancelled", "InternalError",
+]

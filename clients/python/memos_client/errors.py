@@ -1,0 +1,119 @@
+"""Typed errors of the memos client, mirroring the daemon's error tree; no raw grpc.RpcError escapes.
+
+    MemosError
+    ├── InvalidArgument
+    ├── NotFound
+    ├── AlreadyExists
+    ├── Conflict
+    ├── FailedPrecondition
+    │   └── ModelMismatch
+    ├── Unauthenticated
+    ├── PermissionDenied
+    ├── ResourceExhausted
+    ├── DataLoss
+    ├── Unavailable          the daemon is not running or not reachable
+    ├── DeadlineExceeded
+    ├── Cancelled
+    └── InternalError        a bug in memosd; its log has the details
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class MemosError(Exception):
+    """Base of every error the client raises. `code` is the gRPC status code name."""
+
+    code = "UNKNOWN"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(MemosError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(MemosError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(MemosError):
+    code = "ALREADY_EXISTS"
+
+
+class Conflict(MemosError):
+    code = "ABORTED"
+
+
+class FailedPrecondition(MemosError):
+    code = "FAILED_PRECONDITION"
+
+
+class ModelMismatch(FailedPrecondition):
+    """A tensor cube was offered to a model it was not made for."""
+
+
+class Unauthenticated(MemosError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(MemosError):
+    code = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(MemosError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class DataLoss(MemosError):
+    code = "DATA_LOSS"
+
+
+class Unavailable(MemosError):
+    code = "UNAVAILABLE"
+
+
+class DeadlineExceeded(MemosError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(MemosError):
+    code = "CANCELLED"
+
+
+class InternalError(MemosError):
+    code = "INTERNAL"
+
+
+_BY_CODE = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.ABORTED: Conflict,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.UNKNOWN: InternalError,
+    grpc.StatusCode.UNIMPLEMENTED: InternalError,
+}
+
+
+def from_rpc_error(exc: grpc.RpcError, target: str = "") -> MemosError:
+    """The typed error for a failed call."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+    if code is grpc.StatusCode.UNAVAILABLE and target:
+        details = f"cannot reach memosd at {target} ({details}); is the daemon running? Start it with: memosd serve"
+    if code is grpc.StatusCode.FAILED_PRECONDITION and "model" in details and "fingerprint" in details:
+        return ModelMismatch(details)
+    return _BY_CODE.get(code, MemosError)(details)

@@ -1,0 +1,130 @@
+"""Plain Python views of the protocol's messages, returned by the clients."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from google.protobuf import json_format
+
+from memos_mip.v1 import cube_pb2
+
+
+class Kind(enum.IntEnum):
+    PLAINTEXT = cube_pb2.MEMORY_KIND_PLAINTEXT
+    ACTIVATION = cube_pb2.MEMORY_KIND_ACTIVATION
+    PARAMETRIC = cube_pb2.MEMORY_KIND_PARAMETRIC
+
+
+class State(enum.IntEnum):
+    ACTIVE = cube_pb2.LIFECYCLE_STATE_ACTIVE
+    ARCHIVED = cube_pb2.LIFECYCLE_STATE_ARCHIVED
+    EXPIRED = cube_pb2.LIFECYCLE_STATE_EXPIRED
+    DELETED = cube_pb2.LIFECYCLE_STATE_DELETED
+
+
+def _time(msg, name: str) -> datetime | None:
+    if not msg.HasField(name):
+        return None
+    return getattr(msg, name).ToDatetime(tzinfo=timezone.utc)
+
+
+@dataclass
+class Cube:
+    """One version of a MemCube."""
+
+    id: str
+    namespace: str
+    kind: Kind
+    text: str | None
+    tags: list[str]
+    metadata: dict[str, Any]
+    source: str
+    owner: str
+    state: State
+    priority: int
+    version: int
+    parent_version: int
+    created_at: datetime | None
+    updated_at: datetime | None
+    expires_at: datetime | None
+    access_count: int
+    last_accessed_at: datetime | None
+    derived_from: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_proto(cls, msg: cube_pb2.MemCube) -> "Cube":
+        d, g, b = msg.header.descriptive, msg.header.governance, msg.header.behaviour
+        return cls(
+            id=d.id, namespace=d.namespace, kind=Kind(d.kind),
+            text=msg.plaintext.text if msg.HasField("plaintext") else None,
+            tags=list(d.tags), metadata=json_format.MessageToDict(d.metadata) if d.HasField("metadata") else {},
+            source=d.source, owner=g.owner, state=State(g.state), priority=g.priority, version=b.version,
+            parent_version=b.parent_version, created_at=_time(d, "created_at"), updated_at=_time(d, "updated_at"),
+            expires_at=_time(g, "expires_at"), access_count=b.access_count,
+            last_accessed_at=_time(b, "last_accessed_at"), derived_from=list(b.derived_from),
+        )
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict (times as ISO 8601), as memosctl --json prints it."""
+        out = {k: v for k, v in self.__dict__.items()}
+        out["kind"] = self.kind.name.lower()
+        out["state"] = self.state.name.lower()
+        for key in ("created_at", "updated_at", "expires_at", "last_accessed_at"):
+            out[key] = out[key].isoformat() if out[key] else None
+        return out
+
+
+@dataclass
+class Hit:
+    """A search result: the cube and its scores (higher is better)."""
+
+    cube: Cube
+    score: float
+    bm25_score: float | None = None
+    dense_score: float | None = None
+
+    @classmethod
+    def from_proto(cls, msg) -> "Hit":
+        return cls(
+            cube=Cube.from_proto(msg.cube), score=msg.score,
+            bm25_score=msg.bm25_score if msg.HasField("bm25_score") else None,
+            dense_score=msg.dense_score if msg.HasField("dense_score") else None,
+        )
+
+    def to_json(self) -> dict:
+        return {"score": self.score, "bm25_score": self.bm25_score, "dense_score": self.dense_score,
+                **self.cube.to_json()}
+
+
+@dataclass
+class Page:
+    """One page of a listing."""
+
+    cubes: list[Cube]
+    next_page_token: str
+    total_size: int
+
+
+@dataclass
+class Status:
+    """The daemon's status."""
+
+    version: str
+    uptime_seconds: float
+    listen: str
+    data_bytes: int
+    counts: dict[str, dict[str, int]]
+    embedding_model: str
+    embedding_backlog: int
+
+    @classmethod
+    def from_proto(cls, msg) -> "Status":
+        counts: dict[str, dict[str, int]] = {}
+        for c in msg.counts:
+            counts.setdefault(Kind(c.kind).name.lower(), {})[State(c.state).name.lower()] = c.count
+        return cls(version=msg.version, uptime_seconds=msg.uptime_seconds, listen=msg.listen,
+                   data_bytes=msg.data_bytes, counts=counts, embedding_model=msg.embedding_model,
+                   embedding_backlog=msg.embedding_backlog)

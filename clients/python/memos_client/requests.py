@@ -1,0 +1,96 @@
+"""Request builders shared by the sync and async clients (pure: no I/O)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator
+
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from memos_client.errors import InvalidArgument
+from memos_client.models import Kind, State
+from memos_mip.v1 import cube_pb2, vault_pb2
+
+DEFAULT_NAMESPACE = "agents/local/notes"
+MODES = {"auto": vault_pb2.SEARCH_MODE_UNSPECIFIED, "bm25": vault_pb2.SEARCH_MODE_BM25,
+         "dense": vault_pb2.SEARCH_MODE_DENSE, "hybrid": vault_pb2.SEARCH_MODE_HYBRID}
+_UNSET: Any = object()
+
+
+def timestamp(value: datetime | float | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    if isinstance(value, datetime):
+        ts.FromDatetime(value if value.tzinfo else value.replace(tzinfo=timezone.utc))
+    else:
+        ts.FromNanoseconds(int(value * 1e9))
+    return ts
+
+
+def draft(text: str, namespace: str = DEFAULT_NAMESPACE, *, tags: Iterable[str] = (), metadata: dict | None = None,
+          source: str = "", priority: int = 0, ttl: float | None = None,
+          expires_at: datetime | float | None = None) -> cube_pb2.CubeDraft:
+    msg = cube_pb2.CubeDraft(namespace=namespace, tags=list(tags), source=source, priority=priority,
+                             ttl_seconds=int(ttl or 0), expires_at=timestamp(expires_at))
+    try:
+        msg.text = text
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgument(f"text must be a str of valid UTF-8: {exc}") from None
+    if metadata:
+        msg.metadata.update(metadata)
+    return msg
+
+
+def draft_from_dict(item: dict) -> cube_pb2.CubeDraft:
+    """A draft from a JSON Lines record {"text", "namespace", "tags", "metadata", ...}."""
+    if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+        raise InvalidArgument('each record needs a "text" string')
+    known = {"text", "namespace", "tags", "metadata", "source", "priority", "ttl", "expires_at"}
+    extra = set(item) - known
+    if extra:
+        raise InvalidArgument(f"unknown fields {sorted(extra)}; records may have {sorted(known)}")
+    return draft(**{k: v for k, v in item.items() if v is not None})
+
+
+def batches(drafts: Iterable, size: int) -> Iterator[vault_pb2.PutBatchRequest]:
+    batch = []
+    for d in drafts:
+        batch.append(d if isinstance(d, cube_pb2.CubeDraft) else draft_from_dict(d))
+        if len(batch) >= size:
+            yield vault_pb2.PutBatchRequest(cubes=batch)
+            batch = []
+    if batch:
+        yield vault_pb2.PutBatchRequest(cubes=batch)
+
+
+def cube_filter(namespace: str | None = None, *, kinds: Iterable[Kind] = (), tags: Iterable[str] = (),
+                created_after=None, created_before=None, states: Iterable[State] = ()) -> vault_pb2.CubeFilter:
+    return vault_pb2.CubeFilter(
+        namespace_prefix=namespace or "", kinds=[int(k) for k in kinds], tags=list(tags),
+        created_after=timestamp(created_after), created_before=timestamp(created_before),
+        states=[int(s) for s in states],
+    )
+
+
+def search(query: str, *, limit: int, mode: str, fts: bool, **filters) -> vault_pb2.SearchRequest:
+    if mode not in MODES:
+        raise InvalidArgument(f"mode must be one of {', '.join(MODES)}")
+    return vault_pb2.SearchRequest(
+        query=query, limit=limit, mode=MODES[mode], filter=cube_filter(**filters),
+        syntax=vault_pb2.QUERY_SYNTAX_FTS if fts else vault_pb2.QUERY_SYNTAX_UNSPECIFIED,
+    )
+
+
+def update(cube_id: str, *, text=_UNSET, tags=_UNSET, metadata=_UNSET, source=_UNSET, priority=_UNSET,
+           ttl=_UNSET, expires_at=_UNSET, state: State | None = None, expected_version: int = 0) -> vault_pb2.UpdateRequest:
+    given = {k: v for k, v in dict(text=text, tags=tags, metadata=metadata, source=source, priority=priority,
+                                    ttl=ttl, expires_at=expires_at).items() if v is not _UNSET}
+    values = draft(given.get("text", ""), tags=given.get("tags") or (), metadata=given.get("metadata"),
+                   source=given.get("source", ""), priority=given.get("priority", 0), ttl=given.get("ttl"),
+                   expires_at=given.get("expires_at"))
+    values.namespace = ""
+    paths = ["ttl_seconds" if k == "ttl" else k for k in given]
+    return vault_pb2.UpdateRequest(id=cube_id, cube=values, update_mask=FieldMask(paths=paths),
+                                   expected_version=expected_version, state=int(state) if state else 0)
