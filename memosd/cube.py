@@ -25,10 +25,10 @@ class LifecycleState(enum.IntEnum):
 
 
 class Visibility(enum.IntEnum):
-    """Default visibility of a cube before policies."""
+    """Who may read a cube on top of its namespace's policies."""
 
-    PRIVATE = 1
-    SHARED = 2
+    NAMESPACE = 1
+    OWNER = 2
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class CubeDraft:
     metadata: dict[str, Any] | None = None
     source: str = ""
     priority: int = 0
-    visibility: Visibility = Visibility.PRIVATE
+    visibility: Visibility = Visibility.NAMESPACE
     expires_at: float | None = None
     ttl_seconds: int = 0
 
@@ -78,7 +78,7 @@ class MemCube:
     tags: tuple[str, ...] = ()
     metadata: dict[str, Any] | None = None
     source: str = ""
-    visibility: Visibility = Visibility.PRIVATE
+    visibility: Visibility = Visibility.NAMESPACE
     priority: int = 0
     expires_at: float | None = None
     access_count: int = 0
@@ -97,6 +97,9 @@ class CubeFilter:
     created_after: float | None = None
     created_before: float | None = None
     states: frozenset[LifecycleState] = frozenset({LifecycleState.ACTIVE})
+    # Set by governance: what the caller may read (None: everything) and, for owner-only cubes, who asks.
+    scope: tuple | None = None
+    viewer: str | None = None
 
 
 class SearchMode(enum.IntEnum):

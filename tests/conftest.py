@@ -17,10 +17,10 @@ def daemon(config):
 
 @pytest.fixture
 def client(daemon):
-    with MemosClient(daemon.address, timeout=30) as c:
+    with MemosClient(daemon.address, key=daemon.admin_key, timeout=30) as c:
         yield c
 
 
 @pytest.fixture
 def aclient_factory(daemon):
-    return lambda: AsyncMemosClient(daemon.address, timeout=30)
+    return lambda: AsyncMemosClient(daemon.address, key=daemon.admin_key, timeout=30)

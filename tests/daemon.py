@@ -36,6 +36,10 @@ class RunningDaemon:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     @property
+    def admin_key(self) -> Path:
+        return self.config.data_dir / "admin.key"
+
+    @property
     def vault(self):
         return self.server.vault
 
@@ -78,6 +82,14 @@ def wait_serving(target: str, timeout: float = 30) -> None:
                     raise
             if time.monotonic() > deadline:
                 raise TimeoutError(f"daemon at {target} did not become SERVING")
+
+
+def admin_channel(target: str, data_dir: Path):
+    """A raw gRPC channel that carries the admin's token, for tests that speak the protocol directly."""
+    from memos_client.auth import AgentKey, TokenSource
+    from memos_client.channel import sync_channel
+
+    return sync_channel(target, TokenSource(AgentKey.load(data_dir / "admin.key")))
 
 
 def spawn_daemon(config: Config, *extra: str) -> subprocess.Popen:

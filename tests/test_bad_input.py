@@ -9,7 +9,7 @@ import pytest
 from memos_client import Conflict, FailedPrecondition, InvalidArgument, MemosClient, NotFound
 from memos_mip.v1 import cube_pb2, vault_pb2, vault_pb2_grpc
 from memosd.limits import Limits
-from tests.daemon import make_config, running
+from tests.daemon import admin_channel, make_config, running
 
 
 def _code(fn):
@@ -20,7 +20,7 @@ def _code(fn):
 
 @pytest.fixture
 def stub(daemon):
-    with grpc.insecure_channel(daemon.address) as channel:
+    with admin_channel(daemon.address, daemon.config.data_dir) as channel:
         yield vault_pb2_grpc.VaultServiceStub(channel), channel
 
 
@@ -33,7 +33,7 @@ def test_empty_text(client, text):
 def test_oversized_text_uses_configured_limit(tmp_path):
     config = make_config(tmp_path)
     config = dataclasses.replace(config, limits=Limits(max_text_bytes=100))
-    with running(config) as d, MemosClient(d.address) as c:
+    with running(config) as d, MemosClient(d.address, key=d.admin_key) as c:
         c.put("x" * 100, "agents/a/n")
         with pytest.raises(InvalidArgument, match="101 bytes; the limit is 100"):
             c.put("x" * 101, "agents/a/n")

@@ -14,6 +14,7 @@ from memos_client import AsyncMemosClient, MemosClient
 from memos_mip.v1 import daemon_pb2, vault_pb2
 from memosd.server.app import SERVICES
 from memosd.server.daemon_service import DaemonService
+from memosd.server.governance_service import GovernanceService
 from memosd.server.rpc import service_handler
 from memosd.server.status import STATUS_CODES
 from memosd.server.vault_service import VaultService
@@ -23,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIENT_METHODS = {
     "Put": "put", "PutStream": "put_many", "Get": "get", "Update": "update", "Delete": "delete",
     "List": "list_page", "Search": "search", "History": "history", "Status": "status",
+    "WhoAmI": "whoami", "AddAgent": "add_agent", "ListAgents": "list_agents", "RevokeAgent": "revoke_agent",
+    "PutPolicy": "put_policy", "ListPolicies": "list_policies", "GetPolicy": "get_policy",
+    "RevokePolicy": "revoke_policy", "ListAudit": "audit", "VerifyAudit": "verify_audit",
 }
 
 
@@ -31,11 +35,12 @@ def _rpcs():
 
 
 def test_every_rpc_is_implemented_by_a_servicer():
-    servicers = {"memos.v1.VaultService": VaultService, "memos.v1.DaemonService": DaemonService}
+    servicers = {"memos.v1.VaultService": VaultService, "memos.v1.DaemonService": DaemonService,
+                 "memos.v1.GovernanceService": GovernanceService}
     for service, method in _rpcs():
         assert callable(getattr(servicers[service], method, None)), f"{service}.{method} not implemented"
     for s in SERVICES:
-        service_handler(s, servicers[s.full_name].__new__(servicers[s.full_name]))
+        service_handler(s, servicers[s.full_name].__new__(servicers[s.full_name]), governance=None)
 
 
 def test_missing_servicer_method_fails_at_startup():
@@ -43,7 +48,7 @@ def test_missing_servicer_method_fails_at_startup():
         async def Get(self, request, context): ...
 
     with pytest.raises(TypeError, match="does not implement"):
-        service_handler(SERVICES[0], Partial())
+        service_handler(SERVICES[0], Partial(), governance=None)
 
 
 def test_every_rpc_is_wrapped_by_both_clients():

@@ -10,7 +10,7 @@ import pytest
 
 from memos_client import MemosClient
 from memos_mip.v1 import cube_pb2, vault_pb2, vault_pb2_grpc
-from tests.daemon import spawn_daemon
+from tests.daemon import admin_channel, spawn_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def test_kill_9_during_writes_loses_nothing_acknowledged(config):
                     cube_pb2.CubeDraft(namespace="agents/a/n", text=f"batch {b} cube {i} " + "x" * 200)
                     for i in range(100)])
 
-        with grpc.insecure_channel(config.listen) as channel:
+        with admin_channel(config.listen, config.data_dir) as channel:
             try:
                 for ack in vault_pb2_grpc.VaultServiceStub(channel).PutStream(batches(), timeout=60):
                     acked.extend(ack.ids)
@@ -51,7 +51,7 @@ def test_kill_9_during_writes_loses_nothing_acknowledged(config):
 
     proc = spawn_daemon(config)
     try:
-        with MemosClient(config.listen) as client:
+        with MemosClient(config.listen, key=config.data_dir / "admin.key") as client:
             stored = {c.id for c in client.list(page_size=1000)}
             assert set(acked) <= stored
             assert len(stored) % 100 == 0  # whole batches only
@@ -64,7 +64,7 @@ def test_kill_9_during_writes_loses_nothing_acknowledged(config):
 
 def test_sigterm_drains_and_exits_cleanly(config):
     proc = spawn_daemon(config)
-    with MemosClient(config.listen) as client:
+    with MemosClient(config.listen, key=config.data_dir / "admin.key") as client:
         client.put("before shutdown", "agents/a/n")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0

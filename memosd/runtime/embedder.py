@@ -1,68 +1,141 @@
-"""Sentence embeddings from a local Hugging Face encoder (mean pooling, L2-normalised)."""
+"""Sentence embeddings from a local Hugging Face encoder (pooled as its sentence-transformers config says, L2-normalised)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from memosd.errors import InvalidArgument
+from memosd.errors import FailedPrecondition, InvalidArgument
+
+POOLINGS = ("mean", "cls", "max")
+# Intra-op threads for inference: enough for a short query to take a few milliseconds, few enough that
+# a backfill does not take every core of the workstation from the daemon's other work.
+MAX_THREADS = 4
 
 
 class Embedder:
     """Loads an encoder from a local directory, offline, and turns texts into unit vectors."""
 
-    def __init__(self, path: str | Path, *, max_length: int = 256, batch_size: int = 64, threads: int = 0):
+    def __init__(self, path: str | Path, *, max_length: int | None = None, batch_size: int = 32,
+                 threads: int | None = None):
         path = Path(path).expanduser()
         if not (path / "config.json").is_file():
             raise InvalidArgument(f"embedding model path {path} has no config.json; point it at a local model directory")
         self.path = path
-        self.name = path.name
-        self.max_length = max_length
+        self.dim = _read_dim(path)
+        self.pooling = _read_pooling(path)
+        self.max_length = max_length or _read_max_length(path)
         self.batch_size = batch_size
-        self._threads = threads
-        self._lock = threading.Lock()
+        # Vectors are stored under this name: a different model (or other weights in the same place)
+        # gets its own name, so its vectors are never mixed with another model's.
+        self.name = _model_name(path)
+        self._threads = threads or max(1, min(MAX_THREADS, os.cpu_count() or 1))
+        self._load_lock = threading.Lock()
+        # A fast tokenizer is not safe to call from two threads at once; the model's forward pass is.
+        self._tokenize_lock = threading.Lock()
         self._model = None
         self._tokenizer = None
-        self.dim = int(_read_dim(path))
+        self._failed: str | None = None
 
-    def _load(self):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
+    def load(self) -> None:
+        """Load the tokenizer and model (once); FailedPrecondition if the directory does not hold one."""
+        with self._load_lock:
+            if self._model is not None:
+                return
+            if self._failed:
+                raise FailedPrecondition(self._failed)
+            try:
+                import torch
+                from transformers import AutoModel, AutoTokenizer
+                from transformers.utils import logging as hf_logging
 
-        if self._threads:
-            torch.set_num_threads(self._threads)
-        self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-        model = AutoModel.from_pretrained(self.path, local_files_only=True)
-        self._model = model.eval()
+                hf_logging.disable_progress_bar()
+                if torch.get_num_threads() > self._threads:
+                    torch.set_num_threads(self._threads)
+                tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+                model = AutoModel.from_pretrained(self.path, local_files_only=True).eval()
+            except Exception as exc:  # noqa: BLE001 - any failure to load is the configuration's
+                self._failed = (f"the embedding model at {self.path} could not be loaded ({type(exc).__name__}: {exc});"
+                                " fix embedding_model in the daemon's config")
+                raise FailedPrecondition(self._failed) from None
+            self._tokenizer, self._model = tokenizer, model
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Unit-length float32 vectors, one row per text. Thread-safe; blocks (call off the event loop)."""
         import torch
 
-        with self._lock:
-            if self._model is None:
-                self._load()
-            out = []
-            for start in range(0, len(texts), self.batch_size):
-                batch = self._tokenizer(
-                    texts[start : start + self.batch_size], padding=True, truncation=True,
-                    max_length=self.max_length, return_tensors="pt",
-                )
-                with torch.inference_mode():
-                    hidden = self._model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                out.append(torch.nn.functional.normalize(pooled, dim=-1).float().numpy())
-            return np.concatenate(out) if out else np.empty((0, self.dim), dtype=np.float32)
+        if self._model is None:
+            self.load()
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        # Batches of similar lengths pad less.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            picked = order[start : start + self.batch_size]
+            with self._tokenize_lock:
+                batch = self._tokenizer([texts[i] for i in picked], padding=True, truncation=True,
+                                        max_length=self.max_length, return_tensors="pt")
+            with torch.inference_mode():
+                hidden = self._model(**batch).last_hidden_state
+                out[picked] = _pool(hidden, batch["attention_mask"], self.pooling).float().numpy()
+        return out
+
+
+def _pool(hidden, mask, pooling: str):
+    import torch
+
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    elif pooling == "max":
+        pooled = hidden.masked_fill(mask.unsqueeze(-1) == 0, float("-inf")).max(1).values
+    else:
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _read_dim(path: Path) -> int:
-    import json
-
-    config = json.loads((path / "config.json").read_text())
+    config = _read_json(path / "config.json")
     for key in ("hidden_size", "d_model", "dim"):
-        if key in config:
+        if isinstance(config.get(key), int):
             return config[key]
     raise InvalidArgument(f"cannot tell the embedding size of {path}: no hidden_size in config.json")
+
+
+def _read_pooling(path: Path) -> str:
+    # A sentence-transformers export says how it was trained to pool; plain encoders get mean pooling.
+    modules = _read_json(path / "modules.json")
+    for module in modules if isinstance(modules, list) else []:
+        if isinstance(module, dict) and str(module.get("type", "")).endswith("Pooling"):
+            pooling = _read_json(path / module.get("path", "") / "config.json")
+            for name in POOLINGS:
+                if pooling.get(f"pooling_mode_{name}_token" if name == "cls" else f"pooling_mode_{name}_tokens"):
+                    return name
+    return "mean"
+
+
+def _read_max_length(path: Path) -> int:
+    configured = (_read_json(path / "sentence_bert_config.json") or {}).get("max_seq_length")
+    if isinstance(configured, int) and configured > 0:
+        return configured
+    return min(512, int(_read_json(path / "config.json").get("max_position_embeddings", 512) or 512))
+
+
+def _model_name(path: Path) -> str:
+    # Config plus the weight files' names and sizes: cheap to compute at start, and changes when the
+    # weights are replaced by others.
+    digest = hashlib.sha256((path / "config.json").read_bytes())
+    for weights in sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    return f"{path.name}@{digest.hexdigest()[:12]}"

@@ -13,17 +13,26 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from memos_mip.v1 import daemon_pb2, vault_pb2
+from memos_mip.v1 import daemon_pb2, governance_pb2, vault_pb2
 from memosd.config import Config, socket_path
 from memosd.errors import FailedPrecondition
+from memosd.governance import MemGovernance
+from memosd.governance.schema import migrations as governance_migrations
 from memosd.lifecycle import MemLifecycle
 from memosd.server.daemon_service import DaemonService
+from memosd.server.governance_service import GovernanceService
 from memosd.server.rpc import service_handler
 from memosd.server.vault_service import VaultService
 from memosd.vault import MemVault
+from memosd.vault.db import Database
+from memosd.vault.schema import migrations as vault_migrations
 
 log = logging.getLogger("memosd")
-SERVICES = (vault_pb2.DESCRIPTOR.services_by_name["VaultService"], daemon_pb2.DESCRIPTOR.services_by_name["DaemonService"])
+SERVICES = (
+    vault_pb2.DESCRIPTOR.services_by_name["VaultService"],
+    daemon_pb2.DESCRIPTOR.services_by_name["DaemonService"],
+    governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"],
+)
 # Largest message either way: a full page of cubes at the text limit fits; tensors are chunked streams.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -35,6 +44,7 @@ class MemosServer:
         self.config = config
         self.address = config.listen
         self.vault: MemVault | None = None
+        self.governance: MemGovernance | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._lifecycle: MemLifecycle | None = None
@@ -48,7 +58,10 @@ class MemosServer:
             from memosd.runtime.embedder import Embedder
 
             embedder = Embedder(cfg.embedding_model)
-        self.vault = MemVault(cfg.data_dir, limits=cfg.limits, embedder=embedder)
+        db = Database(cfg.data_dir / "memos.db", migrations=(vault_migrations, governance_migrations))
+        self.governance = gov = MemGovernance(db, cfg.data_dir)
+        await gov.start()
+        self.vault = MemVault(cfg.data_dir, db=db, limits=cfg.limits, embedder=embedder, audit=gov.audit_write)
         await self.vault.start()
         self._lifecycle = MemLifecycle(self.vault, sweep_interval=cfg.sweep_interval,
                                        flush_interval=cfg.access_flush_interval)
@@ -59,10 +72,10 @@ class MemosServer:
             ("grpc.so_reuseport", 0),
         ])
         started = time.time()
-        server.add_generic_rpc_handlers((
-            service_handler(SERVICES[0], VaultService(self.vault, owner_of=_local_owner)),
-            service_handler(SERVICES[1], DaemonService(self.vault, started, cfg.listen)),
-        ))
+        servicers = (VaultService(self.vault, gov), DaemonService(self.vault, started, cfg.listen),
+                     GovernanceService(gov))
+        server.add_generic_rpc_handlers(tuple(
+            service_handler(descriptor, servicer, gov) for descriptor, servicer in zip(SERVICES, servicers)))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [s.full_name for s in SERVICES] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                                    reflection.SERVICE_NAME]
@@ -109,11 +122,6 @@ class MemosServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
-
-
-def _local_owner(context) -> str:
-    # Until MemGovernance authenticates callers, every local caller writes as the workstation owner.
-    return "local"
 
 
 def _clear_stale_socket(path: Path) -> None:

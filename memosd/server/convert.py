@@ -42,7 +42,7 @@ def draft_from_proto(d: cube_pb2.CubeDraft) -> CubeDraft:
         metadata=json_format.MessageToDict(d.metadata) if d.HasField("metadata") else None,
         source=d.source,
         priority=d.priority,
-        visibility=_enum(Visibility, d.visibility, "visibility") if d.visibility else Visibility.PRIVATE,
+        visibility=_enum(Visibility, d.visibility, "visibility") if d.visibility else Visibility.NAMESPACE,
         expires_at=_seconds(d, "expires_at"),
         ttl_seconds=d.ttl_seconds,
     )

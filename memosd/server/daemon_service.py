@@ -6,7 +6,10 @@ import time
 
 from memos_mip.v1 import daemon_pb2
 from memosd import __version__
+from memosd.server.auth import principal
 from memosd.server.convert import to_timestamp
+
+_NO_STATS = {"counts": [], "data_bytes": 0, "embedding_model": "", "embedding_backlog": 0}
 
 
 class DaemonService:
@@ -16,7 +19,8 @@ class DaemonService:
         self.listen = listen
 
     async def Status(self, request, context):
-        stats = await self.vault.stats()
+        # Counts and sizes describe every agent's memory: the admin sees them, others see the daemon only.
+        stats = await self.vault.stats() if principal().admin else _NO_STATS
         return daemon_pb2.StatusResponse(
             version=__version__,
             started_at=to_timestamp(self.started_at),

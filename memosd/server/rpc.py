@@ -12,7 +12,8 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
-from memosd.errors import InvalidArgument, MemosError
+from memosd.errors import InvalidArgument, MemosError, PermissionDenied, Unauthenticated
+from memosd.server.auth import set_principal, token_from
 from memosd.server.status import status_for
 
 log = logging.getLogger("memosd.requests")
@@ -37,27 +38,31 @@ def _decoder(cls):
     return decode
 
 
-def _caller(context) -> str:
-    return getattr(context, "memos_caller", None) or context.peer() or "unknown"
-
-
-def _log(method: str, code: grpc.StatusCode, started: float, context, detail: str = "") -> None:
+def _log(method: str, code: grpc.StatusCode, started: float, caller: str, detail: str = "") -> None:
     if log.isEnabledFor(logging.INFO):
         line = {"method": method, "status": code.name, "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
-                "caller": _caller(context)}
+                "caller": caller}
         if detail:
             line["error"] = detail
         log.info(json.dumps(line))
 
 
 @contextlib.asynccontextmanager
-async def _answering(method: str, context):
-    """Maps what the body raises to a status, logs one line, and aborts the call if it failed."""
-    started, code, detail = time.perf_counter(), grpc.StatusCode.OK, ""
+async def _answering(method: str, context, governance):
+    """Authenticates the caller, maps what the body raises to a status, audits denials, logs one line,
+    and aborts the call if it failed."""
+    started, code, detail, caller = time.perf_counter(), grpc.StatusCode.OK, "", None
     try:
+        caller = governance.authenticate(token_from(context.invocation_metadata()))
+        set_principal(caller)
         yield
     except MemosError as exc:
         code, detail = status_for(exc), str(exc)
+        if isinstance(exc, (Unauthenticated, PermissionDenied)):
+            await governance.record_denial(caller, method, "", detail)
+        if isinstance(exc, Unauthenticated):
+            # Lets a client whose token names an old policy epoch mint a fresh one and retry.
+            context.set_trailing_metadata((("memos-policy-epoch", str(governance.epoch)),))
     except grpc.aio.AbortError:
         code = grpc.StatusCode(context.code()) if isinstance(context.code(), grpc.StatusCode) else grpc.StatusCode.UNKNOWN
         raise
@@ -68,7 +73,7 @@ async def _answering(method: str, context):
         code = grpc.StatusCode.CANCELLED
         raise
     finally:
-        _log(method, code, started, context, detail)
+        _log(method, code, started, caller.name if caller else f"unauthenticated {context.peer()}", detail)
     if code is not grpc.StatusCode.OK:
         await context.abort(code, detail)
 
@@ -86,25 +91,25 @@ def _check(request):
     return request
 
 
-def _unary(method: str, impl):
+def _unary(method: str, impl, governance):
     async def handle(request, context):
-        async with _answering(method, context):
+        async with _answering(method, context, governance):
             return await impl(_check(request), context)
 
     return handle
 
 
-def _client_stream(method: str, impl):
+def _client_stream(method: str, impl, governance):
     async def handle(requests, context):
-        async with _answering(method, context):
+        async with _answering(method, context, governance):
             return await impl(_checked(requests), context)
 
     return handle
 
 
-def _server_stream(method: str, impl, client_streams: bool):
+def _server_stream(method: str, impl, governance, client_streams: bool):
     async def handle(request, context):
-        async with _answering(method, context):
+        async with _answering(method, context, governance):
             source = _checked(request) if client_streams else _check(request)
             async for response in impl(source, context):
                 yield response
@@ -112,8 +117,9 @@ def _server_stream(method: str, impl, client_streams: bool):
     return handle
 
 
-def service_handler(service_descriptor, servicer) -> grpc.GenericRpcHandler:
-    """A handler for every method the descriptor declares; fails fast if the servicer lacks one."""
+def service_handler(service_descriptor, servicer, governance) -> grpc.GenericRpcHandler:
+    """A handler for every method the descriptor declares, each authenticated by `governance`;
+    fails fast if the servicer lacks one."""
     handlers = {}
     for m in service_descriptor.methods:
         impl = getattr(servicer, m.name, None)
@@ -124,11 +130,11 @@ def service_handler(service_descriptor, servicer) -> grpc.GenericRpcHandler:
         path = f"/{service_descriptor.full_name}/{m.name}"
         kwargs = dict(request_deserializer=_decoder(request_cls), response_serializer=response_cls.SerializeToString)
         if m.client_streaming and m.server_streaming:
-            handlers[m.name] = grpc.stream_stream_rpc_method_handler(_server_stream(path, impl, True), **kwargs)
+            handlers[m.name] = grpc.stream_stream_rpc_method_handler(_server_stream(path, impl, governance, True), **kwargs)
         elif m.server_streaming:
-            handlers[m.name] = grpc.unary_stream_rpc_method_handler(_server_stream(path, impl, False), **kwargs)
+            handlers[m.name] = grpc.unary_stream_rpc_method_handler(_server_stream(path, impl, governance, False), **kwargs)
         elif m.client_streaming:
-            handlers[m.name] = grpc.stream_unary_rpc_method_handler(_client_stream(path, impl), **kwargs)
+            handlers[m.name] = grpc.stream_unary_rpc_method_handler(_client_stream(path, impl, governance), **kwargs)
         else:
-            handlers[m.name] = grpc.unary_unary_rpc_method_handler(_unary(path, impl), **kwargs)
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(_unary(path, impl, governance), **kwargs)
     return grpc.method_handlers_generic_handler(service_descriptor.full_name, handlers)

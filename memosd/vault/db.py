@@ -14,7 +14,7 @@ from typing import Callable, TypeVar
 from sqlite_utils import Database as SqliteUtilsDatabase
 
 from memosd.errors import MemosError, Unavailable
-from memosd.vault.schema import migrate
+from memosd.vault.schema import migrations as vault_migrations
 
 T = TypeVar("T")
 log = logging.getLogger("memosd.vault")
@@ -37,10 +37,11 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 class Database:
     """Runs write jobs on one thread (batched into shared transactions) and reads on a pool."""
 
-    def __init__(self, path: Path, *, readers: int = 4):
+    def __init__(self, path: Path, *, readers: int = 4, migrations=(vault_migrations,)):
         self.path = path
         setup = connect(path)
-        migrate(SqliteUtilsDatabase(setup))
+        for migration_set in migrations:
+            migration_set.apply(SqliteUtilsDatabase(setup))
         setup.close()
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False

@@ -6,53 +6,84 @@ import threading
 
 import numpy as np
 
+_FREE = -1
+
 
 class DenseIndex:
-    """Vectors by cube seq; exact top-k by dot product (vectors are L2-normalised)."""
+    """Vectors by cube seq in one growable matrix; exact scores by dot product (vectors are unit length).
 
-    def __init__(self, dim: int):
+    Rows are written in place (a new seq takes a free row or the next one, a re-embedded seq keeps its
+    row), so adding a batch costs the batch, not a copy of the matrix."""
+
+    def __init__(self, dim: int, capacity: int = 1024):
         self.dim = dim
         self._lock = threading.Lock()
-        self._seqs = np.empty(0, dtype=np.int64)
-        self._matrix = np.empty((0, dim), dtype=np.float32)
-        self._pending_seqs: list[int] = []
-        self._pending_vecs: list[np.ndarray] = []
-        self._removed: set[int] = set()
+        self._matrix = np.zeros((capacity, dim), dtype=np.float32)
+        self._seqs = np.full(capacity, _FREE, dtype=np.int64)
+        self._rows: dict[int, int] = {}
+        self._free: list[int] = []
+        self._used = 0
 
     def __len__(self) -> int:
-        return len(self._seqs) + len(self._pending_seqs) - len(self._removed)
+        return len(self._rows)
+
+    def __contains__(self, seq: int) -> bool:
+        return int(seq) in self._rows
 
     def add(self, seqs, vectors: np.ndarray) -> None:
+        """Set the vectors of these seqs, replacing any they had."""
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
-            self._pending_seqs.extend(int(s) for s in seqs)
-            self._pending_vecs.append(np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim))
-            self._removed.difference_update(int(s) for s in seqs)
+            for seq, vector in zip(seqs, vectors):
+                seq = int(seq)
+                row = self._rows.get(seq)
+                if row is None:
+                    row = self._free.pop() if self._free else self._next_row()
+                    self._rows[seq] = row
+                    self._seqs[row] = seq
+                self._matrix[row] = vector
 
     def remove(self, seqs) -> None:
         with self._lock:
-            self._removed.update(int(s) for s in seqs)
+            for seq in seqs:
+                row = self._rows.pop(int(seq), None)
+                if row is not None:
+                    self._seqs[row] = _FREE
+                    self._matrix[row] = 0.0
+                    self._free.append(row)
 
-    def _compact(self) -> tuple[np.ndarray, np.ndarray]:
+    def scores(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every indexed seq and its cosine similarity to the query (same order, unsorted)."""
+        query = np.asarray(query, dtype=np.float32).reshape(self.dim)
         with self._lock:
-            if self._pending_seqs or self._removed:
-                seqs = np.concatenate([self._seqs, np.asarray(self._pending_seqs, dtype=np.int64)])
-                matrix = np.concatenate([self._matrix, *self._pending_vecs]) if self._pending_vecs else self._matrix
-                # Later additions of a seq win over earlier ones (a re-embedded update).
-                _, last = np.unique(seqs[::-1], return_index=True)
-                keep = np.sort(len(seqs) - 1 - last)
-                if self._removed:
-                    keep = keep[~np.isin(seqs[keep], np.fromiter(self._removed, dtype=np.int64))]
-                self._seqs, self._matrix = seqs[keep], np.ascontiguousarray(matrix[keep])
-                self._pending_seqs, self._pending_vecs, self._removed = [], [], set()
-            return self._seqs, self._matrix
+            n = self._used
+            scores = self._matrix[:n] @ query
+            seqs = self._seqs[:n].copy()
+        live = seqs != _FREE
+        return seqs[live], scores[live]
 
     def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         """The k nearest seqs with their cosine similarity, best first."""
-        seqs, matrix = self._compact()
-        if not len(seqs) or k <= 0:
-            return []
-        scores = matrix @ np.asarray(query, dtype=np.float32).reshape(self.dim)
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top])]
-        return [(int(seqs[i]), float(scores[i])) for i in top]
+        return top(*self.scores(query), k)
+
+    def _next_row(self) -> int:
+        if self._used == len(self._seqs):
+            # Doubling keeps appends amortised O(1) per vector.
+            grown = max(1024, 2 * len(self._seqs))
+            matrix = np.zeros((grown, self.dim), dtype=np.float32)
+            matrix[: self._used] = self._matrix[: self._used]
+            seqs = np.full(grown, _FREE, dtype=np.int64)
+            seqs[: self._used] = self._seqs[: self._used]
+            self._matrix, self._seqs = matrix, seqs
+        self._used += 1
+        return self._used - 1
+
+
+def top(seqs: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k highest-scoring (seq, score) pairs, best first."""
+    k = min(k, len(scores))
+    if k <= 0:
+        return []
+    best = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    best = best[np.argsort(-scores[best], kind="stable")]
+    return [(int(seqs[i]), float(scores[i])) for i in best]

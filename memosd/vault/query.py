@@ -17,9 +17,7 @@ def filter_sql(f: CubeFilter, now: float, alias: str = "c") -> tuple[str, list]:
     conds: list[str] = []
     params: list = []
     if f.namespace_prefix:
-        # "p" itself or anything under "p/": '/' sorts just before '0', so the range is index-friendly.
-        conds.append(f"({a}.namespace = ? OR ({a}.namespace >= ? AND {a}.namespace < ?))")
-        params += [f.namespace_prefix, f.namespace_prefix + "/", f.namespace_prefix + "0"]
+        conds.append(_namespace_sql(f.namespace_prefix, True, a, params))
     if f.kinds:
         conds.append(f"{a}.kind IN ({','.join('?' * len(f.kinds))})")
         params += sorted(int(k) for k in f.kinds)
@@ -33,7 +31,32 @@ def filter_sql(f: CubeFilter, now: float, alias: str = "c") -> tuple[str, list]:
         conds.append(f"{a}.created_at < ?")
         params.append(f.created_before)
     conds.append(_states_sql(f.states, now, a, params))
+    if f.scope is not None:
+        conds.append(_scope_sql(f.scope, a, params))
+    if f.viewer is not None:
+        conds.append(f"({a}.visibility = 1 OR {a}.owner = ?)")
+        params.append(f.viewer)
     return " AND ".join(conds), params
+
+
+def _namespace_sql(namespace: str, subtree: bool, a: str, params: list) -> str:
+    # "p" itself or anything under "p/": '/' sorts just before '0', so the range is index-friendly.
+    if not subtree:
+        params.append(namespace)
+        return f"{a}.namespace = ?"
+    params += [namespace, namespace + "/", namespace + "0"]
+    return f"({a}.namespace = ? OR ({a}.namespace >= ? AND {a}.namespace < ?))"
+
+
+def _scope_sql(scope, a: str, params: list) -> str:
+    """Rules (namespace, subtree, kinds) the caller may read, OR-ed: filtering happens in the query."""
+    parts = []
+    for rule in scope:
+        cond = _namespace_sql(rule.namespace, rule.subtree, a, params)
+        if rule.kinds:
+            cond += f" AND {a}.kind IN ({','.join(str(int(k)) for k in sorted(rule.kinds))})"
+        parts.append(f"({cond})")
+    return "(" + " OR ".join(parts) + ")" if parts else "0"
 
 
 def _states_sql(states, now: float, a: str, params: list) -> str:

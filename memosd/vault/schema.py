@@ -69,7 +69,3 @@ def m0001_cubes(db: Database) -> None:
     )
     db.execute("CREATE TABLE embeddings (seq INTEGER PRIMARY KEY, model TEXT NOT NULL, vector BLOB NOT NULL)")
     db.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-
-
-def migrate(db: Database) -> None:
-    migrations.apply(db)

@@ -38,11 +38,14 @@ class Page:
 class MemVault:
     """Stores, versions and searches MemCubes under one data directory."""
 
-    def __init__(self, data_dir: Path, *, limits: Limits = Limits(), embedder=None, clock=time.time):
+    def __init__(self, data_dir: Path, *, db: Database | None = None, limits: Limits = Limits(), embedder=None,
+                 clock=time.time, audit=None):
         self.data_dir = Path(data_dir)
         self.limits = limits
         self.clock = clock
-        self.db = Database(self.data_dir / "memos.db")
+        self.db = db or Database(self.data_dir / "memos.db")
+        # audit(conn, agent, action, target, **fields) records a write inside its own transaction.
+        self._audit = audit or (lambda conn, agent, action, target, **fields: None)
         self._tokens = PageTokens(self._setting("page_token_key", lambda: secrets.token_hex(32)).encode())
         self.dense = DenseSearch(self.db, embedder) if embedder is not None else None
         # Access metrics are counted in memory and flushed in batches (MemLifecycle), never on a read's path.
@@ -93,6 +96,8 @@ class MemVault:
             ))
 
         def job(conn: sqlite3.Connection) -> None:
+            self._audit(conn, owner, "vault.put", ",".join(sorted({c.namespace for c in cubes})),
+                        ids=[c.id for c in cubes])
             (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM cubes").fetchone()
             conn.executemany(
                 "INSERT INTO cubes (seq, id, namespace, kind, state, version, parent_version, text, tags,"
@@ -115,7 +120,7 @@ class MemVault:
             self.dense.wake()
         return cubes
 
-    async def update(self, cube_id: str, patch: CubePatch) -> MemCube:
+    async def update(self, cube_id: str, patch: CubePatch, actor: str = "", guard=None) -> MemCube:
         """Write a new version of a cube with the patched fields."""
         self._check_id(cube_id)
         if not patch.fields and patch.state is None:
@@ -148,9 +153,10 @@ class MemVault:
                           ttl_seconds=v.ttl_seconds if "ttl_seconds" in patch.fields else 0), now)
 
         def job(conn: sqlite3.Connection) -> MemCube:
-            row = self._current_row(conn, cube_id)
+            row = self._current_row(conn, cube_id, guard)
             if row["state"] == LifecycleState.DELETED:
                 raise FailedPrecondition(f"cube {cube_id} was deleted; deleted cubes cannot be updated")
+            self._audit(conn, actor, "vault.update", cube_id, version=row["version"] + 1, fields=sorted(changes))
             if patch.expected_version and patch.expected_version != row["version"]:
                 raise Conflict(f"cube {cube_id} is at version {row['version']}, not {patch.expected_version};"
                                " re-read it and retry")
@@ -183,16 +189,17 @@ class MemVault:
             self.dense.wake()
         return cube
 
-    async def delete(self, cube_id: str) -> int:
+    async def delete(self, cube_id: str, actor: str = "", guard=None) -> int:
         """Replace a cube by a tombstone; returns the tombstone's version."""
         self._check_id(cube_id)
         now = self.clock()
         seqs = []
 
         def job(conn: sqlite3.Connection) -> int:
-            row = self._current_row(conn, cube_id)
+            row = self._current_row(conn, cube_id, guard)
             if row["state"] == LifecycleState.DELETED:
                 raise NotFound(f"cube {cube_id} is already deleted")
+            self._audit(conn, actor, "vault.delete", cube_id, version=row["version"] + 1)
             conn.execute("INSERT INTO cube_versions (id, version, snapshot) VALUES (?, ?, ?)",
                          (cube_id, row["version"], rows.snapshot(row)))
             conn.execute(
@@ -210,14 +217,14 @@ class MemVault:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    async def get(self, cube_id: str, version: int = 0) -> MemCube:
+    async def get(self, cube_id: str, version: int = 0, guard=None) -> MemCube:
         self._check_id(cube_id)
         if version < 0:
             raise InvalidArgument("version must be positive, or 0 for the current one")
         now = self.clock()
 
         def job(conn: sqlite3.Connection) -> MemCube:
-            row = self._current_row(conn, cube_id)
+            row = self._current_row(conn, cube_id, guard)
             if version and version != row["version"]:
                 found = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? AND version = ?",
                                      (cube_id, version)).fetchone()
@@ -249,11 +256,11 @@ class MemVault:
 
         return await self.db.read(job)
 
-    async def history(self, cube_id: str) -> list[MemCube]:
+    async def history(self, cube_id: str, guard=None) -> list[MemCube]:
         self._check_id(cube_id)
 
         def job(conn: sqlite3.Connection) -> list[MemCube]:
-            row = self._current_row(conn, cube_id)
+            row = self._current_row(conn, cube_id, guard)
             older = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? ORDER BY version",
                                  (cube_id,)).fetchall()
             return [rows.from_snapshot(s) for (s,) in older] + [rows.to_cube(row)]
@@ -340,8 +347,12 @@ class MemVault:
             raise InvalidArgument(f"{cube_id!r} is not a cube id (26 characters, like 01J9Z3K5Q8W2E4R6T8Y0V2X4N6)")
 
     @staticmethod
-    def _current_row(conn: sqlite3.Connection, cube_id: str) -> dict:
+    def _current_row(conn: sqlite3.Connection, cube_id: str, guard=None) -> dict:
+        """The cube's row; guard(cube) (from governance) raises if the caller may not act on it."""
         row = conn.execute(f"{SELECT} WHERE id = ?", (cube_id,)).fetchone()
         if row is None:
             raise NotFound(f"no cube with id {cube_id}")
-        return rows.row_dict(row)
+        row = rows.row_dict(row)
+        if guard is not None:
+            guard(rows.to_cube(row))
+        return row

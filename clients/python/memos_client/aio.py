@@ -7,22 +7,27 @@ from typing import AsyncIterator, Iterable
 import grpc
 
 from memos_client import requests as rq
-from memos_client.client import CHANNEL_OPTIONS
+from memos_client.auth import AgentKey, TokenSource, resolve_key, sign_policy
+from memos_client.channel import aio_channel
 from memos_client.defaults import resolve_addr
-from memos_client.errors import from_rpc_error
-from memos_client.models import Cube, Hit, Page, Status
-from memos_mip.v1 import daemon_pb2, daemon_pb2_grpc, vault_pb2, vault_pb2_grpc
+from memos_client.errors import AlreadyExists, Unauthenticated, from_rpc_error
+from memos_client.models import Agent, AuditEntry, Cube, Hit, Page, Policy, Status
+from memos_mip.v1 import daemon_pb2, daemon_pb2_grpc, governance_pb2 as gpb, governance_pb2_grpc, vault_pb2, vault_pb2_grpc
 
 
 class AsyncMemosClient:
-    """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket). Use with `async with`."""
+    """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket) as the agent whose key is
+    `key` (else $MEMOS_KEY, else the default data directory's admin key). Use with `async with`."""
 
-    def __init__(self, addr: str | None = None, *, timeout: float = 30.0):
+    def __init__(self, addr: str | None = None, *, key: "str | AgentKey | None" = None, timeout: float = 30.0):
         self.target = resolve_addr(addr)
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        agent_key = resolve_key(key)
+        self.tokens = TokenSource(agent_key) if agent_key else None
+        self._channel = aio_channel(self.target, self.tokens)
         self._vault = vault_pb2_grpc.VaultServiceStub(self._channel)
         self._daemon = daemon_pb2_grpc.DaemonServiceStub(self._channel)
+        self._gov = governance_pb2_grpc.GovernanceServiceStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -35,6 +40,12 @@ class AsyncMemosClient:
 
     async def _call(self, method, request):
         try:
+            return await method(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc, self.target)
+            if not (isinstance(error, Unauthenticated) and self.tokens and self.tokens.learn_epoch(exc)):
+                raise error from None
+        try:  # once more with a token for the daemon's current policy epoch
             return await method(request, timeout=self.timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.target) from None
@@ -92,3 +103,64 @@ class AsyncMemosClient:
 
     async def status(self) -> Status:
         return Status.from_proto(await self._call(self._daemon.Status, daemon_pb2.StatusRequest()))
+
+    # -- governance -----------------------------------------------------------------------------
+
+    async def whoami(self) -> tuple[Agent, str, int]:
+        resp = await self._call(self._gov.WhoAmI, gpb.WhoAmIRequest())
+        return Agent.from_proto(resp.agent), resp.daemon_id, resp.policy_epoch
+
+    async def add_agent(self, name: str, *, groups=(), out: str | None = None) -> tuple[Agent, str]:
+        import os
+
+        path = out or f"{name}.key"
+        if os.path.exists(path):
+            raise AlreadyExists(f"{path} exists already; choose another --out")
+        key = AgentKey.generate(name, "")
+        resp = await self._call(self._gov.AddAgent, gpb.AddAgentRequest(name=name, public_key=key.public_bytes,
+                                                                         groups=list(groups)))
+        key.audience = resp.daemon_id
+        return Agent.from_proto(resp.agent), str(key.save(path))
+
+    async def list_agents(self, include_revoked: bool = False) -> list[Agent]:
+        resp = await self._call(self._gov.ListAgents, gpb.ListAgentsRequest(include_revoked=include_revoked))
+        return [Agent.from_proto(a) for a in resp.agents]
+
+    async def revoke_agent(self, name: str) -> Agent:
+        return Agent.from_proto((await self._call(self._gov.RevokeAgent, gpb.RevokeAgentRequest(name=name))).agent)
+
+    async def grant(self, subject: str, actions, namespaces, *, kinds=(), not_before=None, expires_at=None) -> str:
+        if self.tokens is None:
+            raise Unauthenticated("no agent key: pass key= or set MEMOS_KEY to sign a policy")
+        document, signature = sign_policy(self.tokens.key, subject=subject, actions=actions, namespaces=namespaces,
+                                          kinds=kinds, not_before=not_before, expires_at=expires_at)
+        return await self.put_policy(document, signature)
+
+    async def put_policy(self, document: bytes, signature: bytes) -> str:
+        request = gpb.PutPolicyRequest(policy=gpb.SignedPolicy(document=document, signature=signature))
+        return (await self._call(self._gov.PutPolicy, request)).id
+
+    async def list_policies(self, subject: str = "", include_inactive: bool = False) -> list[Policy]:
+        resp = await self._call(self._gov.ListPolicies, gpb.ListPoliciesRequest(subject=subject,
+                                                                                 include_inactive=include_inactive))
+        return [Policy.from_proto(p) for p in resp.policies]
+
+    async def get_policy(self, policy_id: str) -> Policy:
+        return Policy.from_proto((await self._call(self._gov.GetPolicy, gpb.GetPolicyRequest(id=policy_id))).policy)
+
+    async def revoke_policy(self, policy_id: str) -> int:
+        return (await self._call(self._gov.RevokePolicy, gpb.RevokePolicyRequest(id=policy_id))).policy_epoch
+
+    async def audit(self, after_seq: int = 0, *, page_size: int = 500) -> AsyncIterator[AuditEntry]:
+        while True:
+            request = gpb.ListAuditRequest(after_seq=after_seq, limit=page_size)
+            entries = (await self._call(self._gov.ListAudit, request)).entries
+            for e in entries:
+                yield AuditEntry.from_proto(e)
+            if len(entries) < page_size:
+                return
+            after_seq = entries[-1].seq
+
+    async def verify_audit(self) -> tuple[bool, int, int, str]:
+        r = await self._call(self._gov.VerifyAudit, gpb.VerifyAuditRequest())
+        return r.ok, r.entries, r.first_bad_seq, r.reason

@@ -7,24 +7,28 @@ from typing import Iterable, Iterator
 import grpc
 
 from memos_client import requests as rq
+from memos_client.auth import AgentKey, TokenSource, resolve_key, sign_policy
+from memos_client.channel import sync_channel
 from memos_client.defaults import resolve_addr
-from memos_client.errors import from_rpc_error
-from memos_client.models import Cube, Hit, Page, Status
-from memos_mip.v1 import daemon_pb2, daemon_pb2_grpc, vault_pb2, vault_pb2_grpc
-
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                   ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+from memos_client.errors import AlreadyExists, Unauthenticated, from_rpc_error
+from memos_client.models import Agent, AuditEntry, Cube, Hit, Page, Policy, Status
+from memos_mip.v1 import daemon_pb2, daemon_pb2_grpc, governance_pb2 as gpb, governance_pb2_grpc, vault_pb2, vault_pb2_grpc
 
 
 class MemosClient:
-    """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket). Use as a context manager."""
+    """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket) as the agent whose key is
+    `key` (a path or AgentKey; else $MEMOS_KEY, else the default data directory's admin key).
+    Use as a context manager."""
 
-    def __init__(self, addr: str | None = None, *, timeout: float = 30.0):
+    def __init__(self, addr: str | None = None, *, key: "str | AgentKey | None" = None, timeout: float = 30.0):
         self.target = resolve_addr(addr)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        agent_key = resolve_key(key)
+        self.tokens = TokenSource(agent_key) if agent_key else None
+        self._channel = sync_channel(self.target, self.tokens)
         self._vault = vault_pb2_grpc.VaultServiceStub(self._channel)
         self._daemon = daemon_pb2_grpc.DaemonServiceStub(self._channel)
+        self._gov = governance_pb2_grpc.GovernanceServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -37,6 +41,12 @@ class MemosClient:
 
     def _call(self, method, request):
         try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc, self.target)
+            if not (isinstance(error, Unauthenticated) and self.tokens and self.tokens.learn_epoch(exc)):
+                raise error from None
+        try:  # once more with a token for the daemon's current policy epoch
             return method(request, timeout=self.timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.target) from None
@@ -97,3 +107,68 @@ class MemosClient:
 
     def status(self) -> Status:
         return Status.from_proto(self._call(self._daemon.Status, daemon_pb2.StatusRequest()))
+
+    # -- governance -----------------------------------------------------------------------------
+
+    def whoami(self) -> tuple[Agent, str, int]:
+        """(the caller as the daemon knows it, the daemon's id, the current policy epoch)."""
+        resp = self._call(self._gov.WhoAmI, gpb.WhoAmIRequest())
+        return Agent.from_proto(resp.agent), resp.daemon_id, resp.policy_epoch
+
+    def add_agent(self, name: str, *, groups=(), out: str | None = None) -> tuple[Agent, str]:
+        """Create an agent's key pair here, register its public key, and save the key file (mode 0600,
+        default ./NAME.key). Returns the agent and the key file's path. Admin only."""
+        import os
+
+        path = out or f"{name}.key"
+        if os.path.exists(path):
+            raise AlreadyExists(f"{path} exists already; choose another --out")
+        key = AgentKey.generate(name, "")
+        resp = self._call(self._gov.AddAgent, gpb.AddAgentRequest(name=name, public_key=key.public_bytes, groups=list(groups)))
+        key.audience = resp.daemon_id
+        return Agent.from_proto(resp.agent), str(key.save(path))
+
+    def list_agents(self, include_revoked: bool = False) -> list[Agent]:
+        resp = self._call(self._gov.ListAgents, gpb.ListAgentsRequest(include_revoked=include_revoked))
+        return [Agent.from_proto(a) for a in resp.agents]
+
+    def revoke_agent(self, name: str) -> Agent:
+        return Agent.from_proto(self._call(self._gov.RevokeAgent, gpb.RevokeAgentRequest(name=name)).agent)
+
+    def grant(self, subject: str, actions, namespaces, *, kinds=(), not_before=None, expires_at=None) -> str:
+        """Sign a policy with this client's key and store it; returns its id. subject is "agent:NAME" or
+        "group:NAME"; namespaces are "ns" or "ns/**" patterns."""
+        if self.tokens is None:
+            raise Unauthenticated("no agent key: pass key= or set MEMOS_KEY to sign a policy")
+        document, signature = sign_policy(self.tokens.key, subject=subject, actions=actions, namespaces=namespaces,
+                                          kinds=kinds, not_before=not_before, expires_at=expires_at)
+        return self.put_policy(document, signature)
+
+    def put_policy(self, document: bytes, signature: bytes) -> str:
+        request = gpb.PutPolicyRequest(policy=gpb.SignedPolicy(document=document, signature=signature))
+        return self._call(self._gov.PutPolicy, request).id
+
+    def list_policies(self, subject: str = "", include_inactive: bool = False) -> list[Policy]:
+        resp = self._call(self._gov.ListPolicies, gpb.ListPoliciesRequest(subject=subject, include_inactive=include_inactive))
+        return [Policy.from_proto(p) for p in resp.policies]
+
+    def get_policy(self, policy_id: str) -> Policy:
+        return Policy.from_proto(self._call(self._gov.GetPolicy, gpb.GetPolicyRequest(id=policy_id)).policy)
+
+    def revoke_policy(self, policy_id: str) -> int:
+        return self._call(self._gov.RevokePolicy, gpb.RevokePolicyRequest(id=policy_id)).policy_epoch
+
+    def audit(self, after_seq: int = 0, *, page_size: int = 500) -> Iterator[AuditEntry]:
+        """The audit log from after_seq on, oldest first. Admin only."""
+        while True:
+            entries = self._call(self._gov.ListAudit, gpb.ListAuditRequest(after_seq=after_seq, limit=page_size)).entries
+            for e in entries:
+                yield AuditEntry.from_proto(e)
+            if len(entries) < page_size:
+                return
+            after_seq = entries[-1].seq
+
+    def verify_audit(self) -> tuple[bool, int, int, str]:
+        """(ok, entries checked, first bad seq, reason). Admin only."""
+        r = self._call(self._gov.VerifyAudit, gpb.VerifyAuditRequest())
+        return r.ok, r.entries, r.first_bad_seq, r.reason

@@ -128,3 +128,76 @@ class Status:
         return cls(version=msg.version, uptime_seconds=msg.uptime_seconds, listen=msg.listen,
                    data_bytes=msg.data_bytes, counts=counts, embedding_model=msg.embedding_model,
                    embedding_backlog=msg.embedding_backlog)
+
+
+@dataclass
+class Agent:
+    """An agent registered with the daemon."""
+
+    name: str
+    public_key: bytes
+    groups: list[str]
+    admin: bool
+    created_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_proto(cls, msg) -> "Agent":
+        return cls(msg.name, msg.public_key, list(msg.groups), msg.admin, _time(msg, "created_at"),
+                   _time(msg, "revoked_at"))
+
+    def to_json(self) -> dict:
+        from memos_client.auth import fingerprint
+
+        return {"name": self.name, "key_fingerprint": fingerprint(self.public_key), "groups": self.groups,
+                "admin": self.admin, "created_at": self.created_at.isoformat() if self.created_at else None,
+                "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None}
+
+
+@dataclass
+class Policy:
+    """A signed policy: its document (parsed), the exact signed bytes and the signature."""
+
+    document: dict[str, Any]
+    signed_bytes: bytes
+    signature: bytes
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_proto(cls, msg) -> "Policy":
+        import json
+
+        return cls(json.loads(msg.document), msg.document, msg.signature, _time(msg, "revoked_at"))
+
+    @property
+    def id(self) -> str:
+        return self.document["id"]
+
+    def to_json(self) -> dict:
+        return {**self.document, "signature": self.signature.hex(),
+                "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None}
+
+
+@dataclass
+class AuditEntry:
+    """One entry of the daemon's hash-chained audit log."""
+
+    seq: int
+    time: datetime | None
+    agent: str
+    action: str
+    target: str
+    decision: str
+    detail: str
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def from_proto(cls, msg) -> "AuditEntry":
+        return cls(msg.seq, _time(msg, "time"), msg.agent, msg.action, msg.target, msg.decision, msg.detail,
+                   msg.prev_hash, msg.hash)
+
+    def to_json(self) -> dict:
+        out = dict(self.__dict__)
+        out["time"] = self.time.isoformat() if self.time else None
+        return out

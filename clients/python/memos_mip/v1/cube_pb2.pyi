@@ -30,8 +30,8 @@ class LifecycleState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 class Visibility(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     VISIBILITY_UNSPECIFIED: _ClassVar[Visibility]
-    VISIBILITY_PRIVATE: _ClassVar[Visibility]
-    VISIBILITY_SHARED: _ClassVar[Visibility]
+    VISIBILITY_NAMESPACE: _ClassVar[Visibility]
+    VISIBILITY_OWNER: _ClassVar[Visibility]
 MEMORY_KIND_UNSPECIFIED: MemoryKind
 MEMORY_KIND_PLAINTEXT: MemoryKind
 MEMORY_KIND_ACTIVATION: MemoryKind
@@ -42,8 +42,8 @@ LIFECYCLE_STATE_ARCHIVED: LifecycleState
 LIFECYCLE_STATE_EXPIRED: LifecycleState
 LIFECYCLE_STATE_DELETED: LifecycleState
 VISIBILITY_UNSPECIFIED: Visibility
-VISIBILITY_PRIVATE: Visibility
-VISIBILITY_SHARED: Visibility
+VISIBILITY_NAMESPACE: Visibility
+VISIBILITY_OWNER: Visibility
 
 class ModelBinding(_message.Message):
     __slots__ = ("model_fingerprint", "tokenizer_fingerprint", "dtype")

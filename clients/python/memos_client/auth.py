@@ -1,0 +1,182 @@
+"""Agent keys, request tokens and signed policy documents: the formats both client and daemon use.
+
+A key file is JSON {"version": 1, "agent": NAME, "audience": DAEMON_ID, "private_key": BASE64} (mode 0600).
+A token is BASE64URL(canonical JSON claims) "." BASE64URL(Ed25519 signature of the first part), with
+claims sub (agent), aud (daemon id), iat, exp (unix seconds), jti (unique id) and epoch (policy epoch).
+It travels in the `authorization` call metadata as "Bearer <token>".
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from memos_client.errors import InvalidArgument
+
+TOKEN_LIFETIME = 300
+METADATA_KEY = "authorization"
+EPOCH_TRAILER = "memos-policy-epoch"
+
+
+def canonical(obj) -> bytes:
+    """The one JSON encoding that is signed: sorted keys, no spaces, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def fingerprint(public_key: bytes) -> str:
+    """A short, loggable name for a key (never log the key itself)."""
+    import hashlib
+
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+@dataclass
+class AgentKey:
+    """An agent's Ed25519 private key and the daemon it is registered with."""
+
+    agent: str
+    private_key: Ed25519PrivateKey
+    audience: str
+
+    @classmethod
+    def generate(cls, agent: str, audience: str) -> "AgentKey":
+        return cls(agent, Ed25519PrivateKey.generate(), audience)
+
+    @property
+    def public_bytes(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return self.private_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.private_key.sign(data)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the key file with mode 0600; refuses to overwrite an existing file."""
+        from cryptography.hazmat.primitives import serialization
+
+        raw = self.private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                             serialization.NoEncryption())
+        body = {"version": 1, "agent": self.agent, "audience": self.audience,
+                "private_key": base64.b64encode(raw).decode()}
+        path = Path(path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(body, f)
+            f.write("\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "AgentKey":
+        path = Path(path).expanduser()
+        try:
+            body = json.loads(path.read_text())
+            raw = base64.b64decode(body["private_key"])
+            return cls(body["agent"], Ed25519PrivateKey.from_private_bytes(raw), body.get("audience", ""))
+        except FileNotFoundError:
+            raise InvalidArgument(f"key file {path} does not exist") from None
+        except PermissionError:
+            raise InvalidArgument(f"cannot read key file {path}: permission denied") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgument(f"{path} is not a memosd key file ({exc})") from None
+
+
+def mint_token(key: AgentKey, epoch: int, *, lifetime: int = TOKEN_LIFETIME, now: float | None = None) -> str:
+    now = int(time.time() if now is None else now)
+    claims = {"sub": key.agent, "aud": key.audience, "iat": now, "exp": now + lifetime,
+              "jti": secrets.token_hex(12), "epoch": epoch}
+    body = b64url(canonical(claims))
+    return f"{body}.{b64url(key.sign(body.encode()))}"
+
+
+def read_token(token: str) -> tuple[dict, bytes, bytes]:
+    """Claims, signed bytes and signature of a token; ValueError if it is not well formed."""
+    body, sep, sig = token.partition(".")
+    if not sep or not body or not sig or len(token) > 2048:
+        raise ValueError("not a memosd token")
+    claims = json.loads(unb64url(body))
+    if not isinstance(claims, dict):
+        raise ValueError("token claims are not an object")
+    return claims, body.encode(), unb64url(sig)
+
+
+def verify_signature(public_key: bytes, data: bytes, signature: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
+        return True
+    except (InvalidSignature, ValueError):
+        return False
+
+
+def sign_policy(key: AgentKey, *, subject: str, actions, namespaces, kinds=(), not_before: float | None = None,
+                expires_at: float | None = None, now: float | None = None) -> tuple[bytes, bytes]:
+    """A policy document signed by `key`: (document bytes, signature)."""
+    now = int(time.time() if now is None else now)
+    doc = {"version": 1, "id": "pol_" + secrets.token_hex(8), "issuer": key.agent, "subject": subject,
+           "actions": sorted(set(actions)), "namespaces": sorted(set(namespaces)), "kinds": sorted(set(kinds)),
+           "issued_at": now, "not_before": int(not_before) if not_before else now,
+           "expires_at": int(expires_at) if expires_at else None}
+    document = canonical(doc)
+    return document, key.sign(document)
+
+
+class TokenSource:
+    """Mints and renews the caller's tokens; remembers the daemon's policy epoch."""
+
+    def __init__(self, key: AgentKey, *, lifetime: int = TOKEN_LIFETIME):
+        self.key = key
+        self.lifetime = lifetime
+        self.epoch = 1
+        self._token = ""
+        self._renew_at = 0.0
+
+    def token(self) -> str:
+        now = time.time()
+        if now >= self._renew_at:
+            self._token = mint_token(self.key, self.epoch, lifetime=self.lifetime, now=now)
+            self._renew_at = now + self.lifetime / 2
+        return self._token
+
+    def metadata(self) -> tuple[str, str]:
+        return (METADATA_KEY, f"Bearer {self.token()}")
+
+    def learn_epoch(self, rpc_error) -> bool:
+        """After UNAUTHENTICATED: adopt the daemon's epoch if it moved on; True if a retry may help."""
+        trailers = rpc_error.trailing_metadata() or () if hasattr(rpc_error, "trailing_metadata") else ()
+        for k, v in trailers:
+            if k == EPOCH_TRAILER and v.isdigit() and int(v) != self.epoch:
+                self.epoch, self._renew_at = int(v), 0.0
+                return True
+        return False
+
+
+def resolve_key(key: "str | Path | AgentKey | None" = None) -> AgentKey | None:
+    """The caller's key: the argument, else $MEMOS_KEY, else the default data directory's admin key if
+    this user can read it; None if there is none (calls then fail with Unauthenticated)."""
+    if isinstance(key, AgentKey):
+        return key
+    path = key or os.environ.get("MEMOS_KEY")
+    if path:
+        return AgentKey.load(path)
+    from memos_client.defaults import default_data_dir
+
+    admin = default_data_dir() / "admin.key"
+    if os.access(admin, os.R_OK):
+        return AgentKey.load(admin)
+    return None

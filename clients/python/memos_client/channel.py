@@ -1,0 +1,77 @@
+"""Channels that carry the caller's token on every call (sync and asyncio)."""
+
+from __future__ import annotations
+
+import collections
+
+import grpc
+
+from memos_client.auth import TokenSource
+
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                   ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+
+
+class _Details(collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
+                                                   "wait_for_ready", "compression")), grpc.ClientCallDetails):
+    pass
+
+
+def _with_token(details, tokens: TokenSource | None):
+    if tokens is None:
+        return details
+    metadata = list(details.metadata or []) + [tokens.metadata()]
+    return _Details(details.method, details.timeout, metadata, details.credentials,
+                    getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
+
+
+class _SyncAuth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(_with_token(details, self.tokens), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(_with_token(details, self.tokens), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(_with_token(details, self.tokens), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(_with_token(details, self.tokens), requests)
+
+
+def sync_channel(target: str, tokens: TokenSource | None) -> grpc.Channel:
+    return grpc.intercept_channel(grpc.insecure_channel(target, options=CHANNEL_OPTIONS), _SyncAuth(tokens))
+
+
+class _AioAuth(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
+               grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(_aio_details(details, self.tokens), request)
+
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(_aio_details(details, self.tokens), request)
+
+    async def intercept_stream_unary(self, continuation, details, requests):
+        return await continuation(_aio_details(details, self.tokens), requests)
+
+    async def intercept_stream_stream(self, continuation, details, requests):
+        return await continuation(_aio_details(details, self.tokens), requests)
+
+
+def _aio_details(details, tokens):
+    if tokens is None:
+        return details
+    metadata = grpc.aio.Metadata(*(details.metadata or ()), tokens.metadata())
+    return grpc.aio.ClientCallDetails(details.method, details.timeout, metadata, details.credentials,
+                                      details.wait_for_ready)
+
+
+def aio_channel(target: str, tokens: TokenSource | None) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=[_AioAuth(tokens)])

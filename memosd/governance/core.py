@@ -1,0 +1,422 @@
+"""MemGovernance: authenticates tokens, decides access (deny by default), manages agents and policies."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memos_client.auth import AgentKey, fingerprint, read_token, verify_signature
+from memosd.cube import MemoryKind
+from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from memosd.governance import audit
+from memosd.limits import check_namespace
+from memosd.governance.policy import Pattern, Policy, check_name, owned_pattern, parse_policy
+
+log = logging.getLogger("memosd.governance")
+ADMIN = "admin"
+ADMIN_KEY_FILE = "admin.key"
+CLOCK_SKEW = 60
+MAX_TOKEN_LIFETIME = 3600
+MAX_CHAIN = 8
+TOKEN_CACHE_SIZE = 100_000
+DENIALS_AUDITED_PER_SECOND = 50
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    name: str
+    groups: frozenset[str] = frozenset()
+    admin: bool = False
+
+    @property
+    def subjects(self) -> frozenset[str]:
+        return frozenset({f"agent:{self.name}", *(f"group:{g}" for g in self.groups)})
+
+
+@dataclass
+class AgentRecord:
+    name: str
+    public_key: bytes
+    groups: tuple[str, ...]
+    admin: bool
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass
+class PolicyRecord:
+    policy: Policy
+    document: bytes
+    signature: bytes
+    created_at: float
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class ScopeRule:
+    """Part of what a caller may read: a namespace pattern and the kinds (empty: all)."""
+
+    namespace: str
+    subtree: bool
+    kinds: frozenset[MemoryKind] = frozenset()
+
+
+@dataclass
+class _DenialBudget:
+    second: int = 0
+    used: int = 0
+    suppressed: int = 0
+
+
+class MemGovernance:
+    """Identities, policies and decisions. Takes the shared Database; keeps agents and policies in memory."""
+
+    def __init__(self, db, data_dir: Path, *, clock=time.time):
+        self.db = db
+        self.data_dir = Path(data_dir)
+        self.clock = clock
+        self.daemon_id = ""
+        self.epoch = 1
+        self._agents: dict[str, AgentRecord] = {}
+        self._policies: dict[str, PolicyRecord] = {}
+        self._tokens: dict[str, dict] = {}
+        self._grants: dict[tuple, list[Policy]] = {}
+        self._changed = asyncio.Event()
+        self._denials = _DenialBudget()
+
+    # -- start-up -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        def load(conn: sqlite3.Connection):
+            settings = dict(conn.execute("SELECT key, value FROM settings").fetchall())
+            agents = conn.execute("SELECT name, public_key, groups, admin, created_at, revoked_at FROM agents").fetchall()
+            policies = conn.execute("SELECT document, signature, created_at, revoked_at FROM policies").fetchall()
+            return settings, agents, policies
+
+        def first_start(conn: sqlite3.Connection) -> None:
+            for key, value in (("daemon_id", "memosd-" + secrets.token_hex(8)), ("policy_epoch", "1")):
+                conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, value))
+
+        await self.db.write(first_start)
+        settings, agents, policies = await self.db.read(load)
+        self.daemon_id, self.epoch = settings["daemon_id"], int(settings["policy_epoch"])
+        for name, key, groups, admin, created, revoked in agents:
+            self._agents[name] = AgentRecord(name, key, tuple(json.loads(groups)), bool(admin), created, revoked)
+        for document, signature, created, revoked in policies:
+            policy = parse_policy(document)
+            self._policies[policy.id] = PolicyRecord(policy, document, signature, created, revoked)
+        if ADMIN not in self._agents:
+            await self._create_admin()
+        elif not (self.data_dir / ADMIN_KEY_FILE).exists():
+            log.warning("admin key %s is missing; restore it from a backup to administer this daemon",
+                        self.data_dir / ADMIN_KEY_FILE)
+
+    async def _create_admin(self) -> None:
+        key = AgentKey.generate(ADMIN, self.daemon_id)
+        path = self.data_dir / ADMIN_KEY_FILE
+        path.unlink(missing_ok=True)
+        key.save(path)
+        await self._store_agent(AgentRecord(ADMIN, key.public_bytes, (), True, self.clock()), actor=ADMIN)
+        log.info("created the admin key %s (fingerprint %s)", path, fingerprint(key.public_bytes))
+
+    # -- authentication -----------------------------------------------------------------------
+
+    def authenticate(self, token: str | None) -> Principal:
+        """The caller a token proves; Unauthenticated with the reason otherwise."""
+        if not token:
+            raise Unauthenticated("no token: calls need an agent key (memosctl --key FILE, or MEMOS_KEY)")
+        now = self.clock()
+        claims = self._tokens.get(token)
+        if claims is None:
+            claims = self._verify(token)
+            if len(self._tokens) >= TOKEN_CACHE_SIZE:
+                self._tokens = {t: c for t, c in self._tokens.items() if c["exp"] > now}
+                if len(self._tokens) >= TOKEN_CACHE_SIZE:
+                    self._tokens.clear()
+            self._tokens[token] = claims
+        agent = self._agents.get(claims["sub"])
+        if agent is None or agent.revoked_at is not None:
+            raise Unauthenticated(f"agent {claims['sub']!r} has been revoked")
+        if claims["aud"] != self.daemon_id:
+            raise Unauthenticated("token is for another daemon (wrong audience); use a key registered here")
+        if claims["iat"] > now + CLOCK_SKEW:
+            raise Unauthenticated("token is issued in the future; check this machine's clock")
+        if claims["exp"] <= now:
+            raise Unauthenticated("token has expired; clients renew tokens themselves, check the clock")
+        if claims["epoch"] != self.epoch:
+            raise Unauthenticated(f"token is for policy epoch {claims['epoch']}, current is {self.epoch}; mint a new one")
+        return Principal(agent.name, frozenset(agent.groups), agent.admin)
+
+    def _verify(self, token: str) -> dict:
+        try:
+            claims, signed, signature = read_token(token)
+        except (ValueError, UnicodeDecodeError):
+            raise Unauthenticated("token is malformed") from None
+        types = {"sub": str, "aud": str, "iat": int, "exp": int, "jti": str, "epoch": int}
+        if any(not isinstance(claims.get(k), t) for k, t in types.items()):
+            raise Unauthenticated("token lacks required claims")
+        if claims["exp"] - claims["iat"] > MAX_TOKEN_LIFETIME:
+            raise Unauthenticated(f"token lifetime is over {MAX_TOKEN_LIFETIME} s")
+        agent = self._agents.get(claims["sub"])
+        if agent is None:
+            raise Unauthenticated("token is signed by an unknown agent")
+        if not verify_signature(agent.public_key, signed, signature):
+            raise Unauthenticated("token signature does not match the agent's key")
+        return claims
+
+    # -- authorization ------------------------------------------------------------------------
+
+    def can(self, p: Principal, action: str, namespace: str, kind: MemoryKind | None = None) -> bool:
+        if p.admin or owned_pattern(p.name).matches(namespace):
+            return True
+        now = self.clock()
+        return any(pol.active(now) and pol.grants(action, namespace, kind) for pol in self._effective(p))
+
+    def check(self, p: Principal, action: str, namespace: str, kind: MemoryKind | None = None) -> None:
+        check_namespace(namespace)  # never match patterns against a path-like trick
+        if not self.can(p, action, namespace, kind):
+            raise PermissionDenied(f"agent {p.name} may not {action} in {namespace}: no policy grants it")
+
+    def check_cube(self, p: Principal, action: str, cube) -> None:
+        """Decide on an existing cube: its namespace's grants, and its owner-only visibility."""
+        owner_only = int(getattr(cube, "visibility", 1)) == 2
+        if not self.can(p, action, cube.namespace, cube.kind) or (
+                owner_only and not p.admin and cube.owner != p.name):
+            raise PermissionDenied(f"agent {p.name} may not {action} cube {cube.id}")
+
+    def read_scope(self, p: Principal) -> tuple[ScopeRule, ...] | None:
+        """What List and Search may return to p, as rules for the query; None means everything."""
+        if p.admin:
+            return None
+        now = self.clock()
+        rules = [ScopeRule(f"agents/{p.name}", True)]
+        for pol in self._effective(p):
+            if pol.active(now) and ({"read", "admin"} & pol.actions):
+                rules += [ScopeRule(pat.namespace, pat.subtree, pol.kinds) for pat in pol.patterns]
+        return tuple(rules)
+
+    def _effective(self, p: Principal) -> list[Policy]:
+        # Cached per epoch and half-minute: a grant passed on lapses when its issuer's authority does.
+        key = (p.subjects, self.epoch, int(self.clock() // 30))
+        found = self._grants.get(key)
+        if found is None:
+            if len(self._grants) > 10_000:
+                self._grants.clear()
+            found = self._grants[key] = [
+                r.policy for r in self._policies.values()
+                if r.revoked_at is None and r.policy.subject in p.subjects and self._issuer_holds(r.policy, 0)
+            ]
+        return found
+
+    def _issuer_holds(self, policy: Policy, depth: int) -> bool:
+        issuer = self._agents.get(policy.issuer)
+        if issuer is None or issuer.revoked_at is not None:
+            return False
+        if issuer.admin:
+            return True
+        if depth >= MAX_CHAIN:
+            return False
+        return self._may_grant(issuer, policy, depth + 1)
+
+    def _may_grant(self, issuer: AgentRecord, policy: Policy, depth: int) -> bool:
+        """True if the issuer owns, or holds with `share`, everything the policy grants (never wider)."""
+        subjects = {f"agent:{issuer.name}", *(f"group:{g}" for g in issuer.groups)}
+        now = self.clock()
+        held = [r.policy for r in self._policies.values()
+                if r.revoked_at is None and r.policy.subject in subjects and r.policy.active(now)
+                and r.policy.id != policy.id and self._issuer_holds(r.policy, depth)]
+        for pattern in policy.patterns:
+            if owned_pattern(issuer.name).covers(pattern):
+                continue
+            for action in policy.actions:
+                if not any(_covers(g, action, pattern, policy) for g in held):
+                    return False
+        return True
+
+    # -- audit --------------------------------------------------------------------------------
+
+    async def record_denial(self, p: Principal | None, action: str, target: str, reason: str) -> None:
+        """Audit a denial; past a per-second budget, denials are counted and summarised instead."""
+        now = self.clock()
+        budget = self._denials
+        if int(now) != budget.second:
+            budget.second, budget.used = int(now), 0
+        if budget.used >= DENIALS_AUDITED_PER_SECOND:
+            budget.suppressed += 1
+            return
+        budget.used += 1
+        suppressed, budget.suppressed = budget.suppressed, 0
+        detail = audit.detail(reason=reason, **({"suppressed_before": suppressed} if suppressed else {}))
+        agent = p.name if p else "-"
+        await self.db.write(lambda conn: audit.append(conn, now, agent, action, target, "deny", detail))
+
+    def audit_write(self, conn: sqlite3.Connection, agent: str, action: str, target: str, **fields) -> None:
+        """Audit an allowed write inside the transaction that makes it."""
+        audit.append(conn, self.clock(), agent, action, target, "allow", audit.detail(**fields))
+
+    async def audit_list(self, p: Principal, after_seq: int, limit: int) -> list[audit.AuditEntry]:
+        self._require_admin(p, "read the audit log")
+        return await self.db.read(lambda conn: audit.read(conn, after_seq, limit))
+
+    async def audit_verify(self, p: Principal) -> tuple[bool, int, int, str]:
+        self._require_admin(p, "verify the audit log")
+        return await self.db.read(audit.verify)
+
+    # -- agents -------------------------------------------------------------------------------
+
+    async def add_agent(self, p: Principal, name: str, public_key: bytes, groups) -> AgentRecord:
+        self._require_admin(p, "add agents")
+        check_name(name)
+        groups = tuple(dict.fromkeys(check_name(g, "group name") for g in groups))
+        if len(public_key) != 32:
+            raise InvalidArgument("public_key must be the 32 raw bytes of an Ed25519 public key")
+        if name in self._agents:
+            raise AlreadyExists(f"agent {name} exists already; revoke it or pick another name")
+        record = AgentRecord(name, bytes(public_key), groups, False, self.clock())
+        await self._store_agent(record, actor=p.name)
+        return record
+
+    async def _store_agent(self, record: AgentRecord, actor: str) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO agents (name, public_key, groups, admin, created_at) VALUES (?, ?, ?, ?, ?)",
+                         (record.name, record.public_key, json.dumps(list(record.groups)), int(record.admin),
+                          record.created_at))
+            self.audit_write(conn, actor, "agent.add", record.name, key=fingerprint(record.public_key),
+                             groups=list(record.groups))
+
+        await self.db.write(job)
+        self._agents[record.name] = record
+
+    def agent(self, name: str) -> AgentRecord:
+        if name not in self._agents:
+            raise NotFound(f"no agent named {name!r}")
+        return self._agents[name]
+
+    def list_agents(self, p: Principal, include_revoked: bool) -> list[AgentRecord]:
+        self._require_admin(p, "list agents")
+        return sorted((a for a in self._agents.values() if include_revoked or a.revoked_at is None),
+                      key=lambda a: a.name)
+
+    async def revoke_agent(self, p: Principal, name: str) -> AgentRecord:
+        self._require_admin(p, "revoke agents")
+        agent = self._agents.get(name)
+        if agent is None:
+            raise NotFound(f"no agent named {name!r}")
+        if agent.admin:
+            raise InvalidArgument("the admin identity cannot be revoked")
+        if agent.revoked_at is None:
+            now = self.clock()
+
+            def job(conn: sqlite3.Connection) -> None:
+                conn.execute("UPDATE agents SET revoked_at = ? WHERE name = ?", (now, name))
+                self._bump_epoch(conn)
+                self.audit_write(conn, p.name, "agent.revoke", name)
+
+            await self.db.write(job)
+            agent.revoked_at = now
+            self._after_change()
+        return agent
+
+    # -- policies -----------------------------------------------------------------------------
+
+    async def put_policy(self, p: Principal, document: bytes, signature: bytes) -> Policy:
+        """Verify and store a signed policy. The caller must be its issuer (or the admin)."""
+        policy = parse_policy(document)
+        issuer = self._agents.get(policy.issuer)
+        if issuer is None or issuer.revoked_at is not None:
+            raise PermissionDenied(f"policy issuer {policy.issuer!r} is not an active agent")
+        if not verify_signature(issuer.public_key, document, signature):
+            raise PermissionDenied(f"policy {policy.id} signature does not match the key of {policy.issuer}")
+        if not p.admin and p.name != policy.issuer:
+            raise PermissionDenied(f"agent {p.name} may only store policies it signed itself")
+        if not issuer.admin and not self._may_grant(issuer, policy, 1):
+            raise PermissionDenied(f"agent {policy.issuer} may not grant {', '.join(sorted(policy.actions))} on"
+                                   f" {', '.join(map(str, policy.patterns))}: it neither owns it nor holds it with share")
+        if policy.id in self._policies:
+            raise AlreadyExists(f"policy {policy.id} exists already")
+        record = PolicyRecord(policy, bytes(document), bytes(signature), self.clock())
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO policies (id, issuer, subject, document, signature, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                         (policy.id, policy.issuer, policy.subject, record.document, record.signature, record.created_at))
+            self.audit_write(conn, p.name, "policy.put", policy.id, subject=policy.subject,
+                             actions=sorted(policy.actions), namespaces=[str(x) for x in policy.patterns])
+
+        await self.db.write(job)
+        self._policies[policy.id] = record
+        self._grants.clear()
+        return policy
+
+    def list_policies(self, p: Principal, subject: str = "", include_inactive: bool = False) -> list[PolicyRecord]:
+        now = self.clock()
+        found = [r for r in self._policies.values()
+                 if (p.admin or r.policy.issuer == p.name or r.policy.subject in p.subjects)
+                 and (not subject or r.policy.subject == subject)
+                 and (include_inactive or (r.revoked_at is None and r.policy.active(now)))]
+        return sorted(found, key=lambda r: r.created_at)
+
+    def get_policy(self, p: Principal, policy_id: str) -> PolicyRecord:
+        record = self._policies.get(policy_id)
+        if record is None or not (p.admin or record.policy.issuer == p.name or record.policy.subject in p.subjects):
+            raise NotFound(f"no policy {policy_id} visible to agent {p.name}")
+        return record
+
+    async def revoke_policy(self, p: Principal, policy_id: str) -> int:
+        record = self.get_policy(p, policy_id)
+        if not (p.admin or record.policy.issuer == p.name):
+            raise PermissionDenied(f"only the admin or {record.policy.issuer} may revoke policy {policy_id}")
+        if record.revoked_at is None:
+            now = self.clock()
+
+            def job(conn: sqlite3.Connection) -> None:
+                conn.execute("UPDATE policies SET revoked_at = ? WHERE id = ?", (now, policy_id))
+                self._bump_epoch(conn)
+                self.audit_write(conn, p.name, "policy.revoke", policy_id)
+
+            await self.db.write(job)
+            record.revoked_at = now
+            self._after_change()
+        return self.epoch
+
+    # -- changes ------------------------------------------------------------------------------
+
+    def _bump_epoch(self, conn: sqlite3.Connection) -> None:
+        (value,) = conn.execute("SELECT value FROM settings WHERE key = 'policy_epoch'").fetchone()
+        conn.execute("UPDATE settings SET value = ? WHERE key = 'policy_epoch'", (str(int(value) + 1),))
+
+    def _after_change(self) -> None:
+        # Called after a committed revocation: new epoch, fresh caches, and wake streams to re-check.
+        self.epoch += 1
+        self._grants.clear()
+        self._tokens.clear()
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def changed(self) -> asyncio.Event:
+        """An event set at the next revocation; open streams wait on it to re-check their caller."""
+        return self._changed
+
+    def _require_admin(self, p: Principal, what: str) -> None:
+        if not p.admin:
+            raise PermissionDenied(f"only the admin may {what}")
+
+
+def _covers(grant: Policy, action: str, pattern: Pattern, wanted: Policy) -> bool:
+    """Does `grant` let its holder pass `action` on `pattern` on, within `wanted`'s kinds and time?"""
+    if not ({"share", "admin"} & grant.actions) or not ({action, "admin"} & grant.actions):
+        return False
+    if not any(g.covers(pattern) for g in grant.patterns):
+        return False
+    if grant.kinds and (not wanted.kinds or not wanted.kinds <= grant.kinds):
+        return False
+    if grant.expires_at is not None and (wanted.expires_at is None or wanted.expires_at > grant.expires_at):
+        return False
+    return wanted.not_before >= grant.not_before

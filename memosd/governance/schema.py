@@ -1,0 +1,23 @@
+"""Governance tables, migrated with the vault's database."""
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+migrations = Migrations("memosd.governance")
+
+
+@migrations()
+def m0001_governance(db: Database) -> None:
+    db.execute(
+        "CREATE TABLE agents (name TEXT PRIMARY KEY, public_key BLOB NOT NULL, groups TEXT NOT NULL DEFAULT '[]',"
+        " admin INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, revoked_at REAL)"
+    )
+    db.execute(
+        "CREATE TABLE policies (id TEXT PRIMARY KEY, issuer TEXT NOT NULL, subject TEXT NOT NULL,"
+        " document BLOB NOT NULL, signature BLOB NOT NULL, created_at REAL NOT NULL, revoked_at REAL)"
+    )
+    db.execute(
+        "CREATE TABLE audit (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, agent TEXT NOT NULL, action TEXT NOT NULL,"
+        " target TEXT NOT NULL, decision TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL,"
+        " hash TEXT NOT NULL)"
+    )
