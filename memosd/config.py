@@ -29,6 +29,10 @@ class Config:
     sweep_interval: float = 30.0
     access_flush_interval: float = 2.0
     shutdown_grace: float = 10.0
+    # TLS for TCP listeners; required off loopback. A client CA makes client certificates mandatory.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
     limits: Limits = field(default_factory=Limits)
 
 
@@ -77,26 +81,28 @@ def _build(values: dict) -> Config:
     config = Config(**top, limits=Limits(**limits))
     if config.log_level not in LOG_LEVELS:
         raise InvalidArgument(f"log_level must be one of {', '.join(LOG_LEVELS)}")
-    check_listen(config.listen)
+    check_listen(config.listen, tls=bool(config.tls_cert))
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise InvalidArgument("tls_cert and tls_key go together: set both or neither")
     return config
 
 
-def check_listen(listen: str) -> None:
-    """A Unix socket, or a TCP port on a loopback address (off-loopback needs TLS, not yet built)."""
+def check_listen(listen: str, tls: bool = False) -> None:
+    """A Unix socket, or a TCP port: on loopback, or anywhere with TLS."""
     if listen.startswith("unix:") or listen.startswith("/"):
         return
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     if not port.isdigit():
         raise InvalidArgument(f"listen address {listen!r}: use unix:/path/to.sock or 127.0.0.1:PORT")
-    if host != "localhost":
+    if host != "localhost" and not tls:
         try:
             loopback = ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = False
         if not loopback:
             raise InvalidArgument(
-                f"listen address {listen!r} is not loopback; memosd serves TCP only on 127.0.0.1, ::1 or localhost"
+                f"listen address {listen!r} is not loopback; off loopback memosd needs TLS (tls_cert and tls_key)"
             )
 
 

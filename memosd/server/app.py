@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -15,12 +12,12 @@ from grpc_reflection.v1alpha import reflection
 
 from memos_mip.v1 import daemon_pb2, governance_pb2, vault_pb2
 from memosd.config import Config, socket_path
-from memosd.errors import FailedPrecondition
 from memosd.governance import MemGovernance
 from memosd.governance.schema import migrations as governance_migrations
 from memosd.lifecycle import MemLifecycle
 from memosd.server.daemon_service import DaemonService
 from memosd.server.governance_service import GovernanceService
+from memosd.server import transport
 from memosd.server.rpc import service_handler
 from memosd.server.vault_service import VaultService
 from memosd.vault import MemVault
@@ -80,30 +77,13 @@ class MemosServer:
         names = [s.full_name for s in SERVICES] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                                    reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
-        self.address = self._bind(server)
+        self.address = transport.bind(server, cfg)
         await server.start()
         self._server = server
-        self._restrict_socket()
+        transport.restrict(self.address)
         for name in ["", *(s.full_name for s in SERVICES)]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("memosd listening on %s (data in %s)", self.address, cfg.data_dir)
-
-    def _bind(self, server: grpc.aio.Server) -> str:
-        path = socket_path(self.config.listen)
-        if path is None:
-            port = server.add_insecure_port(self.config.listen)
-            host = self.config.listen.rpartition(":")[0]
-            return f"{host}:{port}"
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _clear_stale_socket(path)
-        server.add_insecure_port(f"unix:{path}")
-        return f"unix:{path}"
-
-    def _restrict_socket(self) -> None:
-        # Owner and group only; the directory (0700) is the first gate.
-        path = socket_path(self.address)
-        if path is not None and path.exists():
-            os.chmod(path, 0o660)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, finish in-flight calls (up to grace), flush and close the vault."""
@@ -122,21 +102,6 @@ class MemosServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
-
-
-def _clear_stale_socket(path: Path) -> None:
-    """Remove a socket file left by a daemon that died; refuse if a live daemon still answers on it."""
-    if not path.exists():
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        path.unlink(missing_ok=True)
-        return
-    finally:
-        probe.close()
-    raise FailedPrecondition(f"another memosd is already listening on {path}; stop it or use --listen")
 
 
 def build_server(config: Config) -> MemosServer:

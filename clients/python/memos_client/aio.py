@@ -19,12 +19,13 @@ class AsyncMemosClient:
     """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket) as the agent whose key is
     `key` (else $MEMOS_KEY, else the default data directory's admin key). Use with `async with`."""
 
-    def __init__(self, addr: str | None = None, *, key: "str | AgentKey | None" = None, timeout: float = 30.0):
+    def __init__(self, addr: str | None = None, *, key: "str | AgentKey | None" = None, timeout: float = 30.0,
+                 tls_ca: str | None = None):
         self.target = resolve_addr(addr)
         self.timeout = timeout
         agent_key = resolve_key(key)
         self.tokens = TokenSource(agent_key) if agent_key else None
-        self._channel = aio_channel(self.target, self.tokens)
+        self._channel = aio_channel(self.target, self.tokens, tls_ca)
         self._vault = vault_pb2_grpc.VaultServiceStub(self._channel)
         self._daemon = daemon_pb2_grpc.DaemonServiceStub(self._channel)
         self._gov = governance_pb2_grpc.GovernanceServiceStub(self._channel)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import os
+from pathlib import Path
 
 import grpc
 
@@ -43,8 +45,25 @@ class _SyncAuth(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercep
         return continuation(_with_token(details, self.tokens), requests)
 
 
-def sync_channel(target: str, tokens: TokenSource | None) -> grpc.Channel:
-    return grpc.intercept_channel(grpc.insecure_channel(target, options=CHANNEL_OPTIONS), _SyncAuth(tokens))
+def tls_credentials(tls_ca: str | None) -> grpc.ChannelCredentials | None:
+    """TLS for a TCP target: the CA file from the argument or $MEMOS_TLS_CA, and a client certificate
+    from $MEMOS_TLS_CERT/$MEMOS_TLS_KEY when the daemon asks for one. None means plaintext."""
+    tls_ca = tls_ca or os.environ.get("MEMOS_TLS_CA")
+    if not tls_ca:
+        return None
+    cert, key = os.environ.get("MEMOS_TLS_CERT"), os.environ.get("MEMOS_TLS_KEY")
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(tls_ca).read_bytes(),
+        private_key=Path(key).read_bytes() if key else None,
+        certificate_chain=Path(cert).read_bytes() if cert else None,
+    )
+
+
+def sync_channel(target: str, tokens: TokenSource | None, tls_ca: str | None = None) -> grpc.Channel:
+    creds = tls_credentials(tls_ca) if not target.startswith("unix:") else None
+    base = (grpc.secure_channel(target, creds, options=CHANNEL_OPTIONS) if creds
+            else grpc.insecure_channel(target, options=CHANNEL_OPTIONS))
+    return grpc.intercept_channel(base, _SyncAuth(tokens))
 
 
 class _AioAuth(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
@@ -73,5 +92,8 @@ def _aio_details(details, tokens):
                                       details.wait_for_ready)
 
 
-def aio_channel(target: str, tokens: TokenSource | None) -> grpc.aio.Channel:
+def aio_channel(target: str, tokens: TokenSource | None, tls_ca: str | None = None) -> grpc.aio.Channel:
+    creds = tls_credentials(tls_ca) if not target.startswith("unix:") else None
+    if creds:
+        return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS, interceptors=[_AioAuth(tokens)])
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=[_AioAuth(tokens)])

@@ -20,12 +20,13 @@ class MemosClient:
     `key` (a path or AgentKey; else $MEMOS_KEY, else the default data directory's admin key).
     Use as a context manager."""
 
-    def __init__(self, addr: str | None = None, *, key: "str | AgentKey | None" = None, timeout: float = 30.0):
+    def __init__(self, addr: str | None = None, *, key: "str | AgentKey | None" = None, timeout: float = 30.0,
+                 tls_ca: str | None = None):
         self.target = resolve_addr(addr)
         self.timeout = timeout
         agent_key = resolve_key(key)
         self.tokens = TokenSource(agent_key) if agent_key else None
-        self._channel = sync_channel(self.target, self.tokens)
+        self._channel = sync_channel(self.target, self.tokens, tls_ca)
         self._vault = vault_pb2_grpc.VaultServiceStub(self._channel)
         self._daemon = daemon_pb2_grpc.DaemonServiceStub(self._channel)
         self._gov = governance_pb2_grpc.GovernanceServiceStub(self._channel)

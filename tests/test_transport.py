@@ -1,0 +1,73 @@
+"""Listening: socket and directory modes, loopback-only plaintext TCP, TLS, the async client."""
+
+import asyncio
+import dataclasses
+import datetime
+import ipaddress
+import os
+import stat
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from memos_client import AsyncMemosClient, MemosClient, Unavailable
+from memosd.config import load_config
+from memosd.errors import InvalidArgument
+from tests.daemon import make_config, running
+
+
+def test_socket_is_0660_in_a_0750_directory(daemon):
+    path = daemon.address[len("unix:"):]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o750
+
+
+def test_plaintext_tcp_only_on_loopback(tmp_path):
+    for listen in ("0.0.0.0:7700", "192.168.1.5:7700", "example.com:7700"):
+        with pytest.raises(InvalidArgument, match="TLS"):
+            load_config({"data_dir": str(tmp_path), "listen": listen}, env={})
+    config = load_config({"data_dir": str(tmp_path), "listen": "0.0.0.0:7700", "tls_cert": "c", "tls_key": "k"}, env={})
+    assert config.listen == "0.0.0.0:7700"
+
+
+def test_loopback_tcp_and_async_client(tmp_path):
+    config = make_config(tmp_path, listen="127.0.0.1:0")
+    with running(config) as d:
+        assert d.address.startswith("127.0.0.1:") and not d.address.endswith(":0")
+
+        async def go():
+            async with AsyncMemosClient(d.address, key=d.admin_key) as c:
+                cube = await c.put("over tcp", "agents/admin/n")
+                assert (await c.get(cube.id)).text == "over tcp"
+                assert [x.id async for x in c.list()] == [cube.id]
+
+        asyncio.run(go())
+
+
+def _self_signed(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "memosd-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    return str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+
+
+def test_tls_listener(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    config = dataclasses.replace(make_config(tmp_path, listen="127.0.0.1:0"), tls_cert=cert, tls_key=key)
+    with running(config) as d:
+        with MemosClient(d.address, key=d.admin_key, tls_ca=cert) as c:
+            assert c.put("secret over tls", "agents/admin/n").text == "secret over tls"
+        with MemosClient(d.address, key=d.admin_key, timeout=3) as plain:
+            with pytest.raises(Unavailable):
+                plain.status()
