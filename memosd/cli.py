@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    os.umask(0o077)  # database, blobs and keys are the daemon's alone; the socket is opened up explicitly
     try:
         config = load_config({k: v for k, v in vars(args).items() if k != "command"})
         if args.command == "init":
@@ -44,13 +46,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _init(config) -> int:
+    """Create the data directory, its database and admin key, and a commented config file."""
+    from memosd.server.app import open_storage
+
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    db, governance = asyncio.run(open_storage(config))
+    db.close()
     path = config.data_dir / CONFIG_NAME
-    if path.exists():
-        print(f"memosd: {config.data_dir} is already initialised ({path} exists)")
-        return 0
-    write_default_config(config.data_dir)
-    print(f"memosd: initialised {config.data_dir}; start with: memosd serve")
+    if not path.exists():
+        write_default_config(config.data_dir)
+    print(f"memosd: data directory {config.data_dir} is ready; admin key {config.data_dir / 'admin.key'}"
+          f" (daemon id {governance.daemon_id}). Start with: memosd serve")
     return 0
 
 

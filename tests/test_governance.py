@@ -246,16 +246,16 @@ def test_flood_of_bad_tokens_leaves_daemon_responsive(agents, daemon):
     for t in threads:
         t.start()
     try:
-        slowest = 0.0
-        for _ in range(50):
+        slowest, deadline, good = 0.0, time.monotonic() + 30, 0
+        while (sent[0] < 400 or good < 20) and time.monotonic() < deadline:
             t0 = time.perf_counter()
             assert alice.get(cube.id).id == cube.id
-            slowest = max(slowest, time.perf_counter() - t0)
+            slowest, good = max(slowest, time.perf_counter() - t0), good + 1
     finally:
         stop.set()
         for t in threads:
             t.join()
-    assert sent[0] > 100
+    assert sent[0] >= 400 and good >= 20
     assert slowest < 2.0, f"a good call took {slowest:.2f}s under a flood of bad tokens"
 
 
@@ -269,3 +269,28 @@ def test_non_admin_cannot_administer(agents):
         bob.get_policy("pol_0000000000000000")
     assert bob.whoami()[0].name == "bob"
     assert bob.status().counts == {}
+
+
+def test_revoking_an_agent_ends_its_open_stream(agents, client, daemon):
+    import queue
+
+    alice = agents("alice")
+    feed: queue.Queue = queue.Queue()
+
+    def batches():
+        while True:
+            item = feed.get()
+            if item is None:
+                return
+            yield item
+
+    from memos_mip.v1 import cube_pb2
+
+    call = alice._vault.PutStream(batches(), timeout=20)
+    feed.put(vault_pb2.PutBatchRequest(cubes=[cube_pb2.CubeDraft(namespace="agents/alice/n", text="one")]))
+    assert len(next(call).ids) == 1
+    client.revoke_agent("alice")  # alice's stream is idle, waiting for her next batch
+    with pytest.raises(grpc.RpcError) as info:
+        next(call)
+    feed.put(None)
+    assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED and "revoked" in info.value.details()

@@ -155,6 +155,12 @@ class MemGovernance:
             raise Unauthenticated(f"token is for policy epoch {claims['epoch']}, current is {self.epoch}; mint a new one")
         return Principal(agent.name, frozenset(agent.groups), agent.admin)
 
+    def still_valid(self, p: Principal) -> None:
+        """For open streams after a revocation: Unauthenticated if p's agent is gone."""
+        agent = self._agents.get(p.name)
+        if agent is None or agent.revoked_at is not None:
+            raise Unauthenticated(f"agent {p.name!r} has been revoked")
+
     def _verify(self, token: str) -> dict:
         try:
             claims, signed, signature = read_token(token)

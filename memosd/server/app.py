@@ -55,9 +55,8 @@ class MemosServer:
             from memosd.runtime.embedder import Embedder
 
             embedder = Embedder(cfg.embedding_model)
-        db = Database(cfg.data_dir / "memos.db", migrations=(vault_migrations, governance_migrations))
-        self.governance = gov = MemGovernance(db, cfg.data_dir)
-        await gov.start()
+        db, self.governance = await open_storage(cfg)
+        gov = self.governance
         self.vault = MemVault(cfg.data_dir, db=db, limits=cfg.limits, embedder=embedder, audit=gov.audit_write)
         await self.vault.start()
         self._lifecycle = MemLifecycle(self.vault, sweep_interval=cfg.sweep_interval,
@@ -102,6 +101,14 @@ class MemosServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+
+async def open_storage(config: Config) -> tuple[Database, MemGovernance]:
+    """The data directory's database (migrated) and governance (admin key created on first use)."""
+    db = Database(config.data_dir / "memos.db", migrations=(vault_migrations, governance_migrations))
+    governance = MemGovernance(db, config.data_dir)
+    await governance.start()
+    return db, governance
 
 
 def build_server(config: Config) -> MemosServer:

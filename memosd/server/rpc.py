@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -13,7 +14,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
 from memosd.errors import InvalidArgument, MemosError, PermissionDenied, Unauthenticated
-from memosd.server.auth import set_principal, token_from
+from memosd.server.auth import principal, set_principal, token_from
 from memosd.server.status import status_for
 
 log = logging.getLogger("memosd.requests")
@@ -111,10 +112,40 @@ def _server_stream(method: str, impl, governance, client_streams: bool):
     async def handle(request, context):
         async with _answering(method, context, governance):
             source = _checked(request) if client_streams else _check(request)
-            async for response in impl(source, context):
+            async for response in _until_revoked(impl(source, context), governance, principal()):
                 yield response
 
     return handle
+
+
+async def _until_revoked(responses, governance, caller) -> AsyncIterator:
+    """Pass responses on, but end the stream as soon as the caller's agent is revoked, even while it
+    waits; each servicer also re-checks its policies per message."""
+    pending = None
+    try:
+        while True:
+            changed = governance.changed()
+            pending = pending or asyncio.ensure_future(responses.__anext__())
+            watcher = asyncio.ensure_future(changed.wait())
+            try:
+                await asyncio.wait((pending, watcher), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watcher.cancel()
+            if pending.done():
+                try:
+                    response = pending.result()
+                except StopAsyncIteration:
+                    return
+                pending = None
+                yield response
+            else:
+                governance.still_valid(caller)
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
+        await responses.aclose()
 
 
 def service_handler(service_descriptor, servicer, governance) -> grpc.GenericRpcHandler:
