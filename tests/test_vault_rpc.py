@@ -2,7 +2,7 @@
 
 import pytest
 
-from memos_client import Conflict, FailedPrecondition, NotFound, State
+from memos_client import Conflict, FailedPrecondition, InvalidArgument, NotFound, State
 
 
 def test_put_get_roundtrip(client):
@@ -96,3 +96,28 @@ def test_status_reports_counts(client):
     client.put("x", "agents/a/n")
     status = client.status()
     assert status.counts["plaintext"]["active"] == 1 and status.data_bytes > 0 and status.version
+
+
+def test_put_many_raises_the_callers_own_error(client):
+    def drafts():
+        yield {"text": "fine", "namespace": "agents/a/n"}
+        raise ValueError("broken input source")
+
+    with pytest.raises(ValueError, match="broken input source"):
+        client.put_many(drafts())
+    with pytest.raises(InvalidArgument, match="text"):
+        client.put_many([{"namespace": "agents/a/n"}])
+
+
+def test_async_client_put_many_and_search(aclient_factory):
+    import asyncio
+
+    async def go():
+        async with aclient_factory() as c:
+            ids = await c.put_many([{"text": f"async note {i}", "namespace": "agents/a/n"} for i in range(30)],
+                                   batch_size=8)
+            assert len(ids) == 30
+            assert len(await c.search("async note", limit=5)) == 5
+            assert [x.id async for x in c.list(page_size=7)] == ids
+
+    asyncio.run(go())

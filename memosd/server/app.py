@@ -37,8 +37,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 class MemosServer:
     """The running daemon: gRPC server, MemVault and background lifecycle tasks."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, governance_type: type[MemGovernance] = MemGovernance):
         self.config = config
+        self._governance_type = governance_type
         self.address = config.listen
         self.vault: MemVault | None = None
         self.governance: MemGovernance | None = None
@@ -55,7 +56,7 @@ class MemosServer:
             from memosd.runtime.embedder import Embedder
 
             embedder = Embedder(cfg.embedding_model)
-        db, self.governance = await open_storage(cfg)
+        db, self.governance = await open_storage(cfg, self._governance_type)
         gov = self.governance
         self.vault = MemVault(cfg.data_dir, db=db, limits=cfg.limits, embedder=embedder, audit=gov.audit_write)
         await self.vault.start()
@@ -103,14 +104,16 @@ class MemosServer:
         await self._stopped.wait()
 
 
-async def open_storage(config: Config) -> tuple[Database, MemGovernance]:
+async def open_storage(config: Config, governance_type=MemGovernance) -> tuple[Database, MemGovernance]:
     """The data directory's database (migrated) and governance (admin key created on first use)."""
     db = Database(config.data_dir / "memos.db", migrations=(vault_migrations, governance_migrations))
-    governance = MemGovernance(db, config.data_dir)
+    governance = governance_type(db, config.data_dir)
     await governance.start()
     return db, governance
 
 
-def build_server(config: Config) -> MemosServer:
-    """The daemon for a config; `await server.start()` binds and serves, `await server.stop()` drains."""
-    return MemosServer(config)
+def build_server(config: Config, governance_type: type[MemGovernance] = MemGovernance) -> MemosServer:
+    """The daemon for a config; `await server.start()` binds and serves, `await server.stop()` drains.
+    governance_type lets an embedder supply its own MemGovernance (the benchmarks measure against one
+    that allows everything)."""
+    return MemosServer(config, governance_type)

@@ -141,7 +141,10 @@ async def _until_revoked(responses, governance, caller) -> AsyncIterator:
             else:
                 governance.still_valid(caller)
     finally:
-        if pending is not None and not pending.done():
+        if pending is not None and pending.done():
+            if not pending.cancelled():
+                pending.exception()  # retrieved: the call is over either way
+        elif pending is not None:
             pending.cancel()
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                 await pending

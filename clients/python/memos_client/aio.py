@@ -57,12 +57,15 @@ class AsyncMemosClient:
 
     async def put_many(self, drafts: Iterable, *, batch_size: int = 500, on_batch=None) -> list[str]:
         ids: list[str] = []
+        source = rq.BatchSource(drafts, batch_size)
         try:
-            async for ack in self._vault.PutStream(rq.batches(drafts, batch_size)):
+            async for ack in self._vault.PutStream(source):
                 ids.extend(ack.ids)
                 if on_batch:
                     on_batch(ack.acknowledged)
         except grpc.RpcError as exc:
+            if source.error is not None:
+                raise source.error from None
             raise from_rpc_error(exc, self.target) from None
         return ids
 

@@ -66,20 +66,28 @@ def sync_channel(target: str, tokens: TokenSource | None, tls_ca: str | None = N
     return grpc.intercept_channel(base, _SyncAuth(tokens))
 
 
-class _AioAuth(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-               grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+class _AioAuth:
     def __init__(self, tokens):
         self.tokens = tokens
 
+
+# grpc.aio files each interceptor under the first call type it implements, so one class per type.
+class _AioUnaryUnary(_AioAuth, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, details, request):
         return await continuation(_aio_details(details, self.tokens), request)
 
+
+class _AioUnaryStream(_AioAuth, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, details, request):
         return await continuation(_aio_details(details, self.tokens), request)
 
+
+class _AioStreamUnary(_AioAuth, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, details, requests):
         return await continuation(_aio_details(details, self.tokens), requests)
 
+
+class _AioStreamStream(_AioAuth, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, details, requests):
         return await continuation(_aio_details(details, self.tokens), requests)
 
@@ -94,6 +102,7 @@ def _aio_details(details, tokens):
 
 def aio_channel(target: str, tokens: TokenSource | None, tls_ca: str | None = None) -> grpc.aio.Channel:
     creds = tls_credentials(tls_ca) if not target.startswith("unix:") else None
+    interceptors = [kind(tokens) for kind in (_AioUnaryUnary, _AioUnaryStream, _AioStreamUnary, _AioStreamStream)]
     if creds:
-        return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS, interceptors=[_AioAuth(tokens)])
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=[_AioAuth(tokens)])
+        return grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS, interceptors=interceptors)

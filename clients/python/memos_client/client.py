@@ -61,12 +61,15 @@ class MemosClient:
         """Store many cubes (dicts like {"text", "namespace", "tags", "metadata"} or CubeDrafts) over one
         stream; returns their ids. on_batch(acknowledged_so_far) is called after each durable batch."""
         ids: list[str] = []
+        source = rq.BatchSource(drafts, batch_size)
         try:
-            for ack in self._vault.PutStream(rq.batches(drafts, batch_size)):
+            for ack in self._vault.PutStream(source):
                 ids.extend(ack.ids)
                 if on_batch:
                     on_batch(ack.acknowledged)
         except grpc.RpcError as exc:
+            if source.error is not None:
+                raise source.error from None
             raise from_rpc_error(exc, self.target) from None
         return ids
 

@@ -54,6 +54,36 @@ def draft_from_dict(item: dict) -> cube_pb2.CubeDraft:
     return draft(**{k: v for k, v in item.items() if v is not None})
 
 
+class BatchSource:
+    """The request stream of put_many; keeps an error raised while reading the caller's drafts, so the
+    client can raise it instead of gRPC's generic "Exception iterating requests!"."""
+
+    def __init__(self, drafts: Iterable, size: int):
+        self._batches = batches(drafts, size)
+        self.error: BaseException | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self._batches)
+        except StopIteration:
+            raise
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            return self.__next__()
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
 def batches(drafts: Iterable, size: int) -> Iterator[vault_pb2.PutBatchRequest]:
     batch = []
     for d in drafts:
