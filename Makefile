@@ -27,7 +27,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 lint: install
-	$(BIN)/python -m compileall -q memosd clients tests bench
+	$(BIN)/python -m pyflakes memosd clients/python/memos_client tests bench scripts
 
 ## Regenerate clients/python/memos_mip from protos/.
 proto: install

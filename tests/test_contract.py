@@ -11,7 +11,6 @@ import pytest
 import memos_client
 import memosd.errors
 from memos_client import AsyncMemosClient, MemosClient
-from memos_mip.v1 import daemon_pb2, vault_pb2
 from memosd.server.app import SERVICES
 from memosd.server.daemon_service import DaemonService
 from memosd.server.governance_service import GovernanceService

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from memos_client import InvalidArgument, MemosClient, NotFound, PermissionDenied, Unauthenticated
-from memos_client.auth import AgentKey, b64url, canonical, mint_token, sign_policy, unb64url
+from memos_client.auth import AgentKey, b64url, mint_token, sign_policy, unb64url
 from memos_mip.v1 import vault_pb2, vault_pb2_grpc
 
 

@@ -8,7 +8,7 @@ import logging
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from memos_client.auth import AgentKey, fingerprint, read_token, verify_signature
