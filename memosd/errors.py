@@ -8,6 +8,7 @@
     ├── FailedPrecondition   the request is well formed but the system is not in a state for it
     │   └── ModelMismatch    a tensor cube used with a model it was not made for
     ├── Unauthenticated      no, bad or expired credentials
+    │   └── StaleToken       a valid token minted before the latest revocation: mint a new one
     ├── PermissionDenied     valid credentials, action not granted
     ├── ResourceExhausted    a quota or limit was hit
     ├── DataLoss             bytes did not match their digest
@@ -45,6 +46,10 @@ class ModelMismatch(FailedPrecondition):
 
 class Unauthenticated(MemosError):
     """The caller did not prove who it is."""
+
+
+class StaleToken(Unauthenticated):
+    """The token names an old policy epoch; clients renew and retry without bothering anyone."""
 
 
 class PermissionDenied(MemosError):

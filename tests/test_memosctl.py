@@ -53,7 +53,7 @@ def test_put_from_argument_file_and_stdin(ctl, client, tmp_path, stdin):
     code, out, _ = ctl("put", "-f", str(path))
     cube = client.get(out.strip())
     assert code == 0 and cube.text == "line one\nline two — ünïcode"
-    assert cube.namespace == "agents/local/notes"
+    assert cube.namespace == "agents/admin/notes"
 
     stdin(b"piped text\n")
     code, out, _ = ctl("put", "-", "--ttl", "3600")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from memos_client.auth import AgentKey, fingerprint, read_token, verify_signature
 from memosd.cube import MemoryKind
-from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated
 from memosd.governance import audit
 from memosd.limits import check_namespace
 from memosd.governance.policy import Pattern, Policy, check_name, owned_pattern, parse_policy
@@ -152,7 +152,7 @@ class MemGovernance:
         if claims["exp"] <= now:
             raise Unauthenticated("token has expired; clients renew tokens themselves, check the clock")
         if claims["epoch"] != self.epoch:
-            raise Unauthenticated(f"token is for policy epoch {claims['epoch']}, current is {self.epoch}; mint a new one")
+            raise StaleToken(f"token is for policy epoch {claims['epoch']}, current is {self.epoch}; mint a new one")
         return Principal(agent.name, frozenset(agent.groups), agent.admin)
 
     def still_valid(self, p: Principal) -> None:

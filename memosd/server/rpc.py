@@ -13,7 +13,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
-from memosd.errors import InvalidArgument, MemosError, PermissionDenied, Unauthenticated
+from memosd.errors import InvalidArgument, MemosError, PermissionDenied, StaleToken, Unauthenticated
 from memosd.server.auth import principal, set_principal, token_from
 from memosd.server.status import status_for
 
@@ -59,7 +59,7 @@ async def _answering(method: str, context, governance):
         yield
     except MemosError as exc:
         code, detail = status_for(exc), str(exc)
-        if isinstance(exc, (Unauthenticated, PermissionDenied)):
+        if isinstance(exc, (Unauthenticated, PermissionDenied)) and not isinstance(exc, StaleToken):
             await governance.record_denial(caller, method, "", detail)
         if isinstance(exc, Unauthenticated):
             # Lets a client whose token names an old policy epoch mint a fresh one and retry.

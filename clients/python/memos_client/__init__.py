@@ -4,7 +4,7 @@ from memos_client.aio import AsyncMemosClient
 from memos_client.client import MemosClient
 from memos_client.errors import (
     AlreadyExists, Cancelled, Conflict, DataLoss, DeadlineExceeded, FailedPrecondition, InternalError,
-    InvalidArgument, MemosError, ModelMismatch, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated,
+    InvalidArgument, MemosError, ModelMismatch, NotFound, PermissionDenied, ResourceExhausted, StaleToken, Unauthenticated,
     Unavailable,
 )
 from memos_client.models import Cube, Hit, Kind, Page, State, Status
@@ -12,6 +12,6 @@ from memos_client.models import Cube, Hit, Kind, Page, State, Status
 __all__ = [
     "AsyncMemosClient", "MemosClient", "Cube", "Hit", "Kind", "Page", "State", "Status",
     "MemosError", "InvalidArgument", "NotFound", "AlreadyExists", "Conflict", "FailedPrecondition",
-    "ModelMismatch", "Unauthenticated", "PermissionDenied", "ResourceExhausted", "DataLoss", "Unavailable",
+    "ModelMismatch", "StaleToken", "Unauthenticated", "PermissionDenied", "ResourceExhausted", "DataLoss", "Unavailable",
     "DeadlineExceeded", "Cancelled", "InternalError",
 ]

@@ -25,6 +25,8 @@ class AsyncMemosClient:
         self.timeout = timeout
         agent_key = resolve_key(key)
         self.tokens = TokenSource(agent_key) if agent_key else None
+        # Where put() writes when no namespace is given: the caller's own notes.
+        self.default_namespace = f"agents/{agent_key.agent}/notes" if agent_key else rq.DEFAULT_NAMESPACE
         self._channel = aio_channel(self.target, self.tokens, tls_ca)
         self._vault = vault_pb2_grpc.VaultServiceStub(self._channel)
         self._daemon = daemon_pb2_grpc.DaemonServiceStub(self._channel)
@@ -51,8 +53,8 @@ class AsyncMemosClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.target) from None
 
-    async def put(self, text: str, namespace: str = rq.DEFAULT_NAMESPACE, **fields) -> Cube:
-        request = vault_pb2.PutRequest(cube=rq.draft(text, namespace, **fields))
+    async def put(self, text: str, namespace: str | None = None, **fields) -> Cube:
+        request = vault_pb2.PutRequest(cube=rq.draft(text, self.default_namespace if namespace is None else namespace, **fields))
         return Cube.from_proto((await self._call(self._vault.Put, request)).cube)
 
     async def put_many(self, drafts: Iterable, *, batch_size: int = 500, on_batch=None) -> list[str]:

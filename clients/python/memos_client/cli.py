@@ -11,6 +11,7 @@ from array import array
 from dataclasses import asdict
 from typing import IO, Iterator
 
+from memos_client import cli_governance
 from memos_client import requests as rq
 from memos_client.client import MemosClient
 from memos_client.errors import InvalidArgument, MemosError, Unavailable
@@ -19,7 +20,8 @@ from memos_client._terminal import (
 )
 from memos_client.models import State
 
-COMMANDS = ("put", "get", "ls", "search", "history", "rm", "import", "status")
+COMMANDS = ("put", "get", "ls", "search", "history", "rm", "import", "status",
+            "whoami", "agent", "grant", "policy", "audit")
 STATES = ("active", "archived", "expired")
 EXIT_ERROR, EXIT_USAGE = 1, 2
 
@@ -126,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, run, text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text, description=text)
-        p.set_defaults(run=run)
+        if run is not None:  # commands with actions (agent add, ...) set it on each action
+            p.set_defaults(run=run)
         return p
 
     def filters(p: argparse.ArgumentParser) -> None:
@@ -137,8 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("put", _put, "store one plaintext cube and print its id")
     p.add_argument("text", nargs="?", help='the text; "-" reads it from stdin')
     p.add_argument("-f", "--file", help="read the text from this file (UTF-8)")
-    p.add_argument("-n", "--namespace", default=rq.DEFAULT_NAMESPACE,
-                   help=f"(default {rq.DEFAULT_NAMESPACE})")
+    p.add_argument("-n", "--namespace", help="(default agents/AGENT/notes, AGENT being the key's agent)")
     p.add_argument("-t", "--tag", dest="tags", action="append", default=[], metavar="TAG",
                    help="a tag (repeat)")
     p.add_argument("--meta", action="append", default=[], type=_meta_pair, metavar="KEY=VALUE",
@@ -176,14 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("import", _import, "store cubes from a JSON Lines file, one cube per line")
     p.add_argument("file", help='JSON Lines file; "-" reads stdin')
-    p.add_argument("-n", "--namespace", default=rq.DEFAULT_NAMESPACE,
-                   help=f"namespace of lines that name none (default {rq.DEFAULT_NAMESPACE})")
+    p.add_argument("-n", "--namespace", help="namespace of lines that name none (default agents/AGENT/notes)")
     p.add_argument("--batch-size", type=_positive(int), default=500, metavar="N",
                    help="cubes per durable batch (default 500)")
     p.add_argument("--progress", action="store_true",
                    help="show the progress bar even when stderr is not a terminal")
 
     command("status", _status, "show the daemon's version, uptime, cube counts and data size")
+    cli_governance.add_commands(command)
     assert tuple(sub.choices) == COMMANDS
     return parser
 
@@ -385,7 +387,8 @@ def _import(client: MemosClient, args) -> int:
 
     try:
         with stream:
-            ids = client.put_many(_records(stream, args.namespace, run), batch_size=args.batch_size,
+            records = _records(stream, client.default_namespace if args.namespace is None else args.namespace, run)
+            ids = client.put_many(records, batch_size=args.batch_size,
                                   on_batch=on_batch)
     except (MemosError, KeyboardInterrupt) as exc:
         progress.finish()

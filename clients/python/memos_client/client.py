@@ -26,6 +26,8 @@ class MemosClient:
         self.timeout = timeout
         agent_key = resolve_key(key)
         self.tokens = TokenSource(agent_key) if agent_key else None
+        # Where put() writes when no namespace is given: the caller's own notes.
+        self.default_namespace = f"agents/{agent_key.agent}/notes" if agent_key else rq.DEFAULT_NAMESPACE
         self._channel = sync_channel(self.target, self.tokens, tls_ca)
         self._vault = vault_pb2_grpc.VaultServiceStub(self._channel)
         self._daemon = daemon_pb2_grpc.DaemonServiceStub(self._channel)
@@ -52,9 +54,9 @@ class MemosClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.target) from None
 
-    def put(self, text: str, namespace: str = rq.DEFAULT_NAMESPACE, **fields) -> Cube:
+    def put(self, text: str, namespace: str | None = None, **fields) -> Cube:
         """Store one plaintext cube; fields: tags, metadata, source, priority, ttl, expires_at."""
-        request = vault_pb2.PutRequest(cube=rq.draft(text, namespace, **fields))
+        request = vault_pb2.PutRequest(cube=rq.draft(text, self.default_namespace if namespace is None else namespace, **fields))
         return Cube.from_proto(self._call(self._vault.Put, request).cube)
 
     def put_many(self, drafts: Iterable, *, batch_size: int = 500, on_batch=None) -> list[str]:

@@ -8,6 +8,7 @@
     ├── FailedPrecondition
     │   └── ModelMismatch
     ├── Unauthenticated
+    │   └── StaleToken       (renewed and retried by the client itself)
     ├── PermissionDenied
     ├── ResourceExhausted
     ├── DataLoss
@@ -58,6 +59,10 @@ class ModelMismatch(FailedPrecondition):
 
 class Unauthenticated(MemosError):
     code = "UNAUTHENTICATED"
+
+
+class StaleToken(Unauthenticated):
+    """The token predates the daemon's latest revocation; the client mints a new one and retries."""
 
 
 class PermissionDenied(MemosError):

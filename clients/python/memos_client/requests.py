@@ -12,7 +12,7 @@ from memos_client.errors import InvalidArgument
 from memos_client.models import Kind, State
 from memos_mip.v1 import cube_pb2, vault_pb2
 
-DEFAULT_NAMESPACE = "agents/local/notes"
+DEFAULT_NAMESPACE = "agents/local/notes"  # only when the client has no key
 MODES = {"auto": vault_pb2.SEARCH_MODE_UNSPECIFIED, "bm25": vault_pb2.SEARCH_MODE_BM25,
          "dense": vault_pb2.SEARCH_MODE_DENSE, "hybrid": vault_pb2.SEARCH_MODE_HYBRID}
 _UNSET: Any = object()
