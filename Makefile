@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint proto proto-check bench bench-ingest bench-search bench-locomo clean
+.PHONY: install run test test-fast lint proto proto-check bench bench-ingest bench-search bench-locomo bench-governance clean
 
 install: $(STAMP)
 
@@ -38,7 +38,7 @@ proto-check: proto
 	git diff --exit-code -- clients/python/memos_mip
 	@test -z "$$(git status --porcelain -- clients/python/memos_mip)" || { git status --porcelain -- clients/python/memos_mip; exit 1; }
 
-bench: bench-ingest bench-search bench-locomo
+bench: bench-ingest bench-search bench-locomo bench-governance
 
 bench-ingest: install
 	$(BIN)/python bench/ingest_search.py --only ingest
@@ -48,6 +48,9 @@ bench-search: install
 
 bench-locomo: install
 	$(BIN)/python bench/locomo.py
+
+bench-governance: install
+	$(BIN)/python bench/governance.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
