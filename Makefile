@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint proto proto-check bench bench-ingest bench-search bench-locomo bench-governance clean
+.PHONY: install run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob
 
 install: $(STAMP)
 
@@ -32,13 +32,28 @@ lint: install
 ## Regenerate clients/python/memos_mip from protos/.
 proto: install
 	$(BIN)/python scripts/gen_protos.py
+	$(BIN)/python scripts/proto_contract.py docs
+
+## docs/protocol.md from the comments in protos/ (also part of `make proto`).
+protocol-docs: install
+	$(BIN)/python scripts/proto_contract.py docs
+
+## The protocol as a contract: docs/protocol.md is current, and nothing breaks the last release
+## (protos/release/*.json; after a release: scripts/proto_contract.py snapshot --ref vX.Y.Z --out ...).
+proto-contract: install
+	$(BIN)/python scripts/proto_contract.py docs --check
+	$(BIN)/python scripts/proto_contract.py breaking
+
+## systemd units: `systemd-analyze verify` is silent and the system unit's exposure is <= 1.5.
+check-systemd: install
+	MEMOSD=$(CURDIR)/$(BIN)/memosd scripts/check_systemd.sh
 
 ## Fail if the committed generated code differs from what protos/ generates.
 proto-check: proto
 	git diff --exit-code -- clients/python/memos_mip
 	@test -z "$$(git status --porcelain -- clients/python/memos_mip)" || { git status --porcelain -- clients/python/memos_mip; exit 1; }
 
-bench: bench-ingest bench-search bench-locomo bench-governance
+bench: bench-ingest bench-search bench-locomo bench-governance bench-export-import bench-kv-ttft bench-blob
 
 bench-ingest: install
 	$(BIN)/python bench/ingest_search.py --only ingest
@@ -51,6 +66,17 @@ bench-locomo: install
 
 bench-governance: install
 	$(BIN)/python bench/governance.py
+
+bench-export-import: install
+	$(BIN)/python bench/export_import.py
+
+## Activation memory: time to first token with a pulled KV cache vs a full prefill (Qwen2-shaped, 0.5B, CPU).
+bench-kv-ttft: install
+	$(BIN)/python bench/kv_ttft.py
+
+## Upload and download throughput of a 1 GiB KV cache through the daemon vs memory copy bandwidth.
+bench-blob: install
+	$(BIN)/python bench/blob_throughput.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

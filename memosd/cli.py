@@ -19,7 +19,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"memosd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("init", "create the data directory and a commented config file"),
-                       ("serve", "run the daemon in the foreground until SIGTERM/SIGINT")):
+                       ("serve", "run the daemon in the foreground until SIGTERM/SIGINT"),
+                       ("restore", "put a backup made by `memosctl backup` in place as the data directory"
+                                   " (stop the daemon first)")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--data-dir", help="data directory (env MEMOSD_DATA_DIR; default ~/.local/share/memosd)")
         p.add_argument("--config", help=f"TOML config file (env MEMOSD_CONFIG; default DATA_DIR/{CONFIG_NAME})")
@@ -27,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--listen", help="unix:/path/to.sock or 127.0.0.1:PORT (env MEMOSD_LISTEN)")
             p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="(env MEMOSD_LOG_LEVEL)")
             p.add_argument("--embedding-model", help="local encoder directory for dense search (env MEMOSD_EMBEDDING_MODEL)")
+            p.add_argument("--activation-model", help="local causal LM directory that builds KV caches from plaintext"
+                           " (env MEMOSD_ACTIVATION_MODEL)")
+            p.add_argument("--metrics-listen", metavar="HOST:PORT",
+                           help="serve Prometheus metrics at http://HOST:PORT/metrics, loopback only (env MEMOSD_METRICS_LISTEN)")
+        if name == "restore":
+            p.add_argument("source", help="the backup directory (it holds manifest.json)")
+            p.add_argument("--force", action="store_true", help="replace a database DATA_DIR already holds")
     return parser
 
 
@@ -37,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config({k: v for k, v in vars(args).items() if k != "command"})
         if args.command == "init":
             return _init(config)
+        if args.command == "restore":
+            return _restore(config, args.source, args.force)
         return asyncio.run(_serve(config))
     except MemosError as exc:
         print(f"memosd: {exc}", file=sys.stderr)
@@ -60,10 +71,24 @@ def _init(config) -> int:
     return 0
 
 
+def _restore(config, source: str, force: bool) -> int:
+    """Verify every file of a backup against its digest, then put it in place."""
+    from memosd.vault.backup import restore
+
+    done = restore(source, config.data_dir, force=force)
+    print(f"memosd: restored {done['files']} files ({done['bytes']} bytes) from {source} into {config.data_dir}."
+          " Start it with: memosd serve")
+    return 0
+
+
 async def _serve(config) -> int:
+    from memosd.sdnotify import Notifier
     from memosd.server import build_server
 
     setup_logging(config.log_level)
+    notify = Notifier()
+    os.environ.pop("NOTIFY_SOCKET", None)  # for us alone, not for any process we start
+    notify.status(f"starting: opening {config.data_dir}")
     server = build_server(config)
     await server.start()
     stop = asyncio.Event()
@@ -71,8 +96,14 @@ async def _serve(config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"memosd {__version__} listening on {server.address}", file=sys.stderr, flush=True)
+    notify.ready(f"serving on {server.address}")
+    watchdog = asyncio.create_task(notify.run_watchdog(), name="memosd-watchdog")
     await stop.wait()
+    notify.stopping()
+    watchdog.cancel()
     await server.stop()
+    notify.status("stopped")
+    notify.close()
     return 0
 
 

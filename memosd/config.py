@@ -26,9 +26,21 @@ class Config:
     log_level: str = "info"
     # Directory of a Hugging Face encoder for dense search; empty means BM25 only.
     embedding_model: str = ""
+    # Directory of a local Hugging Face causal LM that builds KV caches from plaintext (kv build), and
+    # the dtype to load it in ("auto": the checkpoint's, as from_pretrained does); empty: no builds.
+    activation_model: str = ""
+    activation_dtype: str = "auto"
     sweep_interval: float = 30.0
     access_flush_interval: float = 2.0
     shutdown_grace: float = 10.0
+    # MemStore: events a subscriber may fall behind before its stream ends with RESOURCE_EXHAUSTED,
+    # open subscriptions per agent, and the retention a new topic starts with (0: no limit).
+    subscriber_queue: int = 1024
+    subscriptions_per_agent: int = 64
+    topic_max_events: int = 100_000
+    topic_max_age: float = 0.0
+    # Prometheus metrics over HTTP on this loopback host:port (e.g. 127.0.0.1:9464); empty: off.
+    metrics_listen: str = ""
     # TLS for TCP listeners; required off loopback. A client CA makes client certificates mandatory.
     tls_cert: str = ""
     tls_key: str = ""
@@ -47,7 +59,7 @@ def load_config(flags: dict | None = None, env: dict | None = None) -> Config:
     from_env = {k[len("MEMOSD_"):].lower(): v for k, v in env.items() if k.startswith("MEMOSD_")}
     from_env.pop("config", None)
     data_dir = Path(flags.get("data_dir") or from_env.get("data_dir") or default_data_dir()).expanduser()
-    path = flags.pop("config", None) or env.get("MEMOSD_CONFIG")
+    path = flags.pop("config", None) or env.get("MEMOSD_CONFIG") or _systemd_config(env)
     from_file: dict = {}
     if path or (data_dir / CONFIG_NAME).is_file():
         path = Path(path or data_dir / CONFIG_NAME)
@@ -61,6 +73,14 @@ def load_config(flags: dict | None = None, env: dict | None = None) -> Config:
     return _build(merged)
 
 
+def _systemd_config(env) -> str | None:
+    """CONFIGURATION_DIRECTORY/memosd.toml when the unit's ConfigurationDirectory holds one."""
+    directory = env.get("CONFIGURATION_DIRECTORY", "").split(":")[0]
+    if directory and (Path(directory) / CONFIG_NAME).is_file():
+        return str(Path(directory) / CONFIG_NAME)
+    return None
+
+
 def _build(values: dict) -> Config:
     top, limits = {}, {}
     for key, value in values.items():
@@ -71,9 +91,12 @@ def _build(values: dict) -> Config:
         elif key == "limits" and isinstance(value, dict):
             limits.update({k: int(v) for k, v in value.items() if k in _LIMIT_KEYS})
     try:
-        for key in ("sweep_interval", "access_flush_interval", "shutdown_grace"):
+        for key in ("sweep_interval", "access_flush_interval", "shutdown_grace", "topic_max_age"):
             if key in top:
                 top[key] = float(top[key])
+        for key in ("subscriber_queue", "subscriptions_per_agent", "topic_max_events"):
+            if key in top:
+                top[key] = int(top[key])
     except ValueError as exc:
         raise InvalidArgument(f"bad number in config: {exc}") from None
     if "data_dir" in top:
@@ -82,6 +105,8 @@ def _build(values: dict) -> Config:
     if config.log_level not in LOG_LEVELS:
         raise InvalidArgument(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     check_listen(config.listen, tls=bool(config.tls_cert))
+    if config.metrics_listen:
+        check_metrics_listen(config.metrics_listen)
     if bool(config.tls_cert) != bool(config.tls_key):
         raise InvalidArgument("tls_cert and tls_key go together: set both or neither")
     return config
@@ -106,6 +131,14 @@ def check_listen(listen: str, tls: bool = False) -> None:
             )
 
 
+def check_metrics_listen(listen: str) -> str:
+    """host:port on loopback: the metrics endpoint has no authentication and no TLS."""
+    if listen.startswith(("unix:", "/")) or not listen.rpartition(":")[2].isdigit():
+        raise InvalidArgument(f"metrics_listen {listen!r}: use a loopback host:port like 127.0.0.1:9464")
+    check_listen(listen)
+    return listen
+
+
 def socket_path(listen: str) -> Path | None:
     """The socket file of a unix: address, None for TCP."""
     if listen.startswith("/"):
@@ -124,7 +157,9 @@ def write_default_config(data_dir: Path) -> Path:
         f'# listen = "unix:{default_socket_path()}"   # or "127.0.0.1:7700"\n'
         '# log_level = "info"\n'
         '# embedding_model = "/path/to/local/all-MiniLM-L6-v2"   # enables dense and hybrid search\n'
+        '# activation_model = "/path/to/local/Qwen2.5-0.5B"   # enables memosctl kv build\n'
         "# sweep_interval = 30.0\n"
+        '# metrics_listen = "127.0.0.1:9464"   # Prometheus metrics at http://127.0.0.1:9464/metrics\n'
         "\n[limits]\n"
         "# max_text_bytes = 65536\n"
         "# max_batch = 1000\n"

@@ -6,7 +6,8 @@
     ├── AlreadyExists        creating something that is already there
     ├── Conflict             a concurrent change won (expected version no longer current)
     ├── FailedPrecondition   the request is well formed but the system is not in a state for it
-    │   └── ModelMismatch    a tensor cube used with a model it was not made for
+    │   ├── ModelMismatch    a tensor cube used with a model it was not made for
+    │   └── Compacted        a subscription's resume point is older than what the topic retains
     ├── Unauthenticated      no, bad or expired credentials
     │   └── StaleToken       a valid token minted before the latest revocation: mint a new one
     ├── PermissionDenied     valid credentials, action not granted
@@ -42,6 +43,10 @@ class FailedPrecondition(MemosError):
 
 class ModelMismatch(FailedPrecondition):
     """A KV cache or adapter was offered to a model it was not made for."""
+
+
+class Compacted(FailedPrecondition):
+    """Events after the resume point were removed by retention; resume from the oldest retained."""
 
 
 class Unauthenticated(MemosError):

@@ -26,6 +26,11 @@ class Limits:
     max_batch: int = 1000
     max_query_bytes: int = 4096
     max_page_size: int = 1000
+    # An import bundle, as received and as unpacked (tar bombs stop here).
+    max_bundle_bytes: int = 16 << 30
+    # Largest blob (a KV cache or adapter payload) one upload may declare, and unfinished uploads per agent.
+    max_blob_bytes: int = 8 << 30
+    max_pending_uploads: int = 8
 
 
 def check_namespace(namespace: str, *, what: str = "namespace") -> str:

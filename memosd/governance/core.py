@@ -91,6 +91,7 @@ class MemGovernance:
         self._grants: dict[tuple, list[Policy]] = {}
         self._changed = asyncio.Event()
         self._denials = _DenialBudget()
+        self._read_sources: list = []
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -192,11 +193,19 @@ class MemGovernance:
             raise PermissionDenied(f"agent {p.name} may not {action} in {namespace}: no policy grants it")
 
     def check_cube(self, p: Principal, action: str, cube) -> None:
-        """Decide on an existing cube: its namespace's grants, and its owner-only visibility."""
+        """Decide on an existing cube: its namespace's grants and owner-only visibility, or, for reading,
+        a topic it is published on that p may subscribe to."""
         owner_only = int(getattr(cube, "visibility", 1)) == 2
-        if not self.can(p, action, cube.namespace, cube.kind) or (
-                owner_only and not p.admin and cube.owner != p.name):
-            raise PermissionDenied(f"agent {p.name} may not {action} cube {cube.id}")
+        if self.can(p, action, cube.namespace, cube.kind) and (not owner_only or p.admin or cube.owner == p.name):
+            return
+        if action == "read" and any(self.can(p, "subscribe", topic, cube.kind)
+                                    for source in self._read_sources for topic in source(cube.id)):
+            return
+        raise PermissionDenied(f"agent {p.name} may not {action} cube {cube.id}")
+
+    def add_read_source(self, topics_of) -> None:
+        """Register topics_of(cube_id) -> topic names through which a cube is shared (MemStore)."""
+        self._read_sources.append(topics_of)
 
     def read_scope(self, p: Principal) -> tuple[ScopeRule, ...] | None:
         """What List and Search may return to p, as rules for the query; None means everything."""

@@ -30,10 +30,10 @@ class Pattern:
     subtree: bool
 
     @classmethod
-    def parse(cls, text: str) -> "Pattern":
+    def parse(cls, text: str, what: str = "policy namespace") -> "Pattern":
         subtree = text.endswith("/**")
         base = text[:-3] if subtree else text
-        check_namespace(base, what="policy namespace")
+        check_namespace(base, what=what)
         return cls(base, subtree)
 
     def matches(self, namespace: str) -> bool:

@@ -11,8 +11,9 @@ log = logging.getLogger("memosd.lifecycle")
 class MemLifecycle:
     """Runs the vault's periodic upkeep until stopped."""
 
-    def __init__(self, vault, *, sweep_interval: float, flush_interval: float):
+    def __init__(self, vault, *, store=None, sweep_interval: float, flush_interval: float):
         self.vault = vault
+        self.store = store
         self.sweep_interval = sweep_interval
         self.flush_interval = flush_interval
         self._tasks: list[asyncio.Task] = []
@@ -33,6 +34,10 @@ class MemLifecycle:
         expired = await self.vault.expire_due()
         if expired:
             log.info("marked %d cubes expired", expired)
+        if self.store is not None:
+            compacted = await self.store.compact()
+            if compacted:
+                log.info("compacted %d events beyond their topics' retention", compacted)
 
     @staticmethod
     async def _every(seconds: float, work) -> None:

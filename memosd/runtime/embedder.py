@@ -13,8 +13,9 @@ import numpy as np
 from memosd.errors import FailedPrecondition, InvalidArgument
 
 POOLINGS = ("mean", "cls", "max")
-# Intra-op threads for inference: enough for a short query to take a few milliseconds, few enough that
-# a backfill does not take every core of the workstation from the daemon's other work.
+# Intra-op threads for inference: a quarter of the cores, 1 to 4. A short query gains little from more
+# than one, and on a busy machine OpenMP teams waiting for descheduled threads cost far more than they
+# save; a backfill should not take the workstation from everything else.
 MAX_THREADS = 4
 
 
@@ -34,7 +35,7 @@ class Embedder:
         # Vectors are stored under this name: a different model (or other weights in the same place)
         # gets its own name, so its vectors are never mixed with another model's.
         self.name = _model_name(path)
-        self._threads = threads or max(1, min(MAX_THREADS, os.cpu_count() or 1))
+        self._threads = threads or max(1, min(MAX_THREADS, (os.cpu_count() or 1) // 4))
         self._load_lock = threading.Lock()
         # A fast tokenizer is not safe to call from two threads at once; the model's forward pass is.
         self._tokenize_lock = threading.Lock()

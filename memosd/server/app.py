@@ -10,16 +10,27 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from memos_mip.v1 import daemon_pb2, governance_pb2, vault_pb2
+from memos_mip.v1 import admin_pb2, bundle_pb2, daemon_pb2, governance_pb2, store_pb2, vault_pb2
 from memosd.config import Config, socket_path
 from memosd.governance import MemGovernance
 from memosd.governance.schema import migrations as governance_migrations
 from memosd.lifecycle import MemLifecycle
+from memosd.metrics import Metrics
+from memosd.server.admin_service import AdminService
+from memosd.server.bundle_service import BundleService
+from memosd.bundle.tensor_sink import ActivationSink
+from memosd.server.metrics_endpoint import MetricsEndpoint
+from memosd.server.observability import watch
 from memosd.server.daemon_service import DaemonService
 from memosd.server.governance_service import GovernanceService
+from memosd.server.store_service import StoreService
+from memosd.server.tensor_memory import SERVICES as TENSOR_SERVICES, TensorMemory
 from memosd.server import transport
 from memosd.server.rpc import service_handler
 from memosd.server.vault_service import VaultService
+from memosd.store import MemStore
+from memosd.store.hub import Hub
+from memosd.store.schema import migrations as store_migrations
 from memosd.vault import MemVault
 from memosd.vault.db import Database
 from memosd.vault.schema import migrations as vault_migrations
@@ -29,6 +40,10 @@ SERVICES = (
     vault_pb2.DESCRIPTOR.services_by_name["VaultService"],
     daemon_pb2.DESCRIPTOR.services_by_name["DaemonService"],
     governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"],
+    store_pb2.DESCRIPTOR.services_by_name["StoreService"],
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
+    bundle_pb2.DESCRIPTOR.services_by_name["BundleService"],
+    *TENSOR_SERVICES,
 )
 # Largest message either way: a full page of cubes at the text limit fits; tensors are chunked streams.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -42,11 +57,15 @@ class MemosServer:
         self._governance_type = governance_type
         self.address = config.listen
         self.vault: MemVault | None = None
+        self.store: MemStore | None = None
+        self.tensors: TensorMemory | None = None
         self.governance: MemGovernance | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._lifecycle: MemLifecycle | None = None
         self._stopped = asyncio.Event()
+        self.metrics = Metrics()
+        self.metrics_endpoint: MetricsEndpoint | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -60,23 +79,35 @@ class MemosServer:
         gov = self.governance
         self.vault = MemVault(cfg.data_dir, db=db, limits=cfg.limits, embedder=embedder, audit=gov.audit_write)
         await self.vault.start()
-        self._lifecycle = MemLifecycle(self.vault, sweep_interval=cfg.sweep_interval,
+        self.store = MemStore(db, gov, hub=Hub(capacity=cfg.subscriber_queue, per_agent_limit=cfg.subscriptions_per_agent),
+                              default_max_events=cfg.topic_max_events, default_max_age=cfg.topic_max_age)
+        await self.store.start()
+        self.tensors = TensorMemory(cfg, self.vault, gov)
+        await self.tensors.start()
+        self._lifecycle = MemLifecycle(self.vault, store=self.store, sweep_interval=cfg.sweep_interval,
                                        flush_interval=cfg.access_flush_interval)
         self._lifecycle.start()
+        watch(self.metrics, self.vault, self.store)
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ])
         started = time.time()
-        servicers = (VaultService(self.vault, gov), DaemonService(self.vault, started, cfg.listen),
-                     GovernanceService(gov))
+        servicers = (VaultService(self.vault, gov), DaemonService(self.vault, started, cfg.listen, metrics=self.metrics),
+                     GovernanceService(gov), StoreService(self.store), AdminService(cfg.data_dir, db, gov),
+                     BundleService(self.vault, gov, cfg.data_dir, ActivationSink(self.vault, self.tensors)),
+                     *self.tensors.servicers())
         server.add_generic_rpc_handlers(tuple(
-            service_handler(descriptor, servicer, gov) for descriptor, servicer in zip(SERVICES, servicers)))
+            service_handler(descriptor, servicer, gov, self.metrics.observe_request)
+            for descriptor, servicer in zip(SERVICES, servicers)))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [s.full_name for s in SERVICES] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                                    reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
+        if cfg.metrics_listen:
+            self.metrics_endpoint = MetricsEndpoint(self.metrics, cfg.metrics_listen)
+            await self.metrics_endpoint.start()
         self.address = transport.bind(server, cfg)
         await server.start()
         self._server = server
@@ -92,7 +123,10 @@ class MemosServer:
         await self._health.enter_graceful_shutdown()
         await self._server.stop(self.config.shutdown_grace if grace is None else grace)
         self._server = None
+        if self.metrics_endpoint is not None:
+            await self.metrics_endpoint.stop()
         await self._lifecycle.stop()
+        await self.tensors.stop()
         await self.vault.close()
         path = socket_path(self.address)
         if path is not None:
@@ -106,7 +140,7 @@ class MemosServer:
 
 async def open_storage(config: Config, governance_type=MemGovernance) -> tuple[Database, MemGovernance]:
     """The data directory's database (migrated) and governance (admin key created on first use)."""
-    db = Database(config.data_dir / "memos.db", migrations=(vault_migrations, governance_migrations))
+    db = Database(config.data_dir / "memos.db", migrations=(vault_migrations, governance_migrations, store_migrations))
     governance = governance_type(db, config.data_dir)
     await governance.start()
     return db, governance

@@ -101,6 +101,10 @@ def cube_to_proto(c: MemCube) -> cube_pb2.MemCube:
     )
     if c.kind is MemoryKind.PLAINTEXT and c.text is not None:
         msg.plaintext.text = c.text
+    elif c.kind is MemoryKind.ACTIVATION and c.manifest:
+        from memosd.server.convert_tensor import fill_activation  # it imports this module
+
+        fill_activation(msg, c)
     return msg
 
 

@@ -6,17 +6,20 @@ import time
 
 from memos_mip.v1 import daemon_pb2
 from memosd import __version__
+from memosd.cube import MemoryKind
 from memosd.server.auth import principal
+from memosd.metrics import LATENCY_BUCKETS, Metrics, sample_value
 from memosd.server.convert import to_timestamp
 
 _NO_STATS = {"counts": [], "data_bytes": 0, "embedding_model": "", "embedding_backlog": 0}
 
 
 class DaemonService:
-    def __init__(self, vault, started_at: float, listen: str):
+    def __init__(self, vault, started_at: float, listen: str, metrics: Metrics | None = None):
         self.vault = vault
         self.started_at = started_at
         self.listen = listen
+        self.metrics = metrics
 
     async def Status(self, request, context):
         # Counts and sizes describe every agent's memory: the admin sees them, others see the daemon only.
@@ -30,4 +33,32 @@ class DaemonService:
             listen=self.listen,
             embedding_model=stats["embedding_model"],
             embedding_backlog=stats["embedding_backlog"],
+            metrics=await self._metrics() if principal().admin and self.metrics else None,
         )
+
+    async def _metrics(self) -> daemon_pb2.DaemonMetrics:
+        m = self.metrics
+        families = await m.collect()
+        out = daemon_pb2.DaemonMetrics(
+            blob_store_bytes=int(sample_value(families, "memosd_blob_store_bytes")),
+            database_bytes=int(sample_value(families, "memosd_database_bytes")),
+            wal_bytes=int(sample_value(families, "memosd_wal_bytes")),
+            auth_denials=sum(m.denials.values()),
+            subscribers=int(sample_value(families, "memosd_subscribers")),
+            subscriber_queue_depth=int(sample_value(families, "memosd_subscriber_queue_depth")),
+            slow_subscribers_dropped=int(sample_value(families, "memosd_slow_subscribers_dropped_total")),
+            metrics_address=m.address,
+        )
+        for (service, method, code), n in sorted(m.requests.items()):
+            out.requests.add(service=service, method=method, code=code, count=n)
+        for (service, method), hist in sorted(m.latency.items()):
+            out.latencies.add(service=service, method=method, count=hist.count, sum_seconds=hist.total,
+                              p50_seconds=_bounded(hist.quantile(0.5)), p99_seconds=_bounded(hist.quantile(0.99)))
+        for kind in MemoryKind:
+            out.usage.add(kind=int(kind), bytes=int(sample_value(families, "memosd_cube_bytes", kind=kind.name.lower())))
+        return out
+
+
+def _bounded(seconds: float) -> float:
+    # Past the last bucket the histogram only knows "more than"; report that edge.
+    return min(seconds, LATENCY_BUCKETS[-1])

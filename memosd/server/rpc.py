@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import time
@@ -39,6 +40,24 @@ def _decoder(cls):
     return decode
 
 
+def _fast_then(fast, slow):
+    # A servicer may parse its hot messages itself (blob chunks, without copying them); whatever its
+    # parser does not take (None) goes to protobuf.
+    def decode(data: bytes):
+        found = fast(data)
+        return slow(data) if found is None else found
+
+    return decode
+
+
+def _encoder(cls):
+    # A servicer may hand over bytes it already encoded (one event fanned out to many subscribers).
+    def encode(message) -> bytes:
+        return message if isinstance(message, bytes) else cls.SerializeToString(message)
+
+    return encode
+
+
 def _log(method: str, code: grpc.StatusCode, started: float, caller: str, detail: str = "") -> None:
     if log.isEnabledFor(logging.INFO):
         line = {"method": method, "status": code.name, "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
@@ -49,9 +68,9 @@ def _log(method: str, code: grpc.StatusCode, started: float, caller: str, detail
 
 
 @contextlib.asynccontextmanager
-async def _answering(method: str, context, governance):
+async def _answering(method: str, context, governance, observe=None):
     """Authenticates the caller, maps what the body raises to a status, audits denials, logs one line,
-    and aborts the call if it failed."""
+    reports the call to `observe(method, code name, seconds)` (metrics), and aborts the call if it failed."""
     started, code, detail, caller = time.perf_counter(), grpc.StatusCode.OK, "", None
     try:
         caller = governance.authenticate(token_from(context.invocation_metadata()))
@@ -61,9 +80,12 @@ async def _answering(method: str, context, governance):
         code, detail = status_for(exc), str(exc)
         if isinstance(exc, (Unauthenticated, PermissionDenied)) and not isinstance(exc, StaleToken):
             await governance.record_denial(caller, method, "", detail)
+        # The exact error class lets clients raise the same name (ModelMismatch, not just FAILED_PRECONDITION);
+        # the policy epoch lets a client whose token is stale mint a fresh one and retry.
+        trailers = [("memos-error", type(exc).__name__)]
         if isinstance(exc, Unauthenticated):
-            # Lets a client whose token names an old policy epoch mint a fresh one and retry.
-            context.set_trailing_metadata((("memos-policy-epoch", str(governance.epoch)),))
+            trailers.append(("memos-policy-epoch", str(governance.epoch)))
+        context.set_trailing_metadata(tuple(trailers))
     except grpc.aio.AbortError:
         code = grpc.StatusCode(context.code()) if isinstance(context.code(), grpc.StatusCode) else grpc.StatusCode.UNKNOWN
         raise
@@ -75,6 +97,8 @@ async def _answering(method: str, context, governance):
         raise
     finally:
         _log(method, code, started, caller.name if caller else f"unauthenticated {context.peer()}", detail)
+        if observe is not None:
+            observe(method, code.name, time.perf_counter() - started)
     if code is not grpc.StatusCode.OK:
         await context.abort(code, detail)
 
@@ -92,25 +116,25 @@ def _check(request):
     return request
 
 
-def _unary(method: str, impl, governance):
+def _unary(method: str, impl, governance, observe=None):
     async def handle(request, context):
-        async with _answering(method, context, governance):
+        async with _answering(method, context, governance, observe):
             return await impl(_check(request), context)
 
     return handle
 
 
-def _client_stream(method: str, impl, governance):
+def _client_stream(method: str, impl, governance, observe=None):
     async def handle(requests, context):
-        async with _answering(method, context, governance):
+        async with _answering(method, context, governance, observe):
             return await impl(_checked(requests), context)
 
     return handle
 
 
-def _server_stream(method: str, impl, governance, client_streams: bool):
+def _server_stream(method: str, impl, governance, client_streams: bool, observe=None):
     async def handle(request, context):
-        async with _answering(method, context, governance):
+        async with _answering(method, context, governance, observe):
             source = _checked(request) if client_streams else _check(request)
             async for response in _until_revoked(impl(source, context), governance, principal()):
                 yield response
@@ -151,9 +175,9 @@ async def _until_revoked(responses, governance, caller) -> AsyncIterator:
         await responses.aclose()
 
 
-def service_handler(service_descriptor, servicer, governance) -> grpc.GenericRpcHandler:
-    """A handler for every method the descriptor declares, each authenticated by `governance`;
-    fails fast if the servicer lacks one."""
+def service_handler(service_descriptor, servicer, governance, observe=None) -> grpc.GenericRpcHandler:
+    """A handler for every method the descriptor declares, each authenticated by `governance` and
+    reported to `observe` (Metrics.observe_request); fails fast if the servicer lacks one."""
     handlers = {}
     for m in service_descriptor.methods:
         impl = getattr(servicer, m.name, None)
@@ -162,13 +186,20 @@ def service_handler(service_descriptor, servicer, governance) -> grpc.GenericRpc
         request_cls = message_factory.GetMessageClass(m.input_type)
         response_cls = message_factory.GetMessageClass(m.output_type)
         path = f"/{service_descriptor.full_name}/{m.name}"
-        kwargs = dict(request_deserializer=_decoder(request_cls), response_serializer=response_cls.SerializeToString)
+        decode = _decoder(request_cls)
+        fast = getattr(servicer, "wire_decoders", {}).get(m.name)
+        if fast is not None:
+            decode = _fast_then(fast, decode)
+        kwargs = dict(request_deserializer=decode, response_serializer=_encoder(response_cls))
         if m.client_streaming and m.server_streaming:
-            handlers[m.name] = grpc.stream_stream_rpc_method_handler(_server_stream(path, impl, governance, True), **kwargs)
+            handlers[m.name] = grpc.stream_stream_rpc_method_handler(_server_stream(path, impl, governance, True, observe), **kwargs)
+        elif m.server_streaming and not inspect.isasyncgenfunction(impl):
+            # A coroutine that writes with context.write() (it manages its own flow, e.g. Subscribe).
+            handlers[m.name] = grpc.unary_stream_rpc_method_handler(_unary(path, impl, governance, observe), **kwargs)
         elif m.server_streaming:
-            handlers[m.name] = grpc.unary_stream_rpc_method_handler(_server_stream(path, impl, governance, False), **kwargs)
+            handlers[m.name] = grpc.unary_stream_rpc_method_handler(_server_stream(path, impl, governance, False, observe), **kwargs)
         elif m.client_streaming:
-            handlers[m.name] = grpc.stream_unary_rpc_method_handler(_client_stream(path, impl, governance), **kwargs)
+            handlers[m.name] = grpc.stream_unary_rpc_method_handler(_client_stream(path, impl, governance, observe), **kwargs)
         else:
-            handlers[m.name] = grpc.unary_unary_rpc_method_handler(_unary(path, impl, governance), **kwargs)
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(_unary(path, impl, governance, observe), **kwargs)
     return grpc.method_handlers_generic_handler(service_descriptor.full_name, handlers)

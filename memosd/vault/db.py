@@ -20,6 +20,9 @@ T = TypeVar("T")
 log = logging.getLogger("memosd.vault")
 _STOP = object()
 MAX_GROUP = 64
+# Pages are read from a memory map of the database file rather than copied in by read() calls:
+# about half the time of a BM25 query or a full count at 100k cubes. Address space, not memory.
+MMAP_BYTES = 1 << 30
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -29,6 +32,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
     if readonly:
         conn.execute("PRAGMA query_only=1")
     return conn

@@ -57,8 +57,13 @@ class DenseIndex:
         query = np.asarray(query, dtype=np.float32).reshape(self.dim)
         with self._lock:
             n = self._used
-            scores = self._matrix[:n] @ query
+            # einsum, not BLAS: a memory-bound product gains nothing from BLAS threads, and they slow
+            # to a crawl when the encoder or SQLite is busy on another core at the same moment.
+            scores = np.einsum("ij,j->i", self._matrix[:n], query)
             seqs = self._seqs[:n].copy()
+            holes = bool(self._free)
+        if not holes:
+            return seqs, scores
         live = seqs != _FREE
         return seqs[live], scores[live]
 

@@ -69,3 +69,37 @@ def m0001_cubes(db: Database) -> None:
     )
     db.execute("CREATE TABLE embeddings (seq INTEGER PRIMARY KEY, model TEXT NOT NULL, vector BLOB NOT NULL)")
     db.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+@migrations()
+def m0002_blobs_and_activation_prefixes(db: Database) -> None:
+    # Content-addressed blobs (files under blobs/sha256/): one row per distinct content, counting the
+    # live cubes whose manifest names it; at 0 since unreferenced_since it may be collected.
+    db.execute(
+        "CREATE TABLE blobs (sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, refcount INTEGER NOT NULL DEFAULT 0,"
+        " created_at REAL NOT NULL, unreferenced_since REAL) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX blobs_unreferenced ON blobs(unreferenced_since) WHERE refcount <= 0")
+    # FindByPrefix: one row per complete token block of each activation cube (chained hash of the model
+    # and the tokens up to the block's end), so the longest shared prefix is an index lookup.
+    db.execute(
+        "CREATE TABLE activation_prefixes (key BLOB NOT NULL, seq INTEGER NOT NULL, tokens INTEGER NOT NULL,"
+        " PRIMARY KEY (key, seq)) WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX activation_prefixes_seq ON activation_prefixes(seq)")
+    # Deleting a tensor cube (a tombstone, or a row removed outright) releases its blob and its prefixes in
+    # the same transaction, whichever code path deletes it.
+    release = (
+        "UPDATE blobs SET refcount = refcount - 1, unreferenced_since = CASE WHEN refcount <= 1"
+        " THEN (julianday('now') - 2440587.5) * 86400.0 ELSE unreferenced_since END"
+        " WHERE sha256 = json_extract(old.manifest, '$.blob.sha256');"
+        " DELETE FROM activation_prefixes WHERE seq = old.seq;"
+    )
+    db.execute(
+        "CREATE TRIGGER cubes_release_blob AFTER UPDATE OF state ON cubes"
+        f" WHEN new.state = 4 AND old.state != 4 AND old.manifest IS NOT NULL BEGIN {release} END"
+    )
+    db.execute(
+        "CREATE TRIGGER cubes_release_blob_on_delete AFTER DELETE ON cubes"
+        f" WHEN old.state != 4 AND old.manifest IS NOT NULL BEGIN {release} END"
+    )

@@ -23,9 +23,9 @@ BACKFILL_BATCH = 128
 # Share of the fused score that BM25 contributes; the rest is dense. Chosen on the LoCoMo dev split
 # (bench/locomo.py): 0.5 to 0.7 do about equally well there; below 0.5 a weak encoder drags BM25 down.
 BM25_WEIGHT = 0.6
-# Candidates scored from the index per wanted hit before a filter is applied, then a wider net; past
-# that the filter is selective enough that asking SQL which cubes it admits is cheaper.
-_WIDENING = (8, 128)
+# Nearest candidates taken per wanted hit before the filter is applied. When too few pass, the filter
+# admits under about an eighth of the cubes, and asking SQL which ones is cheaper than casting wider.
+_CANDIDATES_PER_HIT = 8
 
 
 class DenseSearch:
@@ -88,30 +88,33 @@ class DenseSearch:
             return
         while True:
             self._wake.clear()
-            if self._rewind is not None:
-                self._cursor, self._rewind = min(self._cursor, self._rewind), None
-            cursor = self._cursor
-            todo = await self.db.read(
-                lambda conn: conn.execute(_MISSING, (self.model_name, cursor, BACKFILL_BATCH)).fetchall())
-            if not todo:
-                # A safety net for texts changed without forget(): one more pass from the start.
-                if self._cursor > 0 and await self.backlog() > 0:
-                    self._cursor = 0
-                    continue
-                await self._wake.wait()
-                continue
             try:
-                vectors = await asyncio.to_thread(self.embedder.encode, [t for _, t in todo])
+                if not await self._backfill_batch():
+                    await self._wake.wait()
             except Exception:
-                log.exception("embedding %d cubes failed; retrying in 5 s", len(todo))
+                log.exception("embedding backfill failed; retrying in 5 s")
                 await asyncio.sleep(5)
-                continue
-            stored = await self.db.write(lambda conn: _store(conn, self.model_name, todo, vectors))
-            # Added after the commit, on the loop: in commit order with forget() calls from writes, so a
-            # text changed after it was read here is never left with this (stale) vector.
-            self.index.add([todo[i][0] for i in stored], vectors[stored])
-            self._cursor = max(self._cursor, todo[-1][0])
-            self.embedded += len(stored)
+
+    async def _backfill_batch(self) -> bool:
+        """Embed and store the next batch; False when there was nothing to embed."""
+        if self._rewind is not None:
+            self._cursor, self._rewind = min(self._cursor, self._rewind), None
+        cursor = self._cursor
+        todo = await self.db.read(lambda conn: conn.execute(_MISSING, (self.model_name, cursor, BACKFILL_BATCH)).fetchall())
+        if not todo:
+            # A safety net for texts changed without forget(): one more pass from the start.
+            if cursor > 0 and await self.backlog() > 0:
+                self._cursor = 0
+                return True
+            return False
+        vectors = await asyncio.to_thread(self.embedder.encode, [t for _, t in todo])
+        stored = await self.db.write(lambda conn: _store(conn, self.model_name, todo, vectors))
+        # Added after the commit, on the loop: in commit order with the forget() calls of writes, so a
+        # text changed after it was read here is never left with this (stale) vector.
+        self.index.add([todo[i][0] for i in stored], vectors[stored])
+        self._cursor = max(self._cursor, todo[-1][0])
+        self.embedded += len(stored)
+        return True
 
     def _score(self, query: str) -> tuple[np.ndarray, np.ndarray]:
         return self.index.scores(self.embedder.encode([query])[0])
@@ -122,11 +125,10 @@ class DenseSearch:
         if not len(seqs):
             return []
         where, params = filter_sql(f, now)
-        for widen in _WIDENING:
-            nearest = top(seqs, scores, limit * widen)
-            found = await self.db.read(lambda conn: self._rows(conn, nearest, where, params))
-            if len(found) >= limit or len(nearest) == len(seqs):
-                return found[:limit]
+        nearest = top(seqs, scores, limit * _CANDIDATES_PER_HIT)
+        found = await self.db.read(lambda conn: self._best(conn, nearest, where, params, limit))
+        if len(found) >= limit or len(nearest) == len(seqs):
+            return found
 
         def admitted(conn: sqlite3.Connection) -> list[int]:
             return [s for (s,) in conn.execute(
@@ -134,19 +136,23 @@ class DenseSearch:
 
         keep = np.isin(seqs, np.asarray(await self.db.read(admitted), dtype=np.int64))
         nearest = top(seqs[keep], scores[keep], limit)
-        return (await self.db.read(lambda conn: self._rows(conn, nearest, where, params)))[:limit]
+        return await self.db.read(lambda conn: self._best(conn, nearest, where, params, limit))
 
-    def _rows(self, conn: sqlite3.Connection, nearest: list[tuple[int, float]], where: str, params: list):
-        # Rows of the candidates that pass the filter and whose vector is current in this snapshot (an
-        # update or delete committed a moment ago may not have reached the index yet).
+    def _best(self, conn: sqlite3.Connection, nearest: list[tuple[int, float]], where: str, params: list,
+              limit: int) -> list[tuple[dict, float]]:
+        """Rows of the best `limit` candidates that pass the filter and whose vector is current in this
+        snapshot (an update or delete committed a moment ago may not have reached the index yet)."""
         scores = dict(nearest)
-        found = conn.execute(
-            f"SELECT {rows.COLUMNS} FROM cubes c WHERE c.seq IN (SELECT value FROM json_each(?))"
+        passed = {s for (s,) in conn.execute(
+            f"SELECT c.seq FROM cubes c WHERE c.seq IN (SELECT value FROM json_each(?))"
             f" AND c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}"
             " AND EXISTS (SELECT 1 FROM embeddings e WHERE e.seq = c.seq AND e.model = ?)",
-            [json.dumps(list(scores)), *params, self.model_name]).fetchall()
-        ranked = sorted((rows.row_dict(r) for r in found), key=lambda r: -scores[r["seq"]])
-        return [(r, scores[r["seq"]]) for r in ranked]
+            [json.dumps(list(scores)), *params, self.model_name])}
+        best = [s for s, _ in nearest if s in passed][:limit]
+        found = conn.execute(f"SELECT {rows.COLUMNS} FROM cubes c WHERE c.seq IN (SELECT value FROM json_each(?))",
+                             [json.dumps(best)]).fetchall()
+        by_seq = {r["seq"]: r for r in map(rows.row_dict, found)}
+        return [(by_seq[s], scores[s]) for s in best]
 
 
 def _store(conn: sqlite3.Connection, model: str, todo, vectors: np.ndarray) -> list[int]:

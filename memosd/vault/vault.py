@@ -286,12 +286,14 @@ class MemVault:
         if match is None and mode is SearchMode.BM25:
             raise InvalidArgument("query has no words to search for")
         depth = max(limit, 50) if mode is SearchMode.HYBRID else limit
-        lexical, semantic = [], []
+        # BM25 (on a reader thread) and dense (the encoder, then the index) run side by side.
+        rankings = {}
         if match is not None and mode is not SearchMode.DENSE:
-            lexical = await self.db.read(lambda conn: bm25_search(conn, match, f, now, depth))
+            rankings["lexical"] = self.db.read(lambda conn: bm25_search(conn, match, f, now, depth))
         if mode is not SearchMode.BM25:
-            semantic = await self.dense.search(query, f, now, depth)
-        hits = fuse(lexical, semantic, limit, now)
+            rankings["semantic"] = self.dense.search(query, f, now, depth)
+        found = dict(zip(rankings, await asyncio.gather(*rankings.values())))
+        hits = fuse(found.get("lexical", []), found.get("semantic", []), limit, now)
         self._count_access([h.cube for h in hits], now)
         return hits, mode
 
@@ -354,3 +356,15 @@ class MemVault:
         if guard is not None:
             guard(rows.to_cube(row))
         return row
+
+
+def cube_at_version(conn: sqlite3.Connection, cube_id: str, version: int, now: float | None = None) -> MemCube | None:
+    """One version of a cube, current or earlier (for readers outside MemVault, e.g. MemStore's replay)."""
+    row = conn.execute(f"{SELECT} WHERE id = ?", (cube_id,)).fetchone()
+    if row is None:
+        return None
+    row = rows.row_dict(row)
+    if row["version"] == version:
+        return rows.to_cube(row, now)
+    found = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? AND version = ?", (cube_id, version)).fetchone()
+    return rows.from_snapshot(found[0]) if found else None

@@ -3,7 +3,7 @@
 from memos_client.aio import AsyncMemosClient
 from memos_client.client import MemosClient
 from memos_client.errors import (
-    AlreadyExists, Cancelled, Conflict, DataLoss, DeadlineExceeded, FailedPrecondition, InternalError,
+    AlreadyExists, Cancelled, Compacted, Conflict, DataLoss, DeadlineExceeded, FailedPrecondition, InternalError,
     InvalidArgument, MemosError, ModelMismatch, NotFound, PermissionDenied, ResourceExhausted, StaleToken, Unauthenticated,
     Unavailable,
 )
@@ -11,7 +11,7 @@ from memos_client.models import Cube, Hit, Kind, Page, State, Status
 
 __all__ = [
     "AsyncMemosClient", "MemosClient", "Cube", "Hit", "Kind", "Page", "State", "Status",
-    "MemosError", "InvalidArgument", "NotFound", "AlreadyExists", "Conflict", "FailedPrecondition",
+    "MemosError", "Compacted", "InvalidArgument", "NotFound", "AlreadyExists", "Conflict", "FailedPrecondition",
     "ModelMismatch", "StaleToken", "Unauthenticated", "PermissionDenied", "ResourceExhausted", "DataLoss", "Unavailable",
     "DeadlineExceeded", "Cancelled", "InternalError",
 ]

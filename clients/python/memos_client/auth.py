@@ -166,17 +166,18 @@ class TokenSource:
         return False
 
 
-def resolve_key(key: "str | Path | AgentKey | None" = None) -> AgentKey | None:
-    """The caller's key: the argument, else $MEMOS_KEY, else the default data directory's admin key if
-    this user can read it; None if there is none (calls then fail with Unauthenticated)."""
+def resolve_key(key: "str | Path | AgentKey | None" = None, target: str | None = None) -> AgentKey | None:
+    """The caller's key: the argument, else $MEMOS_KEY, else the admin key of the daemon at `target`
+    (the system daemon's /var/lib/memosd/admin.key for its socket, else the default data directory's)
+    if this user can read it; None if there is none (calls then fail with Unauthenticated)."""
     if isinstance(key, AgentKey):
         return key
     path = key or os.environ.get("MEMOS_KEY")
     if path:
         return AgentKey.load(path)
-    from memos_client.defaults import default_data_dir
+    from memos_client.defaults import admin_key_path
 
-    admin = default_data_dir() / "admin.key"
+    admin = admin_key_path(target)
     if os.access(admin, os.R_OK):
         return AgentKey.load(admin)
     return None

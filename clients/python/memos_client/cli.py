@@ -11,7 +11,7 @@ from array import array
 from dataclasses import asdict
 from typing import IO, Iterator
 
-from memos_client import cli_governance
+from memos_client import cli_governance, cli_kv, cli_ops, cli_store
 from memos_client import requests as rq
 from memos_client.client import MemosClient
 from memos_client.errors import InvalidArgument, MemosError, Unavailable
@@ -21,7 +21,8 @@ from memos_client._terminal import (
 from memos_client.models import State
 
 COMMANDS = ("put", "get", "ls", "search", "history", "rm", "import", "status",
-            "whoami", "agent", "grant", "policy", "audit")
+            "whoami", "agent", "grant", "policy", "audit", "backup", "export", "pub", "sub", "topics", "retention",
+            "kv", "job")
 STATES = ("active", "archived", "expired")
 EXIT_ERROR, EXIT_USAGE = 1, 2
 
@@ -118,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memosctl", description="memosctl: read and write the memory of a running memosd.",
         epilog="The daemon is found at --addr, else $MEMOS_ADDR, else the default socket "
-               "($XDG_RUNTIME_DIR/memosd/memosd.sock); calls are signed with --key, else $MEMOS_KEY. "
+               "($XDG_RUNTIME_DIR/memosd/memosd.sock, else the system service's /run/memosd/memosd.sock); "
+               "calls are signed with --key, else $MEMOS_KEY, else that daemon's admin key if readable. "
                "Exit status: 0 ok, 1 error, 2 usage error.")
     _add_globals(parser, in_command=False)
     parser.add_argument("--version", action="version", version=f"memosctl {_version()}")
@@ -176,9 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("rm", _rm, "delete cubes (each keeps a tombstone in its history)")
     p.add_argument("ids", nargs="+", metavar="ID")
 
-    p = command("import", _import, "store cubes from a JSON Lines file, one cube per line")
-    p.add_argument("file", help='JSON Lines file; "-" reads stdin')
-    p.add_argument("-n", "--namespace", help="namespace of lines that name none (default agents/AGENT/notes)")
+    p = command("import", _import, "store cubes from a JSON Lines file (one cube per line), an export bundle"
+                " or a MemOS MemCube dump")
+    p.add_argument("file", help='JSON Lines file ("-" reads stdin); or a bundle directory, .tar or .tar.gz;'
+                   " or a MemOS dump directory")
+    p.add_argument("-n", "--namespace", help="namespace of lines that name none (default agents/AGENT/notes);"
+                   " for a bundle, the namespace its root is imported as")
+    cli_ops.add_import_options(p)
     p.add_argument("--batch-size", type=_positive(int), default=500, metavar="N",
                    help="cubes per durable batch (default 500)")
     p.add_argument("--progress", action="store_true",
@@ -186,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("status", _status, "show the daemon's version, uptime, cube counts and data size")
     cli_governance.add_commands(command)
+    cli_ops.add_commands(command)
+    cli_store.add_commands(command)
+    cli_kv.add_commands(command)
     assert tuple(sub.choices) == COMMANDS
     return parser
 
@@ -308,6 +317,7 @@ def _status(client: MemosClient, args) -> int:
         print("no cubes yet")
     for row in [("KIND", *(st.upper() for st in states)), *rows]:
         print(f"{row[0]:<11}" + "".join(f"{cell:>10}" for cell in row[1:]))
+    cli_ops.print_metrics(s.metrics)
     return 0
 
 
@@ -375,6 +385,8 @@ def _draft(number: int, line: str, default_namespace: str):
 
 
 def _import(client: MemosClient, args) -> int:
+    if cli_ops.is_bundle(args.file):
+        return cli_ops.import_bundle(client, args)
     name = "stdin" if args.file == "-" else args.file
     stream = _open_bytes(args.file)
     run = _ImportRun()

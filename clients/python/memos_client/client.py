@@ -11,11 +11,15 @@ from memos_client.auth import AgentKey, TokenSource, resolve_key, sign_policy
 from memos_client.channel import sync_channel
 from memos_client.defaults import resolve_addr
 from memos_client.errors import AlreadyExists, Unauthenticated, from_rpc_error
-from memos_client.models import Agent, AuditEntry, Cube, Hit, Page, Policy, Status
+from memos_client.kv_client import TensorMethods
+from memos_client.portability import PortabilityMethods
+from memos_client.models import Agent, AuditEntry, Cube, Hit, Page, Policy, Status, Topic
+from memos_client.subscription import Subscription, _Position
 from memos_mip.v1 import daemon_pb2, daemon_pb2_grpc, governance_pb2 as gpb, governance_pb2_grpc, vault_pb2, vault_pb2_grpc
+from memos_mip.v1 import store_pb2 as spb, store_pb2_grpc
 
 
-class MemosClient:
+class MemosClient(PortabilityMethods, TensorMethods):
     """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket) as the agent whose key is
     `key` (a path or AgentKey; else $MEMOS_KEY, else the default data directory's admin key).
     Use as a context manager."""
@@ -24,7 +28,7 @@ class MemosClient:
                  tls_ca: str | None = None):
         self.target = resolve_addr(addr)
         self.timeout = timeout
-        agent_key = resolve_key(key)
+        agent_key = resolve_key(key, self.target)
         self.tokens = TokenSource(agent_key) if agent_key else None
         # Where put() writes when no namespace is given: the caller's own notes.
         self.default_namespace = f"agents/{agent_key.agent}/notes" if agent_key else rq.DEFAULT_NAMESPACE
@@ -32,6 +36,7 @@ class MemosClient:
         self._vault = vault_pb2_grpc.VaultServiceStub(self._channel)
         self._daemon = daemon_pb2_grpc.DaemonServiceStub(self._channel)
         self._gov = governance_pb2_grpc.GovernanceServiceStub(self._channel)
+        self._store = store_pb2_grpc.StoreServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -178,3 +183,36 @@ class MemosClient:
         """(ok, entries checked, first bad seq, reason). Admin only."""
         r = self._call(self._gov.VerifyAudit, gpb.VerifyAuditRequest())
         return r.ok, r.entries, r.first_bad_seq, r.reason
+
+    # -- MemStore ---------------------------------------------------------------------------------
+
+    def publish(self, topic: str, cube_id: str, *, publish_id: str = "") -> tuple[int, bool]:
+        """Publish a cube's current version to a topic: (seq, duplicate). A retried call with the same
+        publish_id returns the first seq with duplicate=True."""
+        r = self._call(self._store.Publish, spb.PublishRequest(topic=topic, cube_id=cube_id, publish_id=publish_id))
+        return r.seq, r.duplicate
+
+    def retract(self, topic: str, cube_id: str, *, publish_id: str = "") -> tuple[int, bool]:
+        """Retract a cube from a topic; its subscribers lose the read access publishing gave them."""
+        r = self._call(self._store.Retract, spb.RetractRequest(topic=topic, cube_id=cube_id, publish_id=publish_id))
+        return r.seq, r.duplicate
+
+    def subscribe(self, topic: str, after_seq: int = 0, *, live_only: bool = False, durable_name: str = "",
+                  heartbeat_seconds: int = 0, ack_timeout_seconds: int = 0, heartbeats: bool = False,
+                  resume_for: float = 60.0) -> Subscription:
+        """Events of a topic (or "prefix/**") after after_seq, then live ones; resumes by itself."""
+        position = _Position(topic, after_seq, live_only, durable_name, heartbeat_seconds, ack_timeout_seconds)
+        return Subscription(self, position, heartbeats=heartbeats, resume_for=resume_for)
+
+    def ack(self, durable_name: str, topic: str, seq: int) -> int:
+        """Acknowledge a durable subscription's events on a topic up to seq."""
+        r = self._call(self._store.Ack, spb.AckRequest(durable_name=durable_name, topic=topic, seq=seq))
+        return r.acked_seq
+
+    def topics(self, prefix: str = "") -> list[Topic]:
+        r = self._call(self._store.ListTopics, spb.ListTopicsRequest(prefix=prefix))
+        return [Topic.from_proto(t) for t in r.topics]
+
+    def set_retention(self, topic: str, *, max_age_seconds: int = 0, max_events: int = 0) -> Topic:
+        request = spb.SetRetentionRequest(topic=topic, max_age_seconds=max_age_seconds, max_events=max_events)
+        return Topic.from_proto(self._call(self._store.SetRetention, request))

@@ -6,7 +6,8 @@
     ├── AlreadyExists
     ├── Conflict
     ├── FailedPrecondition
-    │   └── ModelMismatch
+    │   ├── ModelMismatch
+    │   └── Compacted        a subscription's resume point was removed by retention
     ├── Unauthenticated
     │   └── StaleToken       (renewed and retried by the client itself)
     ├── PermissionDenied
@@ -55,6 +56,10 @@ class FailedPrecondition(MemosError):
 
 class ModelMismatch(FailedPrecondition):
     """A tensor cube was offered to a model it was not made for."""
+
+
+class Compacted(FailedPrecondition):
+    """Events after the resume point were removed by the topic's retention."""
 
 
 class Unauthenticated(MemosError):
@@ -119,6 +124,11 @@ def from_rpc_error(exc: grpc.RpcError, target: str = "") -> MemosError:
     details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
     if code is grpc.StatusCode.UNAVAILABLE and target:
         details = f"cannot reach memosd at {target} ({details}); is the daemon running? Start it with: memosd serve"
-    if code is grpc.StatusCode.FAILED_PRECONDITION and "model" in details and "fingerprint" in details:
-        return ModelMismatch(details)
-    return _BY_CODE.get(code, MemosError)(details)
+    base = _BY_CODE.get(code, MemosError)
+    # The daemon names its exact error class in a trailer; use it when it refines the code's class.
+    trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    named = next((v for k, v in trailers or () if k == "memos-error"), None)
+    exact = globals().get(named) if isinstance(named, str) else None
+    if isinstance(exact, type) and issubclass(exact, base):
+        return exact(details)
+    return base(details)

@@ -9,6 +9,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from memos_client.kv_models import Activation
 from memos_mip.v1 import cube_pb2
 
 
@@ -53,6 +54,8 @@ class Cube:
     access_count: int
     last_accessed_at: datetime | None
     derived_from: list[str] = field(default_factory=list)
+    # For activation cubes: which KV cache the payload holds and the model it belongs to.
+    activation: Activation | None = None
 
     @classmethod
     def from_proto(cls, msg: cube_pb2.MemCube) -> "Cube":
@@ -65,11 +68,16 @@ class Cube:
             parent_version=b.parent_version, created_at=_time(d, "created_at"), updated_at=_time(d, "updated_at"),
             expires_at=_time(g, "expires_at"), access_count=b.access_count,
             last_accessed_at=_time(b, "last_accessed_at"), derived_from=list(b.derived_from),
+            activation=Activation.from_proto(msg.activation, d.model) if msg.HasField("activation") else None,
         )
 
     def to_json(self) -> dict:
         """A JSON-ready dict (times as ISO 8601), as memosctl --json prints it."""
         out = {k: v for k, v in self.__dict__.items()}
+        if self.activation is None:
+            del out["activation"]
+        else:
+            out["activation"] = self.activation.to_json()
         out["kind"] = self.kind.name.lower()
         out["state"] = self.state.name.lower()
         for key in ("created_at", "updated_at", "expires_at", "last_accessed_at"):
@@ -119,6 +127,8 @@ class Status:
     counts: dict[str, dict[str, int]]
     embedding_model: str
     embedding_backlog: int
+    # The daemon's metrics (DaemonMetrics as a dict with its proto field names); None unless admin.
+    metrics: dict[str, Any] | None = None
 
     @classmethod
     def from_proto(cls, msg) -> "Status":
@@ -127,7 +137,18 @@ class Status:
             counts.setdefault(Kind(c.kind).name.lower(), {})[State(c.state).name.lower()] = c.count
         return cls(version=msg.version, uptime_seconds=msg.uptime_seconds, listen=msg.listen,
                    data_bytes=msg.data_bytes, counts=counts, embedding_model=msg.embedding_model,
-                   embedding_backlog=msg.embedding_backlog)
+                   embedding_backlog=msg.embedding_backlog,
+                   metrics=_daemon_metrics(msg.metrics) if msg.HasField("metrics") else None)
+
+
+def _daemon_metrics(m) -> dict[str, Any]:
+    """DaemonMetrics as plain Python: numbers stay numbers, usage is {kind name: bytes}."""
+    plain = {f.name: getattr(m, f.name) for f in m.DESCRIPTOR.fields if not f.is_repeated}
+    plain["requests"] = [{"service": r.service, "method": r.method, "code": r.code, "count": r.count} for r in m.requests]
+    plain["latencies"] = [{"service": x.service, "method": x.method, "count": x.count, "sum_seconds": x.sum_seconds,
+                           "p50_seconds": x.p50_seconds, "p99_seconds": x.p99_seconds} for x in m.latencies]
+    plain["usage"] = {Kind(u.kind).name.lower(): u.bytes for u in m.usage}
+    return plain
 
 
 @dataclass
@@ -201,3 +222,56 @@ class AuditEntry:
         out = dict(self.__dict__)
         out["time"] = self.time.isoformat() if self.time else None
         return out
+
+
+class EventKind(enum.IntEnum):
+    PUBLISHED = 1
+    UPDATED = 2
+    RETRACTED = 3
+    REDACTED = 4
+
+
+@dataclass
+class Event:
+    """One event of a MemStore topic; `cube` is the cube at the published version (None when retracted)."""
+
+    topic: str
+    seq: int
+    kind: EventKind
+    cube_id: str
+    cube_version: int
+    publisher: str
+    time: datetime | None
+    cube: Cube | None
+
+    @classmethod
+    def from_proto(cls, msg) -> "Event":
+        return cls(msg.topic, msg.seq, EventKind(msg.kind), msg.cube_id, msg.cube_version, msg.publisher,
+                   _time(msg, "time"), Cube.from_proto(msg.cube) if msg.HasField("cube") else None)
+
+    def to_json(self) -> dict:
+        return {"topic": self.topic, "seq": self.seq, "kind": self.kind.name.lower(), "cube_id": self.cube_id,
+                "cube_version": self.cube_version, "publisher": self.publisher,
+                "time": self.time.isoformat() if self.time else None,
+                "cube": self.cube.to_json() if self.cube else None}
+
+
+@dataclass
+class Heartbeat:
+    """Sent on an idle subscription: the last sequence delivered per topic."""
+
+    delivered: dict[str, int]
+
+
+@dataclass
+class Topic:
+    name: str
+    owner: str
+    last_seq: int
+    first_seq: int
+    max_age_seconds: int
+    max_events: int
+
+    @classmethod
+    def from_proto(cls, msg) -> "Topic":
+        return cls(msg.name, msg.owner, msg.last_seq, msg.first_seq, msg.max_age_seconds, msg.max_events)

@@ -27,19 +27,21 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13memos/v1/cube.proto\x12\x08memos.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\x0cModelBinding\x12\x19\n\x11model_fingerprint\x18\x01 \x01(\t\x12\x1d\n\x15tokenizer_fingerprint\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\xa0\x02\n\x0b\x44\x65scriptive\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.memos.v1.MemoryKind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x05model\x18\t \x01(\x0b\x32\x16.memos.v1.ModelBinding\"\xb0\x01\n\nGovernance\x12\r\n\x05owner\x18\x01 \x01(\t\x12(\n\nvisibility\x18\x02 \x01(\x0e\x32\x14.memos.v1.Visibility\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.memos.v1.LifecycleState\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x96\x01\n\tBehaviour\x12\x14\n\x0c\x61\x63\x63\x65ss_count\x18\x01 \x01(\x03\x12\x34\n\x10last_accessed_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x16\n\x0eparent_version\x18\x04 \x01(\x03\x12\x14\n\x0c\x64\x65rived_from\x18\x05 \x03(\t\"\x8a\x01\n\nCubeHeader\x12*\n\x0b\x64\x65scriptive\x18\x01 \x01(\x0b\x32\x15.memos.v1.Descriptive\x12(\n\ngovernance\x18\x02 \x01(\x0b\x32\x14.memos.v1.Governance\x12&\n\tbehaviour\x18\x03 \x01(\x0b\x32\x13.memos.v1.Behaviour\" \n\x10PlaintextPayload\x12\x0c\n\x04text\x18\x01 \x01(\t\"\'\n\x07\x42lobRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\\\n\x12\x41\x63tivationManifest\x12\x1f\n\x04\x62lob\x18\x01 \x01(\x0b\x32\x11.memos.v1.BlobRef\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\x12\n\nnum_layers\x18\x03 \x01(\x05\"V\n\x12ParametricManifest\x12\x1f\n\x04\x62lob\x18\x01 \x01(\x0b\x32\x11.memos.v1.BlobRef\x12\x11\n\tpeft_type\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\"\xd3\x01\n\x07MemCube\x12$\n\x06header\x18\x01 \x01(\x0b\x32\x14.memos.v1.CubeHeader\x12/\n\tplaintext\x18\x02 \x01(\x0b\x32\x1a.memos.v1.PlaintextPayloadH\x00\x12\x32\n\nactivation\x18\x03 \x01(\x0b\x32\x1c.memos.v1.ActivationManifestH\x00\x12\x32\n\nparametric\x18\x04 \x01(\x0b\x32\x1c.memos.v1.ParametricManifestH\x00\x42\t\n\x07payload\"\xf6\x01\n\tCubeDraft\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12(\n\nvisibility\x18\x07 \x01(\x0e\x32\x14.memos.v1.Visibility\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bttl_seconds\x18\t \x01(\x03*|\n\nMemoryKind\x12\x1b\n\x17MEMORY_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15MEMORY_KIND_PLAINTEXT\x10\x01\x12\x1a\n\x16MEMORY_KIND_ACTIVATION\x10\x02\x12\x1a\n\x16MEMORY_KIND_PARAMETRIC\x10\x03*\xa5\x01\n\x0eLifecycleState\x12\x1f\n\x1bLIFECYCLE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16LIFECYCLE_STATE_ACTIVE\x10\x01\x12\x1c\n\x18LIFECYCLE_STATE_ARCHIVED\x10\x02\x12\x1b\n\x17LIFECYCLE_STATE_EXPIRED\x10\x03\x12\x1b\n\x17LIFECYCLE_STATE_DELETED\x10\x04*X\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x18\n\x14VISIBILITY_NAMESPACE\x10\x01\x12\x14\n\x10VISIBILITY_OWNER\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13memos/v1/cube.proto\x12\x08memos.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"W\n\x0cModelBinding\x12\x19\n\x11model_fingerprint\x18\x01 \x01(\t\x12\x1d\n\x15tokenizer_fingerprint\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\"\xa0\x02\n\x0b\x44\x65scriptive\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\"\n\x04kind\x18\x03 \x01(\x0e\x32\x14.memos.v1.MemoryKind\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x05model\x18\t \x01(\x0b\x32\x16.memos.v1.ModelBinding\"\xb0\x01\n\nGovernance\x12\r\n\x05owner\x18\x01 \x01(\t\x12(\n\nvisibility\x18\x02 \x01(\x0e\x32\x14.memos.v1.Visibility\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\'\n\x05state\x18\x04 \x01(\x0e\x32\x18.memos.v1.LifecycleState\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x96\x01\n\tBehaviour\x12\x14\n\x0c\x61\x63\x63\x65ss_count\x18\x01 \x01(\x03\x12\x34\n\x10last_accessed_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x16\n\x0eparent_version\x18\x04 \x01(\x03\x12\x14\n\x0c\x64\x65rived_from\x18\x05 \x03(\t\"\x8a\x01\n\nCubeHeader\x12*\n\x0b\x64\x65scriptive\x18\x01 \x01(\x0b\x32\x15.memos.v1.Descriptive\x12(\n\ngovernance\x18\x02 \x01(\x0b\x32\x14.memos.v1.Governance\x12&\n\tbehaviour\x18\x03 \x01(\x0b\x32\x13.memos.v1.Behaviour\" \n\x10PlaintextPayload\x12\x0c\n\x04text\x18\x01 \x01(\t\"\'\n\x07\x42lobRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"*\n\nTensorSpec\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\"U\n\x0bKVLayerSpec\x12!\n\x03key\x18\x01 \x01(\x0b\x32\x14.memos.v1.TensorSpec\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.memos.v1.TensorSpec\"\xbc\x01\n\x12\x41\x63tivationManifest\x12\x1f\n\x04\x62lob\x18\x01 \x01(\x0b\x32\x11.memos.v1.BlobRef\x12\x11\n\ttoken_ids\x18\x02 \x03(\x03\x12\x12\n\nnum_layers\x18\x03 \x01(\x05\x12\x13\n\x0bprefix_hash\x18\x04 \x01(\t\x12%\n\x06layers\x18\x05 \x03(\x0b\x32\x15.memos.v1.KVLayerSpec\x12\"\n\x06layout\x18\x06 \x01(\x0e\x32\x12.memos.v1.KVLayout\"V\n\x12ParametricManifest\x12\x1f\n\x04\x62lob\x18\x01 \x01(\x0b\x32\x11.memos.v1.BlobRef\x12\x11\n\tpeft_type\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\"\xd3\x01\n\x07MemCube\x12$\n\x06header\x18\x01 \x01(\x0b\x32\x14.memos.v1.CubeHeader\x12/\n\tplaintext\x18\x02 \x01(\x0b\x32\x1a.memos.v1.PlaintextPayloadH\x00\x12\x32\n\nactivation\x18\x03 \x01(\x0b\x32\x1c.memos.v1.ActivationManifestH\x00\x12\x32\n\nparametric\x18\x04 \x01(\x0b\x32\x1c.memos.v1.ParametricManifestH\x00\x42\t\n\x07payload\"\xf6\x01\n\tCubeDraft\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0c\n\x04tags\x18\x03 \x03(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12(\n\nvisibility\x18\x07 \x01(\x0e\x32\x14.memos.v1.Visibility\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bttl_seconds\x18\t \x01(\x03*|\n\nMemoryKind\x12\x1b\n\x17MEMORY_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15MEMORY_KIND_PLAINTEXT\x10\x01\x12\x1a\n\x16MEMORY_KIND_ACTIVATION\x10\x02\x12\x1a\n\x16MEMORY_KIND_PARAMETRIC\x10\x03*\xa5\x01\n\x0eLifecycleState\x12\x1f\n\x1bLIFECYCLE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16LIFECYCLE_STATE_ACTIVE\x10\x01\x12\x1c\n\x18LIFECYCLE_STATE_ARCHIVED\x10\x02\x12\x1b\n\x17LIFECYCLE_STATE_EXPIRED\x10\x03\x12\x1b\n\x17LIFECYCLE_STATE_DELETED\x10\x04*X\n\nVisibility\x12\x1a\n\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x18\n\x14VISIBILITY_NAMESPACE\x10\x01\x12\x14\n\x10VISIBILITY_OWNER\x10\x02*B\n\x08KVLayout\x12\x19\n\x15KV_LAYOUT_UNSPECIFIED\x10\x00\x12\x1b\n\x17KV_LAYOUT_DYNAMIC_CACHE\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memos.v1.cube_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEMORYKIND']._serialized_start=1669
-  _globals['_MEMORYKIND']._serialized_end=1793
-  _globals['_LIFECYCLESTATE']._serialized_start=1796
-  _globals['_LIFECYCLESTATE']._serialized_end=1961
-  _globals['_VISIBILITY']._serialized_start=1963
-  _globals['_VISIBILITY']._serialized_end=2051
+  _globals['_MEMORYKIND']._serialized_start=1897
+  _globals['_MEMORYKIND']._serialized_end=2021
+  _globals['_LIFECYCLESTATE']._serialized_start=2024
+  _globals['_LIFECYCLESTATE']._serialized_end=2189
+  _globals['_VISIBILITY']._serialized_start=2191
+  _globals['_VISIBILITY']._serialized_end=2279
+  _globals['_KVLAYOUT']._serialized_start=2281
+  _globals['_KVLAYOUT']._serialized_end=2347
   _globals['_MODELBINDING']._serialized_start=96
   _globals['_MODELBINDING']._serialized_end=183
   _globals['_DESCRIPTIVE']._serialized_start=186
@@ -54,12 +56,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PLAINTEXTPAYLOAD']._serialized_end=981
   _globals['_BLOBREF']._serialized_start=983
   _globals['_BLOBREF']._serialized_end=1022
-  _globals['_ACTIVATIONMANIFEST']._serialized_start=1024
-  _globals['_ACTIVATIONMANIFEST']._serialized_end=1116
-  _globals['_PARAMETRICMANIFEST']._serialized_start=1118
-  _globals['_PARAMETRICMANIFEST']._serialized_end=1204
-  _globals['_MEMCUBE']._serialized_start=1207
-  _globals['_MEMCUBE']._serialized_end=1418
-  _globals['_CUBEDRAFT']._serialized_start=1421
-  _globals['_CUBEDRAFT']._serialized_end=1667
+  _globals['_TENSORSPEC']._serialized_start=1024
+  _globals['_TENSORSPEC']._serialized_end=1066
+  _globals['_KVLAYERSPEC']._serialized_start=1068
+  _globals['_KVLAYERSPEC']._serialized_end=1153
+  _globals['_ACTIVATIONMANIFEST']._serialized_start=1156
+  _globals['_ACTIVATIONMANIFEST']._serialized_end=1344
+  _globals['_PARAMETRICMANIFEST']._serialized_start=1346
+  _globals['_PARAMETRICMANIFEST']._serialized_end=1432
+  _globals['_MEMCUBE']._serialized_start=1435
+  _globals['_MEMCUBE']._serialized_end=1646
+  _globals['_CUBEDRAFT']._serialized_start=1649
+  _globals['_CUBEDRAFT']._serialized_end=1895
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,11 @@ class Visibility(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VISIBILITY_UNSPECIFIED: _ClassVar[Visibility]
     VISIBILITY_NAMESPACE: _ClassVar[Visibility]
     VISIBILITY_OWNER: _ClassVar[Visibility]
+
+class KVLayout(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    KV_LAYOUT_UNSPECIFIED: _ClassVar[KVLayout]
+    KV_LAYOUT_DYNAMIC_CACHE: _ClassVar[KVLayout]
 MEMORY_KIND_UNSPECIFIED: MemoryKind
 MEMORY_KIND_PLAINTEXT: MemoryKind
 MEMORY_KIND_ACTIVATION: MemoryKind
@@ -44,6 +49,8 @@ LIFECYCLE_STATE_DELETED: LifecycleState
 VISIBILITY_UNSPECIFIED: Visibility
 VISIBILITY_NAMESPACE: Visibility
 VISIBILITY_OWNER: Visibility
+KV_LAYOUT_UNSPECIFIED: KVLayout
+KV_LAYOUT_DYNAMIC_CACHE: KVLayout
 
 class ModelBinding(_message.Message):
     __slots__ = ("model_fingerprint", "tokenizer_fingerprint", "dtype")
@@ -129,15 +136,37 @@ class BlobRef(_message.Message):
     size: int
     def __init__(self, sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
+class TensorSpec(_message.Message):
+    __slots__ = ("dtype", "shape")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class KVLayerSpec(_message.Message):
+    __slots__ = ("key", "value")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    key: TensorSpec
+    value: TensorSpec
+    def __init__(self, key: _Optional[_Union[TensorSpec, _Mapping]] = ..., value: _Optional[_Union[TensorSpec, _Mapping]] = ...) -> None: ...
+
 class ActivationManifest(_message.Message):
-    __slots__ = ("blob", "token_ids", "num_layers")
+    __slots__ = ("blob", "token_ids", "num_layers", "prefix_hash", "layers", "layout")
     BLOB_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_HASH_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     blob: BlobRef
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     num_layers: int
-    def __init__(self, blob: _Optional[_Union[BlobRef, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_layers: _Optional[int] = ...) -> None: ...
+    prefix_hash: str
+    layers: _containers.RepeatedCompositeFieldContainer[KVLayerSpec]
+    layout: KVLayout
+    def __init__(self, blob: _Optional[_Union[BlobRef, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_layers: _Optional[int] = ..., prefix_hash: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[KVLayerSpec, _Mapping]]] = ..., layout: _Optional[_Union[KVLayout, str]] = ...) -> None: ...
 
 class ParametricManifest(_message.Message):
     __slots__ = ("blob", "peft_type", "rank")

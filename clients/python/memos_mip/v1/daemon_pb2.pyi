@@ -26,7 +26,7 @@ class CubeCount(_message.Message):
     def __init__(self, kind: _Optional[_Union[_cube_pb2.MemoryKind, str]] = ..., state: _Optional[_Union[_cube_pb2.LifecycleState, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "started_at", "uptime_seconds", "counts", "data_bytes", "listen", "embedding_model", "embedding_backlog")
+    __slots__ = ("version", "started_at", "uptime_seconds", "counts", "data_bytes", "listen", "embedding_model", "embedding_backlog", "metrics")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class StatusResponse(_message.Message):
     LISTEN_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     version: str
     started_at: _timestamp_pb2.Timestamp
     uptime_seconds: float
@@ -43,4 +44,67 @@ class StatusResponse(_message.Message):
     listen: str
     embedding_model: str
     embedding_backlog: int
-    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_seconds: _Optional[float] = ..., counts: _Optional[_Iterable[_Union[CubeCount, _Mapping]]] = ..., data_bytes: _Optional[int] = ..., listen: _Optional[str] = ..., embedding_model: _Optional[str] = ..., embedding_backlog: _Optional[int] = ...) -> None: ...
+    metrics: DaemonMetrics
+    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_seconds: _Optional[float] = ..., counts: _Optional[_Iterable[_Union[CubeCount, _Mapping]]] = ..., data_bytes: _Optional[int] = ..., listen: _Optional[str] = ..., embedding_model: _Optional[str] = ..., embedding_backlog: _Optional[int] = ..., metrics: _Optional[_Union[DaemonMetrics, _Mapping]] = ...) -> None: ...
+
+class RequestCount(_message.Message):
+    __slots__ = ("service", "method", "code", "count")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    method: str
+    code: str
+    count: int
+    def __init__(self, service: _Optional[str] = ..., method: _Optional[str] = ..., code: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class MethodLatency(_message.Message):
+    __slots__ = ("service", "method", "count", "sum_seconds", "p50_seconds", "p99_seconds")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUM_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    P50_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    P99_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    method: str
+    count: int
+    sum_seconds: float
+    p50_seconds: float
+    p99_seconds: float
+    def __init__(self, service: _Optional[str] = ..., method: _Optional[str] = ..., count: _Optional[int] = ..., sum_seconds: _Optional[float] = ..., p50_seconds: _Optional[float] = ..., p99_seconds: _Optional[float] = ...) -> None: ...
+
+class KindUsage(_message.Message):
+    __slots__ = ("kind", "bytes")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    kind: _cube_pb2.MemoryKind
+    bytes: int
+    def __init__(self, kind: _Optional[_Union[_cube_pb2.MemoryKind, str]] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class DaemonMetrics(_message.Message):
+    __slots__ = ("requests", "latencies", "usage", "blob_store_bytes", "database_bytes", "wal_bytes", "auth_denials", "subscribers", "subscriber_queue_depth", "slow_subscribers_dropped", "metrics_address")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    LATENCIES_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    BLOB_STORE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DATABASE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    AUTH_DENIALS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBERS_FIELD_NUMBER: _ClassVar[int]
+    SUBSCRIBER_QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    SLOW_SUBSCRIBERS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[RequestCount]
+    latencies: _containers.RepeatedCompositeFieldContainer[MethodLatency]
+    usage: _containers.RepeatedCompositeFieldContainer[KindUsage]
+    blob_store_bytes: int
+    database_bytes: int
+    wal_bytes: int
+    auth_denials: int
+    subscribers: int
+    subscriber_queue_depth: int
+    slow_subscribers_dropped: int
+    metrics_address: str
+    def __init__(self, requests: _Optional[_Iterable[_Union[RequestCount, _Mapping]]] = ..., latencies: _Optional[_Iterable[_Union[MethodLatency, _Mapping]]] = ..., usage: _Optional[_Iterable[_Union[KindUsage, _Mapping]]] = ..., blob_store_bytes: _Optional[int] = ..., database_bytes: _Optional[int] = ..., wal_bytes: _Optional[int] = ..., auth_denials: _Optional[int] = ..., subscribers: _Optional[int] = ..., subscriber_queue_depth: _Optional[int] = ..., slow_subscribers_dropped: _Optional[int] = ..., metrics_address: _Optional[str] = ...) -> None: ...

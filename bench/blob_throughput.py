@@ -1,0 +1,197 @@
+"""Upload and download throughput of a KV cache through the daemon over its Unix socket, against this
+machine's single-thread memory copy bandwidth measured in the same run (and, for context, what gRPC
+itself streams over the same socket with no work on either side).
+
+    python bench/blob_throughput.py [--size-mib 1024] [--repeats 2] [--no-raw-grpc]
+
+Upload: a DynamicCache-shaped payload (safetensors header + tensors, not joined) hashed on the client,
+sent in 1 MiB chunks, hashed and written by the daemon, fsynced and renamed; ends when acknowledged.
+Download: into one fresh torch buffer, sha256-verified on a second thread as it arrives, then viewed as
+per-layer key/value tensors (decode_kv). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+LAYERS, HEADS, HEAD_DIM = 24, 8, 128  # float32: 192 KiB of cache per token
+
+
+def memcpy_gbps(mib: int = 256, repeats: int = 5) -> float:
+    """Single-thread copy bandwidth between two already-faulted buffers (bytes copied per second)."""
+    import numpy as np
+
+    src = np.ones(mib << 20, dtype=np.uint8)
+    dst = np.zeros_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return src.nbytes / best / 1e9
+
+
+def _serve(data_dir: str, listen: str, ready, stop) -> None:
+    from memosd.config import Config
+    from memosd.limits import Limits
+    from memosd.server import build_server
+
+    async def main():
+        config = Config(data_dir=Path(data_dir), listen=listen, log_level="warning", sweep_interval=3600,
+                        limits=Limits(max_blob_bytes=64 << 30))
+        server = build_server(config)
+        await server.start()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await server.stop(grace=1)
+
+    asyncio.run(main())
+
+
+def _raw_server(listen: str, size: int, ready, stop) -> None:
+    import grpc
+
+    async def main():
+        chunk = os.urandom(1 << 20)
+
+        async def download(request, context):
+            for _ in range(size >> 20):
+                yield chunk
+
+        async def upload(requests, context):
+            total = 0
+            async for data in requests:
+                total += len(data)
+            return str(total).encode()
+
+        handler = grpc.method_handlers_generic_handler("bench.Raw", {
+            "Download": grpc.unary_stream_rpc_method_handler(download),
+            "Upload": grpc.stream_unary_rpc_method_handler(upload)})
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((handler,))
+        server.add_insecure_port(listen)
+        await server.start()
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await server.stop(0)
+
+    asyncio.run(main())
+
+
+def raw_grpc_gbps(listen: str, size: int) -> dict:
+    """What gRPC Python streams in 1 MiB messages over a Unix socket with no work on either side."""
+    import grpc
+
+    ready, stop = mp.Event(), mp.Event()
+    proc = mp.Process(target=_raw_server, args=(listen, size, ready, stop), daemon=True)
+    proc.start()
+    try:
+        ready.wait(60)
+        with grpc.insecure_channel(listen) as channel:
+            down = channel.unary_stream("/bench.Raw/Download")
+            start = time.perf_counter()
+            got = sum(len(m) for m in down(b""))
+            down_s = time.perf_counter() - start
+            up = channel.stream_unary("/bench.Raw/Upload")
+            chunk = os.urandom(1 << 20)
+            start = time.perf_counter()
+            up(iter([chunk] * (size >> 20)))
+            up_s = time.perf_counter() - start
+        return {"download_gbps": round(got / down_s / 1e9, 3), "upload_gbps": round(size / up_s / 1e9, 3)}
+    finally:
+        stop.set()
+        proc.join(10)
+
+
+def make_cache(size: int, seed: int):
+    import torch
+
+    tokens = max(1, size // (LAYERS * 2 * HEADS * HEAD_DIM * 4))
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(1, HEADS, tokens, HEAD_DIM, generator=gen), torch.randn(1, HEADS, tokens, HEAD_DIM, generator=gen))
+            for _ in range(LAYERS)], tokens
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="cache size in MiB (default 1024)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each direction; the best is reported")
+    parser.add_argument("--no-raw-grpc", action="store_true", help="skip the bare gRPC reference measurement")
+    args = parser.parse_args()
+
+    from memos_client import MemosClient
+    from memos_client.kv import decode_kv, encode_kv, payload_buffer
+    from memos_client.tensor_format import parse_header
+    from tests.kv_helpers import manifest_for
+
+    size = args.size_mib << 20
+    copy_gbps = memcpy_gbps()
+    result = {"size_bytes": 0, "memcpy_gbps": round(copy_gbps, 3), "target_ratio": 0.5, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        sock_dir = Path(tempfile.mkdtemp(prefix="memosd-bench-", dir="/tmp"))
+        if not args.no_raw_grpc:
+            result["raw_grpc"] = raw_grpc_gbps(f"unix:{sock_dir}/raw.sock", size)
+        listen = f"unix:{sock_dir}/memosd.sock"
+        ready, stop = mp.Event(), mp.Event()
+        proc = mp.Process(target=_serve, args=(tmp, listen, ready, stop), daemon=True)
+        proc.start()
+        try:
+            if not ready.wait(120):
+                raise RuntimeError("the daemon did not start")
+            with MemosClient(listen, key=str(Path(tmp) / "admin.key"), timeout=600) as client:
+                uploads, hashes, downloads, cube_id = [], [], [], None
+                for run in range(args.repeats):
+                    layers, tokens = make_cache(size, seed=run)  # new bytes each run: nothing deduplicated
+                    _, payload = encode_kv(layers)
+                    start = time.perf_counter()
+                    payload.sha256  # the digest the upload declares up front
+                    hashed = time.perf_counter()
+                    ref = client.upload_blob(payload, "agents/admin/kv")
+                    done = time.perf_counter()
+                    assert not ref.deduplicated
+                    uploads.append(done - start)
+                    hashes.append(hashed - start)
+                    result["size_bytes"] = payload.size
+                    specs = tuple((k, v) for k, v in encode_kv(layers)[0])
+                    cube_id = client.put_activation(manifest_for(b"", specs, range(tokens), blob_sha256=payload.sha256,
+                                                                 blob_size=payload.size), "agents/admin/kv").id
+                    del layers, payload
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    buffer = payload_buffer(result["size_bytes"])
+                    client.download_blob(cube_id, into=buffer.numpy(), size=result["size_bytes"])
+                    header = parse_header(memoryview(buffer.numpy()), result["size_bytes"])
+                    tensors = decode_kv(buffer, header, LAYERS)
+                    downloads.append(time.perf_counter() - start)
+                    assert tensors[0][0].shape[2] == tokens
+                    del buffer, tensors
+        finally:
+            stop.set()
+            proc.join(30)
+    n = result["size_bytes"]
+    up, down = n / min(uploads) / 1e9, n / min(downloads) / 1e9
+    transfer_only = n / min(u - h for u, h in zip(uploads, hashes)) / 1e9
+    result.update({
+        "upload_gbps": round(up, 3), "upload_ratio": round(up / copy_gbps, 3),
+        "upload_transfer_only_gbps": round(transfer_only, 3), "client_sha256_s": round(min(hashes), 3),
+        "download_gbps": round(down, 3), "download_ratio": round(down / copy_gbps, 3),
+        "upload_runs_s": [round(u, 3) for u in uploads], "download_runs_s": [round(d, 3) for d in downloads],
+    })
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

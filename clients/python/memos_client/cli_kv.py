@@ -1,0 +1,269 @@
+"""memosctl's activation-memory commands: kv (ls, show, rm, build) and job (ls, show, watch, cancel)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import IO
+
+from memos_client._terminal import Table, columns, emit, size, when
+from memos_client.client import MemosClient
+from memos_client.errors import MemosError, Unavailable
+from memos_client.kv_models import Job, JobState
+from memos_client.models import Cube, Kind
+
+EXIT_ERROR = 1
+
+
+def add_commands(command) -> None:
+    """Register the commands with cli.build_parser's `command(name, run, help)`."""
+    from memos_client.cli import _add_globals  # cli imports this module
+
+    def action(sub, name: str, text: str):
+        # The global options work after the action too: `memosctl kv ls --json`.
+        a = sub.add_parser(name, help=text, description=text)
+        _add_globals(a, in_command=True)
+        return a
+
+    p = command("kv", None, "activation memory: KV caches stored as cubes (list, show, remove, build from text)")
+    sub = p.add_subparsers(dest="kv_command", required=True, metavar="ACTION")
+    a = action(sub, "ls", "list activation cubes, oldest first")
+    a.add_argument("-n", "--namespace", metavar="PREFIX", help="only this namespace and those under it")
+    a.add_argument("--model", metavar="FINGERPRINT", help="only caches of this model (a fingerprint or its start)")
+    a.add_argument("--limit", type=int, default=0, metavar="N", help="at most N cubes (default all)")
+    a.set_defaults(run=_kv_ls)
+    a = action(sub, "show", "one activation cube: its model, tokens, layers and size")
+    a.add_argument("id")
+    a.add_argument("--tokens", action="store_true", help="also print the token ids of the prefix")
+    a.set_defaults(run=_kv_show)
+    a = action(sub, "rm", "delete activation cubes (their payload goes once nothing references it)")
+    a.add_argument("ids", nargs="+", metavar="ID")
+    a.set_defaults(run=_kv_rm)
+    a = action(sub, "build", "have the daemon prefill its model with plaintext cubes and store the KV cache")
+    a.add_argument("ids", nargs="+", metavar="ID", help="plaintext cubes, prefilled in this order")
+    a.add_argument("-n", "--namespace", help="where to store the cache (default agents/AGENT/kv)")
+    a.add_argument("--template", default="", help='how each cube is written: "{text}" (default) and "{id}" are replaced')
+    a.add_argument("--separator", default="", help="between cubes (default a blank line)")
+    a.add_argument("--prefix", default="", help="text before the first cube, e.g. a system prompt")
+    a.add_argument("--suffix", default="", help="text after the last cube")
+    a.add_argument("-t", "--tag", dest="tags", action="append", default=[], metavar="TAG", help="a tag (repeat)")
+    a.add_argument("--no-special-tokens", action="store_true", help="tokenize without BOS and other special tokens")
+    a.add_argument("--detach", action="store_true", help="print the job id and return at once")
+    a.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    a.set_defaults(run=_kv_build)
+
+    p = command("job", None, "background jobs (kv build, ...): list, show, watch, cancel")
+    sub = p.add_subparsers(dest="job_command", required=True, metavar="ACTION")
+    a = action(sub, "ls", "your jobs (all jobs, for the admin), newest first")
+    a.add_argument("--all", action="store_true", help="include jobs that have ended")
+    a.set_defaults(run=_job_ls)
+    for name, run, text in (("show", _job_show, "one job's state and progress"),
+                            ("watch", _job_watch, "follow a job with a progress bar until it ends"),
+                            ("cancel", _job_cancel, "ask a job to stop")):
+        a = action(sub, name, text)
+        a.add_argument("id")
+        if name == "watch":
+            a.add_argument("--progress", action="store_true",
+                           help="show the progress bar even when stderr is not a terminal")
+        a.set_defaults(run=run)
+
+
+# ---- kv --------------------------------------------------------------------------------------------------
+
+
+def _kv_row(cube: Cube) -> tuple[str, ...]:
+    act = cube.activation
+    return (cube.id, cube.namespace, act.model_fingerprint[:12], str(act.num_tokens), str(act.num_layers),
+            act.dtype, size(act.blob.size), when(cube.updated_at))
+
+
+def _kv_json(cube: Cube, token_ids: bool = False) -> dict:
+    out = cube.to_json()
+    out["activation"] = cube.activation.to_json(token_ids=token_ids)
+    return out
+
+
+def _kv_ls(client: MemosClient, args) -> int:
+    table = Table(("ID", "NAMESPACE", "MODEL", "TOKENS", "LAYERS", "DTYPE", "SIZE", "UPDATED"),
+                  sizes=((26, 26), (10, 28), (12, 12), (6, 8), (6, 6), (8, 8), (8, 10)))
+    shown = 0
+    for cube in client.list(args.namespace, kinds=[Kind.ACTIVATION]):
+        if cube.activation is None or (args.model and not cube.activation.model_fingerprint.startswith(args.model)):
+            continue
+        if args.json:
+            emit(_kv_json(cube))
+        else:
+            table.row(_kv_row(cube))
+        shown += 1
+        if shown == args.limit:
+            break
+    table.flush()
+    if not shown and not args.json:
+        print("no KV caches match", file=sys.stderr)
+    return 0
+
+
+def _kv_show(client: MemosClient, args) -> int:
+    cube = client.get(args.id)
+    if cube.activation is None:
+        raise MemosError(f"cube {cube.id} is a {cube.kind.name.lower()} cube, not a KV cache")
+    if args.json:
+        emit(_kv_json(cube, token_ids=args.tokens))
+        return 0
+    act = cube.activation
+    shapes = sorted({f"key {list(k.shape)} value {list(v.shape)}" for k, v in act.layers})
+    for key, value in (
+        ("id", cube.id), ("namespace", cube.namespace), ("model", act.model_fingerprint),
+        ("tokenizer", act.tokenizer_fingerprint or "-"), ("dtype", act.dtype),
+        ("tokens", f"{act.num_tokens} (prefix sha256 {act.prefix_hash[:16]}…)"),
+        ("layers", f"{act.num_layers}: " + "; ".join(shapes)), ("layout", act.layout),
+        ("size", f"{size(act.blob.size)} ({act.blob.size} bytes, sha256 {act.blob.sha256})"),
+        ("from", ", ".join(cube.derived_from) or "-"), ("source", cube.source or "-"),
+        ("tags", ", ".join(cube.tags) or "-"), ("owner", cube.owner), ("created", when(cube.created_at)),
+        ("version", str(cube.version)),
+    ):
+        print(f"{key:<10} {value}")
+    if args.tokens:
+        print(f"{'token ids':<10} {' '.join(map(str, act.token_ids))}")
+    return 0
+
+
+def _kv_rm(client: MemosClient, args) -> int:
+    failed = 0
+    for cube_id in args.ids:
+        try:
+            cube = client.get(cube_id)
+            if cube.kind is not Kind.ACTIVATION:
+                raise MemosError(f"{cube_id} is a {cube.kind.name.lower()} cube, not a KV cache; use memosctl rm")
+            version = client.delete(cube_id)
+        except Unavailable:
+            raise
+        except MemosError as exc:  # one bad id should not stop the others
+            failed += 1
+            print(f"memosctl: {exc.message if cube_id in exc.message else f'{cube_id}: {exc.message}'}", file=sys.stderr)
+            continue
+        if args.json:
+            emit({"id": cube_id, "deleted": True, "version": version})
+        else:
+            print(f"deleted {cube_id}")
+    return EXIT_ERROR if failed else 0
+
+
+def _kv_build(client: MemosClient, args) -> int:
+    job = client.build_kv(args.ids, args.namespace, template=args.template, separator=args.separator,
+                          prefix=args.prefix, suffix=args.suffix, tags=args.tags,
+                          special_tokens=not args.no_special_tokens)
+    if args.detach:
+        if args.json:
+            emit(job.to_json())
+        else:
+            print(job.id)
+        return 0
+    return _follow(client, job.id, args)
+
+
+# ---- jobs ------------------------------------------------------------------------------------------------
+
+
+def _job_ls(client: MemosClient, args) -> int:
+    table = Table(("ID", "KIND", "OWNER", "STATE", "PROGRESS", "CREATED", "MESSAGE"),
+                  sizes=((26, 26), (8, 10), (5, 12), (9, 9), (8, 16), (16, 16)))
+    for job in client.list_jobs(include_finished=args.all):
+        if args.json:
+            emit(job.to_json())
+        else:
+            table.row((job.id, job.kind, job.owner, job.state.name.lower(), _fraction(job), when(job.created_at),
+                       job.error or job.message))
+    table.flush()
+    return 0
+
+
+def _job_show(client: MemosClient, args) -> int:
+    job = client.get_job(args.id)
+    if args.json:
+        emit(job.to_json())
+        return 0
+    for key, value in (("id", job.id), ("kind", job.kind), ("owner", job.owner), ("state", job.state.name.lower()),
+                       ("progress", _fraction(job)), ("message", job.message or "-"),
+                       ("results", ", ".join(job.result_ids) or "-"),
+                       ("error", f"{job.error_code}: {job.error}" if job.error else "-"),
+                       ("created", when(job.created_at)), ("started", when(job.started_at)),
+                       ("finished", when(job.finished_at))):
+        print(f"{key:<10} {value}")
+    return 0
+
+
+def _job_watch(client: MemosClient, args) -> int:
+    return _follow(client, args.id, args)
+
+
+def _job_cancel(client: MemosClient, args) -> int:
+    job = client.cancel_job(args.id)
+    if args.json:
+        emit(job.to_json())
+    else:
+        print(f"cancelling {job.id}" if not job.finished else f"{job.id} has already ended ({job.state.name.lower()})")
+    return 0
+
+
+def _follow(client: MemosClient, job_id: str, args) -> int:
+    """Watch a job to its end with a progress bar; print what it made (or why it failed)."""
+    bar = JobProgress(sys.stderr, args.progress or sys.stderr.isatty())
+    job: Job | None = None
+    try:
+        for job in client.watch_job(job_id):
+            bar.update(job)
+    except KeyboardInterrupt:
+        bar.finish()
+        print(f"memosctl: stopped watching; the job goes on (memosctl job cancel {job_id} stops it)", file=sys.stderr)
+        raise
+    bar.finish()
+    if job is None:
+        return EXIT_ERROR
+    if args.json:
+        emit(job.to_json())
+    elif job.state is JobState.SUCCEEDED:
+        for cube_id in job.result_ids:
+            print(cube_id)
+    if job.state is JobState.SUCCEEDED:
+        return 0
+    reason = f"{job.error_code}: {job.error}" if job.state is JobState.FAILED else "cancelled"
+    print(f"memosctl: job {job.id} {job.state.name.lower()}: {reason}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _fraction(job: Job) -> str:
+    if not job.total:
+        return "-"
+    return f"{job.done}/{job.total} ({job.done / job.total:.0%})"
+
+
+class JobProgress:
+    """A one-line bar on stderr for a job: redrawn in place on a terminal, a line a second otherwise."""
+
+    def __init__(self, stream: IO[str], enabled: bool):
+        self.stream, self.enabled = stream, enabled
+        self.tty = enabled and stream.isatty()
+        self.last = float("-inf")
+        self.drawn = False
+
+    def update(self, job: Job) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < (0.1 if self.tty else 1.0) and not job.finished):
+            return
+        self.last = now
+        share = job.done / job.total if job.total else 0.0
+        filled = int(min(share, 1.0) * 30)
+        text = (f"{job.kind}  [{'#' * filled}{'.' * (30 - filled)}] {share:4.0%}  "
+                f"{job.done:,}/{job.total:,}  {job.message}")
+        if self.tty:
+            self.stream.write("\r" + text[:columns() - 1].ljust(columns() - 1))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+        self.drawn = True
+
+    def finish(self) -> None:
+        if self.tty and self.drawn:
+            self.stream.write("\r" + " " * (columns() - 1) + "\r")
+            self.stream.flush()

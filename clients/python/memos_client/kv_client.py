@@ -1,0 +1,229 @@
+"""The tensor-memory methods of MemosClient: blob transfers, activation cubes, jobs, and the transformers
+helpers (push_kv, pull_kv, generate_with_kv), which import torch only when called."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import grpc
+
+from memos_client.blobs import (
+    DOWNLOAD, RETRIES, UPLOAD, Payload, Receiver, decode_download, encode_message, feed, transfer_timeout,
+    upload_requests,
+)
+from memos_client.errors import Cancelled, DataLoss, FailedPrecondition, Unauthenticated, Unavailable, from_rpc_error
+from memos_client.kv_models import BlobRef, Job, manifest_to_proto
+from memos_client.models import Cube, Kind
+from memos_client.tensor_format import KVManifest
+from memos_mip.v1 import activation_pb2 as apb, activation_pb2_grpc, blob_pb2, blob_pb2_grpc, job_pb2, job_pb2_grpc
+
+# Broken transfers worth resuming: the connection went away, not the daemon saying no; for an upload also
+# a resume that raced the end of the broken stream (the daemon then holds more than it said).
+RESUMABLE = (Unavailable, Cancelled)
+RESUMABLE_UPLOAD = (*RESUMABLE, FailedPrecondition)
+
+
+def put_activation_request(manifest: KVManifest, namespace: str, *, tags=(), metadata=None, source: str = "",
+                           derived_from=(), ttl: float | None = None, priority: int = 0) -> apb.PutActivationRequest:
+    binding, msg = manifest_to_proto(manifest)
+    request = apb.PutActivationRequest(namespace=namespace, model=binding, manifest=msg, tags=list(tags), source=source,
+                                       derived_from=list(derived_from), ttl_seconds=int(ttl or 0), priority=priority)
+    if metadata:
+        request.metadata.update(metadata)
+    return request
+
+
+def build_request(source_ids, namespace: str, *, template: str = "", separator: str = "", prefix: str = "",
+                  suffix: str = "", tags=(), metadata=None, special_tokens: bool = True) -> apb.BuildFromPlaintextRequest:
+    request = apb.BuildFromPlaintextRequest(source_ids=list(source_ids), namespace=namespace, template=template,
+                                            separator=separator, prefix=prefix, suffix=suffix, tags=list(tags),
+                                            no_special_tokens=not special_tokens)
+    if metadata:
+        request.metadata.update(metadata)
+    return request
+
+
+def kv_namespace(client, namespace: str | None) -> str:
+    return namespace if namespace is not None else client.default_namespace.rsplit("/", 1)[0] + "/kv"
+
+
+class TensorMethods:
+    """Mixed into MemosClient; uses its channel, timeout and token source."""
+
+    def _stub(self, name: str, factory):
+        stub = self.__dict__.get(name)
+        if stub is None:
+            stub = self.__dict__[name] = factory(self._channel)
+        return stub
+
+    @property
+    def _blobs(self):
+        return self._stub("_blob_stub", blob_pb2_grpc.BlobServiceStub)
+
+    @property
+    def _upload(self):
+        # Chunks go out encoded by memos_client.wire and come back as views: not the generated stub.
+        return self._stub("_upload_call", lambda channel: channel.stream_unary(
+            UPLOAD, request_serializer=encode_message, response_deserializer=blob_pb2.UploadResponse.FromString))
+
+    @property
+    def _download(self):
+        return self._stub("_download_call", lambda channel: channel.unary_stream(
+            DOWNLOAD, request_serializer=blob_pb2.DownloadRequest.SerializeToString,
+            response_deserializer=decode_download))
+
+    @property
+    def _activations(self):
+        return self._stub("_activation_stub", activation_pb2_grpc.ActivationServiceStub)
+
+    @property
+    def _jobs(self):
+        return self._stub("_job_stub", job_pb2_grpc.JobServiceStub)
+
+    def _renewed(self, exc: grpc.RpcError):
+        """The typed error; None when the token was stale and a retry with a fresh one should follow."""
+        error = from_rpc_error(exc, self.target)
+        if isinstance(error, Unauthenticated) and self.tokens and self.tokens.learn_epoch(exc):
+            return None
+        return error
+
+    # -- blobs ------------------------------------------------------------------------------------
+
+    def upload_status(self, sha256: str, size: int, namespace: str | None = None, *,
+                      kind: Kind = Kind.ACTIVATION) -> tuple[bool, int]:
+        """(already stored, bytes of this agent's unfinished upload the daemon holds)."""
+        request = blob_pb2.GetUploadStatusRequest(sha256=sha256, size=size, namespace=kv_namespace(self, namespace),
+                                                  kind=int(kind))
+        r = self._call(self._blobs.GetUploadStatus, request)
+        return r.stored, r.committed_size
+
+    def upload_blob(self, data, namespace: str | None = None, *, kind: Kind = Kind.ACTIVATION) -> BlobRef:
+        """Upload bytes (or a Payload of several buffers) in 1 MiB chunks; a broken connection is resumed from
+        what the daemon committed, and nothing is sent for a blob it holds already."""
+        payload = Payload.of(data)
+        namespace = kv_namespace(self, namespace)
+        attempt = 0
+        while True:
+            stored, committed = self.upload_status(payload.sha256, payload.size, namespace, kind=kind)
+            if stored:
+                return BlobRef(payload.sha256, payload.size, deduplicated=True)
+            requests = upload_requests(payload, namespace, int(kind), committed)
+            try:
+                r = self._upload(requests, timeout=transfer_timeout(self.timeout, payload.size - committed))
+                return BlobRef(r.blob.sha256, r.blob.size, r.deduplicated)
+            except grpc.RpcError as exc:
+                error = self._renewed(exc)
+                attempt += 1
+                if error is not None and not (isinstance(error, RESUMABLE_UPLOAD) and attempt <= RETRIES):
+                    raise error from None
+
+    def download_blob(self, cube_id: str, *, into=None, size: int | None = None) -> memoryview:
+        """The payload of a tensor cube, verified against its sha256 (DataLoss otherwise), in `into` (a
+        writable buffer of the blob's size) or a new bytearray; a broken stream is resumed. With `size`
+        (the manifest's) the call gets a deadline fitting that size; without, none."""
+        receiver: Receiver | None = None
+        attempt = 0
+        try:
+            while True:
+                offset = receiver.received if receiver else 0
+                total = receiver.size if receiver else size
+                stream = self._download(blob_pb2.DownloadRequest(cube_id=cube_id, offset=offset),
+                                              timeout=transfer_timeout(self.timeout, total - offset) if total else None)
+                try:
+                    for message in stream:
+                        receiver = feed(receiver, message, into)
+                    if receiver is None:
+                        raise DataLoss("the daemon sent no data")
+                    return receiver.finish()
+                except grpc.RpcError as exc:
+                    error = self._renewed(exc)
+                    attempt += 1
+                    if error is not None and not (isinstance(error, RESUMABLE) and attempt <= RETRIES):
+                        raise error from None
+                finally:
+                    stream.cancel()
+        finally:
+            if receiver is not None:
+                receiver.close()
+
+    # -- activation cubes ---------------------------------------------------------------------------
+
+    def put_activation(self, manifest: KVManifest, namespace: str | None = None, **fields) -> Cube:
+        """Store an activation cube whose payload is uploaded; fields: tags, metadata, source, derived_from,
+        ttl, priority."""
+        request = put_activation_request(manifest, kv_namespace(self, namespace), **fields)
+        return Cube.from_proto(self._call(self._activations.PutActivation, request).cube)
+
+    def find_kv(self, model_fingerprint: str, token_ids, namespace: str | None = None) -> tuple[Cube | None, int]:
+        """The readable activation cube of this model sharing the longest prefix with token_ids, and how many
+        tokens it covers; (None, 0) when none does."""
+        request = apb.FindByPrefixRequest(model_fingerprint=model_fingerprint, token_ids=[int(t) for t in token_ids],
+                                          namespace_prefix=namespace or "")
+        r = self._call(self._activations.FindByPrefix, request)
+        return (Cube.from_proto(r.cube) if r.HasField("cube") else None), r.matched_tokens
+
+    def build_kv(self, source_ids, namespace: str | None = None, **fields) -> Job:
+        """Have the daemon prefill its configured model with plaintext cubes and store the KV cache; returns the
+        job (watch_job follows it). fields: template, separator, prefix, suffix, tags, metadata, special_tokens."""
+        request = build_request(source_ids, kv_namespace(self, namespace), **fields)
+        return Job.from_proto(self._call(self._activations.BuildFromPlaintext, request).job)
+
+    # -- jobs ---------------------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> Job:
+        return Job.from_proto(self._call(self._jobs.GetJob, job_pb2.GetJobRequest(id=job_id)).job)
+
+    def watch_job(self, job_id: str) -> Iterator[Job]:
+        """The job now and at each change, until it ends."""
+        stream = self._jobs.WatchJob(job_pb2.WatchJobRequest(id=job_id))
+        try:
+            for message in stream:
+                yield Job.from_proto(message.job)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, self.target) from None
+        finally:
+            stream.cancel()
+
+    def cancel_job(self, job_id: str) -> Job:
+        return Job.from_proto(self._call(self._jobs.CancelJob, job_pb2.CancelJobRequest(id=job_id)).job)
+
+    def list_jobs(self, include_finished: bool = False) -> list[Job]:
+        r = self._call(self._jobs.ListJobs, job_pb2.ListJobsRequest(include_finished=include_finished))
+        return [Job.from_proto(j) for j in r.jobs]
+
+    # -- transformers -------------------------------------------------------------------------------
+
+    def push_kv(self, cache, input_ids, model, *, namespace: str | None = None, tokenizer=None, **fields) -> str:
+        """Store a DynamicCache (or legacy ((k, v), ...) tuple) that `model` computed for input_ids as an
+        activation cube; returns its id. The cache is read, never changed."""
+        from memos_client import kv
+
+        ids, specs, payload, fingerprint, tokenizer_fp = kv.prepare_push(cache, input_ids, model, tokenizer)
+        self.upload_blob(payload, namespace)
+        manifest = kv.make_manifest(ids, specs, payload, fingerprint, tokenizer_fp, model)
+        return self.put_activation(manifest, namespace, **fields).id
+
+    def pull_kv(self, cube_id: str, model, *, tokenizer=None, num_tokens: int | None = None):
+        """A fresh DynamicCache on the model's device from an activation cube, cut to its first num_tokens
+        tokens if given. ModelMismatch if the cube was made by another model (fingerprint, dtype, layers)."""
+        from memos_client import kv
+
+        act = kv.check_binding(self.get(cube_id), model, tokenizer)
+        buffer = kv.payload_buffer(act.blob.size)
+        self.download_blob(cube_id, into=buffer.numpy(), size=act.blob.size)
+        return kv.finish_pull(buffer, act, model, num_tokens)
+
+    def generate_with_kv(self, model, input_ids, *, namespace: str | None = None, tokenizer=None, **generate_kwargs):
+        """model.generate(input_ids, ...) that starts from the longest cached prefix of input_ids the daemon
+        holds for this model (if any), so only the rest is prefilled. Returns what generate returns."""
+        from memos_client import kv
+        from memos_client.fingerprint import model_fingerprint
+
+        ids = kv.token_list(input_ids)
+        cube, matched = self.find_kv(model_fingerprint(model), ids, namespace)
+        cache = None
+        usable = min(matched, len(ids) - 1)  # generate needs at least one token to run
+        if cube is not None and usable > 0:
+            cache = self.pull_kv(cube.id, model, tokenizer=tokenizer, num_tokens=usable)
+        tensor, mask = kv.generation_inputs(model, ids)
+        return model.generate(tensor, attention_mask=mask, past_key_values=cache, **generate_kwargs)

@@ -1,0 +1,137 @@
+"""Subscriptions to MemStore topics that resume by themselves after a dropped connection or restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from memos_client.errors import ResourceExhausted, StaleToken, Unavailable, from_rpc_error
+from memos_client.models import Event, Heartbeat
+from memos_mip.v1 import store_pb2
+
+# Errors after which the same subscription can go on from where it was: the daemon restarting or
+# unreachable for a moment, this subscriber having fallen too far behind, a token to renew.
+_RESUMABLE = (Unavailable, ResourceExhausted, StaleToken)
+
+
+class _Position:
+    """What a subscription has seen, and the request that resumes after it."""
+
+    def __init__(self, topic: str, after_seq: int, live_only: bool, durable_name: str, heartbeat_seconds: int,
+                 ack_timeout_seconds: int):
+        self.topic, self.durable_name = topic, durable_name
+        self.after_seq, self.after, self.live_only = after_seq, {}, live_only
+        self.heartbeat_seconds, self.ack_timeout_seconds = heartbeat_seconds, ack_timeout_seconds
+
+    def request(self) -> store_pb2.SubscribeRequest:
+        return store_pb2.SubscribeRequest(
+            topic=self.topic, after_seq=0 if self.durable_name else self.after_seq,
+            after={} if self.durable_name else self.after, live_only=self.live_only,
+            heartbeat_seconds=self.heartbeat_seconds, durable_name=self.durable_name,
+            ack_timeout_seconds=self.ack_timeout_seconds)
+
+    def items(self, msg, heartbeats: bool):
+        """The message's events (and heartbeat), each counted as seen just before the caller gets it."""
+        if msg.HasField("heartbeat"):
+            if heartbeats:
+                yield Heartbeat(dict(msg.heartbeat.delivered))
+            return
+        for proto in msg.events:
+            event = Event.from_proto(proto)
+            if self.topic.endswith("/**"):
+                self.after[event.topic] = event.seq
+            else:
+                self.after_seq = event.seq
+            self.live_only = False  # a resumed stream continues after what was seen, not at the live end
+            yield event
+
+
+def _resume_or_raise(sub, exc: grpc.RpcError, failing_since: float | None) -> float:
+    """Raise the typed error unless the subscription may resume; returns when the failures began."""
+    error = from_rpc_error(exc, sub._client.target)
+    if isinstance(error, StaleToken) and sub._client.tokens:
+        sub._client.tokens.learn_epoch(exc)
+    failing_since = failing_since or time.monotonic()
+    if not isinstance(error, _RESUMABLE) or time.monotonic() - failing_since > sub._resume_for:
+        raise error from None
+    return failing_since
+
+
+class Subscription:
+    """Iterate a topic's events (heartbeats too with heartbeats=True). After a dropped connection, a daemon
+    restart or a slow-subscriber cut-off it resubscribes from the last event seen, for up to
+    `resume_for` seconds; memos_client.Compacted if that point is no longer retained."""
+
+    def __init__(self, client, position: _Position, *, heartbeats: bool, resume_for: float):
+        self._client, self._position = client, position
+        self._heartbeats, self._resume_for = heartbeats, resume_for
+        self._call = None
+        self._closed = False
+
+    def __iter__(self):
+        failing_since = None
+        while not self._closed:
+            self._call = self._client._store.Subscribe(self._position.request())
+            try:
+                for msg in self._call:
+                    failing_since = None
+                    for item in self._position.items(msg, self._heartbeats):
+                        yield item
+                return
+            except grpc.RpcError as exc:
+                if self._closed:
+                    return
+                failing_since = _resume_or_raise(self, exc, failing_since)
+                time.sleep(0.2)
+
+    def ack(self, event: Event) -> int:
+        """Acknowledge `event` and everything before it on its topic (durable subscriptions)."""
+        return self._client.ack(self._position.durable_name, event.topic, event.seq)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+
+    def __enter__(self) -> "Subscription":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncSubscription:
+    """The asyncio form of Subscription: `async for event in client.subscribe(...)`."""
+
+    def __init__(self, client, position: _Position, *, heartbeats: bool, resume_for: float):
+        self._client, self._position = client, position
+        self._heartbeats, self._resume_for = heartbeats, resume_for
+        self._call = None
+        self._closed = False
+
+    async def __aiter__(self):
+        failing_since = None
+        while not self._closed:
+            self._call = self._client._store.Subscribe(self._position.request())
+            try:
+                async for msg in self._call:
+                    failing_since = None
+                    for item in self._position.items(msg, self._heartbeats):
+                        yield item
+                return
+            except grpc.RpcError as exc:
+                if self._closed:
+                    return
+                failing_since = _resume_or_raise(self, exc, failing_since)
+                await asyncio.sleep(0.2)
+
+    async def ack(self, event: Event) -> int:
+        return await self._client.ack(self._position.durable_name, event.topic, event.seq)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+

@@ -1,0 +1,208 @@
+"""MemDumper: a namespace (or the whole vault) written as an export bundle tar, as of one instant.
+
+Cubes are read inside one read transaction (a consistent snapshot while writes go on), spooled to a
+temporary file to learn cubes.jsonl's size and digest, then the tar is written in order: manifest.json
+first (so a reader learns the format version before anything else), the JSON Lines files, then the
+payload files, streamed from the blob store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import queue
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memos_client.bundle_format import AGENTS, CUBES, FORMAT, MANIFEST, POLICIES, VERSION, rfc3339
+from memosd.bundle.payloads import CODECS, PayloadFile
+from memosd.bundle.records import cube_record
+from memosd.cube import CubeFilter, MemoryKind
+from memosd.errors import FailedPrecondition
+from memosd.vault import rows
+from memosd.vault.backup import blob_index
+from memosd.vault.db import connect
+from memosd.vault.query import filter_sql
+
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass
+class ExportedPolicy:
+    """A signed policy as the bundle carries it, with its issuer's public key."""
+
+    id: str
+    document: bytes
+    signature: bytes
+    issuer: str
+    issuer_key: bytes
+    revoked_at: float | None = None
+
+
+@dataclass
+class ExportSummary:
+    cubes: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    policies: int = 0
+    payload_files: int = 0
+    bytes: int = 0
+
+
+def write_bundle(out, *, data_dir: Path, root: str, cube_filter: CubeFilter, policies: list[ExportedPolicy],
+                 producer: dict, clock=time.time) -> ExportSummary:
+    """Write the bundle tar to `out` (anything with write()); blocking, run it on a thread."""
+    summary = ExportSummary(by_kind={k.name.lower(): 0 for k in MemoryKind})
+    payloads: dict[str, PayloadFile] = {}
+    with tempfile.TemporaryFile(dir=data_dir) as spool:
+        digest = _dump_cubes(spool, data_dir, cube_filter, summary, payloads, clock)
+        cubes_size = spool.tell()
+        spool.seek(0)
+        policy_lines = b"".join(_line({
+            "id": p.id, "issuer": p.issuer, "document": p.document.decode("utf-8"),
+            "signature": base64.b64encode(p.signature).decode(), "revoked_at": rfc3339(p.revoked_at)})
+            for p in policies)
+        keys = {p.issuer: p.issuer_key for p in policies}
+        agent_lines = b"".join(_line({"name": name, "public_key": base64.b64encode(key).decode()})
+                               for name, key in sorted(keys.items()))
+        summary.policies = len(policies)
+        files = [{"path": CUBES, "size": cubes_size, "sha256": digest},
+                 {"path": POLICIES, "size": len(policy_lines), "sha256": hashlib.sha256(policy_lines).hexdigest()},
+                 {"path": AGENTS, "size": len(agent_lines), "sha256": hashlib.sha256(agent_lines).hexdigest()}]
+        for name, pf in sorted(payloads.items()):
+            # Content-addressed: the name is the digest the store verified when the blob arrived.
+            files.append({"path": name, "size": pf.path.stat().st_size, "sha256": name.split("/")[1].split(".")[0]
+                          if name.startswith("tensors/") else _sha256(pf.path)})
+        manifest = {"format": FORMAT, "version": VERSION, "created_at": rfc3339(clock()), "producer": producer,
+                    "root": root, "counts": {"cubes": summary.cubes, **summary.by_kind, "policies": len(policies),
+                                             "agents": len(keys)}, "files": files}
+        manifest_bytes = json.dumps(manifest, indent=1, ensure_ascii=False).encode() + b"\n"
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            _add(tar, MANIFEST, io.BytesIO(manifest_bytes), len(manifest_bytes), clock)
+            _add(tar, CUBES, spool, cubes_size, clock)
+            _add(tar, POLICIES, io.BytesIO(policy_lines), len(policy_lines), clock)
+            _add(tar, AGENTS, io.BytesIO(agent_lines), len(agent_lines), clock)
+            for entry in files[3:]:
+                with open(payloads[entry["path"]].path, "rb") as f:
+                    _add(tar, entry["path"], f, entry["size"], clock)
+        summary.payload_files = len(payloads)
+        summary.bytes = sum(f["size"] for f in files) + len(manifest_bytes)
+    return summary
+
+
+def _dump_cubes(spool, data_dir: Path, f: CubeFilter, summary: ExportSummary, payloads: dict, clock) -> str:
+    h = hashlib.sha256()
+    blobs: dict[str, Path] | None = None
+    conn = connect(Path(data_dir) / "memos.db", readonly=True)
+    try:
+        conn.execute("BEGIN")
+        where, params = filter_sql(f, clock())
+        cursor = conn.execute(f"SELECT {rows.COLUMNS} FROM cubes c WHERE {where} ORDER BY c.seq", params)
+        while batch := cursor.fetchmany(1000):
+            for row in batch:
+                cube = rows.to_cube(rows.row_dict(row), clock())
+                if cube.kind is not MemoryKind.PLAINTEXT:
+                    if blobs is None:
+                        blobs = blob_index(data_dir)
+                    sha = (cube.manifest or {}).get("blob", {}).get("sha256", "")
+                    if sha not in blobs:
+                        raise FailedPrecondition(f"cube {cube.id}'s payload {sha} is not in the blob store")
+                    for pf in CODECS[cube.kind].files(cube, blobs[sha]):
+                        payloads[pf.name] = pf
+                line = _line(cube_record(cube))
+                spool.write(line)
+                h.update(line)
+                summary.cubes += 1
+                summary.by_kind[cube.kind.name.lower()] += 1
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return h.hexdigest()
+
+
+def _line(obj: dict) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _add(tar: tarfile.TarFile, name: str, fileobj, size: int, clock) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o600, int(clock())
+    tar.addfile(info, fileobj)
+
+
+_END, _EMPTY = object(), object()
+
+
+class ChunkPipe:
+    """A write-only file for a thread that produces bytes, read as chunks by a coroutine; the bounded
+    queue between them makes a slow reader slow the writer down instead of filling memory."""
+
+    def __init__(self, chunk_bytes: int = CHUNK_BYTES, depth: int = 8):
+        self.chunk_bytes = chunk_bytes
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._buffer = bytearray()
+        self._cancelled = threading.Event()
+
+    def write(self, data) -> int:
+        self._buffer += data
+        while len(self._buffer) >= self.chunk_bytes:
+            self._put(bytes(self._buffer[:self.chunk_bytes]))
+            del self._buffer[:self.chunk_bytes]
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """End the stream: with the bytes still buffered, or with an error the reader re-raises."""
+        try:
+            if error is None and self._buffer:
+                self._put(bytes(self._buffer))
+            self._put(_END if error is None else error)
+        except BrokenPipeError:
+            pass
+
+    def _put(self, item) -> None:
+        while True:
+            if self._cancelled.is_set():
+                raise BrokenPipeError("the reader went away")
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    async def chunks(self):
+        while True:
+            item = await asyncio.to_thread(self._get)
+            if item is _EMPTY:
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _get(self):
+        # A bounded wait, so a reader cancelled mid-wait leaves no thread blocked for good.
+        try:
+            return self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return _EMPTY

@@ -1,0 +1,54 @@
+"""Stores imported activation cubes through the daemon's own tensor memory (blob store, ActivationVault)."""
+
+from __future__ import annotations
+
+import mmap
+from pathlib import Path
+
+from memos_client.tensor_format import FormatError, KVManifest
+from memosd.cube import LifecycleState, MemCube, MemoryKind
+from memosd.errors import DataLoss, FailedPrecondition, InvalidArgument
+from memosd.vault.activation import ActivationDraft
+
+
+class ActivationSink:
+    """A TensorSink for activation cubes. The payload goes through the blob store, the cube through
+    ActivationVault.put, which checks the manifest against the payload and indexes its prefix; so the
+    cube gets a new id and times. A cube with the same payload in the same namespace counts as imported
+    before, which keeps a re-run from storing it twice."""
+
+    def __init__(self, vault, tensors):
+        self.vault = vault
+        self.tensors = tensors
+
+    async def put(self, cube: MemCube, blob: Path, owner: str) -> bool:
+        """True if stored, False if the namespace holds the same payload already."""
+        if cube.kind is not MemoryKind.ACTIVATION:
+            raise FailedPrecondition(f"cube {cube.id} is {cube.kind.name.lower()}; only activation cubes can be"
+                                     " imported with their tensors")
+        try:
+            manifest = KVManifest.from_json(cube.manifest)
+        except (FormatError, KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgument(f"cube {cube.id}: its KV manifest is malformed ({exc})") from None
+        if await self._present(cube.namespace, manifest.blob_sha256):
+            return False
+        size = blob.stat().st_size
+        if size == 0:
+            raise InvalidArgument(f"cube {cube.id}: its payload is empty")
+        with open(blob, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            sha256, stored = await self.tensors.blobs.put_parts([view])
+        if sha256 != manifest.blob_sha256 or stored != manifest.blob_size:
+            raise DataLoss(f"cube {cube.id}: its payload does not match the manifest's sha256 and size")
+        now = self.vault.clock()
+        ttl = 0 if cube.expires_at is None else max(1, int(cube.expires_at - now))
+        draft = ActivationDraft(namespace=cube.namespace, manifest=manifest, tags=cube.tags, metadata=cube.metadata,
+                                source=cube.source, derived_from=cube.derived_from, ttl_seconds=ttl,
+                                visibility=cube.visibility, priority=cube.priority)
+        await self.tensors.activations.put(draft, owner)
+        return True
+
+    async def _present(self, namespace: str, sha256: str) -> bool:
+        return bool(await self.vault.db.read(lambda conn: conn.execute(
+            "SELECT 1 FROM cubes WHERE namespace = ? AND kind = ? AND state != ?"
+            " AND json_extract(manifest, '$.blob.sha256') = ?",
+            (namespace, int(MemoryKind.ACTIVATION), int(LifecycleState.DELETED), sha256)).fetchone()))

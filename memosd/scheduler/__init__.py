@@ -1,0 +1,1 @@
+"""MemScheduler: background jobs and the promotion of memory between kinds (plaintext -> activation)."""

@@ -1,0 +1,152 @@
+"""BundleService: export bundles streamed out, bundles and MemOS dumps streamed in."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+from memos_client.bundle_format import MANIFEST, MEMOS_NAME, NAME, BundleError, safe_extract
+from memos_mip.v1 import bundle_pb2
+from memosd import __version__, errors
+from memosd.bundle.dumper import ChunkPipe, ExportedPolicy, write_bundle
+from memosd.bundle.loader import BundleReader, ImportOptions, ImportReport, load_bundle
+from memosd.bundle.memos_dump import CONFIG, load_memos_dump
+from memosd.cube import CubeFilter, LifecycleState, MemoryKind
+from memosd.errors import InvalidArgument, ResourceExhausted
+from memosd.governance.policy import Pattern
+from memosd.limits import check_namespace_prefix
+from memosd.server.auth import principal
+
+log = logging.getLogger("memosd.bundles")
+EXPORTED_STATES = frozenset({LifecycleState.ACTIVE, LifecycleState.ARCHIVED, LifecycleState.EXPIRED})
+_ANY_NAME = re.compile(f"(?:{NAME.pattern})|(?:{MEMOS_NAME.pattern})")
+_PATTERNS = {bundle_pb2.BUNDLE_FORMAT_UNSPECIFIED: _ANY_NAME, bundle_pb2.BUNDLE_FORMAT_MEMOSD: NAME,
+             bundle_pb2.BUNDLE_FORMAT_MEMOS_DUMP: MEMOS_NAME}
+
+
+class BundleService:
+    def __init__(self, vault, governance, data_dir: Path, tensors=None):
+        self.vault = vault
+        self.gov = governance
+        self.data_dir = Path(data_dir)
+        self.tensors = tensors
+
+    async def Export(self, request, context):
+        p = principal()
+        prefix = check_namespace_prefix(request.namespace_prefix)
+        try:
+            kinds = frozenset(MemoryKind(k) for k in request.kinds)
+        except ValueError:
+            raise InvalidArgument("kinds must be PLAINTEXT, ACTIVATION or PARAMETRIC") from None
+        f = CubeFilter(namespace_prefix=prefix, kinds=kinds, states=EXPORTED_STATES)
+        if not p.admin:
+            f = CubeFilter(namespace_prefix=prefix, kinds=kinds, states=EXPORTED_STATES,
+                           scope=self.gov.read_scope(p), viewer=p.name)
+        policies = [] if request.omit_policies else self._policies(p, prefix)
+        pipe = ChunkPipe()
+        producer = {"software": "memosd", "version": __version__, "daemon_id": self.gov.daemon_id}
+
+        def run():
+            try:
+                summary = write_bundle(pipe, data_dir=self.data_dir, root=prefix, cube_filter=f, policies=policies,
+                                       producer=producer)
+            except BaseException as exc:
+                pipe.finish(exc if isinstance(exc, errors.MemosError) else RuntimeError(f"export failed: {exc!r}"))
+                raise
+            pipe.finish()
+            return summary
+
+        task = asyncio.ensure_future(asyncio.to_thread(run))
+        try:
+            async for chunk in pipe.chunks():
+                yield bundle_pb2.ExportChunk(data=chunk)
+            summary = await task
+        finally:
+            pipe.cancel()
+            if not task.done():
+                await asyncio.gather(task, return_exceptions=True)
+            elif not task.cancelled():
+                task.exception()  # retrieved: the reader has re-raised it already
+        await self.vault.db.write(lambda conn: self.gov.audit_write(
+            conn, p.name, "bundle.export", prefix or "*", cubes=summary.cubes, policies=summary.policies,
+            bytes=summary.bytes))
+        log.info("exported %d cubes under %r to %s", summary.cubes, prefix or "*", p.name)
+
+    def _policies(self, p, prefix: str) -> list[ExportedPolicy]:
+        """Active policies the caller may see that grant on the exported namespaces."""
+        found = []
+        for record in self.gov.list_policies(p):
+            pol = record.policy
+            if prefix and not any(_overlaps(pattern, prefix) for pattern in pol.patterns):
+                continue
+            issuer = self.gov.agent(pol.issuer)
+            found.append(ExportedPolicy(pol.id, bytes(record.document), bytes(record.signature), pol.issuer,
+                                        bytes(issuer.public_key), record.revoked_at))
+        return found
+
+    async def Import(self, requests, context):
+        p = principal()
+        start = None
+        staging = self.data_dir / f".import-{secrets.token_hex(6)}"
+        staging.mkdir(mode=0o700)
+        try:
+            tar_path = staging / "bundle.tar"
+            limit = self.vault.limits.max_bundle_bytes
+            received = 0
+            with open(tar_path, "wb") as out:
+                async for message in requests:
+                    part = message.WhichOneof("part")
+                    if start is None:
+                        if part != "start":
+                            raise InvalidArgument("the first message of Import must be `start`")
+                        start = message.start
+                        continue
+                    if part != "data":
+                        raise InvalidArgument("only the first message of Import may be `start`")
+                    received += len(message.data)
+                    if received > limit:
+                        raise ResourceExhausted(f"the bundle is over {limit} bytes (max_bundle_bytes)")
+                    await asyncio.to_thread(out.write, message.data)
+            if start is None:
+                raise InvalidArgument("Import received no messages; send `start` and then the bundle's bytes")
+            if start.namespace:
+                check_namespace_prefix(start.namespace)
+            options = ImportOptions(namespace=start.namespace, apply_policies=not start.skip_policies,
+                                    allow_pickle=start.allow_pickle)
+            files = await asyncio.to_thread(safe_extract, tar_path, staging / "bundle", max_bytes=limit,
+                                            pattern=_PATTERNS.get(start.format, _ANY_NAME))
+            tar_path.unlink()
+            report = await self._load(files, start.format, options, p)
+        except BundleError as exc:
+            raise getattr(errors, exc.kind)(str(exc)) from None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
+        log.info("imported %d cubes (%s) for %s", report.cubes, report.format, p.name)
+        return bundle_pb2.ImportResponse(
+            format=report.format, cubes=report.cubes, skipped=report.skipped, renamed=report.renamed,
+            tensors=report.tensors, policies_applied=report.policies_applied,
+            policies_skipped=report.policies_skipped, notes=report.notes)
+
+    async def _load(self, files: dict, fmt: int, options: ImportOptions, p) -> ImportReport:
+        memos = fmt == bundle_pb2.BUNDLE_FORMAT_MEMOS_DUMP or (
+            fmt == bundle_pb2.BUNDLE_FORMAT_UNSPECIFIED and MANIFEST not in files and CONFIG in files)
+        if memos:
+            stray = sorted(n for n in files if not MEMOS_NAME.fullmatch(n))
+            if stray:
+                raise InvalidArgument(f"a MemOS dump does not hold {stray[0]}")
+            return await load_memos_dump(files, vault=self.vault, governance=self.gov, principal=p, options=options)
+        if MANIFEST not in files:
+            raise InvalidArgument("the bundle has neither manifest.json (a memosd bundle) nor config.json (a MemOS dump)")
+        reader = BundleReader(files, self.vault.limits, options)
+        return await load_bundle(reader, vault=self.vault, governance=self.gov, principal=p, options=options,
+                                 tensors=self.tensors)
+
+
+def _overlaps(pattern: Pattern, prefix: str) -> bool:
+    """Does a policy pattern grant on anything under the exported prefix (or on the prefix itself)?"""
+    below = Pattern(prefix, True)
+    return below.matches(pattern.namespace) or (pattern.subtree and pattern.matches(prefix))

@@ -1,0 +1,72 @@
+"""Conversions for tensor memory: activation manifests, their drafts and jobs, between protocol and domain."""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+
+from memos_client.tensor_format import LAYOUT_DYNAMIC_CACHE, KVManifest, TensorSpec
+from memos_mip.v1 import activation_pb2, cube_pb2, job_pb2
+from memosd.cube import MemCube, MemoryKind, Visibility
+from memosd.errors import InvalidArgument, MemosError
+from memosd.scheduler.jobs import Job
+from memosd.server.convert import to_timestamp
+from memosd.server.status import status_for
+from memosd.vault.activation import ActivationDraft
+
+_LAYOUTS = {cube_pb2.KV_LAYOUT_DYNAMIC_CACHE: LAYOUT_DYNAMIC_CACHE}
+_LAYOUT_NUMBERS = {name: number for number, name in _LAYOUTS.items()}
+
+
+def manifest_from_proto(binding: cube_pb2.ModelBinding, m: cube_pb2.ActivationManifest) -> KVManifest:
+    if m.layout not in _LAYOUTS:
+        raise InvalidArgument(f"manifest: layout {m.layout} is not supported; use KV_LAYOUT_DYNAMIC_CACHE")
+    if m.num_layers != len(m.layers):
+        raise InvalidArgument(f"manifest: num_layers is {m.num_layers} but {len(m.layers)} layers are described")
+    spec = lambda t: TensorSpec(t.dtype, tuple(t.shape))  # noqa: E731
+    return KVManifest(
+        blob_sha256=m.blob.sha256, blob_size=m.blob.size, token_ids=tuple(m.token_ids),
+        layers=tuple((spec(layer.key), spec(layer.value)) for layer in m.layers),
+        model_fingerprint=binding.model_fingerprint, dtype=binding.dtype,
+        tokenizer_fingerprint=binding.tokenizer_fingerprint, prefix_hash=m.prefix_hash, layout=_LAYOUTS[m.layout],
+    )
+
+
+def activation_draft_from_proto(r: activation_pb2.PutActivationRequest) -> ActivationDraft:
+    if not r.HasField("manifest") or not r.HasField("model"):
+        raise InvalidArgument("model and manifest are required")
+    try:
+        visibility = Visibility(r.visibility) if r.visibility else Visibility.NAMESPACE
+    except ValueError:
+        raise InvalidArgument(f"visibility {r.visibility} is not a known value") from None
+    return ActivationDraft(
+        namespace=r.namespace, manifest=manifest_from_proto(r.model, r.manifest), tags=tuple(r.tags),
+        metadata=json_format.MessageToDict(r.metadata) if r.HasField("metadata") else None, source=r.source,
+        derived_from=tuple(r.derived_from), ttl_seconds=r.ttl_seconds, visibility=visibility, priority=r.priority,
+    )
+
+
+def fill_activation(msg: cube_pb2.MemCube, c: MemCube) -> None:
+    """Put an activation cube's manifest into its protocol form: the payload and the header's model binding."""
+    if c.kind is not MemoryKind.ACTIVATION or not c.manifest:
+        return
+    m = KVManifest.from_json(c.manifest)
+    msg.header.descriptive.model.CopyFrom(cube_pb2.ModelBinding(
+        model_fingerprint=m.model_fingerprint, tokenizer_fingerprint=m.tokenizer_fingerprint, dtype=m.dtype))
+    msg.activation.CopyFrom(cube_pb2.ActivationManifest(
+        blob=cube_pb2.BlobRef(sha256=m.blob_sha256, size=m.blob_size), token_ids=m.token_ids,
+        num_layers=m.num_layers, prefix_hash=m.prefix_hash, layout=_LAYOUT_NUMBERS.get(m.layout, 0),
+        layers=[cube_pb2.KVLayerSpec(key=cube_pb2.TensorSpec(dtype=k.dtype, shape=k.shape),
+                                     value=cube_pb2.TensorSpec(dtype=v.dtype, shape=v.shape)) for k, v in m.layers],
+    ))
+
+
+def job_to_proto(job: Job) -> job_pb2.Job:
+    msg = job_pb2.Job(
+        id=job.id, kind=job.kind, owner=job.owner, state=int(job.state), done=job.done, total=job.total,
+        message=job.message, result_ids=job.result_ids, created_at=to_timestamp(job.created_at),
+        started_at=to_timestamp(job.started_at), finished_at=to_timestamp(job.finished_at),
+    )
+    if job.error is not None:
+        msg.error_code = status_for(job.error).name if type(job.error) is not MemosError else "INTERNAL"
+        msg.error = str(job.error)
+    return msg

@@ -1,0 +1,19 @@
+"""Connects the daemon's parts to its Metrics: the vault's and MemStore's gauges."""
+
+from __future__ import annotations
+
+from memosd.metrics import Metrics, subscriber_families
+from memosd.vault.usage import VaultUsage
+
+
+def watch(metrics: Metrics, vault, store=None) -> VaultUsage:
+    """Register the collectors a scrape (and Status) reads; returns the vault's, which Status shares."""
+    usage = VaultUsage(vault)
+    metrics.add_collector("vault", usage.families)
+    hub = getattr(store, "hub", None)
+    if hub is not None:
+        async def subscribers():
+            return subscriber_families(hub)
+
+        metrics.add_collector("store", subscribers)
+    return usage

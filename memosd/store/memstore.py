@@ -1,0 +1,485 @@
+"""MemStore: publishing cubes to topics and delivering events to subscribers (no gRPC here)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import re
+import sqlite3
+import time
+from dataclasses import dataclass, field
+
+from memosd.cube import MemCube
+from memosd.errors import Compacted, FailedPrecondition, InvalidArgument, MemosError, NotFound, PermissionDenied, ResourceExhausted
+from memosd.governance import MemGovernance, Principal
+from memosd.governance.policy import Pattern, check_name
+from memosd.ids import is_id
+from memosd.limits import check_namespace
+from memosd.store.hub import Hub, Subscriber
+from memosd.vault.vault import cube_at_version
+
+log = logging.getLogger("memosd.store")
+REPLAY_BATCH = 256
+MAX_BATCH = 256  # live events sent in one message when a subscriber is behind
+_PUBLISH_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+class EventKind(enum.IntEnum):
+    """Values equal the protocol's EventKind numbers."""
+
+    PUBLISHED = 1
+    UPDATED = 2
+    RETRACTED = 3
+    REDACTED = 4
+
+
+@dataclass
+class EventRecord:
+    topic: str
+    seq: int
+    kind: EventKind
+    cube_id: str
+    cube_version: int
+    publisher: str
+    ts: float
+    cube: MemCube | None = None
+    # The transport's encoding of this event, made once and shared by every subscriber it goes to.
+    encoded: bytes | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class Heartbeat:
+    delivered: dict[str, int]
+
+
+@dataclass
+class Topic:
+    name: str
+    owner: str
+    last_seq: int
+    first_seq: int
+    max_age: float
+    max_events: int
+
+
+@dataclass(frozen=True)
+class SubscribeSpec:
+    topic: str
+    after_seq: int = 0
+    after: dict = field(default_factory=dict)
+    live_only: bool = False
+    heartbeat_seconds: float = 10.0
+    durable_name: str = ""
+    ack_timeout: float = 30.0
+
+
+@dataclass
+class _Durable:
+    """A named cursor kept across restarts; `delivered` and the timer belong to its open stream."""
+
+    pattern: str
+    acked: dict[str, int]
+    delivered: dict[str, int] = field(default_factory=dict)
+    unacked_since: float | None = None
+    active: bool = False
+    acks: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class MemStore:
+    """Topics, events and subscriptions over the shared database, fanned out by an in-process Hub."""
+
+    def __init__(self, db, governance: MemGovernance, *, hub: Hub, default_max_events: int = 100_000,
+                 default_max_age: float = 0.0, clock=time.time):
+        self.db = db
+        self.gov = governance
+        self.hub = hub
+        self.clock = clock
+        self.default_max_events = default_max_events
+        self.default_max_age = default_max_age
+        self._shared: dict[str, set[str]] = {}
+        self._durables: dict[tuple[str, str], _Durable] = {}
+
+    async def start(self) -> None:
+        found = await self.db.read(lambda conn: conn.execute("SELECT topic, cube_id FROM topic_cubes").fetchall())
+        for topic, cube_id in found:
+            self._shared.setdefault(cube_id, set()).add(topic)
+        # Publishing is how a cube is shared: a subscriber of the topic may read it while it stays published.
+        self.gov.add_read_source(self.topics_sharing)
+
+    def topics_sharing(self, cube_id: str) -> set[str]:
+        return self._shared.get(cube_id, set())
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    async def publish(self, p: Principal, topic: str, cube_id: str, publish_id: str = "",
+                      retract: bool = False) -> tuple[int, bool]:
+        """Append an event for the cube's current version; returns (seq, duplicate)."""
+        check_namespace(topic, what="topic")
+        if not is_id(cube_id):
+            raise InvalidArgument(f"{cube_id!r} is not a cube id")
+        if publish_id and not _PUBLISH_ID.fullmatch(publish_id):
+            raise InvalidArgument("publish_id must be 1-128 printable ASCII characters without spaces")
+        self.gov.check(p, "publish", topic)
+        now = self.clock()
+
+        def job(conn: sqlite3.Connection):
+            if publish_id:
+                found = conn.execute("SELECT seq FROM events WHERE topic = ? AND publish_id = ?",
+                                     (topic, publish_id)).fetchone()
+                if found:
+                    return found[0], True, None
+            row = conn.execute("SELECT version FROM cubes WHERE id = ? AND state != 4", (cube_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no cube with id {cube_id} to publish")
+            cube = cube_at_version(conn, cube_id, row[0], now)
+            self.gov.check_cube(p, "share", cube)
+            shared = conn.execute("SELECT 1 FROM topic_cubes WHERE topic = ? AND cube_id = ?", (topic, cube_id)).fetchone()
+            if retract:
+                if not shared:
+                    raise NotFound(f"cube {cube_id} is not published on {topic}")
+                conn.execute("DELETE FROM topic_cubes WHERE topic = ? AND cube_id = ?", (topic, cube_id))
+                kind = EventKind.RETRACTED
+            else:
+                kind = EventKind.UPDATED if shared else EventKind.PUBLISHED
+                if not shared:
+                    conn.execute("INSERT INTO topic_cubes (topic, cube_id) VALUES (?, ?)", (topic, cube_id))
+            top = conn.execute("SELECT last_seq FROM topics WHERE name = ?", (topic,)).fetchone()
+            if top is None:
+                conn.execute("INSERT INTO topics (name, owner, created_at, max_age, max_events) VALUES (?, ?, ?, ?, ?)",
+                             (topic, p.name, now, self.default_max_age, self.default_max_events))
+            seq = (top[0] if top else 0) + 1
+            conn.execute("INSERT INTO events (topic, seq, kind, cube_id, cube_version, publisher, ts, publish_id)"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (topic, seq, int(kind), cube_id, cube.version, p.name, now, publish_id or None))
+            conn.execute("UPDATE topics SET last_seq = ? WHERE name = ?", (seq, topic))
+            self.gov.audit_write(conn, p.name, "store.retract" if retract else "store.publish", topic, seq=seq,
+                                 cube=cube_id, version=cube.version)
+            return seq, False, EventRecord(topic, seq, kind, cube_id, cube.version, p.name, now,
+                                           None if retract else cube)
+
+        seq, duplicate, record = await self.db.write(job)
+        if record is not None:
+            if record.kind is EventKind.RETRACTED:
+                self._shared.get(cube_id, set()).discard(topic)
+            else:
+                self._shared.setdefault(cube_id, set()).add(topic)
+            self.hub.deliver(record)
+        return seq, duplicate
+
+    # -- subscribing --------------------------------------------------------------------------
+
+    async def run_subscription(self, p: Principal, spec: SubscribeSpec, send) -> None:
+        """Deliver events (and heartbeats) to `send` until the caller goes away or an error ends it.
+
+        send(item) is a coroutine writing a list of EventRecords (in order) or a Heartbeat to the
+        subscriber; a guard ends it when the subscriber's queue overflows or a revocation lands, so a
+        stalled subscriber cannot hold the stream open."""
+        pattern = _parse_pattern(spec.topic)
+        self.gov.check(p, "subscribe", pattern.namespace)
+        sub = self.hub.register(p.name, pattern)
+        durable = None
+        try:
+            durable = await self._open_durable(p, spec) if spec.durable_name else None
+            delivered = await self._start_positions(pattern, spec, durable)
+            stream = _Stream(self, p, pattern, sub, send, delivered, durable, spec)
+            await stream.run()
+        finally:
+            self.hub.unregister(sub)
+            if durable is not None:
+                durable.active = False
+
+    async def _start_positions(self, pattern: Pattern, spec: SubscribeSpec, durable) -> dict[str, int]:
+        topics = await self.db.read(lambda conn: _topics(conn, pattern))
+        if not pattern.subtree and pattern.namespace not in topics:
+            if spec.after_seq > 0:
+                raise InvalidArgument(f"topic {pattern.namespace} has no events yet; after_seq {spec.after_seq}"
+                                      " is in the future")
+            return {pattern.namespace: 0}
+        positions = {}
+        for name, t in topics.items():
+            if spec.live_only:
+                start = t.last_seq
+            elif durable is not None:
+                start = durable.acked.get(name, 0)
+            else:
+                start = spec.after.get(name, spec.after_seq)
+            if start > t.last_seq:
+                raise InvalidArgument(f"after_seq {start} is in the future: {name} is at {t.last_seq}")
+            if start < t.first_seq - 1:
+                raise Compacted(f"events after {start} on {name} were compacted away; the oldest retained"
+                                         f" is {t.first_seq}: resume from after_seq {t.first_seq - 1} or later")
+            positions[name] = start
+        return positions
+
+    async def read_events(self, p: Principal, topic: str, after: int, limit: int) -> list[EventRecord]:
+        """Up to `limit` events after a position, with their cubes, as `p` may see them."""
+        now = self.clock()
+
+        def job(conn: sqlite3.Connection):
+            found = conn.execute("SELECT seq, kind, cube_id, cube_version, publisher, ts FROM events"
+                                 " WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?", (topic, after, limit)).fetchall()
+            return [EventRecord(topic, seq, EventKind(kind), cube_id, version, publisher, ts,
+                                None if kind == EventKind.RETRACTED else cube_at_version(conn, cube_id, version, now))
+                    for seq, kind, cube_id, version, publisher, ts in found]
+
+        return await self.db.read(job)
+
+    def view(self, p: Principal, record: EventRecord) -> EventRecord:
+        """The event as p may see it: redacted if its grant does not cover the cube's kind."""
+        if record.kind is EventKind.RETRACTED or (
+                record.cube is not None and self.gov.can(p, "subscribe", record.topic, record.cube.kind)):
+            return record
+        return EventRecord(record.topic, record.seq, EventKind.REDACTED, "", 0, "", record.ts)
+
+    # -- durable subscriptions ----------------------------------------------------------------
+
+    async def _open_durable(self, p: Principal, spec: SubscribeSpec) -> _Durable:
+        """Load (or create) the named cursor and claim it for this stream."""
+        check_name(spec.durable_name, "durable subscription name")
+        key = (p.name, spec.durable_name)
+        if key not in self._durables:
+            now = self.clock()
+
+            def job(conn: sqlite3.Connection):
+                conn.execute("INSERT OR IGNORE INTO durable_subscriptions (agent, name, pattern, created_at)"
+                             " VALUES (?, ?, ?, ?)", (p.name, spec.durable_name, spec.topic, now))
+                return conn.execute("SELECT pattern, acked FROM durable_subscriptions WHERE agent = ? AND name = ?",
+                                    key).fetchone()
+
+            pattern, acked = await self.db.write(job)
+            self._durables.setdefault(key, _Durable(pattern, {k: int(v) for k, v in json.loads(acked).items()}))
+        durable = self._durables[key]
+        if durable.pattern != spec.topic:
+            raise InvalidArgument(f"durable subscription {spec.durable_name} follows {durable.pattern}, not {spec.topic}")
+        if durable.active:
+            raise FailedPrecondition(f"durable subscription {spec.durable_name} is already open on another stream")
+        durable.active, durable.delivered, durable.unacked_since = True, {}, None
+        return durable
+
+    async def ack(self, p: Principal, name: str, topic: str, seq: int) -> int:
+        durable = self._durables.get((p.name, name))
+        if durable is None:
+            raise NotFound(f"agent {p.name} has no durable subscription named {name!r} (open one with Subscribe)")
+        if seq <= 0:
+            raise InvalidArgument("seq must be positive")
+        delivered = durable.delivered.get(topic, 0)
+        if seq > delivered:
+            raise InvalidArgument(f"event {seq} on {topic} was never delivered on subscription {name}"
+                                  f" (last delivered: {delivered})")
+        if seq <= durable.acked.get(topic, 0):
+            return durable.acked[topic]
+        acked = dict(durable.acked, **{topic: seq})
+        await self.db.write(lambda conn: conn.execute(
+            "UPDATE durable_subscriptions SET acked = ? WHERE agent = ? AND name = ?", (json.dumps(acked), p.name, name)))
+        durable.acked = acked
+        durable.unacked_since = self.clock() if any(durable.delivered.get(t, 0) > a for t, a in acked.items()) else None
+        durable.acks.set()
+        return seq
+
+    # -- topics and retention -----------------------------------------------------------------
+
+    async def list_topics(self, p: Principal, prefix: str = "") -> list[Topic]:
+        if prefix:
+            check_namespace(prefix.rstrip("/"), what="topic prefix")
+        pattern = Pattern(prefix.rstrip("/"), True) if prefix else None
+        found = await self.db.read(lambda conn: _topics(conn, pattern))
+        return [t for t in found.values()
+                if self.gov.can(p, "subscribe", t.name) or self.gov.can(p, "publish", t.name)]
+
+    async def set_retention(self, p: Principal, topic: str, max_age: float, max_events: int) -> Topic:
+        check_namespace(topic, what="topic")
+        if max_age < 0 or max_events < 0:
+            raise InvalidArgument("retention limits must be positive, or 0 for none")
+
+        def job(conn: sqlite3.Connection) -> Topic:
+            t = _topics(conn, Pattern(topic, False)).get(topic)
+            if t is None:
+                raise NotFound(f"no topic {topic}")
+            if not (p.admin or p.name == t.owner):
+                raise PermissionDenied(f"only {t.owner} (the topic's owner) or the admin may set its retention")
+            conn.execute("UPDATE topics SET max_age = ?, max_events = ? WHERE name = ?", (max_age, max_events, topic))
+            self.gov.audit_write(conn, p.name, "store.retention", topic, max_age=max_age, max_events=max_events)
+            t.max_age, t.max_events = max_age, max_events
+            return t
+
+        return await self.db.write(job)
+
+    async def compact(self) -> int:
+        """Delete events beyond each topic's retention; returns how many."""
+        now = self.clock()
+
+        def job(conn: sqlite3.Connection) -> int:
+            removed = 0
+            for name, last, max_age, max_events in conn.execute(
+                    "SELECT name, last_seq, max_age, max_events FROM topics WHERE max_age > 0 OR max_events > 0").fetchall():
+                if max_events:
+                    removed += conn.execute("DELETE FROM events WHERE topic = ? AND seq <= ?", (name, last - max_events)).rowcount
+                if max_age:
+                    removed += conn.execute("DELETE FROM events WHERE topic = ? AND ts < ? AND seq < ?",
+                                            (name, now - max_age, last)).rowcount
+                first = conn.execute("SELECT min(seq) FROM events WHERE topic = ?", (name,)).fetchone()[0]
+                conn.execute("UPDATE topics SET first_seq = ? WHERE name = ?", (first or last + 1, name))
+            return removed
+
+        return await self.db.write(job)
+
+
+class _Stream:
+    """One subscription's delivery loop: replay from the database, then live events from the Hub."""
+
+    def __init__(self, store: MemStore, p: Principal, pattern: Pattern, sub: Subscriber, send,
+                 delivered: dict[str, int], durable: _Durable | None, spec: SubscribeSpec):
+        self.store, self.p, self.pattern, self.sub, self.send = store, p, pattern, sub, send
+        self.delivered, self.durable, self.spec = delivered, durable, spec
+
+    async def run(self) -> None:
+        # A write to a stalled subscriber blocks; a guard cuts the stream off when its queue overflows or
+        # a revocation lands, whatever the loop is waiting on.
+        self._cut: MemosError | None = None
+        guard = asyncio.ensure_future(self._guard(asyncio.current_task()))
+        try:
+            await self._deliver_all()
+        except asyncio.CancelledError:
+            if self._cut is None:
+                raise
+            asyncio.current_task().uncancel()
+            raise self._cut from None
+        finally:
+            guard.cancel()
+
+    async def _guard(self, stream: asyncio.Task) -> None:
+        while True:
+            changed = self.store.gov.changed()
+            await _first([self.sub.overflow.wait(), changed.wait()], None)
+            try:
+                if changed.is_set():
+                    self._recheck()
+                if self.sub.overflowed:
+                    raise self._too_slow()
+            except MemosError as exc:
+                self._cut = exc
+                stream.cancel()
+                return
+
+    def _too_slow(self) -> ResourceExhausted:
+        return ResourceExhausted(f"subscriber too slow: more than {self.sub.capacity} events waited; last delivered"
+                                 f" {self._positions()}. Resume from there")
+
+    async def _deliver_all(self) -> None:
+        for topic in sorted(self.delivered):
+            await self._replay(topic)
+        while True:
+            if self.sub.overflowed:
+                raise self._too_slow()
+            records = self.sub.take_all(MAX_BATCH)
+            if not records:
+                await self._idle()
+                continue
+            batch = []
+            for record in records:
+                last = self.delivered.get(record.topic, 0)
+                if batch and batch[-1].topic == record.topic:
+                    last = batch[-1].seq
+                if record.seq <= last:
+                    continue  # already delivered by the replay
+                if record.seq > last + 1:
+                    # Events this stream has not seen: send what is in order, then read the rest from the database.
+                    await self._deliver(batch)
+                    batch = []
+                    await self._replay(record.topic)
+                    continue
+                batch.append(record)
+            await self._deliver(batch)
+
+    async def _replay(self, topic: str) -> None:
+        while True:
+            after = self.delivered.get(topic, 0)
+            batch = await self.store.read_events(self.p, topic, after, REPLAY_BATCH)
+            if batch and batch[0].seq != after + 1:
+                raise Compacted(f"events after {after} on {topic} were compacted away while this subscriber"
+                                f" was behind; the oldest retained is {batch[0].seq}")
+            await self._deliver(batch)
+            if len(batch) < REPLAY_BATCH:
+                return
+
+    async def _deliver(self, records: list[EventRecord]) -> None:
+        """Send events (in order) as one message, then count them as delivered."""
+        if not records:
+            return
+        await self.send([self.store.view(self.p, r) for r in records])
+        for record in records:
+            self.delivered[record.topic] = record.seq
+            if self.durable is not None:
+                self.durable.delivered[record.topic] = record.seq
+        if self.durable is not None and self.durable.unacked_since is None:
+            self.durable.unacked_since = self.store.clock()
+
+    async def _idle(self) -> None:
+        timeout = self.spec.heartbeat_seconds
+        if self.durable is not None and self.durable.unacked_since is not None:
+            timeout = min(timeout, max(0.0, self.durable.unacked_since + self.spec.ack_timeout - self.store.clock()))
+        waits = [self.sub.wakeup.wait()]
+        if self.durable is not None:
+            self.durable.acks.clear()
+            waits.append(self.durable.acks.wait())
+        woke = await _first(waits, timeout)
+        if woke or (self.durable is not None and self.durable.acks.is_set()):
+            return
+        if self._redelivery_due():
+            self._rewind()
+            for topic in sorted(self.delivered):
+                await self._replay(topic)
+        else:
+            await self.send(Heartbeat(self._positions()))
+
+    def _redelivery_due(self) -> bool:
+        d = self.durable
+        return d is not None and d.unacked_since is not None and self.store.clock() - d.unacked_since >= self.spec.ack_timeout
+
+    def _rewind(self) -> None:
+        # Unacknowledged events go out again, from the acknowledged position on.
+        for topic in self.delivered:
+            self.delivered[topic] = self.durable.acked.get(topic, 0)
+        self.durable.unacked_since = None
+
+    def _recheck(self) -> None:
+        self.store.gov.still_valid(self.p)
+        if not self.store.gov.can(self.p, "subscribe", self.pattern.namespace):
+            raise PermissionDenied(f"agent {self.p.name} may no longer subscribe to {self.pattern}; the grant was revoked")
+
+    def _positions(self) -> dict[str, int]:
+        return dict(self.delivered)
+
+
+async def _first(coroutines, timeout: float | None) -> bool:
+    """Wait for the first of several waits; True if one finished before the timeout."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        return bool(done)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _parse_pattern(text: str) -> Pattern:
+    if not text:
+        raise InvalidArgument("topic is required")
+    if "*" in text.removesuffix("/**"):
+        raise InvalidArgument(f"topic pattern {text!r}: use a topic name, or NAME/** for every topic under NAME")
+    return Pattern.parse(text, what="topic")
+
+
+def _topics(conn: sqlite3.Connection, pattern: Pattern | None) -> dict[str, Topic]:
+    if pattern is None:
+        found = conn.execute("SELECT name, owner, last_seq, first_seq, max_age, max_events FROM topics").fetchall()
+    elif pattern.subtree:
+        found = conn.execute("SELECT name, owner, last_seq, first_seq, max_age, max_events FROM topics"
+                             " WHERE name = ? OR (name >= ? AND name < ?)",
+                             (pattern.namespace, pattern.namespace + "/", pattern.namespace + "0")).fetchall()
+    else:
+        found = conn.execute("SELECT name, owner, last_seq, first_seq, max_age, max_events FROM topics WHERE name = ?",
+                             (pattern.namespace,)).fetchall()
+    return {r[0]: Topic(*r) for r in found}

@@ -1,0 +1,455 @@
+"""The content-addressed blob store: tensor payloads as files named by their sha256, uploads staged in tmp/.
+
+    DATA_DIR/blobs/sha256/ab/abcdef...   complete, verified blobs (read-only), one file per distinct content
+    DATA_DIR/blobs/tmp/                  uploads in progress; emptied at start-up
+
+A blob becomes visible only after all its bytes are in, their sha256 matches the declared one, the file is
+fsynced and renamed into place and its row is committed. Rows (table `blobs`) count the cubes that
+reference each blob; a blob nothing references is removed after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator, Sequence
+
+from memosd.errors import Conflict, DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+
+log = logging.getLogger("memosd.blobs")
+CHUNK_BYTES = 1 << 20
+# Chunks are written (and hashed) and read in blocks of this size on an I/O thread: a thread hop per
+# 1 MiB chunk costs more than the chunk (the GIL hand-off), one per block keeps the event loop streaming.
+IO_BLOCK = 8 << 20
+# Free space an upload must leave on the disk, so that SQLite and the log can still write.
+DISK_RESERVE = 256 << 20
+# How long a second stream for the same upload waits for the first to let go.
+UPLOAD_LOCK_WAIT = 30.0
+
+
+def check_sha256(text: str) -> str:
+    if not (len(text) == 64 and all(c in "0123456789abcdef" for c in text)):
+        raise InvalidArgument("sha256 must be 64 lowercase hex characters")
+    return text
+
+
+@dataclass
+class _Upload:
+    """An unfinished upload: its staging file, how much of it is written and hashed, and its lock."""
+
+    owner: str
+    sha256: str
+    size: int
+    path: Path
+    fd: int
+    touched: float
+    hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    committed: int = 0  # written and hashed; advanced on the I/O thread
+    accepted: int = 0  # committed plus the write in flight
+    inflight: Future | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class UploadSession:
+    """One stream's turn at an upload: write chunks in order, then finish. Chunks are gathered into blocks
+    written while the next ones arrive; a block not yet written when the stream breaks is sent again."""
+
+    def __init__(self, store: "BlobStore", up: _Upload):
+        self._store, self._up = store, up
+        self._block: list[bytes] = []
+        self._block_bytes = 0
+
+    @property
+    def committed(self) -> int:
+        return self._up.committed
+
+    async def write(self, offset: int, data: bytes) -> None:
+        up = self._up
+        if not data:
+            raise InvalidArgument(f"chunk at offset {offset} is empty")
+        if len(data) > CHUNK_BYTES:
+            raise InvalidArgument(f"chunk at offset {offset} has {len(data)} bytes; at most {CHUNK_BYTES}")
+        if offset != up.accepted:
+            raise InvalidArgument(f"chunk at offset {offset} is out of order: the next byte expected is {up.accepted}")
+        if offset + len(data) > up.size:
+            raise InvalidArgument(f"chunk at offset {offset} ends at byte {offset + len(data)}, past the declared"
+                                  f" size of {up.size} bytes")
+        self._block.append(data)
+        self._block_bytes += len(data)
+        up.accepted = offset + len(data)
+        up.touched = time.time()
+        if self._block_bytes >= IO_BLOCK:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        await self._settle()
+        if self._block:
+            up = self._up
+            block, self._block, self._block_bytes = self._block, [], 0
+            # Writing and hashing run on a thread while the next chunks are received.
+            up.inflight = self._store._io.submit(_append, up, block, up.accepted - sum(map(len, block)),
+                                                 self._store._writers)
+
+    async def _settle(self) -> None:
+        up = self._up
+        if up.inflight is None:
+            return
+        future, up.inflight = up.inflight, None
+        try:
+            await asyncio.wrap_future(future)
+        except OSError as exc:
+            up.accepted = up.committed
+            raise ResourceExhausted(f"the daemon could not store the upload: {exc.strerror or exc}") from None
+
+    async def finish(self) -> int:
+        """Verify and publish the blob; returns its size. The bytes so far stay for a resume if the stream
+        ended early; a digest mismatch discards them."""
+        await self._flush()
+        await self._settle()
+        up = self._up
+        if up.committed != up.size:
+            raise InvalidArgument(f"the upload stream ended after {up.committed} of {up.size} declared bytes; the"
+                                  f" daemon keeps them: resume with offset {up.committed}")
+        if up.hasher.hexdigest() != up.sha256:
+            self._store._discard(up)
+            raise DataLoss(f"the uploaded bytes do not match the declared sha256 {up.sha256}; nothing was stored")
+        await self._store._publish(up)
+        return up.size
+
+
+def _append(up: _Upload, block: list, offset: int, writers: ThreadPoolExecutor) -> None:
+    """Write a block at offset while hashing it (on two threads: both let go of the GIL), then count it."""
+    written = writers.submit(_write, up.fd, block, offset)
+    for data in block:
+        up.hasher.update(data)
+    up.committed = written.result()
+
+
+def _write(fd: int, block: list, offset: int) -> int:
+    for data in block:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+    return offset
+
+
+class BlobStore:
+    """Stores, serves and garbage-collects blobs under DATA_DIR/blobs, with their rows in the shared database."""
+
+    def __init__(self, data_dir: Path, db, *, max_blob_bytes: int, max_pending_uploads: int = 8,
+                 upload_idle_seconds: float = 3600.0, unreferenced_grace: float = 3600.0,
+                 sweep_interval: float = 600.0):
+        self.root = Path(data_dir) / "blobs"
+        self.tmp = self.root / "tmp"
+        self.objects = self.root / "sha256"
+        self.db = db
+        self.max_blob_bytes = max_blob_bytes
+        self.max_pending_uploads = max_pending_uploads
+        self.upload_idle_seconds = upload_idle_seconds
+        self.unreferenced_grace = unreferenced_grace
+        self.sweep_interval = sweep_interval
+        self._uploads: dict[tuple[str, str], _Upload] = {}
+        self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memosd-blob-io")
+        # Uploads write a block here while their _io thread hashes it (a pool of its own: no thread waits on
+        # work queued behind it).
+        self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memosd-blob-write")
+        # Publishing a blob and collecting unreferenced ones never interleave.
+        self._publish_lock = asyncio.Lock()
+        self._sweeper: asyncio.Task | None = None
+
+    # -- life ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Drop what unfinished uploads left behind, remove files no row acknowledges, start the sweeper."""
+        for path in (self.root, self.tmp, self.objects):
+            path.mkdir(mode=0o700, exist_ok=True)
+        await asyncio.to_thread(self._clear_tmp)
+        known = {sha for (sha,) in await self.db.read(lambda c: c.execute("SELECT sha256 FROM blobs").fetchall())}
+        orphans, missing = await asyncio.to_thread(self._reconcile, known)
+        if orphans:
+            log.info("removed %d blob files that were never acknowledged", orphans)
+        if missing:
+            log.error("%d blobs recorded in the database have no file under %s (restore them from a backup)",
+                      len(missing), self.objects)
+        await self.sweep()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="memosd-blob-sweep")
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        for up in list(self._uploads.values()):
+            if up.inflight is not None:
+                await asyncio.gather(asyncio.wrap_future(up.inflight), return_exceptions=True)
+            self._discard(up)
+        self._io.shutdown(wait=True)
+        self._writers.shutdown(wait=True)
+
+    def _clear_tmp(self) -> None:
+        for entry in self.tmp.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+    def _reconcile(self, known: set[str]) -> tuple[int, list[str]]:
+        orphans, present = 0, set()
+        for sub in self.objects.iterdir():
+            for path in sub.iterdir() if sub.is_dir() else ():
+                if path.name in known:
+                    present.add(path.name)
+                else:  # renamed into place, but the daemon stopped before its row was committed
+                    path.unlink(missing_ok=True)
+                    orphans += 1
+        return orphans, sorted(known - present)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("blob sweep failed; will retry")
+
+    async def sweep(self, *, grace: float | None = None) -> int:
+        """Drop idle uploads and blobs no cube has referenced for `grace` seconds; returns blobs removed."""
+        now = time.time()
+        for up in list(self._uploads.values()):
+            if not up.lock.locked() and now - up.touched > self.upload_idle_seconds:
+                self._discard(up)
+        cutoff = now - (self.unreferenced_grace if grace is None else grace)
+
+        def collect(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute("DELETE FROM blobs WHERE refcount <= 0 AND unreferenced_since <= ? RETURNING sha256",
+                                (cutoff,)).fetchall()
+            return [sha for (sha,) in rows]
+
+        async with self._publish_lock:
+            doomed = await self.db.write(collect)
+            for sha in doomed:
+                self.path(sha).unlink(missing_ok=True)
+        if doomed:
+            log.info("removed %d unreferenced blobs", len(doomed))
+        return len(doomed)
+
+    # -- uploads -------------------------------------------------------------------------------
+
+    def path(self, sha256: str) -> Path:
+        return self.objects / sha256[:2] / sha256
+
+    async def stored_size(self, sha256: str) -> int | None:
+        row = await self.db.read(lambda c: c.execute("SELECT size FROM blobs WHERE sha256 = ?", (sha256,)).fetchone())
+        return row[0] if row else None
+
+    async def status(self, owner: str, sha256: str, size: int) -> tuple[bool, int]:
+        """(already stored, bytes of owner's unfinished upload held)."""
+        check_sha256(sha256)
+        if await self.stored_size(sha256) is not None:
+            return True, 0
+        up = self._uploads.get((owner, sha256))
+        # Not waiting for a stream still writing: a resume from a stale offset is refused and asked again.
+        return False, (up.committed if up is not None and up.size == size else 0)
+
+    @contextlib.asynccontextmanager
+    async def upload(self, owner: str, sha256: str, size: int, offset: int) -> AsyncIterator[UploadSession | None]:
+        """A session to write the blob from `offset` (0, or the committed size of an unfinished upload);
+        None when the blob is stored already."""
+        check_sha256(sha256)
+        if size <= 0:
+            raise InvalidArgument("size must be at least 1 byte")
+        if size > self.max_blob_bytes:
+            raise ResourceExhausted(f"the blob is {size} bytes; this daemon takes at most {self.max_blob_bytes}"
+                                    " (max_blob_bytes in its config)")
+        if await self.stored_size(sha256) is not None:
+            yield None
+            return
+        key = (owner, sha256)
+        up = self._uploads.get(key)
+        if up is None or up.size != size:
+            if up is not None:
+                self._discard(up)
+            up = self._new_upload(owner, sha256, size)
+        async with self._locked(up):
+            if self._uploads.get(key) is not up:  # swept or discarded while we waited
+                raise Conflict("the upload was discarded while waiting; start it again")
+            if await self.stored_size(sha256) is not None:  # another agent's upload finished first
+                yield None
+                return
+            if offset not in (0, up.committed):
+                raise FailedPrecondition(f"the daemon holds {up.committed} bytes of this upload; resume with"
+                                         f" offset {up.committed}, or 0 to start over")
+            if offset == 0 and up.committed:
+                await asyncio.to_thread(os.ftruncate, up.fd, 0)
+                up.hasher, up.committed = hashlib.sha256(), 0
+            up.accepted = up.committed
+            self._check_space(size - up.committed)
+            up.touched = time.time()
+            yield UploadSession(self, up)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, up: _Upload):
+        try:
+            await asyncio.wait_for(up.lock.acquire(), UPLOAD_LOCK_WAIT)
+        except TimeoutError:
+            raise Conflict("another stream is uploading the same blob for this agent; retry when it ends") from None
+        try:
+            yield
+        finally:
+            inflight = up.inflight
+            up.inflight = None
+            if inflight is not None and not inflight.done():
+                # Cancelled mid-write: the upload is free again only once that write has landed.
+                loop = asyncio.get_running_loop()
+                inflight.add_done_callback(lambda _: loop.call_soon_threadsafe(up.lock.release))
+            else:
+                up.lock.release()
+
+    def _new_upload(self, owner: str, sha256: str, size: int) -> _Upload:
+        mine = sum(1 for (o, _) in self._uploads if o == owner)
+        if mine >= self.max_pending_uploads:
+            raise ResourceExhausted(f"agent {owner} has {mine} unfinished uploads; finish or abandon one first"
+                                    f" (they are dropped after {self.upload_idle_seconds:.0f} s idle)")
+        self._check_space(size)
+        path = self.tmp / f"{owner}.{sha256}.{secrets.token_hex(4)}.part"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        up = _Upload(owner, sha256, size, path, fd, time.time())
+        self._uploads[(owner, sha256)] = up
+        return up
+
+    def _check_space(self, needed: int) -> None:
+        free = shutil.disk_usage(self.root).free
+        if free - needed < DISK_RESERVE:
+            raise ResourceExhausted(f"the daemon's disk has {free} bytes free; {needed} more would leave less than"
+                                    f" {DISK_RESERVE} in reserve")
+
+    def _discard(self, up: _Upload) -> None:
+        if self._uploads.get((up.owner, up.sha256)) is up:
+            del self._uploads[(up.owner, up.sha256)]
+        with contextlib.suppress(OSError):
+            os.close(up.fd)
+        up.path.unlink(missing_ok=True)
+
+    async def _publish(self, up: _Upload) -> None:
+        await asyncio.to_thread(os.fsync, up.fd)
+        self._discard_fd(up)
+        await self._commit(up.path, up.sha256, up.size)
+        self._uploads.pop((up.owner, up.sha256), None)
+
+    @staticmethod
+    def _discard_fd(up: _Upload) -> None:
+        with contextlib.suppress(OSError):
+            os.close(up.fd)
+
+    async def _commit(self, staged: Path, sha256: str, size: int) -> None:
+        """Rename a verified, fsynced staging file into place and record it (the rename and the row are
+        what make it visible); a blob stored meanwhile by someone else wins and the staging file goes."""
+        async with self._publish_lock:
+            await asyncio.to_thread(self._place, staged, sha256)
+            now = time.time()
+            await self.db.write(lambda conn: conn.execute(
+                "INSERT OR IGNORE INTO blobs (sha256, size, refcount, created_at, unreferenced_since)"
+                " VALUES (?, ?, 0, ?, ?)", (sha256, size, now, now)))
+
+    def _place(self, staged: Path, sha256: str) -> None:
+        target = self.path(sha256)
+        if not target.parent.exists():
+            target.parent.mkdir(mode=0o700, exist_ok=True)
+            _fsync_dir(self.objects)
+        if target.exists():
+            staged.unlink(missing_ok=True)
+            return
+        os.chmod(staged, 0o400)
+        os.replace(staged, target)
+        _fsync_dir(target.parent)
+
+    async def put_parts(self, parts: Sequence) -> tuple[str, int]:
+        """Store bytes the daemon made itself (a KV cache it built): (sha256, size)."""
+        views = [memoryview(p).cast("B") for p in parts]
+        size = sum(len(v) for v in views)
+        if size > self.max_blob_bytes:
+            raise ResourceExhausted(f"the blob would be {size} bytes; this daemon takes at most {self.max_blob_bytes}")
+        self._check_space(size)
+        staged = self.tmp / f"daemon.{secrets.token_hex(8)}.part"
+        try:
+            sha256 = await asyncio.get_running_loop().run_in_executor(self._io, _write_all, staged, views)
+            await self._commit(staged, sha256, size)
+        finally:
+            staged.unlink(missing_ok=True)
+        return sha256, size
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def read_header(self, sha256: str, size: int, limit: int) -> bytes:
+        """The first bytes of a blob: at most `limit`, fewer if it is shorter."""
+        def read() -> bytes:
+            with open(self.path(sha256), "rb") as f:
+                return f.read(min(limit, size))
+        try:
+            return await asyncio.to_thread(read)
+        except FileNotFoundError:
+            raise NotFound(f"blob {sha256} is not stored") from None
+
+    async def chunks(self, sha256: str, size: int, offset: int, length: int) -> AsyncIterator[tuple[int, memoryview]]:
+        """(offset, data) pieces of at most CHUNK_BYTES of a stored blob, read IO_BLOCK at a time, one
+        block ahead."""
+        if offset < 0 or offset > size:
+            raise InvalidArgument(f"offset {offset} is outside the blob's {size} bytes")
+        if length < 0:
+            raise InvalidArgument("length must be positive, or 0 for the rest of the blob")
+        end = min(size, offset + length) if length else size
+        try:
+            fd = os.open(self.path(sha256), os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFound(f"the payload {sha256} is not stored on this daemon") from None
+        loop = asyncio.get_running_loop()
+        read = lambda at: loop.run_in_executor(self._io, os.pread, fd, min(IO_BLOCK, end - at), at)  # noqa: E731
+        ahead = read(offset) if offset < end else None
+        try:
+            while ahead is not None:
+                block = await ahead
+                at, offset = offset, offset + len(block)
+                if not block:
+                    raise DataLoss(f"blob {sha256} is shorter on disk than recorded ({at} of {size} bytes)")
+                ahead = read(offset) if offset < end else None
+                view = memoryview(block)
+                for start in range(0, len(block), CHUNK_BYTES):
+                    yield at + start, view[start:start + CHUNK_BYTES]
+        finally:
+            if ahead is not None:
+                await asyncio.gather(ahead, return_exceptions=True)
+            os.close(fd)
+
+
+def _write_all(path: Path, views) -> str:
+    h = hashlib.sha256()
+    with open(path, "xb") as f:
+        for view in views:
+            for start in range(0, len(view), 16 << 20):
+                piece = view[start:start + (16 << 20)]
+                f.write(piece)
+                h.update(piece)
+        f.flush()
+        os.fsync(f.fileno())
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
