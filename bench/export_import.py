@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -109,35 +108,46 @@ def main() -> None:
     print(json.dumps(out))
 
 
+def _writer(addr: str, key: str, stop, out) -> None:
+    """In its own process, so that what it measures is the daemon, not this script's GIL."""
+    samples = []
+    with MemosClient(addr, key=key) as w:
+        i = 0
+        while not stop.is_set():
+            started = time.time()
+            w.put(f"written during the backup {i}", "agents/admin/live")
+            samples.append((started, time.time() - started))
+            i += 1
+    out.send(samples)
+
+
 def backup_under_writes(client: MemosClient, addr: str, tmp: Path) -> dict:
     """Writes go on, one at a time, while the backup runs: the longest any of them waited is the stall."""
-    samples: list[tuple[float, float]] = []  # (finished at, latency)
-    stop = threading.Event()
+    import multiprocessing as mp
 
-    def writer():
-        with MemosClient(addr, key=tmp / "a" / "admin.key") as w:
-            i = 0
-            while not stop.is_set():
-                started = time.perf_counter()
-                w.put(f"written during the backup {i}", "agents/admin/live")
-                samples.append((time.perf_counter(), time.perf_counter() - started))
-                i += 1
-
-    thread = threading.Thread(target=writer)
-    thread.start()
-    time.sleep(2)  # a baseline before the backup starts
-    began = time.perf_counter()
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    receive, send = ctx.Pipe(duplex=False)
+    writer = ctx.Process(target=_writer, args=(addr, str(tmp / "a" / "admin.key"), stop, send))
+    writer.start()
+    time.sleep(3)  # a baseline before the backup starts
+    began = time.time()
     manifest = client.backup(tmp / "backup")
-    ended = time.perf_counter()
+    ended = time.time()
     time.sleep(0.5)
     stop.set()
-    thread.join()
-    during = [lat for at, lat in samples if began <= at - lat and at <= ended]
-    before = [lat for at, lat in samples if at < began]
+    samples = receive.recv()
+    writer.join()
+    during = [(at - began, lat) for at, lat in samples if began <= at + lat and at <= ended]
+    before = [lat for at, lat in samples if at + lat < began]
+    worst = max(during, key=lambda x: x[1], default=(0.0, 0.0))
     size = sum(f["size"] for f in manifest["files"])
     return {"seconds": round(ended - began, 2), "bytes": size, "mib_per_s": round(size / (ended - began) / 2**20, 1),
-            "writes_during": len(during), "write_max_ms_during": round(max(during, default=0) * 1e3, 1),
-            "write_p50_ms_during": round(statistics.median(during) * 1e3, 2) if during else None,
+            "writes_during": len(during), "write_max_ms_during": round(worst[1] * 1e3, 1),
+            "write_max_at_s": round(worst[0], 2),
+            "write_p50_ms_during": round(statistics.median(lat for _, lat in during) * 1e3, 2) if during else None,
+            "write_p99_ms_during": round(sorted(lat for _, lat in during)[int(len(during) * 0.99)] * 1e3, 1)
+            if during else None,
             "write_max_ms_before": round(max(before, default=0) * 1e3, 1)}
 
 

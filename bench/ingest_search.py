@@ -278,7 +278,7 @@ def _reusable(data_dir: Path, key: dict) -> list[str] | None:
 
 def _socket_for(name: str) -> Path:
     # A Unix socket path is limited to 107 bytes, so sockets live in a short directory of their own.
-    sock_dir = Path(tempfile.mkdtemp(prefix="memosd-bench-", dir="/tmp"))
+    sock_dir = Path(tempfile.mkdtemp(prefix="memosd-ingest-bench-", dir="/tmp"))
     return sock_dir / f"{name}.sock"
 
 
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                    "query_words": "1-6", "generate_seconds": round(time.perf_counter() - t, 2)},
         "transport": "Unix socket; daemon in a child process; sequential calls from one sync MemosClient",
     }
-    root = args.data_dir or Path(tempfile.mkdtemp(prefix="memosd-bench-data-"))
+    root = args.data_dir or Path(tempfile.mkdtemp(prefix="memosd-ingest-bench-data-"))
     try:
         result.update(bm25_phase(args, corpus, records, root / "bm25", queries))
         model = args.embedding_model if args.embedding_model is not None else _default_model()

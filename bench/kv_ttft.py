@@ -2,7 +2,7 @@
 parameters with random weights from its config, float32, CPU): a 1,024-token context plus a 16-token query,
 full prefill versus find-pull-inject from the daemon (over its Unix socket, in another process).
 
-    python bench/kv_ttft.py [--layers 24] [--context 1024] [--query 16] [--repeats 3]
+    python bench/kv_ttft.py [--layers 24] [--context 1024] [--query 16] [--repeats 3] [--threads N]
 
 The daemon path is what an agent does: FindByPrefix with the prompt's token ids, pull the cube's cache into
 a fresh DynamicCache, run only the tokens after the matched prefix. The model's fingerprint is computed once
@@ -62,6 +62,8 @@ def main() -> int:
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--query", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each path; medians are reported")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch intra-op threads for both paths (default: torch's own choice)")
     args = parser.parse_args()
 
     ctx = mp.get_context("spawn")  # the daemon must not inherit torch's threads
@@ -88,6 +90,8 @@ def run(args, listen: str, key: Path) -> dict:
     from memos_client import MemosClient
     from memos_client.fingerprint import model_fingerprint
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     model = build_model(args)
     build_s = time.perf_counter() - started
@@ -97,7 +101,7 @@ def run(args, listen: str, key: Path) -> dict:
     context = prompt[:, :args.context]
 
     started = time.perf_counter()
-    fingerprint = model_fingerprint(model)
+    model_fingerprint(model)  # once per loaded model; cached on it afterwards
     fingerprint_s = time.perf_counter() - started
 
     with MemosClient(listen, key=str(key), timeout=600) as memos, torch.inference_mode():

@@ -227,3 +227,26 @@ def test_chunk_parser_on_damaged_encodings(offset, data, draw):
             raise AssertionError(f"fast parser took bytes protobuf refuses: {bytes(raw)!r}")
         assert (message.chunk.offset, message.chunk.data) == (fast.offset, bytes(fast.data))
         assert not message.HasField("start")
+
+
+hex64 = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
+tensor_specs = st.builds(lambda d, s: TensorSpec(d, tuple(s)), st.sampled_from(sorted(DTYPES)),
+                         st.lists(st.integers(1, 64), min_size=4, max_size=4))
+
+
+@given(hex64, st.integers(1, 2**40), st.lists(st.integers(0, 2**63 - 1), min_size=1, max_size=50),
+       st.lists(st.tuples(tensor_specs, tensor_specs), min_size=1, max_size=6), hex64,
+       st.one_of(st.just(""), hex64), st.sampled_from(sorted(DTYPES)))
+@settings(max_examples=200, deadline=None)
+def test_manifest_round_trips_through_json_and_the_protocol(sha, size, ids, layers, model_fp, tokenizer_fp, dtype):
+    from memos_client.kv_models import Activation, manifest_to_proto
+    from memos_client.tensor_format import KVManifest
+    from memosd.server.convert_tensor import manifest_from_proto
+
+    m = KVManifest(blob_sha256=sha, blob_size=size, token_ids=tuple(ids), layers=tuple(layers),
+                   model_fingerprint=model_fp, dtype=dtype, tokenizer_fingerprint=tokenizer_fp,
+                   prefix_hash=prefix_hash(ids))
+    assert KVManifest.from_json(json.loads(json.dumps(m.to_json()))) == m
+    binding, msg = manifest_to_proto(m)
+    assert manifest_from_proto(binding, msg) == m  # what the daemon reads from a client
+    assert Activation.from_proto(msg, binding).manifest() == m  # what a client reads back

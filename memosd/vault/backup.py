@@ -88,6 +88,8 @@ def _snapshot(data_dir: Path, staging: Path, pages_per_step: int, on_step) -> Sn
     source = connect(data_dir / DB_NAME, readonly=True)
     target_path = staging / DB_NAME
     target = sqlite3.connect(target_path)
+    # A staging copy, checked by its digest: no fsync of it, which would compete with the writer's.
+    target.execute("PRAGMA synchronous=OFF")
     pages = 0
     try:
         source.execute("BEGIN")

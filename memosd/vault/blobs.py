@@ -104,12 +104,17 @@ class UploadSession:
         up = self._up
         if up.inflight is None:
             return
-        future, up.inflight = up.inflight, None
+        # Cleared only once the write has landed: a stream cancelled meanwhile keeps the upload locked
+        # until then (see BlobStore._locked).
         try:
-            await asyncio.wrap_future(future)
+            await asyncio.wrap_future(up.inflight)
         except OSError as exc:
-            up.accepted = up.committed
-            raise ResourceExhausted(f"the daemon could not store the upload: {exc.strerror or exc}") from None
+            # The hash may have taken bytes the file did not: this upload cannot be resumed.
+            up.inflight = None
+            self._store._discard(up)
+            raise ResourceExhausted(f"the daemon could not store the upload ({exc.strerror or exc});"
+                                    " start it again") from None
+        up.inflight = None
 
     async def finish(self) -> int:
         """Verify and publish the blob; returns its size. The bytes so far stay for a resume if the stream
@@ -314,9 +319,14 @@ class BlobStore:
             if inflight is not None and not inflight.done():
                 # Cancelled mid-write: the upload is free again only once that write has landed.
                 loop = asyncio.get_running_loop()
-                inflight.add_done_callback(lambda _: loop.call_soon_threadsafe(up.lock.release))
+                inflight.add_done_callback(lambda f: loop.call_soon_threadsafe(self._after_write, up, f))
             else:
-                up.lock.release()
+                self._after_write(up, inflight)
+
+    def _after_write(self, up: _Upload, inflight: Future | None) -> None:
+        if inflight is not None and not inflight.cancelled() and inflight.exception() is not None:
+            self._discard(up)  # a failed write leaves file and hash apart: the upload cannot resume
+        up.lock.release()
 
     def _new_upload(self, owner: str, sha256: str, size: int) -> _Upload:
         mine = sum(1 for (o, _) in self._uploads if o == owner)
@@ -344,15 +354,11 @@ class BlobStore:
         up.path.unlink(missing_ok=True)
 
     async def _publish(self, up: _Upload) -> None:
-        await asyncio.to_thread(os.fsync, up.fd)
-        self._discard_fd(up)
-        await self._commit(up.path, up.sha256, up.size)
-        self._uploads.pop((up.owner, up.sha256), None)
-
-    @staticmethod
-    def _discard_fd(up: _Upload) -> None:
-        with contextlib.suppress(OSError):
-            os.close(up.fd)
+        try:
+            await asyncio.to_thread(os.fsync, up.fd)
+            await self._commit(up.path, up.sha256, up.size)
+        finally:  # published, or failed after verification: either way this upload is over
+            self._discard(up)
 
     async def _commit(self, staged: Path, sha256: str, size: int) -> None:
         """Rename a verified, fsynced staging file into place and record it (the rename and the row are

@@ -20,8 +20,9 @@ T = TypeVar("T")
 log = logging.getLogger("memosd.vault")
 _STOP = object()
 MAX_GROUP = 64
-# Pages are read from a memory map of the database file rather than copied in by read() calls:
-# about half the time of a BM25 query or a full count at 100k cubes. Address space, not memory.
+# Pages are read from a memory map of the database file rather than copied in by read() calls: at
+# 100k cubes a BM25 query takes about a third less time, a List page's count nearly half. Address
+# space, not memory: the pages are the OS page cache's, shared by every connection.
 MMAP_BYTES = 1 << 30
 
 

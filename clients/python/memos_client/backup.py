@@ -12,6 +12,7 @@ from memos_client.errors import AlreadyExists, DataLoss
 
 FORMAT = "memosd-backup"
 VERSION = 1
+SYNC_EVERY = 8 << 20
 _SAFE_PATH = re.compile(r"(memos\.db|admin\.key|blobs(/[A-Za-z0-9._-]+)+)")
 
 
@@ -49,6 +50,11 @@ class BackupWriter:
             self._out.write(chunk.data)
             self._hash.update(chunk.data)
             self._written += len(chunk.data)
+            if self._written % SYNC_EVERY < len(chunk.data):
+                # Flush as it goes, so that no large fsync at the end floods the disk the daemon
+                # (often the same one) needs for its own commits.
+                self._out.flush()
+                os.fdatasync(self._out.fileno())
         elif which == "done":
             self._finish_file()
             self.summary = chunk.done

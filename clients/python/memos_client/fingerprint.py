@@ -44,13 +44,30 @@ def model_fingerprint(model) -> str:
     """Hex sha256 over the config and every parameter (name, dtype, shape, bytes). Hashing the weights of a
     large model takes a while (about a second per 2 GB per core), so it is computed once per model object
     and reused until a parameter is replaced or changed in place."""
-    params = list(model.named_parameters())
+    return _fingerprint(model, list(model.named_parameters()))
+
+
+def base_model_fingerprint(model) -> str:
+    """model_fingerprint of the base model under the LoRA adapters PEFT put on it: a PeftModel, or a model
+    PEFT injected adapters into, gets the fingerprint the same model has without them (their weights left
+    out, PEFT's base_layer wrappers seen through). What binds an adapter to its base model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = []
+    for name, p in base.named_parameters():
+        parts = name.split(".")
+        if any(part.startswith("lora_") for part in parts):
+            continue
+        params.append((".".join(part for part in parts if part != "base_layer"), p))
+    return _fingerprint(base, params)
+
+
+def _fingerprint(model, params: list) -> str:
     config = config_digest(model.config)
     state = (config, tuple((name, p.data_ptr(), getattr(p, "_version", 0)) for name, p in params))
     with _CACHE_LOCK:
-        cached = _CACHE.get(model)
-    if cached is not None and cached[0] == state:
-        return cached[1]
+        cached = _CACHE.get(model) or {}
+    if state in cached:
+        return cached[state]
     digest = hashlib.sha256(b"memos-model/1\0")
     digest.update(config)
     workers = max(1, min(8, os.cpu_count() or 1))
@@ -59,7 +76,9 @@ def model_fingerprint(model) -> str:
             digest.update(name.encode() + b"\0" + tensor_digest)
     fingerprint = digest.hexdigest()
     with _CACHE_LOCK:
-        _CACHE[model] = (state, fingerprint)
+        # The last two states of a model: with and without the adapters PEFT put on it.
+        kept = _CACHE.get(model) or {}
+        _CACHE[model] = {**dict(list(kept.items())[-1:]), state: fingerprint}
     return fingerprint
 
 

@@ -169,14 +169,26 @@ class ActivationManifest(_message.Message):
     def __init__(self, blob: _Optional[_Union[BlobRef, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ..., num_layers: _Optional[int] = ..., prefix_hash: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[KVLayerSpec, _Mapping]]] = ..., layout: _Optional[_Union[KVLayout, str]] = ...) -> None: ...
 
 class ParametricManifest(_message.Message):
-    __slots__ = ("blob", "peft_type", "rank")
+    __slots__ = ("blob", "peft_type", "rank", "lora_alpha", "target_modules", "task_type", "base_model_name", "num_modules", "num_parameters")
     BLOB_FIELD_NUMBER: _ClassVar[int]
     PEFT_TYPE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
+    LORA_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    NUM_MODULES_FIELD_NUMBER: _ClassVar[int]
+    NUM_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     blob: BlobRef
     peft_type: str
     rank: int
-    def __init__(self, blob: _Optional[_Union[BlobRef, _Mapping]] = ..., peft_type: _Optional[str] = ..., rank: _Optional[int] = ...) -> None: ...
+    lora_alpha: float
+    target_modules: _containers.RepeatedScalarFieldContainer[str]
+    task_type: str
+    base_model_name: str
+    num_modules: int
+    num_parameters: int
+    def __init__(self, blob: _Optional[_Union[BlobRef, _Mapping]] = ..., peft_type: _Optional[str] = ..., rank: _Optional[int] = ..., lora_alpha: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., task_type: _Optional[str] = ..., base_model_name: _Optional[str] = ..., num_modules: _Optional[int] = ..., num_parameters: _Optional[int] = ...) -> None: ...
 
 class MemCube(_message.Message):
     __slots__ = ("header", "plaintext", "activation", "parametric")

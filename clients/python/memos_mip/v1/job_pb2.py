@@ -26,33 +26,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12memos/v1/job.proto\x12\x08memos.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.memos.v1.JobState\x12\x0c\n\x04\x64one\x18\x05 \x01(\x03\x12\r\n\x05total\x18\x06 \x01(\x03\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x12\n\nresult_ids\x18\x08 \x03(\t\x12\x12\n\nerror_code\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\",\n\x0eGetJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.memos.v1.Job\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\".\n\x10WatchJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.memos.v1.Job\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"/\n\x11\x43\x61ncelJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.memos.v1.Job\"+\n\x0fListJobsRequest\x12\x18\n\x10include_finished\x18\x01 \x01(\x08\"/\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.memos.v1.Job*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\x97\x02\n\nJobService\x12;\n\x06GetJob\x12\x17.memos.v1.GetJobRequest\x1a\x18.memos.v1.GetJobResponse\x12\x43\n\x08WatchJob\x12\x19.memos.v1.WatchJobRequest\x1a\x1a.memos.v1.WatchJobResponse0\x01\x12\x44\n\tCancelJob\x12\x1a.memos.v1.CancelJobRequest\x1a\x1b.memos.v1.CancelJobResponse\x12\x41\n\x08ListJobs\x12\x19.memos.v1.ListJobsRequest\x1a\x1a.memos.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12memos/v1/job.proto\x12\x08memos.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12!\n\x05state\x18\x04 \x01(\x0e\x32\x12.memos.v1.JobState\x12\x0c\n\x04\x64one\x18\x05 \x01(\x03\x12\r\n\x05total\x18\x06 \x01(\x03\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x12\n\nresult_ids\x18\x08 \x03(\t\x12\x12\n\nerror_code\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07metrics\x18\x0e \x03(\x0b\x32\x1a.memos.v1.Job.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\",\n\x0eGetJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.memos.v1.Job\"\x1d\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\".\n\x10WatchJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.memos.v1.Job\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"/\n\x11\x43\x61ncelJobResponse\x12\x1a\n\x03job\x18\x01 \x01(\x0b\x32\r.memos.v1.Job\"+\n\x0fListJobsRequest\x12\x18\n\x10include_finished\x18\x01 \x01(\x08\"/\n\x10ListJobsResponse\x12\x1b\n\x04jobs\x18\x01 \x03(\x0b\x32\r.memos.v1.Job*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\x97\x02\n\nJobService\x12;\n\x06GetJob\x12\x17.memos.v1.GetJobRequest\x1a\x18.memos.v1.GetJobResponse\x12\x43\n\x08WatchJob\x12\x19.memos.v1.WatchJobRequest\x1a\x1a.memos.v1.WatchJobResponse0\x01\x12\x44\n\tCancelJob\x12\x1a.memos.v1.CancelJobRequest\x1a\x1b.memos.v1.CancelJobResponse\x12\x41\n\x08ListJobs\x12\x19.memos.v1.ListJobsRequest\x1a\x1a.memos.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memos.v1.job_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=725
-  _globals['_JOBSTATE']._serialized_end=879
+  _globals['_JOB_METRICSENTRY']._loaded_options = None
+  _globals['_JOB_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_JOBSTATE']._serialized_start=818
+  _globals['_JOBSTATE']._serialized_end=972
   _globals['_JOB']._serialized_start=66
-  _globals['_JOB']._serialized_end=393
-  _globals['_GETJOBREQUEST']._serialized_start=395
-  _globals['_GETJOBREQUEST']._serialized_end=422
-  _globals['_GETJOBRESPONSE']._serialized_start=424
-  _globals['_GETJOBRESPONSE']._serialized_end=468
-  _globals['_WATCHJOBREQUEST']._serialized_start=470
-  _globals['_WATCHJOBREQUEST']._serialized_end=499
-  _globals['_WATCHJOBRESPONSE']._serialized_start=501
-  _globals['_WATCHJOBRESPONSE']._serialized_end=547
-  _globals['_CANCELJOBREQUEST']._serialized_start=549
-  _globals['_CANCELJOBREQUEST']._serialized_end=579
-  _globals['_CANCELJOBRESPONSE']._serialized_start=581
-  _globals['_CANCELJOBRESPONSE']._serialized_end=628
-  _globals['_LISTJOBSREQUEST']._serialized_start=630
-  _globals['_LISTJOBSREQUEST']._serialized_end=673
-  _globals['_LISTJOBSRESPONSE']._serialized_start=675
-  _globals['_LISTJOBSRESPONSE']._serialized_end=722
-  _globals['_JOBSERVICE']._serialized_start=882
-  _globals['_JOBSERVICE']._serialized_end=1161
+  _globals['_JOB']._serialized_end=486
+  _globals['_JOB_METRICSENTRY']._serialized_start=440
+  _globals['_JOB_METRICSENTRY']._serialized_end=486
+  _globals['_GETJOBREQUEST']._serialized_start=488
+  _globals['_GETJOBREQUEST']._serialized_end=515
+  _globals['_GETJOBRESPONSE']._serialized_start=517
+  _globals['_GETJOBRESPONSE']._serialized_end=561
+  _globals['_WATCHJOBREQUEST']._serialized_start=563
+  _globals['_WATCHJOBREQUEST']._serialized_end=592
+  _globals['_WATCHJOBRESPONSE']._serialized_start=594
+  _globals['_WATCHJOBRESPONSE']._serialized_end=640
+  _globals['_CANCELJOBREQUEST']._serialized_start=642
+  _globals['_CANCELJOBREQUEST']._serialized_end=672
+  _globals['_CANCELJOBRESPONSE']._serialized_start=674
+  _globals['_CANCELJOBRESPONSE']._serialized_end=721
+  _globals['_LISTJOBSREQUEST']._serialized_start=723
+  _globals['_LISTJOBSREQUEST']._serialized_end=766
+  _globals['_LISTJOBSRESPONSE']._serialized_start=768
+  _globals['_LISTJOBSRESPONSE']._serialized_end=815
+  _globals['_JOBSERVICE']._serialized_start=975
+  _globals['_JOBSERVICE']._serialized_end=1254
 # @@protoc_insertion_point(module_scope)
