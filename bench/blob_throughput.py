@@ -17,6 +17,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -180,6 +181,7 @@ def main() -> int:
         finally:
             stop.set()
             proc.join(30)
+            shutil.rmtree(sock_dir, ignore_errors=True)
     n = result["size_bytes"]
     up, down = n / min(uploads) / 1e9, n / min(downloads) / 1e9
     transfer_only = n / min(u - h for u, h in zip(uploads, hashes)) / 1e9

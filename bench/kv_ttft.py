@@ -16,6 +16,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -80,6 +81,7 @@ def main() -> int:
         finally:
             stop.set()
             daemon.join(30)
+            shutil.rmtree(sock_dir, ignore_errors=True)
     print(json.dumps(result))
     return 0
 

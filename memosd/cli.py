@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--embedding-model", help="local encoder directory for dense search (env MEMOSD_EMBEDDING_MODEL)")
             p.add_argument("--activation-model", help="local causal LM directory that builds KV caches from plaintext"
                            " (env MEMOSD_ACTIVATION_MODEL)")
+            p.add_argument("--parametric-model", help="local causal LM directory that LoRA adapters are distilled"
+                           " for (env MEMOSD_PARAMETRIC_MODEL; default the activation model)")
             p.add_argument("--metrics-listen", metavar="HOST:PORT",
                            help="serve Prometheus metrics at http://HOST:PORT/metrics, loopback only (env MEMOSD_METRICS_LISTEN)")
         if name == "restore":

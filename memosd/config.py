@@ -30,6 +30,10 @@ class Config:
     # the dtype to load it in ("auto": the checkpoint's, as from_pretrained does); empty: no builds.
     activation_model: str = ""
     activation_dtype: str = "auto"
+    # The base model adapters are distilled for (a local causal LM directory) and its dtype; empty: the
+    # activation model (with activation_dtype), so one setting serves both kinds of promotion.
+    parametric_model: str = ""
+    parametric_dtype: str = "auto"
     sweep_interval: float = 30.0
     access_flush_interval: float = 2.0
     shutdown_grace: float = 10.0
@@ -158,6 +162,7 @@ def write_default_config(data_dir: Path) -> Path:
         '# log_level = "info"\n'
         '# embedding_model = "/path/to/local/all-MiniLM-L6-v2"   # enables dense and hybrid search\n'
         '# activation_model = "/path/to/local/Qwen2.5-0.5B"   # enables memosctl kv build\n'
+        '# parametric_model = "/path/to/local/Qwen2.5-0.5B"   # memosctl distill (default: activation_model)\n'
         "# sweep_interval = 30.0\n"
         '# metrics_listen = "127.0.0.1:9464"   # Prometheus metrics at http://127.0.0.1:9464/metrics\n'
         "\n[limits]\n"

@@ -30,6 +30,7 @@ CLIENT_METHODS = {
     "Upload": "upload_blob", "GetUploadStatus": "upload_status", "Download": "download_blob",
     "PutActivation": "put_activation", "FindByPrefix": "find_kv", "BuildFromPlaintext": "build_kv",
     "GetJob": "get_job", "WatchJob": "watch_job", "CancelJob": "cancel_job", "ListJobs": "list_jobs",
+    "PutAdapter": "put_adapter", "Distill": "distill", "Plan": "plan",
 }
 
 

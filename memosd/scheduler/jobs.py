@@ -55,6 +55,8 @@ class Job:
     error: MemosError | None = field(default=None, compare=False)
     started_at: float | None = None
     finished_at: float | None = None
+    # Numbers the work reports by name (e.g. "loss"), each kept at its latest value.
+    metrics: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def finished(self) -> bool:
@@ -68,8 +70,10 @@ class Progress:
         self._manager, self._id, self._loop = manager, job_id, loop
         self.cancelled = threading.Event()
 
-    def update(self, done: int | None = None, total: int | None = None, message: str | None = None) -> None:
-        changes = {k: v for k, v in (("done", done), ("total", total), ("message", message)) if v is not None}
+    def update(self, done: int | None = None, total: int | None = None, message: str | None = None,
+               metrics: dict[str, float] | None = None) -> None:
+        changes = {k: v for k, v in (("done", done), ("total", total), ("message", message), ("metrics", metrics))
+                   if v is not None}
         if _running_loop() is self._loop:
             self._manager._change(self._id, **changes)
         else:
@@ -147,6 +151,8 @@ class JobManager:
         entry = self._jobs.get(job_id)
         if entry is None or (entry.job.finished and "state" not in changes):
             return
+        if "metrics" in changes:
+            changes["metrics"] = {**entry.job.metrics, **changes["metrics"]}
         entry.job = replace(entry.job, **changes)
         event, entry.changed = entry.changed, asyncio.Event()
         event.set()

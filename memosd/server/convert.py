@@ -105,6 +105,10 @@ def cube_to_proto(c: MemCube) -> cube_pb2.MemCube:
         from memosd.server.convert_tensor import fill_activation  # it imports this module
 
         fill_activation(msg, c)
+    elif c.kind is MemoryKind.PARAMETRIC and c.manifest:
+        from memosd.server.convert_parametric import fill_parametric  # it imports this module
+
+        fill_parametric(msg, c)
     return msg
 
 

@@ -66,6 +66,7 @@ def job_to_proto(job: Job) -> job_pb2.Job:
         message=job.message, result_ids=job.result_ids, created_at=to_timestamp(job.created_at),
         started_at=to_timestamp(job.started_at), finished_at=to_timestamp(job.finished_at),
     )
+    msg.metrics.update(job.metrics)
     if job.error is not None:
         msg.error_code = status_for(job.error).name if type(job.error) is not MemosError else "INTERNAL"
         msg.error = str(job.error)

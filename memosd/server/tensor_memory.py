@@ -1,22 +1,28 @@
-"""Tensor memory in the daemon: the blob store, activation cubes, jobs and the plaintext -> activation
-promoter, built from the config and served by BlobService, ActivationService and JobService."""
+"""Tensor memory in the daemon: the blob store, activation and parametric cubes, jobs, the plaintext ->
+activation and plaintext -> parametric promoters and the query planner, built from the config and served by
+BlobService, ActivationService, JobService and ParametricService."""
 
 from __future__ import annotations
 
-from memos_mip.v1 import activation_pb2, blob_pb2, job_pb2
+from memos_mip.v1 import activation_pb2, blob_pb2, job_pb2, parametric_pb2
 from memosd.config import Config
+from memosd.scheduler.distill import ParametricPromoter
 from memosd.scheduler.jobs import JobManager
+from memosd.scheduler.plan import MemPlanner
 from memosd.scheduler.promote import ActivationPromoter
 from memosd.server.activation_service import ActivationService
 from memosd.server.blob_service import BlobService
 from memosd.server.job_service import JobService
+from memosd.server.parametric_service import ParametricService
 from memosd.vault.activation import ActivationVault
 from memosd.vault.blobs import BlobStore
+from memosd.vault.parametric import ParametricVault
 
 SERVICES = (
     blob_pb2.DESCRIPTOR.services_by_name["BlobService"],
     activation_pb2.DESCRIPTOR.services_by_name["ActivationService"],
     job_pb2.DESCRIPTOR.services_by_name["JobService"],
+    parametric_pb2.DESCRIPTOR.services_by_name["ParametricService"],
 )
 
 
@@ -34,9 +40,19 @@ class TensorMemory:
 
             model = CausalLM(config.activation_model, config.activation_dtype)
         self.promoter = ActivationPromoter(self.activations, self.blobs, self.jobs, model)
+        self.parametric = ParametricVault(vault, self.blobs, audit=governance.audit_write)
+        trainer = None
+        base = config.parametric_model or config.activation_model
+        if base:
+            from memosd.runtime.lora import LoraTrainer  # checks the path only; torch loads on the first job
+
+            trainer = LoraTrainer(base, config.parametric_dtype if config.parametric_model else config.activation_dtype)
+        self.distiller = ParametricPromoter(vault, self.parametric, self.blobs, self.jobs, trainer)
+        self.planner = MemPlanner(vault, self.activations, self.parametric)
         self._servicers = (BlobService(vault, self.blobs, governance),
                            ActivationService(vault, self.activations, self.promoter, governance),
-                           JobService(self.jobs))
+                           JobService(self.jobs),
+                           ParametricService(vault, self.parametric, self.distiller, self.planner, governance))
 
     def servicers(self) -> tuple:
         """One servicer per descriptor of SERVICES, in that order."""

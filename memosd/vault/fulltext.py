@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 
 from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import InvalidArgument
@@ -23,35 +24,107 @@ STOPWORDS = frozenset(
     they this those through to too under until up very was we were what when where which while who
     whom why will with would you your yours yourself yourselves""".split()
 )
+# On vaults this large, the rarest query words (together matching at most COMMON_SHARE of the cubes)
+# decide what matches and the commoner ones only add to those cubes' scores, after Elasticsearch's
+# "common terms" cut-off: ranking every cube that holds a common word is what makes BM25 slow.
+# Smaller vaults, and queries whose words are all rare, are ranked exactly.
+LARGE_VAULT = 20_000
+COMMON_SHARE = 0.02
+MIN_BUDGET = 500
+_CUBE_COLUMNS = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
 
 
-def plain_query(text: str) -> str | None:
-    """An FTS5 expression matching any of the query's words; None if it has no words."""
-    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
-    content = [w for w in words if w not in STOPWORDS] or words
-    if not content:
-        return None
-    return " OR ".join(f'"{w}"' for w in content[:MAX_TERMS])
+def words(text: str) -> list[str]:
+    """The query's words to search for: lower-cased, deduplicated, without stopwords (unless that is all)."""
+    found = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
+    return ([w for w in found if w not in STOPWORDS] or found)[:MAX_TERMS]
 
 
-def bm25_search(
-    conn: sqlite3.Connection, match: str, f: CubeFilter, now: float, limit: int
-) -> list[tuple[dict, float]]:
-    """Rows and BM25 scores (higher is better) of the best `limit` matches."""
+def _any(terms) -> str:
+    return " OR ".join(f'"{t}"' for t in terms)
+
+
+class FullText:
+    """Ranks cubes by BM25; remembers how common each query word is (recounted as the vault grows)."""
+
+    def __init__(self, *, large_vault: int = LARGE_VAULT, common_share: float = COMMON_SHARE):
+        self.large_vault, self.common_share = large_vault, common_share
+        self._docs: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def search(self, conn: sqlite3.Connection, query: str, fts_syntax: bool, f: CubeFilter, now: float,
+               limit: int) -> list[tuple[dict, float]]:
+        """Rows and BM25 scores (higher is better) of the best `limit` matches."""
+        if fts_syntax:
+            return _checked(lambda: _ranked(conn, query, f, now, limit))
+        terms = words(query)
+        if not terms:
+            return []
+        (size,) = conn.execute("SELECT coalesce(max(seq), 0) FROM cubes").fetchone()
+        if size < self.large_vault or len(terms) == 1:
+            return _ranked(conn, _any(terms), f, now, limit)
+        # The rarest words decide what matches, as long as the cubes they match stay within a budget;
+        # the others (common in this vault) only add to those cubes' scores.
+        counts = {t: self._doc_count(conn, t, size) for t in terms}
+        budget, used, rare = max(self.common_share * size, MIN_BUDGET), 0, []
+        for t in sorted(terms, key=counts.__getitem__):
+            if rare and used + counts[t] > budget:
+                break  # the rarest word always decides, even when it is common itself
+            rare.append(t)
+            used += counts[t]
+        if len(rare) == len(terms):
+            return _ranked(conn, _any(terms), f, now, limit)
+        hits = _ranked(conn, f"({_any(rare)}) AND ({_any(terms)})", f, now, limit)
+        if len(hits) < limit:
+            seen = {row["seq"] for row, _ in hits}
+            more = _ranked(conn, _any(terms), f, now, limit + len(hits))
+            hits += [(row, score) for row, score in more if row["seq"] not in seen][: limit - len(hits)]
+        return hits
+
+    def _doc_count(self, conn: sqlite3.Connection, term: str, size: int) -> int:
+        with self._lock:
+            known = self._docs.get(term)
+        if known is not None and known[1] * 1.1 >= size:
+            return known[0]
+        (count,) = conn.execute("SELECT count(*) FROM cubes_fts WHERE cubes_fts MATCH ?", (f'"{term}"',)).fetchone()
+        with self._lock:
+            if len(self._docs) > 50_000:
+                self._docs.clear()
+            self._docs[term] = (count, size)
+        return count
+
+
+def _ranked(conn: sqlite3.Connection, match: str, f: CubeFilter, now: float, limit: int) -> list[tuple[dict, float]]:
+    """The best `limit` matches passing the filter. Without a selective filter, rank inside FTS5 first
+    and join only the best candidates; with one, join first so that only cubes passing it are scored."""
     where, params = filter_sql(f, now)
-    cols = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
-    sql = (
-        f"SELECT {cols}, bm25(cubes_fts) AS rank FROM cubes_fts JOIN cubes c ON c.seq = cubes_fts.rowid"
-        f" WHERE cubes_fts MATCH ? AND c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}"
-        " ORDER BY rank LIMIT ?"
-    )
+    keep = f"c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}"
+    selective = bool(f.namespace_prefix or f.tags or f.kinds or f.scope is not None or f.viewer is not None
+                     or f.created_after is not None or f.created_before is not None)
+    depth = max(limit * 4, 64)
+    while depth <= 16384 and not selective:
+        sql = (f"SELECT {_CUBE_COLUMNS}, r.rank FROM (SELECT rowid, rank FROM cubes_fts WHERE cubes_fts MATCH ?"
+               f" ORDER BY rank LIMIT ?) r JOIN cubes c ON c.seq = r.rowid WHERE {keep} ORDER BY r.rank LIMIT ?")
+        rows = conn.execute(sql, [match, depth, *params, limit]).fetchall()
+        if len(rows) >= limit:
+            return [(row_dict(r[:-1]), -r[-1]) for r in rows]
+        (candidates,) = conn.execute("SELECT count(*) FROM (SELECT rowid FROM cubes_fts WHERE cubes_fts MATCH ?"
+                                     " LIMIT ?)", (match, depth)).fetchone()
+        if candidates < depth:
+            return [(row_dict(r[:-1]), -r[-1]) for r in rows]  # every match was considered
+        depth *= 8
+    sql = (f"SELECT {_CUBE_COLUMNS}, bm25(cubes_fts) AS rank FROM cubes_fts JOIN cubes c ON c.seq = cubes_fts.rowid"
+           f" WHERE cubes_fts MATCH ? AND {keep} ORDER BY rank LIMIT ?")
+    return [(row_dict(r[:-1]), -r[-1]) for r in conn.execute(sql, [match, *params, limit]).fetchall()]
+
+
+def _checked(run):
     try:
-        rows = conn.execute(sql, [match, *params, limit]).fetchall()
+        return run()
     except sqlite3.OperationalError as exc:
-        # The statement is fixed; only the MATCH expression varies, so a parse failure is the user's.
+        # The statements are fixed; only the MATCH expression varies, so a parse failure is the user's.
         if "database" in str(exc) or "disk" in str(exc):
             raise
         raise InvalidArgument(
             f"query is not valid FTS5 syntax ({exc}); fix it or search with the plain query syntax"
         ) from None
-    return [(row_dict(r[:-1]), -r[-1]) for r in rows]

@@ -103,3 +103,13 @@ def m0002_blobs_and_activation_prefixes(db: Database) -> None:
         "CREATE TRIGGER cubes_release_blob_on_delete AFTER DELETE ON cubes"
         f" WHEN old.state != 4 AND old.manifest IS NOT NULL BEGIN {release} END"
     )
+
+
+@migrations()
+def m0003_tensor_cubes_by_model(db: Database) -> None:
+    # MemScheduler's plan and Distill look tensor cubes up by the model they were made for; the fingerprint
+    # lives in the manifest JSON, so the index is on that expression (used by queries that spell it the same).
+    db.execute(
+        "CREATE INDEX cubes_tensor_model ON cubes(json_extract(manifest, '$.model.model_fingerprint'), seq)"
+        " WHERE manifest IS NOT NULL"
+    )

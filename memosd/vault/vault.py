@@ -18,7 +18,7 @@ from memosd.ids import is_id, new_id
 from memosd.limits import Limits, check_draft, check_filter, check_metadata, check_tags, check_text, resolve_expiry
 from memosd.vault import rows
 from memosd.vault.db import Database
-from memosd.vault.fulltext import bm25_search, plain_query
+from memosd.vault.fulltext import FullText, words
 from memosd.vault.query import PageTokens, filter_sql
 from memosd.vault.search import DenseSearch, fuse
 
@@ -46,6 +46,7 @@ class MemVault:
         self._audit = audit or (lambda conn, agent, action, target, **fields: None)
         self._tokens = PageTokens(self._setting("page_token_key", lambda: secrets.token_hex(32)).encode())
         self.dense = DenseSearch(self.db, embedder) if embedder is not None else None
+        self.fulltext = FullText()
         # Access metrics are counted in memory and flushed in batches (MemLifecycle), never on a read's path.
         self._access: dict[str, list] = {}
 
@@ -282,14 +283,14 @@ class MemVault:
             raise FailedPrecondition("dense search needs an embedding model: set embedding_model in the"
                                      " daemon's config, or search with mode BM25")
         now = self.clock()
-        match = query if fts_syntax else plain_query(query)
-        if match is None and mode is SearchMode.BM25:
+        lexical = fts_syntax or bool(words(query))
+        if not lexical and mode is SearchMode.BM25:
             raise InvalidArgument("query has no words to search for")
         depth = max(limit, 50) if mode is SearchMode.HYBRID else limit
         # BM25 (on a reader thread) and dense (the encoder, then the index) run side by side.
         rankings = {}
-        if match is not None and mode is not SearchMode.DENSE:
-            rankings["lexical"] = self.db.read(lambda conn: bm25_search(conn, match, f, now, depth))
+        if lexical and mode is not SearchMode.DENSE:
+            rankings["lexical"] = self.db.read(lambda conn: self.fulltext.search(conn, query, fts_syntax, f, now, depth))
         if mode is not SearchMode.BM25:
             rankings["semantic"] = self.dense.search(query, f, now, depth)
         found = dict(zip(rankings, await asyncio.gather(*rankings.values())))

@@ -7,6 +7,7 @@ from typing import AsyncIterator, Iterable
 import grpc
 
 from memos_client import requests as rq
+from memos_client.adapter_aio import AsyncParametricMethods
 from memos_client.auth import AgentKey, TokenSource, resolve_key, sign_policy
 from memos_client.channel import aio_channel
 from memos_client.defaults import resolve_addr
@@ -19,7 +20,7 @@ from memos_mip.v1 import daemon_pb2, daemon_pb2_grpc, governance_pb2 as gpb, gov
 from memos_mip.v1 import store_pb2 as spb, store_pb2_grpc
 
 
-class AsyncMemosClient(AsyncPortabilityMethods, AsyncTensorMethods):
+class AsyncMemosClient(AsyncPortabilityMethods, AsyncTensorMethods, AsyncParametricMethods):
     """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket) as the agent whose key is
     `key` (else $MEMOS_KEY, else the default data directory's admin key). Use with `async with`."""
 
@@ -160,7 +161,10 @@ class AsyncMemosClient(AsyncPortabilityMethods, AsyncTensorMethods):
         return Policy.from_proto((await self._call(self._gov.GetPolicy, gpb.GetPolicyRequest(id=policy_id))).policy)
 
     async def revoke_policy(self, policy_id: str) -> int:
-        return (await self._call(self._gov.RevokePolicy, gpb.RevokePolicyRequest(id=policy_id))).policy_epoch
+        epoch = (await self._call(self._gov.RevokePolicy, gpb.RevokePolicyRequest(id=policy_id))).policy_epoch
+        if self.tokens:
+            self.tokens.adopt_epoch(epoch)  # this client's next token is current at once
+        return epoch
 
     async def audit(self, after_seq: int = 0, *, page_size: int = 500) -> AsyncIterator[AuditEntry]:
         while True:

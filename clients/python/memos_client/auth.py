@@ -156,6 +156,10 @@ class TokenSource:
     def metadata(self) -> tuple[str, str]:
         return (METADATA_KEY, f"Bearer {self.token()}")
 
+    def adopt_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self._renew_at = epoch, 0.0
+
     def learn_epoch(self, rpc_error) -> bool:
         """After UNAUTHENTICATED: adopt the daemon's epoch if it moved on; True if a retry may help."""
         trailers = rpc_error.trailing_metadata() or () if hasattr(rpc_error, "trailing_metadata") else ()

@@ -11,7 +11,7 @@ from array import array
 from dataclasses import asdict
 from typing import IO, Iterator
 
-from memos_client import cli_governance, cli_kv, cli_ops, cli_store
+from memos_client import cli_governance, cli_kv, cli_ops, cli_parametric, cli_store
 from memos_client import requests as rq
 from memos_client.client import MemosClient
 from memos_client.errors import InvalidArgument, MemosError, Unavailable
@@ -22,7 +22,7 @@ from memos_client.models import State
 
 COMMANDS = ("put", "get", "ls", "search", "history", "rm", "import", "status",
             "whoami", "agent", "grant", "policy", "audit", "backup", "export", "pub", "sub", "topics", "retention",
-            "kv", "job")
+            "kv", "job", "adapter", "distill", "plan", "jobs")
 STATES = ("active", "archived", "expired")
 EXIT_ERROR, EXIT_USAGE = 1, 2
 
@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ops.add_commands(command)
     cli_store.add_commands(command)
     cli_kv.add_commands(command)
+    cli_parametric.add_commands(command)
     assert tuple(sub.choices) == COMMANDS
     return parser
 

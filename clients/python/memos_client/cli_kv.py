@@ -186,6 +186,7 @@ def _job_show(client: MemosClient, args) -> int:
     for key, value in (("id", job.id), ("kind", job.kind), ("owner", job.owner), ("state", job.state.name.lower()),
                        ("progress", _fraction(job)), ("message", job.message or "-"),
                        ("results", ", ".join(job.result_ids) or "-"),
+                       ("metrics", ", ".join(f"{k} {v:.4g}" for k, v in sorted(job.metrics.items())) or "-"),
                        ("error", f"{job.error_code}: {job.error}" if job.error else "-"),
                        ("created", when(job.created_at)), ("started", when(job.started_at)),
                        ("finished", when(job.finished_at))):

@@ -7,6 +7,7 @@ from typing import Iterable, Iterator
 import grpc
 
 from memos_client import requests as rq
+from memos_client.adapter_client import ParametricMethods
 from memos_client.auth import AgentKey, TokenSource, resolve_key, sign_policy
 from memos_client.channel import sync_channel
 from memos_client.defaults import resolve_addr
@@ -19,7 +20,7 @@ from memos_mip.v1 import daemon_pb2, daemon_pb2_grpc, governance_pb2 as gpb, gov
 from memos_mip.v1 import store_pb2 as spb, store_pb2_grpc
 
 
-class MemosClient(PortabilityMethods, TensorMethods):
+class MemosClient(PortabilityMethods, TensorMethods, ParametricMethods):
     """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket) as the agent whose key is
     `key` (a path or AgentKey; else $MEMOS_KEY, else the default data directory's admin key).
     Use as a context manager."""
@@ -167,7 +168,10 @@ class MemosClient(PortabilityMethods, TensorMethods):
         return Policy.from_proto(self._call(self._gov.GetPolicy, gpb.GetPolicyRequest(id=policy_id)).policy)
 
     def revoke_policy(self, policy_id: str) -> int:
-        return self._call(self._gov.RevokePolicy, gpb.RevokePolicyRequest(id=policy_id)).policy_epoch
+        epoch = self._call(self._gov.RevokePolicy, gpb.RevokePolicyRequest(id=policy_id)).policy_epoch
+        if self.tokens:
+            self.tokens.adopt_epoch(epoch)  # this client's next token is current at once
+        return epoch
 
     def audit(self, after_seq: int = 0, *, page_size: int = 500) -> Iterator[AuditEntry]:
         """The audit log from after_seq on, oldest first. Admin only."""

@@ -111,6 +111,8 @@ class Job:
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Numbers the job reports by name, e.g. "loss" while training an adapter.
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
@@ -120,7 +122,7 @@ class Job:
     def from_proto(cls, msg: job_pb2.Job) -> "Job":
         return cls(msg.id, msg.kind, msg.owner, JobState(msg.state), msg.done, msg.total, msg.message,
                    list(msg.result_ids), msg.error_code, msg.error, _time(msg, "created_at"),
-                   _time(msg, "started_at"), _time(msg, "finished_at"))
+                   _time(msg, "started_at"), _time(msg, "finished_at"), dict(msg.metrics))
 
     def to_json(self) -> dict:
         out = dict(self.__dict__)

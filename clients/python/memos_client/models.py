@@ -9,6 +9,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from memos_client.adapter_models import AdapterInfo
 from memos_client.kv_models import Activation
 from memos_mip.v1 import cube_pb2
 
@@ -56,6 +57,8 @@ class Cube:
     derived_from: list[str] = field(default_factory=list)
     # For activation cubes: which KV cache the payload holds and the model it belongs to.
     activation: Activation | None = None
+    # For parametric cubes: which LoRA adapter the payload holds and the base model it belongs to.
+    adapter: AdapterInfo | None = None
 
     @classmethod
     def from_proto(cls, msg: cube_pb2.MemCube) -> "Cube":
@@ -69,6 +72,7 @@ class Cube:
             expires_at=_time(g, "expires_at"), access_count=b.access_count,
             last_accessed_at=_time(b, "last_accessed_at"), derived_from=list(b.derived_from),
             activation=Activation.from_proto(msg.activation, d.model) if msg.HasField("activation") else None,
+            adapter=AdapterInfo.from_proto(msg.parametric, d.model) if msg.HasField("parametric") else None,
         )
 
     def to_json(self) -> dict:
@@ -78,6 +82,10 @@ class Cube:
             del out["activation"]
         else:
             out["activation"] = self.activation.to_json()
+        if self.adapter is None:
+            del out["adapter"]
+        else:
+            out["adapter"] = self.adapter.to_json()
         out["kind"] = self.kind.name.lower()
         out["state"] = self.state.name.lower()
         for key in ("created_at", "updated_at", "expires_at", "last_accessed_at"):

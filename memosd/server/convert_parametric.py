@@ -1,0 +1,75 @@
+"""Conversions for parametric memory: adapter manifests, drafts, distillation requests and plans, between
+protocol and domain."""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+
+from memos_client.adapter_format import AdapterManifest
+from memos_mip.v1 import cube_pb2, parametric_pb2
+from memosd.cube import MemCube, MemoryKind, Visibility
+from memosd.errors import InvalidArgument
+from memosd.scheduler.distill import SourceSpec, TrainSpec
+from memosd.scheduler.plan import Choice, Plan
+from memosd.server.convert import cube_to_proto
+from memosd.vault.parametric import AdapterDraft
+
+
+def manifest_from_proto(binding: cube_pb2.ModelBinding, m: cube_pb2.ParametricManifest) -> AdapterManifest:
+    return AdapterManifest(
+        blob_sha256=m.blob.sha256, blob_size=m.blob.size, model_fingerprint=binding.model_fingerprint,
+        dtype=binding.dtype, peft_type=m.peft_type, rank=m.rank, lora_alpha=m.lora_alpha,
+        target_modules=tuple(m.target_modules), task_type=m.task_type, base_model_name=m.base_model_name,
+        num_modules=m.num_modules, num_parameters=m.num_parameters,
+    )
+
+
+def adapter_draft_from_proto(r: parametric_pb2.PutAdapterRequest) -> AdapterDraft:
+    if not r.HasField("manifest") or not r.HasField("model"):
+        raise InvalidArgument("model and manifest are required")
+    try:
+        visibility = Visibility(r.visibility) if r.visibility else Visibility.NAMESPACE
+    except ValueError:
+        raise InvalidArgument(f"visibility {r.visibility} is not a known value") from None
+    return AdapterDraft(
+        namespace=r.namespace, manifest=manifest_from_proto(r.model, r.manifest), tags=tuple(r.tags),
+        metadata=json_format.MessageToDict(r.metadata) if r.HasField("metadata") else None, source=r.source,
+        derived_from=tuple(r.derived_from), ttl_seconds=r.ttl_seconds, visibility=visibility, priority=r.priority,
+    )
+
+
+def fill_parametric(msg: cube_pb2.MemCube, c: MemCube) -> None:
+    """Put an adapter cube's manifest into its protocol form: the payload and the header's model binding."""
+    if c.kind is not MemoryKind.PARAMETRIC or not c.manifest:
+        return
+    m = AdapterManifest.from_json(c.manifest)
+    msg.header.descriptive.model.CopyFrom(cube_pb2.ModelBinding(model_fingerprint=m.model_fingerprint, dtype=m.dtype))
+    msg.parametric.CopyFrom(cube_pb2.ParametricManifest(
+        blob=cube_pb2.BlobRef(sha256=m.blob_sha256, size=m.blob_size), peft_type=m.peft_type, rank=m.rank,
+        lora_alpha=m.lora_alpha, target_modules=m.target_modules, task_type=m.task_type,
+        base_model_name=m.base_model_name, num_modules=m.num_modules, num_parameters=m.num_parameters,
+    ))
+
+
+def source_from_proto(s: parametric_pb2.DistillSource) -> SourceSpec:
+    return SourceSpec(cube_ids=tuple(s.cube_ids), namespace_prefix=s.namespace_prefix, tags=tuple(s.tags),
+                      query=s.query, limit=s.limit)
+
+
+def train_spec_from_proto(p: parametric_pb2.DistillParams) -> TrainSpec:
+    return TrainSpec(rank=p.rank, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
+                     target_modules=tuple(p.target_modules), steps=p.steps, learning_rate=p.learning_rate,
+                     batch_size=p.batch_size, max_tokens=p.max_tokens, seed=p.seed).resolved()
+
+
+def _choice(c: Choice) -> parametric_pb2.PlanChoice:
+    return parametric_pb2.PlanChoice(cube=cube_to_proto(c.cube), score=c.score, reason=c.reason)
+
+
+def plan_to_proto(plan: Plan) -> parametric_pb2.PlanResponse:
+    response = parametric_pb2.PlanResponse(plaintext=[_choice(c) for c in plan.plaintext],
+                                           matched_tokens=plan.matched_tokens,
+                                           adapters=[_choice(c) for c in plan.adapters])
+    if plan.activation is not None:
+        response.activation.CopyFrom(_choice(plan.activation))
+    return response

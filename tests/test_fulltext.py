@@ -1,0 +1,52 @@
+"""BM25 on a large vault: corpus-common words only add to the score of cubes matching rarer words."""
+
+import asyncio
+
+import pytest
+
+from memosd.cube import CubeDraft, CubeFilter
+from memosd.vault import MemVault
+from memosd.vault.fulltext import FullText
+
+
+@pytest.fixture
+def vault(tmp_path):
+    v = MemVault(tmp_path)
+    # Treat 30 cubes as "large", and a word in over a fifth of them as common.
+    v.fulltext = FullText(large_vault=30, common_share=0.2)
+    texts = [f"filler cube number {i} about the weather" for i in range(40)]
+    texts += ["the weather on the glacier was cold", "a glacier hike", "weather report", "zebra weather glacier"]
+    asyncio.run(v.put_many([CubeDraft("agents/a/n", t) for t in texts], "a"))
+    yield v
+    asyncio.run(v.close())
+
+
+def search(vault, query, limit=5):
+    hits, _ = asyncio.run(vault.search(query, CubeFilter(), limit))
+    return [h.cube.text for h in hits]
+
+
+def test_rare_words_decide_and_common_words_still_score(vault):
+    found = search(vault, "weather glacier")
+    # Every cube with the rare word comes first; the common word matched alone only after them.
+    assert set(found[:3]) == {"the weather on the glacier was cold", "a glacier hike", "zebra weather glacier"}
+    assert all("glacier" not in t for t in found[3:])
+
+
+def test_too_few_rare_matches_are_topped_up_from_the_common_words(vault):
+    found = search(vault, "zebra weather", limit=5)
+    assert found[0] == "zebra weather glacier" and len(found) == 5
+
+
+def test_a_query_of_common_words_is_decided_by_the_rarest(vault):
+    found = search(vault, "weather cube", limit=3)
+    assert len(found) == 3 and all("cube" in t for t in found)
+
+
+def test_small_vaults_rank_exactly(tmp_path):
+    v = MemVault(tmp_path)
+    try:
+        asyncio.run(v.put_many([CubeDraft("agents/a/n", t) for t in ("alpha beta", "beta", "gamma", "delta")], "a"))
+        assert sorted(search(v, "alpha beta gamma", limit=5)) == ["alpha beta", "beta", "gamma"]
+    finally:
+        asyncio.run(v.close())
