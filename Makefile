@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob
+.PHONY: bench-pubsub install run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob
 
 install: $(STAMP)
 
@@ -53,7 +53,7 @@ proto-check: proto
 	git diff --exit-code -- clients/python/memos_mip
 	@test -z "$$(git status --porcelain -- clients/python/memos_mip)" || { git status --porcelain -- clients/python/memos_mip; exit 1; }
 
-bench: bench-ingest bench-search bench-locomo bench-governance bench-export-import bench-kv-ttft bench-blob
+bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-export-import bench-kv-ttft bench-blob
 
 bench-ingest: install
 	$(BIN)/python bench/ingest_search.py --only ingest
@@ -66,6 +66,10 @@ bench-locomo: install
 
 bench-governance: install
 	$(BIN)/python bench/governance.py
+
+bench-pubsub: install
+	scripts/install_redis.sh
+	$(BIN)/python bench/pubsub.py
 
 bench-export-import: install
 	$(BIN)/python bench/export_import.py

@@ -1,7 +1,19 @@
+import glob
+import os
+import shutil
+
 import pytest
 
 from memos_client import AsyncMemosClient, MemosClient
 from tests.daemon import make_config, running
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_socket_dirs():
+    """Socket directories live in /tmp (short paths); remove this run's when it ends."""
+    yield
+    for path in glob.glob(f"/tmp/memosd-test-{os.getpid()}-*"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -98,9 +98,14 @@ class MemosServer:
                      GovernanceService(gov), StoreService(self.store), AdminService(cfg.data_dir, db, gov),
                      BundleService(self.vault, gov, cfg.data_dir, ActivationSink(self.vault, self.tensors)),
                      *self.tensors.servicers())
+        # Each servicer class is named after its service (memos.v1.VaultService -> VaultService).
+        by_name = {type(servicer).__name__: servicer for servicer in servicers}
+        missing = [d.full_name for d in SERVICES if d.name not in by_name]
+        if missing or len(by_name) != len(SERVICES):
+            raise TypeError(f"servicers do not match the services: missing {missing}")
         server.add_generic_rpc_handlers(tuple(
-            service_handler(descriptor, servicer, gov, self.metrics.observe_request)
-            for descriptor, servicer in zip(SERVICES, servicers)))
+            service_handler(descriptor, by_name[descriptor.name], gov, self.metrics.observe_request)
+            for descriptor in SERVICES))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names = [s.full_name for s in SERVICES] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                                    reflection.SERVICE_NAME]

@@ -263,7 +263,7 @@ def _search(client: MemosClient, args) -> int:
             emit(hit.to_json())
         else:
             c = hit.cube
-            table.row((f"{hit.score:.3f}", c.id, c.namespace, ",".join(c.tags), c.text or ""))
+            table.row((f"{hit.score:.3g}", c.id, c.namespace, ",".join(c.tags), c.text or ""))
     table.flush()
     if not hits and not args.json:
         print("no hits", file=sys.stderr)
