@@ -9,11 +9,14 @@ import pytest
 import torch
 
 from memos_client import DataLoss, InvalidArgument, ModelMismatch, NotFound
-from memos_client.adapter_format import AdapterManifest, encode
+from memos_client.adapter_format import AdapterManifest
 from memos_client.fingerprint import model_fingerprint
 from memos_client.tensor_format import TensorSpec, encode_header
-from tests.adapter_helpers import logits, save_adapter, tiny_peft
+from tests.adapter_helpers import logits, put_raw_adapter, save_adapter, tiny_peft
 from tests.kv_helpers import kv_payload, tiny_model
+
+# peft asks transformers a deprecated question while wrapping a model; not ours to answer.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
 
 def _rewrite(directory, change) -> None:
@@ -24,22 +27,6 @@ def _rewrite(directory, change) -> None:
     state = load_file(path)
     change(state)
     save_file(state, path)
-
-
-def _raw_put(client, config_text: str, tensors: dict, fingerprint: str, **manifest):
-    """Upload a hand-made adapter blob and store it with a manifest, bypassing the client's own checks."""
-    import hashlib
-
-    specs = [(name, TensorSpec(str(t.dtype).removeprefix("torch."), tuple(t.shape))) for name, t in tensors.items()]
-    header, order = encode(config_text, specs)
-    blob = header + b"".join(tensors[n].contiguous().numpy().tobytes() for n in order)
-    client.upload_blob(blob, "agents/admin/adapters", kind=3)
-    fields = dict(blob_sha256=hashlib.sha256(blob).hexdigest(), blob_size=len(blob), model_fingerprint=fingerprint,
-                  dtype="float32", peft_type="LORA", rank=4, lora_alpha=8.0, target_modules=("q_proj", "v_proj"),
-                  task_type="CAUSAL_LM", num_modules=len({n.split(".lora_")[0] for n in tensors}),
-                  num_parameters=sum(t.numel() for t in tensors.values()))
-    fields.update(manifest)
-    return client.put_adapter(AdapterManifest(**fields), "agents/admin/adapters")
 
 
 def _config(directory) -> dict:
@@ -66,13 +53,13 @@ def test_adapter_config_that_is_not_json(client, tmp_path):
     weights = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 64),
                "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(64, 4)}
     with pytest.raises(InvalidArgument, match="not valid JSON"):  # the daemon reads the config itself
-        _raw_put(client, "{nope", weights, model_fingerprint(tiny_model("llama")))
+        put_raw_adapter(client, "{nope", weights, model_fingerprint(tiny_model("llama")))
     for text, message in (('["LORA"]', "not a JSON object"), ('{"peft_type": "IA3"}', "only LORA"),
                           ('{"peft_type": "LORA", "r": 0, "lora_alpha": 8, "target_modules": ["q_proj"]}', "r must be"),
                           ('{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"],'
                            ' "modules_to_save": ["lm_head"]}', "not a pure LoRA adapter")):
         with pytest.raises(InvalidArgument, match=message):
-            _raw_put(client, text, weights, model_fingerprint(tiny_model("llama")))
+            put_raw_adapter(client, text, weights, model_fingerprint(tiny_model("llama")))
 
 
 def test_adapter_config_naming_modules_the_base_model_lacks(client, tmp_path):
@@ -106,7 +93,7 @@ def test_safetensors_with_tensors_of_the_wrong_shapes(client, tmp_path):
         client.push_adapter(wrong_rank, tiny_model("llama"))
     weights = {name: torch.zeros(5, 64), name.replace("lora_A", "lora_B"): torch.zeros(64, 4)}
     with pytest.raises(InvalidArgument, match=r"rank 4"):  # and the daemon checks it too
-        _raw_put(client, json.dumps(_config(wrong_rank)), weights, fingerprint, num_modules=1)
+        put_raw_adapter(client, json.dumps(_config(wrong_rank)), weights, fingerprint, num_modules=1)
     wrong_width = save_adapter(tmp_path / "b")  # consistent with its rank, not with the model
     _rewrite(wrong_width, lambda s: s.update({name: torch.zeros(4, 65)}))
     with pytest.raises(InvalidArgument, match="maps 65 -> 64 features, the base model's module maps 64 -> 64"):
@@ -126,11 +113,11 @@ def test_manifests_and_blobs_that_do_not_agree_are_refused_by_the_daemon(client,
                          "task_type": "CAUSAL_LM"})
     weights = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 64),
                "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(64, 4)}
-    assert _raw_put(client, config, weights, fingerprint).adapter.rank == 4
+    assert put_raw_adapter(client, config, weights, fingerprint).adapter.rank == 4
     with pytest.raises(InvalidArgument, match="the manifest says rank 8, the blob holds 4"):
-        _raw_put(client, config, weights, fingerprint, rank=8)
+        put_raw_adapter(client, config, weights, fingerprint, rank=8)
     with pytest.raises(InvalidArgument, match="model_fingerprint"):
-        _raw_put(client, config, weights, "not a fingerprint")
+        put_raw_adapter(client, config, weights, "not a fingerprint")
     payload, _ = kv_payload()  # a valid safetensors file, but a KV cache
     client.upload_blob(payload, "agents/admin/adapters", kind=3)
     import hashlib

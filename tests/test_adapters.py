@@ -14,6 +14,9 @@ from memos_client.fingerprint import base_model_fingerprint, model_fingerprint
 from tests.adapter_helpers import logits, save_adapter, tiny_peft
 from tests.kv_helpers import tiny_model
 
+# peft asks transformers a deprecated question while wrapping a model; not ours to answer.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+
 ARCHS = ["llama", "qwen2"]
 
 

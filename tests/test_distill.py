@@ -13,7 +13,10 @@ from memos_client.fingerprint import model_fingerprint
 from memos_client.kv_models import JobState
 from tests.daemon import make_config, running
 from tests.kv_helpers import save_tiny
-from tests.test_adapter_bad_input import _raw_put
+from tests.adapter_helpers import put_raw_adapter
+
+# peft asks transformers a deprecated question while wrapping a model; not ours to answer.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
 TEXTS = ["alice prefers window seats on the train to paris", "bob likes tea in the morning and coffee in the evening",
          "carol has a cat called miso", "the budget meeting is on monday morning"]
@@ -174,9 +177,9 @@ def test_once_the_daemon_knows_its_base_model_it_checks_adapters_against_it(trai
     weights = {"base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64),
                "base_model.model.model.layers.9.self_attn.q_proj.lora_B.weight": torch.zeros(64, 8)}
     with pytest.raises(InvalidArgument, match="layers.9.self_attn.q_proj is not a module of the base model"):
-        _raw_put(client, config, weights, fingerprint, rank=8, lora_alpha=16.0)
+        put_raw_adapter(client, config, weights, fingerprint, rank=8, lora_alpha=16.0)
     # For a base model it has not loaded, only the adapter's own consistency can be checked.
-    assert _raw_put(client, config, weights, "cd" * 32, rank=8, lora_alpha=16.0).adapter.num_modules == 1
+    assert put_raw_adapter(client, config, weights, "cd" * 32, rank=8, lora_alpha=16.0).adapter.num_modules == 1
 
 
 def test_cancelling_mid_training_stores_nothing_and_cancelling_twice_is_harmless(trainer):

@@ -95,24 +95,23 @@ class FullText:
 
 
 def _ranked(conn: sqlite3.Connection, match: str, f: CubeFilter, now: float, limit: int) -> list[tuple[dict, float]]:
-    """The best `limit` matches passing the filter. Without a selective filter, rank inside FTS5 first
-    and join only the best candidates; with one, join first so that only cubes passing it are scored."""
+    """The best `limit` matches passing the filter. Ranking (bm25 for every match) is the cost: when
+    the caller narrowed the search (namespace, tags, kinds, time), join first so that only cubes
+    passing the filter are scored; otherwise rank inside FTS5 and join only the best candidates, which
+    usually pass (live cubes, the caller's readable scope); if too few do, join first after all."""
     where, params = filter_sql(f, now)
     keep = f"c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}"
-    selective = bool(f.namespace_prefix or f.tags or f.kinds or f.scope is not None or f.viewer is not None
-                     or f.created_after is not None or f.created_before is not None)
-    depth = max(limit * 4, 64)
-    while depth <= 16384 and not selective:
+    narrowed = bool(f.namespace_prefix or f.tags or f.kinds or f.created_after is not None
+                    or f.created_before is not None)
+    if not narrowed:
+        depth = max(limit * 4, 64)
         sql = (f"SELECT {_CUBE_COLUMNS}, r.rank FROM (SELECT rowid, rank FROM cubes_fts WHERE cubes_fts MATCH ?"
                f" ORDER BY rank LIMIT ?) r JOIN cubes c ON c.seq = r.rowid WHERE {keep} ORDER BY r.rank LIMIT ?")
         rows = conn.execute(sql, [match, depth, *params, limit]).fetchall()
-        if len(rows) >= limit:
+        if len(rows) >= limit or len(rows) == conn.execute(
+                "SELECT count(*) FROM (SELECT rowid FROM cubes_fts WHERE cubes_fts MATCH ? LIMIT ?)", (match, depth)
+        ).fetchone()[0]:
             return [(row_dict(r[:-1]), -r[-1]) for r in rows]
-        (candidates,) = conn.execute("SELECT count(*) FROM (SELECT rowid FROM cubes_fts WHERE cubes_fts MATCH ?"
-                                     " LIMIT ?)", (match, depth)).fetchone()
-        if candidates < depth:
-            return [(row_dict(r[:-1]), -r[-1]) for r in rows]  # every match was considered
-        depth *= 8
     sql = (f"SELECT {_CUBE_COLUMNS}, bm25(cubes_fts) AS rank FROM cubes_fts JOIN cubes c ON c.seq = cubes_fts.rowid"
            f" WHERE cubes_fts MATCH ? AND {keep} ORDER BY rank LIMIT ?")
     return [(row_dict(r[:-1]), -r[-1]) for r in conn.execute(sql, [match, *params, limit]).fetchall()]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from memos_client.adapter_format import AdapterManifest
 from memos_client.kv_models import BlobRef
 from memos_mip.v1 import cube_pb2
+
+if TYPE_CHECKING:
+    from memos_client.models import Cube
 
 
 @dataclass
@@ -52,7 +56,7 @@ def manifest_to_proto(m: AdapterManifest) -> tuple[cube_pb2.ModelBinding, cube_p
 class PlanChoice:
     """One cube of a plan, how well it fits (higher is better) and why it was chosen."""
 
-    cube: "Cube"  # noqa: F821 - memos_client.models.Cube (which imports this module)
+    cube: "Cube"
     score: float
     reason: str
 

@@ -236,7 +236,12 @@ def _distill(client: MemosClient, args) -> int:
         else:
             print(job.id)
         return 0
-    return _follow(client, job.id, args)
+    code = _follow(client, job.id, args)
+    metrics = client.get_job(job.id).metrics
+    if code == 0 and not args.json and "loss_after" in metrics:
+        print(f"mean loss on the training texts: {metrics['loss_before']:.4f} without the adapter, "
+              f"{metrics['loss_after']:.4f} with it", file=sys.stderr)
+    return code
 
 
 def _plan(client: MemosClient, args) -> int:
