@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench-pubsub install run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob
+.PHONY: bench-pubsub install run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob bench-adapter
 
 install: $(STAMP)
 
@@ -53,7 +53,7 @@ proto-check: proto
 	git diff --exit-code -- clients/python/memos_mip
 	@test -z "$$(git status --porcelain -- clients/python/memos_mip)" || { git status --porcelain -- clients/python/memos_mip; exit 1; }
 
-bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-export-import bench-kv-ttft bench-blob
+bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-export-import bench-kv-ttft bench-blob bench-adapter
 
 bench-ingest: install
 	$(BIN)/python bench/ingest_search.py --only ingest
@@ -81,6 +81,11 @@ bench-kv-ttft: install
 ## Upload and download throughput of a 1 GiB KV cache through the daemon vs memory copy bandwidth.
 bench-blob: install
 	$(BIN)/python bench/blob_throughput.py
+
+## Parametric memory: pull and load of a rank-16 adapter through the daemon vs PeftModel.from_pretrained from a
+## local directory (Qwen2-shaped, 0.5B, CPU).
+bench-adapter: install
+	$(BIN)/python bench/adapter_load.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -145,3 +145,22 @@ def test_importing_the_client_does_not_import_torch_or_peft():
             " sys.exit(int(any(m in sys.modules for m in ('torch', 'peft', 'transformers'))))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     assert AsyncMemosClient.load_adapter and MemosClient.push_adapter
+
+
+def test_an_adapter_published_on_a_topic_loads_for_its_subscribers(client, daemon, tmp_path):
+    cube_id = client.push_adapter(tiny_peft("llama"), tags=["skill"])
+    client.add_agent("bob", out=str(tmp_path / "bob.key"))
+    client.grant("agent:bob", ["subscribe"], ["teams/skills"])
+    with MemosClient(daemon.address, key=str(tmp_path / "bob.key")) as bob:
+        with pytest.raises(PermissionDenied):
+            bob.load_adapter(cube_id, tiny_model("llama"))
+        client.publish("teams/skills", cube_id)
+        subscription = bob.subscribe("teams/skills")
+        try:
+            event = next(iter(subscription))
+        finally:
+            subscription.close()
+        assert event.cube.kind is Kind.PARAMETRIC and event.cube.adapter.rank == 4
+        ids = _ids(6)
+        torch.testing.assert_close(logits(bob.load_adapter(cube_id, tiny_model("llama")), ids),
+                                   logits(tiny_peft("llama"), ids), atol=1e-6, rtol=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from dataclasses import dataclass
 
 from memosd.cube import CubeFilter, MemCube, MemoryKind, SearchMode
@@ -75,10 +76,9 @@ class TrainSpec:
                 raise InvalidArgument(f"params.{name} must be {'above' if open_low else 'from'} {low} and at most"
                                       f" {high}, not {value}")
         if len(spec.target_modules) > MAX_TARGET_MODULES or not all(
-                name and len(name) <= 128 and name.replace("_", "").replace(".", "").isalnum()
-                for name in spec.target_modules):
-            raise InvalidArgument(f"params.target_modules: at most {MAX_TARGET_MODULES} module names such as"
-                                  " q_proj (letters, digits, '_' and '.')")
+                re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", name) for name in spec.target_modules):
+            raise InvalidArgument(f"params.target_modules: at most {MAX_TARGET_MODULES} module names such as q_proj,"
+                                  " or all-linear (letters, digits, '_', '.' and '-')")
         if not -2**63 <= spec.seed < 2**63:
             raise InvalidArgument("params.seed must fit in 64 bits")
         return spec
