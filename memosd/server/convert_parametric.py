@@ -3,16 +3,14 @@ protocol and domain."""
 
 from __future__ import annotations
 
-from google.protobuf import json_format
-
 from memos_client.adapter_format import AdapterManifest
 from memos_mip.v1 import cube_pb2, parametric_pb2
-from memosd.cube import MemCube, MemoryKind, Visibility
-from memosd.errors import InvalidArgument
+from memosd.cube import MemCube, MemoryKind
 from memosd.scheduler.distill import SourceSpec, TrainSpec
 from memosd.scheduler.plan import Choice, Plan
 from memosd.server.convert import cube_to_proto
-from memosd.vault.parametric import AdapterDraft
+from memosd.server.convert_tensor import tensor_draft_from_proto
+from memosd.vault.tensor_cubes import TensorDraft
 
 
 def manifest_from_proto(binding: cube_pb2.ModelBinding, m: cube_pb2.ParametricManifest) -> AdapterManifest:
@@ -24,18 +22,8 @@ def manifest_from_proto(binding: cube_pb2.ModelBinding, m: cube_pb2.ParametricMa
     )
 
 
-def adapter_draft_from_proto(r: parametric_pb2.PutAdapterRequest) -> AdapterDraft:
-    if not r.HasField("manifest") or not r.HasField("model"):
-        raise InvalidArgument("model and manifest are required")
-    try:
-        visibility = Visibility(r.visibility) if r.visibility else Visibility.NAMESPACE
-    except ValueError:
-        raise InvalidArgument(f"visibility {r.visibility} is not a known value") from None
-    return AdapterDraft(
-        namespace=r.namespace, manifest=manifest_from_proto(r.model, r.manifest), tags=tuple(r.tags),
-        metadata=json_format.MessageToDict(r.metadata) if r.HasField("metadata") else None, source=r.source,
-        derived_from=tuple(r.derived_from), ttl_seconds=r.ttl_seconds, visibility=visibility, priority=r.priority,
-    )
+def adapter_draft_from_proto(r: parametric_pb2.PutAdapterRequest) -> TensorDraft:
+    return tensor_draft_from_proto(r, manifest_from_proto)
 
 
 def fill_parametric(msg: cube_pb2.MemCube, c: MemCube) -> None:

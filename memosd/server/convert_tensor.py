@@ -11,7 +11,7 @@ from memosd.errors import InvalidArgument, MemosError
 from memosd.scheduler.jobs import Job
 from memosd.server.convert import to_timestamp
 from memosd.server.status import status_for
-from memosd.vault.activation import ActivationDraft
+from memosd.vault.tensor_cubes import TensorDraft
 
 _LAYOUTS = {cube_pb2.KV_LAYOUT_DYNAMIC_CACHE: LAYOUT_DYNAMIC_CACHE}
 _LAYOUT_NUMBERS = {name: number for number, name in _LAYOUTS.items()}
@@ -31,18 +31,23 @@ def manifest_from_proto(binding: cube_pb2.ModelBinding, m: cube_pb2.ActivationMa
     )
 
 
-def activation_draft_from_proto(r: activation_pb2.PutActivationRequest) -> ActivationDraft:
+def tensor_draft_from_proto(r, manifest_from) -> TensorDraft:
+    """The draft of a PutActivation or PutAdapter request; manifest_from(model, manifest) parses its manifest."""
     if not r.HasField("manifest") or not r.HasField("model"):
         raise InvalidArgument("model and manifest are required")
     try:
         visibility = Visibility(r.visibility) if r.visibility else Visibility.NAMESPACE
     except ValueError:
         raise InvalidArgument(f"visibility {r.visibility} is not a known value") from None
-    return ActivationDraft(
-        namespace=r.namespace, manifest=manifest_from_proto(r.model, r.manifest), tags=tuple(r.tags),
+    return TensorDraft(
+        namespace=r.namespace, manifest=manifest_from(r.model, r.manifest), tags=tuple(r.tags),
         metadata=json_format.MessageToDict(r.metadata) if r.HasField("metadata") else None, source=r.source,
         derived_from=tuple(r.derived_from), ttl_seconds=r.ttl_seconds, visibility=visibility, priority=r.priority,
     )
+
+
+def activation_draft_from_proto(r: activation_pb2.PutActivationRequest) -> TensorDraft:
+    return tensor_draft_from_proto(r, manifest_from_proto)
 
 
 def fill_activation(msg: cube_pb2.MemCube, c: MemCube) -> None:

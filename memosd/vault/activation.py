@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 
 from memos_client.tensor_format import (
     BLOCK_TOKENS, FormatError, KVManifest, block_keys, check_manifest, check_payload, common_prefix, header_length,
     parse_header, root_key,
 )
-from memosd.cube import CubeDraft, CubeFilter, LifecycleState, MemCube, MemoryKind, Visibility
-from memosd.errors import FailedPrecondition, InvalidArgument, NotFound
-from memosd.ids import is_id, new_id
-from memosd.limits import check_metadata, check_namespace, check_namespace_prefix, check_tags, resolve_expiry
-from memosd.vault import rows
+from memosd.cube import CubeFilter, LifecycleState, MemCube, MemoryKind
+from memosd.errors import FailedPrecondition, InvalidArgument
+from memosd.limits import check_namespace_prefix
+from memosd.vault import rows, tensor_cubes
+from memosd.vault.tensor_cubes import TensorDraft
 from memosd.vault.query import filter_sql
 
 MAX_DERIVED_FROM = 64
@@ -21,19 +20,7 @@ MAX_DERIVED_FROM = 64
 MAX_CANDIDATES = 16
 
 
-@dataclass(frozen=True)
-class ActivationDraft:
-    """What a writer supplies for a new activation cube; its payload is uploaded already."""
-
-    namespace: str
-    manifest: KVManifest
-    tags: tuple[str, ...] = ()
-    metadata: dict | None = None
-    source: str = ""
-    derived_from: tuple[str, ...] = ()
-    ttl_seconds: int = 0
-    visibility: Visibility = Visibility.NAMESPACE
-    priority: int = 0
+ActivationDraft = TensorDraft
 
 
 def manifest_of(cube: MemCube) -> KVManifest:
@@ -65,45 +52,20 @@ class ActivationVault:
         and index its prefix, in one transaction."""
         limits, now = self.vault.limits, self.vault.clock()
         m = draft.manifest
-        check_namespace(draft.namespace)
-        tags = check_tags(draft.tags, limits)
-        check_metadata(draft.metadata, limits)
-        if len(draft.source) > limits.max_source_chars:
-            raise InvalidArgument(f"source is over {limits.max_source_chars} characters")
-        expires_at = resolve_expiry(CubeDraft("", "", ttl_seconds=draft.ttl_seconds), now)
-        if len(draft.derived_from) > MAX_DERIVED_FROM or not all(is_id(i) for i in draft.derived_from):
-            raise InvalidArgument(f"derived_from must be at most {MAX_DERIVED_FROM} cube ids")
+        cube = tensor_cubes.new_cube(draft, MemoryKind.ACTIVATION, owner, limits, now, MAX_DERIVED_FROM)
         try:
             check_manifest(m)
         except FormatError as exc:
             raise InvalidArgument(f"manifest: {exc}") from None
         await self._check_payload(m)
-        cube = MemCube(
-            id=new_id(now), namespace=draft.namespace, kind=MemoryKind.ACTIVATION, created_at=now, updated_at=now,
-            owner=owner, tags=tags, metadata=draft.metadata or None, source=draft.source,
-            visibility=draft.visibility, priority=draft.priority, expires_at=expires_at,
-            derived_from=tuple(dict.fromkeys(draft.derived_from)), manifest=m.to_json(),
-        )
+        cube.manifest = m.to_json()
         keys = block_keys(m.model_fingerprint, m.token_ids)
         index = [(key, (i + 1) * BLOCK_TOKENS) for i, key in enumerate(keys)] or [(root_key(m.model_fingerprint),
                                                                                   m.num_tokens)]
 
         def job(conn: sqlite3.Connection) -> None:
             self._audit(conn, owner, "activation.put", cube.namespace, id=cube.id, blob=m.blob_sha256)
-            taken = conn.execute("UPDATE blobs SET refcount = refcount + 1, unreferenced_since = NULL WHERE sha256 = ?",
-                                 (m.blob_sha256,)).rowcount
-            if not taken:
-                raise NotFound(f"blob {m.blob_sha256} is not stored (collected meanwhile?); upload it again")
-            (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM cubes").fetchone()
-            seq = top + 1
-            conn.execute(
-                "INSERT INTO cubes (seq, id, namespace, kind, state, version, parent_version, text, tags, metadata,"
-                " source, owner, visibility, priority, created_at, updated_at, expires_at, derived_from, manifest)"
-                " VALUES (?, ?, ?, ?, 1, 1, 0, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, cube.id, cube.namespace, int(cube.kind), rows.dumps(list(cube.tags)), rows.dumps(cube.metadata),
-                 cube.source, owner, int(cube.visibility), cube.priority, now, now, cube.expires_at,
-                 rows.dumps(list(cube.derived_from)), rows.dumps(cube.manifest)))
-            conn.executemany("INSERT INTO cube_tags (tag, seq) VALUES (?, ?)", [(t, seq) for t in cube.tags])
+            seq = tensor_cubes.insert(conn, cube, m.blob_sha256)
             conn.executemany("INSERT OR IGNORE INTO activation_prefixes (key, seq, tokens) VALUES (?, ?, ?)",
                              [(key, seq, tokens) for key, tokens in index])
 
@@ -111,11 +73,7 @@ class ActivationVault:
         return cube
 
     async def _check_payload(self, m: KVManifest) -> None:
-        size = await self.blobs.stored_size(m.blob_sha256)
-        if size is None:
-            raise NotFound(f"blob {m.blob_sha256} is not stored; upload it with BlobService.Upload first")
-        if size != m.blob_size:
-            raise InvalidArgument(f"manifest: the blob has {size} bytes, the manifest says {m.blob_size}")
+        size = await tensor_cubes.stored_size(self.blobs, m.blob_sha256, m.blob_size)
         try:
             start = header_length(await self.blobs.read_header(m.blob_sha256, size, 8), size)
             header = parse_header(await self.blobs.read_header(m.blob_sha256, size, start), size)

@@ -1,0 +1,78 @@
+"""What activation and parametric cubes share: the draft a writer supplies, its checks, and the row
+that stores it with a reference on its payload blob."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from memosd.cube import CubeDraft, MemCube, MemoryKind, Visibility
+from memosd.errors import InvalidArgument, NotFound
+from memosd.ids import is_id, new_id
+from memosd.limits import Limits, check_metadata, check_namespace, check_tags, resolve_expiry
+from memosd.vault import rows
+
+
+@dataclass(frozen=True)
+class TensorDraft:
+    """What a writer supplies for a new tensor cube; its payload blob is uploaded already."""
+
+    namespace: str
+    manifest: Any  # KVManifest or AdapterManifest
+    tags: tuple[str, ...] = ()
+    metadata: dict | None = None
+    source: str = ""
+    derived_from: tuple[str, ...] = ()
+    ttl_seconds: int = 0
+    visibility: Visibility = Visibility.NAMESPACE
+    priority: int = 0
+
+
+def new_cube(draft: TensorDraft, kind: MemoryKind, owner: str, limits: Limits, now: float,
+             max_derived_from: int) -> MemCube:
+    """The cube a draft becomes, its header checked (InvalidArgument if not). The caller checks the
+    manifest and then sets cube.manifest."""
+    check_namespace(draft.namespace)
+    tags = check_tags(draft.tags, limits)
+    check_metadata(draft.metadata, limits)
+    if len(draft.source) > limits.max_source_chars:
+        raise InvalidArgument(f"source is over {limits.max_source_chars} characters")
+    expires_at = resolve_expiry(CubeDraft("", "", ttl_seconds=draft.ttl_seconds), now)
+    if len(draft.derived_from) > max_derived_from or not all(is_id(i) for i in draft.derived_from):
+        raise InvalidArgument(f"derived_from must be at most {max_derived_from} cube ids")
+    return MemCube(
+        id=new_id(now), namespace=draft.namespace, kind=kind, created_at=now, updated_at=now, owner=owner,
+        tags=tags, metadata=draft.metadata or None, source=draft.source, visibility=draft.visibility,
+        priority=draft.priority, expires_at=expires_at, derived_from=tuple(dict.fromkeys(draft.derived_from)),
+    )
+
+
+def insert(conn: sqlite3.Connection, cube: MemCube, blob_sha256: str) -> int:
+    """Take a reference on the payload blob and store the cube's row and tags; returns its seq.
+    Call inside the writing transaction."""
+    taken = conn.execute("UPDATE blobs SET refcount = refcount + 1, unreferenced_since = NULL WHERE sha256 = ?",
+                         (blob_sha256,)).rowcount
+    if not taken:
+        raise NotFound(f"blob {blob_sha256} is not stored (collected meanwhile?); upload it again")
+    (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM cubes").fetchone()
+    seq = top + 1
+    conn.execute(
+        "INSERT INTO cubes (seq, id, namespace, kind, state, version, parent_version, text, tags, metadata,"
+        " source, owner, visibility, priority, created_at, updated_at, expires_at, derived_from, manifest)"
+        " VALUES (?, ?, ?, ?, 1, 1, 0, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (seq, cube.id, cube.namespace, int(cube.kind), rows.dumps(list(cube.tags)), rows.dumps(cube.metadata),
+         cube.source, cube.owner, int(cube.visibility), cube.priority, cube.created_at, cube.updated_at,
+         cube.expires_at, rows.dumps(list(cube.derived_from)), rows.dumps(cube.manifest)))
+    conn.executemany("INSERT INTO cube_tags (tag, seq) VALUES (?, ?)", [(t, seq) for t in cube.tags])
+    return seq
+
+
+async def stored_size(blobs, sha256: str, declared: int) -> int:
+    """The size of a stored payload blob, checked against its manifest."""
+    size = await blobs.stored_size(sha256)
+    if size is None:
+        raise NotFound(f"blob {sha256} is not stored; upload it with BlobService.Upload first")
+    if size != declared:
+        raise InvalidArgument(f"manifest: the blob has {size} bytes, the manifest says {declared}")
+    return size
