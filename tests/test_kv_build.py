@@ -47,7 +47,8 @@ def test_daemon_built_cache_is_exact_in_the_clients_model(builder, model_dir, mo
     states = _finish(client, job)
     final = states[-1]
     assert final.state is JobState.SUCCEEDED, final
-    assert final.done == final.total > 6 and len({s.done for s in states}) > 2
+    # Progress only moves forward to the total (how many steps a watcher sees depends on timing).
+    assert final.done == final.total > 6 and [s.done for s in states] == sorted(s.done for s in states)
     cube = client.get(final.result_ids[0])
     assert cube.kind is Kind.ACTIVATION and cube.derived_from == [a.id, b.id] and cube.tags == ["built"]
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=torch.float32).eval()
