@@ -116,16 +116,17 @@ class DenseSearch:
         self.embedded += len(stored)
         return True
 
-    def _score(self, query: str) -> tuple[np.ndarray, np.ndarray]:
-        return self.index.scores(self.embedder.encode([query])[0])
+    def _score(self, query: str, candidates: int):
+        seqs, scores = self.index.scores(self.embedder.encode([query])[0])
+        return seqs, scores, top(seqs, scores, candidates)
 
     async def search(self, query: str, f: CubeFilter, now: float, limit: int) -> list[tuple[dict, float]]:
         """Rows and cosine similarities of the best `limit` cubes passing the filter, best first."""
-        seqs, scores = await asyncio.to_thread(self._score, query)
+        # Embedding, scoring and picking the candidates all happen off the event loop.
+        seqs, scores, nearest = await asyncio.to_thread(self._score, query, limit * _CANDIDATES_PER_HIT)
         if not len(seqs):
             return []
         where, params = filter_sql(f, now)
-        nearest = top(seqs, scores, limit * _CANDIDATES_PER_HIT)
         found = await self.db.read(lambda conn: self._best(conn, nearest, where, params, limit))
         if len(found) >= limit or len(nearest) == len(seqs):
             return found
@@ -183,15 +184,14 @@ def fuse(lexical: list[tuple[dict, float]], semantic: list[tuple[dict, float]], 
         only = lexical or semantic
         key = "bm25_score" if lexical else "dense_score"
         return [SearchHit(rows.to_cube(r, now), s, **{key: s}) for r, s in only[:limit]]
-    fused: dict[int, SearchHit] = {}
-    for ranking, weight, key in ((lexical, BM25_WEIGHT, "bm25_score"), (semantic, 1.0 - BM25_WEIGHT, "dense_score")):
+    fused: dict[int, list] = {}  # seq -> [row, fused score, bm25 score, dense score]
+    for ranking, weight, slot in ((lexical, BM25_WEIGHT, 2), (semantic, 1.0 - BM25_WEIGHT, 3)):
         for (row, score), norm in zip(ranking, _min_max([s for _, s in ranking])):
-            hit = fused.get(row["seq"])
-            if hit is None:
-                hit = fused[row["seq"]] = SearchHit(rows.to_cube(row, now), 0.0)
-            hit.score += weight * norm
-            setattr(hit, key, score)
-    return sorted(fused.values(), key=lambda h: -h.score)[:limit]
+            entry = fused.setdefault(row["seq"], [row, 0.0, None, None])
+            entry[1] += weight * norm
+            entry[slot] = score
+    best = sorted(fused.values(), key=lambda e: -e[1])[:limit]
+    return [SearchHit(rows.to_cube(row, now), score, bm25_score=b, dense_score=d) for row, score, b, d in best]
 
 
 def _min_max(scores: list[float]) -> list[float]:
