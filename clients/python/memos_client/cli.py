@@ -14,7 +14,8 @@ from typing import IO, Iterator
 from memos_client import cli_governance, cli_kv, cli_ops, cli_parametric, cli_store
 from memos_client import requests as rq
 from memos_client.client import MemosClient
-from memos_client.errors import InvalidArgument, MemosError, Unavailable
+from memos_client.errors import InvalidArgument, MemosError
+from memos_client.cli_common import remove_cubes
 from memos_client._terminal import (
     Progress, Table, duration, emit, print_cube, size, when,
 )
@@ -284,21 +285,7 @@ def _history(client: MemosClient, args) -> int:
 
 
 def _rm(client: MemosClient, args) -> int:
-    failed = 0
-    for cube_id in args.ids:
-        try:
-            version = client.delete(cube_id)
-        except Unavailable:
-            raise
-        except MemosError as exc:  # one bad id should not stop the others
-            failed += 1
-            _fail(exc.message if cube_id in exc.message else f"{cube_id}: {exc.message}")
-            continue
-        if args.json:
-            emit({"id": cube_id, "deleted": True, "version": version})
-        else:
-            print(f"deleted {cube_id}")
-    return EXIT_ERROR if failed else 0
+    return remove_cubes(client, args.ids, args.json)
 
 
 def _status(client: MemosClient, args) -> int:

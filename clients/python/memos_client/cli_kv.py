@@ -6,9 +6,10 @@ import sys
 import time
 from typing import IO
 
+from memos_client.cli_common import remove_cubes
 from memos_client._terminal import Table, columns, emit, size, when
 from memos_client.client import MemosClient
-from memos_client.errors import MemosError, Unavailable
+from memos_client.errors import MemosError
 from memos_client.kv_models import Job, JobState
 from memos_client.models import Cube, Kind
 
@@ -129,24 +130,7 @@ def _kv_show(client: MemosClient, args) -> int:
 
 
 def _kv_rm(client: MemosClient, args) -> int:
-    failed = 0
-    for cube_id in args.ids:
-        try:
-            cube = client.get(cube_id)
-            if cube.kind is not Kind.ACTIVATION:
-                raise MemosError(f"{cube_id} is a {cube.kind.name.lower()} cube, not a KV cache; use memosctl rm")
-            version = client.delete(cube_id)
-        except Unavailable:
-            raise
-        except MemosError as exc:  # one bad id should not stop the others
-            failed += 1
-            print(f"memosctl: {exc.message if cube_id in exc.message else f'{cube_id}: {exc.message}'}", file=sys.stderr)
-            continue
-        if args.json:
-            emit({"id": cube_id, "deleted": True, "version": version})
-        else:
-            print(f"deleted {cube_id}")
-    return EXIT_ERROR if failed else 0
+    return remove_cubes(client, args.ids, args.json, Kind.ACTIVATION, "a KV cache")
 
 
 def _kv_build(client: MemosClient, args) -> int:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import sys
 
+from memos_client.cli_common import remove_cubes
 from memos_client._terminal import Table, emit, size, when
 from memos_client.cli_kv import _follow, _job_cancel, _job_ls, _job_show, _job_watch
 from memos_client.client import MemosClient
-from memos_client.errors import InvalidArgument, MemosError, Unavailable
+from memos_client.errors import InvalidArgument, MemosError
 from memos_client.models import Cube, Kind
 
 EXIT_ERROR = 1
@@ -164,24 +165,7 @@ def _adapter_show(client: MemosClient, args) -> int:
 
 
 def _adapter_rm(client: MemosClient, args) -> int:
-    failed = 0
-    for cube_id in args.ids:
-        try:
-            cube = client.get(cube_id)
-            if cube.kind is not Kind.PARAMETRIC:
-                raise MemosError(f"{cube_id} is a {cube.kind.name.lower()} cube, not an adapter; use memosctl rm")
-            version = client.delete(cube_id)
-        except Unavailable:
-            raise
-        except MemosError as exc:  # one bad id should not stop the others
-            failed += 1
-            print(f"memosctl: {exc.message if cube_id in exc.message else f'{cube_id}: {exc.message}'}", file=sys.stderr)
-            continue
-        if args.json:
-            emit({"id": cube_id, "deleted": True, "version": version})
-        else:
-            print(f"deleted {cube_id}")
-    return EXIT_ERROR if failed else 0
+    return remove_cubes(client, args.ids, args.json, Kind.PARAMETRIC, "an adapter")
 
 
 def _load_base(directory: str):
