@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import string
 from pathlib import Path
 
 from memos_client.tensor_format import KVManifest, TensorSpec, encode_header, kv_names, prefix_hash
@@ -12,6 +13,9 @@ WORDS = ("the a an of to in on is was and or but not it this that with for at by
          " alice bob carol dave likes prefers window aisle seat seats coffee tea paris london berlin train plane"
          " meeting budget monday tuesday morning evening cat dog miso notes memory cache daemon agent model token"
          " question answer what when where who why how long short document chapter one two three four five").split()
+
+
+TOKENIZER_VOCAB = 160
 
 
 def kv_payload(num_layers: int = 2, tokens: int = 8, heads: int = 2, head_dim: int = 4, dtype: str = "float32",
@@ -46,7 +50,7 @@ def put_kv(client, token_ids, namespace: str = "agents/admin/kv", *, fingerprint
 # ---- tiny transformers models ---------------------------------------------------------------------------
 
 
-def tiny_model(arch: str = "llama", seed: int = 0, *, layers: int = 2, vocab: int = 128, **config):
+def tiny_model(arch: str = "llama", seed: int = 0, *, layers: int = 2, vocab: int = TOKENIZER_VOCAB, **config):
     """A causal LM with random, seeded weights from a config: 2 layers, hidden 64, 4 heads, 2 KV heads."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
@@ -65,8 +69,12 @@ def tiny_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for token in [*WORDS, ".", ",", "?", "!", ":", ";", "'", '"', "-"]:
+    # Single letters and byte-level BPE's space marker too: transformers loads this directory's tokenizer
+    # as Qwen2Tokenizer next to a qwen2 config, which then spells words letter by letter; without them
+    # every word became the same unknown id.
+    for token in [*WORDS, ".", ",", "?", "!", ":", ";", "'", '"', "-", *string.ascii_lowercase, "Ġ"]:
         vocab.setdefault(token, len(vocab))
+    assert len(vocab) <= TOKENIZER_VOCAB
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
