@@ -114,3 +114,47 @@ def test_unknown_jobs_old_jobs_and_shutdown():
     ids, kept, long = run(scenario())
     assert kept == ids[:1:-1]  # newest first, only the last two finished ones
     assert long.state is JobState.CANCELLED
+
+
+def test_job_records_survive_a_restart_and_interrupted_jobs_are_failed(tmp_path):
+    from memosd.vault.db import Database
+
+    result = "01J9Z3K5Q8W2E4R6T8Y0V2X4N6"
+
+    async def first_life():
+        db = Database(tmp_path / "memos.db")
+        jobs = JobManager(db=db)
+        await jobs.start()
+
+        async def quick(progress):
+            progress.update(done=1, total=1, metrics={"loss": 0.5})
+            return [result]
+
+        async def endless(progress):
+            while True:
+                await asyncio.sleep(0.01)
+
+        done = jobs.submit("quick", "alice", quick)
+        await jobs.wait(done.id)
+        stuck = jobs.submit("endless", "bob", endless)
+        await asyncio.sleep(0.05)
+        # A crash: no stop(), so the record of the running job still says RUNNING.
+        await asyncio.gather(*jobs._saving)
+        await asyncio.to_thread(db.close)
+        return done.id, stuck.id
+
+    async def second_life(done_id, stuck_id):
+        db = Database(tmp_path / "memos.db")
+        jobs = JobManager(db=db)
+        await jobs.start()
+        try:
+            return jobs.get(done_id), jobs.get(stuck_id), [j.id for j in jobs.list()]
+        finally:
+            await jobs.stop()
+            await asyncio.to_thread(db.close)
+
+    done_id, stuck_id = run(first_life())
+    done, stuck, listed = run(second_life(done_id, stuck_id))
+    assert done.state is JobState.SUCCEEDED and done.result_ids == (result,) and done.metrics == {"loss": 0.5}
+    assert stuck.state is JobState.FAILED and "stopped before the job finished" in str(stuck.error)
+    assert listed == [stuck_id, done_id]

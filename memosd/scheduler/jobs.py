@@ -2,13 +2,15 @@
 
 A job's work is a coroutine `work(progress)`; CPU-heavy parts run in threads and call `progress.update()`
 and `progress.check()` between steps, so a cancellation stops them at the next step, never mid-write.
-Jobs live in memory: a restart forgets them (a job running then ends with the daemon).
+With a database, each job's record is written when its state changes, so GetJob and ListJobs answer
+after a restart; a job queued or running when the daemon stopped is recorded as failed at the next start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import threading
 import time
@@ -16,6 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Awaitable, Callable
 
+from memosd import errors
 from memosd.errors import MemosError, NotFound, ResourceExhausted, Unavailable
 from memosd.ids import is_id, new_id
 
@@ -103,12 +106,34 @@ class _Entry:
 class JobManager:
     """Runs jobs at most `concurrency` at a time and keeps the last `keep_finished` that ended."""
 
-    def __init__(self, *, concurrency: int = 1, max_queued: int = 64, keep_finished: int = 200):
+    def __init__(self, *, concurrency: int = 1, max_queued: int = 64, keep_finished: int = 200, db=None):
         self._slots = asyncio.Semaphore(concurrency)
         self.max_queued = max_queued
         self.keep_finished = keep_finished
         self._jobs: OrderedDict[str, _Entry] = OrderedDict()
         self._closed = False
+        self._db = db
+        self._saving: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        """Load the records of recent jobs; those a stop interrupted are recorded as failed."""
+        if self._db is None:
+            return
+        now = time.time()
+
+        def job(conn):
+            conn.execute("UPDATE jobs SET state = ?, finished_at = ?, message = ?, error_type = 'Unavailable',"
+                         " error = ? WHERE state IN (?, ?)",
+                         (int(JobState.FAILED), now, "the daemon stopped before the job finished",
+                          "the daemon stopped before the job finished; submit it again",
+                          int(JobState.QUEUED), int(JobState.RUNNING)))
+            return conn.execute("SELECT id, kind, owner, state, created_at, started_at, finished_at, done, total,"
+                                " message, result_ids, metrics, error_type, error FROM jobs"
+                                " ORDER BY created_at DESC LIMIT ?", (self.keep_finished,)).fetchall()
+
+        for row in reversed(await self._db.write(job)):
+            record = _from_row(row)
+            self._jobs[record.id] = _Entry(record, Progress(self, record.id, asyncio.get_running_loop()))
 
     def submit(self, kind: str, owner: str, work: Callable[[Progress], Awaitable[list[str]]], *,
                total: int = 0, message: str = "queued") -> Job:
@@ -123,6 +148,7 @@ class JobManager:
         entry = _Entry(job, Progress(self, job.id, asyncio.get_running_loop()))
         self._jobs[job.id] = entry
         entry.task = asyncio.create_task(self._run(entry, work), name=f"memosd-job-{job.id}")
+        self._save(job)
         self._trim()
         return job
 
@@ -156,8 +182,17 @@ class JobManager:
         entry.job = replace(entry.job, **changes)
         event, entry.changed = entry.changed, asyncio.Event()
         event.set()
-        if "state" in changes and entry.job.finished:
-            self._trim()
+        if "state" in changes:
+            self._save(entry.job)
+            if entry.job.finished:
+                self._trim()
+
+    def _save(self, job: Job) -> None:
+        # Written in order (the writer takes jobs first come, first served), awaited by stop().
+        if self._db is not None:
+            task = asyncio.ensure_future(self._db.write(lambda conn: _upsert(conn, job)))
+            self._saving.add(task)
+            task.add_done_callback(self._saving.discard)
 
     def _trim(self) -> None:
         finished = [i for i, e in self._jobs.items() if e.job.finished]
@@ -218,3 +253,24 @@ class JobManager:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self._saving:
+            await asyncio.gather(*self._saving, return_exceptions=True)
+
+
+def _upsert(conn, job: Job) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO jobs (id, kind, owner, state, created_at, started_at, finished_at, done, total,"
+        " message, result_ids, metrics, error_type, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (job.id, job.kind, job.owner, int(job.state), job.created_at, job.started_at, job.finished_at, job.done,
+         job.total, job.message, json.dumps(list(job.result_ids)), json.dumps(job.metrics),
+         type(job.error).__name__ if job.error else None, str(job.error) if job.error else None))
+
+
+def _from_row(row) -> Job:
+    (job_id, kind, owner, state, created, started, finished, done, total, message, results, metrics,
+     error_type, error) = row
+    error_cls = getattr(errors, error_type or "", None)
+    failure = error_cls(error) if isinstance(error_cls, type) and issubclass(error_cls, MemosError) else (
+        MemosError(error) if error else None)
+    return Job(job_id, kind, owner, JobState(state), created, done, total, message, tuple(json.loads(results)),
+               failure, started, finished, json.loads(metrics))

@@ -33,7 +33,7 @@ class TensorMemory:
         self.blobs = BlobStore(config.data_dir, vault.db, max_blob_bytes=config.limits.max_blob_bytes,
                                max_pending_uploads=config.limits.max_pending_uploads)
         self.activations = ActivationVault(vault, self.blobs, audit=governance.audit_write)
-        self.jobs = JobManager()
+        self.jobs = JobManager(db=vault.db)
         model = None
         if config.activation_model:
             from memosd.runtime.causal_lm import CausalLM  # checks the path only; torch loads on the first build
@@ -60,6 +60,7 @@ class TensorMemory:
 
     async def start(self) -> None:
         await self.blobs.start()
+        await self.jobs.start()
 
     async def stop(self) -> None:
         await self.jobs.stop()

@@ -113,3 +113,14 @@ def m0003_tensor_cubes_by_model(db: Database) -> None:
         "CREATE INDEX cubes_tensor_model ON cubes(json_extract(manifest, '$.model.model_fingerprint'), seq)"
         " WHERE manifest IS NOT NULL"
     )
+
+
+@migrations()
+def m0004_jobs(db: Database) -> None:
+    # MemScheduler's job records, so that GetJob and ListJobs answer after a restart. A job that was
+    # queued or running when the daemon stopped is recorded as failed at the next start.
+    db.execute(
+        "CREATE TABLE jobs (id TEXT PRIMARY KEY, kind TEXT NOT NULL, owner TEXT NOT NULL, state INTEGER NOT NULL,"
+        " created_at REAL NOT NULL, started_at REAL, finished_at REAL, done INTEGER NOT NULL, total INTEGER NOT NULL,"
+        " message TEXT NOT NULL, result_ids TEXT NOT NULL, metrics TEXT NOT NULL, error_type TEXT, error TEXT)"
+    )
