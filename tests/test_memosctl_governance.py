@@ -55,3 +55,10 @@ def test_agents_grants_policies_and_audit(ctl, tmp_path):
     assert code == 1 and "revoked" in err
     code, _, err = ctl("agent", "ls", key="alice.key")
     assert code == 1 and "only the admin" in err
+
+
+def test_global_options_after_an_action(ctl):
+    code, out, _ = ctl("agent", "ls", "--json")
+    assert code == 0 and json.loads(out.splitlines()[0])["name"] == "admin"
+    code, out, _ = ctl("policy", "ls", "--json")
+    assert code == 0

@@ -16,19 +16,27 @@ KINDS = ("plaintext", "activation", "parametric")
 
 def add_commands(command) -> None:
     """Register the commands with cli.build_parser's `command(name, run, help)`."""
+    from memos_client.cli import _add_globals  # cli imports this module
+
+    def action(sub, name: str, text: str):
+        # Global options (--json, --addr, ...) are accepted after the action too, as after any command.
+        a = sub.add_parser(name, help=text, description=text)
+        _add_globals(a, in_command=True)
+        return a
+
     p = command("whoami", _whoami, "show which agent this key is and the daemon it is for")
 
     p = command("agent", None, "manage agent identities (admin)")
     sub = p.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
-    a = sub.add_parser("add", help="create an agent's key file and register its public key")
+    a = action(sub, "add", "create an agent's key file and register its public key")
     a.add_argument("name")
     a.add_argument("--out", metavar="FILE", help="where to write the key file (default ./NAME.key, mode 0600)")
     a.add_argument("-g", "--group", dest="groups", action="append", default=[], help="a group to join (repeat)")
     a.set_defaults(run=_agent_add)
-    a = sub.add_parser("ls", help="list agents")
+    a = action(sub, "ls", "list agents")
     a.add_argument("--all", action="store_true", help="include revoked agents")
     a.set_defaults(run=_agent_ls)
-    a = sub.add_parser("revoke", help="revoke an agent: its tokens and open streams stop at once")
+    a = action(sub, "revoke", "revoke an agent: its tokens and open streams stop at once")
     a.add_argument("name")
     a.set_defaults(run=_agent_revoke)
 
@@ -42,14 +50,14 @@ def add_commands(command) -> None:
 
     p = command("policy", None, "list, show and revoke signed policies")
     sub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-    a = sub.add_parser("ls", help="policies you issued or that name you (all, for the admin)")
+    a = action(sub, "ls", "policies you issued or that name you (all, for the admin)")
     a.add_argument("--subject", default="", help="only policies for this subject")
     a.add_argument("--all", action="store_true", help="include revoked and expired policies")
     a.set_defaults(run=_policy_ls)
-    a = sub.add_parser("show", help="one policy: its document, signature, and whether the signature verifies")
+    a = action(sub, "show", "one policy: its document, signature, and whether the signature verifies")
     a.add_argument("id")
     a.set_defaults(run=_policy_show)
-    a = sub.add_parser("revoke", help="revoke a policy you issued (or any, as admin)")
+    a = action(sub, "revoke", "revoke a policy you issued (or any, as admin)")
     a.add_argument("id")
     a.set_defaults(run=_policy_revoke)
 
