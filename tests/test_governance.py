@@ -296,3 +296,14 @@ def test_revoking_an_agent_ends_its_open_stream(agents, client, daemon):
         next(call)
     feed.put(None)
     assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED and "revoked" in info.value.details()
+
+
+def test_page_tokens_are_bound_to_the_callers_view(agents, client):
+    alice, bob = agents("alice"), agents("bob")
+    alice.put_many([{"text": f"a{i}", "namespace": "agents/alice/n"} for i in range(5)])
+    page = client.list_page(page_size=2)
+    assert page.total_size == 5 and page.next_page_token
+    client.put("added after the first page", "agents/alice/n")
+    assert client.list_page(page_size=2, page_token=page.next_page_token).total_size == 5  # as first counted
+    with pytest.raises(InvalidArgument, match="different filter"):
+        bob.list_page(page_size=2, page_token=page.next_page_token)  # the admin's view is not bob's

@@ -74,9 +74,11 @@ def _states_sql(states, now: float, a: str, params: list) -> str:
 
 
 def filter_digest(f: CubeFilter) -> str:
+    # The caller's scope is part of it: a token (and the total it carries) is only good for the same view.
+    scope = None if f.scope is None else sorted((r.namespace, r.subtree, sorted(map(int, r.kinds))) for r in f.scope)
     key = json.dumps(
         [f.namespace_prefix, sorted(map(int, f.kinds)), list(f.tags), f.created_after, f.created_before,
-         sorted(map(int, f.states))]
+         sorted(map(int, f.states)), scope, f.viewer]
     )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -87,13 +89,14 @@ class PageTokens:
     def __init__(self, key: bytes):
         self._key = key
 
-    def make(self, after_seq: int, f: CubeFilter) -> str:
-        body = json.dumps({"a": after_seq, "f": filter_digest(f)}, separators=(",", ":")).encode()
+    def make(self, after_seq: int, f: CubeFilter, total: int) -> str:
+        body = json.dumps({"a": after_seq, "f": filter_digest(f), "t": total}, separators=(",", ":")).encode()
         mac = hmac.new(self._key, body, hashlib.sha256).digest()[:16]
         return base64.urlsafe_b64encode(body + mac).decode().rstrip("=")
 
-    def read(self, token: str, f: CubeFilter) -> int:
-        """The seq to continue after; InvalidArgument if the token was altered or is for another filter."""
+    def read(self, token: str, f: CubeFilter) -> tuple[int, int]:
+        """The seq to continue after and the total counted for the first page; InvalidArgument if the
+        token was altered or is for another filter."""
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             body, mac = raw[:-16], raw[-16:]
@@ -101,8 +104,8 @@ class PageTokens:
             data = json.loads(body) if ok else None
         except (ValueError, UnicodeDecodeError):
             data = None
-        if not isinstance(data, dict) or not isinstance(data.get("a"), int):
+        if not isinstance(data, dict) or not isinstance(data.get("a"), int) or not isinstance(data.get("t"), int):
             raise InvalidArgument("page_token is not one this daemon issued; start again without a page_token")
         if data.get("f") != filter_digest(f):
             raise InvalidArgument("page_token belongs to a different filter; send the same filter as the first page")
-        return data["a"]
+        return data["a"], data["t"]

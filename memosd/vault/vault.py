@@ -240,7 +240,7 @@ class MemVault:
 
     async def list(self, f: CubeFilter, page_size: int, page_token: str = "") -> Page:
         check_filter(f)
-        after = self._tokens.read(page_token, f) if page_token else 0
+        after, total = self._tokens.read(page_token, f) if page_token else (0, None)
         now = self.clock()
         where, params = filter_sql(f, now)
 
@@ -248,10 +248,12 @@ class MemVault:
             found = conn.execute(
                 f"SELECT {rows.COLUMNS} FROM cubes c WHERE c.seq > ? AND {where} ORDER BY c.seq LIMIT ?",
                 [after, *params, page_size + 1]).fetchall()
-            (total,) = conn.execute(f"SELECT count(*) FROM cubes c WHERE {where}", params).fetchone()
+            # Counted for the first page only; later pages carry it in their token.
+            count = total if total is not None else conn.execute(
+                f"SELECT count(*) FROM cubes c WHERE {where}", params).fetchone()[0]
             page = [rows.row_dict(r) for r in found[:page_size]]
-            token = self._tokens.make(page[-1]["seq"], f) if len(found) > page_size else ""
-            return Page([rows.to_cube(r, now) for r in page], token, total)
+            token = self._tokens.make(page[-1]["seq"], f, count) if len(found) > page_size else ""
+            return Page([rows.to_cube(r, now) for r in page], token, count)
 
         return await self.db.read(job)
 
