@@ -118,3 +118,38 @@ def test_subscriber_that_disconnects_resumes_where_it_left(config):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_sigterm_ends_subscriptions_at_once_and_the_client_resumes_after_restart(config):
+    key = config.data_dir / "admin.key"
+    proc = spawn_daemon(config)
+    seen: list = []
+    with MemosClient(config.listen, key=key) as c:
+        cube_id = c.put("x", "agents/admin/n").id
+        c.publish("teams/t", cube_id)
+
+        def read():
+            with MemosClient(config.listen, key=key) as r:
+                for event in r.subscribe("teams/t", resume_for=60):
+                    seen.append(event.seq)
+                    if event.seq == 2:
+                        return
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        deadline = time.monotonic() + 20
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert time.monotonic() - started < 5, "shutdown waited for the open subscription"
+    proc = spawn_daemon(config)
+    try:
+        with MemosClient(config.listen, key=key) as c:
+            c.publish("teams/t", cube_id)
+        reader.join(30)
+        assert seen == [1, 2]
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -126,6 +126,7 @@ class MemosServer:
         if self._server is None:
             return
         await self._health.enter_graceful_shutdown()
+        self.store.hub.close()  # subscriptions never end by themselves: end them now, with their positions
         await self._server.stop(self.config.shutdown_grace if grace is None else grace)
         self._server = None
         if self.metrics_endpoint is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from memosd.errors import ResourceExhausted
+from memosd.errors import ResourceExhausted, Unavailable
 from memosd.governance.policy import Pattern
 
 
@@ -50,8 +50,16 @@ class Hub:
         self._subscribers: set[Subscriber] = set()
         self._per_agent: dict[str, int] = {}
         self.dropped_slow = 0
+        self.closing = asyncio.Event()
+
+    def close(self) -> None:
+        """The daemon is stopping: open streams end (with their position) so that clients resume elsewhere
+        or after the restart, and new ones are refused."""
+        self.closing.set()
 
     def register(self, agent: str, pattern: Pattern) -> Subscriber:
+        if self.closing.is_set():
+            raise Unavailable("the daemon is shutting down; subscribe again once it is back")
         if self._per_agent.get(agent, 0) >= self.per_agent_limit:
             raise ResourceExhausted(f"agent {agent} has {self.per_agent_limit} open subscriptions, the limit;"
                                     " close one first")

@@ -12,7 +12,10 @@ import time
 from dataclasses import dataclass, field
 
 from memosd.cube import MemCube
-from memosd.errors import Compacted, FailedPrecondition, InvalidArgument, MemosError, NotFound, PermissionDenied, ResourceExhausted
+from memosd.errors import (
+    Compacted, FailedPrecondition, InvalidArgument, MemosError, NotFound, PermissionDenied, ResourceExhausted,
+    Unavailable,
+)
 from memosd.governance import MemGovernance, Principal
 from memosd.governance.policy import Pattern, check_name
 from memosd.ids import is_id
@@ -350,10 +353,13 @@ class _Stream:
             guard.cancel()
 
     async def _guard(self, stream: asyncio.Task) -> None:
+        closing = self.store.hub.closing
         while True:
             changed = self.store.gov.changed()
-            await _first([self.sub.overflow.wait(), changed.wait()], None)
+            await _first([self.sub.overflow.wait(), changed.wait(), closing.wait()], None)
             try:
+                if closing.is_set():
+                    raise Unavailable(f"the daemon is shutting down; resume after {self._positions()} once it is back")
                 if changed.is_set():
                     self._recheck()
                 if self.sub.overflowed:

@@ -10,8 +10,17 @@ import grpc
 
 from memos_client.auth import TokenSource
 
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                   ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    # A local daemon restarts in about a second: reconnect quickly, and keep each client's connection
+    # state its own (gRPC otherwise shares one, backoff included, between channels to the same address,
+    # so a new client could fail at once because another one had failed a moment before).
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 
 
 class _Details(collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
