@@ -87,7 +87,7 @@ class _Durable:
     delivered: dict[str, int] = field(default_factory=dict)
     unacked_since: float | None = None
     active: bool = False
-    acks: asyncio.Event = field(default_factory=asyncio.Event)
+    wakeup: asyncio.Event | None = None  # the open stream's, set by an acknowledgement
 
 
 class MemStore:
@@ -185,13 +185,15 @@ class MemStore:
         durable = None
         try:
             durable = await self._open_durable(p, spec) if spec.durable_name else None
+            if durable is not None:
+                durable.wakeup = sub.wakeup
             delivered = await self._start_positions(pattern, spec, durable)
             stream = _Stream(self, p, pattern, sub, send, delivered, durable, spec)
             await stream.run()
         finally:
             self.hub.unregister(sub)
             if durable is not None:
-                durable.active = False
+                durable.active, durable.wakeup = False, None
 
     async def _start_positions(self, pattern: Pattern, spec: SubscribeSpec, durable) -> dict[str, int]:
         topics = await self.db.read(lambda conn: _topics(conn, pattern))
@@ -278,7 +280,8 @@ class MemStore:
             "UPDATE durable_subscriptions SET acked = ? WHERE agent = ? AND name = ?", (json.dumps(acked), p.name, name)))
         durable.acked = acked
         durable.unacked_since = self.clock() if any(durable.delivered.get(t, 0) > a for t, a in acked.items()) else None
-        durable.acks.set()
+        if durable.wakeup is not None:
+            durable.wakeup.set()
         return seq
 
     # -- topics and retention -----------------------------------------------------------------
@@ -426,13 +429,14 @@ class _Stream:
         timeout = self.spec.heartbeat_seconds
         if self.durable is not None and self.durable.unacked_since is not None:
             timeout = min(timeout, max(0.0, self.durable.unacked_since + self.spec.ack_timeout - self.store.clock()))
-        waits = [self.sub.wakeup.wait()]
-        if self.durable is not None:
-            self.durable.acks.clear()
-            waits.append(self.durable.acks.wait())
-        woke = await _first(waits, timeout)
-        if woke or (self.durable is not None and self.durable.acks.is_set()):
+        # One event wakes the stream: a new event in its queue, or (durable) an acknowledgement. This is
+        # the hot path of every subscriber, so no helper tasks.
+        try:
+            async with asyncio.timeout(timeout):
+                await self.sub.wakeup.wait()
             return
+        except TimeoutError:
+            pass
         if self._redelivery_due():
             self._rewind()
             for topic in sorted(self.delivered):
