@@ -121,3 +121,13 @@ def test_async_client_put_many_and_search(aclient_factory):
             assert [x.id async for x in c.list(page_size=7)] == ids
 
     asyncio.run(go())
+
+
+def test_search_follows_updates_and_deletes(client):
+    cube = client.put("Carol's cat is called Tom", "agents/a/n")
+    client.update(cube.id, text="Carol's cat is called Miso")
+    assert [h.cube.id for h in client.search("Miso cat", mode="bm25")] == [cube.id]
+    assert [h.cube.id for h in client.search("carol", mode="bm25")] == [cube.id]
+    assert client.search("Tom", mode="bm25") == []
+    client.delete(cube.id)
+    assert client.search("Miso cat", mode="bm25") == []

@@ -124,3 +124,19 @@ def m0004_jobs(db: Database) -> None:
         " created_at REAL NOT NULL, started_at REAL, finished_at REAL, done INTEGER NOT NULL, total INTEGER NOT NULL,"
         " message TEXT NOT NULL, result_ids TEXT NOT NULL, metrics TEXT NOT NULL, error_type TEXT, error TEXT)"
     )
+
+
+@migrations()
+def m0005_fts_update_in_order(db: Database) -> None:
+    # SQLite fires the triggers of one event newest first, so the two update triggers of m0001 inserted
+    # the new text before deleting the old, and the delete took the new text's shared words with it.
+    # One trigger does both in order; 'rebuild' repairs indexes written by the old pair.
+    db.execute("DROP TRIGGER cubes_au_old")
+    db.execute("DROP TRIGGER cubes_au_new")
+    db.execute(
+        "CREATE TRIGGER cubes_au AFTER UPDATE OF text ON cubes BEGIN"
+        " INSERT INTO cubes_fts(cubes_fts, rowid, text) SELECT 'delete', old.seq, old.text WHERE old.text IS NOT NULL;"
+        " INSERT INTO cubes_fts(rowid, text) SELECT new.seq, new.text WHERE new.text IS NOT NULL;"
+        " END"
+    )
+    db.execute("INSERT INTO cubes_fts(cubes_fts) VALUES ('rebuild')")
