@@ -4,6 +4,7 @@ command under the name the distillation workflow uses)."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from memos_client.cli_common import remove_cubes
 from memos_client._terminal import Table, emit, size, when
@@ -169,6 +170,8 @@ def _adapter_rm(client: MemosClient, args) -> int:
 
 
 def _load_base(directory: str):
+    if not (Path(directory).expanduser() / "config.json").is_file():
+        raise InvalidArgument(f"--base-model {directory} is not a local model directory (no config.json there)")
     try:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -176,7 +179,7 @@ def _load_base(directory: str):
         raise InvalidArgument("--base-model needs transformers installed; give --model FINGERPRINT instead") from None
     hf_logging.disable_progress_bar()
     try:
-        return AutoModelForCausalLM.from_pretrained(directory, local_files_only=True)
+        return AutoModelForCausalLM.from_pretrained(Path(directory).expanduser(), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise InvalidArgument(f"cannot load the base model at {directory}: {' '.join(str(exc).split())[:300]}") from None
 
