@@ -26,6 +26,8 @@ class Config:
     log_level: str = "info"
     # Directory of a Hugging Face encoder for dense search; empty means BM25 only.
     embedding_model: str = ""
+    # torch threads for embedding (backfill and queries); 0 picks a quarter of the cores, at least 1.
+    embedding_threads: int = 0
     # Directory of a local Hugging Face causal LM that builds KV caches from plaintext (kv build), and
     # the dtype to load it in ("auto": the checkpoint's, as from_pretrained does); empty: no builds.
     activation_model: str = ""
@@ -98,7 +100,7 @@ def _build(values: dict) -> Config:
         for key in ("sweep_interval", "access_flush_interval", "shutdown_grace", "topic_max_age"):
             if key in top:
                 top[key] = float(top[key])
-        for key in ("subscriber_queue", "subscriptions_per_agent", "topic_max_events"):
+        for key in ("subscriber_queue", "subscriptions_per_agent", "topic_max_events", "embedding_threads"):
             if key in top:
                 top[key] = int(top[key])
     except ValueError as exc:
@@ -161,6 +163,7 @@ def write_default_config(data_dir: Path) -> Path:
         f'# listen = "unix:{default_socket_path()}"   # or "127.0.0.1:7700"\n'
         '# log_level = "info"\n'
         '# embedding_model = "/path/to/local/all-MiniLM-L6-v2"   # enables dense and hybrid search\n'
+        "# embedding_threads = 0   # torch threads for embedding; 0: a quarter of the cores\n"
         '# activation_model = "/path/to/local/Qwen2.5-0.5B"   # enables memosctl kv build\n'
         '# parametric_model = "/path/to/local/Qwen2.5-0.5B"   # memosctl distill (default: activation_model)\n'
         "# sweep_interval = 30.0\n"

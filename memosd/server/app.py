@@ -74,7 +74,7 @@ class MemosServer:
         if cfg.embedding_model:
             from memosd.runtime.embedder import Embedder
 
-            embedder = Embedder(cfg.embedding_model)
+            embedder = Embedder(cfg.embedding_model, threads=cfg.embedding_threads or None)
         db, self.governance = await open_storage(cfg, self._governance_type)
         gov = self.governance
         self.vault = MemVault(cfg.data_dir, db=db, limits=cfg.limits, embedder=embedder, audit=gov.audit_write)
