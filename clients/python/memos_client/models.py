@@ -33,6 +33,17 @@ def _time(msg, name: str) -> datetime | None:
     return getattr(msg, name).ToDatetime(tzinfo=timezone.utc)
 
 
+def _json(value):
+    """Struct carries every number as a double; whole numbers come back as ints, as they were written."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json(v) for v in value]
+    return value
+
+
 @dataclass
 class Cube:
     """One version of a MemCube."""
@@ -66,7 +77,7 @@ class Cube:
         return cls(
             id=d.id, namespace=d.namespace, kind=Kind(d.kind),
             text=msg.plaintext.text if msg.HasField("plaintext") else None,
-            tags=list(d.tags), metadata=json_format.MessageToDict(d.metadata) if d.HasField("metadata") else {},
+            tags=list(d.tags), metadata=_json(json_format.MessageToDict(d.metadata)) if d.HasField("metadata") else {},
             source=d.source, owner=g.owner, state=State(g.state), priority=g.priority, version=b.version,
             parent_version=b.parent_version, created_at=_time(d, "created_at"), updated_at=_time(d, "updated_at"),
             expires_at=_time(g, "expires_at"), access_count=b.access_count,
