@@ -413,3 +413,32 @@ def test_cancelled_streams_leave_nothing_behind(client, daemon, tmp_path):
         assert time.monotonic() < deadline, "the import's staging directory was left behind"
         time.sleep(0.05)
     assert client.export(tmp_path / "after", "agents/admin/big")["counts"]["cubes"] == 3000
+
+
+def test_adapter_cubes_travel_in_peft_format_and_load_the_same(client, other, tmp_path):
+    import torch
+    from peft import PeftModel
+
+    from tests.adapter_helpers import logits, save_adapter
+    from tests.kv_helpers import tiny_model
+
+    directory = save_adapter(tmp_path / "adapter", "llama")
+    cube_id = client.push_adapter(directory, tiny_model("llama"), namespace="agents/admin/skills", tags=["legal"])
+    manifest = client.export(tmp_path / "out", "agents/admin/skills", kinds=["parametric"])
+    assert manifest["counts"]["parametric"] == 1
+    sha = client.get(cube_id).adapter.blob.sha256
+    exported = tmp_path / "out" / "adapters" / sha
+    assert sorted(p.name for p in exported.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    # The exported directory is a PEFT adapter as it stands.
+    ids = torch.randint(4, 128, (2, 12))
+    plain_peft = PeftModel.from_pretrained(tiny_model("llama"), exported)
+    local = PeftModel.from_pretrained(tiny_model("llama"), directory)
+    torch.testing.assert_close(logits(plain_peft, ids), logits(local, ids), atol=1e-6, rtol=0)
+    # And it comes back into another daemon as the same blob.
+    result = other.import_bundle(tmp_path / "out", "teams/skills")
+    assert (result.cubes, result.tensors) == (1, 1)
+    [moved] = [c for c in other.list("teams/skills")]
+    assert moved.adapter.blob.sha256 == sha and moved.tags == ["legal"]
+    loaded = other.load_adapter(moved.id, tiny_model("llama"))
+    torch.testing.assert_close(logits(loaded, ids), logits(local, ids), atol=1e-6, rtol=0)
+    assert other.import_bundle(tmp_path / "out", "teams/skills").skipped == 1

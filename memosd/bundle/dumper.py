@@ -60,8 +60,8 @@ def write_bundle(out, *, data_dir: Path, root: str, cube_filter: CubeFilter, pol
     """Write the bundle tar to `out` (anything with write()); blocking, run it on a thread."""
     summary = ExportSummary(by_kind={k.name.lower(): 0 for k in MemoryKind})
     payloads: dict[str, PayloadFile] = {}
-    with tempfile.TemporaryFile(dir=data_dir) as spool:
-        digest = _dump_cubes(spool, data_dir, cube_filter, summary, payloads, clock)
+    with tempfile.TemporaryFile(dir=data_dir) as spool, tempfile.TemporaryDirectory(dir=data_dir) as scratch:
+        digest = _dump_cubes(spool, data_dir, cube_filter, summary, payloads, clock, Path(scratch))
         cubes_size = spool.tell()
         spool.seek(0)
         policy_lines = b"".join(_line({
@@ -96,7 +96,8 @@ def write_bundle(out, *, data_dir: Path, root: str, cube_filter: CubeFilter, pol
     return summary
 
 
-def _dump_cubes(spool, data_dir: Path, f: CubeFilter, summary: ExportSummary, payloads: dict, clock) -> str:
+def _dump_cubes(spool, data_dir: Path, f: CubeFilter, summary: ExportSummary, payloads: dict, clock,
+                scratch: Path) -> str:
     h = hashlib.sha256()
     blobs: dict[str, Path] | None = None
     conn = connect(Path(data_dir) / "memos.db", readonly=True)
@@ -113,7 +114,7 @@ def _dump_cubes(spool, data_dir: Path, f: CubeFilter, summary: ExportSummary, pa
                     sha = (cube.manifest or {}).get("blob", {}).get("sha256", "")
                     if sha not in blobs:
                         raise FailedPrecondition(f"cube {cube.id}'s payload {sha} is not in the blob store")
-                    for pf in CODECS[cube.kind].files(cube, blobs[sha]):
+                    for pf in CODECS[cube.kind].files(cube, blobs[sha], scratch):
                         payloads[pf.name] = pf
                 line = _line(cube_record(cube))
                 spool.write(line)

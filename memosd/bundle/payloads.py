@@ -2,9 +2,8 @@
 
 Activation payloads are safetensors already (memos_client.tensor_format) and travel as one file,
 tensors/<sha256>.safetensors. Parametric payloads travel in PEFT's own layout,
-adapters/<sha256>/{adapter_config.json, adapter_model.safetensors}; turning the daemon's adapter blob
-into those two files needs the adapter codec of memosd.runtime, which is not built yet, so a
-parametric cube is refused with a message saying so rather than exported half.
+adapters/<sha256>/{adapter_config.json, adapter_model.safetensors}, split from and rebuilt into the
+daemon's adapter blob by memos_client.adapter_format (byte for byte, so the digest still holds).
 """
 
 from __future__ import annotations
@@ -13,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from memos_client.adapter_format import FormatError, from_peft_files, peft_files
 from memosd.cube import MemCube, MemoryKind
-from memosd.errors import FailedPrecondition
+from memosd.errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,8 @@ class PayloadFile:
 
 
 class PayloadCodec(Protocol):
-    def files(self, cube: MemCube, blob: Path) -> list[PayloadFile]:
-        """The bundle files that carry this cube's payload blob."""
+    def files(self, cube: MemCube, blob: Path, scratch: Path) -> list[PayloadFile]:
+        """The bundle files that carry this cube's payload blob (written under scratch if need be)."""
 
     def names(self, cube: MemCube) -> list[str]:
         """The bundle names an imported cube's payload must arrive in."""
@@ -39,7 +39,7 @@ class PayloadCodec(Protocol):
 class ActivationCodec:
     """A KV cache's blob is safetensors bytes: one file, unchanged."""
 
-    def files(self, cube: MemCube, blob: Path) -> list[PayloadFile]:
+    def files(self, cube: MemCube, blob: Path, scratch: Path) -> list[PayloadFile]:
         return [PayloadFile(*self.names(cube), blob)]
 
     def names(self, cube: MemCube) -> list[str]:
@@ -50,20 +50,35 @@ class ActivationCodec:
 
 
 class ParametricCodec:
-    """PEFT directory layout; waits for the adapter codec (see the module docstring)."""
+    """An adapter blob as PEFT's two files; rebuilt into the same blob on import."""
 
-    def files(self, cube: MemCube, blob: Path) -> list[PayloadFile]:
-        raise FailedPrecondition(f"cube {cube.id} is a parametric (LoRA) cube; exporting adapters in PEFT format"
-                                 " needs the adapter codec, which this memosd does not have yet. Export the other"
-                                 " kinds with --kind plaintext --kind activation")
+    def files(self, cube: MemCube, blob: Path, scratch: Path) -> list[PayloadFile]:
+        config_name, weights_name = self.names(cube)
+        out = scratch / cube.manifest["blob"]["sha256"]
+        out.mkdir(parents=True, exist_ok=True)
+        # Adapters are megabytes, not gigabytes: read whole.
+        config, weights = peft_files(blob.read_bytes())
+        (out / "adapter_config.json").write_bytes(config)
+        with open(out / "adapter_model.safetensors", "wb") as w:
+            w.writelines(weights)
+        return [PayloadFile(config_name, out / "adapter_config.json"),
+                PayloadFile(weights_name, out / "adapter_model.safetensors")]
 
     def names(self, cube: MemCube) -> list[str]:
         sha = cube.manifest["blob"]["sha256"]
         return [f"adapters/{sha}/adapter_config.json", f"adapters/{sha}/adapter_model.safetensors"]
 
     def blob(self, cube: MemCube, files: dict[str, Path]) -> Path:
-        raise FailedPrecondition(f"cube {cube.id} is a parametric (LoRA) cube; importing adapters needs the"
-                                 " adapter codec, which this memosd does not have yet")
+        config_name, weights_name = self.names(cube)
+        target = files[weights_name].with_name("adapter.blob")
+        try:
+            header, parts = from_peft_files(files[config_name].read_bytes(), files[weights_name].read_bytes())
+            with open(target, "wb") as out:
+                out.write(header)
+                out.writelines(parts)
+        except (FormatError, ValueError) as exc:
+            raise InvalidArgument(f"cube {cube.id}: its adapter files are not a valid PEFT LoRA adapter ({exc})") from None
+        return target
 
 
 CODECS: dict[MemoryKind, PayloadCodec] = {

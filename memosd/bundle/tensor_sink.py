@@ -1,21 +1,25 @@
-"""Stores imported activation cubes through the daemon's own tensor memory (blob store, ActivationVault)."""
+"""Stores imported tensor cubes through the daemon's own tensor memory (blob store, then the activation or
+parametric vault, which check the manifest against the payload)."""
 
 from __future__ import annotations
 
 import mmap
 from pathlib import Path
 
+from memos_client.adapter_format import AdapterManifest
 from memos_client.tensor_format import FormatError, KVManifest
 from memosd.cube import LifecycleState, MemCube, MemoryKind
 from memosd.errors import DataLoss, FailedPrecondition, InvalidArgument
-from memosd.vault.activation import ActivationDraft
+from memosd.vault.tensor_cubes import TensorDraft
+
+_MANIFESTS = {MemoryKind.ACTIVATION: KVManifest, MemoryKind.PARAMETRIC: AdapterManifest}
 
 
-class ActivationSink:
-    """A TensorSink for activation cubes. The payload goes through the blob store, the cube through
-    ActivationVault.put, which checks the manifest against the payload and indexes its prefix; so the
-    cube gets a new id and times. A cube with the same payload in the same namespace counts as imported
-    before, which keeps a re-run from storing it twice."""
+class TensorMemorySink:
+    """A TensorSink for activation and parametric cubes. The payload goes through the blob store, the
+    cube through ActivationVault.put or ParametricVault.put, so the cube gets a new id and times. A cube
+    with the same payload in the same namespace counts as imported before, which keeps a re-run from
+    storing it twice."""
 
     def __init__(self, vault, tensors):
         self.vault = vault
@@ -23,14 +27,13 @@ class ActivationSink:
 
     async def put(self, cube: MemCube, blob: Path, owner: str) -> bool:
         """True if stored, False if the namespace holds the same payload already."""
-        if cube.kind is not MemoryKind.ACTIVATION:
-            raise FailedPrecondition(f"cube {cube.id} is {cube.kind.name.lower()}; only activation cubes can be"
-                                     " imported with their tensors")
+        if cube.kind not in _MANIFESTS:
+            raise FailedPrecondition(f"cube {cube.id} is {cube.kind.name.lower()}; it carries no tensors")
         try:
-            manifest = KVManifest.from_json(cube.manifest)
+            manifest = _MANIFESTS[cube.kind].from_json(cube.manifest)
         except (FormatError, KeyError, TypeError, ValueError) as exc:
-            raise InvalidArgument(f"cube {cube.id}: its KV manifest is malformed ({exc})") from None
-        if await self._present(cube.namespace, manifest.blob_sha256):
+            raise InvalidArgument(f"cube {cube.id}: its manifest is malformed ({exc})") from None
+        if await self._present(cube.namespace, cube.kind, manifest.blob_sha256):
             return False
         size = blob.stat().st_size
         if size == 0:
@@ -41,14 +44,15 @@ class ActivationSink:
             raise DataLoss(f"cube {cube.id}: its payload does not match the manifest's sha256 and size")
         now = self.vault.clock()
         ttl = 0 if cube.expires_at is None else max(1, int(cube.expires_at - now))
-        draft = ActivationDraft(namespace=cube.namespace, manifest=manifest, tags=cube.tags, metadata=cube.metadata,
-                                source=cube.source, derived_from=cube.derived_from, ttl_seconds=ttl,
-                                visibility=cube.visibility, priority=cube.priority)
-        await self.tensors.activations.put(draft, owner)
+        draft = TensorDraft(namespace=cube.namespace, manifest=manifest, tags=cube.tags, metadata=cube.metadata,
+                            source=cube.source, derived_from=cube.derived_from, ttl_seconds=ttl,
+                            visibility=cube.visibility, priority=cube.priority)
+        store = self.tensors.activations if cube.kind is MemoryKind.ACTIVATION else self.tensors.parametric
+        await store.put(draft, owner)
         return True
 
-    async def _present(self, namespace: str, sha256: str) -> bool:
+    async def _present(self, namespace: str, kind: MemoryKind, sha256: str) -> bool:
         return bool(await self.vault.db.read(lambda conn: conn.execute(
             "SELECT 1 FROM cubes WHERE namespace = ? AND kind = ? AND state != ?"
             " AND json_extract(manifest, '$.blob.sha256') = ?",
-            (namespace, int(MemoryKind.ACTIVATION), int(LifecycleState.DELETED), sha256)).fetchone()))
+            (namespace, int(kind), int(LifecycleState.DELETED), sha256)).fetchone()))

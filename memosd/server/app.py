@@ -18,7 +18,7 @@ from memosd.lifecycle import MemLifecycle
 from memosd.metrics import Metrics
 from memosd.server.admin_service import AdminService
 from memosd.server.bundle_service import BundleService
-from memosd.bundle.tensor_sink import ActivationSink
+from memosd.bundle.tensor_sink import TensorMemorySink
 from memosd.server.metrics_endpoint import MetricsEndpoint
 from memosd.server.observability import watch
 from memosd.server.daemon_service import DaemonService
@@ -96,7 +96,7 @@ class MemosServer:
         started = time.time()
         servicers = (VaultService(self.vault, gov), DaemonService(self.vault, started, cfg.listen, metrics=self.metrics),
                      GovernanceService(gov), StoreService(self.store), AdminService(cfg.data_dir, db, gov),
-                     BundleService(self.vault, gov, cfg.data_dir, ActivationSink(self.vault, self.tensors)),
+                     BundleService(self.vault, gov, cfg.data_dir, TensorMemorySink(self.vault, self.tensors)),
                      *self.tensors.servicers())
         # Each servicer class is named after its service (memos.v1.VaultService -> VaultService).
         by_name = {type(servicer).__name__: servicer for servicer in servicers}
