@@ -86,8 +86,8 @@ async def _answering(method: str, context, governance, observe=None):
         if isinstance(exc, Unauthenticated):
             trailers.append(("memos-policy-epoch", str(governance.epoch)))
         context.set_trailing_metadata(tuple(trailers))
-    except grpc.aio.AbortError:
-        code = grpc.StatusCode(context.code()) if isinstance(context.code(), grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    except grpc.aio.AbortError:  # the body aborted the call itself: pass it on, log what it set
+        code = context.code() if isinstance(context.code(), grpc.StatusCode) else grpc.StatusCode.UNKNOWN
         raise
     except Exception:
         code, detail = grpc.StatusCode.INTERNAL, "internal error in memosd; the daemon's log has the details"
