@@ -12,27 +12,21 @@ from typing import IO
 from memos_client.models import Cube
 
 
-class Progress:
-    """A one-line progress bar on stderr: redrawn in place on a terminal, a line a second otherwise."""
+class ProgressLine:
+    """A one-line status on stderr: redrawn in place on a terminal (at most 10 times a second), a
+    line a second otherwise."""
 
-    def __init__(self, stream: IO[str], total_bytes: int | None, enabled: bool):
-        self.stream, self.total, self.enabled = stream, total_bytes, enabled
+    def __init__(self, stream: IO[str], enabled: bool):
+        self.stream, self.enabled = stream, enabled
         self.tty = enabled and stream.isatty()
         self.started, self.last = time.monotonic(), float("-inf")
         self.drawn = False
 
-    def update(self, count: int, done_bytes: int) -> None:
+    def draw(self, text: str, force: bool = False) -> None:
         now = time.monotonic()
-        if not self.enabled or now - self.last < (0.1 if self.tty else 1.0):
+        if not self.enabled or (now - self.last < (0.1 if self.tty else 1.0) and not force):
             return
         self.last = now
-        rate = count / max(now - self.started, 1e-6)
-        bar = ""
-        if self.total:  # a regular file: the share of its bytes acknowledged
-            share = min(done_bytes / self.total, 1.0)
-            filled = int(share * 30)
-            bar = f"[{'#' * filled}{'.' * (30 - filled)}] {share:4.0%}  "
-        text = f"importing  {bar}{count:,} cube{'' if count == 1 else 's'}  {rate:,.0f}/s"
         if self.tty:
             self.stream.write("\r" + text[:columns() - 1].ljust(columns() - 1))
         else:
@@ -44,6 +38,24 @@ class Progress:
         if self.tty and self.drawn:
             self.stream.write("\r" + " " * (columns() - 1) + "\r")
             self.stream.flush()
+
+
+def bar(share: float) -> str:
+    filled = int(min(max(share, 0.0), 1.0) * 30)
+    return f"[{'#' * filled}{'.' * (30 - filled)}] {min(share, 1.0):4.0%}"
+
+
+class Progress(ProgressLine):
+    """The import's progress: cubes acknowledged, and the share of a regular file's bytes."""
+
+    def __init__(self, stream: IO[str], total_bytes: int | None, enabled: bool):
+        super().__init__(stream, enabled)
+        self.total = total_bytes
+
+    def update(self, count: int, done_bytes: int) -> None:
+        rate = count / max(time.monotonic() - self.started, 1e-6)
+        share = f"{bar(done_bytes / self.total)}  " if self.total else ""
+        self.draw(f"importing  {share}{count:,} cube{'' if count == 1 else 's'}  {rate:,.0f}/s")
 
 
 def emit(obj: dict) -> None:

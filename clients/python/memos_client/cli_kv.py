@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import sys
-import time
-from typing import IO
 
 from memos_client.cli_common import remove_cubes
-from memos_client._terminal import Table, columns, emit, size, when
+from memos_client._terminal import ProgressLine, Table, bar, emit, size, when
 from memos_client.client import MemosClient
 from memos_client.errors import MemosError
 from memos_client.kv_models import Job, JobState
@@ -223,32 +221,9 @@ def _fraction(job: Job) -> str:
     return f"{job.done}/{job.total} ({job.done / job.total:.0%})"
 
 
-class JobProgress:
-    """A one-line bar on stderr for a job: redrawn in place on a terminal, a line a second otherwise."""
-
-    def __init__(self, stream: IO[str], enabled: bool):
-        self.stream, self.enabled = stream, enabled
-        self.tty = enabled and stream.isatty()
-        self.last = float("-inf")
-        self.drawn = False
+class JobProgress(ProgressLine):
+    """A job's progress: done/total and its latest message."""
 
     def update(self, job: Job) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < (0.1 if self.tty else 1.0) and not job.finished):
-            return
-        self.last = now
         share = job.done / job.total if job.total else 0.0
-        filled = int(min(share, 1.0) * 30)
-        text = (f"{job.kind}  [{'#' * filled}{'.' * (30 - filled)}] {share:4.0%}  "
-                f"{job.done:,}/{job.total:,}  {job.message}")
-        if self.tty:
-            self.stream.write("\r" + text[:columns() - 1].ljust(columns() - 1))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-        self.drawn = True
-
-    def finish(self) -> None:
-        if self.tty and self.drawn:
-            self.stream.write("\r" + " " * (columns() - 1) + "\r")
-            self.stream.flush()
+        self.draw(f"{job.kind}  {bar(share)}  {job.done:,}/{job.total:,}  {job.message}", force=job.finished)
