@@ -25,6 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from shared import serve  # noqa: E402  (bench/shared.py)
+
 LAYERS, HEADS, HEAD_DIM = 24, 8, 128  # float32: 192 KiB of cache per token
 
 
@@ -40,24 +42,6 @@ def memcpy_gbps(mib: int = 256, repeats: int = 5) -> float:
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - start)
     return src.nbytes / best / 1e9
-
-
-def _serve(data_dir: str, listen: str, ready, stop) -> None:
-    from memosd.config import Config
-    from memosd.limits import Limits
-    from memosd.server import build_server
-
-    async def main():
-        config = Config(data_dir=Path(data_dir), listen=listen, log_level="warning", sweep_interval=3600,
-                        limits=Limits(max_blob_bytes=64 << 30))
-        server = build_server(config)
-        await server.start()
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        await server.stop(grace=1)
-
-    asyncio.run(main())
 
 
 def _raw_server(listen: str, size: int, ready, stop) -> None:
@@ -146,7 +130,7 @@ def main() -> int:
             result["raw_grpc"] = raw_grpc_gbps(f"unix:{sock_dir}/raw.sock", size)
         listen = f"unix:{sock_dir}/memosd.sock"
         ready, stop = mp.Event(), mp.Event()
-        proc = mp.Process(target=_serve, args=(tmp, listen, ready, stop), daemon=True)
+        proc = mp.Process(target=serve, args=(tmp, listen, ready, stop, 64 << 30), daemon=True)
         proc.start()
         try:
             if not ready.wait(120):

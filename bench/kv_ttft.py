@@ -12,7 +12,6 @@ when the agent first uses the model (reported apart, like loading the model). Pr
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing as mp
 import os
@@ -25,41 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def _serve(data_dir: str, listen: str, ready, stop) -> None:
-    from memosd.config import Config
-    from memosd.server import build_server
-
-    async def main():
-        server = build_server(Config(data_dir=Path(data_dir), listen=listen, log_level="warning", sweep_interval=3600))
-        await server.start()
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        await server.stop(grace=1)
-
-    asyncio.run(main())
-
-
-def build_model(args):
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, max_position_embeddings=32768, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    return Qwen2ForCausalLM(config).eval()
+from shared import add_model_args, build_model, serve  # noqa: E402  (bench/shared.py)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=24)
-    parser.add_argument("--hidden", type=int, default=896)
-    parser.add_argument("--intermediate", type=int, default=4864)
-    parser.add_argument("--heads", type=int, default=14)
-    parser.add_argument("--kv-heads", type=int, default=2)
-    parser.add_argument("--vocab", type=int, default=151936)
+    add_model_args(parser)
     parser.add_argument("--context", type=int, default=1024)
     parser.add_argument("--query", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each path; medians are reported")
@@ -72,7 +42,7 @@ def main() -> int:
     listen = f"unix:{sock_dir}/memosd.sock"
     with tempfile.TemporaryDirectory() as data_dir:
         ready, stop = ctx.Event(), ctx.Event()
-        daemon = ctx.Process(target=_serve, args=(data_dir, listen, ready, stop), daemon=True)
+        daemon = ctx.Process(target=serve, args=(data_dir, listen, ready, stop), daemon=True)
         daemon.start()
         try:
             if not ready.wait(120):
