@@ -27,7 +27,7 @@ CLIENT_METHODS = {
     "Publish": "publish", "Retract": "retract", "Subscribe": "subscribe", "Ack": "ack", "ListTopics": "topics",
     "SetRetention": "set_retention",
     "Backup": "backup", "Export": "export", "Import": "import_bundle",
-    "Upload": "upload_blob", "GetUploadStatus": "upload_status", "Download": "download_blob",
+    "Upload": "upload_blob", "GetUploadStatus": "upload_status", "Download": "download_blob", "OpenLocal": "open_local",
     "PutActivation": "put_activation", "FindByPrefix": "find_kv", "BuildFromPlaintext": "build_kv",
     "GetJob": "get_job", "WatchJob": "watch_job", "CancelJob": "cancel_job", "ListJobs": "list_jobs",
     "PutAdapter": "put_adapter", "Distill": "distill", "Plan": "plan",

@@ -26,6 +26,7 @@ from memosd.server.governance_service import GovernanceService
 from memosd.server.store_service import StoreService
 from memosd.server.tensor_memory import SERVICES as TENSOR_SERVICES, TensorMemory
 from memosd.server import transport
+from memosd.server.fd_exchange import FdExchange
 from memosd.server.rpc import service_handler
 from memosd.server.vault_service import VaultService
 from memosd.store import MemStore
@@ -59,6 +60,7 @@ class MemosServer:
         self.vault: MemVault | None = None
         self.store: MemStore | None = None
         self.tensors: TensorMemory | None = None
+        self.exchange: FdExchange | None = None
         self.governance: MemGovernance | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -82,7 +84,8 @@ class MemosServer:
         self.store = MemStore(db, gov, hub=Hub(capacity=cfg.subscriber_queue, per_agent_limit=cfg.subscriptions_per_agent),
                               default_max_events=cfg.topic_max_events, default_max_age=cfg.topic_max_age)
         await self.store.start()
-        self.tensors = TensorMemory(cfg, self.vault, gov)
+        self.exchange = FdExchange.beside(cfg.listen)
+        self.tensors = TensorMemory(cfg, self.vault, gov, self.exchange)
         await self.tensors.start()
         self._lifecycle = MemLifecycle(self.vault, store=self.store, sweep_interval=cfg.sweep_interval,
                                        flush_interval=cfg.access_flush_interval)
@@ -114,6 +117,8 @@ class MemosServer:
             self.metrics_endpoint = MetricsEndpoint(self.metrics, cfg.metrics_listen)
             await self.metrics_endpoint.start()
         self.address = transport.bind(server, cfg)
+        if self.exchange is not None:
+            self.exchange.start(transport.SOCKET_MODE)
         await server.start()
         self._server = server
         transport.restrict(self.address)
@@ -132,6 +137,8 @@ class MemosServer:
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.stop()
         await self._lifecycle.stop()
+        if self.exchange is not None:
+            await asyncio.to_thread(self.exchange.stop)
         await self.tensors.stop()
         await self.vault.close()
         path = socket_path(self.address)

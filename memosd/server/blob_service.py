@@ -5,7 +5,7 @@ from __future__ import annotations
 from memos_client.wire import ChunkView, encode_download, parse_upload_chunk
 from memos_mip.v1 import blob_pb2, cube_pb2
 from memosd.cube import MemoryKind
-from memosd.errors import InvalidArgument
+from memosd.errors import FailedPrecondition, InvalidArgument
 from memosd.server.auth import principal
 from memosd.vault.activation import payload_of
 
@@ -22,10 +22,11 @@ class BlobService:
     # Upload chunks are parsed as views of the received bytes, not copied into protobuf messages.
     wire_decoders = {"Upload": parse_upload_chunk}
 
-    def __init__(self, vault, blobs, governance):
+    def __init__(self, vault, blobs, governance, exchange=None):
         self.vault = vault
         self.blobs = blobs
         self.gov = governance
+        self.exchange = exchange  # FdExchange; None when the daemon listens on TCP
 
     def _authorize_upload(self, namespace: str, kind: int) -> None:
         # A blob is only ever reachable through a cube, so an upload needs the right to write that cube.
@@ -65,3 +66,15 @@ class BlobService:
             blob = None
         if blob is not None:  # nothing left from that offset: still say what the blob is
             yield encode_download(request.offset, b"", blob)
+
+    async def OpenLocal(self, request, context):
+        if self.exchange is None:
+            raise FailedPrecondition("this daemon listens on TCP: descriptors cannot reach another host; use Download")
+        p = principal()
+        cube = await self.vault.get(request.cube_id, guard=lambda c: self.gov.check_cube(p, "read", c))
+        sha256, size = payload_of(cube)
+        fd, checksum = await self.blobs.open_local(sha256, size)
+        ticket = self.exchange.deposit(fd)
+        return blob_pb2.OpenLocalResponse(blob=cube_pb2.BlobRef(sha256=sha256, size=size), xxh3_128=checksum,
+                                          ticket=ticket, exchange_socket=self.exchange.path.name,
+                                          ticket_ttl_ms=int(self.exchange.ttl * 1000))

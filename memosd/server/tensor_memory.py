@@ -29,7 +29,7 @@ SERVICES = (
 class TensorMemory:
     """Owns the parts of the daemon that deal in tensors; started after the vault, stopped before it closes."""
 
-    def __init__(self, config: Config, vault, governance):
+    def __init__(self, config: Config, vault, governance, exchange=None):
         self.blobs = BlobStore(config.data_dir, vault.db, max_blob_bytes=config.limits.max_blob_bytes,
                                max_pending_uploads=config.limits.max_pending_uploads)
         self.activations = ActivationVault(vault, self.blobs, audit=governance.audit_write)
@@ -49,7 +49,7 @@ class TensorMemory:
             trainer = LoraTrainer(base, config.parametric_dtype if config.parametric_model else config.activation_dtype)
         self.distiller = ParametricPromoter(vault, self.parametric, self.blobs, self.jobs, trainer)
         self.planner = MemPlanner(vault, self.activations, self.parametric)
-        self._servicers = (BlobService(vault, self.blobs, governance),
+        self._servicers = (BlobService(vault, self.blobs, governance, exchange),
                            ActivationService(vault, self.activations, self.promoter, governance),
                            JobService(self.jobs),
                            ParametricService(vault, self.parametric, self.distiller, self.planner, governance))

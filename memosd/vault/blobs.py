@@ -5,7 +5,8 @@
 
 A blob becomes visible only after all its bytes are in, their sha256 matches the declared one, the file is
 fsynced and renamed into place and its row is committed. Rows (table `blobs`) count the cubes that
-reference each blob; a blob nothing references is removed after a grace period.
+reference each blob; a blob nothing references is removed after a grace period. Each row also keeps the
+blob's XXH3-128, taken with the sha256, which same-host clients check a mapped payload against.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Sequence
+
+import xxhash
 
 from memosd.errors import Conflict, DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
@@ -54,6 +57,7 @@ class _Upload:
     fd: int
     touched: float
     hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
+    checksum: "xxhash.xxh3_128" = field(default_factory=xxhash.xxh3_128)
     committed: int = 0  # written and hashed; advanced on the I/O thread
     accepted: int = 0  # committed plus the write in flight
     inflight: Future | None = None
@@ -137,6 +141,7 @@ def _append(up: _Upload, block: list, offset: int, writers: ThreadPoolExecutor) 
     written = writers.submit(_write, up.fd, block, offset)
     for data in block:
         up.hasher.update(data)
+        up.checksum.update(data)
     up.committed = written.result()
 
 
@@ -299,7 +304,7 @@ class BlobStore:
                                          f" offset {up.committed}, or 0 to start over")
             if offset == 0 and up.committed:
                 await asyncio.to_thread(os.ftruncate, up.fd, 0)
-                up.hasher, up.committed = hashlib.sha256(), 0
+                up.hasher, up.checksum, up.committed = hashlib.sha256(), xxhash.xxh3_128(), 0
             up.accepted = up.committed
             self._check_space(size - up.committed)
             up.touched = time.time()
@@ -356,19 +361,19 @@ class BlobStore:
     async def _publish(self, up: _Upload) -> None:
         try:
             await asyncio.to_thread(os.fsync, up.fd)
-            await self._commit(up.path, up.sha256, up.size)
+            await self._commit(up.path, up.sha256, up.size, up.checksum.hexdigest())
         finally:  # published, or failed after verification: either way this upload is over
             self._discard(up)
 
-    async def _commit(self, staged: Path, sha256: str, size: int) -> None:
+    async def _commit(self, staged: Path, sha256: str, size: int, xxh3_128: str) -> None:
         """Rename a verified, fsynced staging file into place and record it (the rename and the row are
         what make it visible); a blob stored meanwhile by someone else wins and the staging file goes."""
         async with self._publish_lock:
             await asyncio.to_thread(self._place, staged, sha256)
             now = time.time()
             await self.db.write(lambda conn: conn.execute(
-                "INSERT OR IGNORE INTO blobs (sha256, size, refcount, created_at, unreferenced_since)"
-                " VALUES (?, ?, 0, ?, ?)", (sha256, size, now, now)))
+                "INSERT OR IGNORE INTO blobs (sha256, size, refcount, created_at, unreferenced_since, xxh3_128)"
+                " VALUES (?, ?, 0, ?, ?, ?)", (sha256, size, now, now, xxh3_128)))
 
     def _place(self, staged: Path, sha256: str) -> None:
         target = self.path(sha256)
@@ -391,13 +396,37 @@ class BlobStore:
         self._check_space(size)
         staged = self.tmp / f"daemon.{secrets.token_hex(8)}.part"
         try:
-            sha256 = await asyncio.get_running_loop().run_in_executor(self._io, _write_all, staged, views)
-            await self._commit(staged, sha256, size)
+            sha256, checksum = await asyncio.get_running_loop().run_in_executor(self._io, _write_all, staged, views)
+            await self._commit(staged, sha256, size, checksum)
         finally:
             staged.unlink(missing_ok=True)
         return sha256, size
 
     # -- reads ---------------------------------------------------------------------------------
+
+    async def open_local(self, sha256: str, size: int) -> tuple[int, str]:
+        """A read-only descriptor of a stored blob for a same-host client, and its XXH3-128 (computed now
+        and recorded for a blob stored before checksums were kept)."""
+        try:
+            fd = os.open(self.path(sha256), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"the payload {sha256} is not stored on this daemon") from None
+        try:
+            if os.fstat(fd).st_size != size:  # mapping past the end of a file faults: refuse it here
+                raise DataLoss(f"blob {sha256} is {os.fstat(fd).st_size} bytes on disk, {size} recorded")
+            row = await self.db.read(lambda c: c.execute("SELECT xxh3_128 FROM blobs WHERE sha256 = ?",
+                                                         (sha256,)).fetchone())
+            if row is None:
+                raise NotFound(f"the payload {sha256} is not stored on this daemon")
+            checksum = row[0]
+            if checksum is None:
+                checksum = await asyncio.get_running_loop().run_in_executor(self._io, _checksum_of, fd, size)
+                await self.db.write(lambda c: c.execute("UPDATE blobs SET xxh3_128 = ? WHERE sha256 = ?",
+                                                        (checksum, sha256)))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, checksum
 
     async def read_header(self, sha256: str, size: int, limit: int) -> bytes:
         """The first bytes of a blob: at most `limit`, fewer if it is shorter."""
@@ -440,17 +469,27 @@ class BlobStore:
             os.close(fd)
 
 
-def _write_all(path: Path, views) -> str:
-    h = hashlib.sha256()
+def _write_all(path: Path, views) -> tuple[str, str]:
+    h, checksum = hashlib.sha256(), xxhash.xxh3_128()
     with open(path, "xb") as f:
         for view in views:
             for start in range(0, len(view), 16 << 20):
                 piece = view[start:start + (16 << 20)]
                 f.write(piece)
                 h.update(piece)
+                checksum.update(piece)
         f.flush()
         os.fsync(f.fileno())
-    return h.hexdigest()
+    return h.hexdigest(), checksum.hexdigest()
+
+
+def _checksum_of(fd: int, size: int) -> str:
+    if size == 0:
+        return xxhash.xxh3_128().hexdigest()
+    import mmap
+
+    with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mapped:
+        return xxhash.xxh3_128(mapped).hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

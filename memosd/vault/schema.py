@@ -140,3 +140,10 @@ def m0005_fts_update_in_order(db: Database) -> None:
         " END"
     )
     db.execute("INSERT INTO cubes_fts(cubes_fts) VALUES ('rebuild')")
+
+
+@migrations()
+def m0006_blob_checksums(db: Database) -> None:
+    # XXH3-128 of each blob, taken while its sha256 was checked: what a same-host client verifies a mapped
+    # payload against (OpenLocal). Blobs stored before this get theirs on first use.
+    db.execute("ALTER TABLE blobs ADD COLUMN xxh3_128 TEXT")

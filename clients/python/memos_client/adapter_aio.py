@@ -61,9 +61,7 @@ class AsyncParametricMethods:
 
         cube = await self.get(cube_id)
         meta = await asyncio.to_thread(adapters.check_base, cube, base_model)
-        buffer = adapters.payload_buffer(meta.blob.size)
-        await self.download_blob(cube_id, into=buffer.numpy(), size=meta.blob.size)
-        return await asyncio.to_thread(adapters.finish_load, buffer, meta, base_model, adapter_name=adapter_name,
+        return await asyncio.to_thread(adapters.finish_load, await self.fetch_payload(cube_id, meta.blob), meta, base_model, adapter_name=adapter_name,
                                        is_trainable=is_trainable, hotswap=hotswap)
 
     async def pull_adapter(self, cube_id: str, directory: str | os.PathLike) -> Path:

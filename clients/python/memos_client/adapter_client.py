@@ -155,9 +155,7 @@ class ParametricMethods:
         from memos_client import adapters
 
         meta = adapters.check_base(self.get(cube_id), base_model)
-        buffer = adapters.payload_buffer(meta.blob.size)
-        self.download_blob(cube_id, into=buffer.numpy(), size=meta.blob.size)
-        return adapters.finish_load(buffer, meta, base_model, adapter_name=adapter_name, is_trainable=is_trainable,
+        return adapters.finish_load(self.fetch_payload(cube_id, meta.blob), meta, base_model, adapter_name=adapter_name, is_trainable=is_trainable,
                                     hotswap=hotswap)
 
     def pull_adapter(self, cube_id: str, directory: str | os.PathLike) -> Path:

@@ -21,7 +21,7 @@ from memos_client.adapter_format import (
     AdapterManifest, FormatError, check_adapter, encode, from_peft_files, manifest_of, parse_config, read_adapter,
     read_header,
 )
-from memos_client.blobs import Payload, allocate
+from memos_client.blobs import Payload
 from memos_client.errors import DataLoss, FailedPrecondition, InvalidArgument, ModelMismatch
 from memos_client.fingerprint import base_model_fingerprint
 from memos_client.models import Kind
@@ -189,11 +189,6 @@ def check_base(cube, base_model):
                             f"{cube.adapter.model_fingerprint[:16]}…; this model's is {mine[:16]}…: it would load"
                             " onto the wrong weights")
     return cube.adapter
-
-
-def payload_buffer(size: int) -> torch.Tensor:
-    """A uint8 tensor to download a blob into; the loaded adapter's tensors are views of it."""
-    return torch.frombuffer(allocate(size), dtype=torch.uint8, count=size)
 
 
 def _state_dict(buffer: torch.Tensor, size: int, sha256: str):

@@ -11,6 +11,7 @@ from memos_client.adapter_aio import AsyncParametricMethods
 from memos_client.auth import AgentKey, TokenSource, resolve_key, sign_policy
 from memos_client.channel import aio_channel
 from memos_client.defaults import resolve_addr
+from memos_client.fdpass import unix_path
 from memos_client.errors import AlreadyExists, Unauthenticated, from_rpc_error
 from memos_client.kv_aio import AsyncTensorMethods
 from memos_client.portability import AsyncPortabilityMethods
@@ -25,9 +26,12 @@ class AsyncMemosClient(AsyncPortabilityMethods, AsyncTensorMethods, AsyncParamet
     `key` (else $MEMOS_KEY, else the default data directory's admin key). Use with `async with`."""
 
     def __init__(self, addr: str | None = None, *, key: "str | AgentKey | None" = None, timeout: float = 30.0,
-                 tls_ca: str | None = None):
+                 tls_ca: str | None = None, local_transfers: bool = True):
         self.target = resolve_addr(addr)
         self.timeout = timeout
+        # Tensor payloads mapped from the daemon's files when it listens on a Unix socket on this host
+        # (fetch_payload); turned off, or off by itself once that fails, they stream over gRPC.
+        self.local_transfers = local_transfers and unix_path(self.target) is not None
         agent_key = resolve_key(key, self.target)
         self.tokens = TokenSource(agent_key) if agent_key else None
         # Where put() writes when no namespace is given: the caller's own notes.

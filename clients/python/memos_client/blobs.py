@@ -114,6 +114,13 @@ def allocate(size: int):
     return buffer if size else bytearray(0)
 
 
+def payload_buffer(size: int):
+    """A uint8 torch tensor to download a payload into (see allocate); pulled tensors are views of it."""
+    import torch
+
+    return torch.frombuffer(allocate(size), dtype=torch.uint8, count=size)
+
+
 def transfer_timeout(base: float, size: int) -> float:
     """A deadline for moving `size` bytes: the client's timeout plus time at a pessimistic 20 MB/s."""
     return base + size / 20e6

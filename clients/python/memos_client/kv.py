@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from memos_client.blobs import Payload, allocate
+from memos_client.blobs import Payload
 from memos_client.errors import DataLoss, FailedPrecondition, InvalidArgument, ModelMismatch
 from memos_client.fingerprint import model_fingerprint, tokenizer_fingerprint
 from memos_client.models import Kind
@@ -228,11 +228,6 @@ def _kv_geometry(model) -> tuple[int | None, int | None]:
     if head_dim is None and getattr(config, "hidden_size", None) and getattr(config, "num_attention_heads", None):
         head_dim = config.hidden_size // config.num_attention_heads
     return heads, head_dim
-
-
-def payload_buffer(size: int) -> torch.Tensor:
-    """A uint8 tensor to download a payload into (see blobs.allocate); the pulled tensors are views of it."""
-    return torch.frombuffer(allocate(size), dtype=torch.uint8, count=size)
 
 
 def finish_pull(buffer: torch.Tensor, act, model, num_tokens: int | None):

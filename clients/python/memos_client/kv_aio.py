@@ -9,10 +9,11 @@ from typing import AsyncIterator
 import grpc
 
 from memos_client.blobs import (
-    DOWNLOAD, RETRIES, UPLOAD, Payload, Receiver, decode_download, encode_message, feed, transfer_timeout,
-    upload_requests,
+    DOWNLOAD, RETRIES, UPLOAD, Payload, Receiver, decode_download, encode_message, feed, payload_buffer,
+    transfer_timeout, upload_requests,
 )
-from memos_client.errors import DataLoss, Unauthenticated, from_rpc_error
+from memos_client.errors import DataLoss, FailedPrecondition, Unauthenticated, from_rpc_error
+from memos_client.fdpass import FALL_BACK, collect, unix_path
 from memos_client.kv_client import RESUMABLE, RESUMABLE_UPLOAD, build_request, kv_namespace, put_activation_request
 from memos_client.kv_models import BlobRef, Job
 from memos_client.models import Cube, Kind
@@ -114,6 +115,26 @@ class AsyncTensorMethods:
             if receiver is not None:
                 receiver.close()
 
+    async def open_local(self, cube_id: str, *, sha256: str | None = None):
+        if unix_path(self.target) is None:
+            raise FailedPrecondition("file descriptors only pass over a Unix socket; use download_blob")
+        response = await self._call(self._blobs.OpenLocal, blob_pb2.OpenLocalRequest(cube_id=cube_id))
+        return await asyncio.to_thread(collect, self.target, response, sha256)
+
+    async def fetch_payload(self, cube_id: str, blob: BlobRef):
+        if self.local_transfers:
+            try:
+                mapped = await self.open_local(cube_id, sha256=blob.sha256)
+            except FALL_BACK:
+                self.local_transfers = False  # another host, mount namespace or an older daemon: stream
+            else:
+                import torch
+
+                return torch.frombuffer(mapped, dtype=torch.uint8)
+        buffer = payload_buffer(blob.size)
+        await self.download_blob(cube_id, into=buffer.numpy(), size=blob.size)
+        return buffer
+
     # -- activation cubes ---------------------------------------------------------------------------
 
     async def put_activation(self, manifest: KVManifest, namespace: str | None = None, **fields) -> Cube:
@@ -168,8 +189,7 @@ class AsyncTensorMethods:
 
         cube = await self.get(cube_id)
         act = await asyncio.to_thread(kv.check_binding, cube, model, tokenizer)
-        buffer = kv.payload_buffer(act.blob.size)
-        await self.download_blob(cube_id, into=buffer.numpy(), size=act.blob.size)
+        buffer = await self.fetch_payload(cube_id, act.blob)
         return await asyncio.to_thread(kv.finish_pull, buffer, act, model, num_tokens)
 
     async def generate_with_kv(self, model, input_ids, *, namespace: str | None = None, tokenizer=None,

@@ -8,10 +8,11 @@ from typing import Iterator
 import grpc
 
 from memos_client.blobs import (
-    DOWNLOAD, RETRIES, UPLOAD, Payload, Receiver, decode_download, encode_message, feed, transfer_timeout,
+    DOWNLOAD, RETRIES, UPLOAD, Payload, Receiver, decode_download, payload_buffer, encode_message, feed, transfer_timeout,
     upload_requests,
 )
 from memos_client.errors import Cancelled, DataLoss, FailedPrecondition, Unauthenticated, Unavailable, from_rpc_error
+from memos_client.fdpass import FALL_BACK, collect, unix_path
 from memos_client.kv_models import BlobRef, Job, manifest_to_proto
 from memos_client.models import Cube, Kind
 from memos_client.tensor_format import KVManifest
@@ -146,6 +147,29 @@ class TensorMethods:
             if receiver is not None:
                 receiver.close()
 
+    def open_local(self, cube_id: str, *, sha256: str | None = None):
+        """The payload of a tensor cube as a private, copy-on-write mapping of the daemon's own file (no bytes
+        copied; writing to it never reaches the stored blob), checked against the XXH3-128 the daemon recorded
+        with its sha256 (DataLoss otherwise). FailedPrecondition where the daemon is not on this host."""
+        if unix_path(self.target) is None:
+            raise FailedPrecondition("file descriptors only pass over a Unix socket; use download_blob")
+        response = self._call(self._blobs.OpenLocal, blob_pb2.OpenLocalRequest(cube_id=cube_id))
+        return collect(self.target, response, sha256)
+
+    def fetch_payload(self, cube_id: str, blob: BlobRef):
+        """A uint8 tensor of a tensor cube's verified payload: mapped from the daemon's file where it runs on
+        this host (open_local), else streamed over gRPC (download_blob)."""
+        if self.local_transfers:
+            try:
+                import torch
+
+                return torch.frombuffer(self.open_local(cube_id, sha256=blob.sha256), dtype=torch.uint8)
+            except FALL_BACK:
+                self.local_transfers = False  # another host, mount namespace or an older daemon: stream
+        buffer = payload_buffer(blob.size)
+        self.download_blob(cube_id, into=buffer.numpy(), size=blob.size)
+        return buffer
+
     # -- activation cubes ---------------------------------------------------------------------------
 
     def put_activation(self, manifest: KVManifest, namespace: str | None = None, **fields) -> Cube:
@@ -209,9 +233,7 @@ class TensorMethods:
         from memos_client import kv
 
         act = kv.check_binding(self.get(cube_id), model, tokenizer)
-        buffer = kv.payload_buffer(act.blob.size)
-        self.download_blob(cube_id, into=buffer.numpy(), size=act.blob.size)
-        return kv.finish_pull(buffer, act, model, num_tokens)
+        return kv.finish_pull(self.fetch_payload(cube_id, act.blob), act, model, num_tokens)
 
     def generate_with_kv(self, model, input_ids, *, namespace: str | None = None, tokenizer=None, **generate_kwargs):
         """model.generate(input_ids, ...) that starts from the longest cached prefix of input_ids the daemon

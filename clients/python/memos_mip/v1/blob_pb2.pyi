@@ -82,3 +82,23 @@ class DownloadResponse(_message.Message):
     chunk: Chunk
     blob: _cube_pb2.BlobRef
     def __init__(self, chunk: _Optional[_Union[Chunk, _Mapping]] = ..., blob: _Optional[_Union[_cube_pb2.BlobRef, _Mapping]] = ...) -> None: ...
+
+class OpenLocalRequest(_message.Message):
+    __slots__ = ("cube_id",)
+    CUBE_ID_FIELD_NUMBER: _ClassVar[int]
+    cube_id: str
+    def __init__(self, cube_id: _Optional[str] = ...) -> None: ...
+
+class OpenLocalResponse(_message.Message):
+    __slots__ = ("blob", "xxh3_128", "ticket", "exchange_socket", "ticket_ttl_ms")
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    XXH3_128_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_SOCKET_FIELD_NUMBER: _ClassVar[int]
+    TICKET_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    blob: _cube_pb2.BlobRef
+    xxh3_128: str
+    ticket: bytes
+    exchange_socket: str
+    ticket_ttl_ms: int
+    def __init__(self, blob: _Optional[_Union[_cube_pb2.BlobRef, _Mapping]] = ..., xxh3_128: _Optional[str] = ..., ticket: _Optional[bytes] = ..., exchange_socket: _Optional[str] = ..., ticket_ttl_ms: _Optional[int] = ...) -> None: ...

@@ -52,6 +52,11 @@ class BlobServiceStub:
                 request_serializer=memos_dot_v1_dot_blob__pb2.DownloadRequest.SerializeToString,
                 response_deserializer=memos_dot_v1_dot_blob__pb2.DownloadResponse.FromString,
                 _registered_method=True)
+        self.OpenLocal = channel.unary_unary(
+                '/memos.v1.BlobService/OpenLocal',
+                request_serializer=memos_dot_v1_dot_blob__pb2.OpenLocalRequest.SerializeToString,
+                response_deserializer=memos_dot_v1_dot_blob__pb2.OpenLocalResponse.FromString,
+                _registered_method=True)
 
 
 class BlobServiceServicer:
@@ -83,6 +88,16 @@ class BlobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenLocal(self, request, context):
+        """Same-host fast path of Download: hands over a read-only file descriptor of the payload instead of
+        its bytes. The answer holds a one-time ticket; the client presents it on the daemon's descriptor
+        socket (a SOCK_SEQPACKET Unix socket beside the gRPC one) and receives the descriptor there
+        (SCM_RIGHTS). Only a daemon listening on a Unix socket offers it (FAILED_PRECONDITION otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BlobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -100,6 +115,11 @@ def add_BlobServiceServicer_to_server(servicer, server):
                     servicer.Download,
                     request_deserializer=memos_dot_v1_dot_blob__pb2.DownloadRequest.FromString,
                     response_serializer=memos_dot_v1_dot_blob__pb2.DownloadResponse.SerializeToString,
+            ),
+            'OpenLocal': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenLocal,
+                    request_deserializer=memos_dot_v1_dot_blob__pb2.OpenLocalRequest.FromString,
+                    response_serializer=memos_dot_v1_dot_blob__pb2.OpenLocalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +205,33 @@ class BlobService:
             '/memos.v1.BlobService/Download',
             memos_dot_v1_dot_blob__pb2.DownloadRequest.SerializeToString,
             memos_dot_v1_dot_blob__pb2.DownloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenLocal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memos.v1.BlobService/OpenLocal',
+            memos_dot_v1_dot_blob__pb2.OpenLocalRequest.SerializeToString,
+            memos_dot_v1_dot_blob__pb2.OpenLocalResponse.FromString,
             options,
             channel_credentials,
             insecure,
