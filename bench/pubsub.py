@@ -6,7 +6,9 @@ Both systems: one publisher process sending at a fixed rate (open loop), one pro
 (a thread each), over a Unix socket, Python clients on both sides (grpcio for memosd, redis-py for
 Redis). Latency is receive time minus the publisher's time just before the publish call. memosd
 commits every event to SQLite (synchronous=FULL) before delivering it and can replay it to a late or
-returning subscriber; Redis pub/sub keeps nothing.
+returning subscriber; Redis pub/sub keeps nothing. cpu_s: CPU seconds of the server and the publisher
+during the run, and of the subscriber process from its start (imports included); the machine's cores are
+shared by all of them, so these show which side limits a run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -26,6 +29,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of a process so far: this one, or `pid` (a server)."""
+    if pid is None:
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        return use.ru_utime + use.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _percentiles(values: list[float]) -> dict:
@@ -60,7 +72,7 @@ def _memos_subscribers(addr, key, n, total, ready, out):
         t.start()
     for t in threads:
         t.join(120)
-    out.put(received)
+    out.put((received, _cpu_seconds()))
 
 
 async def _publish_open_loop(addr, key, cube_id, total, rate, sent) -> float:
@@ -89,7 +101,12 @@ async def _publish_open_loop(addr, key, cube_id, total, rate, sent) -> float:
         return loop.time() - start
 
 
-def run_memos(addr, key, n, rate, seconds) -> dict:
+def _cpu(server: float, subscribers: float, publisher: float) -> dict:
+    """Where the CPU went during one run (2 shared vCPUs show which side is the bottleneck)."""
+    return {"cpu_s": {"server": round(server, 2), "subscribers": round(subscribers, 2), "publisher": round(publisher, 2)}}
+
+
+def run_memos(addr, key, n, rate, seconds, server_pid) -> dict:
     from memos_client import MemosClient
 
     total = int(rate * seconds)
@@ -103,14 +120,17 @@ def run_memos(addr, key, n, rate, seconds) -> dict:
     sent: dict[int, float] = {}
     with MemosClient(addr, key=key) as c:
         cube_id = c.put("event payload " + "x" * 200, "agents/admin/bench").id
+    server_cpu, publisher_cpu = _cpu_seconds(server_pid), _cpu_seconds()
     # Open loop: a publish starts every 1/rate seconds whether or not earlier ones have returned, as
     # independent agents publishing would; the daemon batches concurrent commits.
     elapsed = asyncio.run(_publish_open_loop(addr, key, cube_id, total, rate, sent))
-    received = out.get(timeout=180)
+    received, subscribers_cpu = out.get(timeout=180)
+    server_cpu, publisher_cpu = _cpu_seconds(server_pid) - server_cpu, _cpu_seconds() - publisher_cpu
     proc.join(30)
     latencies = [r[s] - sent[s] for r in received for s in r if s in sent]
     return {"subscribers": n, "published": total, "publish_rate_per_s": round(total / elapsed),
-            "delivered": len(latencies), "expected": total * n, **_percentiles(latencies)}
+            "delivered": len(latencies), "expected": total * n, **_percentiles(latencies),
+            **_cpu(server_cpu, subscribers_cpu, publisher_cpu)}
 
 
 # ---- Redis ---------------------------------------------------------------------------------------------------
@@ -141,10 +161,10 @@ def _redis_subscribers(sock, n, total, ready, out):
         t.start()
     for t in threads:
         t.join(120)
-    out.put(received)
+    out.put((received, _cpu_seconds()))
 
 
-def run_redis(sock, n, rate, seconds) -> dict:
+def run_redis(sock, n, rate, seconds, server_pid) -> dict:
     import redis
 
     total = int(rate * seconds)
@@ -158,6 +178,7 @@ def run_redis(sock, n, rate, seconds) -> dict:
     r = redis.Redis(unix_socket_path=sock)
     sent = {}
     payload = b"x" * 200
+    server_cpu, publisher_cpu = _cpu_seconds(server_pid), _cpu_seconds()
     start = time.perf_counter()
     for i in range(1, total + 1):
         delay = start + (i - 1) / rate - time.perf_counter()
@@ -167,11 +188,13 @@ def run_redis(sock, n, rate, seconds) -> dict:
         sent[i] = t
         r.publish("bench", b"%d %f " % (i, t) + payload)
     elapsed = time.perf_counter() - start
-    received = out.get(timeout=180)
+    received, subscribers_cpu = out.get(timeout=180)
+    server_cpu, publisher_cpu = _cpu_seconds(server_pid) - server_cpu, _cpu_seconds() - publisher_cpu
     proc.join(30)
     latencies = [rec[s] - sent[s] for rec in received for s in rec]
     return {"subscribers": n, "published": total, "publish_rate_per_s": round(total / elapsed),
-            "delivered": len(latencies), "expected": total * n, **_percentiles(latencies)}
+            "delivered": len(latencies), "expected": total * n, **_percentiles(latencies),
+            **_cpu(server_cpu, subscribers_cpu, publisher_cpu)}
 
 
 def main() -> None:
@@ -201,8 +224,8 @@ def main() -> None:
             key = f"{tmp}/data/admin.key"
             results = []
             for n in counts:
-                m = run_memos(listen, key, n, args.rate, args.seconds)
-                r = run_redis(sock, n, args.rate, args.seconds)
+                m = run_memos(listen, key, n, args.rate, args.seconds, memosd.pid)
+                r = run_redis(sock, n, args.rate, args.seconds, redis_proc.pid)
                 results.append({"subscribers": n, "memosd": m, "redis": r,
                                 "p99_ratio": round(m["p99_ms"] / r["p99_ms"], 2) if m["p99_ms"] and r["p99_ms"] else None})
         finally:
