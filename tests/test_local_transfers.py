@@ -10,7 +10,9 @@ import socket
 import pytest
 import torch
 
-from memos_client import AsyncMemosClient, DataLoss, FailedPrecondition, MemosClient, NotFound, PermissionDenied
+from memos_client import (
+    AsyncMemosClient, DataLoss, FailedPrecondition, MemosClient, NotFound, PermissionDenied, ResourceExhausted,
+)
 from memos_client.fdpass import TAKE, exchange_path, take, unix_path
 from memos_mip.v1 import blob_pb2
 from tests.daemon import make_config, running
@@ -121,6 +123,23 @@ def test_a_corrupt_blob_is_data_loss_on_the_local_path_too(client, daemon):
     path.write_bytes(bytes(raw[:-10]))  # shorter than recorded: refused before anything is mapped
     with pytest.raises(DataLoss, match="bytes on disk"):
         client.open_local(cube.id)
+
+
+def test_one_agent_cannot_hold_every_uncollected_descriptor(client, daemon, tmp_path):
+    cube = put_kv(client, [6, 6, 6])
+    exchange = daemon.server.exchange
+    exchange.max_per_agent = 3
+    try:
+        for _ in range(3):
+            client._call(client._blobs.OpenLocal, blob_pb2.OpenLocalRequest(cube_id=cube.id))
+        with pytest.raises(ResourceExhausted, match="agent admin has 3"):
+            client._call(client._blobs.OpenLocal, blob_pb2.OpenLocalRequest(cube_id=cube.id))
+        client.add_agent("bob", out=str(tmp_path / "bob.key"))
+        client.grant("agent:bob", ["read"], [NS, NS + "/**"], kinds=["activation"])
+        with MemosClient(daemon.address, key=str(tmp_path / "bob.key")) as bob:
+            assert len(bob.open_local(cube.id)) == cube.activation.blob.size  # others are unaffected
+    finally:
+        exchange.max_per_agent = 32
 
 
 def test_blobs_stored_before_checksums_get_one_on_first_use(client, daemon):

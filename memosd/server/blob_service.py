@@ -74,7 +74,7 @@ class BlobService:
         cube = await self.vault.get(request.cube_id, guard=lambda c: self.gov.check_cube(p, "read", c))
         sha256, size = payload_of(cube)
         fd, checksum = await self.blobs.open_local(sha256, size)
-        ticket = self.exchange.deposit(fd)
+        ticket = self.exchange.deposit(fd, p.name)
         return blob_pb2.OpenLocalResponse(blob=cube_pb2.BlobRef(sha256=sha256, size=size), xxh3_128=checksum,
                                           ticket=ticket, exchange_socket=self.exchange.path.name,
                                           ticket_ttl_ms=int(self.exchange.ttl * 1000))

@@ -23,6 +23,8 @@ from memosd.errors import ResourceExhausted
 log = logging.getLogger("memosd.fd_exchange")
 TICKET_TTL = 10.0
 MAX_PENDING = 256
+# Uncollected descriptors one agent may hold, so that no agent can use up the others' share.
+MAX_PENDING_PER_AGENT = 32
 # How long a connection may take to send its ticket, and how often the accept loop checks for stop().
 CONNECTION_TIMEOUT = 2.0
 POLL_INTERVAL = 0.25
@@ -31,11 +33,13 @@ POLL_INTERVAL = 0.25
 class FdExchange:
     """Holds descriptors deposited for clients until they collect them, or their ticket expires."""
 
-    def __init__(self, path: Path, *, ttl: float = TICKET_TTL, max_pending: int = MAX_PENDING):
+    def __init__(self, path: Path, *, ttl: float = TICKET_TTL, max_pending: int = MAX_PENDING,
+                 max_per_agent: int = MAX_PENDING_PER_AGENT):
         self.path = path
         self.ttl = ttl
         self.max_pending = max_pending
-        self._pending: dict[bytes, tuple[int, float]] = {}
+        self.max_per_agent = max_per_agent
+        self._pending: dict[bytes, tuple[int, float, str]] = {}
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -68,25 +72,27 @@ class FdExchange:
             self._listener.close()
             self.path.unlink(missing_ok=True)
         with self._lock:
-            for fd, _ in self._pending.values():
+            for fd, _, _ in self._pending.values():
                 os.close(fd)
             self._pending.clear()
 
-    def deposit(self, fd: int) -> bytes:
+    def deposit(self, fd: int, agent: str) -> bytes:
         """Hold `fd` (now owned by the exchange) for whoever presents the returned ticket within the TTL."""
         now = time.monotonic()
         with self._lock:
             self._expire(now)
-            if len(self._pending) >= self.max_pending:
+            mine = sum(1 for _, _, owner in self._pending.values() if owner == agent)
+            if mine >= self.max_per_agent or len(self._pending) >= self.max_pending:
                 os.close(fd)
-                raise ResourceExhausted(f"{len(self._pending)} descriptors are waiting to be collected; retry in"
+                who = f"agent {agent} has {mine}" if mine >= self.max_per_agent else f"{len(self._pending)} are"
+                raise ResourceExhausted(f"{who} descriptors waiting to be collected; collect them, retry in"
                                         f" {self.ttl:.0f} s or use Download")
             ticket = secrets.token_bytes(TICKET_BYTES)
-            self._pending[ticket] = (fd, now + self.ttl)
+            self._pending[ticket] = (fd, now + self.ttl, agent)
         return ticket
 
     def _expire(self, now: float) -> None:
-        for ticket in [t for t, (_, deadline) in self._pending.items() if deadline < now]:
+        for ticket in [t for t, (_, deadline, _) in self._pending.items() if deadline < now]:
             os.close(self._pending.pop(ticket)[0])
 
     def _take(self, ticket: bytes) -> int | None:
