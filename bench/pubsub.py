@@ -8,7 +8,9 @@ Redis). Latency is receive time minus the publisher's time just before the publi
 commits every event to SQLite (synchronous=FULL) before delivering it and can replay it to a late or
 returning subscriber; Redis pub/sub keeps nothing. cpu_s: CPU seconds of the server and the publisher
 during the run, and of the subscriber process from its start (imports included); the machine's cores are
-shared by all of them, so these show which side limits a run.
+shared by all of them, so these show which side limits a run. round_trip_floor: one request and its
+answer with no work behind it (a gRPC health check on the daemon's socket, a Redis PING), the least any
+publish-to-receive path through each server can take.
 """
 
 from __future__ import annotations
@@ -197,6 +199,34 @@ def run_redis(sock, n, rate, seconds, server_pid) -> dict:
             **_cpu(server_cpu, subscribers_cpu, publisher_cpu)}
 
 
+def round_trips(listen: str, sock: str, calls: int = 2000) -> dict:
+    """The floor under any publish-to-receive latency: one request and its answer, with no work behind it,
+    on each server's socket: a gRPC health check (no memosd code runs) and a Redis PING."""
+    import grpc
+    import redis
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    def timed(call) -> dict:
+        for _ in range(100):  # warm up
+            call()
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return _percentiles(times)
+
+    with grpc.insecure_channel(listen) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        grpc_rt = timed(lambda: check(health_pb2.HealthCheckRequest()))
+    r = redis.Redis(unix_socket_path=sock)
+    try:
+        redis_rt = timed(r.ping)
+    finally:
+        r.close()
+    return {"grpc_health_check": grpc_rt, "redis_ping": redis_rt}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=1000)
@@ -222,6 +252,7 @@ def main() -> None:
                     break
                 time.sleep(0.05)
             key = f"{tmp}/data/admin.key"
+            floor = round_trips(listen, sock)
             results = []
             for n in counts:
                 m = run_memos(listen, key, n, args.rate, args.seconds, memosd.pid)
@@ -233,7 +264,7 @@ def main() -> None:
             memosd.wait(30)
             redis_proc.terminate()
             redis_proc.wait(10)
-    print(json.dumps({"rate_per_s": args.rate, "seconds": args.seconds, "results": results,
+    print(json.dumps({"rate_per_s": args.rate, "seconds": args.seconds, "round_trip_floor": floor, "results": results,
                       "target": "memosd p99 within 2x of Redis, every event durable and resumable"}, indent=2))
 
 
