@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memos_client.bundle_format import AGENTS, CUBES, FORMAT, MANIFEST, POLICIES, VERSION, rfc3339
+from memos_client.bundle_format import AGENTS, CUBES, FORMAT, MANIFEST, POLICIES, VERSION, rfc3339, sha256_file
 from memosd.bundle.payloads import CODECS, PayloadFile
 from memosd.bundle.records import cube_record
 from memosd.cube import CubeFilter, MemoryKind
@@ -78,7 +78,7 @@ def write_bundle(out, *, data_dir: Path, root: str, cube_filter: CubeFilter, pol
         for name, pf in sorted(payloads.items()):
             # Content-addressed: the name is the digest the store verified when the blob arrived.
             files.append({"path": name, "size": pf.path.stat().st_size, "sha256": name.split("/")[1].split(".")[0]
-                          if name.startswith("tensors/") else _sha256(pf.path)})
+                          if name.startswith("tensors/") else sha256_file(pf.path)})
         manifest = {"format": FORMAT, "version": VERSION, "created_at": rfc3339(clock()), "producer": producer,
                     "root": root, "counts": {"cubes": summary.cubes, **summary.by_kind, "policies": len(policies),
                                              "agents": len(keys)}, "files": files}
@@ -129,14 +129,6 @@ def _dump_cubes(spool, data_dir: Path, f: CubeFilter, summary: ExportSummary, pa
 
 def _line(obj: dict) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _add(tar: tarfile.TarFile, name: str, fileobj, size: int, clock) -> None:

@@ -12,7 +12,6 @@ with each file's path, size, sha256 and mode) next to the files; `restore` check
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from memos_client.bundle_format import sha256_file
 from memosd.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument
 from memosd.vault.db import connect
 
@@ -189,15 +189,7 @@ def _pin_blobs(data_dir: Path, staging: Path, required: set[str], recorded: set[
 
 
 def _file(rel: str, path: Path, mode: int = 0o600) -> BackupFile:
-    return BackupFile(rel, path.stat().st_size, file_sha256(path), mode, path)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return BackupFile(rel, path.stat().st_size, sha256_file(path), mode, path)
 
 
 def check_backup_path(path: str) -> str:
@@ -233,7 +225,7 @@ def verify_backup(src: Path) -> list[BackupFile]:
         path = src / f.path
         if path.is_symlink() or not path.is_file():
             raise DataLoss(f"backup file {f.path} is missing (or not a regular file)")
-        if path.stat().st_size != f.size or file_sha256(path) != f.sha256:
+        if path.stat().st_size != f.size or sha256_file(path) != f.sha256:
             raise DataLoss(f"backup file {f.path} does not match its digest in {MANIFEST}: it was changed or damaged")
         f.source = path
         files.append(f)
