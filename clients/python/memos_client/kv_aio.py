@@ -8,57 +8,20 @@ from typing import AsyncIterator
 
 import grpc
 
-from memos_client.blobs import (
-    DOWNLOAD, RETRIES, UPLOAD, Payload, Receiver, decode_download, encode_message, feed, payload_buffer,
-    transfer_timeout, upload_requests,
-)
-from memos_client.errors import DataLoss, FailedPrecondition, Unauthenticated, from_rpc_error
+from memos_client.blobs import Payload, Receiver, RETRIES, feed, payload_buffer, transfer_timeout, upload_requests
+from memos_client.errors import DataLoss, FailedPrecondition, from_rpc_error
 from memos_client.fdpass import FALL_BACK, collect, unix_path
-from memos_client.kv_client import RESUMABLE, RESUMABLE_UPLOAD, build_request, kv_namespace, put_activation_request
+from memos_client.kv_client import (
+    RESUMABLE, RESUMABLE_UPLOAD, TensorStubs, build_request, kv_namespace, put_activation_request,
+)
 from memos_client.kv_models import BlobRef, Job
 from memos_client.models import Cube, Kind
 from memos_client.tensor_format import KVManifest
-from memos_mip.v1 import activation_pb2 as apb, activation_pb2_grpc, blob_pb2, blob_pb2_grpc, job_pb2, job_pb2_grpc
+from memos_mip.v1 import activation_pb2 as apb, blob_pb2, job_pb2
 
 
-class AsyncTensorMethods:
+class AsyncTensorMethods(TensorStubs):
     """Mixed into AsyncMemosClient; uses its channel, timeout and token source."""
-
-    def _stub(self, name: str, factory):
-        stub = self.__dict__.get(name)
-        if stub is None:
-            stub = self.__dict__[name] = factory(self._channel)
-        return stub
-
-    @property
-    def _blobs(self):
-        return self._stub("_blob_stub", blob_pb2_grpc.BlobServiceStub)
-
-    @property
-    def _upload(self):
-        # Chunks go out encoded by memos_client.wire and come back as views: not the generated stub.
-        return self._stub("_upload_call", lambda channel: channel.stream_unary(
-            UPLOAD, request_serializer=encode_message, response_deserializer=blob_pb2.UploadResponse.FromString))
-
-    @property
-    def _download(self):
-        return self._stub("_download_call", lambda channel: channel.unary_stream(
-            DOWNLOAD, request_serializer=blob_pb2.DownloadRequest.SerializeToString,
-            response_deserializer=decode_download))
-
-    @property
-    def _activations(self):
-        return self._stub("_activation_stub", activation_pb2_grpc.ActivationServiceStub)
-
-    @property
-    def _jobs(self):
-        return self._stub("_job_stub", job_pb2_grpc.JobServiceStub)
-
-    def _renewed(self, exc: grpc.RpcError):
-        error = from_rpc_error(exc, self.target)
-        if isinstance(error, Unauthenticated) and self.tokens and self.tokens.learn_epoch(exc):
-            return None
-        return error
 
     # -- blobs ------------------------------------------------------------------------------------
 

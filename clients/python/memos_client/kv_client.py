@@ -48,8 +48,9 @@ def kv_namespace(client, namespace: str | None) -> str:
     return namespace if namespace is not None else client.default_namespace.rsplit("/", 1)[0] + "/kv"
 
 
-class TensorMethods:
-    """Mixed into MemosClient; uses its channel, timeout and token source."""
+class TensorStubs:
+    """The tensor services' stubs, made on first use, for MemosClient and AsyncMemosClient alike (the channel
+    decides sync or asyncio); uses the client's channel, target and token source."""
 
     def _stub(self, name: str, factory):
         stub = self.__dict__.get(name)
@@ -87,6 +88,10 @@ class TensorMethods:
         if isinstance(error, Unauthenticated) and self.tokens and self.tokens.learn_epoch(exc):
             return None
         return error
+
+
+class TensorMethods(TensorStubs):
+    """Mixed into MemosClient; uses its channel, timeout and token source."""
 
     # -- blobs ------------------------------------------------------------------------------------
 
