@@ -1,6 +1,7 @@
 """The signed audit chain: checkpoints under the audit key show a truncated, rewritten or pruned log."""
 
 import json
+import os
 import sqlite3
 import stat
 import subprocess
@@ -188,3 +189,35 @@ def test_every_n_entries_and_every_interval_sign_the_head(tmp_path):
         while (report := _report(daemon)).unsigned_tail and time.monotonic() < deadline:
             time.sleep(0.05)
         assert report.ok and report.checkpoints >= 1 and report.unsigned_tail == 0, report
+
+
+def test_memosd_init_creates_the_audit_key_where_audit_key_says(tmp_path):
+    apart = tmp_path / "apart" / "audit.key"
+    config = replace(make_config(tmp_path), audit_key=str(apart))
+    env = {**os.environ, "MEMOSD_AUDIT_KEY": str(apart)}
+    out = subprocess.run([sys.executable, "-m", "memosd.cli", "init", "--data-dir", str(config.data_dir)],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and str(apart) in out.stdout, out
+    assert stat.S_IMODE(apart.stat().st_mode) == 0o600 and not (config.data_dir / "audit.key").exists()
+    with running(config) as daemon:
+        _writes(daemon, 2)
+    with running(config) as daemon:
+        report = _report(daemon)
+        assert report.ok and report.checkpoints == 1 and report.unsigned_tail == 0, report
+    assert len((apart.parent / "audit-checkpoints.jsonl").read_text().splitlines()) == 1
+    assert not (config.data_dir / "audit-checkpoints.jsonl").exists()
+
+
+def test_garbage_written_into_the_checkpoints_is_reported_not_an_internal_error(tmp_path):
+    config = make_config(tmp_path)
+    _signed_log(config)
+    with _db(config) as conn:
+        conn.execute("UPDATE audit_checkpoints SET seq = 'x', signature = 'y' WHERE n = 1")
+    path = config.data_dir / "audit-checkpoints.jsonl"
+    with running(config) as daemon:
+        report = _broken(daemon)
+        assert "wrong types" in report.reason, report
+    path.write_text(path.read_text() + '{"n": "two"}\n')
+    with running(config) as daemon:
+        report = _broken(daemon)
+        assert "line 3 of" in report.reason, report  # the shutdown before appended checkpoint 2

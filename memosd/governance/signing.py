@@ -80,6 +80,14 @@ class AuditReport:
     key_fingerprint: str = ""
 
 
+def _from_row(n, seq, h, ts, signature) -> Checkpoint | None:
+    """A checkpoint row as stored, or None if someone wrote values of the wrong types into it."""
+    if type(seq) is not int or not isinstance(h, str) or not isinstance(ts, (int, float)) \
+            or not isinstance(signature, bytes):
+        return None
+    return Checkpoint(n, seq, h, ts, signature)
+
+
 def checkpoint_file(key_path: Path) -> Path:
     """The append-only checkpoint file that lives beside an audit key."""
     return key_path.with_name(key_path.stem + CHECKPOINT_FILE_SUFFIX)
@@ -111,10 +119,10 @@ class AuditSigner:
             "SELECT n, seq, hash, ts, signature FROM audit_checkpoints ORDER BY n DESC LIMIT 1").fetchone())
         if last is None:
             return
-        newest = Checkpoint(*last)
+        newest = _from_row(*last)
         in_file, _ = await asyncio.to_thread(self._read_file)
         # A crash between the database's commit and the file's append leaves exactly the newest one out.
-        if newest.n == (in_file[-1].n if in_file else 0) + 1 and self._signed(newest):
+        if newest is not None and newest.n == (in_file[-1].n if in_file else 0) + 1 and self._signed(newest):
             await asyncio.to_thread(self._append, newest)
             log.info("audit checkpoint %d was in the database only (a crash); appended it to %s", newest.n, self.file)
 
@@ -159,7 +167,10 @@ class AuditSigner:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        await self.checkpoint()
+        try:
+            await self.checkpoint()
+        except (MemosError, OSError) as exc:  # the shutdown goes on; the tail stays unsigned
+            log.warning("could not sign the audit log's head at shutdown: %s", exc)
 
     async def _run(self, interval: float) -> None:
         while True:
@@ -186,10 +197,10 @@ class AuditSigner:
         row = conn.execute("SELECT value FROM settings WHERE key = 'audit_head'").fetchone()
         if row is None:
             return None
-        seq, _, head = row[0].partition(":")
+        seq, _, head = str(row[0]).partition(":")
         last = conn.execute("SELECT n, seq FROM audit_checkpoints ORDER BY n DESC LIMIT 1").fetchone()
-        if last is not None and str(last[1]) == seq:
-            return None
+        if not seq.isdigit() or (last is not None and str(last[1]) == seq):
+            return None  # nothing new, or a head someone garbled (verify reports that)
         unsigned = Checkpoint((last[0] if last else 0) + 1, int(seq), head, round(self.clock(), 6), b"")
         made = Checkpoint(unsigned.n, unsigned.seq, unsigned.hash, unsigned.ts,
                           self.key.sign(unsigned.signed_bytes(self.daemon_id)))
@@ -231,8 +242,10 @@ class AuditSigner:
             return await self.db.read(lambda conn: self._verify(conn, in_file, damaged))
 
     def _verify(self, conn: sqlite3.Connection, in_file: list[Checkpoint], damaged: str) -> AuditReport:
-        in_db = [Checkpoint(n, seq, h, ts, bytes(sig)) for n, seq, h, ts, sig in conn.execute(
-            "SELECT n, seq, hash, ts, signature FROM audit_checkpoints ORDER BY n")]
+        rows = conn.execute("SELECT n, seq, hash, ts, signature FROM audit_checkpoints ORDER BY n").fetchall()
+        in_db = [cp for cp in (_from_row(*r) for r in rows) if cp is not None]
+        if len(in_db) < len(rows) and not damaged:
+            damaged = "a checkpoint row in the database holds values of the wrong types: it was altered"
         chain = audit.check_chain(conn, wanted={cp.seq for cp in in_db + in_file})
         every = sorted({cp.n: cp for cp in in_file + in_db}.values(), key=lambda cp: cp.n)
         last_seq = every[-1].seq if every else 0
