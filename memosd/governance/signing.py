@@ -1,15 +1,4 @@
-"""Signed checkpoints of the audit chain: its head's (seq, hash) under a key that the database does not hold.
-
-The hash chain alone shows a changed entry, but whoever can write the database can also cut the log and
-move the head, or rewrite it with recomputed hashes. So the daemon signs the head with its audit key
-(Ed25519, a 0600 file: `audit_key`, by default DATA_DIR/audit.key) every `audit_checkpoint_entries`
-entries, every `audit_checkpoint_interval` seconds and at shutdown, and stores each checkpoint twice: in
-the database (table audit_checkpoints) and as a JSON line appended to the checkpoint file beside the key
-(audit-checkpoints.jsonl). Verification needs both copies to agree, every signature to hold under the
-key, and the chain to hold each checkpointed (seq, hash): against someone who can write the database but
-not the key file, tampering up to the last checkpoint shows; the entries after it ("the unsigned tail")
-are only as good as the chain; whoever can read the key can forge everything.
-"""
+"""Signed checkpoints of the audit chain: its head's (seq, hash) under a key that the database does not hold."""
 
 from __future__ import annotations
 
@@ -94,7 +83,18 @@ def checkpoint_file(key_path: Path) -> Path:
 
 
 class AuditSigner:
-    """Holds the audit key; signs the head when asked, after enough entries, on a timer and at stop()."""
+    """Holds the audit key; signs the head when asked, after enough entries, on a timer and at stop().
+
+    The hash chain alone shows a changed entry, but whoever can write the database can also cut the log and
+    move the head, or rewrite it with recomputed hashes. So the daemon signs the head with its audit key
+    (Ed25519, a 0600 file: `audit_key`, by default DATA_DIR/audit.key) every `audit_checkpoint_entries`
+    entries, every `audit_checkpoint_interval` seconds and at shutdown, and stores each checkpoint twice: in
+    the database (table audit_checkpoints) and as a JSON line appended to the checkpoint file beside the key
+    (audit-checkpoints.jsonl). Verification needs both copies to agree, every signature to hold under the
+    key, and the chain to hold each checkpointed (seq, hash): against someone who can write the database but
+    not the key file, tampering up to the last checkpoint shows; the entries after it ("the unsigned tail")
+    are only as good as the chain; whoever can read the key can forge everything.
+    """
 
     def __init__(self, db, key_path: Path, *, clock=time.time):
         self.db = db

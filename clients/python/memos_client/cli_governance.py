@@ -174,7 +174,8 @@ def _audit(client: MemosClient, args) -> int:
         elif not r.ok:
             print(f"audit log BROKEN at entry {r.first_bad_seq}: {r.reason}")
         else:
-            signed = (f"{r.checkpoints} signed checkpoints, the last at entry {r.last_checkpoint_seq}"
+            signed = (f"{r.checkpoints} signed checkpoint{'s' if r.checkpoints > 1 else ''},"
+                      f" the last at entry {r.last_checkpoint_seq}"
                       if r.checkpoints else "no signed checkpoint yet")
             print(f"audit log intact: {r.entries} entries, {signed} (audit key {r.audit_key_fingerprint});"
                   f" unsigned tail ({r.unsigned_tail} entries)")

@@ -188,7 +188,8 @@ class MemosClient(PortabilityMethods, TensorMethods, ParametricMethods):
             after_seq = entries[-1].seq
 
     def verify_audit(self) -> tuple[bool, int, int, str]:
-        """(ok, entries checked, first bad seq, reason). Admin only."""
+        """(ok, entries checked, first bad seq, reason) of the chain and its signed checkpoints (all of it:
+        audit_report). Admin only."""
         r = self._call(self._gov.VerifyAudit, gpb.VerifyAuditRequest())
         return r.ok, r.entries, r.first_bad_seq, r.reason
 
