@@ -11,6 +11,7 @@ from dataclasses import replace
 
 from memos_client import MemosClient
 from memos_client.auth import AgentKey, b64url
+from memosd.cli import main as memosd_main
 from memosd.governance.audit import entry_hash
 from tests.daemon import make_config, running
 
@@ -221,3 +222,26 @@ def test_garbage_written_into_the_checkpoints_is_reported_not_an_internal_error(
     with running(config) as daemon:
         report = _broken(daemon)
         assert "line 3 of" in report.reason, report  # the shutdown before appended checkpoint 2
+
+
+def test_a_restored_backup_verifies_with_its_checkpoints(tmp_path):
+    config = make_config(tmp_path)
+    _signed_log(config, restarts=2)
+    with running(config) as daemon:
+        _writes(daemon, 2)
+        with MemosClient(daemon.address, key=daemon.admin_key) as client:
+            manifest = client.backup(tmp_path / "bk")
+    assert {"audit.key", "audit-checkpoints.jsonl"} <= {f["path"] for f in manifest["files"]}
+    restored = replace(make_config(tmp_path / "r"), data_dir=tmp_path / "restored")
+    assert memosd_main(["restore", str(tmp_path / "bk"), "--data-dir", str(restored.data_dir)]) == 0
+    with running(restored) as daemon:
+        report = _report(daemon)
+        # The checkpoint the original daemon signed at its last shutdown came after the snapshot: not in it.
+        assert report.ok and report.checkpoints == 2 and report.unsigned_tail >= 2, report
+        assert report.audit_key_fingerprint == _fingerprint(config)
+
+
+def _fingerprint(config):
+    from memos_client.auth import fingerprint
+
+    return fingerprint(AgentKey.load(config.data_dir / "audit.key").public_bytes)
