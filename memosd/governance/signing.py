@@ -110,6 +110,7 @@ class AuditSigner:
         self._due: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
+        self._stopping = False
 
     async def open(self, daemon_id: str) -> None:
         """Load the key (creating it on first start) and finish a checkpoint a crash left in the database only."""
@@ -161,11 +162,10 @@ class AuditSigner:
     async def stop(self) -> None:
         """End the timer and sign the head a last time: a clean shutdown leaves no unsigned tail."""
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # Not cancelled: a checkpoint cut between its commit and its append would miss the file.
+            self._stopping = True
+            self._due.set()
+            await self._task
             self._task = None
         try:
             await self.checkpoint()
@@ -179,6 +179,8 @@ class AuditSigner:
             except TimeoutError:
                 pass
             self._due.clear()
+            if self._stopping:
+                return
             try:
                 await self.checkpoint()
             except (MemosError, OSError) as exc:
