@@ -68,8 +68,9 @@ def _init(config) -> int:
     path = config.data_dir / CONFIG_NAME
     if not path.exists():
         write_default_config(config.data_dir)
-    print(f"memosd: data directory {config.data_dir} is ready; admin key {config.data_dir / 'admin.key'}"
-          f" (daemon id {governance.daemon_id}). Start with: memosd serve")
+    print(f"memosd: data directory {config.data_dir} is ready; admin key {config.data_dir / 'admin.key'},"
+          f" audit key {governance.signer.key_path} (fingerprint {governance.signer.key_fingerprint});"
+          f" daemon id {governance.daemon_id}. Start with: memosd serve")
     return 0
 
 

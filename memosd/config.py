@@ -51,6 +51,13 @@ class Config:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # The audit key that signs checkpoints of the audit chain (empty: DATA_DIR/audit.key; its checkpoint
+    # file goes beside it). Somewhere the database's writers cannot reach is what makes the signature count.
+    audit_key: str = ""
+    # Sign the audit chain's head after this many entries (0: never by count) and this many seconds
+    # (0: never by time); it is signed at every clean shutdown too.
+    audit_checkpoint_entries: int = 1000
+    audit_checkpoint_interval: float = 60.0
     limits: Limits = field(default_factory=Limits)
 
 
@@ -97,10 +104,12 @@ def _build(values: dict) -> Config:
         elif key == "limits" and isinstance(value, dict):
             limits.update({k: int(v) for k, v in value.items() if k in _LIMIT_KEYS})
     try:
-        for key in ("sweep_interval", "access_flush_interval", "shutdown_grace", "topic_max_age"):
+        for key in ("sweep_interval", "access_flush_interval", "shutdown_grace", "topic_max_age",
+                    "audit_checkpoint_interval"):
             if key in top:
                 top[key] = float(top[key])
-        for key in ("subscriber_queue", "subscriptions_per_agent", "topic_max_events", "embedding_threads"):
+        for key in ("subscriber_queue", "subscriptions_per_agent", "topic_max_events", "embedding_threads",
+                    "audit_checkpoint_entries"):
             if key in top:
                 top[key] = int(top[key])
     except ValueError as exc:
@@ -167,6 +176,9 @@ def write_default_config(data_dir: Path) -> Path:
         '# activation_model = "/path/to/local/Qwen2.5-0.5B"   # enables memosctl kv build\n'
         '# parametric_model = "/path/to/local/Qwen2.5-0.5B"   # memosctl distill (default: activation_model)\n'
         "# sweep_interval = 30.0\n"
+        '# audit_key = "/var/lib/memosd-audit/audit.key"   # signs audit checkpoints (default DATA_DIR/audit.key)\n'
+        "# audit_checkpoint_entries = 1000   # sign the audit chain's head this often, and at every shutdown\n"
+        "# audit_checkpoint_interval = 60.0\n"
         '# metrics_listen = "127.0.0.1:9464"   # Prometheus metrics at http://127.0.0.1:9464/metrics\n'
         "\n[limits]\n"
         "# max_text_bytes = 65536\n"

@@ -76,7 +76,7 @@ def test_backup_during_writes_restores_a_consistent_copy(tmp_path, config):
         assert "daemon.backup" in audit
 
     assert (tmp_path / "bk" / "manifest.json").exists()
-    assert {f["path"] for f in manifest["files"]} == {"memos.db", "admin.key"}
+    assert {f["path"] for f in manifest["files"]} == {"memos.db", "admin.key", "audit.key"}
     restored = replace(make_config(tmp_path / "r"), data_dir=tmp_path / "restored")
     assert memosd_main(["restore", str(tmp_path / "bk"), "--data-dir", str(restored.data_dir)]) == 0
     ids = _ids(restored.data_dir)

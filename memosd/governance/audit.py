@@ -47,24 +47,47 @@ def read(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[AuditEntr
     return [AuditEntry(*r) for r in found]
 
 
-def verify(conn: sqlite3.Connection) -> tuple[bool, int, int, str]:
-    """(ok, entries checked, first bad seq, reason): recomputes every hash and link in order."""
-    prev, count, expected_seq = "", 0, None
+@dataclass
+class ChainCheck:
+    """What walking the chain found: the verdict, the newest seq, and the hashes at the seqs asked for."""
+
+    ok: bool
+    entries: int
+    first_bad_seq: int
+    reason: str
+    last_seq: int
+    hashes: dict[int, str]
+
+
+def check_chain(conn: sqlite3.Connection, wanted=frozenset()) -> ChainCheck:
+    """Recompute every hash and link in order, collecting the hashes at the seqs in `wanted`."""
+    prev, count, last, hashes = "", 0, 0, {}
     for seq, ts, agent, action, target, decision, detail, prev_hash, h in conn.execute(
             "SELECT seq, ts, agent, action, target, decision, detail, prev_hash, hash FROM audit ORDER BY seq"):
         count += 1
-        if expected_seq is not None and seq != expected_seq:
-            return False, count, seq, f"entries {expected_seq}..{seq - 1} are missing"
+        # From 1: the log is never pruned, so missing first entries are as telling as missing middle ones.
+        if seq != last + 1:
+            return ChainCheck(False, count, seq, f"entries {last + 1}..{seq - 1} are missing", last, hashes)
         if prev_hash != prev:
-            return False, count, seq, "prev_hash does not match the previous entry's hash"
+            return ChainCheck(False, count, seq, "prev_hash does not match the previous entry's hash", last, hashes)
         if entry_hash(prev, ts, agent, action, target, decision, detail) != h:
-            return False, count, seq, "entry was changed after it was written"
-        prev, expected_seq = h, seq + 1
+            return ChainCheck(False, count, seq, "entry was changed after it was written", last, hashes)
+        if seq in wanted:
+            hashes[seq] = h
+        prev, last = h, seq
     row = conn.execute("SELECT value FROM settings WHERE key = 'audit_head'").fetchone()
     head = row[0] if row else ""
-    if head != (f"{expected_seq - 1}:{prev}" if count else ""):
-        return False, count, int(head.split(":")[0] or 0), "the newest entries were removed (head does not match)"
-    return True, count, 0, ""
+    if head != (f"{last}:{prev}" if count else ""):
+        head_seq = head.split(":")[0]
+        return ChainCheck(False, count, int(head_seq) if head_seq.isdigit() else last + 1,
+                          "the newest entries were removed (head does not match)", last, hashes)
+    return ChainCheck(True, count, 0, "", last, hashes)
+
+
+def verify(conn: sqlite3.Connection) -> tuple[bool, int, int, str]:
+    """(ok, entries checked, first bad seq, reason) of the chain alone, without its checkpoints."""
+    found = check_chain(conn)
+    return found.ok, found.entries, found.first_bad_seq, found.reason
 
 
 def detail(**fields) -> str:

@@ -17,6 +17,7 @@ from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDe
 from memosd.governance import audit
 from memosd.limits import check_namespace
 from memosd.governance.policy import Pattern, Policy, check_name, owned_pattern, parse_policy
+from memosd.governance.signing import AUDIT_KEY_FILE, AuditReport, AuditSigner
 
 log = logging.getLogger("memosd.governance")
 ADMIN = "admin"
@@ -79,7 +80,7 @@ class _DenialBudget:
 class MemGovernance:
     """Identities, policies and decisions. Takes the shared Database; keeps agents and policies in memory."""
 
-    def __init__(self, db, data_dir: Path, *, clock=time.time):
+    def __init__(self, db, data_dir: Path, *, clock=time.time, audit_key: Path | None = None):
         self.db = db
         self.data_dir = Path(data_dir)
         self.clock = clock
@@ -92,6 +93,8 @@ class MemGovernance:
         self._changed = asyncio.Event()
         self._denials = _DenialBudget()
         self._read_sources: list = []
+        # The audit key lives apart from the database (by default beside it, in a file of its own).
+        self.signer = AuditSigner(db, audit_key or self.data_dir / AUDIT_KEY_FILE, clock=clock)
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -109,6 +112,7 @@ class MemGovernance:
         await self.db.write(first_start)
         settings, agents, policies = await self.db.read(load)
         self.daemon_id, self.epoch = settings["daemon_id"], int(settings["policy_epoch"])
+        await self.signer.open(self.daemon_id)
         for name, key, groups, admin, created, revoked in agents:
             self._agents[name] = AgentRecord(name, key, tuple(json.loads(groups)), bool(admin), created, revoked)
         for document, signature, created, revoked in policies:
@@ -271,19 +275,26 @@ class MemGovernance:
         suppressed, budget.suppressed = budget.suppressed, 0
         detail = audit.detail(reason=reason, **({"suppressed_before": suppressed} if suppressed else {}))
         agent = p.name if p else "-"
-        await self.db.write(lambda conn: audit.append(conn, now, agent, action, target, "deny", detail))
+
+        def job(conn: sqlite3.Connection) -> None:
+            audit.append(conn, now, agent, action, target, "deny", detail)
+            self.signer.note_entry()
+
+        await self.db.write(job)
 
     def audit_write(self, conn: sqlite3.Connection, agent: str, action: str, target: str, **fields) -> None:
         """Audit an allowed write inside the transaction that makes it."""
         audit.append(conn, self.clock(), agent, action, target, "allow", audit.detail(**fields))
+        self.signer.note_entry()
 
     async def audit_list(self, p: Principal, after_seq: int, limit: int) -> list[audit.AuditEntry]:
         self._require_admin(p, "read the audit log")
         return await self.db.read(lambda conn: audit.read(conn, after_seq, limit))
 
-    async def audit_verify(self, p: Principal) -> tuple[bool, int, int, str]:
+    async def audit_verify(self, p: Principal) -> AuditReport:
+        """The chain's links, and every signed checkpoint against the audit key and the chain."""
         self._require_admin(p, "verify the audit log")
-        return await self.db.read(audit.verify)
+        return await self.signer.verify()
 
     # -- agents -------------------------------------------------------------------------------
 

@@ -21,3 +21,12 @@ def m0001_governance(db: Database) -> None:
         " target TEXT NOT NULL, decision TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL,"
         " hash TEXT NOT NULL)"
     )
+
+
+@migrations()
+def m0002_audit_checkpoints(db: Database) -> None:
+    # Signed (seq, hash) points of the audit chain; the same rows go to the checkpoint file beside the audit key.
+    db.execute(
+        "CREATE TABLE audit_checkpoints (n INTEGER PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL,"
+        " ts REAL NOT NULL, signature BLOB NOT NULL)"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -90,6 +91,7 @@ class MemosServer:
         self._lifecycle = MemLifecycle(self.vault, store=self.store, sweep_interval=cfg.sweep_interval,
                                        flush_interval=cfg.access_flush_interval)
         self._lifecycle.start()
+        gov.signer.start(cfg.audit_checkpoint_entries, cfg.audit_checkpoint_interval)
         watch(self.metrics, self.vault, self.store)
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -140,6 +142,7 @@ class MemosServer:
         if self.exchange is not None:
             await asyncio.to_thread(self.exchange.stop)
         await self.tensors.stop()
+        await self.governance.signer.stop()  # after the last write: the head it signs is the final one
         await self.vault.close()
         path = socket_path(self.address)
         if path is not None:
@@ -154,7 +157,8 @@ class MemosServer:
 async def open_storage(config: Config, governance_type=MemGovernance) -> tuple[Database, MemGovernance]:
     """The data directory's database (migrated) and governance (admin key created on first use)."""
     db = Database(config.data_dir / "memos.db", migrations=(vault_migrations, governance_migrations, store_migrations))
-    governance = governance_type(db, config.data_dir)
+    governance = governance_type(db, config.data_dir,
+                                 audit_key=Path(config.audit_key).expanduser() if config.audit_key else None)
     await governance.start()
     return db, governance
 

@@ -58,5 +58,7 @@ class GovernanceService:
             for e in entries])
 
     async def VerifyAudit(self, request, context):
-        ok, entries, bad, reason = await self.gov.audit_verify(principal())
-        return pb.VerifyAuditResponse(ok=ok, entries=entries, first_bad_seq=bad, reason=reason)
+        r = await self.gov.audit_verify(principal())
+        return pb.VerifyAuditResponse(ok=r.ok, entries=r.entries, first_bad_seq=r.first_bad_seq, reason=r.reason,
+                                      checkpoints=r.checkpoints, last_checkpoint_seq=r.last_checkpoint_seq,
+                                      unsigned_tail=r.unsigned_tail, audit_key_fingerprint=r.key_fingerprint)

@@ -31,10 +31,13 @@ VERSION = 1
 MANIFEST = "manifest.json"
 DB_NAME = "memos.db"
 ADMIN_KEY = "admin.key"
+# The audit key and its checkpoint file, when they live in the data directory (audit_key's default).
+AUDIT_KEY = "audit.key"
+CHECKPOINTS = "audit-checkpoints.jsonl"
 BLOB_DIR = "blobs"
 PAGES_PER_STEP = 256
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_SAFE_PATH = re.compile(r"(memos\.db|admin\.key|blobs(/[A-Za-z0-9._-]+)+)")
+_SAFE_PATH = re.compile(r"(memos\.db|admin\.key|audit\.key|audit-checkpoints\.jsonl|blobs(/[A-Za-z0-9._-]+)+)")
 
 
 @dataclass
@@ -98,6 +101,7 @@ def _snapshot(data_dir: Path, staging: Path, pages_per_step: int, on_step) -> Sn
                                       ).fetchone()
         snapshot_at = time.time()
         required, recorded = referenced_blobs(source)
+        signed = _checkpoints_in(source)
 
         def progress(status, remaining, total):
             nonlocal pages
@@ -115,8 +119,39 @@ def _snapshot(data_dir: Path, staging: Path, pages_per_step: int, on_step) -> Sn
     if key.exists():
         shutil.copyfile(key, staging / ADMIN_KEY)
         files.append(_file(ADMIN_KEY, staging / ADMIN_KEY))
+    files += _audit_files(data_dir, staging, signed)
     files += _pin_blobs(data_dir, staging, required, recorded)
     return Snapshot(staging, files, snapshot_at, pages, daemon_id)
+
+
+def _checkpoints_in(conn: sqlite3.Connection) -> int:
+    """The newest audit checkpoint the snapshot holds (0: none)."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_checkpoints'").fetchone():
+        return 0
+    return conn.execute("SELECT coalesce(max(n), 0) FROM audit_checkpoints").fetchone()[0]
+
+
+def _audit_files(data_dir: Path, staging: Path, signed: int) -> list[BackupFile]:
+    """The audit key, and the checkpoint file up to the snapshot's newest checkpoint: the ones signed since
+    name entries the snapshot lacks, and would make the restored log look truncated."""
+    if not (data_dir / AUDIT_KEY).exists():
+        return []  # kept elsewhere (audit_key): the admin backs it up apart, as it is kept
+    shutil.copyfile(data_dir / AUDIT_KEY, staging / AUDIT_KEY)
+    files = [_file(AUDIT_KEY, staging / AUDIT_KEY)]
+    try:
+        lines = (data_dir / CHECKPOINTS).read_text().splitlines(keepends=True)
+    except FileNotFoundError:
+        return files
+    kept = []
+    for line in lines:
+        try:
+            if int(json.loads(line)["n"]) > signed:
+                break
+        except (ValueError, KeyError, TypeError):
+            pass  # copied as it is, for the restored daemon's verify to report
+        kept.append(line)
+    (staging / CHECKPOINTS).write_text("".join(kept))
+    return files + [_file(CHECKPOINTS, staging / CHECKPOINTS)]
 
 
 def referenced_blobs(conn: sqlite3.Connection) -> tuple[set[str], set[str]]:
@@ -193,9 +228,10 @@ def _file(rel: str, path: Path, mode: int = 0o600) -> BackupFile:
 
 
 def check_backup_path(path: str) -> str:
-    """A file name a backup may hold: memos.db, admin.key or blobs/...; never a way out of the directory."""
+    """A file name a backup may hold: memos.db, the keys, the audit checkpoints or blobs/...; never a way out."""
     if not isinstance(path, str) or not _SAFE_PATH.fullmatch(path) or any(p in (".", "..") for p in path.split("/")):
-        raise InvalidArgument(f"backup file name {path!r} is not allowed (only memos.db, admin.key and blobs/...)")
+        raise InvalidArgument(f"backup file name {path!r} is not allowed (only memos.db, admin.key, audit.key,"
+                              f" {CHECKPOINTS} and blobs/...)")
     return path
 
 

@@ -13,7 +13,7 @@ from memos_client.errors import AlreadyExists, DataLoss
 FORMAT = "memosd-backup"
 VERSION = 1
 SYNC_EVERY = 8 << 20
-_SAFE_PATH = re.compile(r"(memos\.db|admin\.key|blobs(/[A-Za-z0-9._-]+)+)")
+_SAFE_PATH = re.compile(r"(memos\.db|admin\.key|audit\.key|audit-checkpoints\.jsonl|blobs(/[A-Za-z0-9._-]+)+)")
 
 
 class BackupWriter:

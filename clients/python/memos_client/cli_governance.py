@@ -61,7 +61,7 @@ def add_commands(command) -> None:
     a.add_argument("id")
     a.set_defaults(run=_policy_revoke)
 
-    p = command("audit", _audit, "show the hash-chained audit log (admin); 'audit verify' checks the chain")
+    p = command("audit", _audit, "show the hash-chained audit log (admin); 'audit verify' checks the chain and its signatures")
     p.add_argument("verify", nargs="?", choices=["verify"], help="check every entry's hash and link")
     p.add_argument("--after", type=int, default=0, metavar="SEQ", help="entries after this sequence number")
     p.add_argument("--limit", type=int, default=0, metavar="N", help="at most N entries")
@@ -168,12 +168,18 @@ def _policy_revoke(client: MemosClient, args) -> int:
 
 def _audit(client: MemosClient, args) -> int:
     if args.verify:
-        ok, entries, bad, reason = client.verify_audit()
+        r = client.audit_report()
         if args.json:
-            emit({"ok": ok, "entries": entries, "first_bad_seq": bad, "reason": reason})
+            emit(r.to_json())
+        elif not r.ok:
+            print(f"audit log BROKEN at entry {r.first_bad_seq}: {r.reason}")
         else:
-            print(f"audit log intact: {entries} entries" if ok else f"audit log BROKEN at entry {bad}: {reason}")
-        return 0 if ok else 1
+            signed = (f"{r.checkpoints} signed checkpoint{'s' if r.checkpoints > 1 else ''},"
+                      f" the last at entry {r.last_checkpoint_seq}"
+                      if r.checkpoints else "no signed checkpoint yet")
+            print(f"audit log intact: {r.entries} entries, {signed} (audit key {r.audit_key_fingerprint});"
+                  f" unsigned tail ({r.unsigned_tail} entries)")
+        return 0 if r.ok else 1
     table = Table(("SEQ", "TIME", "AGENT", "ACTION", "DECISION", "TARGET"),
                   sizes=((3, 8), (16, 16), (5, 16), (6, 36), (5, 5)))
     for shown, entry in enumerate(client.audit(args.after), 1):

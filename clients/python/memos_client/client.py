@@ -15,7 +15,7 @@ from memos_client.fdpass import unix_path
 from memos_client.errors import AlreadyExists, Unauthenticated, from_rpc_error
 from memos_client.kv_client import TensorMethods
 from memos_client.portability import PortabilityMethods
-from memos_client.models import Agent, AuditEntry, Cube, Hit, Page, Policy, Status, Topic
+from memos_client.models import Agent, AuditEntry, AuditReport, Cube, Hit, Page, Policy, Status, Topic
 from memos_client.subscription import Subscription, _Position
 from memos_mip.v1 import daemon_pb2, daemon_pb2_grpc, governance_pb2 as gpb, governance_pb2_grpc, vault_pb2, vault_pb2_grpc
 from memos_mip.v1 import store_pb2 as spb, store_pb2_grpc
@@ -188,9 +188,14 @@ class MemosClient(PortabilityMethods, TensorMethods, ParametricMethods):
             after_seq = entries[-1].seq
 
     def verify_audit(self) -> tuple[bool, int, int, str]:
-        """(ok, entries checked, first bad seq, reason). Admin only."""
+        """(ok, entries checked, first bad seq, reason) of the chain and its signed checkpoints (all of it:
+        audit_report). Admin only."""
         r = self._call(self._gov.VerifyAudit, gpb.VerifyAuditRequest())
         return r.ok, r.entries, r.first_bad_seq, r.reason
+
+    def audit_report(self) -> AuditReport:
+        """verify_audit in full: the chain, its signed checkpoints and the unsigned tail after them. Admin only."""
+        return AuditReport.from_proto(self._call(self._gov.VerifyAudit, gpb.VerifyAuditRequest()))
 
     # -- MemStore ---------------------------------------------------------------------------------
 

@@ -243,6 +243,29 @@ class AuditEntry:
         return out
 
 
+@dataclass
+class AuditReport:
+    """What `audit verify` found. Tampering up to last_checkpoint_seq shows to anyone without the daemon's
+    audit key; the unsigned_tail entries after it are only hash-chained."""
+
+    ok: bool
+    entries: int
+    first_bad_seq: int
+    reason: str
+    checkpoints: int
+    last_checkpoint_seq: int
+    unsigned_tail: int
+    audit_key_fingerprint: str
+
+    @classmethod
+    def from_proto(cls, msg) -> "AuditReport":
+        return cls(msg.ok, msg.entries, msg.first_bad_seq, msg.reason, msg.checkpoints, msg.last_checkpoint_seq,
+                   msg.unsigned_tail, msg.audit_key_fingerprint)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
 class EventKind(enum.IntEnum):
     PUBLISHED = 1
     UPDATED = 2

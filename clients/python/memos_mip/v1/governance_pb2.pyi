@@ -183,13 +183,21 @@ class VerifyAuditRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class VerifyAuditResponse(_message.Message):
-    __slots__ = ("ok", "entries", "first_bad_seq", "reason")
+    __slots__ = ("ok", "entries", "first_bad_seq", "reason", "checkpoints", "last_checkpoint_seq", "unsigned_tail", "audit_key_fingerprint")
     OK_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     FIRST_BAD_SEQ_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHECKPOINT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    UNSIGNED_TAIL_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     entries: int
     first_bad_seq: int
     reason: str
-    def __init__(self, ok: _Optional[bool] = ..., entries: _Optional[int] = ..., first_bad_seq: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    checkpoints: int
+    last_checkpoint_seq: int
+    unsigned_tail: int
+    audit_key_fingerprint: str
+    def __init__(self, ok: _Optional[bool] = ..., entries: _Optional[int] = ..., first_bad_seq: _Optional[int] = ..., reason: _Optional[str] = ..., checkpoints: _Optional[int] = ..., last_checkpoint_seq: _Optional[int] = ..., unsigned_tail: _Optional[int] = ..., audit_key_fingerprint: _Optional[str] = ...) -> None: ...

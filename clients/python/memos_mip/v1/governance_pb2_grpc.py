@@ -156,7 +156,7 @@ class GovernanceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyAudit(self, request, context):
-        """Recomputes the audit log's hash chain and reports the first broken link (admin only).
+        """Recomputes the audit log's hash chain, checks its signed checkpoints, and reports the first break (admin only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
