@@ -135,9 +135,11 @@ def test_a_read_grant_on_a_cube_holding_the_blob_lets_bob_reference_it(agents):
     cube = bob.put_activation(manifest, BOB_NS)
     assert bytes(bob.download_blob(cube.id)) == payload
     alice.revoke_policy(policy)
-    with pytest.raises(NotFound):  # his own cube stays his; a new reference needs the grant again
+    assert bytes(bob.download_blob(cube.id)) == payload  # his own cube stays his, and names the blob
+    bob.delete(cube.id)
+    with pytest.raises(NotFound):  # nothing bob may read names it now
         bob.put_activation(manifest, "agents/bob/again")
-    assert bytes(bob.download_blob(cube.id)) == payload
+    assert bob.upload_status(manifest.blob_sha256, len(payload), BOB_NS) == (False, 0)
 
 
 def test_the_admin_references_what_it_may_read_and_nothing_else(agents, client):
