@@ -265,10 +265,6 @@ class BlobStore:
     def path(self, sha256: str) -> Path:
         return self.objects / sha256[:2] / sha256
 
-    async def stored_size(self, sha256: str) -> int | None:
-        row = await self.db.read(lambda c: c.execute("SELECT size FROM blobs WHERE sha256 = ?", (sha256,)).fetchone())
-        return row[0] if row else None
-
     async def referable_size(self, agent: str, sha256: str, guard: Guard | None = None) -> int | None:
         """The blob's size if `agent` may make a cube reference it (it holds the blob, or guard lets it read a
         live cube naming it); None, as for a blob not stored, otherwise."""
