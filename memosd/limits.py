@@ -31,6 +31,11 @@ class Limits:
     # Largest blob (a KV cache or adapter payload) one upload may declare, and unfinished uploads per agent.
     max_blob_bytes: int = 8 << 30
     max_pending_uploads: int = 8
+    # Imports one agent may have in progress, and the bytes they may stage on disk together (tar and
+    # unpacked files); no import may leave the disk with less than min_free_disk_bytes.
+    max_imports_per_agent: int = 2
+    max_import_staging_bytes: int = 32 << 30
+    min_free_disk_bytes: int = 256 << 20
 
 
 def check_namespace(namespace: str, *, what: str = "namespace") -> str:

@@ -19,7 +19,8 @@ class TensorMemorySink:
     """A TensorSink for activation and parametric cubes. The payload goes through the blob store, the
     cube through ActivationVault.put or ParametricVault.put, so the cube gets a new id and times. A cube
     with the same payload in the same namespace counts as imported before, which keeps a re-run from
-    storing it twice."""
+    storing it twice. The payload's bytes are stored and checked against the manifest first: a bundle that
+    names a digest must carry its bytes, and learns nothing about a stored blob until it has."""
 
     def __init__(self, vault, tensors):
         self.vault = vault
@@ -33,15 +34,15 @@ class TensorMemorySink:
             manifest = _MANIFESTS[cube.kind].from_json(cube.manifest)
         except (FormatError, KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"cube {cube.id}: its manifest is malformed ({exc})") from None
-        if await self._present(cube.namespace, cube.kind, manifest.blob_sha256):
-            return False
         size = blob.stat().st_size
         if size == 0:
             raise InvalidArgument(f"cube {cube.id}: its payload is empty")
         with open(blob, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            sha256, stored = await self.tensors.blobs.put_parts([view])
+            sha256, stored = await self.tensors.blobs.put_parts([view], owner)
         if sha256 != manifest.blob_sha256 or stored != manifest.blob_size:
             raise DataLoss(f"cube {cube.id}: its payload does not match the manifest's sha256 and size")
+        if await self._present(cube.namespace, cube.kind, manifest.blob_sha256):
+            return False
         now = self.vault.clock()
         ttl = 0 if cube.expires_at is None else max(1, int(cube.expires_at - now))
         draft = TensorDraft(namespace=cube.namespace, manifest=manifest, tags=cube.tags, metadata=cube.metadata,

@@ -172,7 +172,7 @@ class ParametricPromoter:
         manifest, parts = await asyncio.to_thread(encode_trained, trained)
         progress.check()
         target.authorize()
-        sha256, size = await self.blobs.put_parts(parts)
+        sha256, size = await self.blobs.put_parts(parts, owner)
         if (sha256, size) != (manifest.blob_sha256, manifest.blob_size):
             raise FailedPrecondition("the adapter blob changed while it was stored; train it again")
         cube = await self.parametric.put(AdapterDraft(

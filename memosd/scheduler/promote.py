@@ -95,7 +95,7 @@ class ActivationPromoter:
         manifest, parts = await asyncio.to_thread(encode_prefill, model, ids, layers)
         progress.check()
         target.authorize()
-        sha256, size = await self.blobs.put_parts(parts)
+        sha256, size = await self.blobs.put_parts(parts, owner)
         if (sha256, size) != (manifest.blob_sha256, manifest.blob_size):
             raise FailedPrecondition("the KV payload changed while it was stored; build it again")
         cube = await self.activations.put(ActivationDraft(

@@ -25,7 +25,7 @@ class ActivationService:
         draft = convert_tensor.activation_draft_from_proto(request)
         p = principal()
         self.gov.check(p, "write", draft.namespace, MemoryKind.ACTIVATION)
-        cube = await self.activations.put(draft, p.name)
+        cube = await self.activations.put(draft, p.name, guard=lambda c: self.gov.check_cube(p, "read", c))
         return activation_pb2.PutActivationResponse(cube=convert.cube_to_proto(cube))
 
     async def FindByPrefix(self, request, context):

@@ -34,6 +34,10 @@ class BlobService:
             raise InvalidArgument("kind must be MEMORY_KIND_ACTIVATION or MEMORY_KIND_PARAMETRIC; plaintext has no blob")
         self.gov.check(principal(), "write", namespace, MemoryKind(kind or MemoryKind.ACTIVATION))
 
+    def _reads(self, p):
+        # A blob counts as the caller's when it may read a cube naming it (see memosd.vault.blob_access).
+        return lambda cube: self.gov.check_cube(p, "read", cube)
+
     async def Upload(self, requests, context):
         first = await anext(requests, None)
         if first is None or isinstance(first, ChunkView) or first.WhichOneof("part") != "start":
@@ -41,7 +45,8 @@ class BlobService:
         start = first.start
         self._authorize_upload(start.namespace, start.kind)
         ref = cube_pb2.BlobRef(sha256=start.sha256, size=start.size)
-        async with self.blobs.upload(principal().name, start.sha256, start.size, start.offset) as session:
+        p = principal()
+        async with self.blobs.upload(p.name, start.sha256, start.size, start.offset, self._reads(p)) as session:
             if session is None:
                 return blob_pb2.UploadResponse(blob=ref, deduplicated=True)
             async for request in requests:
@@ -52,7 +57,8 @@ class BlobService:
 
     async def GetUploadStatus(self, request, context):
         self._authorize_upload(request.namespace, request.kind)
-        stored, committed = await self.blobs.status(principal().name, request.sha256, request.size)
+        p = principal()
+        stored, committed = await self.blobs.status(p.name, request.sha256, request.size, self._reads(p))
         return blob_pb2.GetUploadStatusResponse(stored=stored, committed_size=committed)
 
     async def Download(self, request, context):

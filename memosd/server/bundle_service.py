@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
-import shutil
 from pathlib import Path
 
 from memos_client.bundle_format import MANIFEST, MEMOS_NAME, NAME, BundleError, safe_extract
@@ -15,6 +13,7 @@ from memosd import __version__, errors
 from memosd.bundle.dumper import ChunkPipe, ExportedPolicy, write_bundle
 from memosd.bundle.loader import BundleReader, ImportOptions, ImportReport, load_bundle
 from memosd.bundle.memos_dump import CONFIG, load_memos_dump
+from memosd.bundle.staging import ImportStaging
 from memosd.cube import CubeFilter, LifecycleState, MemoryKind
 from memosd.errors import InvalidArgument, ResourceExhausted
 from memosd.governance.policy import Pattern
@@ -34,6 +33,11 @@ class BundleService:
         self.gov = governance
         self.data_dir = Path(data_dir)
         self.tensors = tensors
+        limits = vault.limits
+        self.staging = ImportStaging(self.data_dir, max_per_agent=limits.max_imports_per_agent,
+                                     max_bytes_per_agent=limits.max_import_staging_bytes,
+                                     min_free=limits.min_free_disk_bytes)
+        self.staging.sweep()  # built before the daemon serves: no import of this run is staged yet
 
     async def Export(self, request, context):
         p = principal()
@@ -91,40 +95,41 @@ class BundleService:
     async def Import(self, requests, context):
         p = principal()
         start = None
-        staging = self.data_dir / f".import-{secrets.token_hex(6)}"
-        staging.mkdir(mode=0o700)
         try:
-            tar_path = staging / "bundle.tar"
-            limit = self.vault.limits.max_bundle_bytes
-            received = 0
-            with open(tar_path, "wb") as out:
-                async for message in requests:
-                    part = message.WhichOneof("part")
-                    if start is None:
-                        if part != "start":
-                            raise InvalidArgument("the first message of Import must be `start`")
-                        start = message.start
-                        continue
-                    if part != "data":
-                        raise InvalidArgument("only the first message of Import may be `start`")
-                    received += len(message.data)
-                    if received > limit:
-                        raise ResourceExhausted(f"the bundle is over {limit} bytes (max_bundle_bytes)")
-                    await asyncio.to_thread(out.write, message.data)
-            if start is None:
-                raise InvalidArgument("Import received no messages; send `start` and then the bundle's bytes")
-            if start.namespace:
-                check_namespace_prefix(start.namespace)
-            options = ImportOptions(namespace=start.namespace, apply_policies=not start.skip_policies,
-                                    allow_pickle=start.allow_pickle)
-            files = await asyncio.to_thread(safe_extract, tar_path, staging / "bundle", max_bytes=limit,
-                                            pattern=_PATTERNS.get(start.format, _ANY_NAME))
-            tar_path.unlink()
-            report = await self._load(files, start.format, options, p)
+            async with self.staging.stage(p.name) as stage:
+                tar_path = stage.path / "bundle.tar"
+                limit = self.vault.limits.max_bundle_bytes
+                received = 0
+                with open(tar_path, "wb") as out:
+                    async for message in requests:
+                        part = message.WhichOneof("part")
+                        if start is None:
+                            if part != "start":
+                                raise InvalidArgument("the first message of Import must be `start`")
+                            start = message.start
+                            continue
+                        if part != "data":
+                            raise InvalidArgument("only the first message of Import may be `start`")
+                        received += len(message.data)
+                        if received > limit:
+                            raise ResourceExhausted(f"the bundle is over {limit} bytes (max_bundle_bytes)")
+                        stage.add(len(message.data))
+                        await stage.run(out.write, message.data)
+                if start is None:
+                    raise InvalidArgument("Import received no messages; send `start` and then the bundle's bytes")
+                if start.namespace:
+                    check_namespace_prefix(start.namespace)
+                options = ImportOptions(namespace=start.namespace, apply_policies=not start.skip_policies,
+                                        allow_pickle=start.allow_pickle)
+                stage.add(received)  # unpacked, a bundle is at least as big as its tar (more if compressed)
+                files = await stage.run(safe_extract, tar_path, stage.path / "bundle", max_bytes=limit,
+                                        pattern=_PATTERNS.get(start.format, _ANY_NAME))
+                tar_path.unlink()
+                stage.release(2 * received)
+                stage.add(sum(path.stat().st_size for path in files.values()))
+                report = await self._load(files, start.format, options, p)
         except BundleError as exc:
             raise getattr(errors, exc.kind)(str(exc)) from None
-        finally:
-            await asyncio.to_thread(shutil.rmtree, staging, True)
         log.info("imported %d cubes (%s) for %s", report.cubes, report.format, p.name)
         return bundle_pb2.ImportResponse(
             format=report.format, cubes=report.cubes, skipped=report.skipped, renamed=report.renamed,

@@ -33,7 +33,7 @@ class ParametricService:
         draft = convert_parametric.adapter_draft_from_proto(request)
         p = principal()
         self.gov.check(p, "write", draft.namespace, MemoryKind.PARAMETRIC)
-        cube = await self.parametric.put(draft, p.name)
+        cube = await self.parametric.put(draft, p.name, guard=lambda c: self.gov.check_cube(p, "read", c))
         return parametric_pb2.PutAdapterResponse(cube=convert.cube_to_proto(cube))
 
     async def Distill(self, request, context):

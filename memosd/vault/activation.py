@@ -47,9 +47,10 @@ class ActivationVault:
         self.blobs = blobs
         self._audit = audit or (lambda conn, agent, action, target, **fields: None)
 
-    async def put(self, draft: ActivationDraft, owner: str) -> MemCube:
+    async def put(self, draft: ActivationDraft, owner: str, guard=None) -> MemCube:
         """Check the draft and its payload's header, then store the cube, take a reference on its blob
-        and index its prefix, in one transaction."""
+        and index its prefix, in one transaction. The blob must be one owner holds, or (with guard, which
+        raises PermissionDenied for a cube owner may not read) one named by a live cube owner may read."""
         limits, now = self.vault.limits, self.vault.clock()
         m = draft.manifest
         cube = tensor_cubes.new_cube(draft, MemoryKind.ACTIVATION, owner, limits, now, MAX_DERIVED_FROM)
@@ -57,7 +58,7 @@ class ActivationVault:
             check_manifest(m)
         except FormatError as exc:
             raise InvalidArgument(f"manifest: {exc}") from None
-        await self._check_payload(m)
+        await self._check_payload(m, owner, guard)
         cube.manifest = m.to_json()
         keys = block_keys(m.model_fingerprint, m.token_ids)
         index = [(key, (i + 1) * BLOCK_TOKENS) for i, key in enumerate(keys)] or [(root_key(m.model_fingerprint),
@@ -72,8 +73,8 @@ class ActivationVault:
         await self.db.write(job)
         return cube
 
-    async def _check_payload(self, m: KVManifest) -> None:
-        size = await tensor_cubes.stored_size(self.blobs, m.blob_sha256, m.blob_size)
+    async def _check_payload(self, m: KVManifest, owner: str, guard) -> None:
+        size = await tensor_cubes.stored_size(self.blobs, m.blob_sha256, m.blob_size, owner, guard)
         try:
             start = header_length(await self.blobs.read_header(m.blob_sha256, size, 8), size)
             header = parse_header(await self.blobs.read_header(m.blob_sha256, size, start), size)

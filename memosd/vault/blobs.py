@@ -7,6 +7,8 @@ A blob becomes visible only after all its bytes are in, their sha256 matches the
 fsynced and renamed into place and its row is committed. Rows (table `blobs`) count the cubes that
 reference each blob; a blob nothing references is removed after a grace period. Each row also keeps the
 blob's XXH3-128, taken with the sha256, which same-host clients check a mapped payload against.
+Deduplication never lets a digest stand in for the bytes: an agent that neither holds a blob nor may read
+a cube naming it must send them all (see blob_access), and is told nothing about the stored copy.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import AsyncIterator, Sequence
 import xxhash
 
 from memosd.errors import Conflict, DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from memosd.vault import blob_access
+from memosd.vault.blob_access import Guard
 
 log = logging.getLogger("memosd.blobs")
 CHUNK_BYTES = 1 << 20
@@ -261,30 +265,33 @@ class BlobStore:
     def path(self, sha256: str) -> Path:
         return self.objects / sha256[:2] / sha256
 
-    async def stored_size(self, sha256: str) -> int | None:
-        row = await self.db.read(lambda c: c.execute("SELECT size FROM blobs WHERE sha256 = ?", (sha256,)).fetchone())
-        return row[0] if row else None
+    async def referable_size(self, agent: str, sha256: str, guard: Guard | None = None) -> int | None:
+        """The blob's size if `agent` may make a cube reference it (it holds the blob, or guard lets it read a
+        live cube naming it); None, as for a blob not stored, otherwise."""
+        return await self.db.read(lambda c: blob_access.referable_size(c, sha256, agent, guard))
 
-    async def status(self, owner: str, sha256: str, size: int) -> tuple[bool, int]:
-        """(already stored, bytes of owner's unfinished upload held)."""
+    async def status(self, owner: str, sha256: str, size: int, guard: Guard | None = None) -> tuple[bool, int]:
+        """(stored and referable by owner: nothing to send, bytes of owner's unfinished upload held)."""
         check_sha256(sha256)
-        if await self.stored_size(sha256) is not None:
+        if await self.referable_size(owner, sha256, guard) is not None:
             return True, 0
         up = self._uploads.get((owner, sha256))
         # Not waiting for a stream still writing: a resume from a stale offset is refused and asked again.
         return False, (up.committed if up is not None and up.size == size else 0)
 
     @contextlib.asynccontextmanager
-    async def upload(self, owner: str, sha256: str, size: int, offset: int) -> AsyncIterator[UploadSession | None]:
+    async def upload(self, owner: str, sha256: str, size: int, offset: int,
+                     guard: Guard | None = None) -> AsyncIterator[UploadSession | None]:
         """A session to write the blob from `offset` (0, or the committed size of an unfinished upload);
-        None when the blob is stored already."""
+        None when owner may reference the stored blob already. Anyone else sends every byte, even of a
+        blob stored already: its sha256 is checked and owner recorded as a holder."""
         check_sha256(sha256)
         if size <= 0:
             raise InvalidArgument("size must be at least 1 byte")
         if size > self.max_blob_bytes:
             raise ResourceExhausted(f"the blob is {size} bytes; this daemon takes at most {self.max_blob_bytes}"
                                     " (max_blob_bytes in its config)")
-        if await self.stored_size(sha256) is not None:
+        if await self._referable(owner, sha256, size, guard):
             yield None
             return
         key = (owner, sha256)
@@ -296,7 +303,7 @@ class BlobStore:
         async with self._locked(up):
             if self._uploads.get(key) is not up:  # swept or discarded while we waited
                 raise Conflict("the upload was discarded while waiting; start it again")
-            if await self.stored_size(sha256) is not None:  # another agent's upload finished first
+            if await self._referable(owner, sha256, size, guard):  # another stream of owner's finished first
                 yield None
                 return
             if offset not in (0, up.committed):
@@ -309,6 +316,12 @@ class BlobStore:
             self._check_space(size - up.committed)
             up.touched = time.time()
             yield UploadSession(self, up)
+
+    async def _referable(self, owner: str, sha256: str, size: int, guard: Guard | None) -> bool:
+        stored = await self.referable_size(owner, sha256, guard)
+        if stored is not None and stored != size:  # owner may read it: the size is no secret to it
+            raise InvalidArgument(f"blob {sha256} is {stored} bytes, not the {size} declared")
+        return stored is not None
 
     @contextlib.asynccontextmanager
     async def _locked(self, up: _Upload):
@@ -361,19 +374,25 @@ class BlobStore:
     async def _publish(self, up: _Upload) -> None:
         try:
             await asyncio.to_thread(os.fsync, up.fd)
-            await self._commit(up.path, up.sha256, up.size, up.checksum.hexdigest())
+            await self._commit(up.path, up.sha256, up.size, up.checksum.hexdigest(), up.owner)
         finally:  # published, or failed after verification: either way this upload is over
             self._discard(up)
 
-    async def _commit(self, staged: Path, sha256: str, size: int, xxh3_128: str) -> None:
-        """Rename a verified, fsynced staging file into place and record it (the rename and the row are
-        what make it visible); a blob stored meanwhile by someone else wins and the staging file goes."""
+    async def _commit(self, staged: Path, sha256: str, size: int, xxh3_128: str, holder: str) -> None:
+        """Rename a verified, fsynced staging file into place and record it and its holder (the rename and
+        the row are what make it visible); a copy stored already wins and the staging file goes."""
         async with self._publish_lock:
             await asyncio.to_thread(self._place, staged, sha256)
             now = time.time()
-            await self.db.write(lambda conn: conn.execute(
-                "INSERT OR IGNORE INTO blobs (sha256, size, refcount, created_at, unreferenced_since, xxh3_128)"
-                " VALUES (?, ?, 0, ?, ?, ?)", (sha256, size, now, now, xxh3_128)))
+
+            def job(conn: sqlite3.Connection) -> None:
+                conn.execute("INSERT OR IGNORE INTO blobs (sha256, size, refcount, created_at, unreferenced_since,"
+                             " xxh3_128) VALUES (?, ?, 0, ?, ?, ?)", (sha256, size, now, now, xxh3_128))
+                blob_access.record_holder(conn, sha256, holder, now)
+                # A new holder has the grace period to reference it, as if it were stored just now.
+                conn.execute("UPDATE blobs SET unreferenced_since = ? WHERE sha256 = ? AND refcount <= 0", (now, sha256))
+
+            await self.db.write(job)
 
     def _place(self, staged: Path, sha256: str) -> None:
         target = self.path(sha256)
@@ -387,8 +406,9 @@ class BlobStore:
         os.replace(staged, target)
         _fsync_dir(target.parent)
 
-    async def put_parts(self, parts: Sequence) -> tuple[str, int]:
-        """Store bytes the daemon made itself (a KV cache it built): (sha256, size)."""
+    async def put_parts(self, parts: Sequence, holder: str) -> tuple[str, int]:
+        """Store bytes the daemon has in hand (a KV cache it built, an imported payload) for `holder`, who
+        may then reference them: (sha256, size)."""
         views = [memoryview(p).cast("B") for p in parts]
         size = sum(len(v) for v in views)
         if size > self.max_blob_bytes:
@@ -397,7 +417,7 @@ class BlobStore:
         staged = self.tmp / f"daemon.{secrets.token_hex(8)}.part"
         try:
             sha256, checksum = await asyncio.get_running_loop().run_in_executor(self._io, _write_all, staged, views)
-            await self._commit(staged, sha256, size, checksum)
+            await self._commit(staged, sha256, size, checksum, holder)
         finally:
             staged.unlink(missing_ok=True)
         return sha256, size

@@ -46,8 +46,9 @@ class ParametricVault:
         """Remember a base model's adaptable modules ({name: (in, out)}) under its fingerprint."""
         self._known[fingerprint] = dict(modules)
 
-    async def put(self, draft: AdapterDraft, owner: str) -> MemCube:
-        """Check the draft and its blob, then store the cube and take a reference on its blob, in one transaction."""
+    async def put(self, draft: AdapterDraft, owner: str, guard=None) -> MemCube:
+        """Check the draft and its blob, then store the cube and take a reference on its blob, in one transaction.
+        The blob must be one owner may reference, as for ActivationVault.put."""
         limits, now = self.vault.limits, self.vault.clock()
         m = draft.manifest
         cube = tensor_cubes.new_cube(draft, MemoryKind.PARAMETRIC, owner, limits, now, MAX_DERIVED_FROM)
@@ -55,7 +56,7 @@ class ParametricVault:
             check_manifest(m)
         except FormatError as exc:
             raise InvalidArgument(f"manifest: {exc}") from None
-        await self._check_blob(m)
+        await self._check_blob(m, owner, guard)
         cube.manifest = m.to_json()
 
         def job(conn: sqlite3.Connection) -> None:
@@ -65,8 +66,8 @@ class ParametricVault:
         await self.db.write(job)
         return cube
 
-    async def _check_blob(self, m: AdapterManifest) -> None:
-        size = await tensor_cubes.stored_size(self.blobs, m.blob_sha256, m.blob_size)
+    async def _check_blob(self, m: AdapterManifest, owner: str, guard) -> None:
+        size = await tensor_cubes.stored_size(self.blobs, m.blob_sha256, m.blob_size, owner, guard)
         try:
             start = header_length(await self.blobs.read_header(m.blob_sha256, size, 8), size)
             adapter = read_adapter(read_header(await self.blobs.read_header(m.blob_sha256, size, start), size))

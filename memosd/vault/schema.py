@@ -147,3 +147,21 @@ def m0006_blob_checksums(db: Database) -> None:
     # XXH3-128 of each blob, taken while its sha256 was checked: what a same-host client verifies a mapped
     # payload against (OpenLocal). Blobs stored before this get theirs on first use.
     db.execute("ALTER TABLE blobs ADD COLUMN xxh3_128 TEXT")
+
+
+@migrations()
+def m0007_blob_holders(db: Database) -> None:
+    # Who proved possession of a blob's bytes (uploaded them, or stored them by import or a job): a digest
+    # alone is an address, not a credential. Rows go with their blob. No rows are made for blobs stored
+    # before: their owners still reach them through the cubes they may read.
+    db.execute(
+        "CREATE TABLE blob_holders (sha256 TEXT NOT NULL, agent TEXT NOT NULL, since REAL NOT NULL,"
+        " PRIMARY KEY (sha256, agent)) WITHOUT ROWID"
+    )
+    db.execute("CREATE TRIGGER blobs_forget_holders AFTER DELETE ON blobs BEGIN"
+               " DELETE FROM blob_holders WHERE sha256 = old.sha256; END")
+    # The live cubes naming a blob, for the read-grant check (and the import's same-payload check).
+    db.execute(
+        "CREATE INDEX cubes_blob ON cubes(json_extract(manifest, '$.blob.sha256'))"
+        " WHERE manifest IS NOT NULL"
+    )

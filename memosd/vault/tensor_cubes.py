@@ -68,9 +68,10 @@ def insert(conn: sqlite3.Connection, cube: MemCube, blob_sha256: str) -> int:
     return seq
 
 
-async def stored_size(blobs, sha256: str, declared: int) -> int:
-    """The size of a stored payload blob, checked against its manifest."""
-    size = await blobs.stored_size(sha256)
+async def stored_size(blobs, sha256: str, declared: int, owner: str, guard=None) -> int:
+    """The size of a stored payload blob owner may reference (see blob_access), checked against its manifest;
+    one it may not answers as one not stored, before anything about it is checked."""
+    size = await blobs.referable_size(owner, sha256, guard)
     if size is None:
         raise NotFound(f"blob {sha256} is not stored; upload it with BlobService.Upload first")
     if size != declared:

@@ -97,7 +97,7 @@ class TensorMethods(TensorStubs):
 
     def upload_status(self, sha256: str, size: int, namespace: str | None = None, *,
                       kind: Kind = Kind.ACTIVATION) -> tuple[bool, int]:
-        """(already stored, bytes of this agent's unfinished upload the daemon holds)."""
+        """(stored and usable by this agent without sending it, bytes of its unfinished upload the daemon holds)."""
         request = blob_pb2.GetUploadStatusRequest(sha256=sha256, size=size, namespace=kv_namespace(self, namespace),
                                                   kind=int(kind))
         r = self._call(self._blobs.GetUploadStatus, request)

@@ -68,14 +68,16 @@ class BlobServiceServicer:
         """Uploads one blob: the first message is `start` (declared digest, size and target namespace),
         the following ones `chunk`s in order, each at the offset where the previous one ended. The blob
         becomes visible only once all its bytes are in and their sha256 equals the declared one
-        (DATA_LOSS otherwise). A broken upload keeps its bytes: ask GetUploadStatus, then resume.
+        (DATA_LOSS otherwise). A broken upload keeps its bytes: ask GetUploadStatus, then resume. A digest
+        is not a credential: a caller that cannot use the stored blob already sends every byte of it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetUploadStatus(self, request, context):
-        """How much of an unfinished upload of the caller the daemon holds, or that the blob is already stored.
+        """How much of an unfinished upload of the caller the daemon holds, or that the caller may use the
+        stored blob already.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
