@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memos_client.auth import AgentKey, fingerprint, read_token, verify_signature
+from memos_client.bounds import JSONLimitError
 from memosd.cube import MemoryKind
 from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated
 from memosd.governance import audit
@@ -165,6 +166,8 @@ class MemGovernance:
     def _verify(self, token: str) -> dict:
         try:
             claims, signed, signature = read_token(token)
+        except JSONLimitError as exc:
+            raise Unauthenticated(f"token is malformed: {exc}") from None
         except (ValueError, UnicodeDecodeError):
             raise Unauthenticated("token is malformed") from None
         types = {"sub": str, "aud": str, "iat": int, "exp": int, "jti": str, "epoch": int}

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from memos_client.bounds import JSONLimitError, loads
 from memos_client.tensor_format import (
     DTYPES, FormatError, Header, TensorSpec, _is_sha256, encode_header, header_length, parse_header,
 )
@@ -117,7 +118,9 @@ def parse_config(text: str | bytes) -> dict:
     if len(text) > MAX_CONFIG_BYTES:
         raise FormatError(f"adapter_config.json is over {MAX_CONFIG_BYTES} bytes")
     try:
-        config = json.loads(text)
+        config = loads(text, what="adapter_config.json", max_bytes=MAX_CONFIG_BYTES)
+    except JSONLimitError as exc:
+        raise FormatError(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise FormatError(f"adapter_config.json is not valid JSON: {exc}") from None
     if not isinstance(config, dict):

@@ -19,6 +19,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from memos_client.bounds import JSONLimitError, loads
+
 # Torch dtype name -> (safetensors code, bytes per element).
 DTYPES = {
     "float32": ("F32", 4), "float16": ("F16", 2), "bfloat16": ("BF16", 2), "float64": ("F64", 8),
@@ -180,7 +182,9 @@ def parse_header(data: bytes, total_size: int) -> Header:
     if len(data) < start:
         raise FormatError("the safetensors header is cut short")
     try:
-        doc = json.loads(bytes(data[8:start]).decode("utf-8"))
+        doc = loads(data[8:start], what="the safetensors header", max_bytes=MAX_HEADER_BYTES)
+    except JSONLimitError as exc:
+        raise FormatError(str(exc)) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"the safetensors header is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
