@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memos_client.bounds import JSONLimitError, loads
+from memos_client.bounds import JSONLimitError, loads, quote
 from memos_client.bundle_format import BundleError, from_rfc3339
 from memosd.bundle.loader import BATCH, ImportReport
 from memosd.cube import LifecycleState, MemCube, MemoryKind, Visibility
@@ -115,7 +115,7 @@ def memos_item_cube(item, namespace: str, limits: Limits, now: float, number: in
     if status == "deleted":
         return None
     if status not in STATES:
-        raise BundleError("InvalidArgument", f"{where}status {status!r} is not one MemOS writes")
+        raise BundleError("InvalidArgument", f"{where}status {quote(status)} is not one MemOS writes")
     try:
         text = check_text(item.get("memory") if isinstance(item.get("memory"), str) else "", limits)
     except InvalidArgument as exc:

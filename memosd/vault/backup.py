@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from memos_client.bounds import quote
 from memos_client.bundle_format import sha256_file
 from memosd.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument
 from memosd.vault.db import connect
@@ -195,7 +196,7 @@ def _file(rel: str, path: Path, mode: int = 0o600) -> BackupFile:
 def check_backup_path(path: str) -> str:
     """A file name a backup may hold: memos.db, admin.key or blobs/...; never a way out of the directory."""
     if not isinstance(path, str) or not _SAFE_PATH.fullmatch(path) or any(p in (".", "..") for p in path.split("/")):
-        raise InvalidArgument(f"backup file name {path!r} is not allowed (only memos.db, admin.key and blobs/...)")
+        raise InvalidArgument(f"backup file name {quote(path)} is not allowed (only memos.db, admin.key and blobs/...)")
     return path
 
 

@@ -50,8 +50,9 @@ def loads(data: bytes | bytearray | memoryview | str, *, what: str, max_bytes: i
 def quote(value, limit: int = 64) -> str:
     """A value for an error message or log line: repr() of at most `limit` characters of it, and its
     size when it was cut, e.g. 'agents/aaaa...' (1.3 MiB)."""
-    if not isinstance(value, (str, bytes, bytearray)):
-        value = str(value)
+    if not isinstance(value, (str, bytes, bytearray)):  # a number, a list from a JSON document, ...
+        text = repr(value)
+        return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
     if len(value) <= limit:
         return repr(value)
     size = len(value.encode("utf-8", "surrogatepass")) if isinstance(value, str) else len(value)
