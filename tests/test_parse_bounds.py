@@ -12,8 +12,9 @@ from memos_client.adapter_format import AdapterManifest
 from memos_client.auth import b64url
 from memos_client.bounds import JSONLimitError, MAX_DEPTH, depth, loads
 from memos_client.tensor_format import TensorSpec, encode_header
-from memos_mip.v1 import vault_pb2, vault_pb2_grpc
+from memos_mip.v1 import cube_pb2, vault_pb2, vault_pb2_grpc
 from tests.bundle_helpers import write_bundle
+from tests.daemon import admin_channel
 from tests.kv_helpers import FINGERPRINT, kv_payload, manifest_for
 
 DEEP = "[" * 100_000 + "]" * 100_000
@@ -107,6 +108,38 @@ def test_a_long_page_token_is_invalid_argument_with_a_short_message(client):
     with pytest.raises(InvalidArgument) as info:
         client.list_page("agents/admin", page_token="A" * (1 << 20))
     assert "page_token" in str(info.value) and len(str(info.value)) < 1024
+
+
+def _ld(field: int, data: bytes) -> bytes:
+    """A length-delimited protobuf field (lengths under 2**14 here)."""
+    n = len(data)
+    size = bytes([n]) if n < 128 else bytes([n & 0x7F | 0x80, n >> 7])
+    return bytes([field << 3 | 2]) + size + data
+
+
+def test_metadata_nested_past_protobuf_limits_is_invalid_argument_on_either_side(client, daemon):
+    deep = "x"
+    for _ in range(2000):
+        deep = {"a": deep}
+    with pytest.raises(InvalidArgument, match="metadata nests too deeply"):  # the client refuses to build it
+        client.put("hello", "agents/admin/n", metadata=deep)
+    # The daemon, sent the bytes anyway: Struct {fields: {"a": Value {struct_value: Struct ...}}}.
+    fields = {f.name: f.number for f in cube_pb2.CubeDraft.DESCRIPTOR.fields}
+
+    def put_request(levels: int) -> bytes:
+        struct = _ld(1, _ld(1, b"a") + _ld(2, _ld(3, b"x")))
+        for _ in range(levels):
+            struct = _ld(1, _ld(1, b"a") + _ld(2, _ld(5, struct)))
+        return _ld(1, _ld(fields["namespace"], b"agents/admin/n") + _ld(fields["text"], b"hi")
+                   + _ld(fields["metadata"], struct))
+
+    with admin_channel(daemon.address, daemon.config.data_dir) as channel:
+        put = channel.unary_unary("/memos.v1.VaultService/Put", request_serializer=bytes,
+                                  response_deserializer=bytes)
+        put(put_request(10), timeout=10)  # the encoding is right
+        with pytest.raises(grpc.RpcError) as info:
+            put(put_request(150), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_depth_counts_brackets_outside_strings_only():
