@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from memos_client.bounds import quote
+from memos_client.bounds import loads, quote
 from memos_client.bundle_format import sha256_file
 from memosd.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument
 from memosd.vault.db import connect
@@ -202,7 +202,8 @@ def check_backup_path(path: str) -> str:
 
 def read_manifest(src: Path) -> dict:
     try:
-        manifest = json.loads((Path(src) / MANIFEST).read_text())
+        # It lists every blob file; a backup is a directory the admin names, but may come from anywhere.
+        manifest = loads((Path(src) / MANIFEST).read_bytes(), what=MANIFEST, max_bytes=1 << 30)
     except FileNotFoundError:
         raise InvalidArgument(f"{src} has no {MANIFEST}: not a memosd backup, or an unfinished one") from None
     except ValueError as exc:
