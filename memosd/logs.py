@@ -6,6 +6,12 @@ import sys
 import threading
 import time
 
+from memos_client.bounds import clip
+
+# Whatever a line quotes (a message, an error, a traceback), the line stays readable and the log cannot be
+# grown by megabytes at a time.
+MAX_FIELD_BYTES = 8192
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -26,6 +32,9 @@ class JsonFormatter(logging.Formatter):
             entry["note"] = record.note
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
+        for key, value in entry.items():
+            if isinstance(value, str) and len(value) > MAX_FIELD_BYTES // 4:
+                entry[key] = clip(value, MAX_FIELD_BYTES)
         return json.dumps(entry, ensure_ascii=False)
 
 

@@ -106,6 +106,18 @@ def test_quote_keeps_a_prefix_and_says_how_big_the_value_was():
     assert quote(42) == "42"
 
 
+def test_a_log_line_quoting_something_huge_is_cut(requests_log):
+    logging.getLogger("memosd.requests").warning("could not store %s", NAMESPACE)
+    try:
+        raise ValueError(NAMESPACE)
+    except ValueError:
+        logging.getLogger("memosd.requests").exception("failed")
+    first, second = map(json.loads, requests_log.getvalue().splitlines())
+    assert first["msg"].startswith("could not store agents/aaaa") and first["msg"].endswith("...")
+    assert "Traceback" in second["exc"]
+    assert len(requests_log.getvalue()) < 20_000
+
+
 def test_the_rate_limit_lets_a_few_through_then_summarises():
     now = [0.0]
     limit = RateLimit(per_interval=3, interval=10, clock=lambda: now[0])
