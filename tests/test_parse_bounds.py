@@ -102,6 +102,10 @@ def test_a_deeply_nested_or_huge_policy_document_is_invalid_argument(client):
         client.put_policy(DEEP_SMALL.encode(), b"")
     with pytest.raises(InvalidArgument, match="policy document is .* MiB; the limit is 64.0 KiB"):
         client.put_policy(b'{"version": 1, "id": "' + b"a" * (2 << 20) + b'"}', b"")
+    odd = {"version": 1, "id": "pol_0123456789abcdef", "issuer": ["admin"], "subject": "agent:bob",
+           "actions": ["read"], "namespaces": ["agents/admin/**"], "issued_at": 1}
+    with pytest.raises(InvalidArgument, match="policy issuer"):  # a list where a name belongs: no TypeError
+        client.put_policy(json.dumps(odd).encode(), b"")
 
 
 def test_a_long_page_token_is_invalid_argument_with_a_short_message(client):
