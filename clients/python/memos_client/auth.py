@@ -111,7 +111,7 @@ def read_token(token: str) -> tuple[dict, bytes, bytes]:
     body, sep, sig = token.partition(".")
     if not sep or not body or not sig or len(token) > 2048:
         raise ValueError("not a memosd token")
-    claims = loads(unb64url(body), what="token claims", max_bytes=2048)
+    claims = loads(unb64url(body), what="the token's claim set", max_bytes=2048)
     if not isinstance(claims, dict):
         raise ValueError("token claims are not an object")
     return claims, body.encode(), unb64url(sig)
