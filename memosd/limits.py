@@ -7,6 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from memos_client.bounds import quote
 from memosd.cube import CubeDraft, CubeFilter, LifecycleState
 from memosd.errors import InvalidArgument
 
@@ -44,15 +45,15 @@ def check_namespace(namespace: str, *, what: str = "namespace") -> str:
         raise InvalidArgument(f"{what} is required, e.g. 'agents/alice/notes'")
     segments = namespace.split("/")
     if len(segments) > MAX_NAMESPACE_DEPTH:
-        raise InvalidArgument(f"{what} {namespace!r} has more than {MAX_NAMESPACE_DEPTH} segments")
+        raise InvalidArgument(f"{what} {quote(namespace)} has more than {MAX_NAMESPACE_DEPTH} segments")
     for seg in segments:
         if seg in ("", ".", ".."):
             raise InvalidArgument(
-                f"{what} {namespace!r} has an empty, '.' or '..' segment; use names like 'agents/alice/notes'"
+                f"{what} {quote(namespace)} has an empty, '.' or '..' segment; use names like 'agents/alice/notes'"
             )
         if not _SEGMENT.fullmatch(seg):
             raise InvalidArgument(
-                f"{what} {namespace!r}: segment {seg!r} must be 1-64 lowercase ASCII letters, digits,"
+                f"{what} {quote(namespace)}: segment {quote(seg)} must be 1-64 lowercase ASCII letters, digits,"
                 " '_', '.' or '-', starting with a letter or digit"
             )
     return namespace
@@ -70,7 +71,7 @@ def check_tags(tags, limits: Limits) -> tuple[str, ...]:
         raise InvalidArgument(f"{len(tags)} tags given; at most {limits.max_tags} are allowed")
     for tag in tags:
         if not _TAG.fullmatch(tag):
-            raise InvalidArgument(f"tag {tag!r} must be 1-64 printable characters without spaces")
+            raise InvalidArgument(f"tag {quote(tag)} must be 1-64 printable characters without spaces")
     return tuple(dict.fromkeys(tags))
 
 

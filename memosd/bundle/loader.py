@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from memos_client.auth import verify_signature
+from memos_client.bounds import JSONLimitError, loads
 from memos_client.bundle_format import AGENTS, CUBES, FORMAT, MANIFEST, POLICIES, VERSION, BundleError, check_name
 from memos_client.bundle_format import sha256_file
 from memosd.bundle.payloads import CODECS, TensorSink
@@ -26,6 +26,12 @@ from memosd.limits import Limits, check_namespace, check_namespace_prefix
 from memosd.vault.imported import import_cubes
 
 BATCH = 1000
+# manifest.json lists every file (at most bundle_format.MAX_FILES, ~150 bytes each).
+MAX_MANIFEST_BYTES = 64 << 20
+# A cube record: an activation cube's manifest carries its token ids, up to the 2**24 tokens
+# tensor_format.check_manifest allows; a policy or agent record is a document of at most 64 KiB and a key.
+MAX_RECORD_BYTES = 256 << 20
+MAX_SMALL_RECORD_BYTES = 1 << 20
 
 
 @dataclass
@@ -133,10 +139,9 @@ class BundleReader:
         path = self.files.get(MANIFEST)
         if path is None:
             raise BundleError("InvalidArgument", "the bundle has no manifest.json")
-        try:
-            manifest = json.loads(path.read_bytes())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BundleError("InvalidArgument", f"manifest.json is not JSON: {exc}") from None
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError("InvalidArgument", f"manifest.json is over its limit of {MAX_MANIFEST_BYTES >> 20} MiB")
+        manifest = _parse(path.read_bytes(), MANIFEST, MAX_MANIFEST_BYTES)
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise BundleError("InvalidArgument", f"manifest.json does not describe a {FORMAT}")
         version = manifest.get("version")
@@ -150,17 +155,10 @@ class BundleReader:
         return manifest
 
     def _records(self, root: str):
-        with open(self.files[CUBES], "rb") as f:
-            for number, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    rec = json.loads(raw)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    raise BundleError("InvalidArgument", f"cubes.jsonl line {number} is not JSON: {exc}") from None
-                cube = cube_from_record(rec, self.limits, number)
-                cube.namespace = remap(cube.namespace, root, self.options.namespace, number)
-                yield cube
+        for number, raw in _lines(self.files[CUBES], CUBES, MAX_RECORD_BYTES):
+            cube = cube_from_record(_parse(raw, f"{CUBES} line {number}", MAX_RECORD_BYTES), self.limits, number)
+            cube.namespace = remap(cube.namespace, root, self.options.namespace, number)
+            yield cube
 
     def _policies(self) -> list[_Policy]:
         keys: dict[str, bytes] = {}
@@ -220,17 +218,33 @@ def _prefix(text: str) -> str:
         raise BundleError("InvalidArgument", f"manifest.json root: {exc}") from None
 
 
-def _jsonl(path: Path, name: str):
+def _lines(path: Path, name: str, max_bytes: int):
+    """(number, bytes) of each non-blank line, never reading more than max_bytes of one."""
     with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
+        number = 0
+        while raw := f.readline(max_bytes + 1):
+            number += 1
+            if len(raw) > max_bytes:
+                raise BundleError("InvalidArgument", f"{name} line {number} is over its limit of {max_bytes} bytes")
             if raw.strip():
-                try:
-                    rec = json.loads(raw)
-                except (ValueError, UnicodeDecodeError) as exc:
-                    raise BundleError("InvalidArgument", f"{name} line {number} is not JSON: {exc}") from None
-                if not isinstance(rec, dict):
-                    raise BundleError("InvalidArgument", f"{name} line {number} is not a JSON object")
-                yield number, rec
+                yield number, raw
+
+
+def _parse(raw: bytes, what: str, max_bytes: int):
+    try:
+        return loads(raw, what=what, max_bytes=max_bytes)
+    except JSONLimitError as exc:
+        raise BundleError("InvalidArgument", str(exc)) from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise BundleError("InvalidArgument", f"{what} is not JSON: {exc}") from None
+
+
+def _jsonl(path: Path, name: str):
+    for number, raw in _lines(path, name, MAX_SMALL_RECORD_BYTES):
+        rec = _parse(raw, f"{name} line {number}", MAX_SMALL_RECORD_BYTES)
+        if not isinstance(rec, dict):
+            raise BundleError("InvalidArgument", f"{name} line {number} is not a JSON object")
+        yield number, rec
 
 
 async def load_bundle(reader: BundleReader, *, vault, governance, principal, options: ImportOptions,

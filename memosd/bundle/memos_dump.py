@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memos_client.bounds import JSONLimitError, loads, quote
 from memos_client.bundle_format import BundleError, from_rfc3339
 from memosd.bundle.loader import BATCH, ImportReport
 from memosd.cube import LifecycleState, MemCube, MemoryKind, Visibility
@@ -42,6 +43,8 @@ MAPPED = {"tags", "status", "visibility", "created_at", "updated_at", "source"}
 # What is kept when the rest would overflow max_metadata_bytes.
 CORE = ("memos_id", "type", "memory_type", "memory_time", "key", "confidence", "user_id", "session_id")
 _TAG_SPACE = re.compile(r"[\s\x00-\x1f\x7f]+")
+# textual_memory.json holds every memory with its embedding (a few KiB of floats each); parsed whole.
+MAX_JSON_BYTES = 1 << 30
 
 
 @dataclass
@@ -112,7 +115,7 @@ def memos_item_cube(item, namespace: str, limits: Limits, now: float, number: in
     if status == "deleted":
         return None
     if status not in STATES:
-        raise BundleError("InvalidArgument", f"{where}status {status!r} is not one MemOS writes")
+        raise BundleError("InvalidArgument", f"{where}status {quote(status)} is not one MemOS writes")
     try:
         text = check_text(item.get("memory") if isinstance(item.get("memory"), str) else "", limits)
     except InvalidArgument as exc:
@@ -178,9 +181,13 @@ def _not_tensor(value) -> bool:
 def _json(files: dict[str, Path], name: str):
     if name not in files:
         raise BundleError("InvalidArgument", f"the MemOS dump has no {name}")
+    if files[name].stat().st_size > MAX_JSON_BYTES:
+        raise BundleError("InvalidArgument", f"{name} is over its limit of {MAX_JSON_BYTES >> 30} GiB")
     try:
-        return json.loads(files[name].read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
+        return loads(files[name].read_bytes(), what=name, max_bytes=MAX_JSON_BYTES)
+    except JSONLimitError as exc:
+        raise BundleError("InvalidArgument", str(exc)) from None
+    except ValueError as exc:  # UnicodeDecodeError included
         raise BundleError("InvalidArgument", f"{name} is not JSON: {exc}") from None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from memos_client.bounds import quote
 from memos_client.bundle_format import BundleError, from_rfc3339, rfc3339
 from memosd.cube import LifecycleState, MemCube, MemoryKind, Visibility
 from memosd.errors import InvalidArgument
@@ -41,7 +42,7 @@ def cube_from_record(rec, limits: Limits, line: int = 0) -> MemCube:
             raise InvalidArgument("not a JSON object")
         cube_id = rec.get("id")
         if not isinstance(cube_id, str) or not is_id(cube_id):
-            raise InvalidArgument(f"id {cube_id!r} is not a cube id")
+            raise InvalidArgument(f"id {quote(cube_id)} is not a cube id")
         kind = _choice(rec, "kind", KINDS)
         namespace = check_namespace(_typed(rec, "namespace", str))
         created = from_rfc3339(_typed(rec, "created_at", str))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memos_client.auth import AgentKey, fingerprint, read_token, verify_signature
+from memos_client.bounds import JSONLimitError, quote
 from memosd.cube import MemoryKind
 from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated
 from memosd.governance import audit
@@ -149,7 +150,7 @@ class MemGovernance:
             self._tokens[token] = claims
         agent = self._agents.get(claims["sub"])
         if agent is None or agent.revoked_at is not None:
-            raise Unauthenticated(f"agent {claims['sub']!r} has been revoked")
+            raise Unauthenticated(f"agent {quote(claims['sub'])} has been revoked")
         if claims["aud"] != self.daemon_id:
             raise Unauthenticated("token is for another daemon (wrong audience); use a key registered here")
         if claims["iat"] > now + CLOCK_SKEW:
@@ -164,11 +165,13 @@ class MemGovernance:
         """For open streams after a revocation: Unauthenticated if p's agent is gone."""
         agent = self._agents.get(p.name)
         if agent is None or agent.revoked_at is not None:
-            raise Unauthenticated(f"agent {p.name!r} has been revoked")
+            raise Unauthenticated(f"agent {quote(p.name)} has been revoked")
 
     def _verify(self, token: str) -> dict:
         try:
             claims, signed, signature = read_token(token)
+        except JSONLimitError as exc:
+            raise Unauthenticated(f"token is malformed: {exc}") from None
         except (ValueError, UnicodeDecodeError):
             raise Unauthenticated("token is malformed") from None
         types = {"sub": str, "aud": str, "iat": int, "exp": int, "jti": str, "epoch": int}
@@ -323,7 +326,7 @@ class MemGovernance:
 
     def agent(self, name: str) -> AgentRecord:
         if name not in self._agents:
-            raise NotFound(f"no agent named {name!r}")
+            raise NotFound(f"no agent named {quote(name)}")
         return self._agents[name]
 
     def list_agents(self, p: Principal, include_revoked: bool) -> list[AgentRecord]:
@@ -335,7 +338,7 @@ class MemGovernance:
         self._require_admin(p, "revoke agents")
         agent = self._agents.get(name)
         if agent is None:
-            raise NotFound(f"no agent named {name!r}")
+            raise NotFound(f"no agent named {quote(name)}")
         if agent.admin:
             raise InvalidArgument("the admin identity cannot be revoked")
         if agent.revoked_at is None:
@@ -358,7 +361,7 @@ class MemGovernance:
         policy = parse_policy(document)
         issuer = self._agents.get(policy.issuer)
         if issuer is None or issuer.revoked_at is not None:
-            raise PermissionDenied(f"policy issuer {policy.issuer!r} is not an active agent")
+            raise PermissionDenied(f"policy issuer {quote(policy.issuer)} is not an active agent")
         if not verify_signature(issuer.public_key, document, signature):
             raise PermissionDenied(f"policy {policy.id} signature does not match the key of {policy.issuer}")
         if not p.admin and p.name != policy.issuer:

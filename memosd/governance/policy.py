@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
+from memos_client.bounds import JSONLimitError, loads, quote
 from memosd.cube import MemoryKind
 from memosd.errors import InvalidArgument
 from memosd.limits import check_namespace
@@ -14,11 +14,13 @@ ACTIONS = frozenset({"read", "write", "delete", "share", "publish", "subscribe",
 KINDS = {"plaintext": MemoryKind.PLAINTEXT, "activation": MemoryKind.ACTIVATION, "parametric": MemoryKind.PARAMETRIC}
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 SUBJECT = re.compile(r"(agent|group):([a-z0-9][a-z0-9_-]{0,63})")
+# A policy names a subject, a few actions and kinds, and its namespace patterns (100 bytes or so each).
+MAX_DOCUMENT_BYTES = 64 << 10
 
 
 def check_name(name: str, what: str = "agent name") -> str:
-    if not NAME.fullmatch(name or ""):
-        raise InvalidArgument(f"{what} {name!r} must be 1-64 lowercase ASCII letters, digits, '_' or '-'")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise InvalidArgument(f"{what} {quote(name)} must be 1-64 lowercase ASCII letters, digits, '_' or '-'")
     return name
 
 
@@ -79,8 +81,10 @@ class Policy:
 def parse_policy(document: bytes) -> Policy:
     """Validate a policy document; InvalidArgument says what is wrong."""
     try:
-        doc = json.loads(document)
-    except (ValueError, UnicodeDecodeError) as exc:
+        doc = loads(document, what="policy document", max_bytes=MAX_DOCUMENT_BYTES)
+    except JSONLimitError as exc:
+        raise InvalidArgument(str(exc)) from None
+    except ValueError as exc:  # UnicodeDecodeError included
         raise InvalidArgument(f"policy document is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("version") != 1:
         raise InvalidArgument("policy document must be an object with \"version\": 1")
@@ -94,7 +98,7 @@ def parse_policy(document: bytes) -> Policy:
         raise InvalidArgument("policy id must look like pol_<hex>")
     check_name(issuer, "policy issuer")
     if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):
-        raise InvalidArgument(f"policy subject {subject!r} must be agent:<name> or group:<name>")
+        raise InvalidArgument(f"policy subject {quote(subject)} must be agent:<name> or group:<name>")
     if not isinstance(actions, list) or not actions or not set(actions) <= ACTIONS:
         raise InvalidArgument(f"policy actions must be a non-empty list of {', '.join(sorted(ACTIONS))}")
     if not isinstance(namespaces, list) or not namespaces:

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Awaitable, Callable
 
+from memos_client.bounds import quote
 from memosd import errors
 from memosd.errors import MemosError, NotFound, ResourceExhausted, Unavailable
 from memosd.ids import is_id, new_id
@@ -202,7 +203,7 @@ class JobManager:
     def get(self, job_id: str) -> Job:
         entry = self._jobs.get(job_id) if is_id(job_id) else None
         if entry is None:
-            raise NotFound(f"no job with id {job_id!r} (finished jobs are kept for a while only)")
+            raise NotFound(f"no job with id {quote(job_id)} (finished jobs are kept for a while only)")
         return entry.job
 
     def list(self) -> list[Job]:

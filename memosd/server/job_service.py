@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from memos_client.bounds import quote
 from memos_mip.v1 import job_pb2
 from memosd.errors import NotFound
 from memosd.server.auth import principal
@@ -16,7 +17,7 @@ class JobService:
         job = self.jobs.get(job_id)
         p = principal()
         if not (p.admin or job.owner == p.name):
-            raise NotFound(f"no job with id {job_id!r} (finished jobs are kept for a while only)")
+            raise NotFound(f"no job with id {quote(job_id)} (finished jobs are kept for a while only)")
         return job
 
     async def GetJob(self, request, context):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from google.protobuf import json_format
 
+from memos_client.bounds import quote
 from memos_mip.v1 import parametric_pb2
 from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import FailedPrecondition, PermissionDenied
@@ -56,7 +57,7 @@ class ParametricService:
         p = principal()
         if request.agent and request.agent != p.name:
             if not p.admin:
-                raise PermissionDenied(f"agent {p.name} may plan only for itself; planning for {request.agent}"
+                raise PermissionDenied(f"agent {p.name} may plan only for itself; planning for {quote(request.agent)}"
                                        " takes the admin")
             agent = self.gov.agent(request.agent)
             if agent.revoked_at is not None:

@@ -14,11 +14,16 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
+from memos_client.bounds import clip
 from memosd.errors import InvalidArgument, MemosError, PermissionDenied, StaleToken, Unauthenticated
 from memosd.server.auth import principal, set_principal, token_from
 from memosd.server.status import status_for
 
 log = logging.getLogger("memosd.requests")
+# The status detail travels as gRPC metadata (16 KiB at most, percent-encoded): a detail past that limit
+# reaches the client as RESOURCE_EXHAUSTED instead of the error. Errors quote values short already;
+# this is the net under whatever message does not.
+MAX_DETAIL_BYTES = 1024
 
 
 class _Undecodable:
@@ -64,7 +69,8 @@ def _log(method: str, code: grpc.StatusCode, started: float, caller: str, detail
                 "caller": caller}
         if detail:
             line["error"] = detail
-        log.info(json.dumps(line))
+        # Failed calls of one method by one caller with one status are alike for the log's rate limit.
+        log.info(json.dumps(line), extra={"similar": (method, code.name, caller)} if detail else None)
 
 
 @contextlib.asynccontextmanager
@@ -77,7 +83,7 @@ async def _answering(method: str, context, governance, observe=None):
         set_principal(caller)
         yield
     except MemosError as exc:
-        code, detail = status_for(exc), str(exc)
+        code, detail = status_for(exc), clip(str(exc), MAX_DETAIL_BYTES)
         if isinstance(exc, (Unauthenticated, PermissionDenied)) and not isinstance(exc, StaleToken):
             await governance.record_denial(caller, method, "", detail)
         # The exact error class lets clients raise the same name (ModelMismatch, not just FAILED_PRECONDITION);

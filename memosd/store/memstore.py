@@ -11,6 +11,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
+from memos_client.bounds import quote
 from memosd.cube import MemCube
 from memosd.errors import (
     Compacted, FailedPrecondition, InvalidArgument, MemosError, NotFound, PermissionDenied, ResourceExhausted,
@@ -121,7 +122,7 @@ class MemStore:
         """Append an event for the cube's current version; returns (seq, duplicate)."""
         check_namespace(topic, what="topic")
         if not is_id(cube_id):
-            raise InvalidArgument(f"{cube_id!r} is not a cube id")
+            raise InvalidArgument(f"{quote(cube_id)} is not a cube id")
         if publish_id and not _PUBLISH_ID.fullmatch(publish_id):
             raise InvalidArgument("publish_id must be 1-128 printable ASCII characters without spaces")
         self.gov.check(p, "publish", topic)
@@ -266,7 +267,7 @@ class MemStore:
     async def ack(self, p: Principal, name: str, topic: str, seq: int) -> int:
         durable = self._durables.get((p.name, name))
         if durable is None:
-            raise NotFound(f"agent {p.name} has no durable subscription named {name!r} (open one with Subscribe)")
+            raise NotFound(f"agent {p.name} has no durable subscription named {quote(name)} (open one with Subscribe)")
         if seq <= 0:
             raise InvalidArgument("seq must be positive")
         delivered = durable.delivered.get(topic, 0)
@@ -478,7 +479,7 @@ def _parse_pattern(text: str) -> Pattern:
     if not text:
         raise InvalidArgument("topic is required")
     if "*" in text.removesuffix("/**"):
-        raise InvalidArgument(f"topic pattern {text!r}: use a topic name, or NAME/** for every topic under NAME")
+        raise InvalidArgument(f"topic pattern {quote(text)}: use a topic name, or NAME/** for every topic under NAME")
     return Pattern.parse(text, what="topic")
 
 

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from memos_client.bounds import loads, quote
 from memos_client.bundle_format import sha256_file
 from memosd.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument
 from memosd.vault.db import connect
@@ -230,14 +231,15 @@ def _file(rel: str, path: Path, mode: int = 0o600) -> BackupFile:
 def check_backup_path(path: str) -> str:
     """A file name a backup may hold: memos.db, the keys, the audit checkpoints or blobs/...; never a way out."""
     if not isinstance(path, str) or not _SAFE_PATH.fullmatch(path) or any(p in (".", "..") for p in path.split("/")):
-        raise InvalidArgument(f"backup file name {path!r} is not allowed (only memos.db, admin.key, audit.key,"
+        raise InvalidArgument(f"backup file name {quote(path)} is not allowed (only memos.db, admin.key, audit.key,"
                               f" {CHECKPOINTS} and blobs/...)")
     return path
 
 
 def read_manifest(src: Path) -> dict:
     try:
-        manifest = json.loads((Path(src) / MANIFEST).read_text())
+        # It lists every blob file; a backup is a directory the admin names, but may come from anywhere.
+        manifest = loads((Path(src) / MANIFEST).read_bytes(), what=MANIFEST, max_bytes=1 << 30)
     except FileNotFoundError:
         raise InvalidArgument(f"{src} has no {MANIFEST}: not a memosd backup, or an unfinished one") from None
     except ValueError as exc:

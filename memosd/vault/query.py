@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 
+from memos_client.bounds import loads
 from memosd.cube import CubeFilter, LifecycleState
 from memosd.errors import InvalidArgument
 
@@ -83,6 +84,9 @@ def filter_digest(f: CubeFilter) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+MAX_PAGE_TOKEN = 512
+
+
 class PageTokens:
     """Opaque page tokens: the position and the filter they belong to, signed with a daemon key."""
 
@@ -98,11 +102,12 @@ class PageTokens:
         """The seq to continue after and the total counted for the first page; InvalidArgument if the
         token was altered or is for another filter."""
         try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            # The tokens make() writes are about 100 characters; anything much longer is not one of them.
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)) if len(token) <= MAX_PAGE_TOKEN else b""
             body, mac = raw[:-16], raw[-16:]
             ok = hmac.compare_digest(mac, hmac.new(self._key, body, hashlib.sha256).digest()[:16])
-            data = json.loads(body) if ok else None
-        except (ValueError, UnicodeDecodeError):
+            data = loads(body, what="page_token", max_bytes=MAX_PAGE_TOKEN) if ok else None
+        except ValueError:  # binascii.Error, UnicodeDecodeError and JSONLimitError included
             data = None
         if not isinstance(data, dict) or not isinstance(data.get("a"), int) or not isinstance(data.get("t"), int):
             raise InvalidArgument("page_token is not one this daemon issued; start again without a page_token")

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from memos_client.bounds import quote
 from memosd.cube import (
     CubeDraft, CubeFilter, CubePatch, LifecycleState, MemCube, MemoryKind, SearchHit, SearchMode,
 )
@@ -347,7 +348,7 @@ class MemVault:
     @staticmethod
     def _check_id(cube_id: str) -> None:
         if not is_id(cube_id):
-            raise InvalidArgument(f"{cube_id!r} is not a cube id (26 characters, like 01J9Z3K5Q8W2E4R6T8Y0V2X4N6)")
+            raise InvalidArgument(f"{quote(cube_id)} is not a cube id (26 characters, like 01J9Z3K5Q8W2E4R6T8Y0V2X4N6)")
 
     @staticmethod
     def _current_row(conn: sqlite3.Connection, cube_id: str, guard=None) -> dict:

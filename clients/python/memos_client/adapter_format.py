@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
+from memos_client.bounds import JSONLimitError, loads, quote
 from memos_client.tensor_format import (
     DTYPES, FormatError, Header, TensorSpec, _is_sha256, encode_header, header_length, parse_header,
 )
@@ -117,20 +118,22 @@ def parse_config(text: str | bytes) -> dict:
     if len(text) > MAX_CONFIG_BYTES:
         raise FormatError(f"adapter_config.json is over {MAX_CONFIG_BYTES} bytes")
     try:
-        config = json.loads(text)
+        config = loads(text, what="adapter_config.json", max_bytes=MAX_CONFIG_BYTES)
+    except JSONLimitError as exc:
+        raise FormatError(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise FormatError(f"adapter_config.json is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise FormatError("adapter_config.json is not a JSON object")
     peft_type = config.get("peft_type")
     if peft_type != "LORA":
-        raise FormatError(f"adapter_config.json has peft_type {peft_type!r}; only LORA adapters are supported")
+        raise FormatError(f"adapter_config.json has peft_type {quote(peft_type)}; only LORA adapters are supported")
     rank = config.get("r")
     if type(rank) is not int or not 1 <= rank <= MAX_RANK:
-        raise FormatError(f"adapter_config.json: r must be an integer from 1 to {MAX_RANK}, not {rank!r}")
+        raise FormatError(f"adapter_config.json: r must be an integer from 1 to {MAX_RANK}, not {quote(rank)}")
     alpha = config.get("lora_alpha")
     if type(alpha) not in (int, float) or not 0 < alpha < math.inf:
-        raise FormatError(f"adapter_config.json: lora_alpha must be a positive number, not {alpha!r}")
+        raise FormatError(f"adapter_config.json: lora_alpha must be a positive number, not {quote(alpha)}")
     targets = config.get("target_modules")
     if isinstance(targets, str):
         _compile(targets, "target_modules")
@@ -146,7 +149,7 @@ def parse_config(text: str | bytes) -> dict:
         for pattern, number in value.items():
             _compile(pattern, key)
             if key == "rank_pattern" and (type(number) is not int or not 1 <= number <= MAX_RANK):
-                raise FormatError(f"adapter_config.json: rank_pattern {pattern!r} gives rank {number!r}")
+                raise FormatError(f"adapter_config.json: rank_pattern {quote(pattern)} gives rank {quote(number)}")
     excluded = config.get("exclude_modules")
     if isinstance(excluded, str):
         _compile(excluded, "exclude_modules")
@@ -157,7 +160,7 @@ def _compile(pattern: str, what: str) -> re.Pattern:
     try:
         return re.compile(pattern)
     except (re.error, RecursionError) as exc:
-        raise FormatError(f"adapter_config.json: {what} {pattern!r} is not a regular expression: {exc}") from None
+        raise FormatError(f"adapter_config.json: {what} {quote(pattern)} is not a regular expression: {exc}") from None
 
 
 def targets_of(config: dict) -> tuple[str, ...]:
@@ -245,7 +248,7 @@ def _split(name: str) -> tuple[str, str, bool]:
             if not module:
                 break
             return module, part, suffix in _EMBEDDING_PARTS
-    raise FormatError(f"tensor {name!r} is not a LoRA weight (lora_A, lora_B, lora_embedding_A/B, "
+    raise FormatError(f"tensor {quote(name)} is not a LoRA weight (lora_A, lora_B, lora_embedding_A/B, "
                       "lora_magnitude_vector): only pure LoRA adapters are supported")
 
 
@@ -284,7 +287,8 @@ def check_adapter(adapter: Adapter, known_modules: Mapping[str, tuple[int, int]]
     if known_modules is not None and isinstance(config["target_modules"], list):
         for target in config["target_modules"]:
             if not any(m == target or m.endswith("." + target) for m in known_modules):
-                raise FormatError(f"target module {target!r} names no module of the base model that LoRA can adapt")
+                raise FormatError(f"target module {quote(target)} names no module of the base model"
+                                  " that LoRA can adapt")
 
 
 def manifest_of(adapter: Adapter, sha256: str, size: int, model_fingerprint: str) -> AdapterManifest:
@@ -308,7 +312,7 @@ def check_manifest(m: AdapterManifest) -> None:
     if not _is_sha256(m.model_fingerprint):
         raise FormatError("model_fingerprint (of the base model) must be a hex sha256 (64 lowercase characters)")
     if m.dtype not in DTYPES:
-        raise FormatError(f"dtype {m.dtype!r} is not supported; supported: {', '.join(DTYPES)}")
+        raise FormatError(f"dtype {quote(m.dtype)} is not supported; supported: {', '.join(DTYPES)}")
 
 
 def check_matches(declared: AdapterManifest, actual: AdapterManifest) -> None:
@@ -317,7 +321,7 @@ def check_matches(declared: AdapterManifest, actual: AdapterManifest) -> None:
                  "base_model_name", "num_modules", "num_parameters"):
         said, found = getattr(declared, name), getattr(actual, name)
         if said != found:
-            raise FormatError(f"the manifest says {name} {said!r}, the blob holds {found!r}")
+            raise FormatError(f"the manifest says {name} {quote(said)}, the blob holds {quote(found)}")
 
 
 # ---- PEFT's two files ----------------------------------------------------------------------------------------

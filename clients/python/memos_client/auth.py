@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from memos_client.bounds import loads
 from memos_client.errors import InvalidArgument
 
 TOKEN_LIFETIME = 300
@@ -110,7 +111,7 @@ def read_token(token: str) -> tuple[dict, bytes, bytes]:
     body, sep, sig = token.partition(".")
     if not sep or not body or not sig or len(token) > 2048:
         raise ValueError("not a memosd token")
-    claims = json.loads(unb64url(body))
+    claims = loads(unb64url(body), what="the token's claim set", max_bytes=2048)
     if not isinstance(claims, dict):
         raise ValueError("token claims are not an object")
     return claims, body.encode(), unb64url(sig)

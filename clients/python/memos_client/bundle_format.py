@@ -24,6 +24,8 @@ import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from memos_client.bounds import quote
+
 FORMAT = "memosd-bundle"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -62,11 +64,11 @@ def from_rfc3339(text) -> float | None:
     if text is None:
         return None
     if not isinstance(text, str):
-        raise BundleError("InvalidArgument", f"{text!r} is not an RFC 3339 time")
+        raise BundleError("InvalidArgument", f"{quote(text)} is not an RFC 3339 time")
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise BundleError("InvalidArgument", f"{text!r} is not an RFC 3339 time") from None
+        raise BundleError("InvalidArgument", f"{quote(text)} is not an RFC 3339 time") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
@@ -76,9 +78,9 @@ def check_name(name: str, pattern: re.Pattern = NAME) -> str:
     """A member name a bundle may hold; BundleError(InvalidArgument) for anything else."""
     parts = name.split("/")
     if name.startswith("/") or "\\" in name or "\0" in name or ".." in parts:
-        raise BundleError("InvalidArgument", f"bundle member {name!r} points outside the bundle; refused")
+        raise BundleError("InvalidArgument", f"bundle member {quote(name)} points outside the bundle; refused")
     if not pattern.fullmatch(name):
-        raise BundleError("InvalidArgument", f"bundle member {name!r} is not a name a bundle may hold")
+        raise BundleError("InvalidArgument", f"bundle member {quote(name)} is not a name a bundle may hold")
     return name
 
 
@@ -113,15 +115,17 @@ def safe_extract(tar_path: Path, dest: Path, *, max_bytes: int, max_files: int =
                     if ".." in name.split("/") or name.startswith("/"):
                         check_name(name)  # says "outside the bundle"
                     if pattern is None and not DIRS.fullmatch(name):
-                        raise BundleError("InvalidArgument", f"bundle directory {name!r} is not one a bundle may hold")
+                        raise BundleError("InvalidArgument",
+                                          f"bundle directory {quote(name)} is not one a bundle may hold")
                     continue
                 if member.issym() or member.islnk():
-                    raise BundleError("InvalidArgument", f"bundle member {member.name!r} is a link; bundles hold files only")
+                    raise BundleError("InvalidArgument",
+                                      f"bundle member {quote(member.name)} is a link; bundles hold files only")
                 if not member.isfile():
-                    raise BundleError("InvalidArgument", f"bundle member {member.name!r} is not a regular file")
+                    raise BundleError("InvalidArgument", f"bundle member {quote(member.name)} is not a regular file")
                 check_name(name, pattern or NAME)
                 if name in files:
-                    raise BundleError("InvalidArgument", f"bundle member {name!r} appears twice")
+                    raise BundleError("InvalidArgument", f"bundle member {quote(name)} appears twice")
                 if len(files) >= max_files:
                     raise BundleError("ResourceExhausted", f"the bundle holds more than {max_files} files")
                 if written + member.size > max_bytes:
@@ -136,7 +140,7 @@ def safe_extract(tar_path: Path, dest: Path, *, max_bytes: int, max_files: int =
                     while left:
                         chunk = source.read(min(left, 1 << 20))
                         if not chunk:
-                            raise BundleError("DataLoss", f"bundle member {name!r} is cut short")
+                            raise BundleError("DataLoss", f"bundle member {quote(name)} is cut short")
                         out.write(chunk)
                         left -= len(chunk)
                 written += member.size

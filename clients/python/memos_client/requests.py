@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from memos_client.errors import InvalidArgument
@@ -39,7 +40,11 @@ def draft(text: str, namespace: str = DEFAULT_NAMESPACE, *, tags: Iterable[str] 
     except (ValueError, TypeError) as exc:
         raise InvalidArgument(f"text must be a str of valid UTF-8: {exc}") from None
     if metadata:
-        msg.metadata.update(metadata)
+        try:
+            msg.metadata.update(metadata)
+        except (DecodeError, RecursionError) as exc:  # protobuf copies nested Structs by parsing them
+            raise InvalidArgument(f"metadata nests too deeply for a request ({exc.__class__.__name__}); keep it"
+                                  " under 30 levels") from None
     return msg
 
 

@@ -19,6 +19,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+from memos_client.bounds import JSONLimitError, loads, quote
+
 # Torch dtype name -> (safetensors code, bytes per element).
 DTYPES = {
     "float32": ("F32", 4), "float16": ("F16", 2), "bfloat16": ("BF16", 2), "float64": ("F64", 8),
@@ -82,7 +84,7 @@ class Header:
         for e in self.entries:
             if e.name == name:
                 return e
-        raise FormatError(f"the payload has no tensor {name!r}")
+        raise FormatError(f"the payload has no tensor {quote(name)}")
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,9 @@ def parse_header(data: bytes, total_size: int) -> Header:
     if len(data) < start:
         raise FormatError("the safetensors header is cut short")
     try:
-        doc = json.loads(bytes(data[8:start]).decode("utf-8"))
+        doc = loads(data[8:start], what="the safetensors header", max_bytes=MAX_HEADER_BYTES)
+    except JSONLimitError as exc:
+        raise FormatError(str(exc)) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(f"the safetensors header is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
@@ -205,22 +209,22 @@ def parse_header(data: bytes, total_size: int) -> Header:
 
 def _entry(name: str, info) -> TensorEntry:
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-        raise FormatError(f"tensor {name!r}: expected exactly dtype, shape and data_offsets")
+        raise FormatError(f"tensor {quote(name)}: expected exactly dtype, shape and data_offsets")
     code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if code not in _BY_CODE:
-        raise FormatError(f"tensor {name!r}: dtype {code!r} is not supported")
+        raise FormatError(f"tensor {quote(name)}: dtype {quote(code)} is not supported")
     if not (isinstance(shape, list) and all(type(n) is int and 0 <= n < 2**40 for n in shape)):
-        raise FormatError(f"tensor {name!r}: shape must be a list of sizes")
+        raise FormatError(f"tensor {quote(name)}: shape must be a list of sizes")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
             and 0 <= offsets[0] <= offsets[1]):
-        raise FormatError(f"tensor {name!r}: data_offsets must be [begin, end] with 0 <= begin <= end")
+        raise FormatError(f"tensor {quote(name)}: data_offsets must be [begin, end] with 0 <= begin <= end")
     dtype, size = _BY_CODE[code]
     spec = TensorSpec(dtype, tuple(shape))
     if offsets[1] - offsets[0] != spec.nbytes:
-        raise FormatError(f"tensor {name!r}: data_offsets span {offsets[1] - offsets[0]} bytes but a {code} "
+        raise FormatError(f"tensor {quote(name)}: data_offsets span {offsets[1] - offsets[0]} bytes but a {code} "
                           f"tensor of shape {shape} has {spec.nbytes}")
     if offsets[0] % size:
-        raise FormatError(f"tensor {name!r}: data starts at byte {offsets[0]}, not aligned to {size}")
+        raise FormatError(f"tensor {quote(name)}: data starts at byte {offsets[0]}, not aligned to {size}")
     return TensorEntry(name, spec, offsets[0], offsets[1])
 
 
@@ -234,13 +238,13 @@ def check_manifest(m: KVManifest, max_tokens: int = 1 << 24) -> None:
     if m.blob_size <= 0:
         raise FormatError("blob size must be positive")
     if m.layout != LAYOUT_DYNAMIC_CACHE:
-        raise FormatError(f"layout {m.layout!r} is not supported; only {LAYOUT_DYNAMIC_CACHE}")
+        raise FormatError(f"layout {quote(m.layout)} is not supported; only {LAYOUT_DYNAMIC_CACHE}")
     if not _is_sha256(m.model_fingerprint):
         raise FormatError("model_fingerprint must be a hex sha256 (64 lowercase characters)")
     if m.tokenizer_fingerprint and not _is_sha256(m.tokenizer_fingerprint):
         raise FormatError("tokenizer_fingerprint must be empty or a hex sha256")
     if m.dtype not in DTYPES:
-        raise FormatError(f"dtype {m.dtype!r} is not supported; supported: {', '.join(DTYPES)}")
+        raise FormatError(f"dtype {quote(m.dtype)} is not supported; supported: {', '.join(DTYPES)}")
     if not m.token_ids:
         raise FormatError("token_ids is empty; a KV cache covers at least one token")
     if len(m.token_ids) > max_tokens:
