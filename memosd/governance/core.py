@@ -69,6 +69,18 @@ class ScopeRule:
     kinds: frozenset[MemoryKind] = frozenset()
 
 
+@dataclass(frozen=True)
+class Share:
+    """A cube published on a topic, and the authority it was published under: the publisher's own (`own`:
+    it owns the cube's namespace, or is the admin) or the policies that let it read and share the cube
+    (None: recorded before authorities were kept; the publisher's grants of the moment decide)."""
+
+    topic: str
+    publisher: str
+    own: bool = False
+    policies: frozenset[str] | None = None
+
+
 @dataclass
 class _DenialBudget:
     second: int = 0
@@ -194,18 +206,76 @@ class MemGovernance:
 
     def check_cube(self, p: Principal, action: str, cube) -> None:
         """Decide on an existing cube: its namespace's grants and owner-only visibility, or, for reading,
-        a topic it is published on that p may subscribe to."""
-        owner_only = int(getattr(cube, "visibility", 1)) == 2
-        if self.can(p, action, cube.namespace, cube.kind) and (not owner_only or p.admin or cube.owner == p.name):
+        a topic it is published on that p may subscribe to, while the share's authority holds."""
+        if self.grants_cube(p, action, cube):
             return
-        if action == "read" and any(self.can(p, "subscribe", topic, cube.kind)
-                                    for source in self._read_sources for topic in source(cube.id)):
+        if action == "read" and any(self.can(p, "subscribe", share.topic, cube.kind) and self.share_holds(share, cube)
+                                    for source in self._read_sources for share in source(cube.id)):
             return
         raise PermissionDenied(f"agent {p.name} may not {action} cube {cube.id}")
 
-    def add_read_source(self, topics_of) -> None:
-        """Register topics_of(cube_id) -> topic names through which a cube is shared (MemStore)."""
-        self._read_sources.append(topics_of)
+    def grants_cube(self, p: Principal, action: str, cube) -> bool:
+        """p's own grants on the cube (its namespace's, and owner-only visibility), shares aside."""
+        owner_only = int(getattr(cube, "visibility", 1)) == 2
+        return self.can(p, action, cube.namespace, cube.kind) and (not owner_only or p.admin or cube.owner == p.name)
+
+    def owns_cube(self, p: Principal, cube) -> bool:
+        """The admin, the cube's owner and its namespace's owner may always take it off a topic."""
+        return p.admin or cube.owner == p.name or owned_pattern(p.name).matches(cube.namespace)
+
+    def add_read_source(self, shares_of) -> None:
+        """Register shares_of(cube_id) -> the Shares through which a cube is readable (MemStore)."""
+        self._read_sources.append(shares_of)
+
+    def share_authority(self, p: Principal, cube, topic: str) -> Share:
+        """The authority under which p may make the cube readable on a topic: p's own, or the policies
+        granting it read and share (both: publishing lets the topic's subscribers read it)."""
+        if not (self.grants_cube(p, "share", cube) and self.grants_cube(p, "read", cube)):
+            raise PermissionDenied(f"agent {p.name} may not share cube {cube.id}: publishing it needs read and share")
+        if p.admin or owned_pattern(p.name).matches(cube.namespace):
+            return Share(topic, p.name, own=True)
+        now = self.clock()
+        used = frozenset(pol.id for pol in self._effective(p) if pol.active(now) and (
+            pol.grants("read", cube.namespace, cube.kind) or pol.grants("share", cube.namespace, cube.kind)))
+        return Share(topic, p.name, policies=used)
+
+    def share_holds(self, share: Share, cube) -> bool:
+        """Does the authority a share was made under still hold? It ends with the publisher, or with the
+        policies it was made under (revoked, expired, or their issuer's authority gone); a later grant
+        is not the same authority, the publisher has to publish again."""
+        agent = self._agents.get(share.publisher)
+        if agent is None or agent.revoked_at is not None:
+            return False
+        publisher = Principal(agent.name, frozenset(agent.groups), agent.admin)
+        if not (self.grants_cube(publisher, "read", cube) and self.grants_cube(publisher, "share", cube)):
+            return False
+        if share.own:
+            return publisher.admin or owned_pattern(publisher.name).matches(cube.namespace)
+        now = self.clock()
+        held = [pol for pol in self._effective(publisher)
+                if pol.active(now) and (share.policies is None or pol.id in share.policies)]
+        return all(any(pol.grants(action, cube.namespace, cube.kind) for pol in held) for action in ("read", "share"))
+
+    def check_covers(self, p: Principal, action: str, pattern: Pattern) -> None:
+        """A pattern (`ns/**`) must lie within one grant: a wider one would name, or count, topics that
+        p may not see. The error names the granted patterns inside the one asked for."""
+        check_namespace(pattern.namespace)
+        if self.covers(p, action, pattern):
+            return
+        inside = sorted({str(g) for pol in self._active(p, action) for g in pol.patterns if pattern.matches(g.namespace)})
+        if inside:
+            raise PermissionDenied(f"agent {p.name} may {action} to {', '.join(inside[:4])}, not to {pattern}:"
+                                   " its grants do not cover the whole pattern")
+        raise PermissionDenied(f"agent {p.name} may not {action} in {pattern}: no policy grants it")
+
+    def covers(self, p: Principal, action: str, pattern: Pattern) -> bool:
+        if p.admin or owned_pattern(p.name).covers(pattern):
+            return True
+        return any(g.covers(pattern) for pol in self._active(p, action) for g in pol.patterns)
+
+    def _active(self, p: Principal, action: str) -> list[Policy]:
+        now = self.clock()
+        return [pol for pol in self._effective(p) if pol.active(now) and ({action, "admin"} & pol.actions)]
 
     def read_scope(self, p: Principal) -> tuple[ScopeRule, ...] | None:
         """What List and Search may return to p, as rules for the query; None means everything."""
