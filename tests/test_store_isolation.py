@@ -1,6 +1,7 @@
 """MemStore isolation through the real daemon: a topic share lasts only while the authority it was made under
 does, the cube's owner can always retract it, and topic patterns reach only the topics a grant covers."""
 
+import sqlite3
 import threading
 import time
 
@@ -8,6 +9,8 @@ import pytest
 
 from memos_client import MemosClient, NotFound, PermissionDenied
 from memos_client.models import Event, EventKind, Heartbeat
+from memosd.store.schema import migrations as store_migrations
+from tests.daemon import make_config, running
 from tests.kv_helpers import put_kv
 
 FEED = "agents/bob/feed"
@@ -150,6 +153,32 @@ def test_the_owner_and_the_admin_retract_from_any_topic(agents, client):
     kinds = [k for k, _, _ in _replayed(carol, n=2)]
     assert kinds == [EventKind.REDACTED, EventKind.RETRACTED]  # the old event no longer carries the cube
     assert bob.get(cube.id).text == "the harbour plan"  # bob's own grant is untouched
+
+
+def test_shares_from_before_authorities_were_kept_follow_their_publishers_grants(tmp_path):
+    config = make_config(tmp_path)
+    keys = {name: str(tmp_path / f"{name}.key") for name in ("alice", "bob", "carol")}
+    with running(config) as d, MemosClient(d.address, key=d.admin_key) as admin:
+        for name, key in keys.items():
+            admin.add_agent(name, out=key)
+        with MemosClient(d.address, key=keys["alice"]) as alice, MemosClient(d.address, key=keys["bob"]) as bob:
+            cube = alice.put("the harbour plan", "agents/alice/shared/plans")
+            policy = alice.grant("agent:bob", ["read", "share"], ["agents/alice/shared/**"])
+            bob.grant("agent:carol", ["subscribe"], [FEED])
+            bob.publish(FEED, cube.id)
+    # The database as it was before shares recorded their publisher and authority.
+    with sqlite3.connect(config.data_dir / "memos.db") as conn:
+        conn.executescript(
+            "CREATE TABLE old (topic TEXT NOT NULL, cube_id TEXT NOT NULL, PRIMARY KEY (topic, cube_id)) WITHOUT ROWID;"
+            " INSERT INTO old SELECT DISTINCT topic, cube_id FROM topic_cubes; DROP TABLE topic_cubes;"
+            " ALTER TABLE old RENAME TO topic_cubes; CREATE INDEX topic_cubes_cube ON topic_cubes(cube_id);")
+        conn.execute(f"DELETE FROM {store_migrations.migrations_table} WHERE migration_set = ? AND name = ?",
+                     (store_migrations.name, "m0002_share_authority"))
+    with running(config) as d:
+        with MemosClient(d.address, key=keys["alice"]) as alice, MemosClient(d.address, key=keys["carol"]) as carol:
+            assert carol.get(cube.id).text == "the harbour plan"
+            alice.revoke_policy(policy)
+            _denied_everywhere(carol, cube)
 
 
 # -- topic patterns ---------------------------------------------------------------------------------
