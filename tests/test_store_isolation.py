@@ -216,6 +216,27 @@ def test_a_pattern_wider_than_the_grant_is_refused_and_the_granted_topic_shows_n
     assert bob.topics("teams/x/secret-plans") == []
 
 
+def test_a_pattern_stream_ends_when_the_grant_covering_it_goes(scoped):
+    bob, client, _ = scoped
+    wide = client.grant("agent:bob", ["subscribe"], ["teams/x/**"])
+    items, first, done = [], threading.Event(), threading.Event()
+
+    def read():
+        try:
+            for item in bob.subscribe("teams/x/**", heartbeat_seconds=1, heartbeats=True, resume_for=0):
+                items.append(item)
+                first.set()
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            items.append(exc)
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert first.wait(20)
+    client.revoke_policy(wide)  # what is left (teams/x) no longer covers the pattern
+    assert done.wait(20), "the stream outlived the grant covering its pattern"
+    assert isinstance(items[-1], PermissionDenied) and "revoked" in str(items[-1])
+
+
 def test_errors_about_topics_out_of_reach_say_nothing_of_them(scoped):
     bob, _, _ = scoped
     # An existing topic he cannot see answers exactly as one that does not exist.

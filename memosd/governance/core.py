@@ -16,7 +16,7 @@ from memosd.cube import MemoryKind
 from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated
 from memosd.governance import audit
 from memosd.limits import check_namespace
-from memosd.governance.policy import Pattern, Policy, check_name, owned_pattern, parse_policy
+from memosd.governance.policy import Pattern, Policy, Share, check_name, owned_pattern, parse_policy
 
 log = logging.getLogger("memosd.governance")
 ADMIN = "admin"
@@ -67,18 +67,6 @@ class ScopeRule:
     namespace: str
     subtree: bool
     kinds: frozenset[MemoryKind] = frozenset()
-
-
-@dataclass(frozen=True)
-class Share:
-    """A cube published on a topic, and the authority it was published under: the publisher's own (`own`:
-    it owns the cube's namespace, or is the admin) or the policies that let it read and share the cube
-    (None: recorded before authorities were kept; the publisher's grants of the moment decide)."""
-
-    topic: str
-    publisher: str
-    own: bool = False
-    policies: frozenset[str] | None = None
 
 
 @dataclass

@@ -140,10 +140,10 @@ class MemStore:
             on_topic = shares.publishers(conn, topic, cube_id)
             share = None
             if retract:
-                if not self.gov.owns_cube(p, cube):
+                if not (self.gov.owns_cube(p, cube) or p.name in on_topic):  # a publisher may end its own share
                     self.gov.check(p, "publish", topic)
-                    if p.name not in on_topic:  # its own share it may always end
-                        self.gov.share_authority(p, cube, topic)
+                    if not self.gov.grants_cube(p, "share", cube):
+                        raise PermissionDenied(f"agent {p.name} may not retract cube {cube_id}: it needs share on it")
                 if not on_topic:
                     raise NotFound(f"cube {cube_id} is not published on {topic}")
                 shares.drop(conn, topic, cube_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from memosd.governance.core import Share
+from memosd.governance.policy import Share
 
 _OWN = "own"
 
