@@ -85,6 +85,21 @@ def test_a_share_ends_when_the_grant_it_was_made_under_is_revoked(agents):
     assert carol.get(cube.id).text == "the harbour plan"
 
 
+def test_a_share_under_a_passed_on_grant_ends_with_the_grant_it_came_from(agents, client, daemon, tmp_path):
+    alice, bob, carol = agents
+    client.add_agent("dave", out=str(tmp_path / "dave.key"))
+    cube = alice.put("the harbour plan", "agents/alice/shared/plans")
+    policy = alice.grant("agent:bob", ["read", "share"], ["agents/alice/shared/**"])
+    bob.grant("agent:dave", ["read", "share"], ["agents/alice/shared/plans"])
+    with MemosClient(daemon.address, key=str(tmp_path / "dave.key")) as dave:
+        dave.grant("agent:carol", ["subscribe"], ["agents/dave/feed"])
+        dave.publish("agents/dave/feed", cube.id)
+        assert carol.get(cube.id).text == "the harbour plan"
+        alice.revoke_policy(policy)  # bob's grant goes, and with it the one he passed to dave
+        _denied_everywhere(carol, cube)
+        _denied_everywhere(dave, cube)
+
+
 def test_tensor_payloads_shared_under_a_grant_stop_with_it(agents):
     alice, bob, carol = agents
     cube = put_kv(alice, [1, 2, 3], "agents/alice/kv")
