@@ -1,6 +1,7 @@
 """MemStore isolation through the real daemon: a topic share lasts only while the authority it was made under
 does, the cube's owner can always retract it, and topic patterns reach only the topics a grant covers."""
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -182,7 +183,7 @@ def test_shares_from_before_authorities_were_kept_follow_their_publishers_grants
             bob.grant("agent:carol", ["subscribe"], [FEED])
             bob.publish(FEED, cube.id)
     # The database as it was before shares recorded their publisher and authority.
-    with sqlite3.connect(config.data_dir / "memos.db") as conn:
+    with contextlib.closing(sqlite3.connect(config.data_dir / "memos.db")) as conn, conn:
         conn.executescript(
             "CREATE TABLE old (topic TEXT NOT NULL, cube_id TEXT NOT NULL, PRIMARY KEY (topic, cube_id)) WITHOUT ROWID;"
             " INSERT INTO old SELECT DISTINCT topic, cube_id FROM topic_cubes; DROP TABLE topic_cubes;"

@@ -16,7 +16,8 @@ from memosd.cube import MemoryKind
 from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated
 from memosd.governance import audit
 from memosd.limits import check_namespace
-from memosd.governance.policy import Pattern, Policy, Share, check_name, owned_pattern, parse_policy
+from memosd.governance.policy import Pattern, Policy, check_name, owned_pattern, parse_policy
+from memosd.governance.sharing import Sharing
 
 log = logging.getLogger("memosd.governance")
 ADMIN = "admin"
@@ -76,7 +77,7 @@ class _DenialBudget:
     suppressed: int = 0
 
 
-class MemGovernance:
+class MemGovernance(Sharing):
     """Identities, policies and decisions. Takes the shared Database; keeps agents and policies in memory."""
 
     def __init__(self, db, data_dir: Path, *, clock=time.time):
@@ -92,6 +93,7 @@ class MemGovernance:
         self._changed = asyncio.Event()
         self._denials = _DenialBudget()
         self._read_sources: list = []
+        self._init_sharing()
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -154,6 +156,10 @@ class MemGovernance:
             raise Unauthenticated("token has expired; clients renew tokens themselves, check the clock")
         if claims["epoch"] != self.epoch:
             raise StaleToken(f"token is for policy epoch {claims['epoch']}, current is {self.epoch}; mint a new one")
+        return self._principal(agent)
+
+    @staticmethod
+    def _principal(agent: AgentRecord) -> Principal:
         return Principal(agent.name, frozenset(agent.groups), agent.admin)
 
     def still_valid(self, p: Principal) -> None:
@@ -214,35 +220,6 @@ class MemGovernance:
     def add_read_source(self, shares_of) -> None:
         """Register shares_of(cube_id) -> the Shares through which a cube is readable (MemStore)."""
         self._read_sources.append(shares_of)
-
-    def share_authority(self, p: Principal, cube, topic: str) -> Share:
-        """The authority under which p may make the cube readable on a topic: p's own, or the policies
-        granting it read and share (both: publishing lets the topic's subscribers read it)."""
-        if not (self.grants_cube(p, "share", cube) and self.grants_cube(p, "read", cube)):
-            raise PermissionDenied(f"agent {p.name} may not share cube {cube.id}: publishing it needs read and share")
-        if p.admin or owned_pattern(p.name).matches(cube.namespace):
-            return Share(topic, p.name, own=True)
-        now = self.clock()
-        used = frozenset(pol.id for pol in self._effective(p) if pol.active(now) and (
-            pol.grants("read", cube.namespace, cube.kind) or pol.grants("share", cube.namespace, cube.kind)))
-        return Share(topic, p.name, policies=used)
-
-    def share_holds(self, share: Share, cube) -> bool:
-        """Does the authority a share was made under still hold? It ends with the publisher, or with the
-        policies it was made under (revoked, expired, or their issuer's authority gone); a later grant
-        is not the same authority, the publisher has to publish again."""
-        agent = self._agents.get(share.publisher)
-        if agent is None or agent.revoked_at is not None:
-            return False
-        publisher = Principal(agent.name, frozenset(agent.groups), agent.admin)
-        if not (self.grants_cube(publisher, "read", cube) and self.grants_cube(publisher, "share", cube)):
-            return False
-        if share.own:
-            return publisher.admin or owned_pattern(publisher.name).matches(cube.namespace)
-        now = self.clock()
-        held = [pol for pol in self._effective(publisher)
-                if pol.active(now) and (share.policies is None or pol.id in share.policies)]
-        return all(any(pol.grants(action, cube.namespace, cube.kind) for pol in held) for action in ("read", "share"))
 
     def check_covers(self, p: Principal, action: str, pattern: Pattern) -> None:
         """A pattern (`ns/**`) must lie within one grant: a wider one would name, or count, topics that
@@ -426,6 +403,7 @@ class MemGovernance:
         await self.db.write(job)
         self._policies[policy.id] = record
         self._grants.clear()
+        self._forget_shares()
         return policy
 
     def list_policies(self, p: Principal, subject: str = "", include_inactive: bool = False) -> list[PolicyRecord]:
@@ -469,6 +447,7 @@ class MemGovernance:
         # Called after a committed revocation: new epoch, fresh caches, and wake streams to re-check.
         self.epoch += 1
         self._grants.clear()
+        self._forget_shares()
         self._tokens.clear()
         self._changed.set()
         self._changed = asyncio.Event()

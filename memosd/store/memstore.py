@@ -242,8 +242,8 @@ class MemStore:
         cube = record.cube
         if record.kind is EventKind.RETRACTED or (
                 cube is not None and self.gov.can(p, "subscribe", record.topic, cube.kind)
-                and (self.gov.grants_cube(p, "read", cube)
-                     or any(self.gov.share_holds(s, cube) for s in self._shares.on(record.topic, cube.id)))):
+                and (any(self.gov.share_holds(s, cube) for s in self._shares.on(record.topic, cube.id))
+                     or self.gov.grants_cube(p, "read", cube))):
             return record
         return EventRecord(record.topic, record.seq, EventKind.REDACTED, "", 0, "", record.ts)
 
