@@ -21,7 +21,7 @@ from memosd.governance.policy import Pattern, check_name
 from memosd.ids import is_id
 from memosd.limits import check_namespace
 from memosd.store import shares
-from memosd.store.hub import Hub, Subscriber
+from memosd.store.hub import Hub, Subscriber, first_of
 from memosd.vault.vault import cube_at_version
 
 log = logging.getLogger("memosd.store")
@@ -372,7 +372,7 @@ class _Stream:
         closing = self.store.hub.closing
         while True:
             changed = self.store.gov.changed()
-            await _first([self.sub.overflow.wait(), changed.wait(), closing.wait()], None)
+            await first_of([self.sub.overflow.wait(), changed.wait(), closing.wait()])
             try:
                 if closing.is_set():
                     raise Unavailable(f"the daemon is shutting down; resume after {self._positions()} once it is back")
@@ -474,17 +474,6 @@ class _Stream:
 
     def _positions(self) -> dict[str, int]:
         return dict(self.delivered)
-
-
-async def _first(coroutines, timeout: float | None) -> bool:
-    """Wait for the first of several waits; True if one finished before the timeout."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
-    try:
-        done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        return bool(done)
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 def _parse_pattern(text: str) -> Pattern:
