@@ -15,9 +15,9 @@ from memos_client.auth import AgentKey, fingerprint, read_token, verify_signatur
 from memosd.cube import MemoryKind
 from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated
 from memosd.governance import audit
+from memosd.governance.sharing import Sharing
 from memosd.limits import check_namespace
 from memosd.governance.policy import Pattern, Policy, check_name, owned_pattern, parse_policy
-from memosd.governance.sharing import Sharing
 
 log = logging.getLogger("memosd.governance")
 ADMIN = "admin"
@@ -90,10 +90,10 @@ class MemGovernance(Sharing):
         self._policies: dict[str, PolicyRecord] = {}
         self._tokens: dict[str, dict] = {}
         self._grants: dict[tuple, list[Policy]] = {}
+        self._init_sharing()
         self._changed = asyncio.Event()
         self._denials = _DenialBudget()
         self._read_sources: list = []
-        self._init_sharing()
 
     # -- start-up -----------------------------------------------------------------------------
 
