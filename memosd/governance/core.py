@@ -16,6 +16,7 @@ from memos_client.bounds import JSONLimitError, quote
 from memosd.cube import MemoryKind
 from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated
 from memosd.governance import audit
+from memosd.governance.sharing import Sharing
 from memosd.limits import check_namespace
 from memosd.governance.policy import Pattern, Policy, check_name, owned_pattern, parse_policy
 from memosd.governance.signing import AUDIT_KEY_FILE, AuditReport, AuditSigner
@@ -78,7 +79,7 @@ class _DenialBudget:
     suppressed: int = 0
 
 
-class MemGovernance:
+class MemGovernance(Sharing):
     """Identities, policies and decisions. Takes the shared Database; keeps agents and policies in memory."""
 
     def __init__(self, db, data_dir: Path, *, clock=time.time, audit_key: Path | None = None):
@@ -91,6 +92,7 @@ class MemGovernance:
         self._policies: dict[str, PolicyRecord] = {}
         self._tokens: dict[str, dict] = {}
         self._grants: dict[tuple, list[Policy]] = {}
+        self._init_sharing()
         self._changed = asyncio.Event()
         self._denials = _DenialBudget()
         self._read_sources: list = []
@@ -159,6 +161,10 @@ class MemGovernance:
             raise Unauthenticated("token has expired; clients renew tokens themselves, check the clock")
         if claims["epoch"] != self.epoch:
             raise StaleToken(f"token is for policy epoch {claims['epoch']}, current is {self.epoch}; mint a new one")
+        return self._principal(agent)
+
+    @staticmethod
+    def _principal(agent: AgentRecord) -> Principal:
         return Principal(agent.name, frozenset(agent.groups), agent.admin)
 
     def still_valid(self, p: Principal) -> None:
@@ -201,18 +207,47 @@ class MemGovernance:
 
     def check_cube(self, p: Principal, action: str, cube) -> None:
         """Decide on an existing cube: its namespace's grants and owner-only visibility, or, for reading,
-        a topic it is published on that p may subscribe to."""
-        owner_only = int(getattr(cube, "visibility", 1)) == 2
-        if self.can(p, action, cube.namespace, cube.kind) and (not owner_only or p.admin or cube.owner == p.name):
+        a topic it is published on that p may subscribe to, while the share's authority holds."""
+        if self.grants_cube(p, action, cube):
             return
-        if action == "read" and any(self.can(p, "subscribe", topic, cube.kind)
-                                    for source in self._read_sources for topic in source(cube.id)):
+        if action == "read" and any(self.can(p, "subscribe", share.topic, cube.kind) and self.share_holds(share, cube)
+                                    for source in self._read_sources for share in source(cube.id)):
             return
         raise PermissionDenied(f"agent {p.name} may not {action} cube {cube.id}")
 
-    def add_read_source(self, topics_of) -> None:
-        """Register topics_of(cube_id) -> topic names through which a cube is shared (MemStore)."""
-        self._read_sources.append(topics_of)
+    def grants_cube(self, p: Principal, action: str, cube) -> bool:
+        """p's own grants on the cube (its namespace's, and owner-only visibility), shares aside."""
+        owner_only = int(getattr(cube, "visibility", 1)) == 2
+        return self.can(p, action, cube.namespace, cube.kind) and (not owner_only or p.admin or cube.owner == p.name)
+
+    def owns_cube(self, p: Principal, cube) -> bool:
+        """The admin, the cube's owner and its namespace's owner may always take it off a topic."""
+        return p.admin or cube.owner == p.name or owned_pattern(p.name).matches(cube.namespace)
+
+    def add_read_source(self, shares_of) -> None:
+        """Register shares_of(cube_id) -> the Shares through which a cube is readable (MemStore)."""
+        self._read_sources.append(shares_of)
+
+    def check_covers(self, p: Principal, action: str, pattern: Pattern) -> None:
+        """A pattern (`ns/**`) must lie within one grant: a wider one would name, or count, topics that
+        p may not see. The error names the granted patterns inside the one asked for."""
+        check_namespace(pattern.namespace)
+        if self.covers(p, action, pattern):
+            return
+        inside = sorted({str(g) for pol in self._active(p, action) for g in pol.patterns if pattern.matches(g.namespace)})
+        if inside:
+            raise PermissionDenied(f"agent {p.name} may {action} to {', '.join(inside[:4])}, not to {pattern}:"
+                                   " its grants do not cover the whole pattern")
+        raise PermissionDenied(f"agent {p.name} may not {action} in {pattern}: no policy grants it")
+
+    def covers(self, p: Principal, action: str, pattern: Pattern) -> bool:
+        if p.admin or owned_pattern(p.name).covers(pattern):
+            return True
+        return any(g.covers(pattern) for pol in self._active(p, action) for g in pol.patterns)
+
+    def _active(self, p: Principal, action: str) -> list[Policy]:
+        now = self.clock()
+        return [pol for pol in self._effective(p) if pol.active(now) and ({action, "admin"} & pol.actions)]
 
     def read_scope(self, p: Principal) -> tuple[ScopeRule, ...] | None:
         """What List and Search may return to p, as rules for the query; None means everything."""
@@ -382,6 +417,7 @@ class MemGovernance:
         await self.db.write(job)
         self._policies[policy.id] = record
         self._grants.clear()
+        self._forget_shares()
         return policy
 
     def list_policies(self, p: Principal, subject: str = "", include_inactive: bool = False) -> list[PolicyRecord]:
@@ -425,6 +461,7 @@ class MemGovernance:
         # Called after a committed revocation: new epoch, fresh caches, and wake streams to re-check.
         self.epoch += 1
         self._grants.clear()
+        self._forget_shares()
         self._tokens.clear()
         self._changed.set()
         self._changed = asyncio.Event()

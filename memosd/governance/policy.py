@@ -78,6 +78,18 @@ class Policy:
         return any(p.matches(namespace) for p in self.patterns)
 
 
+@dataclass(frozen=True)
+class Share:
+    """A cube published on a topic, and the authority it was published under: the publisher's own (`own`:
+    it owns the cube's namespace, or is the admin) or the policies that let it read and share the cube
+    (None: recorded before authorities were kept; the publisher's grants of the moment decide)."""
+
+    topic: str
+    publisher: str
+    own: bool = False
+    policies: frozenset[str] | None = None
+
+
 def parse_policy(document: bytes) -> Policy:
     """Validate a policy document; InvalidArgument says what is wrong."""
     try:

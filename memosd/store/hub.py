@@ -9,6 +9,16 @@ from memosd.errors import ResourceExhausted, Unavailable
 from memosd.governance.policy import Pattern
 
 
+async def first_of(coroutines) -> None:
+    """Wait until the first of several waits finishes; the others are cancelled."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 class Subscriber:
     """One open subscription: the events committed since it registered, up to `capacity`."""
 

@@ -21,7 +21,8 @@ from memosd.governance import MemGovernance, Principal
 from memosd.governance.policy import Pattern, check_name
 from memosd.ids import is_id
 from memosd.limits import check_namespace
-from memosd.store.hub import Hub, Subscriber
+from memosd.store import shares
+from memosd.store.hub import Hub, Subscriber, first_of
 from memosd.vault.vault import cube_at_version
 
 log = logging.getLogger("memosd.store")
@@ -102,53 +103,56 @@ class MemStore:
         self.clock = clock
         self.default_max_events = default_max_events
         self.default_max_age = default_max_age
-        self._shared: dict[str, set[str]] = {}
+        self._shares = shares.ShareIndex()
         self._durables: dict[tuple[str, str], _Durable] = {}
 
     async def start(self) -> None:
-        found = await self.db.read(lambda conn: conn.execute("SELECT topic, cube_id FROM topic_cubes").fetchall())
-        for topic, cube_id in found:
-            self._shared.setdefault(cube_id, set()).add(topic)
-        # Publishing is how a cube is shared: a subscriber of the topic may read it while it stays published.
-        self.gov.add_read_source(self.topics_sharing)
-
-    def topics_sharing(self, cube_id: str) -> set[str]:
-        return self._shared.get(cube_id, set())
+        await self.db.read(self._shares.load)
+        # Publishing is how a cube is shared: a subscriber of the topic may read it while it stays published
+        # and the authority it was published under holds.
+        self.gov.add_read_source(self._shares.of)
 
     # -- publishing ---------------------------------------------------------------------------
 
     async def publish(self, p: Principal, topic: str, cube_id: str, publish_id: str = "",
                       retract: bool = False) -> tuple[int, bool]:
-        """Append an event for the cube's current version; returns (seq, duplicate)."""
+        """Append an event for the cube's current version; returns (seq, duplicate). The cube's owner and the
+        admin may retract it from any topic; on one they may not see, the seq returned is 0."""
         check_namespace(topic, what="topic")
         if not is_id(cube_id):
             raise InvalidArgument(f"{quote(cube_id)} is not a cube id")
         if publish_id and not _PUBLISH_ID.fullmatch(publish_id):
             raise InvalidArgument("publish_id must be 1-128 printable ASCII characters without spaces")
-        self.gov.check(p, "publish", topic)
+        may_publish = self.gov.can(p, "publish", topic)
+        if not retract:
+            self.gov.check(p, "publish", topic)
         now = self.clock()
+        sees = may_publish or self.gov.can(p, "subscribe", topic)
 
         def job(conn: sqlite3.Connection):
-            if publish_id:
-                found = conn.execute("SELECT seq FROM events WHERE topic = ? AND publish_id = ?",
-                                     (topic, publish_id)).fetchone()
-                if found:
-                    return found[0], True, None
+            found = publish_id and conn.execute("SELECT seq, publisher FROM events WHERE topic = ? AND publish_id = ?",
+                                                (topic, publish_id)).fetchone()
+            if found and (may_publish or found[1] == p.name):
+                return found[0], True, None, None
             row = conn.execute("SELECT version FROM cubes WHERE id = ? AND state != 4", (cube_id,)).fetchone()
             if row is None:
                 raise NotFound(f"no cube with id {cube_id} to publish")
             cube = cube_at_version(conn, cube_id, row[0], now)
-            self.gov.check_cube(p, "share", cube)
-            shared = conn.execute("SELECT 1 FROM topic_cubes WHERE topic = ? AND cube_id = ?", (topic, cube_id)).fetchone()
+            on_topic = shares.publishers(conn, topic, cube_id)
+            share = None
             if retract:
-                if not shared:
+                if not (self.gov.owns_cube(p, cube) or p.name in on_topic):  # a publisher may end its own share
+                    self.gov.check(p, "publish", topic)
+                    if not self.gov.grants_cube(p, "share", cube):
+                        raise PermissionDenied(f"agent {p.name} may not retract cube {cube_id}: it needs share on it")
+                if not on_topic:
                     raise NotFound(f"cube {cube_id} is not published on {topic}")
-                conn.execute("DELETE FROM topic_cubes WHERE topic = ? AND cube_id = ?", (topic, cube_id))
+                shares.drop(conn, topic, cube_id)
                 kind = EventKind.RETRACTED
             else:
-                kind = EventKind.UPDATED if shared else EventKind.PUBLISHED
-                if not shared:
-                    conn.execute("INSERT INTO topic_cubes (topic, cube_id) VALUES (?, ?)", (topic, cube_id))
+                share = self.gov.share_authority(p, cube, topic)
+                kind = EventKind.UPDATED if on_topic else EventKind.PUBLISHED
+                shares.record(conn, cube_id, share)
             top = conn.execute("SELECT last_seq FROM topics WHERE name = ?", (topic,)).fetchone()
             if top is None:
                 conn.execute("INSERT INTO topics (name, owner, created_at, max_age, max_events) VALUES (?, ?, ?, ?, ?)",
@@ -156,21 +160,22 @@ class MemStore:
             seq = (top[0] if top else 0) + 1
             conn.execute("INSERT INTO events (topic, seq, kind, cube_id, cube_version, publisher, ts, publish_id)"
                          " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         (topic, seq, int(kind), cube_id, cube.version, p.name, now, publish_id or None))
+                         # Another publisher's publish_id on a topic p cannot publish to is not p's to reuse.
+                         (topic, seq, int(kind), cube_id, cube.version, p.name, now, None if found else publish_id or None))
             conn.execute("UPDATE topics SET last_seq = ? WHERE name = ?", (seq, topic))
             self.gov.audit_write(conn, p.name, "store.retract" if retract else "store.publish", topic, seq=seq,
                                  cube=cube_id, version=cube.version)
             return seq, False, EventRecord(topic, seq, kind, cube_id, cube.version, p.name, now,
-                                           None if retract else cube)
+                                           None if retract else cube), share
 
-        seq, duplicate, record = await self.db.write(job)
+        seq, duplicate, record, share = await self.db.write(job)
         if record is not None:
-            if record.kind is EventKind.RETRACTED:
-                self._shared.get(cube_id, set()).discard(topic)
+            if share is None:
+                self._shares.drop(cube_id, topic)
             else:
-                self._shared.setdefault(cube_id, set()).add(topic)
+                self._shares.add(cube_id, share)
             self.hub.deliver(record)
-        return seq, duplicate
+        return (seq if sees else 0), duplicate
 
     # -- subscribing --------------------------------------------------------------------------
 
@@ -181,7 +186,7 @@ class MemStore:
         subscriber; a guard ends it when the subscriber's queue overflows or a revocation lands, so a
         stalled subscriber cannot hold the stream open."""
         pattern = _parse_pattern(spec.topic)
-        self.gov.check(p, "subscribe", pattern.namespace)
+        self.gov.check_covers(p, "subscribe", pattern)
         sub = self.hub.register(p.name, pattern)
         durable = None
         try:
@@ -233,9 +238,13 @@ class MemStore:
         return await self.db.read(job)
 
     def view(self, p: Principal, record: EventRecord) -> EventRecord:
-        """The event as p may see it: redacted if its grant does not cover the cube's kind."""
+        """The event as p may see it: with its cube while p's grant covers the cube's kind and p may read it,
+        through the topic's share (still published, its authority holding) or by its own grants."""
+        cube = record.cube
         if record.kind is EventKind.RETRACTED or (
-                record.cube is not None and self.gov.can(p, "subscribe", record.topic, record.cube.kind)):
+                cube is not None and self.gov.can(p, "subscribe", record.topic, cube.kind)
+                and (any(self.gov.share_holds(s, cube) for s in self._shares.on(record.topic, cube.id))
+                     or self.gov.grants_cube(p, "read", cube))):
             return record
         return EventRecord(record.topic, record.seq, EventKind.REDACTED, "", 0, "", record.ts)
 
@@ -300,6 +309,10 @@ class MemStore:
         if max_age < 0 or max_events < 0:
             raise InvalidArgument("retention limits must be positive, or 0 for none")
 
+        if not (self.gov.can(p, "publish", topic) or self.gov.can(p, "subscribe", topic)):
+            # Before looking: whether a topic out of p's reach exists, and whose it is, is not p's to learn.
+            raise PermissionDenied(f"agent {p.name} may not set the retention of {topic}: only its owner or the admin may")
+
         def job(conn: sqlite3.Connection) -> Topic:
             t = _topics(conn, Pattern(topic, False)).get(topic)
             if t is None:
@@ -360,7 +373,7 @@ class _Stream:
         closing = self.store.hub.closing
         while True:
             changed = self.store.gov.changed()
-            await _first([self.sub.overflow.wait(), changed.wait(), closing.wait()], None)
+            await first_of([self.sub.overflow.wait(), changed.wait(), closing.wait()])
             try:
                 if closing.is_set():
                     raise Unavailable(f"the daemon is shutting down; resume after {self._positions()} once it is back")
@@ -457,22 +470,11 @@ class _Stream:
 
     def _recheck(self) -> None:
         self.store.gov.still_valid(self.p)
-        if not self.store.gov.can(self.p, "subscribe", self.pattern.namespace):
+        if not self.store.gov.covers(self.p, "subscribe", self.pattern):
             raise PermissionDenied(f"agent {self.p.name} may no longer subscribe to {self.pattern}; the grant was revoked")
 
     def _positions(self) -> dict[str, int]:
         return dict(self.delivered)
-
-
-async def _first(coroutines, timeout: float | None) -> bool:
-    """Wait for the first of several waits; True if one finished before the timeout."""
-    tasks = [asyncio.ensure_future(c) for c in coroutines]
-    try:
-        done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        return bool(done)
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 def _parse_pattern(text: str) -> Pattern:

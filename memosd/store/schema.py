@@ -27,3 +27,23 @@ def m0001_store(db: Database) -> None:
         "CREATE TABLE durable_subscriptions (agent TEXT NOT NULL, name TEXT NOT NULL, pattern TEXT NOT NULL,"
         " acked TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL, PRIMARY KEY (agent, name)) WITHOUT ROWID"
     )
+
+
+@migrations()
+def m0002_share_authority(db: Database) -> None:
+    # A share lasts as long as the authority it was made under, so each publisher's share is its own row with
+    # that authority ('own', or a JSON list of policy ids). Shares from before keep their latest publisher and
+    # no recorded authority (that publisher's grants of the moment decide); one whose events were all
+    # compacted away has no known publisher and ends: its owner can publish it again.
+    db.execute(
+        "CREATE TABLE topic_shares (topic TEXT NOT NULL, cube_id TEXT NOT NULL, publisher TEXT NOT NULL,"
+        " authority TEXT, PRIMARY KEY (topic, cube_id, publisher)) WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO topic_shares (topic, cube_id, publisher, authority)"
+        " SELECT tc.topic, tc.cube_id, coalesce((SELECT e.publisher FROM events e WHERE e.topic = tc.topic"
+        " AND e.cube_id = tc.cube_id AND e.kind != 3 ORDER BY e.seq DESC LIMIT 1), ''), NULL FROM topic_cubes tc"
+    )
+    db.execute("DROP TABLE topic_cubes")
+    db.execute("ALTER TABLE topic_shares RENAME TO topic_cubes")
+    db.execute("CREATE INDEX topic_cubes_cube ON topic_cubes(cube_id)")

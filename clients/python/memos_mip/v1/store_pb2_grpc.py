@@ -75,15 +75,22 @@ class StoreServiceServicer:
     """
 
     def Publish(self, request, context):
-        """Publishes a cube (its current version) to a topic; needs `publish` on the topic and `share` on
-        the cube. The event gets the topic's next sequence number in the same transaction.
+        """Publishes a cube (its current version) to a topic; needs `publish` on the topic and `read` and
+        `share` on the cube. The event gets the topic's next sequence number in the same transaction.
+        The topic's subscribers may read the cube (Get, History, payloads, events) while it stays
+        published and the authority it was published under holds: the publisher's own namespace, or the
+        policies that granted it read and share. When those are revoked or expire, or the publisher is
+        revoked, the share ends; a later grant does not revive it (publish again).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Retract(self, request, context):
-        """Retracts a cube from a topic: subscribers get a RETRACTED event and lose the read access it gave.
+        """Retracts a cube from a topic: subscribers get a RETRACTED event and lose the read access it gave
+        (earlier events of it on the topic come REDACTED to those who cannot read it otherwise). The cube's
+        owner, its namespace's owner and the admin may retract it from any topic; others need `publish`
+        on the topic and `share` on the cube, or to be one of its publishers there.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,7 +98,10 @@ class StoreServiceServicer:
 
     def Subscribe(self, request, context):
         """Streams every event after a position, in order, without gaps or duplicates, then live events;
-        idle heartbeats carry the sequence delivered so far. Needs `subscribe` on the topic.
+        idle heartbeats carry the sequence delivered so far. Needs `subscribe` on the topic; a pattern
+        ("prefix/**") needs one grant covering all of it, or PERMISSION_DENIED names the granted
+        patterns inside it (never the topics): it is refused rather than quietly narrowed, so that a
+        stream never looks complete while it misses topics.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,7 +122,8 @@ class StoreServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetRetention(self, request, context):
-        """Sets a topic's retention limits (the topic's owner or the admin).
+        """Sets a topic's retention limits (the topic's owner or the admin). PERMISSION_DENIED, before
+        anything is looked up, for a topic the caller may neither publish nor subscribe to.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,64 @@
+"""Topic shares for MemGovernance: the authority a share is made under, and whether it still holds."""
+
+from __future__ import annotations
+
+import math
+
+from memosd.errors import PermissionDenied
+from memosd.governance.policy import Share, owned_pattern
+
+SHARE_CACHE_SECONDS = 1.0  # the longest a decision is reused; revocations clear it at once
+
+
+class Sharing:
+    """Mixed into MemGovernance (it needs its agents, grants and clock). Every event a subscriber is sent
+    asks share_holds, so decisions are cached until the next governance change, the first expiry among the
+    policies they rest on, or a second, whichever comes first."""
+
+    def _init_sharing(self) -> None:
+        self._share_cache: dict[tuple, tuple[bool, float]] = {}
+
+    def share_authority(self, p, cube, topic: str) -> Share:
+        """The authority under which p may make the cube readable on a topic: p's own, or the policies
+        granting it read and share (both: publishing lets the topic's subscribers read it)."""
+        if not (self.grants_cube(p, "share", cube) and self.grants_cube(p, "read", cube)):
+            raise PermissionDenied(f"agent {p.name} may not share cube {cube.id}: publishing it needs read and share")
+        if p.admin or owned_pattern(p.name).matches(cube.namespace):
+            return Share(topic, p.name, own=True)
+        now = self.clock()
+        used = frozenset(pol.id for pol in self._effective(p) if pol.active(now) and (
+            pol.grants("read", cube.namespace, cube.kind) or pol.grants("share", cube.namespace, cube.kind)))
+        return Share(topic, p.name, policies=used)
+
+    def share_holds(self, share: Share, cube) -> bool:
+        """Does the authority a share was made under still hold? It ends with the publisher, or with the
+        policies it was made under (revoked, expired, or their issuer's authority gone); a later grant is
+        not the same authority, the publisher has to publish again."""
+        key = (share, cube.id, cube.namespace, cube.kind, cube.owner, int(getattr(cube, "visibility", 1)))
+        now = self.clock()
+        found = self._share_cache.get(key)
+        if found is not None and now < found[1]:
+            return found[0]
+        holds, until = self._decide_share(share, cube, now)
+        if len(self._share_cache) > 10_000:
+            self._share_cache.clear()
+        self._share_cache[key] = (holds, min(until, now + SHARE_CACHE_SECONDS))
+        return holds
+
+    def _decide_share(self, share: Share, cube, now: float) -> tuple[bool, float]:
+        """(holds, until when that answer may be reused at the latest)."""
+        agent = self._agents.get(share.publisher)
+        if agent is None or agent.revoked_at is not None:
+            return False, math.inf
+        publisher = self._principal(agent)
+        if not (self.grants_cube(publisher, "read", cube) and self.grants_cube(publisher, "share", cube)):
+            return False, math.inf
+        if share.own:
+            return publisher.admin or owned_pattern(publisher.name).matches(cube.namespace), math.inf
+        held = [pol for pol in self._effective(publisher)
+                if pol.active(now) and (share.policies is None or pol.id in share.policies)]
+        holds = all(any(pol.grants(a, cube.namespace, cube.kind) for pol in held) for a in ("read", "share"))
+        return holds, min((pol.expires_at for pol in held if pol.expires_at is not None), default=math.inf)
+
+    def _forget_shares(self) -> None:
+        self._share_cache.clear()
