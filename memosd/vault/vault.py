@@ -15,7 +15,9 @@ from memosd.cube import (
 )
 from memosd.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from memosd.ids import is_id, new_id
-from memosd.limits import Limits, check_draft, check_filter, check_metadata, check_tags, check_text, resolve_expiry
+from memosd.limits import (
+    Limits, check_draft, check_filter, check_metadata, check_priority, check_tags, check_text, resolve_expiry,
+)
 from memosd.vault import rows
 from memosd.vault.db import Database
 from memosd.vault.fulltext import FullText, words
@@ -143,7 +145,7 @@ class MemVault:
                 raise InvalidArgument(f"source is over {self.limits.max_source_chars} characters")
             changes["source"] = v.source
         if "priority" in patch.fields:
-            changes["priority"] = v.priority
+            changes["priority"] = check_priority(v.priority)
         if "visibility" in patch.fields:
             changes["visibility"] = int(v.visibility)
         if patch.fields & {"expires_at", "ttl_seconds"}:
@@ -248,7 +250,7 @@ class MemVault:
         return cube
 
     async def list(self, f: CubeFilter, page_size: int, page_token: str = "") -> Page:
-        check_filter(f)
+        check_filter(f, self.limits)
         after, total = self._tokens.read(page_token, f) if page_token else (0, None)
         now = self.clock()
         where, params = filter_sql(f, now)
@@ -288,7 +290,7 @@ class MemVault:
     async def search(self, query: str, f: CubeFilter, limit: int, mode: SearchMode = SearchMode.AUTO,
                      fts_syntax: bool = False) -> tuple[list[SearchHit], SearchMode]:
         """Rank plaintext cubes against a query; returns hits (best first) and the mode used."""
-        check_filter(f)
+        check_filter(f, self.limits)
         if not query.strip():
             raise InvalidArgument("query is empty")
         if len(query.encode("utf-8", "replace")) > self.limits.max_query_bytes:
