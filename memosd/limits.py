@@ -129,8 +129,8 @@ def _check_json(value, depth: int) -> None:
 
 def check_time(seconds: float, what: str) -> float:
     """A time a client gives (unix seconds): finite, from 1970 to the end of 9999."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
-            math.isfinite(seconds) and 0 <= seconds <= MAX_TIME):
+    # Compared before any conversion: float() of a JSON integer of 400 digits overflows.
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_TIME:
         raise InvalidArgument(f"{what} must be a time between 1970-01-01 and 9999-12-31")
     return float(seconds)
 

@@ -2,10 +2,11 @@
 (however it got there) can fail the reads of everyone else."""
 
 import json
+import secrets
 import sqlite3
 import threading
+import time
 
-import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -18,12 +19,6 @@ from memosd.cube import MemoryKind
 from memosd.errors import InvalidArgument as CoreInvalidArgument
 
 MAX_TIME = 253402300799  # 9999-12-31T23:59:59Z
-
-
-def _code(fn):
-    with pytest.raises(grpc.RpcError) as info:
-        fn()
-    return info.value.code(), info.value.details()
 
 
 def _first_event(sub, timeout=20.0):
@@ -138,3 +133,19 @@ def test_filters_with_too_many_tags_are_invalid_argument(client):
         client.search("note", tags=tags)
     assert [c.text for c in client.list(tags=["t0", "t1"])] == ["a tagged note"]
     assert len(client.search("note", tags=[f"t{i % 2}" for i in range(64)])) == 1
+
+
+@pytest.mark.parametrize("field,value", [("expires_at", 10**400), ("expires_at", 1e300), ("not_before", -1),
+                                         ("issued_at", True)], ids=["huge-int", "1e300", "negative", "bool"])
+def test_policy_times_out_of_range_are_invalid_argument(client, field, value):
+    from memos_client.auth import canonical
+
+    now = int(time.time())
+    doc = {"version": 1, "id": "pol_" + secrets.token_hex(8), "issuer": "admin", "subject": "agent:bob",
+           "actions": ["read"], "namespaces": ["teams/x/**"], "kinds": [], "issued_at": now, "not_before": now,
+           "expires_at": now + 60}
+    doc[field] = value
+    document = canonical(doc)
+    with pytest.raises(InvalidArgument, match=f"policy {field}"):
+        client.put_policy(document, client.tokens.key.sign(document))
+    assert [p.id for p in client.list_policies(include_inactive=True)] == []
