@@ -149,3 +149,20 @@ def test_policy_times_out_of_range_are_invalid_argument(client, field, value):
     with pytest.raises(InvalidArgument, match=f"policy {field}"):
         client.put_policy(document, client.tokens.key.sign(document))
     assert [p.id for p in client.list_policies(include_inactive=True)] == []
+
+
+@pytest.mark.parametrize("grants", [1500, 9000])
+def test_a_reader_with_thousands_of_grants_can_still_list_and_search(daemon, client, tmp_path, grants):
+    # Each grant is one condition of the read scope: more than SQLite takes in one expression (1500),
+    # more than it takes variables in one statement by default (9000).
+    client.add_agent("bob", out=str(tmp_path / "bob.key"))
+    client.grant("agent:bob", ["read"], [f"teams/t{i}/**" for i in range(grants)])
+    client.grant("agent:bob", ["read"], ["teams/t1234/notes", "teams/t7/**"], kinds=["plaintext"])
+    client.grant("agent:bob", ["read"], ["teams/k"], kinds=["activation"])
+    inside = client.put("a shared note", "teams/t1234/notes")
+    client.put("a note bob may not read", "teams/other")
+    client.put("plaintext bob's kind-limited grant does not cover", "teams/k")
+    with MemosClient(daemon.address, key=str(tmp_path / "bob.key")) as bob:
+        assert [c.id for c in bob.list()] == [inside.id] and bob.list_page().total_size == 1
+        assert [h.cube.id for h in bob.search("note", mode="bm25")] == [inside.id]
+        assert [c.id for c in bob.list("teams/t1234")] == [inside.id]
