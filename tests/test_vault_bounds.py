@@ -166,3 +166,13 @@ def test_a_reader_with_thousands_of_grants_can_still_list_and_search(daemon, cli
         assert [c.id for c in bob.list()] == [inside.id] and bob.list_page().total_size == 1
         assert [h.cube.id for h in bob.search("note", mode="bm25")] == [inside.id]
         assert [c.id for c in bob.list("teams/t1234")] == [inside.id]
+
+
+def test_find_by_prefix_with_a_prompt_of_millions_of_tokens(client):
+    # 4.2 million tokens are 262,500 block keys: more than one SQLite statement takes variables.
+    from tests.kv_helpers import FINGERPRINT, put_kv
+
+    base = list(range(10, 60))
+    cube = put_kv(client, base[:45])
+    found, matched = client.find_kv(FINGERPRINT, base + [7] * 4_200_000)
+    assert (found.id, matched) == (cube.id, 45)
