@@ -104,6 +104,7 @@ def test_poisoned_rows_do_not_break_reads_for_everyone(daemon, client, tmp_path)
     poisoned = alice.put("alice's poisoned note", "agents/alice/n")
     alice.update(poisoned.id, text="alice's poisoned note, v2")
     other = client.put("another note", "agents/admin/n")
+    mangled = client.put("a mangled note", "agents/admin/n", tags=["t"])
     client.publish("teams/news", poisoned.id)
     # As an older daemon or a hand edit could have left them: times and numbers no reply can carry.
     with sqlite3.connect(daemon.config.data_dir / "memos.db") as db:
@@ -112,7 +113,10 @@ def test_poisoned_rows_do_not_break_reads_for_everyone(daemon, client, tmp_path)
         (snapshot,) = db.execute("SELECT snapshot FROM cube_versions WHERE id = ?", (poisoned.id,)).fetchone()
         old = dict(json.loads(snapshot), expires_at=float("inf"), updated_at=9e18)
         db.execute("UPDATE cube_versions SET snapshot = ? WHERE id = ?", (json.dumps(old), poisoned.id))
-    _everything_still_reads(client, tmp_path, 2)
+        db.execute("UPDATE cubes SET tags = 'not json', metadata = '{\"a\": ', visibility = 7, derived_from = '5'"
+                   " WHERE id = ?", (mangled.id,))
+    _everything_still_reads(client, tmp_path, 3)
+    assert client.get(mangled.id).tags == [] and not client.get(mangled.id).metadata
     mine = list(alice.list())
     assert [c.id for c in mine] == [poisoned.id]
     assert mine[0].expires_at.year == 9999 and mine[0].priority == 2**31 - 1

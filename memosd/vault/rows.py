@@ -53,6 +53,36 @@ def _int(row: dict, key: str, low: int, high: int) -> int:
     return fixed
 
 
+def _enum(row: dict, key: str, cls, fallback):
+    try:
+        return cls(row.get(key))
+    except ValueError:
+        _warn(row, key, row.get(key), fallback)
+        return fallback
+
+
+def _json(row: dict, key: str, kind: type, default):
+    text = row.get(key)
+    if not text:
+        return default
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        value = None
+    if isinstance(value, kind):
+        return value
+    _warn(row, key, text, default)
+    return default
+
+
+def _strings(row: dict, key: str) -> tuple[str, ...]:
+    value = _json(row, key, list, [])
+    kept = tuple(v for v in value if isinstance(v, str))
+    if len(kept) != len(value):
+        _warn(row, key, value, kept)
+    return kept
+
+
 _warned: set = set()
 
 
@@ -64,7 +94,8 @@ def _warn(row: dict, key: str, value, fixed) -> None:
 
 
 def to_cube(row: dict, now: float | None = None) -> MemCube:
-    state = LifecycleState(row["state"])
+    # An unknown state or visibility reads as the more hidden one; an unknown kind as plaintext without text.
+    state = _enum(row, "state", LifecycleState, LifecycleState.ARCHIVED)
     expires_at = _time(row, "expires_at")
     if now is not None and state is LifecycleState.ACTIVE and expires_at is not None and expires_at <= now:
         # Expired but not yet swept: report what it is.
@@ -72,24 +103,24 @@ def to_cube(row: dict, now: float | None = None) -> MemCube:
     return MemCube(
         id=row["id"],
         namespace=row["namespace"],
-        kind=MemoryKind(row["kind"]),
+        kind=_enum(row, "kind", MemoryKind, MemoryKind.PLAINTEXT),
         state=state,
         version=_int(row, "version", 0, _INT64),
         parent_version=_int(row, "parent_version", 0, _INT64),
-        text=row["text"],
-        tags=tuple(json.loads(row["tags"])),
-        metadata=json.loads(row["metadata"]) if row["metadata"] else None,
+        text=row["text"] if isinstance(row["text"], str) else None,
+        tags=_strings(row, "tags"),
+        metadata=_json(row, "metadata", dict, None),
         source=row["source"],
         owner=row["owner"],
-        visibility=Visibility(row["visibility"]),
+        visibility=_enum(row, "visibility", Visibility, Visibility.OWNER),
         priority=_int(row, "priority", -2**31, 2**31 - 1),
         created_at=_time(row, "created_at") or 0.0,
         updated_at=_time(row, "updated_at") or 0.0,
         expires_at=expires_at,
         access_count=_int(row, "access_count", 0, _INT64),
         last_accessed_at=_time(row, "last_accessed_at"),
-        derived_from=tuple(json.loads(row["derived_from"])),
-        manifest=json.loads(row["manifest"]) if row["manifest"] else None,
+        derived_from=_strings(row, "derived_from"),
+        manifest=_json(row, "manifest", dict, None),
     )
 
 
