@@ -162,13 +162,13 @@ def resolve_expiry(draft: CubeDraft, now: float) -> float | None:
     """The absolute expiry of a draft, checked before anything is stored: a time no reply can carry
     would fail every later read of the cube."""
     ttl = draft.ttl_seconds
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl) or ttl < 0:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl >= 0:  # NaN fails >= too
         raise InvalidArgument("ttl_seconds must be positive, or 0 for no expiry")
     if ttl and draft.expires_at is not None:
         raise InvalidArgument("give expires_at or ttl_seconds, not both")
     if ttl:
         if ttl > MAX_TIME - now:
-            raise InvalidArgument(f"ttl_seconds {ttl} is too large: at most {int(MAX_TIME - now)}"
+            raise InvalidArgument(f"ttl_seconds is too large: at most {int(MAX_TIME - now)}"
                                   " (the expiry must be before 9999-12-31)")
         return now + ttl
     if draft.expires_at is not None:

@@ -52,7 +52,7 @@ def _everything_still_reads(client, tmp_path, expect: int):
 
 def test_huge_ttl_is_refused_and_nothing_is_stored(client, tmp_path):
     client.put("a note that stays", "agents/a/n")
-    with pytest.raises(InvalidArgument, match="ttl_seconds .* too large"):
+    with pytest.raises(InvalidArgument, match="ttl_seconds is too large"):
         client.put("a note with a ttl of ten thousand years", "agents/a/n", ttl=3e11)
     _everything_still_reads(client, tmp_path, 1)
     with pytest.raises(InvalidArgument, match="ttl_seconds"):
