@@ -14,6 +14,11 @@ from memosd.errors import InvalidArgument
 _SEGMENT = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 _TAG = re.compile(r"[^\s\x00-\x1f\x7f]{1,64}")
 MAX_NAMESPACE_DEPTH = 8
+# The times a cube may carry: from the epoch to the last second a protobuf Timestamp (and a Python
+# datetime) can hold, 9999-12-31T23:59:59Z. A time beyond it could be stored but never answered.
+MAX_TIME = 253402300799.0
+# Metadata nests at most this deep (protobuf's own parser stops at 100; JSON encoders recurse).
+MAX_METADATA_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,9 @@ class Limits:
     max_batch: int = 1000
     max_query_bytes: int = 4096
     max_page_size: int = 1000
+    # Tags one List or Search filter may require: each is a condition of the query, and SQLite's
+    # expression depth (1000) and variable count bound how many one statement may hold.
+    max_filter_tags: int = 64
     # An import bundle, as received and as unpacked (tar bombs stop here).
     max_bundle_bytes: int = 16 << 30
     # Largest blob (a KV cache or adapter payload) one upload may declare, and unfinished uploads per agent.
@@ -93,10 +101,50 @@ def check_text(text: str, limits: Limits) -> str:
 def check_metadata(metadata, limits: Limits):
     if not metadata:
         return None
+    _check_json(metadata, MAX_METADATA_DEPTH)
     encoded = json.dumps(metadata, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     if len(encoded.encode()) > limits.max_metadata_bytes:
         raise InvalidArgument(f"metadata is over {limits.max_metadata_bytes} bytes as JSON")
     return metadata
+
+
+def _check_json(value, depth: int) -> None:
+    """Metadata is sent back as a protobuf Struct (doubles, bounded nesting): refuse what it cannot hold."""
+    if depth < 0:
+        raise InvalidArgument(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidArgument("metadata keys must be strings")
+            _check_json(item, depth - 1)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_json(item, depth - 1)
+    elif isinstance(value, bool) or value is None or isinstance(value, str):
+        pass
+    elif isinstance(value, (int, float)):
+        try:
+            finite = math.isfinite(float(value))
+        except OverflowError:
+            finite = False
+        if not finite:
+            raise InvalidArgument("metadata numbers must be finite and fit a double (no NaN or infinity)")
+    else:
+        raise InvalidArgument(f"metadata holds a {type(value).__name__}; only JSON values are allowed")
+
+
+def check_time(seconds: float, what: str) -> float:
+    """A time a client gives (unix seconds): finite, from 1970 to the end of 9999."""
+    # Compared before any conversion: float() of a JSON integer of 400 digits overflows.
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_TIME:
+        raise InvalidArgument(f"{what} must be a time between 1970-01-01 and 9999-12-31")
+    return float(seconds)
+
+
+def check_priority(priority: int) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -2**31 <= priority < 2**31:
+        raise InvalidArgument("priority must be a 32-bit integer")
+    return priority
 
 
 def check_draft(draft: CubeDraft, limits: Limits, now: float) -> CubeDraft:
@@ -107,6 +155,7 @@ def check_draft(draft: CubeDraft, limits: Limits, now: float) -> CubeDraft:
     check_metadata(draft.metadata, limits)
     if len(draft.source) > limits.max_source_chars:
         raise InvalidArgument(f"source is over {limits.max_source_chars} characters")
+    check_priority(draft.priority)
     expires_at = resolve_expiry(draft, now)
     return CubeDraft(
         namespace=draft.namespace, text=draft.text, tags=tags, metadata=draft.metadata or None,
@@ -116,19 +165,31 @@ def check_draft(draft: CubeDraft, limits: Limits, now: float) -> CubeDraft:
 
 
 def resolve_expiry(draft: CubeDraft, now: float) -> float | None:
-    if draft.ttl_seconds < 0:
+    """The absolute expiry of a draft, checked before anything is stored: a time no reply can carry
+    would fail every later read of the cube."""
+    ttl = draft.ttl_seconds
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl >= 0:  # NaN fails >= too
         raise InvalidArgument("ttl_seconds must be positive, or 0 for no expiry")
-    if draft.ttl_seconds and draft.expires_at is not None:
+    if ttl and draft.expires_at is not None:
         raise InvalidArgument("give expires_at or ttl_seconds, not both")
-    if draft.ttl_seconds:
-        return now + draft.ttl_seconds
-    if draft.expires_at is not None and not math.isfinite(draft.expires_at):
-        raise InvalidArgument("expires_at is not a valid time")
-    return draft.expires_at
+    if ttl:
+        if ttl > MAX_TIME - now:
+            raise InvalidArgument(f"ttl_seconds is too large: at most {int(MAX_TIME - now)}"
+                                  " (the expiry must be before 9999-12-31)")
+        return now + ttl
+    if draft.expires_at is not None:
+        return check_time(draft.expires_at, "expires_at")
+    return None
 
 
-def check_filter(f: CubeFilter) -> CubeFilter:
+def check_filter(f: CubeFilter, limits: Limits = Limits()) -> CubeFilter:
     check_namespace_prefix(f.namespace_prefix)
+    if len(f.tags) > limits.max_filter_tags:
+        raise InvalidArgument(f"{len(f.tags)} tags in the filter; at most {limits.max_filter_tags}"
+                              " (max_filter_tags in the config)")
+    for value, what in ((f.created_after, "created_after"), (f.created_before, "created_before")):
+        if value is not None:
+            check_time(value, what)
     if LifecycleState.DELETED in f.states:
         raise InvalidArgument("deleted cubes are tombstones and cannot be listed; use History on an id")
     if f.created_after is not None and f.created_before is not None and f.created_after >= f.created_before:

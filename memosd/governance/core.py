@@ -119,7 +119,7 @@ class MemGovernance(Sharing):
         for name, key, groups, admin, created, revoked in agents:
             self._agents[name] = AgentRecord(name, key, tuple(json.loads(groups)), bool(admin), created, revoked)
         for document, signature, created, revoked in policies:
-            policy = parse_policy(document)
+            policy = parse_policy(document, stored=True)
             self._policies[policy.id] = PolicyRecord(policy, document, signature, created, revoked)
         if ADMIN not in self._agents:
             await self._create_admin()

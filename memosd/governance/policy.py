@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from memos_client.bounds import JSONLimitError, loads, quote
 from memosd.cube import MemoryKind
 from memosd.errors import InvalidArgument
-from memosd.limits import check_namespace
+from memosd.limits import check_namespace, check_time
 
 ACTIONS = frozenset({"read", "write", "delete", "share", "publish", "subscribe", "admin"})
 KINDS = {"plaintext": MemoryKind.PLAINTEXT, "activation": MemoryKind.ACTIVATION, "parametric": MemoryKind.PARAMETRIC}
@@ -90,8 +90,9 @@ class Share:
     policies: frozenset[str] | None = None
 
 
-def parse_policy(document: bytes) -> Policy:
-    """Validate a policy document; InvalidArgument says what is wrong."""
+def parse_policy(document: bytes, *, stored: bool = False) -> Policy:
+    """Validate a policy document; InvalidArgument says what is wrong. A stored one (read back at start)
+    is not held to the time range checked since, so that no grant made before is lost."""
     try:
         doc = loads(document, what="policy document", max_bytes=MAX_DOCUMENT_BYTES)
     except JSONLimitError as exc:
@@ -122,6 +123,10 @@ def parse_policy(document: bytes) -> Policy:
             raise InvalidArgument(f"policy {what} must be unix seconds")
     if expires_at is not None and (not isinstance(expires_at, (int, float)) or expires_at <= not_before):
         raise InvalidArgument("policy expires_at must be unix seconds after not_before")
+    if not stored:
+        for value, what in ((issued_at, "issued_at"), (not_before, "not_before"), (expires_at, "expires_at")):
+            if value is not None:
+                check_time(value, f"policy {what}")
     return Policy(
         id=pid, issuer=issuer, subject=subject, actions=frozenset(actions),
         patterns=tuple(Pattern.parse(n) for n in namespaces if isinstance(n, str)) or _bad_namespaces(),

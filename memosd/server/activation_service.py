@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from google.protobuf import json_format
-
 from memos_mip.v1 import activation_pb2
 from memosd.cube import CubeFilter, MemoryKind
 from memosd.limits import check_metadata, check_tags
@@ -43,7 +41,7 @@ class ActivationService:
         p = principal()
         namespace = request.namespace
         self.gov.check(p, "write", namespace, MemoryKind.ACTIVATION)
-        metadata = json_format.MessageToDict(request.metadata) if request.HasField("metadata") else None
+        metadata = convert.struct_to_dict(request.metadata) if request.HasField("metadata") else None
         target = BuildTarget(namespace, check_tags(request.tags, self.vault.limits),
                              check_metadata(metadata, self.vault.limits),
                              authorize=lambda: self.gov.check(p, "write", namespace, MemoryKind.ACTIVATION))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import math
+
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -11,10 +14,24 @@ from memosd.cube import (
 )
 from memosd.errors import InvalidArgument
 
+log = logging.getLogger("memosd.server")
+
+
+# What a Timestamp holds: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+_MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799
+
 
 def to_timestamp(seconds: float | None) -> Timestamp | None:
+    """A reply's time; one a Timestamp cannot hold (a row from an older daemon or edited by hand) is
+    clamped, so that one stored value never fails every read that returns it."""
     if seconds is None:
         return None
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        log.warning("a stored time %r is not a number; answered as unset", seconds)
+        return None
+    if not _MIN_SECONDS <= seconds <= _MAX_SECONDS:
+        log.warning("a stored time %r is out of range; answered clamped", seconds)
+        seconds = min(max(seconds, _MIN_SECONDS), _MAX_SECONDS)
     ts = Timestamp()
     ts.FromNanoseconds(int(round(seconds * 1e9)))
     return ts
@@ -24,7 +41,17 @@ def _seconds(msg, field: str) -> float | None:
     if not msg.HasField(field):
         return None
     ts = getattr(msg, field)
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        raise InvalidArgument(f"{field} is not a valid Timestamp (years 1 to 9999, nanos 0 to 999999999)")
     return ts.seconds + ts.nanos / 1e9
+
+
+def struct_to_dict(msg) -> dict:
+    """A Struct field as a dict; NaN and infinity (which JSON cannot carry) are the caller's mistake."""
+    try:
+        return json_format.MessageToDict(msg)
+    except ValueError:
+        raise InvalidArgument("metadata numbers must be finite (no NaN or infinity)") from None
 
 
 def _enum(cls, value: int, what: str):
@@ -39,7 +66,7 @@ def draft_from_proto(d: cube_pb2.CubeDraft) -> CubeDraft:
         namespace=d.namespace,
         text=d.text,
         tags=tuple(d.tags),
-        metadata=json_format.MessageToDict(d.metadata) if d.HasField("metadata") else None,
+        metadata=struct_to_dict(d.metadata) if d.HasField("metadata") else None,
         source=d.source,
         priority=d.priority,
         visibility=_enum(Visibility, d.visibility, "visibility") if d.visibility else Visibility.NAMESPACE,
@@ -85,7 +112,12 @@ def cube_to_proto(c: MemCube) -> cube_pb2.MemCube:
         updated_at=to_timestamp(c.updated_at), source=c.source, tags=c.tags,
     )
     if c.metadata:
-        descriptive.metadata.update(c.metadata)
+        try:
+            descriptive.metadata.update(c.metadata)
+        except (ValueError, TypeError, OverflowError):
+            # Stored before metadata was checked as strictly as now: answer the cube without it.
+            descriptive.metadata.Clear()
+            log.warning("cube %s has metadata a Struct cannot hold; answered without it", c.id)
     msg = cube_pb2.MemCube(
         header=cube_pb2.CubeHeader(
             descriptive=descriptive,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from google.protobuf import json_format
-
 from memos_client.tensor_format import LAYOUT_DYNAMIC_CACHE, KVManifest, TensorSpec
 from memos_mip.v1 import activation_pb2, cube_pb2, job_pb2
 from memosd.cube import MemCube, MemoryKind, Visibility
 from memosd.errors import InvalidArgument, MemosError
 from memosd.scheduler.jobs import Job
-from memosd.server.convert import to_timestamp
+from memosd.server.convert import struct_to_dict, to_timestamp
 from memosd.server.status import status_for
 from memosd.vault.tensor_cubes import TensorDraft
 
@@ -41,7 +39,7 @@ def tensor_draft_from_proto(r, manifest_from) -> TensorDraft:
         raise InvalidArgument(f"visibility {r.visibility} is not a known value") from None
     return TensorDraft(
         namespace=r.namespace, manifest=manifest_from(r.model, r.manifest), tags=tuple(r.tags),
-        metadata=json_format.MessageToDict(r.metadata) if r.HasField("metadata") else None, source=r.source,
+        metadata=struct_to_dict(r.metadata) if r.HasField("metadata") else None, source=r.source,
         derived_from=tuple(r.derived_from), ttl_seconds=r.ttl_seconds, visibility=visibility, priority=r.priority,
     )
 

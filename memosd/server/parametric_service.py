@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from google.protobuf import json_format
-
 from memos_client.bounds import quote
 from memos_mip.v1 import parametric_pb2
 from memosd.cube import CubeFilter, MemoryKind
@@ -43,7 +41,7 @@ class ParametricService:
         self.gov.check(p, "write", namespace, MemoryKind.PARAMETRIC)
         self.promoter.require_model()
         spec = convert_parametric.train_spec_from_proto(request.params)
-        metadata = json_format.MessageToDict(request.metadata) if request.HasField("metadata") else None
+        metadata = convert.struct_to_dict(request.metadata) if request.HasField("metadata") else None
         target = BuildTarget(namespace, check_tags(request.tags, self.vault.limits),
                              check_metadata(metadata, self.vault.limits),
                              authorize=lambda: self.gov.check(p, "write", namespace, MemoryKind.PARAMETRIC))

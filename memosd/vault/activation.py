@@ -18,6 +18,8 @@ from memosd.vault.query import filter_sql
 MAX_DERIVED_FROM = 64
 # Candidates compared token by token after the block index has narrowed them down.
 MAX_CANDIDATES = 16
+# Block keys looked up per statement, well under SQLite's variable limit (32766 by default).
+KEYS_PER_QUERY = 4096
 
 
 ActivationDraft = TensorDraft
@@ -101,12 +103,17 @@ class ActivationVault:
 
         def job(conn: sqlite3.Connection):
             candidates = []
-            if keys:
+            # A long prompt has more block keys than one statement takes variables. Keys are chained, so
+            # later blocks are longer prefixes: the last group of keys with a match holds the best one.
+            for start in reversed(range(0, len(keys), KEYS_PER_QUERY)):
+                group = keys[start:start + KEYS_PER_QUERY]
                 found = conn.execute(
                     f"SELECT p.tokens, c.seq FROM activation_prefixes p JOIN cubes c ON c.seq = p.seq"
-                    f" WHERE p.key IN ({','.join('?' * len(keys))}) AND {where}"
-                    " ORDER BY p.tokens DESC, c.seq DESC LIMIT ?", [*keys, *params, MAX_CANDIDATES]).fetchall()
-                candidates = [seq for tokens, seq in found if tokens == found[0][0]]
+                    f" WHERE p.key IN ({','.join('?' * len(group))}) AND {where}"
+                    " ORDER BY p.tokens DESC, c.seq DESC LIMIT ?", [*group, *params, MAX_CANDIDATES]).fetchall()
+                if found:
+                    candidates = [seq for tokens, seq in found if tokens == found[0][0]]
+                    break
             if not candidates:  # no shared block: cubes shorter than a block may still share a prefix
                 candidates = [seq for (seq,) in conn.execute(
                     f"SELECT c.seq FROM activation_prefixes p JOIN cubes c ON c.seq = p.seq WHERE p.key = ?"

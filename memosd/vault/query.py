@@ -49,15 +49,49 @@ def _namespace_sql(namespace: str, subtree: bool, a: str, params: list) -> str:
     return f"({a}.namespace = ? OR ({a}.namespace >= ? AND {a}.namespace < ?))"
 
 
+# Read-scope rules written into the query as index-friendly conditions (3 variables each, well under
+# SQLite's default limit of 32766); a caller granted more is filtered through one JSON parameter.
+MAX_INLINE_RULES = 8000
+# Conditions OR-ed at one level: SQLite nests "a OR b OR c" one level per term and stops at depth 1000.
+_FANOUT = 32
+
+
 def _scope_sql(scope, a: str, params: list) -> str:
     """Rules (namespace, subtree, kinds) the caller may read, OR-ed: filtering happens in the query."""
+    rules = _simplified(scope)
+    if len(rules) > MAX_INLINE_RULES:
+        params.append(json.dumps([[r.namespace, int(r.subtree), sum(1 << int(k) for k in r.kinds)] for r in rules]))
+        ns = "json_extract(r.value, '$[0]')"
+        return (f"EXISTS (SELECT 1 FROM json_each(?) r WHERE ({a}.namespace = {ns} OR (json_extract(r.value, '$[1]')"
+                f" AND substr({a}.namespace, 1, length({ns}) + 1) = {ns} || '/')) AND (json_extract(r.value, '$[2]') = 0"
+                f" OR (json_extract(r.value, '$[2]') >> {a}.kind) & 1))")
     parts = []
-    for rule in scope:
+    for rule in rules:
         cond = _namespace_sql(rule.namespace, rule.subtree, a, params)
         if rule.kinds:
             cond += f" AND {a}.kind IN ({','.join(str(int(k)) for k in sorted(rule.kinds))})"
         parts.append(f"({cond})")
-    return "(" + " OR ".join(parts) + ")" if parts else "0"
+    return _any_of(parts) if parts else "0"
+
+
+def _simplified(scope) -> list:
+    """The rules without repeats and without those a kind-unrestricted subtree rule already covers."""
+    unique = {(r.namespace, r.subtree, frozenset(r.kinds)): r for r in scope}
+    trees = {r.namespace for r in unique.values() if r.subtree and not r.kinds}
+
+    def covered(r) -> bool:
+        parts = r.namespace.split("/")
+        ancestors = {"/".join(parts[:i]) for i in range(1, len(parts))}
+        return bool(ancestors & trees) or (r.namespace in trees and (r.kinds or not r.subtree))
+
+    return [r for r in unique.values() if not covered(r)]
+
+
+def _any_of(parts: list[str]) -> str:
+    # A balanced tree of ORs, so that thousands of rules stay far from SQLite's expression depth limit.
+    while len(parts) > _FANOUT:
+        parts = ["(" + " OR ".join(parts[i:i + _FANOUT]) + ")" for i in range(0, len(parts), _FANOUT)]
+    return "(" + " OR ".join(parts) + ")"
 
 
 def _states_sql(states, now: float, a: str, params: list) -> str:

@@ -14,9 +14,11 @@ from memos_client.bounds import quote
 from memosd.cube import (
     CubeDraft, CubeFilter, CubePatch, LifecycleState, MemCube, MemoryKind, SearchHit, SearchMode,
 )
-from memosd.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from memosd.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from memosd.ids import is_id, new_id
-from memosd.limits import Limits, check_draft, check_filter, check_metadata, check_tags, check_text, resolve_expiry
+from memosd.limits import (
+    Limits, check_draft, check_filter, check_metadata, check_priority, check_tags, check_text, resolve_expiry,
+)
 from memosd.vault import rows
 from memosd.vault.db import Database
 from memosd.vault.fulltext import FullText, words
@@ -144,7 +146,7 @@ class MemVault:
                 raise InvalidArgument(f"source is over {self.limits.max_source_chars} characters")
             changes["source"] = v.source
         if "priority" in patch.fields:
-            changes["priority"] = v.priority
+            changes["priority"] = check_priority(v.priority)
         if "visibility" in patch.fields:
             changes["visibility"] = int(v.visibility)
         if patch.fields & {"expires_at", "ttl_seconds"}:
@@ -224,13 +226,22 @@ class MemVault:
         now = self.clock()
 
         def job(conn: sqlite3.Connection) -> MemCube:
-            row = self._current_row(conn, cube_id, guard)
+            row = self._current_row(conn, cube_id)
             if version and version != row["version"]:
                 found = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? AND version = ?",
                                      (cube_id, version)).fetchone()
                 if not found:
+                    # Only a reader of the cube learns which versions it has.
+                    if guard is not None:
+                        guard(rows.to_cube(row))
                     raise NotFound(f"cube {cube_id} has no version {version} (current is {row['version']})")
-                return rows.from_snapshot(found[0])
+                # Each version's visibility is its own: a version once owner-only stays so.
+                older = rows.from_snapshot(found[0])
+                if guard is not None:
+                    guard(older)
+                return older
+            if guard is not None:
+                guard(rows.to_cube(row))
             if row["state"] == LifecycleState.DELETED:
                 raise NotFound(f"cube {cube_id} was deleted; History still lists its versions")
             return rows.to_cube(row, now)
@@ -240,7 +251,7 @@ class MemVault:
         return cube
 
     async def list(self, f: CubeFilter, page_size: int, page_token: str = "") -> Page:
-        check_filter(f)
+        check_filter(f, self.limits)
         after, total = self._tokens.read(page_token, f) if page_token else (0, None)
         now = self.clock()
         where, params = filter_sql(f, now)
@@ -262,17 +273,25 @@ class MemVault:
         self._check_id(cube_id)
 
         def job(conn: sqlite3.Connection) -> list[MemCube]:
-            row = self._current_row(conn, cube_id, guard)
+            row = self._current_row(conn, cube_id)
             older = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? ORDER BY version",
                                  (cube_id,)).fetchall()
-            return [rows.from_snapshot(s) for (s,) in older] + [rows.to_cube(row)]
+            versions = [rows.from_snapshot(s) for (s,) in older] + [rows.to_cube(row)]
+            if guard is None:
+                return versions
+            # Decided per version: the caller gets the versions it may read, nothing of the others
+            # (their numbers show they exist, as parent_version does), and PermissionDenied if none.
+            readable = [v for v in versions if _allowed(guard, v)]
+            if not readable:
+                guard(versions[-1])
+            return readable
 
         return await self.db.read(job)
 
     async def search(self, query: str, f: CubeFilter, limit: int, mode: SearchMode = SearchMode.AUTO,
                      fts_syntax: bool = False) -> tuple[list[SearchHit], SearchMode]:
         """Rank plaintext cubes against a query; returns hits (best first) and the mode used."""
-        check_filter(f)
+        check_filter(f, self.limits)
         if not query.strip():
             raise InvalidArgument("query is empty")
         if len(query.encode("utf-8", "replace")) > self.limits.max_query_bytes:
@@ -360,6 +379,14 @@ class MemVault:
         if guard is not None:
             guard(rows.to_cube(row))
         return row
+
+
+def _allowed(guard, cube: MemCube) -> bool:
+    try:
+        guard(cube)
+    except PermissionDenied:
+        return False
+    return True
 
 
 def cube_at_version(conn: sqlite3.Connection, cube_id: str, version: int, now: float | None = None) -> MemCube | None:

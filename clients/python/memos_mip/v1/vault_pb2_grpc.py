@@ -133,7 +133,7 @@ class VaultServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def History(self, request, context):
-        """Returns every version of a cube, oldest first.
+        """Returns the versions of a cube the caller may read, oldest first (each version's visibility is its own).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
