@@ -30,6 +30,7 @@ FAKE_ID = "01JZZZZZZZZZZZZZZZZZZZZZZZ"
 FAKE_DIGEST = "0" * 64
 SECRET = "alice-secret-" + secrets.token_hex(6)
 OLD_SECRET = "alice-old-secret-" + secrets.token_hex(6)
+V1_SECRET = "alice-owner-only-v1-" + secrets.token_hex(6)
 TOKENS = [1, 2, 3, 5, 8, 13, 21, 34]
 METHODS = dict(all_methods())
 PUBLIC = "agents/alice/public/"  # the one place bob may read
@@ -51,6 +52,7 @@ class Alice:
     partial_digest: str = ""
     partial_size: int = 0
     shared: str = ""
+    versioned: str = ""
     topic: str = "agents/alice/news"
     durable: str = "alice-durable-" + secrets.token_hex(4)
     job: str = ""
@@ -102,6 +104,11 @@ def _setup_alice(daemon, admin, alice: MemosClient, carol_name: str) -> Alice:
     # What bob may read for good: one topic under hers, so that a wider pattern has something to widen.
     alice.grant("agent:bob", ["read"], ["agents/alice/public/**"])
     alice.publish("agents/alice/public/news", alice.put("public note", "agents/alice/public/notes").id)
+    # A cube bob may read now whose first version was owner-only: that version stays hers.
+    draft = cube_pb2.CubeDraft(namespace="agents/alice/public/notes", text=V1_SECRET, visibility=cube_pb2.VISIBILITY_OWNER)
+    a.versioned = alice._call(alice._vault.Put, vpb.PutRequest(cube=draft)).cube.header.descriptive.id
+    alice._call(alice._vault.Update, vpb.UpdateRequest(id=a.versioned, cube=cube_pb2.CubeDraft(
+        text="now public", visibility=cube_pb2.VISIBILITY_NAMESPACE), update_mask={"paths": ["text", "visibility"]}))
     a.policy = alice.grant(f"agent:{carol_name}", ["read"], ["agents/alice/notes"])
     alice.publish(a.topic, a.note)
     sub = alice.subscribe(a.topic, durable_name=a.durable)
@@ -118,7 +125,7 @@ def _setup_alice(daemon, admin, alice: MemosClient, carol_name: str) -> Alice:
 
     a.job = daemon.call(submit())
     daemon.release_job = lambda: daemon.loop.call_soon_threadsafe(release.set)
-    a.leaks = [SECRET, OLD_SECRET, a.note, a.kv, a.kv_digest, a.adapter, a.adapter_digest, a.partial_digest, a.shared,
+    a.leaks = [SECRET, OLD_SECRET, V1_SECRET, a.note, a.kv, a.kv_digest, a.adapter, a.adapter_digest, a.partial_digest, a.shared,
                a.topic, "agents/alice/shared/news", a.durable, a.job, a.policy, "alice-tag", carol_name]
     return a
 
@@ -264,6 +271,8 @@ def _cases(a: Alice, bob_key: AgentKey) -> dict[str, Case]:
         "get-revoked-share": Case(v + "Get", [vpb.GetRequest(id=a.shared)], [vpb.GetRequest(id=FAKE_ID)]),
         "get-activation": Case(v + "Get", [vpb.GetRequest(id=a.kv)], [vpb.GetRequest(id=FAKE_ID)]),
         "get-adapter": Case(v + "Get", [vpb.GetRequest(id=a.adapter)], [vpb.GetRequest(id=FAKE_ID)]),
+        "get-owner-only-old-version": Case(v + "Get", [vpb.GetRequest(id=a.versioned, version=1)]),
+        "history-owner-only-old-version": Case(v + "History", [vpb.HistoryRequest(id=a.versioned)], allowed=ok),
         "history": Case(v + "History", [vpb.HistoryRequest(id=a.note)], [vpb.HistoryRequest(id=FAKE_ID)]),
         "update": Case(v + "Update", [vpb.UpdateRequest(id=a.note, cube=draft, update_mask={"paths": ["text"]})],
                        [vpb.UpdateRequest(id=FAKE_ID, cube=draft, update_mask={"paths": ["text"]})]),
