@@ -30,6 +30,7 @@ FAKE_ID = "01JZZZZZZZZZZZZZZZZZZZZZZZ"
 FAKE_DIGEST = "0" * 64
 SECRET = "alice-secret-" + secrets.token_hex(6)
 OLD_SECRET = "alice-old-secret-" + secrets.token_hex(6)
+SHARE_SECRET = "alice-share-" + secrets.token_hex(6)
 V1_SECRET = "alice-owner-only-v1-" + secrets.token_hex(6)
 TOKENS = [1, 2, 3, 5, 8, 13, 21, 34]
 METHODS = dict(all_methods())
@@ -104,6 +105,11 @@ def _setup_alice(daemon, admin, alice: MemosClient, carol_name: str) -> Alice:
     # What bob may read for good: one topic under hers, so that a wider pattern has something to widen.
     alice.grant("agent:bob", ["read"], ["agents/alice/public/**"])
     alice.publish("agents/alice/public/news", alice.put("public note", "agents/alice/public/notes").id)
+    # alice shares a note on a team topic under a grant the admin then revokes: the share ends with it.
+    team = admin.grant("agent:alice", ["read", "write", "share", "publish"], ["teams/t/**"])
+    admin.grant("agent:bob", ["read", "subscribe"], ["teams/t/**"])
+    alice.publish("teams/t/news", alice.put(SHARE_SECRET, "agents/alice/notes").id)
+    admin.revoke_policy(team)
     # A cube bob may read now whose first version was owner-only: that version stays hers.
     draft = cube_pb2.CubeDraft(namespace="agents/alice/public/notes", text=V1_SECRET, visibility=cube_pb2.VISIBILITY_OWNER)
     a.versioned = alice._call(alice._vault.Put, vpb.PutRequest(cube=draft)).cube.header.descriptive.id
@@ -125,7 +131,7 @@ def _setup_alice(daemon, admin, alice: MemosClient, carol_name: str) -> Alice:
 
     a.job = daemon.call(submit())
     daemon.release_job = lambda: daemon.loop.call_soon_threadsafe(release.set)
-    a.leaks = [SECRET, OLD_SECRET, V1_SECRET, a.note, a.kv, a.kv_digest, a.adapter, a.adapter_digest, a.partial_digest, a.shared,
+    a.leaks = [SECRET, OLD_SECRET, V1_SECRET, SHARE_SECRET, a.note, a.kv, a.kv_digest, a.adapter, a.adapter_digest, a.partial_digest, a.shared,
                a.topic, "agents/alice/shared/news", a.durable, a.job, a.policy, "alice-tag", carol_name]
     return a
 
@@ -332,6 +338,8 @@ def _cases(a: Alice, bob_key: AgentKey) -> dict[str, Case]:
         "subscribe-pattern-wider-than-grant": Case(s + "Subscribe", [spb.SubscribeRequest(
             topic="agents/alice/**", after={"agents/alice/news": 0, "agents/alice/shared/news": 0}, heartbeat_seconds=1)],
             allowed=ok, check=no_alice_events),
+        "subscribe-share-after-publisher-revoked": Case(s + "Subscribe", [spb.SubscribeRequest(topic="teams/t/news")],
+                                                        allowed=ok),
         "ack-her-durable": Case(s + "Ack", [spb.AckRequest(durable_name=a.durable, topic=a.topic, seq=1)],
                                 [spb.AckRequest(durable_name="nobody-durable", topic="agents/nobody/news", seq=1)]),
         "list-topics-hers": Case(s + "ListTopics", [spb.ListTopicsRequest(prefix="agents/alice")], allowed=ok, check=no_topics),
