@@ -227,6 +227,10 @@ def _cases(a: Alice, bob_key: AgentKey) -> dict[str, Case]:
         public = [c for c in listed.cubes if c.header.descriptive.namespace.startswith(PUBLIC)]
         return len(public) == len(listed.cubes) == listed.total_size
 
+    def only_readable(r):
+        listed = vpb.ListResponse.FromString(r[0])
+        return all(c.header.descriptive.namespace.startswith(("agents/bob/", PUBLIC, "teams/t/")) for c in listed.cubes)
+
     def no_hits(r):
         return not vpb.SearchResponse.FromString(r[0]).hits
 
@@ -289,6 +293,8 @@ def _cases(a: Alice, bob_key: AgentKey) -> dict[str, Case]:
         "list-her-namespace": Case(v + "List", [vpb.ListRequest(filter=vpb.CubeFilter(namespace_prefix="agents/alice"))],
                                    allowed=ok, check=empty_list),
         "list-her-tag": Case(v + "List", [vpb.ListRequest(filter=vpb.CubeFilter(tags=["alice-tag"]))], allowed=ok, check=empty_list),
+        "list-everything": Case(v + "List", [vpb.ListRequest(page_size=1000)], allowed=ok, check=only_readable),
+        "search-everything": Case(v + "Search", [vpb.SearchRequest(query="alice secret share owner note", limit=100)], allowed=ok),
         "search-her-text": Case(v + "Search", [vpb.SearchRequest(query=SECRET)], allowed=ok, check=no_hits),
         "search-her-namespace": Case(v + "Search", [vpb.SearchRequest(query="alice secret", filter=vpb.CubeFilter(
             namespace_prefix="agents/alice"))], allowed=ok, check=no_hits),
@@ -342,6 +348,7 @@ def _cases(a: Alice, bob_key: AgentKey) -> dict[str, Case]:
                                                         allowed=ok),
         "ack-her-durable": Case(s + "Ack", [spb.AckRequest(durable_name=a.durable, topic=a.topic, seq=1)],
                                 [spb.AckRequest(durable_name="nobody-durable", topic="agents/nobody/news", seq=1)]),
+        "list-topics-all": Case(s + "ListTopics", [spb.ListTopicsRequest()], allowed=ok),
         "list-topics-hers": Case(s + "ListTopics", [spb.ListTopicsRequest(prefix="agents/alice")], allowed=ok, check=no_topics),
         "set-retention-her-topic": Case(s + "SetRetention", [spb.SetRetentionRequest(topic=a.topic, max_events=1)]),
         "get-policy": Case(g + "GetPolicy", [gpb.GetPolicyRequest(id=a.policy)], [gpb.GetPolicyRequest(id="pol_" + "0" * 16)]),
@@ -355,6 +362,7 @@ def _cases(a: Alice, bob_key: AgentKey) -> dict[str, Case]:
         "list-audit": Case(g + "ListAudit", [gpb.ListAuditRequest()]),
         "export-her-namespace": Case("/memos.v1.BundleService/Export", [bundle_pb2.ExportRequest(namespace_prefix="agents/alice")],
                                      allowed=ok),
+        "export-everything": Case("/memos.v1.BundleService/Export", [bundle_pb2.ExportRequest()], allowed=ok),
         "import-into-her-namespace": Case("/memos.v1.BundleService/Import", [bundle_pb2.ImportRequest(
             start=bundle_pb2.ImportStart(namespace="agents/alice/imported")), bundle_pb2.ImportRequest(data=BOB_BUNDLE[0])]),
         "backup": Case("/memos.v1.AdminService/Backup", [admin_pb2.BackupRequest()]),
@@ -445,3 +453,43 @@ def test_alice_still_has_everything(world):
         assert alice.get_policy(a.policy).id == a.policy
         assert alice.get_job(a.job).id == a.job
         assert a.topic in [t.name for t in alice.topics("agents/alice")]
+
+
+def test_bobs_streams_outlive_a_revoke_by_alice(world):
+    """A policy change by another agent moves the epoch under bob's token: his next streaming calls renew it
+    as his unary calls do, instead of failing with StaleToken."""
+    daemon, _, _, _ = world
+    tmp = daemon.config.data_dir.parent
+    with MemosClient(daemon.address, key=str(tmp / "alice.key"), timeout=30) as alice, \
+            MemosClient(daemon.address, key=str(tmp / "bob.key"), timeout=30) as bob:
+        assert bob.whoami()[0].name == "bob"  # bob's client now holds a token for the current epoch
+        alice.revoke_policy(alice.grant("agent:carol", ["read"], ["agents/alice/scratch/**"]))
+        with bob.subscribe("agents/bob/news") as sub:
+            assert next(iter(sub)).seq == 1
+        alice.revoke_policy(alice.grant("agent:carol", ["read"], ["agents/alice/scratch/**"]))
+        payload = kv_payload(tokens=4, seed=21)[0]
+        assert bob.upload_blob(payload, "agents/bob/kv").size == len(payload)
+        alice.revoke_policy(alice.grant("agent:carol", ["read"], ["agents/alice/scratch/**"]))
+        assert len(bob.put_many([{"text": f"bob {i}", "namespace": "agents/bob/notes"} for i in range(3)])) == 3
+
+
+def test_bobs_open_stream_outlives_a_revoke_by_alice(world):
+    """A stream bob opened goes on delivering after alice revokes a policy that has nothing to do with him."""
+    daemon, _, channel, _ = world
+    tmp = daemon.config.data_dir.parent
+    with MemosClient(daemon.address, key=str(tmp / "alice.key"), timeout=30) as alice, \
+            MemosClient(daemon.address, key=str(tmp / "bob.key"), timeout=30) as bob:
+        channel.tokens.adopt_epoch(bob.whoami()[2])
+        subscribe = channel.unary_stream("/memos.v1.StoreService/Subscribe", request_serializer=spb.SubscribeRequest.SerializeToString,
+                                         response_deserializer=spb.SubscribeResponse.FromString)
+        stream = subscribe(spb.SubscribeRequest(topic="agents/bob/news"), timeout=20)
+        events = (e for response in stream for e in response.events)
+        first = next(events)
+        alice.revoke_policy(alice.grant("agent:carol", ["read"], ["agents/alice/scratch/**"]))
+        seq, _ = bob.publish("agents/bob/news", bob.put("bob's later news", "agents/bob/notes").id)
+        try:
+            assert next(events).seq == seq > first.seq
+        except grpc.RpcError as exc:
+            pytest.fail(f"bob's subscription ended with {exc.code().name}: {exc.details()}")
+        finally:
+            stream.cancel()

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import time
+import traceback
 from pathlib import Path
 
 import grpc
@@ -79,10 +80,17 @@ class LogBytes(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)
         self.bytes = 0
+        self.last_error = ""
         self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
 
     def emit(self, record):
         self.bytes += len(self.format(record).encode("utf-8", "replace")) + 1
+        if record.exc_info and record.exc_info[2] is not None:
+            # Where an INTERNAL came from, for the failure message: the innermost frame in memosd.
+            frames = [f for f in traceback.extract_tb(record.exc_info[2]) if "/memosd/" in f.filename] or \
+                traceback.extract_tb(record.exc_info[2])
+            where = f"{frames[-1].filename.rsplit('/memosd/', 1)[-1]}:{frames[-1].lineno}" if frames else "?"
+            self.last_error = f"{record.exc_info[0].__name__}: {str(record.exc_info[1])[:120]} at memosd/{where}"
 
 
 class Env:
@@ -149,8 +157,9 @@ class Env:
 
 def _garbage_tokens(daemon_id: str) -> list[str]:
     deep = b64url(DEEP_JSON[0].encode()) + "." + b64url(b"sig")
+    deep_short = b64url(("[" * 760 + "]" * 760).encode()) + ".AAAA"  # nested as deep as fits under the size cap
     wide = b64url(json.dumps({"sub": "x" * 3000, "aud": daemon_id, "iat": 2**70, "exp": -1, "jti": 1, "epoch": 1e308}).encode())
-    return ["Bearer garbage", "Bearer a.b", "Bearer " + deep, "Bearer " + wide + ".AAAA", "Basic dXNlcjpwYXNz",
+    return ["Bearer garbage", "Bearer a.b", "Bearer " + deep, "Bearer " + deep_short, "Bearer " + wide + ".AAAA", "Basic dXNlcjpwYXNz",
             "Bearer " + "A" * 6000, "Bearer ..", "bearer " + mint_token(AgentKey.generate("ghost", daemon_id), 1),
             "Bearer " + mint_token(AgentKey.generate("admin", "another-daemon"), 1),
             "Bearer " + mint_token(AgentKey.generate("admin", daemon_id), 1, now=time.time() - 10**6)]
@@ -199,10 +208,10 @@ def test_every_method_of_every_service_is_fuzzed():
     assert fuzzed == in_protos and len(METHODS) == len(fuzzed)
 
 
-def _problem(path, who, code, details, log_bytes) -> str | None:
+def _problem(path, who, code, details, log_bytes, last_error="") -> str | None:
     """What is wrong with one answer, or None."""
     if code in NEVER:
-        return f"{code.name}: {details[:300]}"
+        return f"{code.name}: {last_error or details[:300]}"
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return None if path in OPEN_ENDED else "no answer within the deadline"
     if len(details.encode("utf-8", "replace")) >= MAX_DETAIL_BYTES:
@@ -234,9 +243,9 @@ def test_fuzz(env, path, method, who):
               phases=(Phase.explicit, Phase.generate), suppress_health_check=list(HealthCheck))
     @given(messages=messages, garbage=st.integers(0, 1000))
     def run(messages, garbage):
-        before = env.logs.bytes
+        before, env.logs.last_error = env.logs.bytes, ""
         code, details, _ = env.call(path, method, messages, env.metadata(who, garbage))
-        problem = _problem(path, who, code, details, env.logs.bytes - before)
+        problem = _problem(path, who, code, details, env.logs.bytes - before, env.logs.last_error)
         if problem is not None:
             problems.setdefault(problem[:60], f"{problem}\n    request: {_describe(messages)}")
 
