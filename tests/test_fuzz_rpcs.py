@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, Phase, example, given, settings, strategies 
 
 from memos_client import MemosClient, MemosError
 from memos_client.auth import AgentKey, TokenSource, b64url, mint_token
+from memos_mip.v1 import bundle_pb2, cube_pb2, governance_pb2, parametric_pb2, vault_pb2
 from memosd.server.app import SERVICES
 from tests.daemon import make_config, running
-from memos_mip.v1 import bundle_pb2, cube_pb2, governance_pb2, parametric_pb2, vault_pb2
 from tests.fuzz_strategies import DEEP_JSON, Fuzz, all_methods, deep_struct, length_delimited, request_services
 from tests.kv_helpers import put_kv
 
