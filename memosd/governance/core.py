@@ -342,7 +342,13 @@ class MemGovernance(Sharing):
         groups = tuple(dict.fromkeys(check_name(g, "group name") for g in groups))
         if len(public_key) != 32:
             raise InvalidArgument("public_key must be the 32 raw bytes of an Ed25519 public key")
-        if name in self._agents:
+        known = self._agents.get(name)
+        if known is not None and known.revoked_at is not None:
+            # Its audit entries and the policies it signed keep naming it: a new key under the name would
+            # inherit that history.
+            raise AlreadyExists(f"agent {name} was revoked, and a revoked agent's name cannot be reused;"
+                                " pick another name")
+        if known is not None:
             raise AlreadyExists(f"agent {name} exists already; revoke it or pick another name")
         record = AgentRecord(name, bytes(public_key), groups, False, self.clock())
         await self._store_agent(record, actor=p.name)

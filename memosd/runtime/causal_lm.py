@@ -81,6 +81,8 @@ class CausalLM:
         import torch
         from transformers import DynamicCache
 
+        from memos_client.kv import cache_keyword
+
         self.load()
         cache = DynamicCache(config=self.model.config)
         device = next(self.model.parameters()).device
@@ -88,7 +90,7 @@ class CausalLM:
             for start in range(0, len(token_ids), PREFILL_STEP):
                 check()
                 chunk = torch.tensor([token_ids[start:start + PREFILL_STEP]], device=device)
-                self.model(input_ids=chunk, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                self.model(input_ids=chunk, use_cache=True, logits_to_keep=1, **{cache_keyword(self.model): cache})
                 progress(min(start + PREFILL_STEP, len(token_ids)))
         check()
         return [(layer.keys, layer.values) for layer in cache.layers]

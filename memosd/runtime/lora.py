@@ -65,7 +65,7 @@ class LoraTrainer:
         import torch
         from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
-        from memos_client.adapters import module_shapes, peft_config_text
+        from memos_client.adapters import module_shapes, peft_config_text, quiet_peft
         from memos_client.fingerprint import model_fingerprint
 
         if torch.get_num_threads() > self._threads:
@@ -82,7 +82,8 @@ class LoraTrainer:
         config = LoraConfig(r=spec.rank, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
                             target_modules=list(spec.target_modules) or None, task_type="CAUSAL_LM", bias="none")
         try:
-            peft_model = get_peft_model(model, config)
+            with quiet_peft():
+                peft_model = get_peft_model(model, config)
         except ValueError as exc:  # peft's word for target modules the model lacks, or none it can guess
             raise InvalidArgument(f"params.target_modules: {' '.join(str(exc).split())[:400]}") from None
         config = peft_model.peft_config["default"]

@@ -56,7 +56,7 @@ class FullText:
                limit: int) -> list[tuple[dict, float]]:
         """Rows and BM25 scores (higher is better) of the best `limit` matches."""
         if fts_syntax:
-            return _checked(lambda: _ranked(conn, query, f, now, limit))
+            return _checked(query, lambda: _ranked(conn, query, f, now, limit))
         terms = words(query)
         if not terms:
             return []
@@ -117,13 +117,47 @@ def _ranked(conn: sqlite3.Connection, match: str, f: CubeFilter, now: float, lim
     return [(row_dict(r[:-1]), -r[-1]) for r in conn.execute(sql, [match, *params, limit]).fetchall()]
 
 
-def _checked(run):
+def _checked(query: str, run):
     try:
         return run()
     except sqlite3.OperationalError as exc:
         # The statements are fixed; only the MATCH expression varies, so a parse failure is the user's.
         if "database" in str(exc) or "disk" in str(exc):
             raise
-        raise InvalidArgument(
-            f"query is not valid FTS5 syntax ({exc}); fix it or search with the plain query syntax"
-        ) from None
+        raise InvalidArgument(f"the FTS5 query cannot be read: {explain_fts_error(query, str(exc))}; fix it, or"
+                              " search without --fts (plain words)") from None
+
+
+_FTS_TOKEN = re.compile(r'"(?:[^"]|"")*"?|[()]|[^\s()"]+')
+_OPERATORS = ("AND", "OR", "NOT")
+
+
+def explain_fts_error(query: str, sqlite_message: str) -> str:
+    """What is wrong with an FTS5 query, in the words of its syntax rather than SQLite's parser."""
+    tokens = _FTS_TOKEN.findall(query)
+    depth = 0
+    for tok in tokens:
+        if tok.startswith('"') and (len(tok) == 1 or not tok.endswith('"') or tok.endswith('""') and len(tok) % 2):
+            return 'a phrase is not closed: every " needs a closing "'
+        depth += (tok == "(") - (tok == ")")
+        if depth < 0:
+            return 'a ")" has no "(" before it'
+    if depth > 0:
+        return 'a "(" is not closed with ")"'
+    for before, tok, after in zip([None, *tokens], tokens, [*tokens[1:], None]):
+        if tok in _OPERATORS:
+            if before is None or before == "(" or before in _OPERATORS:
+                return f'"{tok}" needs a term before it'
+            if after is None or after == ")" or after in _OPERATORS:
+                return f'"{tok}" needs a term after it'
+        if tok == "(" and after == ")":
+            return '"()" holds no terms'
+    column = re.search(r"no such column: (\S+)", sqlite_message)
+    if column:
+        return (f'"{column[1]}" reads as a column name (a word before ":" or after "-"); put words with'
+                ' punctuation in "quotes"')
+    near = re.search(r'near "(.*)"', sqlite_message)
+    if near and near[1]:
+        return (f'it cannot be read from "{near[1][:40]}" on (AND, OR, NOT go between terms; put punctuation'
+                ' in "quotes")')
+    return "it ends before an expression is complete"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 import time
 import unicodedata
 from datetime import datetime
@@ -74,14 +76,26 @@ def columns() -> int:
     return max(shutil.get_terminal_size((100, 24)).columns, 40)
 
 
+def table_width() -> int | None:
+    """The columns a table may use: $COLUMNS when set, else the terminal's; None (print every cell whole)
+    when stdout is not a terminal, so that `memosctl ls | less` or a file keeps every character."""
+    if os.environ.get("COLUMNS", "").strip().isdigit() or sys.stdout.isatty():
+        return columns()
+    return None
+
+
 def cell_width(text: str) -> int:
     return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
                for ch in text)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def fit(text: str, width: int) -> str:
     """One line of at most `width` terminal columns, ending in … when cut."""
-    text = " ".join(text.split())
+    text = _one_line(text)
     if cell_width(text) <= width:
         return text
     out, used = [], 0
@@ -100,7 +114,8 @@ def pad(text: str, width: int) -> str:
 
 class Table:
     """Aligned columns that stream: widths are set by the first rows, each between its (min, max), and
-    narrowed toward the minimums to fit the terminal; the last column takes what is left."""
+    narrowed toward the minimums to fit the terminal; the last column takes what is left. Without a width
+    (stdout not a terminal, no $COLUMNS) cells are never cut: columns are as wide as the first rows need."""
 
     MIN_LAST = 10
 
@@ -108,6 +123,7 @@ class Table:
         self.headers, self.sizes, self.buffer = headers, sizes, buffer
         self.pending: list[tuple[str, ...]] = []
         self.widths: list[int] | None = None
+        self.width: int | None = None
 
     def row(self, cells: tuple[str, ...]) -> None:
         self.pending.append(cells)
@@ -118,7 +134,10 @@ class Table:
         if not self.pending:
             return
         if self.widths is None:
-            self.widths = self._fit_widths()
+            self.width = table_width()
+            self.widths = self._fit_widths() if self.width else [
+                max(cell_width(h), *(cell_width(_one_line(r[i])) for r in self.pending))
+                for i, h in enumerate(self.headers[:len(self.sizes)])]
             self._line(self.headers)
         for cells in self.pending:
             self._line(cells)
@@ -128,7 +147,7 @@ class Table:
         widths = [max(cell_width(h), *(cell_width(fit(r[i], cap)) for r in self.pending))
                   for i, (h, (_, cap)) in enumerate(zip(self.headers, self.sizes))]
         floors = [min(w, lo) for w, (lo, _) in zip(widths, self.sizes)]
-        room = columns() - 2 * len(widths) - self.MIN_LAST
+        room = self.width - 2 * len(widths) - self.MIN_LAST
         while sum(widths) > room:
             slack = [w - f for w, f in zip(widths, floors)]
             i = max(range(len(widths)), key=slack.__getitem__)
@@ -139,8 +158,12 @@ class Table:
 
     def _line(self, cells) -> None:
         assert self.widths is not None
+        if not self.width:
+            parts = [pad(_one_line(c), w) for c, w in zip(cells, self.widths)]
+            print("  ".join([*parts, _one_line(cells[-1])]).rstrip())
+            return
         parts = [pad(fit(c, w), w) for c, w in zip(cells, self.widths)]
-        rest = max(columns() - sum(self.widths) - 2 * len(self.widths), self.MIN_LAST)
+        rest = max(self.width - sum(self.widths) - 2 * len(self.widths), self.MIN_LAST)
         print("  ".join([*parts, fit(cells[-1], rest)]).rstrip())
 
 

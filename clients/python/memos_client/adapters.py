@@ -11,8 +11,10 @@ memos_client.adapter_format's; the daemon writes adapters it trains with encode_
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,6 +33,15 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILE = "adapter_model.bin"
 _TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES if hasattr(torch, name)}
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """Wrapping a model, peft still reads transformers' deprecated `is_gradient_checkpointing`: a warning about
+    peft's code that no caller of ours can act on, silenced around our peft calls and nowhere else."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -272,7 +283,8 @@ def finish_load(buffer: torch.Tensor, meta, base_model, *, adapter_name: str = "
         model = base_model
     else:
         cls = MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(config.task_type, PeftModel)
-        model = cls(base_model, config, adapter_name, autocast_adapter_dtype=True, low_cpu_mem_usage=True)
+        with quiet_peft():
+            model = cls(base_model, config, adapter_name, autocast_adapter_dtype=True, low_cpu_mem_usage=True)
     result = set_peft_model_state_dict(model, state, adapter_name=adapter_name, low_cpu_mem_usage=True)
     missing = [k for k in result.missing_keys if "lora_" in k and f".{adapter_name}" in k]
     if missing:

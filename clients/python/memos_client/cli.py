@@ -15,7 +15,7 @@ from memos_client import cli_governance, cli_kv, cli_ops, cli_parametric, cli_st
 from memos_client import requests as rq
 from memos_client.client import MemosClient
 from memos_client.errors import InvalidArgument, MemosError
-from memos_client.cli_common import remove_cubes
+from memos_client.cli_common import EXIT_ERROR, EXIT_USAGE, UsageError, readable, remove_cubes
 from memos_client._terminal import (
     Progress, Table, duration, emit, print_cube, size, when,
 )
@@ -25,13 +25,6 @@ COMMANDS = ("put", "get", "ls", "search", "history", "rm", "import", "status",
             "whoami", "agent", "grant", "policy", "audit", "backup", "export", "pub", "sub", "topics", "retention",
             "kv", "job", "adapter", "distill", "plan", "jobs")
 STATES = ("active", "archived", "expired")
-EXIT_ERROR, EXIT_USAGE = 1, 2
-
-
-class UsageError(Exception):
-    """The command line cannot be carried out as given (exit 2)."""
-
-
 class InputError(Exception):
     """A file or stdin holds something memosctl cannot send (exit 1)."""
 
@@ -42,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed usage (exit 2) or help (exit 0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
+        key = args.key or os.environ.get("MEMOS_KEY")
+        if key:
+            readable(key, "key file" if args.key else "key file ($MEMOS_KEY)")
         with MemosClient(args.addr, key=args.key, timeout=args.timeout) as client:
             return args.run(client, args)
     except UsageError as exc:
@@ -122,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="The daemon is found at --addr, else $MEMOS_ADDR, else the default socket "
                "($XDG_RUNTIME_DIR/memosd/memosd.sock, else the system service's /run/memosd/memosd.sock); "
                "calls are signed with --key, else $MEMOS_KEY, else that daemon's admin key if readable. "
-               "Exit status: 0 ok, 1 error, 2 usage error.")
+               "Exit status: 0 ok, 1 error, 2 usage error or a path that cannot be opened (-f FILE, --key, "
+               "an import file, an adapter or model directory). Tables fit the terminal; when stdout is not a "
+               "terminal they are printed whole, unless COLUMNS is set.")
     _add_globals(parser, in_command=False)
     parser.add_argument("--version", action="version", version=f"memosctl {_version()}")
     common = argparse.ArgumentParser(add_help=False)
@@ -163,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive(int), metavar="N", help="at most N cubes (default all)")
     p.add_argument("--page-size", type=_positive(int), default=100, metavar="N", help="cubes per request")
 
-    p = command("search", _search, "rank plaintext cubes against a query")
+    p = command("search", _search, "rank plaintext cubes against a query; SCORE is relative to the best hit"
+                " (1.00), --json adds the raw score, bm25_score and dense_score")
     p.add_argument("query")
     filters(p)
     p.add_argument("--limit", type=_positive(int), default=10, metavar="N",
@@ -258,13 +257,17 @@ def _search(client: MemosClient, args) -> int:
     hits = client.search(args.query, args.namespace, limit=args.limit, mode=args.mode, fts=args.fts,
                          tags=args.tags)
     table = Table(("SCORE", "ID", "NAMESPACE", "TAGS", "TEXT"),
-                   sizes=((5, 8), (26, 26), (10, 32), (4, 24)))
+                   sizes=((5, 5), (26, 26), (10, 32), (4, 24)))
+    # Raw BM25 depends on the vault's size (about 1e-6 on a handful of cubes) and fused scores on the mode:
+    # shown relative to this query's best hit they read the same everywhere; --json keeps the raw ones.
+    best = max((hit.score for hit in hits), default=0.0)
     for hit in hits:
+        relevance = hit.score / best if best > 0 else 0.0
         if args.json:
-            emit(hit.to_json())
+            emit({"relevance": relevance, **hit.to_json()})
         else:
             c = hit.cube
-            table.row((f"{hit.score:.3g}", c.id, c.namespace, ",".join(c.tags), c.text or ""))
+            table.row((f"{relevance:.2f}", c.id, c.namespace, ",".join(c.tags), c.text or ""))
     table.flush()
     if not hits and not args.json:
         print("no hits", file=sys.stderr)
@@ -373,6 +376,8 @@ def _draft(number: int, line: str, default_namespace: str):
 
 
 def _import(client: MemosClient, args) -> int:
+    if args.file != "-":
+        readable(args.file, "import file", directory=os.path.isdir(args.file))
     if cli_ops.is_bundle(args.file):
         return cli_ops.import_bundle(client, args)
     name = "stdin" if args.file == "-" else args.file

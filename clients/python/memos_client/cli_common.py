@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 from memos_client._terminal import emit
 from memos_client.client import MemosClient
 from memos_client.errors import MemosError, Unavailable
 from memos_client.models import Kind
 
-EXIT_ERROR = 1
+EXIT_ERROR, EXIT_USAGE = 1, 2
+
+
+class UsageError(Exception):
+    """The command line cannot be carried out as given (exit 2): a missing or malformed argument, or a path
+    it names (or $MEMOS_KEY names) that does not exist or cannot be opened."""
+
+
+def readable(path: str, what: str, *, directory: bool = False) -> Path:
+    """The path, expanded, if it can be opened; else a UsageError naming it as `what`."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(f"{what} {path} does not exist")
+    if directory and not p.is_dir():
+        raise UsageError(f"{what} {path} is not a directory")
+    if not directory and p.is_dir():
+        raise UsageError(f"{what} {path} is a directory, not a file")
+    if not os.access(p, os.R_OK | (os.X_OK if directory else 0)):
+        raise UsageError(f"cannot read {what} {path}: permission denied")
+    return p
 
 
 def remove_cubes(client: MemosClient, ids, as_json: bool, kind: Kind | None = None, noun: str = "") -> int:

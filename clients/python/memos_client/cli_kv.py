@@ -150,13 +150,16 @@ def _kv_build(client: MemosClient, args) -> int:
 def _job_ls(client: MemosClient, args) -> int:
     table = Table(("ID", "KIND", "OWNER", "STATE", "PROGRESS", "CREATED", "MESSAGE"),
                   sizes=((26, 26), (8, 10), (5, 12), (9, 9), (8, 16), (16, 16)))
-    for job in client.list_jobs(include_finished=args.all):
+    jobs = client.list_jobs(include_finished=args.all)
+    for job in jobs:
         if args.json:
             emit(job.to_json())
         else:
             table.row((job.id, job.kind, job.owner, job.state.name.lower(), _fraction(job), when(job.created_at),
                        job.error or job.message))
     table.flush()
+    if not jobs and not args.json:
+        print("no jobs" if args.all else "no jobs running or queued (--all adds those that ended)", file=sys.stderr)
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from memos_client.cli_common import remove_cubes
+from memos_client.cli_common import UsageError, readable, remove_cubes
 from memos_client._terminal import Table, emit, size, when
 from memos_client.cli_kv import _follow, _job_cancel, _job_ls, _job_show, _job_watch
 from memos_client.client import MemosClient
@@ -170,8 +170,8 @@ def _adapter_rm(client: MemosClient, args) -> int:
 
 
 def _load_base(directory: str):
-    if not (Path(directory).expanduser() / "config.json").is_file():
-        raise InvalidArgument(f"--base-model {directory} is not a local model directory (no config.json there)")
+    if not (readable(directory, "--base-model", directory=True) / "config.json").is_file():
+        raise UsageError(f"--base-model {directory} is not a local model directory (no config.json there)")
     try:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -185,6 +185,7 @@ def _load_base(directory: str):
 
 
 def _adapter_push(client: MemosClient, args) -> int:
+    readable(args.directory, "adapter directory", directory=True)
     base = _load_base(args.base_model) if args.base_model else None
     cube_id = client.push_adapter(args.directory, base, namespace=args.namespace, model_fingerprint=args.model or None,
                                   allow_pickle=args.allow_pickle, tags=args.tags, derived_from=args.derived_from,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from memos_client._terminal import Table, emit, when
 from memos_client.client import MemosClient
 from memos_client.models import Event
@@ -71,7 +73,8 @@ def _print_event(event: Event, table: Table, as_json: bool) -> None:
 
 def _topics(client: MemosClient, args) -> int:
     table = Table(("TOPIC", "OWNER", "EVENTS", "RETAINED", "RETENTION"), sizes=((5, 40), (5, 16), (6, 8), (8, 16)))
-    for t in client.topics(args.prefix):
+    topics = client.topics(args.prefix)
+    for t in topics:
         if args.json:
             emit(t.__dict__)
             continue
@@ -79,6 +82,9 @@ def _topics(client: MemosClient, args) -> int:
         table.row((t.name, t.owner, str(t.last_seq), f"{t.first_seq}-{t.last_seq}" if t.last_seq >= t.first_seq else "-",
                    ", ".join(x for x in limits if x) or "unlimited"))
     table.flush()
+    if not topics and not args.json:
+        print("no topics you may publish or subscribe to" + (f" under {args.prefix}" if args.prefix else ""),
+              file=sys.stderr)
     return 0
 
 

@@ -123,7 +123,9 @@ def from_rpc_error(exc: grpc.RpcError, target: str = "") -> MemosError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
     if code is grpc.StatusCode.UNAVAILABLE and target:
-        details = f"cannot reach memosd at {target} ({details}); is the daemon running? Start it with: memosd serve"
+        from memos_client.unreachable import explain
+
+        details = explain(target, details)
     base = _BY_CODE.get(code, MemosError)
     # The daemon names its exact error class in a trailer; use it when it refines the code's class.
     trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None

@@ -1,7 +1,7 @@
 """KV caches of transformers models as activation cubes: push a DynamicCache, pull a fresh one back, generate.
 
     with MemosClient() as memos:
-        cube_id = memos.push_kv(out.past_key_values, input_ids, model)        # one agent, once
+        cube_id = memos.push_kv(out.cache, input_ids, model)        # one agent, once
         cache = memos.pull_kv(cube_id, model)                                # any agent, same model
         text_ids = memos.generate_with_kv(model, prompt_ids, max_new_tokens=64)  # or: find, pull, generate
 
@@ -25,6 +25,19 @@ from memos_client.tensor_format import (
 )
 
 _TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES if hasattr(torch, name)}
+
+
+def cache_keyword(model) -> str:
+    """The keyword forward() and generate() take a cache under: `cache` from transformers 5 on (which warns
+    that `past_key_values` is deprecated), `past_key_values` before."""
+    import inspect
+
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model  # a PeftModel
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -167,5 +167,5 @@ class AsyncTensorMethods(TensorStubs):
         if cube is not None and usable > 0:
             cache = await self.pull_kv(cube.id, model, tokenizer=tokenizer, num_tokens=usable)
         tensor, mask = kv.generation_inputs(model, ids)
-        return await asyncio.to_thread(model.generate, tensor, attention_mask=mask, past_key_values=cache,
+        return await asyncio.to_thread(model.generate, tensor, attention_mask=mask, **{kv.cache_keyword(model): cache},
                                        **generate_kwargs)

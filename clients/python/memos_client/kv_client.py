@@ -253,4 +253,4 @@ class TensorMethods(TensorStubs):
         if cube is not None and usable > 0:
             cache = self.pull_kv(cube.id, model, tokenizer=tokenizer, num_tokens=usable)
         tensor, mask = kv.generation_inputs(model, ids)
-        return model.generate(tensor, attention_mask=mask, past_key_values=cache, **generate_kwargs)
+        return model.generate(tensor, attention_mask=mask, **{kv.cache_keyword(model): cache}, **generate_kwargs)
