@@ -31,9 +31,10 @@ class Sharing:
         return Share(topic, p.name, policies=used)
 
     def share_holds(self, share: Share, cube) -> bool:
-        """Does the authority a share was made under still hold? It ends with the publisher, or with the
-        policies it was made under (revoked, expired, or their issuer's authority gone); a later grant is
-        not the same authority, the publisher has to publish again."""
+        """Does the authority a share was made under still hold? It ends with the publisher, with the
+        publisher's right to publish on the topic, or with the policies it was made under (revoked, expired,
+        or their issuer's authority gone); a later grant is not the same authority, the publisher has to
+        publish again."""
         key = (share, cube.id, cube.namespace, cube.kind, cube.owner, int(getattr(cube, "visibility", 1)))
         now = self.clock()
         found = self._share_cache.get(key)
@@ -53,6 +54,8 @@ class Sharing:
         publisher = self._principal(agent)
         if not (self.grants_cube(publisher, "read", cube) and self.grants_cube(publisher, "share", cube)):
             return False, math.inf
+        if not self.can(publisher, "publish", share.topic, cube.kind):
+            return False, math.inf  # the grant that let it publish there ended: so does what it published
         if share.own:
             return publisher.admin or owned_pattern(publisher.name).matches(cube.namespace), math.inf
         held = [pol for pol in self._effective(publisher)
