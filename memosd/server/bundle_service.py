@@ -46,10 +46,7 @@ class BundleService:
             kinds = frozenset(MemoryKind(k) for k in request.kinds)
         except ValueError:
             raise InvalidArgument("kinds must be PLAINTEXT, ACTIVATION or PARAMETRIC") from None
-        f = CubeFilter(namespace_prefix=prefix, kinds=kinds, states=EXPORTED_STATES)
-        if not p.admin:
-            f = CubeFilter(namespace_prefix=prefix, kinds=kinds, states=EXPORTED_STATES,
-                           scope=self.gov.read_scope(p), viewer=p.name)
+        f = self.gov.readable(p, CubeFilter(namespace_prefix=prefix, kinds=kinds, states=EXPORTED_STATES))
         policies = [] if request.omit_policies else self._policies(p, prefix)
         pipe = ChunkPipe()
         producer = {"software": "memosd", "version": __version__, "daemon_id": self.gov.daemon_id}
