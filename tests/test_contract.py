@@ -109,6 +109,25 @@ def test_every_bundle_error_kind_names_a_row_of_the_table():
     assert error_named("NoSuchError") is memosd.errors.MemosError
 
 
+
+# A lifecycle state, visibility or event kind compared with a bare number, in SQL or in Python.
+_BARE_ENUM = re.compile(r"\b(?:state|visibility|kind)\s*(?:=|==|!=|<>)\s*\d|\b(?:state|kind)\s+(?:NOT\s+)?IN\s*\(\s*\d"
+                        r"|visibility\W+1\)\)\s*==\s*\d", re.IGNORECASE)
+
+
+def test_lifecycle_states_are_named_from_their_enum_never_by_number():
+    # A state spelt `4` in one query and LifecycleState.DELETED in another drifts apart unseen when one changes.
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+             for path in sorted((ROOT / "memosd").rglob("*.py")) if not path.name.endswith("_pb2.py")
+             for n, line in enumerate(path.read_text().splitlines(), 1) if _BARE_ENUM.search(line)]
+    assert not found, "bare enum numbers:\n" + "\n".join(found)
+
+
+def test_memstore_reads_cubes_through_the_vault():
+    for path in (ROOT / "memosd" / "store").glob("*.py"):
+        assert not re.search(r"\bFROM cubes\b", path.read_text()), f"{path.name} queries MemVault's table itself"
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     names = set()

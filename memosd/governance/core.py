@@ -13,7 +13,7 @@ from pathlib import Path
 
 from memos_client.auth import AgentKey, fingerprint, read_token, verify_signature
 from memos_client.bounds import JSONLimitError, quote
-from memosd.cube import CubeFilter, MemoryKind
+from memosd.cube import CubeFilter, MemoryKind, Visibility
 from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated
 from memosd.governance import audit
 from memosd.governance.sharing import Sharing
@@ -217,7 +217,7 @@ class MemGovernance(Sharing):
 
     def grants_cube(self, p: Principal, action: str, cube) -> bool:
         """p's own grants on the cube (its namespace's, and owner-only visibility), shares aside."""
-        owner_only = int(getattr(cube, "visibility", 1)) == 2
+        owner_only = getattr(cube, "visibility", Visibility.NAMESPACE) == Visibility.OWNER
         return self.can(p, action, cube.namespace, cube.kind) and (not owner_only or p.admin or cube.owner == p.name)
 
     def owns_cube(self, p: Principal, cube) -> bool:

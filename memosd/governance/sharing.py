@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from memosd.cube import Visibility
 from memosd.errors import PermissionDenied
 from memosd.governance.policy import Share, owned_pattern
 
@@ -34,7 +35,7 @@ class Sharing:
         """Does the authority a share was made under still hold? It ends with the publisher, or with the
         policies it was made under (revoked, expired, or their issuer's authority gone); a later grant is
         not the same authority, the publisher has to publish again."""
-        key = (share, cube.id, cube.namespace, cube.kind, cube.owner, int(getattr(cube, "visibility", 1)))
+        key = (share, cube.id, cube.namespace, cube.kind, cube.owner, int(getattr(cube, "visibility", Visibility.NAMESPACE)))
         now = self.clock()
         found = self._share_cache.get(key)
         if found is not None and now < found[1]:
