@@ -35,7 +35,8 @@ class Sharing:
         """Does the authority a share was made under still hold? It ends with the publisher, or with the
         policies it was made under (revoked, expired, or their issuer's authority gone); a later grant is
         not the same authority, the publisher has to publish again."""
-        key = (share, cube.id, cube.namespace, cube.kind, cube.owner, int(getattr(cube, "visibility", Visibility.NAMESPACE)))
+        visibility = int(getattr(cube, "visibility", Visibility.NAMESPACE))
+        key = (share, cube.id, cube.namespace, cube.kind, cube.owner, visibility)
         now = self.clock()
         found = self._share_cache.get(key)
         if found is not None and now < found[1]:
