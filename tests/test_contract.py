@@ -128,6 +128,19 @@ def test_memstore_reads_cubes_through_the_vault():
         assert not re.search(r"\bFROM cubes\b", path.read_text()), f"{path.name} queries MemVault's table itself"
 
 
+
+def test_tests_wait_on_conditions_never_on_a_guessed_sleep():
+    # A sleep standing in for a condition flakes on a slow machine and wastes time on a fast one: tests wait
+    # with tests/timing.py (a polled condition with a deadline, or an injected clock). A sleep that paces
+    # work, rather than waiting for something, says so on its line.
+    sleep = re.compile(r"\b(?:time|asyncio)\.sleep\(")
+    found = [f"{path.name}:{n}: {line.strip()}"
+             for path in sorted((ROOT / "tests").glob("*.py")) if path.name != "timing.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if sleep.search(line) and "not a wait" not in line]
+    assert not found, "sleeps standing in for a condition:\n" + "\n".join(found)
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     names = set()
