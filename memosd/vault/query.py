@@ -96,8 +96,8 @@ def _any_of(parts: list[str]) -> str:
 
 def _states_sql(states, now: float, a: str, params: list) -> str:
     # A cube past its expiry counts as expired even before the sweeper has marked it.
-    parts, active, archived, expired = [], *(f"{s:d}" for s in (LifecycleState.ACTIVE, LifecycleState.ARCHIVED,
-                                                                  LifecycleState.EXPIRED))
+    parts = []
+    active, archived, expired = (f"{s:d}" for s in (LifecycleState.ACTIVE, LifecycleState.ARCHIVED, LifecycleState.EXPIRED))
     if LifecycleState.ACTIVE in states:
         parts.append(f"({a}.state = {active} AND ({a}.expires_at IS NULL OR {a}.expires_at > ?))")
         params.append(now)
