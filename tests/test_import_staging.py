@@ -61,7 +61,7 @@ def test_an_import_cancelled_while_it_unpacks_leaves_no_staging(daemon, tmp_path
                     yield bundle_pb2.ImportRequest(data=data[at:at + (1 << 20)])
             call = stub.Import.future(requests())
             wait_for(lambda: any((p / "bundle" / "tensors").is_dir() for p in _staging(daemon.config.data_dir)),
-                  "the import never started unpacking")
+                     "the import never started unpacking")
             call.cancel()
             wait_for(lambda: not _staging(daemon.config.data_dir), "a cancelled import left its staging directory")
             with pytest.raises(grpc.FutureCancelledError):
@@ -105,7 +105,7 @@ def test_bytes_staged_per_agent_are_bounded(bounded):
     with channel:
         first = stub.Import.future(_held(bytes(768 << 10), release))
         wait_for(lambda: any((p / "bundle.tar").exists() and (p / "bundle.tar").stat().st_size == 768 << 10
-                          for p in _staging(daemon.config.data_dir)), "the first import never staged its bytes")
+                             for p in _staging(daemon.config.data_dir)), "the first import never staged its bytes")
         second = stub.Import.future(_held(bytes(512 << 10), release))
         with pytest.raises(grpc.RpcError) as info:
             second.result(30)

@@ -108,7 +108,7 @@ def test_unknown_jobs_old_jobs_and_shutdown():
             return []
 
         long = jobs.submit("test", "alice", forever)
-        await entered.wait()  # running, not queued, when the daemon stops
+        await entered.wait()  # running, not queued, when the manager stops
         await jobs.stop(timeout=1)
         return ids, kept, jobs.get(long.id)
 
