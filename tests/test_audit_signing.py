@@ -6,7 +6,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 from memos_client import MemosClient
@@ -14,6 +13,7 @@ from memos_client.auth import AgentKey, b64url
 from memosd.cli import main as memosd_main
 from memosd.governance.audit import entry_hash
 from tests.daemon import make_config, running
+from tests.timing import wait_for
 
 
 def _writes(daemon, n, tag="w"):
@@ -179,16 +179,12 @@ def test_every_n_entries_and_every_interval_sign_the_head(tmp_path):
     config = replace(make_config(tmp_path), audit_checkpoint_entries=4, audit_checkpoint_interval=3600)
     with running(config) as daemon:
         _writes(daemon, 10)
-        deadline = time.monotonic() + 20
-        while (report := _report(daemon)).checkpoints < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        report = wait_for(lambda: (r := _report(daemon)).checkpoints >= 2 and r, "fewer than two checkpoints")
         assert report.ok and report.checkpoints >= 2 and report.unsigned_tail < report.entries - 4, report
     config = replace(make_config(tmp_path / "timed"), audit_checkpoint_interval=0.2)
     with running(config) as daemon:
         _writes(daemon, 1)
-        deadline = time.monotonic() + 20
-        while (report := _report(daemon)).unsigned_tail and time.monotonic() < deadline:
-            time.sleep(0.05)
+        report = wait_for(lambda: not (r := _report(daemon)).unsigned_tail and r, "the timer never signed the tail")
         assert report.ok and report.checkpoints >= 1 and report.unsigned_tail == 0, report
 
 

@@ -17,6 +17,7 @@ from memosd.cli import main as memosd_main
 from memosd.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument
 from memosd.vault import backup
 from tests.daemon import make_config, running
+from tests.timing import wait_for
 
 
 def _ids(data_dir) -> set[str]:
@@ -66,8 +67,7 @@ def test_backup_during_writes_restores_a_consistent_copy(tmp_path, config):
             thread = threading.Thread(target=writer)
             thread.start()
             try:
-                while len(written) < 5:
-                    time.sleep(0.01)
+                wait_for(lambda: len(written) >= 5, "the writer never got going")
                 manifest = client.backup(tmp_path / "bk")
             finally:
                 stop.set()

@@ -4,7 +4,6 @@ before complete), downloads, garbage collection, and each kind of bad input."""
 import hashlib
 import os
 import threading
-import time
 from dataclasses import replace
 
 import grpc
@@ -18,6 +17,7 @@ from memosd.limits import Limits
 from memosd.vault.blobs import IO_BLOCK
 from tests.daemon import admin_channel, make_config, running
 from tests.kv_helpers import kv_payload, manifest_for, put_kv
+from tests.timing import wait_for
 
 NS = "agents/admin/kv"
 ACT = cube_pb2.MEMORY_KIND_ACTIVATION
@@ -113,10 +113,8 @@ def test_upload_resumes_after_a_broken_stream(client, daemon, stub):
         gate.wait(30)
 
     call = stub.Upload.future(chunks_then_hang())
-    deadline = time.monotonic() + 20
-    while client.upload_status(sha, len(data), NS) != (False, IO_BLOCK):
-        assert time.monotonic() < deadline, "the daemon never committed the first block"
-        time.sleep(0.02)
+    wait_for(lambda: client.upload_status(sha, len(data), NS) == (False, IO_BLOCK),
+             "the daemon never committed the first block")
     call.cancel()  # the connection breaks mid-upload
     gate.set()
     assert client.upload_status(sha, len(data), NS) == (False, IO_BLOCK)

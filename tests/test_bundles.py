@@ -27,6 +27,7 @@ from memosd.ids import new_id
 from memosd.limits import Limits
 from tests.bundle_helpers import write_bundle
 from tests.daemon import make_config, running
+from tests.timing import wait_for
 
 
 @pytest.fixture
@@ -399,19 +400,15 @@ def test_cancelled_streams_leave_nothing_behind(client, daemon, tmp_path):
     with admin_channel(daemon.address, daemon.config.data_dir) as channel:
         stub = bundle_pb2_grpc.BundleServiceStub(channel)
         call = stub.Import.future(requests())
-        deadline = time.monotonic() + 20
-        while not any(p.name.startswith(".import-") for p in daemon.config.data_dir.iterdir()):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for(lambda: any(p.name.startswith(".import-") for p in daemon.config.data_dir.iterdir()),
+                 "the import never staged")
         call.cancel()
         hold.set()
         export = stub.Export(bundle_pb2.ExportRequest(namespace_prefix="agents/admin/big"))
         next(export)  # the first MiB, then walk away
         export.cancel()
-    deadline = time.monotonic() + 20
-    while any(p.name.startswith(".import-") for p in daemon.config.data_dir.iterdir()):
-        assert time.monotonic() < deadline, "the import's staging directory was left behind"
-        time.sleep(0.05)
+    wait_for(lambda: not any(p.name.startswith(".import-") for p in daemon.config.data_dir.iterdir()),
+             "the import's staging directory was left behind")
     assert client.export(tmp_path / "after", "agents/admin/big")["counts"]["cubes"] == 3000
 
 

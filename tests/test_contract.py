@@ -14,7 +14,7 @@ import memosd.errors
 from memos_client import AsyncMemosClient, MemosClient
 from memosd.server.app import SERVICES
 from memosd.server.rpc import service_handler
-from memosd.server.status import STATUS_CODES
+from memosd.server.status import STATUS_CODES, error_named, status_for
 
 ROOT = Path(__file__).resolve().parent.parent
 # Which client method wraps each RPC.
@@ -81,6 +81,64 @@ def test_every_daemon_error_has_a_status_and_a_client_twin():
         twin = getattr(memos_client, cls.__name__)
         assert twin.code == code.name, f"client {cls.__name__} maps to {twin.code}, daemon sends {code.name}"
         assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+
+
+
+def test_an_error_without_its_own_row_takes_its_parents_status():
+    class Gone(memosd.errors.NotFound):
+        """A subclass defined after the table was written."""
+
+    class Mismatched(memosd.errors.ModelMismatch):
+        """Two levels below FailedPrecondition."""
+
+    assert status_for(Gone("cube 1 is gone")) is grpc.StatusCode.NOT_FOUND
+    assert status_for(Mismatched("wrong model")) is grpc.StatusCode.FAILED_PRECONDITION
+    assert status_for(memosd.errors.StaleToken("old epoch")) is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_every_bundle_error_kind_names_a_row_of_the_table():
+    # BundleError (a shared format's error) names its class by kind; the table resolves the name, so a
+    # misspelt or unmapped kind would reach the caller as a bare MemosError (UNKNOWN): none may.
+    raised = set()
+    for path in [*(ROOT / "memosd").rglob("*.py"), *(ROOT / "clients" / "python").rglob("*.py")]:
+        raised |= set(re.findall(r"BundleError\(\s*\"(\w+)\"", path.read_text()))
+    assert {"InvalidArgument", "DataLoss", "ResourceExhausted"} <= raised
+    for kind in raised:
+        cls = error_named(kind)
+        assert cls is not memosd.errors.MemosError and cls.__name__ == kind and cls in STATUS_CODES, kind
+    assert error_named("NoSuchError") is memosd.errors.MemosError
+
+
+
+# A lifecycle state, visibility or event kind compared with a bare number, in SQL or in Python.
+_BARE_ENUM = re.compile(r"\b(?:state|visibility|kind)\s*(?:=|==|!=|<>)\s*\d|\b(?:state|kind)\s+(?:NOT\s+)?IN\s*\(\s*\d"
+                        r"|visibility\W+1\)\)\s*==\s*\d", re.IGNORECASE)
+
+
+def test_lifecycle_states_are_named_from_their_enum_never_by_number():
+    # A state spelt `4` in one query and LifecycleState.DELETED in another drifts apart unseen when one changes.
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+             for path in sorted((ROOT / "memosd").rglob("*.py")) if not path.name.endswith("_pb2.py")
+             for n, line in enumerate(path.read_text().splitlines(), 1) if _BARE_ENUM.search(line)]
+    assert not found, "bare enum numbers:\n" + "\n".join(found)
+
+
+def test_memstore_reads_cubes_through_the_vault():
+    for path in (ROOT / "memosd" / "store").glob("*.py"):
+        assert not re.search(r"\bFROM cubes\b", path.read_text()), f"{path.name} queries MemVault's table itself"
+
+
+
+def test_tests_wait_on_conditions_never_on_a_guessed_sleep():
+    # A sleep standing in for a condition flakes on a slow machine and wastes time on a fast one: tests wait
+    # with tests/timing.py (a polled condition with a deadline, or an injected clock). A sleep that paces
+    # work, rather than waiting for something, says so on its line.
+    sleep = re.compile(r"\b(?:time|asyncio)\.sleep\(")
+    found = [f"{path.name}:{n}: {line.strip()}"
+             for path in sorted((ROOT / "tests").glob("*.py")) if path.name != "timing.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if sleep.search(line) and "not a wait" not in line]
+    assert not found, "sleeps standing in for a condition:\n" + "\n".join(found)
 
 
 def _imports(path: Path) -> set[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import zlib
 
 import numpy as np
@@ -17,14 +16,12 @@ from memosd.vault import MemVault
 from memosd.vault.dense import DenseIndex
 from memosd.vault.search import fuse
 from tests.daemon import make_config, running
+from tests.timing import until, wait_for
 
 
 def wait_embedded(client: MemosClient, timeout: float = 60) -> None:
     """Poll the daemon until every plaintext cube has its vector."""
-    deadline = time.monotonic() + timeout
-    while client.status().embedding_backlog:
-        assert time.monotonic() < deadline, "embedding backfill did not finish in time"
-        time.sleep(0.02)
+    wait_for(lambda: not client.status().embedding_backlog, "embedding backfill did not finish in time", timeout)
 
 
 @pytest.fixture(scope="module")
@@ -184,10 +181,10 @@ class WordHashEmbedder:
 
 
 async def _until_embedded(vault: MemVault, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while (await vault.stats())["embedding_backlog"]:
-        assert time.monotonic() < deadline, "backfill did not finish"
-        await asyncio.sleep(0.01)
+    async def caught_up():
+        return not (await vault.stats())["embedding_backlog"]
+
+    await until(caught_up, "backfill did not finish", timeout)
 
 
 def _ids(hits) -> list[str]:

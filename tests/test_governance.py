@@ -307,3 +307,27 @@ def test_page_tokens_are_bound_to_the_callers_view(agents, client):
     assert client.list_page(page_size=2, page_token=page.next_page_token).total_size == 5  # as first counted
     with pytest.raises(InvalidArgument, match="different filter"):
         bob.list_page(page_size=2, page_token=page.next_page_token)  # the admin's view is not bob's
+
+
+def test_governance_narrows_a_filter_to_what_the_caller_may_read(agents, client, daemon):
+    from memosd.cube import CubeFilter, MemoryKind
+    from memosd.governance import Principal
+    from memosd.governance.core import ScopeRule
+
+    client.grant("group:research", ["read"], ["teams/research/**"], kinds=["plaintext"])
+    gov, asked = daemon.server.governance, CubeFilter(namespace_prefix="teams", tags=("x",))
+    narrowed = gov.readable(Principal("bob", frozenset({"research"})), asked)
+    assert (narrowed.namespace_prefix, narrowed.tags, narrowed.viewer) == ("teams", ("x",), "bob")
+    assert set(narrowed.scope) == {ScopeRule("agents/bob", True),
+                                   ScopeRule("teams/research", True, frozenset({MemoryKind.PLAINTEXT}))}
+    assert gov.readable(Principal("admin", admin=True), asked) == asked  # everything, owner-only cubes too
+
+
+def test_servicers_leave_the_read_scope_to_governance():
+    # Authorization is decided in MemGovernance: a servicer that built its own scope could forget the viewer.
+    from pathlib import Path
+
+    server = Path(__file__).parent.parent / "memosd" / "server"
+    for path in server.glob("*.py"):
+        text = path.read_text()
+        assert "read_scope" not in text and "scope=" not in text and "viewer=" not in text, path.name

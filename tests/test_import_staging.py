@@ -5,7 +5,6 @@ import hashlib
 import io
 import tarfile
 import threading
-import time
 from dataclasses import replace
 
 import grpc
@@ -18,17 +17,11 @@ from memos_mip.v1 import bundle_pb2, bundle_pb2_grpc
 from memosd.limits import Limits
 from tests.bundle_helpers import write_bundle
 from tests.daemon import make_config, running
+from tests.timing import wait_for
 
 
 def _staging(data_dir):
     return sorted(p for p in data_dir.iterdir() if p.name.startswith(".import-"))
-
-
-def _wait(condition, what: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
 
 
 def _slow_tar(path, files: int = 48, size: int = 4 << 20):
@@ -67,10 +60,10 @@ def test_an_import_cancelled_while_it_unpacks_leaves_no_staging(daemon, tmp_path
                 for at in range(0, len(data), 1 << 20):
                     yield bundle_pb2.ImportRequest(data=data[at:at + (1 << 20)])
             call = stub.Import.future(requests())
-            _wait(lambda: any((p / "bundle" / "tensors").is_dir() for p in _staging(daemon.config.data_dir)),
-                  "the import never started unpacking")
+            wait_for(lambda: any((p / "bundle" / "tensors").is_dir() for p in _staging(daemon.config.data_dir)),
+                     "the import never started unpacking")
             call.cancel()
-            _wait(lambda: not _staging(daemon.config.data_dir), "a cancelled import left its staging directory")
+            wait_for(lambda: not _staging(daemon.config.data_dir), "a cancelled import left its staging directory")
             with pytest.raises(grpc.FutureCancelledError):
                 call.result()
 
@@ -92,7 +85,7 @@ def test_concurrent_imports_per_agent_are_bounded(bounded):
     channel, stub = _stub(daemon, tmp / "bob.key")
     with channel, MemosClient(daemon.address, key=tmp / "bob.key") as bob:
         held = [stub.Import.future(_held(b"", release)) for _ in range(2)]
-        _wait(lambda: len(_staging(daemon.config.data_dir)) == 2, "the two imports never started")
+        wait_for(lambda: len(_staging(daemon.config.data_dir)) == 2, "the two imports never started")
         with pytest.raises(ResourceExhausted, match="agent bob has 2 imports in progress; at most 2"):
             bob.import_bundle(tmp / "small", "agents/bob/in")
         with MemosClient(daemon.address, key=tmp / "alice.key") as alice:  # one agent's imports, not everyone's
@@ -101,7 +94,7 @@ def test_concurrent_imports_per_agent_are_bounded(bounded):
         for call in held:
             with pytest.raises(grpc.RpcError):
                 call.result(30)
-        _wait(lambda: not _staging(daemon.config.data_dir), "finished imports left their staging directories")
+        wait_for(lambda: not _staging(daemon.config.data_dir), "finished imports left their staging directories")
         assert bob.import_bundle(tmp / "small", "agents/bob/in").cubes == 2
 
 
@@ -111,8 +104,8 @@ def test_bytes_staged_per_agent_are_bounded(bounded):
     channel, stub = _stub(daemon, tmp / "bob.key")
     with channel:
         first = stub.Import.future(_held(bytes(768 << 10), release))
-        _wait(lambda: any((p / "bundle.tar").exists() and (p / "bundle.tar").stat().st_size == 768 << 10
-                          for p in _staging(daemon.config.data_dir)), "the first import never staged its bytes")
+        wait_for(lambda: any((p / "bundle.tar").exists() and (p / "bundle.tar").stat().st_size == 768 << 10
+                             for p in _staging(daemon.config.data_dir)), "the first import never staged its bytes")
         second = stub.Import.future(_held(bytes(512 << 10), release))
         with pytest.raises(grpc.RpcError) as info:
             second.result(30)

@@ -21,7 +21,7 @@ def test_progress_from_a_thread_is_watched_until_the_end():
         def steps(progress):
             for i in range(1, 6):
                 progress.update(done=i, total=5, message=f"step {i}")
-                time.sleep(0.01)
+                time.sleep(0.01)  # not a wait: paces the steps, so the watcher sees progress as it comes
 
         async def work(progress):
             await asyncio.to_thread(steps, progress)
@@ -49,7 +49,7 @@ def test_a_running_job_stops_at_its_next_checkpoint_and_a_queued_one_at_once():
             for i in range(1000):
                 progress.check()
                 finished_steps.append(i)
-                time.sleep(0.005)
+                progress.cancelled.wait(10)  # each step outlasts the test's cancel: it lands between two checks
 
         async def work(progress):
             await asyncio.to_thread(steps, progress)
@@ -100,14 +100,15 @@ def test_unknown_jobs_old_jobs_and_shutdown():
             await jobs.wait(job_id) if job_id in {j.id for j in jobs.list()} else None
         kept = [j.id for j in jobs.list()]
 
-        gate = asyncio.Event()
+        gate, entered = asyncio.Event(), asyncio.Event()
 
         async def forever(progress):
+            entered.set()
             await gate.wait()
             return []
 
         long = jobs.submit("test", "alice", forever)
-        await asyncio.sleep(0)
+        await entered.wait()  # running, not queued, when the manager stops
         await jobs.stop(timeout=1)
         return ids, kept, jobs.get(long.id)
 
@@ -130,14 +131,16 @@ def test_job_records_survive_a_restart_and_interrupted_jobs_are_failed(tmp_path)
             progress.update(done=1, total=1, metrics={"loss": 0.5})
             return [result]
 
+        entered = asyncio.Event()
+
         async def endless(progress):
-            while True:
-                await asyncio.sleep(0.01)
+            entered.set()
+            await asyncio.Event().wait()  # never set: the job runs until the crash
 
         done = jobs.submit("quick", "alice", quick)
         await jobs.wait(done.id)
         stuck = jobs.submit("endless", "bob", endless)
-        await asyncio.sleep(0.05)
+        await entered.wait()
         # A crash: no stop(), so the record of the running job still says RUNNING.
         await asyncio.gather(*jobs._saving)
         await asyncio.to_thread(db.close)

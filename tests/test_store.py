@@ -2,7 +2,6 @@
 
 import dataclasses
 import threading
-import time
 
 import grpc
 import pytest
@@ -16,6 +15,12 @@ from memos_client.auth import AgentKey, TokenSource
 from memos_client.channel import _SyncAuth
 from tests.daemon import make_config, running
 from tests.store_checks import check_history
+from tests.timing import wait_for
+
+
+def streams_open(daemon, n: int) -> None:
+    """Wait until n subscriptions are registered with the daemon's hub: from then on, no event can pass them by."""
+    wait_for(lambda: len(daemon.server.store.hub) >= n, f"fewer than {n} subscriptions opened")
 
 
 def collect(sub, n, timeout=20.0):
@@ -115,7 +120,7 @@ def test_kind_restricted_subscription_sees_redacted_events(daemon, client, tmp_p
             carol.get(cube.id)
 
 
-def test_revoking_the_grant_ends_the_stream(team, client):
+def test_revoking_the_grant_ends_the_stream(team, client, daemon):
     alice, bob = team
     cube = alice.put("x", "agents/alice/n")
     alice.publish("teams/news", cube.id)
@@ -124,7 +129,7 @@ def test_revoking_the_grant_ends_the_stream(team, client):
     items = []
     reader = threading.Thread(target=lambda: items.extend(_drain(sub)))
     reader.start()
-    time.sleep(0.3)
+    streams_open(daemon, 1)
     client.revoke_policy(policy.id)
     reader.join(10)
     assert not reader.is_alive()
@@ -197,7 +202,7 @@ def test_slow_subscriber_is_cut_off_with_its_position_and_others_are_unaffected(
             got = []
             reader = threading.Thread(target=lambda: got.extend(collect(healthy, 60, timeout=60)))
             reader.start()
-            time.sleep(0.5)  # both streams open
+            streams_open(d, 2)
             for _ in range(60):
                 c.publish("teams/big", cube.id)
             reader.join(60)
@@ -222,7 +227,7 @@ def test_thirty_two_subscribers_four_publishers(client, daemon):
     readers = [threading.Thread(target=read, args=(i,)) for i in range(32)]
     for r in readers:
         r.start()
-    time.sleep(0.5)
+    streams_open(daemon, 32)
 
     def publish(cube):
         with MemosClient(daemon.address, key=daemon.admin_key) as c:

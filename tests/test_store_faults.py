@@ -11,6 +11,7 @@ from memos_client import MemosClient, MemosError
 from memos_client.models import Event
 from tests.daemon import spawn_daemon
 from tests.store_checks import check_history
+from tests.timing import wait_for
 
 pytestmark = pytest.mark.slow
 TOTAL = 300
@@ -53,22 +54,23 @@ def test_kill_9_while_publishing(config):
         r.start()
     published, errors = [], []
     with MemosClient(config.listen, key=key, timeout=5) as c:
-        i = 0
-        while i < TOTAL:
-            if i == TOTAL // 2 and proc is not None:
+
+        def attempt(i):
+            try:
+                return c.publish("teams/crash", cube_id, publish_id=f"event-{i}")
+            except MemosError as exc:
+                errors.append((i, repr(exc)))
+                return None  # retried with the same publish_id: published at most once
+
+        for i in range(TOTAL):
+            if i == TOTAL // 2:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(10)
                 proc = None
-                time.sleep(0.5)
+                time.sleep(0.5)  # not a wait: an outage, during which the readers retry against a dead socket
                 proc = spawn_daemon(config)
-            try:
-                seq, duplicate = c.publish("teams/crash", cube_id, publish_id=f"event-{i}")
-            except MemosError as exc:
-                errors.append((i, repr(exc)))
-                time.sleep(0.2)
-                continue  # retried with the same publish_id: published at most once
+            seq, _ = wait_for(lambda: attempt(i), f"publish {i} never succeeded", timeout=60)
             published.append(seq)
-            i += 1
     try:
         for r in readers:
             r.join(90)
@@ -137,9 +139,7 @@ def test_sigterm_ends_subscriptions_at_once_and_the_client_resumes_after_restart
 
         reader = threading.Thread(target=read)
         reader.start()
-        deadline = time.monotonic() + 20
-        while not seen and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: seen, "the reader never got the first event")
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0

@@ -4,7 +4,6 @@ does, the cube's owner can always retract it, and topic patterns reach only the 
 import contextlib
 import sqlite3
 import threading
-import time
 
 import pytest
 
@@ -13,6 +12,7 @@ from memos_client.models import Event, EventKind, Heartbeat
 from memosd.store.schema import migrations as store_migrations
 from tests.daemon import make_config, running
 from tests.kv_helpers import put_kv
+from tests.timing import ManualClock
 
 FEED = "agents/bob/feed"
 
@@ -127,15 +127,15 @@ def test_a_share_ends_when_its_publisher_is_revoked(agents, client):
     _denied_everywhere(carol, cube)
 
 
-def test_a_share_ends_when_its_grant_expires(agents):
+def test_a_share_ends_when_its_grant_expires(agents, daemon):
     alice, bob, carol = agents
+    daemon.server.governance.clock = clock = ManualClock()  # the condition is governance's clock itself
     cube = alice.put("the harbour plan", "agents/alice/shared/plans")
-    expires = time.time() + 2
+    expires = int(clock()) + 2  # policies carry whole seconds
     alice.grant("agent:bob", ["read", "share"], ["agents/alice/shared/**"], expires_at=expires)
     bob.publish(FEED, cube.id)
     assert carol.get(cube.id).text == "the harbour plan"
-    while time.time() <= expires + 0.05:  # the condition is the clock itself
-        time.sleep(0.05)
+    clock.advance(expires - clock() + 0.05)
     _denied_everywhere(carol, cube)
 
 

@@ -3,6 +3,7 @@
 import pytest
 
 from memos_client import Conflict, FailedPrecondition, InvalidArgument, NotFound, State
+from tests.timing import ManualClock
 
 
 def test_put_get_roundtrip(client):
@@ -63,10 +64,9 @@ def test_search_ranks_and_filters(client):
 
 
 def test_ttl_expiry_hides_cube(client, daemon):
+    daemon.vault.clock = clock = ManualClock()  # MemVault's clock seam: expiry is its decision alone
     cube = client.put("short-lived", "agents/a/n", ttl=1)
-    import time
-
-    time.sleep(1.2)
+    clock.advance(1.2)
     assert client.get(cube.id).state is State.EXPIRED
     assert list(client.list("agents/a")) == []
     assert [c.id for c in client.list("agents/a", states=[State.EXPIRED])] == [cube.id]

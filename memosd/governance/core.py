@@ -8,12 +8,12 @@ import logging
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from memos_client.auth import AgentKey, fingerprint, read_token, verify_signature
 from memos_client.bounds import JSONLimitError, quote
-from memosd.cube import MemoryKind
+from memosd.cube import CubeFilter, MemoryKind, Visibility
 from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated
 from memosd.governance import audit
 from memosd.governance.sharing import Sharing
@@ -217,7 +217,7 @@ class MemGovernance(Sharing):
 
     def grants_cube(self, p: Principal, action: str, cube) -> bool:
         """p's own grants on the cube (its namespace's, and owner-only visibility), shares aside."""
-        owner_only = int(getattr(cube, "visibility", 1)) == 2
+        owner_only = getattr(cube, "visibility", Visibility.NAMESPACE) == Visibility.OWNER
         return self.can(p, action, cube.namespace, cube.kind) and (not owner_only or p.admin or cube.owner == p.name)
 
     def owns_cube(self, p: Principal, cube) -> bool:
@@ -249,10 +249,15 @@ class MemGovernance(Sharing):
         now = self.clock()
         return [pol for pol in self._effective(p) if pol.active(now) and ({action, "admin"} & pol.actions)]
 
-    def read_scope(self, p: Principal) -> tuple[ScopeRule, ...] | None:
-        """What List and Search may return to p, as rules for the query; None means everything."""
+    def readable(self, p: Principal, f: CubeFilter = CubeFilter()) -> CubeFilter:
+        """f narrowed to what p may read: every query of many cubes (List, Search, prefix lookups, plans,
+        exports) asks this one question. The admin's filter stays as it is: everything, owner-only too."""
         if p.admin:
-            return None
+            return f
+        return replace(f, scope=self._read_scope(p), viewer=p.name)
+
+    def _read_scope(self, p: Principal) -> tuple[ScopeRule, ...]:
+        """The rules the vault's query applies: p's own namespace and each active read grant."""
         now = self.clock()
         rules = [ScopeRule(f"agents/{p.name}", True)]
         for pol in self._effective(p):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from memosd.cube import Visibility
 from memosd.errors import PermissionDenied
 from memosd.governance.policy import Share, owned_pattern
 
@@ -35,7 +36,8 @@ class Sharing:
         publisher's right to publish on the topic, or with the policies it was made under (revoked, expired,
         or their issuer's authority gone); a later grant is not the same authority, the publisher has to
         publish again."""
-        key = (share, cube.id, cube.namespace, cube.kind, cube.owner, int(getattr(cube, "visibility", 1)))
+        visibility = int(getattr(cube, "visibility", Visibility.NAMESPACE))
+        key = (share, cube.id, cube.namespace, cube.kind, cube.owner, visibility)
         now = self.clock()
         found = self._share_cache.get(key)
         if found is not None and now < found[1]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from memos_mip.v1 import activation_pb2
 from memosd.cube import CubeFilter, MemoryKind
 from memosd.limits import check_metadata, check_tags
@@ -28,9 +26,7 @@ class ActivationService:
 
     async def FindByPrefix(self, request, context):
         p = principal()
-        f = CubeFilter(namespace_prefix=request.namespace_prefix)
-        if not p.admin:
-            f = replace(f, scope=self.gov.read_scope(p), viewer=p.name)
+        f = self.gov.readable(p, CubeFilter(namespace_prefix=request.namespace_prefix))
         cube, matched = await self.activations.find_by_prefix(request.model_fingerprint, list(request.token_ids), f)
         response = activation_pb2.FindByPrefixResponse(matched_tokens=matched)
         if cube is not None:

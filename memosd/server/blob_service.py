@@ -30,7 +30,7 @@ class BlobService:
 
     def _authorize_upload(self, namespace: str, kind: int) -> None:
         # A blob is only ever reachable through a cube, so an upload needs the right to write that cube.
-        if kind not in (0, MemoryKind.ACTIVATION, MemoryKind.PARAMETRIC):
+        if kind not in (cube_pb2.MEMORY_KIND_UNSPECIFIED, MemoryKind.ACTIVATION, MemoryKind.PARAMETRIC):
             raise InvalidArgument("kind must be MEMORY_KIND_ACTIVATION or MEMORY_KIND_PARAMETRIC; plaintext has no blob")
         self.gov.check(principal(), "write", namespace, MemoryKind(kind or MemoryKind.ACTIVATION))
 

@@ -19,6 +19,7 @@ from memosd.errors import InvalidArgument, ResourceExhausted
 from memosd.governance.policy import Pattern
 from memosd.limits import check_namespace_prefix
 from memosd.server.auth import principal
+from memosd.server.status import error_named
 
 log = logging.getLogger("memosd.bundles")
 EXPORTED_STATES = frozenset({LifecycleState.ACTIVE, LifecycleState.ARCHIVED, LifecycleState.EXPIRED})
@@ -46,10 +47,7 @@ class BundleService:
             kinds = frozenset(MemoryKind(k) for k in request.kinds)
         except ValueError:
             raise InvalidArgument("kinds must be PLAINTEXT, ACTIVATION or PARAMETRIC") from None
-        f = CubeFilter(namespace_prefix=prefix, kinds=kinds, states=EXPORTED_STATES)
-        if not p.admin:
-            f = CubeFilter(namespace_prefix=prefix, kinds=kinds, states=EXPORTED_STATES,
-                           scope=self.gov.read_scope(p), viewer=p.name)
+        f = self.gov.readable(p, CubeFilter(namespace_prefix=prefix, kinds=kinds, states=EXPORTED_STATES))
         policies = [] if request.omit_policies else self._policies(p, prefix)
         pipe = ChunkPipe()
         producer = {"software": "memosd", "version": __version__, "daemon_id": self.gov.daemon_id}
@@ -129,7 +127,7 @@ class BundleService:
                 stage.add(sum(path.stat().st_size for path in files.values()))
                 report = await self._load(files, start.format, options, p)
         except BundleError as exc:
-            raise getattr(errors, exc.kind)(str(exc)) from None
+            raise error_named(exc.kind)(str(exc)) from None
         log.info("imported %d cubes (%s) for %s", report.cubes, report.format, p.name)
         return bundle_pb2.ImportResponse(
             format=report.format, cubes=report.cubes, skipped=report.skipped, renamed=report.renamed,

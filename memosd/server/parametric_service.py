@@ -22,12 +22,6 @@ class ParametricService:
         self.planner = planner
         self.gov = governance
 
-    def _readable(self, p: Principal, namespace_prefix: str = "") -> CubeFilter:
-        """A filter of what p may read (everything for the admin)."""
-        if p.admin:
-            return CubeFilter(namespace_prefix=namespace_prefix)
-        return CubeFilter(namespace_prefix=namespace_prefix, scope=self.gov.read_scope(p), viewer=p.name)
-
     async def PutAdapter(self, request, context):
         draft = convert_parametric.adapter_draft_from_proto(request)
         p = principal()
@@ -45,7 +39,7 @@ class ParametricService:
         target = BuildTarget(namespace, check_tags(request.tags, self.vault.limits),
                              check_metadata(metadata, self.vault.limits),
                              authorize=lambda: self.gov.check(p, "write", namespace, MemoryKind.PARAMETRIC))
-        sources = await self.promoter.select(convert_parametric.source_from_proto(request.source), self._readable(p),
+        sources = await self.promoter.select(convert_parametric.source_from_proto(request.source), self.gov.readable(p),
                                              lambda cube: self.gov.check_cube(p, "read", cube))
         job = self.promoter.submit(p.name, sources, spec, request.template or "{text}", target,
                                    request.model_fingerprint)
@@ -61,7 +55,8 @@ class ParametricService:
             if agent.revoked_at is not None:
                 raise FailedPrecondition(f"agent {agent.name} has been revoked; it reads nothing")
             p = Principal(agent.name, frozenset(agent.groups), agent.admin)
-        plan = await self.planner.plan(request.query, self._readable(p, request.namespace_prefix),
+        scope = self.gov.readable(p, CubeFilter(namespace_prefix=request.namespace_prefix))
+        plan = await self.planner.plan(request.query, scope,
                                        model_fingerprint=request.model_fingerprint, token_ids=tuple(request.token_ids),
                                        limit=request.limit, max_adapters=request.max_adapters)
         return convert_parametric.plan_to_proto(plan)

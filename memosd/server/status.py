@@ -22,5 +22,19 @@ STATUS_CODES: dict[type[errors.MemosError], grpc.StatusCode] = {
 }
 
 
+_BY_NAME: dict[str, type[errors.MemosError]] = {cls.__name__: cls for cls in STATUS_CODES}
+
+
 def status_for(exc: errors.MemosError) -> grpc.StatusCode:
-    return STATUS_CODES[type(exc)]
+    """The code of the nearest class in exc's hierarchy with a row: a subclass without one of its own
+    reports as its parent does, never as an unmapped error."""
+    for cls in type(exc).__mro__:
+        code = STATUS_CODES.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.UNKNOWN  # not a MemosError at all: the caller's bug, not the client's
+
+
+def error_named(kind: str) -> type[errors.MemosError]:
+    """The class of the table a shared format's error names by kind (BundleError.kind); MemosError if none."""
+    return _BY_NAME.get(kind, errors.MemosError)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from memos_mip.v1 import vault_pb2
 from memosd.cube import MemoryKind
 from memosd.errors import InvalidArgument
@@ -24,9 +22,7 @@ class VaultService:
         return lambda cube: self.gov.check_cube(p, action, cube)
 
     def _scoped(self, proto_filter):
-        p = principal()
-        f = convert.filter_from_proto(proto_filter)
-        return f if p.admin else replace(f, scope=self.gov.read_scope(p), viewer=p.name)
+        return self.gov.readable(principal(), convert.filter_from_proto(proto_filter))
 
     async def _put(self, drafts):
         p = principal()

@@ -23,7 +23,7 @@ from memosd.ids import is_id
 from memosd.limits import check_namespace
 from memosd.store import shares
 from memosd.store.hub import Hub, Subscriber, first_of
-from memosd.vault.vault import cube_at_version
+from memosd.vault.vault import cube_at_version, current_cube
 
 log = logging.getLogger("memosd.store")
 REPLAY_BATCH = 256
@@ -134,10 +134,9 @@ class MemStore:
                                                 (topic, publish_id)).fetchone()
             if found and (may_publish or found[1] == p.name):
                 return found[0], True, None, None
-            row = conn.execute("SELECT version FROM cubes WHERE id = ? AND state != 4", (cube_id,)).fetchone()
-            if row is None:
+            cube = current_cube(conn, cube_id, now)
+            if cube is None:
                 raise NotFound(f"no cube with id {cube_id} to publish")
-            cube = cube_at_version(conn, cube_id, row[0], now)
             on_topic = shares.publishers(conn, topic, cube_id)
             share = None
             if retract:

@@ -3,6 +3,8 @@
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from memosd.store.memstore import EventKind
+
 migrations = Migrations("memosd.store")
 
 
@@ -42,7 +44,8 @@ def m0002_share_authority(db: Database) -> None:
     db.execute(
         "INSERT INTO topic_shares (topic, cube_id, publisher, authority)"
         " SELECT tc.topic, tc.cube_id, coalesce((SELECT e.publisher FROM events e WHERE e.topic = tc.topic"
-        " AND e.cube_id = tc.cube_id AND e.kind != 3 ORDER BY e.seq DESC LIMIT 1), ''), NULL FROM topic_cubes tc"
+        f" AND e.cube_id = tc.cube_id AND e.kind != {EventKind.RETRACTED:d} ORDER BY e.seq DESC LIMIT 1), ''), NULL"
+        " FROM topic_cubes tc"
     )
     db.execute("DROP TABLE topic_cubes")
     db.execute("ALTER TABLE topic_shares RENAME TO topic_cubes")

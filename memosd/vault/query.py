@@ -8,7 +8,7 @@ import hmac
 import json
 
 from memos_client.bounds import loads
-from memosd.cube import CubeFilter, LifecycleState
+from memosd.cube import CubeFilter, LifecycleState, Visibility
 from memosd.errors import InvalidArgument
 
 
@@ -35,7 +35,7 @@ def filter_sql(f: CubeFilter, now: float, alias: str = "c") -> tuple[str, list]:
     if f.scope is not None:
         conds.append(_scope_sql(f.scope, a, params))
     if f.viewer is not None:
-        conds.append(f"({a}.visibility = 1 OR {a}.owner = ?)")
+        conds.append(f"({a}.visibility = {Visibility.NAMESPACE:d} OR {a}.owner = ?)")
         params.append(f.viewer)
     return " AND ".join(conds), params
 
@@ -97,13 +97,14 @@ def _any_of(parts: list[str]) -> str:
 def _states_sql(states, now: float, a: str, params: list) -> str:
     # A cube past its expiry counts as expired even before the sweeper has marked it.
     parts = []
+    active, archived, expired = (f"{s:d}" for s in (LifecycleState.ACTIVE, LifecycleState.ARCHIVED, LifecycleState.EXPIRED))
     if LifecycleState.ACTIVE in states:
-        parts.append(f"({a}.state = 1 AND ({a}.expires_at IS NULL OR {a}.expires_at > ?))")
+        parts.append(f"({a}.state = {active} AND ({a}.expires_at IS NULL OR {a}.expires_at > ?))")
         params.append(now)
     if LifecycleState.ARCHIVED in states:
-        parts.append(f"{a}.state = 2")
+        parts.append(f"{a}.state = {archived}")
     if LifecycleState.EXPIRED in states:
-        parts.append(f"({a}.state = 3 OR ({a}.state = 1 AND {a}.expires_at <= ?))")
+        parts.append(f"({a}.state = {expired} OR ({a}.state = {active} AND {a}.expires_at <= ?))")
         params.append(now)
     return "(" + " OR ".join(parts) + ")" if parts else "0"
 

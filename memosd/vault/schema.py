@@ -3,6 +3,8 @@
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from memosd.cube import LifecycleState
+
 migrations = Migrations("memosd.vault")
 
 
@@ -89,6 +91,7 @@ def m0002_blobs_and_activation_prefixes(db: Database) -> None:
     db.execute("CREATE INDEX activation_prefixes_seq ON activation_prefixes(seq)")
     # Deleting a tensor cube (a tombstone, or a row removed outright) releases its blob and its prefixes in
     # the same transaction, whichever code path deletes it.
+    deleted = f"{LifecycleState.DELETED:d}"  # DDL takes no parameters
     release = (
         "UPDATE blobs SET refcount = refcount - 1, unreferenced_since = CASE WHEN refcount <= 1"
         " THEN (julianday('now') - 2440587.5) * 86400.0 ELSE unreferenced_since END"
@@ -97,11 +100,11 @@ def m0002_blobs_and_activation_prefixes(db: Database) -> None:
     )
     db.execute(
         "CREATE TRIGGER cubes_release_blob AFTER UPDATE OF state ON cubes"
-        f" WHEN new.state = 4 AND old.state != 4 AND old.manifest IS NOT NULL BEGIN {release} END"
+        f" WHEN new.state = {deleted} AND old.state != {deleted} AND old.manifest IS NOT NULL BEGIN {release} END"
     )
     db.execute(
         "CREATE TRIGGER cubes_release_blob_on_delete AFTER DELETE ON cubes"
-        f" WHEN old.state != 4 AND old.manifest IS NOT NULL BEGIN {release} END"
+        f" WHEN old.state != {deleted} AND old.manifest IS NOT NULL BEGIN {release} END"
     )
 
 

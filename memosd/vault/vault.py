@@ -205,8 +205,8 @@ class MemVault:
             conn.execute("INSERT INTO cube_versions (id, version, snapshot) VALUES (?, ?, ?)",
                          (cube_id, row["version"], rows.snapshot(row)))
             conn.execute(
-                "UPDATE cubes SET state = 4, text = NULL, version = ?, parent_version = ?, updated_at = ?"
-                " WHERE seq = ?", (row["version"] + 1, row["version"], now, row["seq"]))
+                "UPDATE cubes SET state = ?, text = NULL, version = ?, parent_version = ?, updated_at = ?"
+                " WHERE seq = ?", (LifecycleState.DELETED, row["version"] + 1, row["version"], now, row["seq"]))
             conn.execute("DELETE FROM cube_tags WHERE seq = ?", (row["seq"],))
             conn.execute("DELETE FROM embeddings WHERE seq = ?", (row["seq"],))
             seqs.append(row["seq"])
@@ -359,7 +359,8 @@ class MemVault:
         """Mark active cubes whose expiry has passed as expired; returns how many."""
         now = self.clock()
         return await self.db.write(lambda conn: conn.execute(
-            "UPDATE cubes SET state = 3 WHERE state = 1 AND expires_at IS NOT NULL AND expires_at <= ?", (now,)
+            "UPDATE cubes SET state = ? WHERE state = ? AND expires_at IS NOT NULL AND expires_at <= ?",
+            (LifecycleState.EXPIRED, LifecycleState.ACTIVE, now)
         ).rowcount)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -387,6 +388,12 @@ def _allowed(guard, cube: MemCube) -> bool:
     except PermissionDenied:
         return False
     return True
+
+
+def current_cube(conn: sqlite3.Connection, cube_id: str, now: float | None = None) -> MemCube | None:
+    """A cube's current version unless it is deleted (for readers outside MemVault, e.g. MemStore's publish)."""
+    row = conn.execute(f"{SELECT} WHERE id = ? AND state != ?", (cube_id, LifecycleState.DELETED)).fetchone()
+    return rows.to_cube(rows.row_dict(row), now) if row is not None else None
 
 
 def cube_at_version(conn: sqlite3.Connection, cube_id: str, version: int, now: float | None = None) -> MemCube | None:
