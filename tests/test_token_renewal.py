@@ -194,7 +194,12 @@ def test_a_revoked_agents_single_whoami_is_one_denial(daemon, client, tmp_path):
         with pytest.raises(Unauthenticated, match="revoked"):
             alice.whoami()
     assert len(deny_entries(client, "alice")) == 2 and denials(daemon) == 2
-    assert client.status().metrics["auth_denials"] == 2
+    # Its first call is another one: the epoch look-up before it is refused, and that is the one denial.
+    with MemosClient(daemon.address, key=str(tmp_path / "alice.key")) as alice:
+        with pytest.raises(Unauthenticated, match="revoked"):
+            alice.put_many([{"text": "x", "namespace": "agents/alice/n"}])
+    assert len(deny_entries(client, "alice")) == 3 and denials(daemon) == 3
+    assert client.status().metrics["auth_denials"] == 3
 
 
 def test_only_real_denials_are_counted(daemon, client, tmp_path):
