@@ -71,8 +71,9 @@ class Metrics:
         self._collectors: list[tuple[str, Collector]] = []
         self.address = ""  # where the HTTP endpoint serves them, once it does
 
-    def observe_request(self, path: str, code: str, seconds: float) -> None:
-        """Count one finished call: path "/memos.v1.VaultService/Put", code a status name like "OK"."""
+    def observe_request(self, path: str, code: str, seconds: float, denied: bool = False) -> None:
+        """Count one finished call: path "/memos.v1.VaultService/Put", code a status name like "OK";
+        denied when it was refused for its credentials or a grant (a stale token is not: it is renewed)."""
         service, _, method = path.lstrip("/").partition("/")
         key = (service, method, code)
         self.requests[key] = self.requests.get(key, 0) + 1
@@ -80,7 +81,7 @@ class Metrics:
         if hist is None:
             hist = self.latency[(service, method)] = Histogram()
         hist.observe(seconds)
-        if code in DENIAL_CODES:
+        if denied and code in DENIAL_CODES:
             self.denials[code] = self.denials.get(code, 0) + 1
 
     def add_collector(self, name: str, collect: Collector) -> None:
@@ -111,7 +112,8 @@ class Metrics:
             latency.samples.append(({**labels, "__suffix": "_sum"}, hist.total))
             latency.samples.append(({**labels, "__suffix": "_count"}, hist.count))
         denials = Family("memosd_auth_denials_total", "counter",
-                         "Calls refused for want of valid credentials (UNAUTHENTICATED) or of a grant (PERMISSION_DENIED).")
+                         "Calls refused for want of valid credentials (UNAUTHENTICATED) or of a grant (PERMISSION_DENIED);"
+                         " not a stale token's, which the client renews and retries.")
         denials.samples = [({"code": code}, self.denials.get(code, 0)) for code in sorted(DENIAL_CODES)]
         uptime = Family("memosd_start_time_seconds", "gauge", "When the daemon started, in Unix seconds.",
                         [({}, self.started_at)])

@@ -27,6 +27,7 @@ from google.protobuf import descriptor_pb2
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 DOC = ROOT / "docs" / "protocol.md"
+AUTHENTICATION = PROTOS / "authentication.md"
 RELEASES = PROTOS / "release"
 F = descriptor_pb2.FieldDescriptorProto
 TYPES = {v: k.removeprefix("TYPE_").lower() for k, v in F.Type.items()}
@@ -191,9 +192,11 @@ def render_docs(fds: descriptor_pb2.FileDescriptorSet) -> str:
            "do not edit by hand. Every message is plain protobuf 3: any language's protobuf and gRPC",
            "libraries read it, and no field holds anything that needs Python to decode (bytes fields say",
            "what they hold: JSON, safetensors, tar, raw Ed25519 keys and signatures). Calls carry",
-           "`authorization: Bearer TOKEN` metadata (see `clients/python/memos_client/auth.py` for the token",
+           "`authorization: Bearer TOKEN` metadata (see [Authentication](#authentication) for the token",
            "format). Compatibility with the last release is checked by `scripts/proto_contract.py breaking`.",
            ""]
+    # The hand-written parts (tokens, keys, policy documents), which no proto comment can hold.
+    out += [AUTHENTICATION.read_text().rstrip(), ""]
     files = sorted((f for f in fds.file if f.name.startswith("memos/")), key=lambda f: f.name)
     out.append("| file | services |")
     out.append("|---|---|")

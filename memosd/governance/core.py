@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from memos_client.auth import AgentKey, fingerprint, read_token, verify_signature
+from memos_client.auth import CLOCK_SKEW, MAX_TOKEN_LIFETIME, AgentKey, fingerprint, read_token, verify_signature
 from memos_client.bounds import JSONLimitError, quote
 from memosd.cube import CubeFilter, MemoryKind, Visibility
 from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated
@@ -24,8 +24,6 @@ from memosd.governance.signing import AUDIT_KEY_FILE, AuditReport, AuditSigner
 log = logging.getLogger("memosd.governance")
 ADMIN = "admin"
 ADMIN_KEY_FILE = "admin.key"
-CLOCK_SKEW = 60
-MAX_TOKEN_LIFETIME = 3600
 MAX_CHAIN = 8
 TOKEN_CACHE_SIZE = 100_000
 DENIALS_AUDITED_PER_SECOND = 50
@@ -137,8 +135,10 @@ class MemGovernance(Sharing):
 
     # -- authentication -----------------------------------------------------------------------
 
-    def authenticate(self, token: str | None) -> Principal:
-        """The caller a token proves; Unauthenticated with the reason otherwise."""
+    def authenticate(self, token: str | None, *, any_epoch: bool = False) -> Principal:
+        """The caller a token proves; Unauthenticated with the reason otherwise. StaleToken (a valid
+        token for an old policy epoch) is not a denial: it tells the client to mint a current one.
+        any_epoch (WhoAmI only) accepts any epoch, so that a client can learn it before its first call."""
         if not token:
             raise Unauthenticated("no token: calls need an agent key (memosctl --key FILE, or MEMOS_KEY)")
         now = self.clock()
@@ -159,7 +159,7 @@ class MemGovernance(Sharing):
             raise Unauthenticated("token is issued in the future; check this machine's clock")
         if claims["exp"] <= now:
             raise Unauthenticated("token has expired; clients renew tokens themselves, check the clock")
-        if claims["epoch"] != self.epoch:
+        if claims["epoch"] != self.epoch and not any_epoch:
             raise StaleToken(f"token is for policy epoch {claims['epoch']}, current is {self.epoch}; mint a new one")
         return self._principal(agent)
 

@@ -74,17 +74,19 @@ def _log(method: str, code: grpc.StatusCode, started: float, caller: str, detail
 
 
 @contextlib.asynccontextmanager
-async def _answering(method: str, context, governance, observe=None):
+async def _answering(method: str, context, governance, observe=None, any_epoch: bool = False):
     """Authenticates the caller, maps what the body raises to a status, audits denials, logs one line,
-    reports the call to `observe(method, code name, seconds)` (metrics), and aborts the call if it failed."""
-    started, code, detail, caller = time.perf_counter(), grpc.StatusCode.OK, "", None
+    reports the call to `observe(method, code name, seconds, denied)` (metrics), and aborts the call if
+    it failed. A stale token is no denial (neither audited nor counted): the client renews it and retries."""
+    started, code, detail, caller, denied = time.perf_counter(), grpc.StatusCode.OK, "", None, False
     try:
-        caller = governance.authenticate(token_from(context.invocation_metadata()))
+        caller = governance.authenticate(token_from(context.invocation_metadata()), any_epoch=any_epoch)
         set_principal(caller)
         yield
     except MemosError as exc:
         code, detail = status_for(exc), clip(str(exc), MAX_DETAIL_BYTES)
-        if isinstance(exc, (Unauthenticated, PermissionDenied)) and not isinstance(exc, StaleToken):
+        denied = isinstance(exc, (Unauthenticated, PermissionDenied)) and not isinstance(exc, StaleToken)
+        if denied:
             await governance.record_denial(caller, method, "", detail)
         # The exact error class lets clients raise the same name (ModelMismatch, not just FAILED_PRECONDITION);
         # the policy epoch lets a client whose token is stale mint a fresh one and retry.
@@ -104,7 +106,7 @@ async def _answering(method: str, context, governance, observe=None):
     finally:
         _log(method, code, started, caller.name if caller else f"unauthenticated {context.peer()}", detail)
         if observe is not None:
-            observe(method, code.name, time.perf_counter() - started)
+            observe(method, code.name, time.perf_counter() - started, denied)
     if code is not grpc.StatusCode.OK:
         await context.abort(code, detail)
 
@@ -122,9 +124,9 @@ def _check(request):
     return request
 
 
-def _unary(method: str, impl, governance, observe=None):
+def _unary(method: str, impl, governance, observe=None, any_epoch: bool = False):
     async def handle(request, context):
-        async with _answering(method, context, governance, observe):
+        async with _answering(method, context, governance, observe, any_epoch):
             return await impl(_check(request), context)
 
     return handle
@@ -183,8 +185,11 @@ async def _until_revoked(responses, governance, caller) -> AsyncIterator:
 
 def service_handler(service_descriptor, servicer, governance, observe=None) -> grpc.GenericRpcHandler:
     """A handler for every method the descriptor declares, each authenticated by `governance` and
-    reported to `observe` (Metrics.observe_request); fails fast if the servicer lacks one."""
+    reported to `observe` (Metrics.observe_request); fails fast if the servicer lacks one. The unary
+    methods a servicer names in `any_epoch` accept a token of any policy epoch (WhoAmI, so that a
+    client can learn the epoch before its first real call)."""
     handlers = {}
+    any_epoch = getattr(servicer, "any_epoch", frozenset())
     for m in service_descriptor.methods:
         impl = getattr(servicer, m.name, None)
         if impl is None:
@@ -207,5 +212,6 @@ def service_handler(service_descriptor, servicer, governance, observe=None) -> g
         elif m.client_streaming:
             handlers[m.name] = grpc.stream_unary_rpc_method_handler(_client_stream(path, impl, governance, observe), **kwargs)
         else:
-            handlers[m.name] = grpc.unary_unary_rpc_method_handler(_unary(path, impl, governance, observe), **kwargs)
+            handlers[m.name] = grpc.unary_unary_rpc_method_handler(
+                _unary(path, impl, governance, observe, m.name in any_epoch), **kwargs)
     return grpc.method_handlers_generic_handler(service_descriptor.full_name, handlers)

@@ -63,6 +63,23 @@ class AsyncMemosClient(AsyncPortabilityMethods, AsyncTensorMethods, AsyncParamet
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.target) from None
 
+    async def _stale(self, exc: grpc.RpcError) -> bool:
+        """True when a call was refused only for a stale token; the current epoch is then adopted for
+        a retry. grpc.aio reports a client stream refused while it was writing a request as INTERNAL
+        ("Internal error from Core"), hiding the daemon's status: WhoAmI tells whether the epoch moved on."""
+        if self.tokens is None or self.tokens.learn_epoch(exc):
+            return self.tokens is not None
+        if exc.code() is not grpc.StatusCode.INTERNAL or "memos-error" in dict(exc.trailing_metadata() or ()):
+            return False
+        try:
+            epoch = (await self._gov.WhoAmI(gpb.WhoAmIRequest(), timeout=self.timeout)).policy_epoch
+        except grpc.RpcError:
+            return False
+        if epoch == self.tokens.epoch:
+            return False
+        self.tokens.adopt_epoch(epoch)
+        return True
+
     async def put(self, text: str, namespace: str | None = None, **fields) -> Cube:
         request = vault_pb2.PutRequest(cube=rq.draft(text, self.default_namespace if namespace is None else namespace, **fields))
         return Cube.from_proto((await self._call(self._vault.Put, request)).cube)
@@ -70,16 +87,20 @@ class AsyncMemosClient(AsyncPortabilityMethods, AsyncTensorMethods, AsyncParamet
     async def put_many(self, drafts: Iterable, *, batch_size: int = 500, on_batch=None) -> list[str]:
         ids: list[str] = []
         source = rq.BatchSource(drafts, batch_size)
-        try:
-            async for ack in self._vault.PutStream(source):
-                ids.extend(ack.ids)
-                if on_batch:
-                    on_batch(ack.acknowledged)
-        except grpc.RpcError as exc:
-            if source.error is not None:
-                raise source.error from None
-            raise from_rpc_error(exc, self.target) from None
-        return ids
+        requests = rq.Replayable(source)
+        while True:
+            try:
+                async for ack in self._vault.PutStream(requests.attempt()):
+                    requests.commit()
+                    ids.extend(ack.ids)
+                    if on_batch:
+                        on_batch(ack.acknowledged)
+                return ids
+            except grpc.RpcError as exc:
+                if source.error is not None:
+                    raise source.error from None
+                if requests.committed or not await self._stale(exc):
+                    raise from_rpc_error(exc, self.target) from None
 
     async def get(self, cube_id: str, version: int = 0) -> Cube:
         resp = await self._call(self._vault.Get, vault_pb2.GetRequest(id=cube_id, version=version))
@@ -124,6 +145,8 @@ class AsyncMemosClient(AsyncPortabilityMethods, AsyncTensorMethods, AsyncParamet
 
     async def whoami(self) -> tuple[Agent, str, int]:
         resp = await self._call(self._gov.WhoAmI, gpb.WhoAmIRequest())
+        if self.tokens:
+            self.tokens.adopt_epoch(resp.policy_epoch)
         return Agent.from_proto(resp.agent), resp.daemon_id, resp.policy_epoch
 
     async def add_agent(self, name: str, *, groups=(), out: str | None = None) -> tuple[Agent, str]:

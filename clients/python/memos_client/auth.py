@@ -1,9 +1,6 @@
 """Agent keys, request tokens and signed policy documents: the formats both client and daemon use.
 
-A key file is JSON {"version": 1, "agent": NAME, "audience": DAEMON_ID, "private_key": BASE64} (mode 0600).
-A token is BASE64URL(canonical JSON claims) "." BASE64URL(Ed25519 signature of the first part), with
-claims sub (agent), aud (daemon id), iat, exp (unix seconds), jti (unique id) and epoch (policy epoch).
-It travels in the `authorization` call metadata as "Bearer <token>".
+docs/protocol.md ("Authentication", from protos/authentication.md) specifies them for any language.
 """
 
 from __future__ import annotations
@@ -23,8 +20,12 @@ from memos_client.bounds import loads
 from memos_client.errors import InvalidArgument
 
 TOKEN_LIFETIME = 300
+MAX_TOKEN_LIFETIME = 3600  # exp - iat; the daemon refuses longer-lived tokens
+CLOCK_SKEW = 60  # how far in the future the daemon accepts an iat
 METADATA_KEY = "authorization"
 EPOCH_TRAILER = "memos-policy-epoch"
+ERROR_TRAILER = "memos-error"
+WHOAMI = "/memos.v1.GovernanceService/WhoAmI"  # the one call that accepts a token of any epoch
 
 
 def canonical(obj) -> bytes:
@@ -100,8 +101,12 @@ class AgentKey:
 
 def mint_token(key: AgentKey, epoch: int, *, lifetime: int = TOKEN_LIFETIME, now: float | None = None) -> str:
     now = int(time.time() if now is None else now)
-    claims = {"sub": key.agent, "aud": key.audience, "iat": now, "exp": now + lifetime,
-              "jti": secrets.token_hex(12), "epoch": epoch}
+    return encode_token(key, {"sub": key.agent, "aud": key.audience, "iat": now, "exp": now + lifetime,
+                              "jti": secrets.token_hex(12), "epoch": epoch})
+
+
+def encode_token(key: AgentKey, claims: dict) -> str:
+    """BASE64URL(canonical claims) "." BASE64URL(Ed25519 signature of the first part's ASCII bytes)."""
     body = b64url(canonical(claims))
     return f"{body}.{b64url(key.sign(body.encode()))}"
 
@@ -138,12 +143,16 @@ def sign_policy(key: AgentKey, *, subject: str, actions, namespaces, kinds=(), n
 
 
 class TokenSource:
-    """Mints and renews the caller's tokens; remembers the daemon's policy epoch."""
+    """Mints and renews the caller's tokens; remembers the daemon's policy epoch.
+
+    A new source does not know the epoch (`known` is False): the channel asks WhoAmI first, which
+    accepts any epoch, so that the first real call carries a current token and is never refused."""
 
     def __init__(self, key: AgentKey, *, lifetime: int = TOKEN_LIFETIME):
         self.key = key
         self.lifetime = lifetime
-        self.epoch = 1
+        self.epoch = 1  # every daemon starts at 1: the guess until the daemon says
+        self.known = False
         self._token = ""
         self._renew_at = 0.0
 
@@ -158,17 +167,20 @@ class TokenSource:
         return (METADATA_KEY, f"Bearer {self.token()}")
 
     def adopt_epoch(self, epoch: int) -> None:
+        self.known = True
         if epoch != self.epoch:
             self.epoch, self._renew_at = epoch, 0.0
 
     def learn_epoch(self, rpc_error) -> bool:
-        """After UNAUTHENTICATED: adopt the daemon's epoch if it moved on; True if a retry may help."""
-        trailers = rpc_error.trailing_metadata() or () if hasattr(rpc_error, "trailing_metadata") else ()
-        for k, v in trailers:
-            if k == EPOCH_TRAILER and v.isdigit() and int(v) != self.epoch:
-                self.epoch, self._renew_at = int(v), 0.0
-                return True
-        return False
+        """After a refused call: True if the daemon refused the token only for its stale epoch (the
+        StaleToken error, with the current epoch in a trailer), which is then adopted so a retry
+        succeeds. Any other refusal is final: retrying it would be a second denial."""
+        trailers = dict(rpc_error.trailing_metadata() or ()) if hasattr(rpc_error, "trailing_metadata") else {}
+        epoch = trailers.get(EPOCH_TRAILER, "")
+        if trailers.get(ERROR_TRAILER) != "StaleToken" or not epoch.isdigit() or int(epoch) == self.epoch:
+            return False
+        self.adopt_epoch(int(epoch))
+        return True
 
 
 def resolve_key(key: "str | Path | AgentKey | None" = None, target: str | None = None) -> AgentKey | None:

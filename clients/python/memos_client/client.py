@@ -74,16 +74,21 @@ class MemosClient(PortabilityMethods, TensorMethods, ParametricMethods):
         stream; returns their ids. on_batch(acknowledged_so_far) is called after each durable batch."""
         ids: list[str] = []
         source = rq.BatchSource(drafts, batch_size)
-        try:
-            for ack in self._vault.PutStream(source):
-                ids.extend(ack.ids)
-                if on_batch:
-                    on_batch(ack.acknowledged)
-        except grpc.RpcError as exc:
-            if source.error is not None:
-                raise source.error from None
-            raise from_rpc_error(exc, self.target) from None
-        return ids
+        requests = rq.Replayable(source)
+        while True:
+            try:
+                for ack in self._vault.PutStream(requests.attempt()):
+                    requests.commit()
+                    ids.extend(ack.ids)
+                    if on_batch:
+                        on_batch(ack.acknowledged)
+                return ids
+            except grpc.RpcError as exc:
+                if source.error is not None:
+                    raise source.error from None
+                # Refused for a stale token before the daemon read a batch: send them all again.
+                if not (not requests.committed and self.tokens and self.tokens.learn_epoch(exc)):
+                    raise from_rpc_error(exc, self.target) from None
 
     def get(self, cube_id: str, version: int = 0) -> Cube:
         return Cube.from_proto(self._call(self._vault.Get, vault_pb2.GetRequest(id=cube_id, version=version)).cube)
@@ -129,6 +134,8 @@ class MemosClient(PortabilityMethods, TensorMethods, ParametricMethods):
     def whoami(self) -> tuple[Agent, str, int]:
         """(the caller as the daemon knows it, the daemon's id, the current policy epoch)."""
         resp = self._call(self._gov.WhoAmI, gpb.WhoAmIRequest())
+        if self.tokens:
+            self.tokens.adopt_epoch(resp.policy_epoch)
         return Agent.from_proto(resp.agent), resp.daemon_id, resp.policy_epoch
 
     def add_agent(self, name: str, *, groups=(), out: str | None = None) -> tuple[Agent, str]:

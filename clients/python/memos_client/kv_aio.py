@@ -47,7 +47,7 @@ class AsyncTensorMethods(TensorStubs):
                 r = await self._upload(requests, timeout=transfer_timeout(self.timeout, payload.size - committed))
                 return BlobRef(r.blob.sha256, r.blob.size, r.deduplicated)
             except grpc.RpcError as exc:
-                error = self._renewed(exc)
+                error = None if await self._stale(exc) else from_rpc_error(exc, self.target)
                 attempt += 1
                 if error is not None and not (isinstance(error, RESUMABLE_UPLOAD) and attempt <= RETRIES):
                     raise error from None
@@ -120,14 +120,19 @@ class AsyncTensorMethods(TensorStubs):
         return Job.from_proto((await self._call(self._jobs.GetJob, job_pb2.GetJobRequest(id=job_id))).job)
 
     async def watch_job(self, job_id: str) -> AsyncIterator[Job]:
-        stream = self._jobs.WatchJob(job_pb2.WatchJobRequest(id=job_id))
-        try:
-            async for message in stream:
-                yield Job.from_proto(message.job)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, self.target) from None
-        finally:
-            stream.cancel()
+        while True:
+            stream, watched = self._jobs.WatchJob(job_pb2.WatchJobRequest(id=job_id)), False
+            try:
+                async for message in stream:
+                    watched = True
+                    yield Job.from_proto(message.job)
+                return
+            except grpc.RpcError as exc:
+                error = self._renewed(exc)  # None: refused for a stale token, before anything came
+                if error is not None or watched:
+                    raise error or from_rpc_error(exc, self.target) from None
+            finally:
+                stream.cancel()
 
     async def cancel_job(self, job_id: str) -> Job:
         return Job.from_proto((await self._call(self._jobs.CancelJob, job_pb2.CancelJobRequest(id=job_id))).job)

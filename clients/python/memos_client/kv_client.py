@@ -133,9 +133,10 @@ class TensorMethods(TensorStubs):
             while True:
                 offset = receiver.received if receiver else 0
                 total = receiver.size if receiver else size
-                stream = self._download(blob_pb2.DownloadRequest(cube_id=cube_id, offset=offset),
-                                              timeout=transfer_timeout(self.timeout, total - offset) if total else None)
+                stream = None
                 try:
+                    stream = self._download(blob_pb2.DownloadRequest(cube_id=cube_id, offset=offset),
+                                            timeout=transfer_timeout(self.timeout, total - offset) if total else None)
                     for message in stream:
                         receiver = feed(receiver, message, into)
                     if receiver is None:
@@ -147,7 +148,8 @@ class TensorMethods(TensorStubs):
                     if error is not None and not (isinstance(error, RESUMABLE) and attempt <= RETRIES):
                         raise error from None
                 finally:
-                    stream.cancel()
+                    if stream is not None:
+                        stream.cancel()
         finally:
             if receiver is not None:
                 receiver.close()
@@ -204,14 +206,21 @@ class TensorMethods(TensorStubs):
 
     def watch_job(self, job_id: str) -> Iterator[Job]:
         """The job now and at each change, until it ends."""
-        stream = self._jobs.WatchJob(job_pb2.WatchJobRequest(id=job_id))
-        try:
-            for message in stream:
-                yield Job.from_proto(message.job)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, self.target) from None
-        finally:
-            stream.cancel()
+        while True:
+            stream, watched = None, False
+            try:
+                stream = self._jobs.WatchJob(job_pb2.WatchJobRequest(id=job_id))
+                for message in stream:
+                    watched = True
+                    yield Job.from_proto(message.job)
+                return
+            except grpc.RpcError as exc:
+                error = self._renewed(exc)  # None: refused for a stale token, before anything came
+                if error is not None or watched:
+                    raise error or from_rpc_error(exc, self.target) from None
+            finally:
+                if stream is not None:
+                    stream.cancel()
 
     def cancel_job(self, job_id: str) -> Job:
         return Job.from_proto(self._call(self._jobs.CancelJob, job_pb2.CancelJobRequest(id=job_id)).job)

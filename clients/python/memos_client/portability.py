@@ -21,7 +21,7 @@ import grpc
 
 from memos_client.backup import BackupWriter
 from memos_client.bundle_format import MANIFEST, MEMOS_NAME, NAME, BundleError, add_directory, safe_extract
-from memos_client.errors import AlreadyExists, DataLoss, InvalidArgument, Unauthenticated, from_rpc_error
+from memos_client.errors import AlreadyExists, DataLoss, InvalidArgument, from_rpc_error
 from memos_mip.v1 import admin_pb2, admin_pb2_grpc, bundle_pb2, bundle_pb2_grpc
 
 CHUNK_BYTES = 1 << 20
@@ -62,9 +62,8 @@ class PortabilityMethods:
         try:
             return attempt()
         except grpc.RpcError as exc:
-            error = from_rpc_error(exc, self.target)
-            if not (isinstance(error, Unauthenticated) and self.tokens and self.tokens.learn_epoch(exc)):
-                raise error from None
+            if not (self.tokens and self.tokens.learn_epoch(exc)):
+                raise from_rpc_error(exc, self.target) from None
         try:
             return attempt()
         except grpc.RpcError as exc:
@@ -141,9 +140,8 @@ class AsyncPortabilityMethods:
         try:
             return await attempt()
         except grpc.RpcError as exc:
-            error = from_rpc_error(exc, self.target)
-            if not (isinstance(error, Unauthenticated) and self.tokens and self.tokens.learn_epoch(exc)):
-                raise error from None
+            if not await self._stale(exc):
+                raise from_rpc_error(exc, self.target) from None
         try:
             return await attempt()
         except grpc.RpcError as exc:
@@ -300,7 +298,12 @@ class _ImportSource:
         thread = threading.Thread(target=self._pack, args=(pipe,), name="memosctl-pack", daemon=True)
         thread.start()
         while True:
-            item = pipe.get()
+            try:
+                item = pipe.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():  # closed (the call ended, a retry may follow): the packer stopped too
+                    return
+                continue
             if item is None:
                 break
             if isinstance(item, Exception):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import threading
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
@@ -78,6 +80,65 @@ class BatchSource:
         except BaseException as exc:
             self.error = exc
             raise
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            return self.__next__()
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+class Replayable:
+    """A request stream that can be sent again from its first item: what it handed out is kept until
+    commit() (the daemon answered, so it accepted the call), so that a call refused before the daemon
+    read anything (a stale token) can be retried whole although the caller's iterator is one-shot."""
+
+    def __init__(self, items: Iterable):
+        self._items = iter(items)
+        self._kept: collections.deque = collections.deque()
+        self._base = 0  # the index of _kept[0]
+        self._attempt = 0
+        self._lock = threading.Lock()
+        self.committed = False
+
+    def attempt(self) -> "_Replay":
+        """A new pass from the first item; the passes before it end (their calls are over)."""
+        with self._lock:
+            self._attempt += 1
+            return _Replay(self, self._attempt)
+
+    def commit(self) -> None:
+        self.committed = True  # no lock: the sending thread may hold it while the caller's iterator blocks
+
+    def _item(self, attempt: int, index: int):
+        with self._lock:
+            if attempt != self._attempt:
+                raise StopIteration  # a superseded pass: gRPC's sender of a finished call
+            if index < self._base + len(self._kept):
+                item = self._kept[index - self._base]
+            else:
+                item = next(self._items)
+                self._kept.append(item)
+            while self.committed and self._base <= index:  # nothing will be sent again
+                self._kept.popleft()
+                self._base += 1
+            return item
+
+
+class _Replay:
+    def __init__(self, source: Replayable, attempt: int):
+        self._source, self._attempt, self._index = source, attempt, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        item = self._source._item(self._attempt, self._index)
+        self._index += 1
+        return item
 
     def __aiter__(self):
         return self

@@ -48,15 +48,16 @@ class _Position:
             yield event
 
 
-def _resume_or_raise(sub, exc: grpc.RpcError, failing_since: float | None) -> float:
-    """Raise the typed error unless the subscription may resume; returns when the failures began."""
+def _resume_or_raise(sub, exc: grpc.RpcError, failing_since: float | None) -> tuple[float, float]:
+    """Raise the typed error unless the subscription may resume; returns when the failures began and
+    how long to wait before resubscribing (not at all with a renewed token)."""
     error = from_rpc_error(exc, sub._client.target)
-    if isinstance(error, StaleToken) and sub._client.tokens:
-        sub._client.tokens.learn_epoch(exc)
+    if isinstance(error, StaleToken) and sub._client.tokens and sub._client.tokens.learn_epoch(exc):
+        return failing_since or time.monotonic(), 0.0
     failing_since = failing_since or time.monotonic()
     if not isinstance(error, _RESUMABLE) or time.monotonic() - failing_since > sub._resume_for:
         raise error from None
-    return failing_since
+    return failing_since, 0.2
 
 
 class Subscription:
@@ -73,8 +74,8 @@ class Subscription:
     def __iter__(self):
         failing_since = None
         while not self._closed:
-            self._call = self._client._store.Subscribe(self._position.request())
             try:
+                self._call = self._client._store.Subscribe(self._position.request())
                 for msg in self._call:
                     failing_since = None
                     for item in self._position.items(msg, self._heartbeats):
@@ -83,8 +84,8 @@ class Subscription:
             except grpc.RpcError as exc:
                 if self._closed:
                     return
-                failing_since = _resume_or_raise(self, exc, failing_since)
-                time.sleep(0.2)
+                failing_since, pause = _resume_or_raise(self, exc, failing_since)
+                time.sleep(pause)
 
     def ack(self, event: Event) -> int:
         """Acknowledge `event` and everything before it on its topic (durable subscriptions)."""
@@ -124,8 +125,8 @@ class AsyncSubscription:
             except grpc.RpcError as exc:
                 if self._closed:
                     return
-                failing_since = _resume_or_raise(self, exc, failing_since)
-                await asyncio.sleep(0.2)
+                failing_since, pause = _resume_or_raise(self, exc, failing_since)
+                await asyncio.sleep(pause)
 
     async def ack(self, event: Event) -> int:
         return await self._client.ack(self._position.durable_name, event.topic, event.seq)

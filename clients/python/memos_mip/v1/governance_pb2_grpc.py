@@ -27,7 +27,7 @@ if _version_not_supported:
 
 
 class GovernanceServiceStub:
-    """Identities, policies and audit. Every call needs a token (see README: "Identities and grants").
+    """Identities, policies and audit. Every call needs a token (see "Authentication" in docs/protocol.md).
     """
 
     def __init__(self, channel):
@@ -89,11 +89,12 @@ class GovernanceServiceStub:
 
 
 class GovernanceServiceServicer:
-    """Identities, policies and audit. Every call needs a token (see README: "Identities and grants").
+    """Identities, policies and audit. Every call needs a token (see "Authentication" in docs/protocol.md).
     """
 
     def WhoAmI(self, request, context):
-        """Who the caller is, as the daemon sees it; also the daemon's id and current policy epoch.
+        """Who the caller is, as the daemon sees it; also the daemon's id and current policy epoch. The one call
+        that accepts a token of any epoch: a client asks it first to learn the epoch for its tokens.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -224,7 +225,7 @@ def add_GovernanceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class GovernanceService:
-    """Identities, policies and audit. Every call needs a token (see README: "Identities and grants").
+    """Identities, policies and audit. Every call needs a token (see "Authentication" in docs/protocol.md).
     """
 
     @staticmethod
