@@ -48,6 +48,7 @@ def test_twenty_puts_of_a_huge_namespace_log_a_bounded_amount(client, caplog):
         with pytest.raises(InvalidArgument):
             client.put("x", NAMESPACE)
     lines = [r.getMessage() for r in caplog.records if r.name == "memosd.requests"]
+    lines = [line for line in lines if "VaultService/Put" in line]  # not the client's epoch look-up
     assert len(lines) == 20
     assert sum(map(len, lines)) < 20 * 2048
 
