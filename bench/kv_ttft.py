@@ -61,6 +61,7 @@ def run(args, listen: str, key: Path) -> dict:
 
     from memos_client import MemosClient
     from memos_client.fingerprint import model_fingerprint
+    from memos_client.kv import cache_keyword
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,7 +97,7 @@ def run(args, listen: str, key: Path) -> dict:
             t1 = time.perf_counter()
             pulled = memos.pull_kv(cube.id, model, num_tokens=matched)
             t2 = time.perf_counter()
-            logits_kv = model(prompt[:, matched:], past_key_values=pulled, logits_to_keep=1).logits[0, -1]
+            logits_kv = model(prompt[:, matched:], **{cache_keyword(model): pulled}, logits_to_keep=1).logits[0, -1]
             token_kv = int(logits_kv.argmax())
             t3 = time.perf_counter()
             daemon.append(t3 - t0)

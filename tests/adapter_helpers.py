@@ -19,7 +19,10 @@ def tiny_peft(arch: str = "llama", seed: int = 0, *, rank: int = 4, alpha: float
     torch.manual_seed(adapter_seed)
     lora = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False,
                       task_type="CAUSAL_LM", **config)
-    return get_peft_model(model, lora).eval()
+    from memos_client.adapters import quiet_peft
+
+    with quiet_peft():
+        return get_peft_model(model, lora).eval()
 
 
 def save_adapter(path: Path, arch: str = "llama", **kwargs) -> Path:

@@ -8,6 +8,7 @@ import torch
 
 from memos_client import FailedPrecondition, InvalidArgument, Kind, MemosClient, ModelMismatch
 from memos_client.fingerprint import model_fingerprint, tokenizer_fingerprint
+from memos_client.kv import cache_keyword
 from tests.kv_helpers import put_kv, tiny_model, tiny_tokenizer
 
 TOLERANCE = 1e-5
@@ -20,7 +21,7 @@ def _prefill(model, ids):
 
 def _next_logits(model, ids, cache=None):
     with torch.no_grad():
-        return model(ids, past_key_values=cache).logits[0, -1]
+        return model(ids, **{cache_keyword(model): cache}).logits[0, -1]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -63,7 +64,7 @@ def test_a_stored_cache_is_never_changed_by_generation(client):
     first = client.pull_kv(cube_id, model)
     second = client.pull_kv(cube_id, model)
     assert first is not second and first.layers[0].keys.data_ptr() != second.layers[0].keys.data_ptr()
-    model.generate(torch.cat([ids, torch.tensor([[7]])], 1), past_key_values=first, max_new_tokens=5, do_sample=False)
+    model.generate(torch.cat([ids, torch.tensor([[7]])], 1), **{cache_keyword(model): first}, max_new_tokens=5, do_sample=False)
     assert first.get_seq_length() > 30  # generation grew the pulled copy...
     third = client.pull_kv(cube_id, model)
     for (k, v), layer, mine in zip(snapshot, third.layers, original.layers):  # ...never the stored one, nor ours

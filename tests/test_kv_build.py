@@ -10,6 +10,7 @@ import memosd.runtime.causal_lm as causal_lm
 from memos_client import FailedPrecondition, InvalidArgument, Kind, MemosClient, NotFound, PermissionDenied
 from memos_client.cli import main
 from memos_client.fingerprint import tokenizer_fingerprint
+from memos_client.kv import cache_keyword
 from memos_client.kv_models import JobState
 from tests.daemon import make_config, running
 from tests.kv_helpers import WORDS, save_tiny
@@ -60,7 +61,7 @@ def test_daemon_built_cache_is_exact_in_the_clients_model(builder, model_dir, mo
     cache = client.pull_kv(cube.id, model, tokenizer=tokenizer)
     query = torch.tensor([tokenizer("who likes tea ?", add_special_tokens=False).input_ids])
     with torch.no_grad():
-        injected = model(query, past_key_values=cache).logits[0, -1]
+        injected = model(query, **{cache_keyword(model): cache}).logits[0, -1]
         full = model(torch.cat([torch.tensor([act.token_ids]), query], 1)).logits[0, -1]
     assert (injected - full).abs().max().item() <= TOLERANCE
     # And the agent finds it by its prompt's prefix.

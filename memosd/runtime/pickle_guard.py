@@ -14,6 +14,7 @@ import collections
 import datetime
 import io
 import pickle
+import warnings
 from typing import Any
 
 MAX_PICKLE_BYTES = 16 << 30
@@ -76,7 +77,9 @@ def _storage_from_bytes(data: bytes):
     if not isinstance(data, (bytes, bytearray)):
         raise PickleRefused("a tensor storage is not given as bytes")
     try:
-        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch notes any protocol but 2; the loader is weights-only either way
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises many kinds; all mean "not a storage we accept"
         raise PickleRefused(f"a tensor storage does not load as plain weights: {exc}") from None
 

@@ -139,7 +139,9 @@ def read_directory(path: str | os.PathLike, *, allow_pickle: bool = False) -> Pa
                               f"{WEIGHTS_FILE}, or pass allow_pickle=True (memosctl: --allow-pickle) to read its "
                               "tensors with torch's weights-only unpickler")
     try:
-        state = torch.load(path / PICKLE_FILE, map_location="cpu", weights_only=True, mmap=False)
+        with warnings.catch_warnings():  # torch notes any protocol but 2; the loader is weights-only either way
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path / PICKLE_FILE, map_location="cpu", weights_only=True, mmap=False)
     except Exception as exc:  # torch raises many kinds; every one means "not plain tensors"
         raise InvalidArgument(f"{path / PICKLE_FILE} was refused by the weights-only unpickler: "
                               f"{' '.join(str(exc).split())[:300]}") from None
