@@ -24,6 +24,7 @@ class AsyncMemosClient(AsyncSteps, ClientMethods):
         return AsyncSubscription(self, position, **options)
 
     async def close(self) -> None:
+        """Close the channel; calls in progress end."""
         await self._channel.close()
 
     async def __aenter__(self) -> "AsyncMemosClient":

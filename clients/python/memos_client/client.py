@@ -188,6 +188,7 @@ class ClientMethods(PortabilityMethods, TensorMethods, ParametricMethods):
 
     @method
     def get_policy(self, policy_id: str) -> Policy:
+        """One stored policy."""
         return Policy.from_proto((yield self._call(self._gov.GetPolicy, gpb.GetPolicyRequest(id=policy_id))).policy)
 
     @method
@@ -274,6 +275,7 @@ class MemosClient(SyncSteps, ClientMethods):
         return Subscription(self, position, **options)
 
     def close(self) -> None:
+        """Close the channel; calls in progress end."""
         self._channel.close()
 
     def __enter__(self) -> "MemosClient":

@@ -239,12 +239,12 @@ class TensorMethods:
 
     @method
     def cancel_job(self, job_id: str) -> Job:
-        """Ask a job to stop; returns it as it is then."""
+        """Ask a job to stop: it ends CANCELLED at its next checkpoint (unless it has ended already)."""
         return Job.from_proto((yield self._call(self._jobs.CancelJob, job_pb2.CancelJobRequest(id=job_id))).job)
 
     @method
     def list_jobs(self, include_finished: bool = False) -> list[Job]:
-        """This agent's jobs (all of them for the admin), running ones unless include_finished."""
+        """This agent's jobs (every agent's for the admin); those that have ended too with include_finished."""
         r = yield self._call(self._jobs.ListJobs, job_pb2.ListJobsRequest(include_finished=include_finished))
         return [Job.from_proto(j) for j in r.jobs]
 
