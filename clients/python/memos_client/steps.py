@@ -1,12 +1,4 @@
-"""One body per client method for both clients: a generator that yields its I/O, run by each client its way.
-
-A method body builds its request, yields the call (`r = yield self._call(stub.Get, request)`) and converts
-what comes back. MemosClient's `_call` has the response already and the driver sends it straight back;
-AsyncMemosClient's returns an awaitable, which its driver awaits. The other steps say what differs:
-Next(stream) (the next message or END), Offload(fn, ...) (blocking work: a thread in asyncio), Sleep(s),
-and, in iterating methods, Item(x) (a value for the caller). Errors are thrown back in at the yield, so a
-body's try/except/finally reads as plain code on both sides.
-"""
+"""One body per client method for both clients: a generator that yields its I/O, run by each client its way."""
 
 from __future__ import annotations
 
@@ -16,6 +8,13 @@ import inspect
 import time
 
 import grpc
+
+# A method body builds its request, yields the call (`r = yield self._call(stub.Get, request)`) and converts
+# what comes back. MemosClient's `_call` has the response already and its driver sends it straight back;
+# AsyncMemosClient's returns an awaitable, which its driver awaits. The other steps say what differs:
+# Next(stream) (the next message, or END), Offload(fn, ...) (blocking work: on a thread in asyncio),
+# Sleep(s), and in iterating methods Item(x) (a value for the caller). A step's error is thrown back in at
+# its yield, so a body's try/except/finally reads as plain code on both sides.
 
 
 class Offload:
