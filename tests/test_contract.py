@@ -71,6 +71,22 @@ def test_every_rpc_is_wrapped_by_both_clients():
     assert sync <= aio, f"async client lacks {sync - aio}"
 
 
+# The only public methods the two clients write each their own way: how a client is closed.
+PER_CLIENT = {"close"}
+
+
+def test_both_clients_share_one_documented_body_per_method():
+    # Each method's logic (request, call, conversion) is written once, in memos_client.steps' style: the
+    # asyncio client's method is the very function of the sync client, so the two cannot drift apart.
+    names = {n for n, _ in inspect.getmembers(MemosClient, inspect.isfunction) if not n.startswith("_")}
+    assert set(CLIENT_METHODS.values()) <= names
+    for name in sorted(names - PER_CLIENT):
+        assert getattr(AsyncMemosClient, name) is getattr(MemosClient, name), f"{name} is written twice"
+    for name in sorted(names):
+        for cls in (MemosClient, AsyncMemosClient):
+            assert inspect.getdoc(getattr(cls, name)), f"{cls.__name__}.{name} has no docstring"
+
+
 def test_every_daemon_error_has_a_status_and_a_client_twin():
     classes = [c for c in vars(memosd.errors).values() if isinstance(c, type) and issubclass(c, memosd.errors.MemosError)]
     for cls in classes:

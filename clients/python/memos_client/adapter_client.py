@@ -1,4 +1,4 @@
-"""The parametric-memory methods of MemosClient: adapter cubes, distillation, the query plan, and the PEFT
+"""The parametric-memory methods of both clients: adapter cubes, distillation, the query plan, and the PEFT
 helpers (push_adapter, load_adapter), which import torch and peft only when called."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from memos_client.adapter_models import Plan, manifest_to_proto
 from memos_client.errors import DataLoss, FailedPrecondition, InvalidArgument
 from memos_client.kv_models import Job
 from memos_client.models import Cube, Kind
+from memos_client.steps import Offload, method
 from memos_mip.v1 import parametric_pb2 as ppb, parametric_pb2_grpc
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
@@ -97,18 +98,22 @@ def write_peft_directory(blob, directory: str | os.PathLike) -> Path:
 
 
 class ParametricMethods:
-    """Mixed into MemosClient (after TensorMethods, whose blob transfers it uses)."""
+    """The parametric-memory methods of MemosClient and AsyncMemosClient (memos_client.steps), after
+    TensorMethods, whose blob transfers they use; the tensor work (fingerprints, encoding, loading) is
+    offloaded, so AsyncMemosClient's event loop keeps serving."""
 
     @property
     def _parametric(self):
         return self._stub("_parametric_stub", parametric_pb2_grpc.ParametricServiceStub)
 
+    @method
     def put_adapter(self, manifest: AdapterManifest, namespace: str | None = None, **fields) -> Cube:
         """Store an adapter cube whose blob is uploaded; fields: tags, metadata, source, derived_from, ttl,
         priority."""
         request = put_adapter_request(manifest, adapter_namespace(self, namespace), **fields)
-        return Cube.from_proto(self._call(self._parametric.PutAdapter, request).cube)
+        return Cube.from_proto((yield self._call(self._parametric.PutAdapter, request)).cube)
 
+    @method
     def distill(self, namespace: str | None = None, **fields) -> tuple[Job, list[str]]:
         """Have the daemon train a LoRA adapter on plaintext cubes with its base model and store it in namespace
         (default agents/AGENT/adapters); returns the job (watch_job follows it) and the ids it trains on.
@@ -116,22 +121,24 @@ class ParametricMethods:
         target_modules, steps, learning_rate, batch_size, max_tokens, seed. Also template, adapter_tags,
         metadata, model_fingerprint."""
         request = distill_request(adapter_namespace(self, namespace), **fields)
-        r = self._call(self._parametric.Distill, request)
+        r = yield self._call(self._parametric.Distill, request)
         return Job.from_proto(r.job), list(r.source_ids)
 
+    @method
     def plan(self, query: str, model=None, *, model_fingerprint: str | None = None, tokenizer=None,
              prompt: str | None = None, token_ids=None, namespace: str | None = None, limit: int = 0,
              max_adapters: int = 0, agent: str = "") -> Plan:
         """MemScheduler's plan for a query: plaintext hits, the best activation cube and the adapters for the
         model the agent runs (`model`, or its base model_fingerprint), each with a score and a reason. With a
         tokenizer (or token_ids) the activation cube is the one covering the longest prefix of the prompt."""
-        fingerprint, ids = plan_inputs(query, model, model_fingerprint, tokenizer, prompt, token_ids)
+        fingerprint, ids = yield Offload(plan_inputs, query, model, model_fingerprint, tokenizer, prompt, token_ids)
         request = plan_request(query, model_fingerprint=fingerprint, token_ids=ids, namespace=namespace, limit=limit,
                                max_adapters=max_adapters, agent=agent)
-        return Plan.from_proto(self._call(self._parametric.Plan, request))
+        return Plan.from_proto((yield self._call(self._parametric.Plan, request)))
 
     # -- PEFT -----------------------------------------------------------------------------------------
 
+    @method
     def push_adapter(self, adapter, base_model=None, *, namespace: str | None = None, adapter_name: str = "default",
                      model_fingerprint: str | None = None, allow_pickle: bool = False, **fields) -> str:
         """Store a LoRA adapter as a parametric cube; returns its id. `adapter` is a PeftModel (its adapter
@@ -140,12 +147,13 @@ class ParametricMethods:
         weights-only unpickler. fields: tags, metadata, source, derived_from, ttl, priority."""
         from memos_client import adapters
 
-        payload, manifest = adapters.prepare_push(adapter, base_model, adapter_name=adapter_name,
-                                                  model_fingerprint=model_fingerprint, allow_pickle=allow_pickle)
+        payload, manifest = yield Offload(adapters.prepare_push, adapter, base_model, adapter_name=adapter_name,
+                                          model_fingerprint=model_fingerprint, allow_pickle=allow_pickle)
         namespace = adapter_namespace(self, namespace)
-        self.upload_blob(payload, namespace, kind=Kind.PARAMETRIC)
-        return self.put_adapter(manifest, namespace, **fields).id
+        yield self.upload_blob(payload, namespace, kind=Kind.PARAMETRIC)
+        return (yield self.put_adapter(manifest, namespace, **fields)).id
 
+    @method
     def load_adapter(self, cube_id: str, base_model, *, adapter_name: str = "default", is_trainable: bool = False,
                      hotswap: bool = False):
         """The adapter of a parametric cube loaded onto base_model, as PeftModel.from_pretrained would: a new
@@ -154,13 +162,16 @@ class ParametricMethods:
         ModelMismatch if the adapter was made for another base model."""
         from memos_client import adapters
 
-        meta = adapters.check_base(self.get(cube_id), base_model)
-        return adapters.finish_load(self.fetch_payload(cube_id, meta.blob), meta, base_model, adapter_name=adapter_name, is_trainable=is_trainable,
-                                    hotswap=hotswap)
+        cube = yield self.get(cube_id)
+        meta = yield Offload(adapters.check_base, cube, base_model)
+        payload = yield self.fetch_payload(cube_id, meta.blob)
+        return (yield Offload(adapters.finish_load, payload, meta, base_model, adapter_name=adapter_name,
+                              is_trainable=is_trainable, hotswap=hotswap))
 
+    @method
     def pull_adapter(self, cube_id: str, directory: str | os.PathLike) -> Path:
         """Write an adapter cube as a PEFT directory (adapter_config.json, adapter_model.safetensors) that
         PeftModel.from_pretrained reads; no torch needed."""
-        meta = adapter_of(self.get(cube_id))
-        blob = self.download_blob(cube_id, size=meta.blob.size)
-        return write_peft_directory(blob, directory)
+        meta = adapter_of((yield self.get(cube_id)))
+        blob = yield self.download_blob(cube_id, size=meta.blob.size)
+        return (yield Offload(write_peft_directory, blob, directory))

@@ -5,7 +5,6 @@ Mixed into MemosClient and AsyncMemosClient, which provide `_channel` and `targe
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ import grpc
 from memos_client.backup import BackupWriter
 from memos_client.bundle_format import MANIFEST, MEMOS_NAME, NAME, BundleError, add_directory, safe_extract
 from memos_client.errors import AlreadyExists, DataLoss, InvalidArgument, from_rpc_error
+from memos_client.steps import END, Next, Offload, method
 from memos_mip.v1 import admin_pb2, admin_pb2_grpc, bundle_pb2, bundle_pb2_grpc
 
 CHUNK_BYTES = 1 << 20
@@ -55,20 +55,22 @@ class ImportResult:
 
 
 class PortabilityMethods:
-    """Backup, export and import for the synchronous client."""
+    """Backup, export and import for MemosClient and AsyncMemosClient (memos_client.steps)."""
 
     def _streaming(self, attempt):
-        """Run a streaming call; once more with a fresh token if the daemon's policy epoch moved on."""
+        """Run a streaming call (a function making its steps); once more with a fresh token if the daemon's
+        policy epoch moved on."""
         try:
-            return attempt()
+            return (yield from attempt())
         except grpc.RpcError as exc:
-            if not (self.tokens and self.tokens.learn_epoch(exc)):
+            if not (yield self._stale(exc)):
                 raise from_rpc_error(exc, self.target) from None
         try:
-            return attempt()
+            return (yield from attempt())
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.target) from None
 
+    @method
     def backup(self, dest: str | Path, *, timeout: float | None = None) -> dict:
         """Write a consistent online backup of the whole daemon into the new directory `dest`
         (admin only); returns its manifest. Restore it with `memosd restore DEST --data-dir DIR`."""
@@ -77,14 +79,16 @@ class PortabilityMethods:
         def attempt():
             writer = BackupWriter(dest)
             try:
-                for chunk in stub.Backup(admin_pb2.BackupRequest(), timeout=timeout):
+                receive = Next(stub.Backup(admin_pb2.BackupRequest(), timeout=timeout))
+                while (chunk := (yield receive)) is not END:
                     writer.feed(chunk)
             finally:
                 writer.abort()
             return writer.finish()
 
-        return self._streaming(attempt)
+        return (yield from self._streaming(attempt))
 
+    @method
     def export(self, dest: str | Path, namespace: str = "", *, kinds=(), omit_policies: bool = False,
                timeout: float | None = None) -> dict:
         """Export the cubes under `namespace` (every namespace when empty) that this agent may read, as a
@@ -95,15 +99,17 @@ class PortabilityMethods:
         def attempt():
             out = _ExportTarget(dest)
             try:
-                for chunk in stub.Export(request, timeout=timeout):
-                    out.write(chunk.data)
+                receive = Next(stub.Export(request, timeout=timeout))
+                while (chunk := (yield receive)) is not END:
+                    yield Offload(out.write, chunk.data)
             except BaseException:
                 out.abort()
                 raise
-            return out.finish()
+            return (yield Offload(out.finish))
 
-        return self._streaming(attempt)
+        return (yield from self._streaming(attempt))
 
+    @method
     def import_bundle(self, src: str | Path, namespace: str = "", *, format: str = "auto",
                       allow_pickle: bool = False, skip_policies: bool = False,
                       timeout: float | None = None) -> ImportResult:
@@ -122,7 +128,7 @@ class PortabilityMethods:
                     yield bundle_pb2.ImportRequest(data=data)
 
             try:
-                return ImportResult.from_proto(stub.Import(requests(), timeout=timeout))
+                return ImportResult.from_proto((yield stub.Import(self._requests(requests()), timeout=timeout)))
             except grpc.RpcError:
                 if source.error is not None:
                     raise source.error from None
@@ -130,79 +136,7 @@ class PortabilityMethods:
             finally:
                 source.close()
 
-        return self._streaming(attempt)
-
-
-class AsyncPortabilityMethods:
-    """The same methods for AsyncMemosClient."""
-
-    async def _streaming(self, attempt):
-        try:
-            return await attempt()
-        except grpc.RpcError as exc:
-            if not await self._stale(exc):
-                raise from_rpc_error(exc, self.target) from None
-        try:
-            return await attempt()
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, self.target) from None
-
-    async def backup(self, dest: str | Path, *, timeout: float | None = None) -> dict:
-        stub = admin_pb2_grpc.AdminServiceStub(self._channel)
-
-        async def attempt():
-            writer = BackupWriter(dest)
-            try:
-                async for chunk in stub.Backup(admin_pb2.BackupRequest(), timeout=timeout):
-                    writer.feed(chunk)
-            finally:
-                writer.abort()
-            return writer.finish()
-
-        return await self._streaming(attempt)
-
-    async def export(self, dest: str | Path, namespace: str = "", *, kinds=(), omit_policies: bool = False,
-                     timeout: float | None = None) -> dict:
-        request = _export_request(namespace, kinds, omit_policies)
-        stub = bundle_pb2_grpc.BundleServiceStub(self._channel)
-
-        async def attempt():
-            out = _ExportTarget(dest)
-            try:
-                async for chunk in stub.Export(request, timeout=timeout):
-                    await asyncio.to_thread(out.write, chunk.data)
-            except BaseException:
-                out.abort()
-                raise
-            return await asyncio.to_thread(out.finish)
-
-        return await self._streaming(attempt)
-
-    async def import_bundle(self, src: str | Path, namespace: str = "", *, format: str = "auto",
-                            allow_pickle: bool = False, skip_policies: bool = False,
-                            timeout: float | None = None) -> ImportResult:
-        start = _import_start(namespace, format, allow_pickle, skip_policies)
-        stub = bundle_pb2_grpc.BundleServiceStub(self._channel)
-
-        async def attempt():
-            source = _ImportSource(src, format)
-            chunks = source.chunks()
-
-            async def requests():
-                yield start
-                while (data := await asyncio.to_thread(next, chunks, None)) is not None:
-                    yield bundle_pb2.ImportRequest(data=data)
-
-            try:
-                return ImportResult.from_proto(await stub.Import(requests(), timeout=timeout))
-            except grpc.RpcError:
-                if source.error is not None:
-                    raise source.error from None
-                raise
-            finally:
-                source.close()
-
-        return await self._streaming(attempt)
+        return (yield from self._streaming(attempt))
 
 
 def _import_start(namespace: str, format: str, allow_pickle: bool, skip_policies: bool) -> bundle_pb2.ImportRequest:

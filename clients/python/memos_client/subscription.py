@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import grpc
 
 from memos_client.errors import ResourceExhausted, StaleToken, Unavailable, from_rpc_error
 from memos_client.models import Event, Heartbeat
+from memos_client.steps import END, Item, Next, Sleep
 from memos_mip.v1 import store_pb2
 
 # Errors after which the same subscription can go on from where it was: the daemon restarting or
@@ -71,27 +71,33 @@ class Subscription:
         self._call = None
         self._closed = False
 
-    def __iter__(self):
+    def _events(self):
+        """The steps (memos_client.steps) of both clients' iteration."""
         failing_since = None
         while not self._closed:
             try:
                 self._call = self._client._store.Subscribe(self._position.request())
-                for msg in self._call:
+                receive = Next(self._call)
+                while (msg := (yield receive)) is not END:
                     failing_since = None
                     for item in self._position.items(msg, self._heartbeats):
-                        yield item
+                        yield Item(item)
                 return
             except grpc.RpcError as exc:
                 if self._closed:
                     return
                 failing_since, pause = _resume_or_raise(self, exc, failing_since)
-                time.sleep(pause)
+                yield Sleep(pause)
+
+    def __iter__(self):
+        return self._client._iterate(self._events())
 
     def ack(self, event: Event) -> int:
         """Acknowledge `event` and everything before it on its topic (durable subscriptions)."""
         return self._client.ack(self._position.durable_name, event.topic, event.seq)
 
     def close(self) -> None:
+        """End the iteration (from another thread or task too)."""
         self._closed = True
         if self._call is not None:
             self._call.cancel()
@@ -103,36 +109,10 @@ class Subscription:
         self.close()
 
 
-class AsyncSubscription:
-    """The asyncio form of Subscription: `async for event in client.subscribe(...)`."""
+class AsyncSubscription(Subscription):
+    """The asyncio form of Subscription: `async for event in client.subscribe(...)`; ack is awaited."""
 
-    def __init__(self, client, position: _Position, *, heartbeats: bool, resume_for: float):
-        self._client, self._position = client, position
-        self._heartbeats, self._resume_for = heartbeats, resume_for
-        self._call = None
-        self._closed = False
+    __iter__ = None  # an async iterator only
 
-    async def __aiter__(self):
-        failing_since = None
-        while not self._closed:
-            self._call = self._client._store.Subscribe(self._position.request())
-            try:
-                async for msg in self._call:
-                    failing_since = None
-                    for item in self._position.items(msg, self._heartbeats):
-                        yield item
-                return
-            except grpc.RpcError as exc:
-                if self._closed:
-                    return
-                failing_since, pause = _resume_or_raise(self, exc, failing_since)
-                await asyncio.sleep(pause)
-
-    async def ack(self, event: Event) -> int:
-        return await self._client.ack(self._position.durable_name, event.topic, event.seq)
-
-    def close(self) -> None:
-        self._closed = True
-        if self._call is not None:
-            self._call.cancel()
-
+    def __aiter__(self):
+        return self._client._iterate(self._events())
