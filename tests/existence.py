@@ -15,6 +15,7 @@ def answer(call, cube_id: str) -> tuple[type, str]:
 
 
 def assert_hidden(call, cube_id: str) -> None:
-    """call(cube_id) says NotFound, in the very words it says for an unknown id: nothing shows the cube exists."""
+    """call(cube_id) says NotFound, in the very words it says for an unknown id: nothing shows that the
+    cube exists."""
     said = answer(call, cube_id)
     assert said[0] is NotFound and said == answer(call, UNKNOWN_ID), said

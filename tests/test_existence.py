@@ -67,9 +67,10 @@ def test_a_reader_lacking_the_action_is_still_told_it_is_denied(alice_bob):
     alice.grant("agent:bob", ["read"], ["agents/alice/shared", "agents/alice/shared/**"])
     shared = alice.put("alice shares this", "agents/alice/shared")
     assert bob.get(shared.id).text == "alice shares this"
-    for call, action in ((lambda: bob.update(shared.id, text="x"), "write"), (lambda: bob.delete(shared.id), "delete")):
-        with pytest.raises(PermissionDenied, match=f"agent bob may not {action} cube {shared.id}"):
-            call()
+    with pytest.raises(PermissionDenied, match=f"agent bob may not write cube {shared.id}"):
+        bob.update(shared.id, text="x")
+    with pytest.raises(PermissionDenied, match=f"agent bob may not delete cube {shared.id}"):
+        bob.delete(shared.id)
     with pytest.raises(PermissionDenied, match="share"):
         bob.publish("agents/bob/feed", shared.id)
     with pytest.raises(PermissionDenied, match="may not publish in teams/news"):

@@ -14,7 +14,9 @@ from pathlib import Path
 from memos_client.auth import AgentKey, fingerprint, read_token, verify_signature
 from memos_client.bounds import JSONLimitError, quote
 from memosd.cube import CubeFilter, MemoryKind, Visibility
-from memosd.errors import AlreadyExists, Hidden, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated
+from memosd.errors import (
+    AlreadyExists, Hidden, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated,
+)
 from memosd.governance import audit
 from memosd.governance.sharing import Sharing
 from memosd.limits import check_namespace

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from memos_client.bounds import quote
 from memosd.cube import MemCube
 from memosd.errors import (
-    Compacted, FailedPrecondition, Hidden, InvalidArgument, MemosError, NotFound, PermissionDenied, ResourceExhausted,
-    Unavailable,
+    Compacted, FailedPrecondition, Hidden, InvalidArgument, MemosError, NotFound, PermissionDenied,
+    ResourceExhausted, Unavailable,
 )
 from memosd.governance import MemGovernance, Principal
 from memosd.governance.policy import Pattern, check_name

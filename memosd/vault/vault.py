@@ -390,7 +390,8 @@ def _allowed(guard, cube: MemCube) -> bool:
 
 def _versions(conn: sqlite3.Connection, row: dict) -> list[MemCube]:
     """Every version of a cube, oldest first, the current one (row) last."""
-    older = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? ORDER BY version", (row["id"],)).fetchall()
+    older = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? ORDER BY version",
+                         (row["id"],)).fetchall()
     return [rows.from_snapshot(s) for (s,) in older] + [rows.to_cube(row)]
 
 
@@ -402,8 +403,8 @@ def _guard_version(conn: sqlite3.Connection, guard, cube: MemCube, row: dict) ->
     except Hidden:
         if not any(_allowed(guard, v) for v in _versions(conn, row)):
             raise
-        raise PermissionDenied(f"version {cube.version} of cube {cube.id} is not readable by you; History lists"
-                               " the versions you may read") from None
+        raise PermissionDenied(f"version {cube.version} of cube {cube.id} is not readable by you;"
+                               " History lists the versions you may read") from None
 
 
 def current_cube(conn: sqlite3.Connection, cube_id: str, now: float | None = None) -> MemCube | None:
