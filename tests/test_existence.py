@@ -1,13 +1,16 @@
 """No agent learns that a cube it may not read exists: every RPC naming one answers as for an unknown id."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from memos_client import MemosClient, NotFound, PermissionDenied
 from memos_mip.v1 import cube_pb2, vault_pb2
 from tests.existence import UNKNOWN_ID, answer, assert_hidden
+from tests.daemon import running
 from tests.kv_helpers import put_kv
+from tests.test_metrics import scrape, value
 
 LAB = "teams/lab"
 
@@ -76,3 +79,17 @@ def test_a_reader_lacking_the_action_is_still_told_it_is_denied(alice_bob):
     with pytest.raises(PermissionDenied, match="may not publish in teams/news"):
         bob.retract("teams/news", shared.id)
     assert_hidden(bob.get, alice.put("alice's own", "agents/alice/private").id)
+
+
+def test_the_metrics_anyone_on_the_host_may_scrape_count_a_hidden_cube_as_an_unknown_id(config, tmp_path):
+    # The endpoint has no authentication: were Hidden counted as a denial there, the counter would be the oracle.
+    with running(replace(config, metrics_listen="127.0.0.1:0")) as daemon, \
+            MemosClient(daemon.address, key=daemon.admin_key) as admin:
+        admin.add_agent("bob", out=str(tmp_path / "bob.key"))
+        cube = admin.put("the admin's note", "agents/admin/notes")
+        with MemosClient(daemon.address, key=str(tmp_path / "bob.key")) as bob:
+            assert_hidden(bob.get, cube.id)
+        _, _, text = scrape(daemon.server.metrics_endpoint.address)
+        assert value(text, "memosd_requests_total", method="Get", code="NOT_FOUND") == 2
+        assert value(text, "memosd_auth_denials_total", code="PERMISSION_DENIED") == 0
+        assert [e.action.rsplit("/", 1)[-1] for e in admin.audit() if e.decision == "deny"] == ["Get"]
