@@ -11,6 +11,7 @@
     ├── Unauthenticated      no, bad or expired credentials
     │   └── StaleToken       a valid token minted before the latest revocation: mint a new one
     ├── PermissionDenied     valid credentials, action not granted
+    │   └── Hidden           the caller may not read what it named: answered as NotFound, audited as a denial
     ├── ResourceExhausted    a quota or limit was hit
     ├── DataLoss             bytes did not match their digest
     └── Unavailable          the daemon is shutting down or a dependency is not ready
@@ -19,6 +20,8 @@
 
 class MemosError(Exception):
     """Base of every error memosd reports to a caller."""
+
+    wire_name: str | None = None  # the class name clients are told, when it is not this class's own
 
 
 class InvalidArgument(MemosError):
@@ -59,6 +62,13 @@ class StaleToken(Unauthenticated):
 
 class PermissionDenied(MemosError):
     """The caller is known but not allowed to do this."""
+
+
+class Hidden(PermissionDenied):
+    """The caller may not read the thing it named, so it may not learn that it exists either: the answer is
+    exactly a NotFound's (status, class name and message), while the daemon audits it as a denial."""
+
+    wire_name = "NotFound"
 
 
 class ResourceExhausted(MemosError):

@@ -10,6 +10,7 @@ import pytest
 from memos_client import InvalidArgument, MemosClient, NotFound, PermissionDenied, Unauthenticated
 from memos_client.auth import AgentKey, b64url, mint_token, sign_policy, unb64url
 from memos_mip.v1 import vault_pb2, vault_pb2_grpc
+from tests.existence import assert_hidden
 
 
 @pytest.fixture
@@ -54,10 +55,8 @@ def test_owner_has_its_namespace_and_nothing_else(agents):
 def test_other_agent_cannot_see_or_touch_private_cube(agents):
     alice, bob = agents("alice"), agents("bob")
     cube = alice.put("alice likes hiking", "agents/alice/notes", tags=["t"])
-    for call in (lambda: bob.get(cube.id), lambda: bob.history(cube.id), lambda: bob.update(cube.id, text="x"),
-                 lambda: bob.delete(cube.id)):
-        with pytest.raises(PermissionDenied):
-            call()
+    for call in (bob.get, bob.history, lambda i: bob.update(i, text="x"), bob.delete):
+        assert_hidden(call, cube.id)
     assert bob.list_page().total_size == 0
     assert bob.list_page("agents/alice").total_size == 0
     assert bob.search("hiking") == []
@@ -73,11 +72,12 @@ def test_grant_read_and_revoke_takes_effect_next_call(agents, client):
     assert bob.get(cube.id).text == "shared paper notes"
     assert [c.id for c in bob.list("agents/alice")] == [cube.id]
     assert [h.cube.id for h in bob.search("paper notes private")] == [cube.id]
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(PermissionDenied, match=f"agent bob may not write cube {cube.id}"):
         bob.update(cube.id, text="bob was here")
+    with pytest.raises(PermissionDenied, match=f"agent bob may not delete cube {cube.id}"):
+        bob.delete(cube.id)
     alice.revoke_policy(policy_id)
-    with pytest.raises(PermissionDenied):
-        bob.get(cube.id)
+    assert_hidden(bob.get, cube.id)
     assert bob.list_page().total_size == 0
 
 
@@ -91,12 +91,18 @@ def test_group_grant_and_owner_only_visibility(agents, client):
     # The admin writes an owner-only cube into the team namespace: bob may read the namespace but not it.
     from memos_mip.v1 import cube_pb2
 
-    owner_only = client.put("admin only", "teams/research/notes")
+    owner_only = client._call(client._vault.Put, vault_pb2.PutRequest(cube=cube_pb2.CubeDraft(
+        namespace="teams/research/notes", text="admin only", visibility=cube_pb2.VISIBILITY_OWNER))).cube
+    made_private = client.put("admin, then admin only", "teams/research/notes")
     client._call(client._vault.Update, vault_pb2.UpdateRequest(
-        id=owner_only.id, cube=cube_pb2.CubeDraft(visibility=cube_pb2.VISIBILITY_OWNER), update_mask={"paths": ["visibility"]}))
+        id=made_private.id, cube=cube_pb2.CubeDraft(visibility=cube_pb2.VISIBILITY_OWNER),
+        update_mask={"paths": ["visibility"]}))
     assert [c.id for c in bob.list("teams/research")] == [shared.id]
-    with pytest.raises(PermissionDenied):
-        bob.get(owner_only.id)
+    assert_hidden(bob.get, owner_only.header.descriptive.id)
+    # bob read version 1 of the other one: it is no secret to him, its owner-only version 2 is.
+    with pytest.raises(PermissionDenied, match="version 2 of cube .* is not readable"):
+        bob.get(made_private.id)
+    assert [v.version for v in bob.history(made_private.id)] == [1]
     assert alice_cube is None
 
 
@@ -119,8 +125,7 @@ def test_pass_on_narrowed_grant_but_never_wider(agents, client, tmp_path):
     # Revoking bob's grant makes what bob passed on lapse too.
     [bobs] = [p for p in client.list_policies("agent:bob")]
     client.revoke_policy(bobs.id)
-    with pytest.raises(PermissionDenied):
-        carol.get(cube.id)
+    assert_hidden(carol.get, cube.id)
 
 
 def test_time_limited_grant_cannot_be_passed_on_forever(agents, client, tmp_path):

@@ -13,6 +13,7 @@ from memos_client.fingerprint import tokenizer_fingerprint
 from memos_client.kv import cache_keyword
 from memos_client.kv_models import JobState
 from tests.daemon import make_config, running
+from tests.existence import assert_hidden
 from tests.kv_helpers import WORDS, save_tiny
 
 TOLERANCE = 1e-5
@@ -84,13 +85,12 @@ def test_build_refuses_what_it_cannot_prefill(builder, tmp_path):
         client.build_kv([cube_id])
     client.add_agent("bob", out=str(tmp_path / "bob.key"))
     with MemosClient(daemon.address, key=str(tmp_path / "bob.key")) as bob:
-        with pytest.raises(PermissionDenied):
-            bob.build_kv([text.id])
+        assert_hidden(lambda i: bob.build_kv([i]), text.id)
         with pytest.raises(NotFound):  # another agent's job is not even there
             bob.get_job(job.id)
         assert bob.list_jobs(include_finished=True) == []
         mine = bob.put("bob likes coffee")
-        with pytest.raises(PermissionDenied):
+        with pytest.raises(PermissionDenied, match="may not write in agents/admin/kv"):
             bob.build_kv([mine.id], "agents/admin/kv")
         bob_job = bob.build_kv([mine.id])
         assert _finish(bob, bob_job)[-1].state is JobState.SUCCEEDED

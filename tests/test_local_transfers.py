@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from memos_client import (
-    AsyncMemosClient, DataLoss, FailedPrecondition, MemosClient, NotFound, PermissionDenied, ResourceExhausted,
+    AsyncMemosClient, DataLoss, FailedPrecondition, MemosClient, NotFound, ResourceExhausted,
 )
 from memos_client.fdpass import TAKE, exchange_path, take, unix_path
 from memos_mip.v1 import blob_pb2
 from tests.daemon import make_config, running
+from tests.existence import assert_hidden
 from tests.kv_helpers import put_kv, tiny_model
 
 NS = "agents/admin/kv"
@@ -68,10 +69,8 @@ def test_open_local_is_governed_like_download(client, daemon, tmp_path):
         client.open_local("01J9Z3K5Q8W2E4R6T8Y0V2X4N6")
     client.add_agent("eve", out=str(tmp_path / "eve.key"))
     with MemosClient(daemon.address, key=str(tmp_path / "eve.key")) as eve:
-        with pytest.raises(PermissionDenied):
-            eve.open_local(cube.id)
-        with pytest.raises(PermissionDenied):  # no quiet fallback to the stream either
-            eve.fetch_payload(cube.id, cube.activation.blob)
+        assert_hidden(eve.open_local, cube.id)
+        assert_hidden(lambda i: eve.fetch_payload(i, cube.activation.blob), cube.id)  # nor a quiet fallback
         client.grant("agent:eve", ["read"], [NS, NS + "/**"], kinds=["activation"])
         assert len(eve.open_local(cube.id)) == cube.activation.blob.size
 

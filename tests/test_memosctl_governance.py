@@ -5,6 +5,7 @@ import json
 import pytest
 
 from memos_client.cli import main
+from tests.existence import UNKNOWN_ID
 
 
 @pytest.fixture
@@ -41,8 +42,11 @@ def test_agents_grants_policies_and_audit(ctl, tmp_path):
     code, _, err = ctl("grant", "bob", "fly", "teams/x")
     assert code == 1 and "unknown actions" in err
     assert ctl("policy", "revoke", policy_id, key="alice.key")[0] == 0
+    # Once bob may not read it, the cube is to him as an id that names none, word for word.
     code, _, err = ctl("get", cube_id, key="b.key")
-    assert code == 1 and "may not read" in err
+    unknown = ctl("get", UNKNOWN_ID, key="b.key")
+    assert code == 1 and f"no cube with id {cube_id}" in err
+    assert (code, err.replace(cube_id, "<id>")) == (unknown[0], unknown[2].replace(UNKNOWN_ID, "<id>"))
 
     code, out, _ = ctl("--json", "whoami", key="b.key")
     assert json.loads(out)["name"] == "bob" and json.loads(out)["groups"] == ["research"]

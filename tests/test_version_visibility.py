@@ -4,6 +4,7 @@ import pytest
 
 from memos_client import MemosClient, NotFound, PermissionDenied
 from memos_mip.v1 import cube_pb2, vault_pb2
+from tests.existence import assert_hidden
 
 OWNER, NAMESPACE = cube_pb2.VISIBILITY_OWNER, cube_pb2.VISIBILITY_NAMESPACE
 
@@ -38,7 +39,8 @@ def test_owner_only_version_stays_hidden_after_the_cube_is_made_visible(alice_bo
     _update(alice, cube_id, "v2: for the team", NAMESPACE)
     assert bob.get(cube_id).text == "v2: for the team"
     assert [(v.version, v.text) for v in bob.history(cube_id)] == [(2, "v2: for the team")]
-    with pytest.raises(PermissionDenied) as info:
+    # bob reads the cube, so he may learn that version 1 exists, not what it says.
+    with pytest.raises(PermissionDenied, match="version 1 of cube .* is not readable by you") as info:
         bob.get(cube_id, version=1)
     assert "private draft" not in str(info.value)
     # The owner still sees every version.
@@ -50,28 +52,29 @@ def test_visible_version_stays_readable_when_a_later_one_is_owner_only(alice_bob
     alice, bob = alice_bob
     cube_id = _put(alice, "v1: for the team", NAMESPACE)
     _update(alice, cube_id, "v2: alice only", OWNER)
-    with pytest.raises(PermissionDenied):
+    # bob reads version 1, so the cube is no secret to him: he is denied version 2, not told it is unknown.
+    with pytest.raises(PermissionDenied, match="version 2 of cube .* is not readable by you"):
         bob.get(cube_id)
     assert [(v.version, v.text) for v in bob.history(cube_id)] == [(1, "v1: for the team")]
     assert bob.get(cube_id, version=1).text == "v1: for the team"
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(PermissionDenied, match="version 2 of cube .* is not readable by you"):
         bob.get(cube_id, version=2)
+    with pytest.raises(NotFound, match="no version 7"):
+        bob.get(cube_id, version=7)
 
 
 def test_versions_of_a_cube_one_may_not_read_reveal_nothing(alice_bob, client):
     alice, bob = alice_bob
     hidden = alice.put("alice's notes", "agents/alice/private")
     alice.update(hidden.id, text="alice's notes, v2")
-    for call in (lambda: bob.history(hidden.id), lambda: bob.get(hidden.id, version=1),
-                 lambda: bob.get(hidden.id, version=99)):
-        with pytest.raises(PermissionDenied) as info:
-            call()
-        assert "current is" not in str(info.value) and "notes" not in str(info.value)
+    for call in (bob.history, lambda i: bob.get(i, version=1), lambda i: bob.get(i, version=2),
+                 lambda i: bob.get(i, version=99)):
+        assert_hidden(call, hidden.id)
     # A reader of the cube learns that a version does not exist, as before.
     with pytest.raises(NotFound, match="no version 99"):
         alice.get(hidden.id, version=99)
     owner_only = _put(alice, "only alice, ever", OWNER)
     _update(alice, owner_only, "still only alice", OWNER)
-    with pytest.raises(PermissionDenied):
-        bob.history(owner_only)
+    assert_hidden(bob.history, owner_only)
+    assert_hidden(lambda i: bob.get(i, version=1), owner_only)
     assert len(client.history(owner_only)) == 2  # the admin reads every version

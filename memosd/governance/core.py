@@ -14,7 +14,9 @@ from pathlib import Path
 from memos_client.auth import CLOCK_SKEW, MAX_TOKEN_LIFETIME, AgentKey, fingerprint, read_token, verify_signature
 from memos_client.bounds import JSONLimitError, quote
 from memosd.cube import CubeFilter, MemoryKind, Visibility
-from memosd.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated
+from memosd.errors import (
+    AlreadyExists, Hidden, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated,
+)
 from memosd.governance import audit
 from memosd.governance.sharing import Sharing
 from memosd.limits import check_namespace
@@ -210,10 +212,20 @@ class MemGovernance(Sharing):
         a topic it is published on that p may subscribe to, while the share's authority holds."""
         if self.grants_cube(p, action, cube):
             return
-        if action == "read" and any(self.can(p, "subscribe", share.topic, cube.kind) and self.share_holds(share, cube)
-                                    for source in self._read_sources for share in source(cube.id)):
+        readable = self.may_read_cube(p, cube) if action != "read" else self._reads_through_share(p, cube)
+        if action == "read" and readable:
             return
-        raise PermissionDenied(f"agent {p.name} may not {action} cube {cube.id}")
+        if readable:
+            raise PermissionDenied(f"agent {p.name} may not {action} cube {cube.id}")
+        # Whoever may not read a cube is told what an unknown id would tell it, word for word.
+        raise Hidden(f"no cube with id {cube.id}")
+
+    def may_read_cube(self, p: Principal, cube) -> bool:
+        return self.grants_cube(p, "read", cube) or self._reads_through_share(p, cube)
+
+    def _reads_through_share(self, p: Principal, cube) -> bool:
+        return any(self.can(p, "subscribe", share.topic, cube.kind) and self.share_holds(share, cube)
+                   for source in self._read_sources for share in source(cube.id))
 
     def grants_cube(self, p: Principal, action: str, cube) -> bool:
         """p's own grants on the cube (its namespace's, and owner-only visibility), shares aside."""

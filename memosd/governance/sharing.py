@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from memosd.cube import Visibility
-from memosd.errors import PermissionDenied
+from memosd.errors import Hidden, PermissionDenied
 from memosd.governance.policy import Share, owned_pattern
 
 SHARE_CACHE_SECONDS = 1.0  # the longest a decision is reused; revocations clear it at once
@@ -22,6 +22,8 @@ class Sharing:
     def share_authority(self, p, cube, topic: str) -> Share:
         """The authority under which p may make the cube readable on a topic: p's own, or the policies
         granting it read and share (both: publishing lets the topic's subscribers read it)."""
+        if not self.may_read_cube(p, cube):
+            raise Hidden(f"no cube with id {cube.id} to publish")
         if not (self.grants_cube(p, "share", cube) and self.grants_cube(p, "read", cube)):
             raise PermissionDenied(f"agent {p.name} may not share cube {cube.id}: publishing it needs read and share")
         if p.admin or owned_pattern(p.name).matches(cube.namespace):

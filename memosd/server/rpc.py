@@ -90,7 +90,7 @@ async def _answering(method: str, context, governance, observe=None, any_epoch: 
             await governance.record_denial(caller, method, "", detail)
         # The exact error class lets clients raise the same name (ModelMismatch, not just FAILED_PRECONDITION);
         # the policy epoch lets a client whose token is stale mint a fresh one and retry.
-        trailers = [("memos-error", type(exc).__name__)]
+        trailers = [("memos-error", exc.wire_name or type(exc).__name__)]
         if isinstance(exc, Unauthenticated):
             trailers.append(("memos-policy-epoch", str(governance.epoch)))
         context.set_trailing_metadata(tuple(trailers))

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from memos_client.bounds import quote
 from memosd.cube import MemCube
 from memosd.errors import (
-    Compacted, FailedPrecondition, InvalidArgument, MemosError, NotFound, PermissionDenied, ResourceExhausted,
-    Unavailable,
+    Compacted, FailedPrecondition, Hidden, InvalidArgument, MemosError, NotFound, PermissionDenied,
+    ResourceExhausted, Unavailable,
 )
 from memosd.governance import MemGovernance, Principal
 from memosd.governance.policy import Pattern, check_name
@@ -141,6 +141,9 @@ class MemStore:
             share = None
             if retract:
                 if not (self.gov.owns_cube(p, cube) or p.name in on_topic):  # a publisher may end its own share
+                    # Asked first: to a non-reader, any other answer would tell the cube from an unknown id.
+                    if not self.gov.may_read_cube(p, cube):
+                        raise Hidden(f"no cube with id {cube_id} to publish")
                     self.gov.check(p, "publish", topic)
                     if not self.gov.grants_cube(p, "share", cube):
                         raise PermissionDenied(f"agent {p.name} may not retract cube {cube_id}: it needs share on it")

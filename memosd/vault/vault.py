@@ -14,7 +14,7 @@ from memos_client.bounds import quote
 from memosd.cube import (
     CubeDraft, CubeFilter, CubePatch, LifecycleState, MemCube, MemoryKind, SearchHit, SearchMode,
 )
-from memosd.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from memosd.errors import Conflict, FailedPrecondition, Hidden, InvalidArgument, NotFound, PermissionDenied
 from memosd.ids import is_id, new_id
 from memosd.limits import (
     Limits, check_draft, check_filter, check_metadata, check_priority, check_tags, check_text, resolve_expiry,
@@ -231,17 +231,17 @@ class MemVault:
                 found = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? AND version = ?",
                                      (cube_id, version)).fetchone()
                 if not found:
-                    # Only a reader of the cube learns which versions it has.
-                    if guard is not None:
+                    # Only a reader of the cube (of any version of it) learns which versions it has.
+                    if guard is not None and not any(_allowed(guard, v) for v in _versions(conn, row)):
                         guard(rows.to_cube(row))
                     raise NotFound(f"cube {cube_id} has no version {version} (current is {row['version']})")
                 # Each version's visibility is its own: a version once owner-only stays so.
                 older = rows.from_snapshot(found[0])
                 if guard is not None:
-                    guard(older)
+                    _guard_version(conn, guard, older, row)
                 return older
             if guard is not None:
-                guard(rows.to_cube(row))
+                _guard_version(conn, guard, rows.to_cube(row), row)
             if row["state"] == LifecycleState.DELETED:
                 raise NotFound(f"cube {cube_id} was deleted; History still lists its versions")
             return rows.to_cube(row, now)
@@ -274,13 +274,11 @@ class MemVault:
 
         def job(conn: sqlite3.Connection) -> list[MemCube]:
             row = self._current_row(conn, cube_id)
-            older = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? ORDER BY version",
-                                 (cube_id,)).fetchall()
-            versions = [rows.from_snapshot(s) for (s,) in older] + [rows.to_cube(row)]
+            versions = _versions(conn, row)
             if guard is None:
                 return versions
             # Decided per version: the caller gets the versions it may read, nothing of the others
-            # (their numbers show they exist, as parent_version does), and PermissionDenied if none.
+            # (their numbers show they exist, as parent_version does), and guard's Hidden if none.
             readable = [v for v in versions if _allowed(guard, v)]
             if not readable:
                 guard(versions[-1])
@@ -388,6 +386,25 @@ def _allowed(guard, cube: MemCube) -> bool:
     except PermissionDenied:
         return False
     return True
+
+
+def _versions(conn: sqlite3.Connection, row: dict) -> list[MemCube]:
+    """Every version of a cube, oldest first, the current one (row) last."""
+    older = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? ORDER BY version",
+                         (row["id"],)).fetchall()
+    return [rows.from_snapshot(s) for (s,) in older] + [rows.to_cube(row)]
+
+
+def _guard_version(conn: sqlite3.Connection, guard, cube: MemCube, row: dict) -> None:
+    """guard(cube) for one version. Whoever may read no version is told what an unknown id tells (guard's
+    Hidden); a reader of other versions already knows the cube, and is told it may not read this one."""
+    try:
+        guard(cube)
+    except Hidden:
+        if not any(_allowed(guard, v) for v in _versions(conn, row)):
+            raise
+        raise PermissionDenied(f"version {cube.version} of cube {cube.id} is not readable by you;"
+                               " History lists the versions you may read") from None
 
 
 def current_cube(conn: sqlite3.Connection, cube_id: str, now: float | None = None) -> MemCube | None:
