@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from memos_client import FailedPrecondition, InvalidArgument, Kind, MemosClient, NotFound, PermissionDenied
-from memos_client.fingerprint import model_fingerprint
+from memos_mip.fingerprint import model_fingerprint
 from memos_client.kv_models import JobState
 from tests.daemon import make_config, running
 from tests.kv_helpers import save_tiny

@@ -11,7 +11,7 @@ from memos_client.adapter_client import (
     adapter_namespace, adapter_of, distill_request, plan_inputs, plan_request, put_adapter_request,
     write_peft_directory,
 )
-from memos_client.adapter_format import AdapterManifest
+from memos_mip.adapter_format import AdapterManifest
 from memos_client.adapter_models import Plan
 from memos_client.kv_models import Job
 from memos_client.models import Cube, Kind

@@ -16,7 +16,7 @@ from memos_client.kv_client import (
 )
 from memos_client.kv_models import BlobRef, Job
 from memos_client.models import Cube, Kind
-from memos_client.tensor_format import KVManifest
+from memos_mip.tensor_format import KVManifest
 from memos_mip.v1 import activation_pb2 as apb, blob_pb2, job_pb2
 
 
@@ -163,7 +163,7 @@ class AsyncTensorMethods(TensorStubs):
     async def generate_with_kv(self, model, input_ids, *, namespace: str | None = None, tokenizer=None,
                                **generate_kwargs):
         from memos_client import kv
-        from memos_client.fingerprint import model_fingerprint
+        from memos_mip.fingerprint import model_fingerprint
 
         ids = kv.token_list(input_ids)
         cube, matched = await self.find_kv(await asyncio.to_thread(model_fingerprint, model), ids, namespace)
