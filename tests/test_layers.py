@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("grpc", "torch")
 # Imports each module in turn and prints, for each, which heavy packages sys.modules holds after it.
@@ -73,3 +75,24 @@ def test_the_daemon_never_imports_the_client_and_the_protocol_imports_neither():
             bad = sorted(n for n in _imported(path) if n.split(".")[0] in banned)
             found += [f"{path.relative_to(ROOT)} imports {n}" for n in bad]
     assert not found, "\n".join(found)
+
+
+def test_the_client_raises_its_own_errors_where_the_formats_raise_theirs(tmp_path):
+    # The formats cannot know the client's error tree; the client translates at its boundary, so that
+    # callers catching MemosError (memosctl among them) see what they always saw.
+    from memos_client import InvalidArgument
+    from memos_client.auth import AgentKey
+    from memos_mip import auth
+
+    bad = tmp_path / "bad.key"
+    bad.write_text("{}")
+    with pytest.raises(auth.KeyFileError, match="not a memosd key file"):
+        auth.AgentKey.load(bad)
+    with pytest.raises(InvalidArgument, match="not a memosd key file"):
+        AgentKey.load(bad)
+    with pytest.raises(InvalidArgument, match="does not exist"):
+        AgentKey.load(tmp_path / "missing.key")
+    key = AgentKey.generate("alice", "d1")
+    key.save(tmp_path / "alice.key")
+    loaded = AgentKey.load(tmp_path / "alice.key")
+    assert isinstance(loaded, AgentKey) and loaded.public_bytes == key.public_bytes

@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from memos_client import InvalidArgument
-from memos_mip.adapter_format import AdapterManifest
 from memos_client.auth import b64url
+from memos_mip.adapter_format import AdapterManifest
 from memos_mip.bounds import JSONLimitError, MAX_DEPTH, depth, loads
 from memos_mip.tensor_format import TensorSpec, encode_header
 from memos_mip.v1 import cube_pb2, vault_pb2, vault_pb2_grpc
