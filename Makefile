@@ -27,9 +27,9 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 lint: install
-	$(BIN)/python -m pyflakes memosd clients/python/memos_client tests bench scripts
+	$(BIN)/python -m pyflakes memosd memos_mip/*.py clients/python/memos_client tests bench scripts
 
-## Regenerate clients/python/memos_mip from protos/.
+## Regenerate memos_mip/v1 from protos/.
 proto: install
 	$(BIN)/python scripts/gen_protos.py
 	$(BIN)/python scripts/proto_contract.py docs
@@ -50,8 +50,8 @@ check-systemd: install
 
 ## Fail if the committed generated code differs from what protos/ generates.
 proto-check: proto
-	git diff --exit-code -- clients/python/memos_mip
-	@test -z "$$(git status --porcelain -- clients/python/memos_mip)" || { git status --porcelain -- clients/python/memos_mip; exit 1; }
+	git diff --exit-code -- memos_mip/v1
+	@test -z "$$(git status --porcelain -- memos_mip/v1)" || { git status --porcelain -- memos_mip/v1; exit 1; }
 
 bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-export-import bench-kv-ttft bench-blob bench-adapter
 

@@ -67,7 +67,7 @@ def run(args, listen: str, key: Path, work: Path) -> dict:
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from memos_client import MemosClient
-    from memos_client.fingerprint import base_model_fingerprint
+    from memos_mip.fingerprint import base_model_fingerprint
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -144,7 +144,7 @@ def main() -> int:
 
     from memos_client import MemosClient
     from memos_client.kv import decode_kv, encode_kv
-    from memos_client.tensor_format import parse_header
+    from memos_mip.tensor_format import parse_header
     from tests.kv_helpers import manifest_for
 
     size = args.size_mib << 20

@@ -60,8 +60,8 @@ def run(args, listen: str, key: Path) -> dict:
     import torch
 
     from memos_client import MemosClient
-    from memos_client.fingerprint import model_fingerprint
-    from memos_client.kv import cache_keyword
+    from memos_mip.fingerprint import model_fingerprint
+    from memos_mip.tensors import cache_keyword
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -9,7 +9,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memos_client.defaults import default_data_dir, default_socket_path
+from memos_mip.defaults import default_data_dir, default_socket_path
 from memosd.errors import InvalidArgument
 from memosd.limits import Limits
 

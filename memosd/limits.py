@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from memos_client.bounds import quote
+from memos_mip.bounds import quote
 from memosd.cube import CubeDraft, CubeFilter, LifecycleState
 from memosd.errors import InvalidArgument
 

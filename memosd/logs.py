@@ -6,7 +6,7 @@ import sys
 import threading
 import time
 
-from memos_client.bounds import clip
+from memos_mip.bounds import clip
 
 # Whatever a line quotes (a message, an error, a traceback), the line stays readable and the log cannot be
 # grown by megabytes at a time.

@@ -35,8 +35,8 @@ def put_raw_adapter(client, config_text: str, tensors: dict, fingerprint: str, *
     """Upload a hand-made adapter blob and store it with a manifest, bypassing the client's own checks."""
     import hashlib
 
-    from memos_client.adapter_format import AdapterManifest, encode
-    from memos_client.tensor_format import TensorSpec
+    from memos_mip.adapter_format import AdapterManifest, encode
+    from memos_mip.tensor_format import TensorSpec
 
     specs = [(name, TensorSpec(str(t.dtype).removeprefix("torch."), tuple(t.shape))) for name, t in tensors.items()]
     header, order = encode(config_text, specs)

@@ -7,8 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from memos_client.bundle_format import FORMAT, VERSION, rfc3339
-from memos_client.tensor_format import TensorSpec, encode_header, kv_names, prefix_hash
+from memos_mip.bundle_format import FORMAT, VERSION, rfc3339
+from memos_mip.tensor_format import TensorSpec, encode_header, kv_names, prefix_hash
 from memosd.ids import new_id
 
 MODEL = hashlib.sha256(b"bench-model").hexdigest()

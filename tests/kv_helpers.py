@@ -6,7 +6,7 @@ import os
 import string
 from pathlib import Path
 
-from memos_client.tensor_format import KVManifest, TensorSpec, encode_header, kv_names, prefix_hash
+from memos_mip.tensor_format import KVManifest, TensorSpec, encode_header, kv_names, prefix_hash
 
 FINGERPRINT = "ab" * 32
 WORDS = ("the a an of to in on is was and or but not it this that with for at by from as be are were has have had"

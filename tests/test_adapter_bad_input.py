@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from memos_client import DataLoss, InvalidArgument, ModelMismatch, NotFound
-from memos_client.adapter_format import AdapterManifest
-from memos_client.fingerprint import model_fingerprint
-from memos_client.tensor_format import TensorSpec, encode_header
+from memos_mip.adapter_format import AdapterManifest
+from memos_mip.fingerprint import model_fingerprint
+from memos_mip.tensor_format import TensorSpec, encode_header
 from tests.adapter_helpers import logits, put_raw_adapter, save_adapter, tiny_peft
 from tests.kv_helpers import kv_payload, tiny_model
 

@@ -6,11 +6,11 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from memos_client.adapter_format import (
+from memos_mip.adapter_format import (
     FORMAT, AdapterManifest, FormatError, check_adapter, check_matches, encode, from_peft_files, is_target,
     manifest_of, module_rank, parse_config, peft_files, read_adapter, read_header,
 )
-from memos_client.tensor_format import DTYPES, TensorSpec, encode_header, parse_header
+from memos_mip.tensor_format import DTYPES, TensorSpec, encode_header, parse_header
 
 NAMES = st.sampled_from(["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "c_attn"])
 

@@ -10,7 +10,7 @@ import torch
 from memos_client import (
     AsyncMemosClient, FailedPrecondition, InvalidArgument, Kind, MemosClient, NotFound, PermissionDenied,
 )
-from memos_client.fingerprint import base_model_fingerprint, model_fingerprint
+from memos_mip.fingerprint import base_model_fingerprint, model_fingerprint
 from tests.existence import assert_hidden
 from tests.adapter_helpers import logits, save_adapter, tiny_peft
 from tests.kv_helpers import tiny_model
@@ -141,7 +141,7 @@ def test_importing_the_client_does_not_import_torch_or_peft():
     import subprocess
     import sys
 
-    code = ("import sys, memos_client, memos_client.adapter_client, memos_client.adapter_format;"
+    code = ("import sys, memos_client, memos_client.adapter_client, memos_mip.adapter_format;"
             " sys.exit(int(any(m in sys.modules for m in ('torch', 'peft', 'transformers'))))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     assert AsyncMemosClient.load_adapter and MemosClient.push_adapter

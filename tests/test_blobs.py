@@ -11,7 +11,7 @@ import pytest
 
 from memos_client import DataLoss, FailedPrecondition, InvalidArgument, MemosClient, NotFound, PermissionDenied
 from memos_client import ResourceExhausted
-from memos_client.blobs import CHUNK_BYTES, Payload
+from memos_mip.payload import CHUNK_BYTES, Payload
 from memos_mip.v1 import blob_pb2, blob_pb2_grpc, cube_pb2
 from memosd.limits import Limits
 from memosd.vault.blobs import IO_BLOCK

@@ -17,9 +17,9 @@ from hypothesis import given, settings, strategies as st
 
 from memos_client import MemosClient
 from memos_client import errors as client_errors
-from memos_client.bundle_format import BundleError, check_name, safe_extract
 from memos_client.cli import main as memosctl
 from memos_client.models import State
+from memos_mip.bundle_format import BundleError, check_name, safe_extract
 from memosd.bundle.loader import remap
 from memosd.bundle.records import cube_from_record, cube_record
 from memosd.cube import LifecycleState, MemCube, MemoryKind, Visibility

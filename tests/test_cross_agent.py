@@ -13,11 +13,11 @@ import pytest
 
 from memos_client import MemosClient
 from memos_client.adapter_client import put_adapter_request
-from memos_client.adapter_format import AdapterManifest, encode
 from memos_client.auth import AgentKey, TokenSource, sign_policy
 from memos_client.channel import sync_channel
 from memos_client.kv_client import put_activation_request
-from memos_client.tensor_format import TensorSpec
+from memos_mip.adapter_format import AdapterManifest, encode
+from memos_mip.tensor_format import TensorSpec
 from memos_mip.v1 import (activation_pb2 as apb, admin_pb2, blob_pb2, bundle_pb2, cube_pb2, daemon_pb2,
                           governance_pb2 as gpb, job_pb2, parametric_pb2 as ppb, store_pb2 as spb, vault_pb2 as vpb)
 from tests.daemon import make_config, running

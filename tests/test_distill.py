@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from memos_client import FailedPrecondition, InvalidArgument, Kind, MemosClient, NotFound, PermissionDenied
-from memos_client.fingerprint import model_fingerprint
 from memos_client.kv_models import JobState
+from memos_mip.fingerprint import model_fingerprint
 from tests.daemon import make_config, running
 from tests.existence import assert_hidden
 from tests.kv_helpers import save_tiny

@@ -9,7 +9,7 @@ import pytest
 
 from memos_client import InvalidArgument, MemosClient, NotFound, PermissionDenied
 from memos_client.auth import AgentKey, sign_policy
-from memos_client.bounds import quote
+from memos_mip.bounds import quote
 from memosd.logs import RateLimit, log_handler
 
 HUGE = "a" * (1300 << 10)  # 1.3 MiB

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from memos_client import FailedPrecondition, InvalidArgument, Kind, MemosClient, ModelMismatch
-from memos_client.fingerprint import model_fingerprint, tokenizer_fingerprint
 from memos_client.kv import cache_keyword
+from memos_mip.fingerprint import model_fingerprint, tokenizer_fingerprint
 from tests.kv_helpers import put_kv, tiny_model, tiny_tokenizer
 
 TOLERANCE = 1e-5

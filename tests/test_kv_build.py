@@ -9,9 +9,9 @@ import torch
 import memosd.runtime.causal_lm as causal_lm
 from memos_client import FailedPrecondition, InvalidArgument, Kind, MemosClient, NotFound, PermissionDenied
 from memos_client.cli import main
-from memos_client.fingerprint import tokenizer_fingerprint
 from memos_client.kv import cache_keyword
 from memos_client.kv_models import JobState
+from memos_mip.fingerprint import tokenizer_fingerprint
 from tests.daemon import make_config, running
 from tests.existence import assert_hidden
 from tests.kv_helpers import WORDS, save_tiny

@@ -13,7 +13,8 @@ import torch
 from memos_client import (
     AsyncMemosClient, DataLoss, FailedPrecondition, MemosClient, NotFound, ResourceExhausted,
 )
-from memos_client.fdpass import TAKE, exchange_path, take, unix_path
+from memos_client.fdpass import take, unix_path
+from memos_mip.fdpass import TAKE, exchange_path
 from memos_mip.v1 import blob_pb2
 from tests.daemon import make_config, running
 from tests.existence import assert_hidden

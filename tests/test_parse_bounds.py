@@ -8,10 +8,10 @@ import grpc
 import pytest
 
 from memos_client import InvalidArgument
-from memos_client.adapter_format import AdapterManifest
 from memos_client.auth import b64url
-from memos_client.bounds import JSONLimitError, MAX_DEPTH, depth, loads
-from memos_client.tensor_format import TensorSpec, encode_header
+from memos_mip.adapter_format import AdapterManifest
+from memos_mip.bounds import JSONLimitError, MAX_DEPTH, depth, loads
+from memos_mip.tensor_format import TensorSpec, encode_header
 from memos_mip.v1 import cube_pb2, vault_pb2, vault_pb2_grpc
 from tests.bundle_helpers import write_bundle
 from tests.daemon import admin_channel

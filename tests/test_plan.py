@@ -5,7 +5,7 @@ may read."""
 import pytest
 
 from memos_client import InvalidArgument, MemosClient, NotFound, PermissionDenied
-from memos_client.fingerprint import model_fingerprint
+from memos_mip.fingerprint import model_fingerprint
 from tests.adapter_helpers import tiny_peft
 from tests.kv_helpers import FINGERPRINT, put_kv, tiny_model
 

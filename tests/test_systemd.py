@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from memos_client import MemosClient, defaults
+from memos_client import MemosClient
+from memos_mip import defaults
 from memosd.sdnotify import Notifier
 
 ROOT = Path(__file__).resolve().parent.parent

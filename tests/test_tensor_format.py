@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from memos_client.blobs import CHUNK_BYTES, Payload
-from memos_client.tensor_format import (
+from memos_mip.payload import CHUNK_BYTES, Payload
+from memos_mip.tensor_format import (
     DTYPES, BLOCK_TOKENS, FormatError, TensorSpec, block_keys, check_manifest, check_payload, common_prefix,
     encode_header, kv_names, parse_header, prefix_hash,
 )
@@ -150,7 +150,7 @@ def test_payload_chunks_cover_the_bytes_in_order(parts, data):
 
 
 def test_importing_the_client_does_not_import_torch():
-    code = "import memos_client, memos_client.tensor_format, memos_client.blobs, sys; print('torch' in sys.modules)"
+    code = "import memos_client, memos_mip.tensor_format, memos_client.blobs, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -158,7 +158,7 @@ def test_importing_the_client_does_not_import_torch():
 @given(st.integers(0, 2**62), st.binary(max_size=300), st.one_of(st.none(), st.tuples(st.text(max_size=70), st.integers(0, 2**62))))
 @settings(max_examples=300, deadline=None)
 def test_chunk_wire_codec_is_exactly_protobuf(offset, data, blob):
-    from memos_client.wire import encode_download, encode_upload_chunk, parse_download_chunk, parse_upload_chunk
+    from memos_mip.wire import encode_download, encode_upload_chunk, parse_download_chunk, parse_upload_chunk
     from memos_mip.v1 import blob_pb2, cube_pb2
 
     upload = blob_pb2.UploadRequest(chunk=blob_pb2.Chunk(offset=offset, data=data))
@@ -184,7 +184,7 @@ def test_chunk_parser_never_misreads_other_bytes(raw):
     """Whatever the bytes, the fast parser either agrees with protobuf or declines."""
     from google.protobuf.message import DecodeError
 
-    from memos_client.wire import parse_download_chunk, parse_upload_chunk
+    from memos_mip.wire import parse_download_chunk, parse_upload_chunk
     from memos_mip.v1 import blob_pb2
 
     for parse, cls, field in ((parse_upload_chunk, blob_pb2.UploadRequest, "chunk"),
@@ -207,7 +207,7 @@ def test_chunk_parser_never_misreads_other_bytes(raw):
 def test_chunk_parser_on_damaged_encodings(offset, data, draw):
     from google.protobuf.message import DecodeError
 
-    from memos_client.wire import encode_upload_chunk, parse_upload_chunk
+    from memos_mip.wire import encode_upload_chunk, parse_upload_chunk
     from memos_mip.v1 import blob_pb2
 
     raw = bytearray(encode_upload_chunk(offset, data))
@@ -240,7 +240,7 @@ tensor_specs = st.builds(lambda d, s: TensorSpec(d, tuple(s)), st.sampled_from(s
 @settings(max_examples=200, deadline=None)
 def test_manifest_round_trips_through_json_and_the_protocol(sha, size, ids, layers, model_fp, tokenizer_fp, dtype):
     from memos_client.kv_models import Activation, manifest_to_proto
-    from memos_client.tensor_format import KVManifest
+    from memos_mip.tensor_format import KVManifest
     from memosd.server.convert_tensor import manifest_from_proto
 
     m = KVManifest(blob_sha256=sha, blob_size=size, token_ids=tuple(ids), layers=tuple(layers),

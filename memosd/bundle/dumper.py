@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memos_client.bundle_format import AGENTS, CUBES, FORMAT, MANIFEST, POLICIES, VERSION, rfc3339, sha256_file
+from memos_mip.bundle_format import AGENTS, CUBES, FORMAT, MANIFEST, POLICIES, VERSION, rfc3339, sha256_file
 from memosd.bundle.payloads import CODECS, PayloadFile
 from memosd.bundle.records import cube_record
 from memosd.cube import CubeFilter, MemoryKind

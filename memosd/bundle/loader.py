@@ -13,10 +13,10 @@ import binascii
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memos_client.auth import verify_signature
-from memos_client.bounds import JSONLimitError, loads
-from memos_client.bundle_format import AGENTS, CUBES, FORMAT, MANIFEST, POLICIES, VERSION, BundleError, check_name
-from memos_client.bundle_format import sha256_file
+from memos_mip.auth import verify_signature
+from memos_mip.bounds import JSONLimitError, loads
+from memos_mip.bundle_format import AGENTS, CUBES, FORMAT, MANIFEST, POLICIES, VERSION, BundleError, check_name
+from memos_mip.bundle_format import sha256_file
 from memosd.bundle.payloads import CODECS, TensorSink
 from memosd.bundle.records import cube_from_record
 from memosd.cube import MemCube, MemoryKind

@@ -23,8 +23,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memos_client.bounds import JSONLimitError, loads, quote
-from memos_client.bundle_format import BundleError, from_rfc3339
+from memos_mip.bounds import JSONLimitError, loads, quote
+from memos_mip.bundle_format import BundleError, from_rfc3339
 from memosd.bundle.loader import BATCH, ImportReport
 from memosd.cube import LifecycleState, MemCube, MemoryKind, Visibility
 from memosd.errors import InvalidArgument

@@ -1,9 +1,9 @@
 """How each tensor kind's payload blob becomes files in a bundle, and back: the extension point for kinds.
 
-Activation payloads are safetensors already (memos_client.tensor_format) and travel as one file,
+Activation payloads are safetensors already (memos_mip.tensor_format) and travel as one file,
 tensors/<sha256>.safetensors. Parametric payloads travel in PEFT's own layout,
 adapters/<sha256>/{adapter_config.json, adapter_model.safetensors}, split from and rebuilt into the
-daemon's adapter blob by memos_client.adapter_format (byte for byte, so the digest still holds).
+daemon's adapter blob by memos_mip.adapter_format (byte for byte, so the digest still holds).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from memos_client.adapter_format import FormatError, from_peft_files, peft_files
+from memos_mip.adapter_format import FormatError, from_peft_files, peft_files
 from memosd.cube import MemCube, MemoryKind
 from memosd.errors import InvalidArgument
 

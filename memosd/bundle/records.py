@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from memos_client.bounds import quote
-from memos_client.bundle_format import BundleError, from_rfc3339, rfc3339
+from memos_mip.bounds import quote
+from memos_mip.bundle_format import BundleError, from_rfc3339, rfc3339
 from memosd.cube import LifecycleState, MemCube, MemoryKind, Visibility
 from memosd.errors import InvalidArgument
 from memosd.ids import is_id

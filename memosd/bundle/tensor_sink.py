@@ -6,8 +6,8 @@ from __future__ import annotations
 import mmap
 from pathlib import Path
 
-from memos_client.adapter_format import AdapterManifest
-from memos_client.tensor_format import FormatError, KVManifest
+from memos_mip.adapter_format import AdapterManifest
+from memos_mip.tensor_format import FormatError, KVManifest
 from memosd.cube import LifecycleState, MemCube, MemoryKind
 from memosd.errors import DataLoss, FailedPrecondition, InvalidArgument
 from memosd.vault.tensor_cubes import TensorDraft

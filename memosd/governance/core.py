@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from memos_client.auth import CLOCK_SKEW, MAX_TOKEN_LIFETIME, AgentKey, fingerprint, read_token, verify_signature
-from memos_client.bounds import JSONLimitError, quote
+from memos_mip.auth import CLOCK_SKEW, MAX_TOKEN_LIFETIME, AgentKey, fingerprint, read_token, verify_signature
+from memos_mip.bounds import JSONLimitError, quote
 from memosd.cube import CubeFilter, MemoryKind, Visibility
 from memosd.errors import (
     AlreadyExists, Hidden, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated,

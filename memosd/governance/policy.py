@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from memos_client.bounds import JSONLimitError, loads, quote
+from memos_mip.bounds import JSONLimitError, loads, quote
 from memosd.cube import MemoryKind
 from memosd.errors import InvalidArgument
 from memosd.limits import check_namespace, check_time

@@ -11,8 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from memos_client.auth import AgentKey, b64url, canonical, fingerprint, unb64url, verify_signature
-from memos_client.errors import InvalidArgument as KeyFileError
+from memos_mip.auth import AgentKey, KeyFileError, b64url, canonical, fingerprint, unb64url, verify_signature
 from memosd.errors import FailedPrecondition, MemosError
 from memosd.governance import audit
 

@@ -48,7 +48,7 @@ class CausalLM:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
                 from transformers.utils import logging as hf_logging
 
-                from memos_client.fingerprint import model_fingerprint, tokenizer_fingerprint
+                from memos_mip.fingerprint import model_fingerprint, tokenizer_fingerprint
 
                 hf_logging.disable_progress_bar()
                 if torch.get_num_threads() > self._threads:
@@ -81,7 +81,7 @@ class CausalLM:
         import torch
         from transformers import DynamicCache
 
-        from memos_client.kv import cache_keyword
+        from memos_mip.tensors import cache_keyword
 
         self.load()
         cache = DynamicCache(config=self.model.config)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from memos_client.tensor_format import KVManifest, prefix_hash
+from memos_mip.tensor_format import KVManifest, prefix_hash
 
 
 def encode_prefill(model, token_ids: list[int], layers) -> tuple[KVManifest, list]:
     """The manifest and payload buffers (header, then each tensor's memory) of a cache `model` (a CausalLM,
     loaded) computed for token_ids. Hashes the payload: call it off the event loop."""
-    from memos_client.kv import dtype_name, encode_kv, model_dtype
+    from memos_mip.tensors import dtype_name, encode_kv, model_dtype
 
     specs, payload = encode_kv(layers)
     manifest = KVManifest(

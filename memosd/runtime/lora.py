@@ -65,8 +65,8 @@ class LoraTrainer:
         import torch
         from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
-        from memos_client.adapters import module_shapes, peft_config_text, quiet_peft
-        from memos_client.fingerprint import model_fingerprint
+        from memos_mip.fingerprint import model_fingerprint
+        from memos_mip.tensors import module_shapes, peft_config_text, quiet_peft
 
         if torch.get_num_threads() > self._threads:
             torch.set_num_threads(self._threads)
@@ -163,8 +163,8 @@ def _mean_loss(model, examples: list[list[int]], batch_size: int, pad: int) -> f
 def encode_trained(trained: Trained):
     """The manifest and blob parts (header, then each tensor's memory) of a trained adapter. Hashes the blob:
     call it off the event loop."""
-    from memos_client.adapter_format import manifest_of, read_adapter, read_header
-    from memos_client.adapters import encode_adapter
+    from memos_mip.adapter_format import manifest_of, read_adapter, read_header
+    from memos_mip.tensors import encode_adapter
 
     payload = encode_adapter(trained.config_text, trained.state)
     adapter = read_adapter(read_header(payload.parts[0], payload.size))

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator, Awaitable, Callable
 
-from memos_client.bounds import quote
+from memos_mip.bounds import quote
 from memosd import errors
 from memosd.errors import MemosError, NotFound, ResourceExhausted, Unavailable
 from memosd.ids import is_id, new_id

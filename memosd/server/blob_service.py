@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memos_client.wire import ChunkView, encode_download, parse_upload_chunk
+from memos_mip.wire import ChunkView, encode_download, parse_upload_chunk
 from memos_mip.v1 import blob_pb2, cube_pb2
 from memosd.cube import MemoryKind
 from memosd.errors import FailedPrecondition, InvalidArgument

@@ -7,7 +7,7 @@ import logging
 import re
 from pathlib import Path
 
-from memos_client.bundle_format import MANIFEST, MEMOS_NAME, NAME, BundleError, safe_extract
+from memos_mip.bundle_format import MANIFEST, MEMOS_NAME, NAME, BundleError, safe_extract
 from memos_mip.v1 import bundle_pb2
 from memosd import __version__, errors
 from memosd.bundle.dumper import ChunkPipe, ExportedPolicy, write_bundle

@@ -3,7 +3,7 @@ protocol and domain."""
 
 from __future__ import annotations
 
-from memos_client.adapter_format import AdapterManifest
+from memos_mip.adapter_format import AdapterManifest
 from memos_mip.v1 import cube_pb2, parametric_pb2
 from memosd.cube import MemCube, MemoryKind
 from memosd.scheduler.distill import SourceSpec, TrainSpec

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memos_client.tensor_format import LAYOUT_DYNAMIC_CACHE, KVManifest, TensorSpec
+from memos_mip.tensor_format import LAYOUT_DYNAMIC_CACHE, KVManifest, TensorSpec
 from memos_mip.v1 import activation_pb2, cube_pb2, job_pb2
 from memosd.cube import MemCube, MemoryKind, Visibility
 from memosd.errors import InvalidArgument, MemosError

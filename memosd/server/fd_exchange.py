@@ -1,5 +1,5 @@
 """The descriptor socket: where same-host clients collect, by one-time ticket, the file descriptors that
-OpenLocal handed them (see memos_client.fdpass for the two-message protocol).
+OpenLocal handed them (see memos_mip.fdpass for the two-message protocol).
 
 Tickets are 16 random bytes, valid once and for a few seconds; governance happened in the gRPC call that
 issued them. The socket has the gRPC socket's mode, in the same private directory.
@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from memos_client.fdpass import ERROR, MAX_REPLY, OK, TAKE, TICKET_BYTES, exchange_path
+from memos_mip.fdpass import ERROR, MAX_REPLY, OK, TAKE, TICKET_BYTES, exchange_path
 from memosd.config import socket_path
 from memosd.errors import ResourceExhausted
 

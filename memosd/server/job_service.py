@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memos_client.bounds import quote
+from memos_mip.bounds import quote
 from memos_mip.v1 import job_pb2
 from memosd.errors import NotFound
 from memosd.server.auth import principal

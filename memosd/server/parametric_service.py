@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memos_client.bounds import quote
+from memos_mip.bounds import quote
 from memos_mip.v1 import parametric_pb2
 from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import FailedPrecondition, PermissionDenied

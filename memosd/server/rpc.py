@@ -14,7 +14,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
-from memos_client.bounds import clip
+from memos_mip.bounds import clip
 from memosd.errors import InvalidArgument, MemosError, PermissionDenied, StaleToken, Unauthenticated
 from memosd.server.auth import principal, set_principal, token_from
 from memosd.server.status import status_for

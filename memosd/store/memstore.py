@@ -11,7 +11,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 
-from memos_client.bounds import quote
+from memos_mip.bounds import quote
 from memosd.cube import MemCube
 from memosd.errors import (
     Compacted, FailedPrecondition, Hidden, InvalidArgument, MemosError, NotFound, PermissionDenied,

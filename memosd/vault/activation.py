@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from memos_client.tensor_format import (
+from memos_mip.tensor_format import (
     BLOCK_TOKENS, FormatError, KVManifest, block_keys, check_manifest, check_payload, common_prefix, header_length,
     parse_header, root_key,
 )

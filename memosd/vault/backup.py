@@ -22,8 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from memos_client.bounds import loads, quote
-from memos_client.bundle_format import sha256_file
+from memos_mip.bounds import loads, quote
+from memos_mip.bundle_format import sha256_file
 from memosd.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument
 from memosd.vault.db import connect
 

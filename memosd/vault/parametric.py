@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 
-from memos_client.adapter_format import (
+from memos_mip.adapter_format import (
     AdapterManifest, FormatError, check_adapter, check_manifest, check_matches, manifest_of, read_adapter, read_header,
 )
-from memos_client.tensor_format import header_length
+from memos_mip.tensor_format import header_length
 from memosd.cube import CubeFilter, LifecycleState, MemCube, MemoryKind
 from memosd.errors import FailedPrecondition, InvalidArgument
 from memosd.limits import check_namespace_prefix

@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import json
 
-from memos_client.bounds import loads
+from memos_mip.bounds import loads
 from memosd.cube import CubeFilter, LifecycleState, Visibility
 from memosd.errors import InvalidArgument
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from memos_client.bounds import quote
+from memos_mip.bounds import quote
 from memosd.cube import (
     CubeDraft, CubeFilter, CubePatch, LifecycleState, MemCube, MemoryKind, SearchHit, SearchMode,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from memos_client.adapter_format import AdapterManifest, FormatError, peft_files
+from memos_mip.adapter_format import AdapterManifest, FormatError, peft_files
 from memos_client.adapter_models import Plan, manifest_to_proto
 from memos_client.errors import DataLoss, FailedPrecondition, InvalidArgument
 from memos_client.kv_models import Job
@@ -61,7 +61,7 @@ def plan_request(query: str, *, model_fingerprint: str = "", token_ids=None, nam
 def plan_inputs(query: str, model, model_fingerprint: str | None, tokenizer, prompt: str | None, token_ids):
     """(fingerprint, token ids) for a plan: the model's base fingerprint, the prompt (or query) tokenized."""
     if model is not None:
-        from memos_client.fingerprint import base_model_fingerprint
+        from memos_mip.fingerprint import base_model_fingerprint
 
         model_fingerprint = base_model_fingerprint(model)
     if token_ids is None and tokenizer is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from memos_client.adapter_format import AdapterManifest
 from memos_client.kv_models import BlobRef
+from memos_mip.adapter_format import AdapterManifest
 from memos_mip.v1 import cube_pb2
 
 if TYPE_CHECKING:

@@ -6,12 +6,11 @@ onto its base model (a new PeftModel, another adapter of an existing one, or a h
         model = memos.load_adapter(cube_id, base_model)                # any agent with the same base model
 
 Imported only when used (it imports torch and peft): `import memos_client` stays light. The blob format is
-memos_client.adapter_format's; the daemon writes adapters it trains with encode_adapter() below.
+memos_mip.adapter_format's; encode_adapter() is memos_mip.tensors', which the daemon uses too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import warnings
@@ -19,89 +18,28 @@ from pathlib import Path
 
 import torch
 
-from memos_client.adapter_format import (
-    AdapterManifest, FormatError, check_adapter, encode, from_peft_files, manifest_of, parse_config, read_adapter,
-    read_header,
-)
-from memos_client.blobs import Payload
 from memos_client.errors import DataLoss, FailedPrecondition, InvalidArgument, ModelMismatch
-from memos_client.fingerprint import base_model_fingerprint
 from memos_client.models import Kind
-from memos_client.tensor_format import DTYPES, TensorSpec
+from memos_mip import tensors
+from memos_mip.adapter_format import (
+    AdapterManifest, FormatError, check_adapter, from_peft_files, manifest_of, parse_config, read_adapter, read_header,
+)
+from memos_mip.fingerprint import base_model_fingerprint
+from memos_mip.payload import Payload
+from memos_mip.tensors import module_shapes, peft_config_text, quiet_peft
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILE = "adapter_model.bin"
-_TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES if hasattr(torch, name)}
+_TORCH_DTYPES = tensors.torch_dtypes()
 
 
-@contextlib.contextmanager
-def quiet_peft():
-    """Wrapping a model, peft still reads transformers' deprecated `is_gradient_checkpointing`: a warning about
-    peft's code that no caller of ours can act on, silenced around our peft calls and nowhere else."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        yield
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    name = str(dtype).removeprefix("torch.")
-    if name not in _TORCH_DTYPES:
-        raise InvalidArgument(f"adapter tensors of dtype {name} cannot be stored; supported: {', '.join(_TORCH_DTYPES)}")
-    return name
-
-
-def module_shapes(model) -> dict[str, tuple[int, int]]:
-    """{module name: (input size, output size)} of the modules of a (base) model that LoRA can adapt: linear
-    layers, transformers' Conv1D and embeddings, seen through the wrappers PEFT puts around them."""
-    from torch import nn
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    shapes = {}
-    for name, module in base.named_modules():
-        parts = name.split(".")
-        if any(p.startswith("lora_") for p in parts):
-            continue
-        name = ".".join(p for p in parts if p != "base_layer")
-        if isinstance(module, nn.Linear):
-            shapes[name] = (module.in_features, module.out_features)
-        elif isinstance(module, nn.Embedding):
-            shapes[name] = (module.num_embeddings, module.embedding_dim)
-        elif type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
-            shapes[name] = tuple(module.weight.shape)  # transformers' Conv1D stores [in, out]
-    return shapes
-
-
-def _raw(t: torch.Tensor) -> memoryview:
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
-
-
-def encode_adapter(config_text: str, tensors: dict[str, torch.Tensor]) -> Payload:
-    """The adapter blob of a config and a PEFT state dict (without the adapter name), its tensors' memory
-    referenced, not copied."""
-    specs = [(name, TensorSpec(_dtype_name(t.dtype), tuple(t.shape))) for name, t in tensors.items()]
+def encode_adapter(config_text: str, state: dict[str, torch.Tensor]) -> Payload:
+    """memos_mip.tensors.encode_adapter, raising InvalidArgument for an adapter the format cannot hold."""
     try:
-        header, order = encode(config_text, specs)
+        return tensors.encode_adapter(config_text, state)
     except FormatError as exc:
         raise InvalidArgument(str(exc)) from None
-    return Payload([header, *(_raw(tensors[name]) for name in order)])
-
-
-def peft_config_text(config) -> str:
-    """adapter_config.json's text for a PEFT config, as PeftModel.save_pretrained writes it (sets as lists,
-    inference mode on)."""
-    import json
-
-    data = config.to_dict()
-    data.pop("runtime_config", None)
-    data["inference_mode"] = True
-    for key, value in list(data.items()):
-        if isinstance(value, set):
-            data[key] = sorted(value)
-    return json.dumps(data, indent=2, sort_keys=True, default=str)
 
 
 def from_peft_model(model, adapter_name: str = "default") -> tuple[str, dict[str, torch.Tensor]]:

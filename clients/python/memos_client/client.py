@@ -10,7 +10,7 @@ from memos_client import requests as rq
 from memos_client.adapter_client import ParametricMethods
 from memos_client.auth import AgentKey, TokenSource, resolve_key, sign_policy
 from memos_client.channel import sync_channel
-from memos_client.defaults import resolve_addr
+from memos_mip.defaults import resolve_addr
 from memos_client.fdpass import unix_path
 from memos_client.errors import AlreadyExists, Unauthenticated, from_rpc_error
 from memos_client.kv_client import TensorMethods

@@ -1,13 +1,5 @@
 """Same-host transfers: file descriptors collected from the daemon's descriptor socket, and payloads mapped
-from them without a copy.
-
-The daemon answers OpenLocal (over gRPC, with the usual token and grants) with a one-time ticket; the client
-presents it on the descriptor socket, a SOCK_SEQPACKET Unix socket beside the gRPC one, and receives the
-blob's read-only descriptor (SCM_RIGHTS). One request and one reply per connection:
-
-    client -> daemon   b"T" + ticket (16 bytes)
-    daemon -> client   b"K" with the descriptor attached, or b"E" + a UTF-8 message
-"""
+from them without a copy (the socket's protocol is memos_mip.fdpass)."""
 
 from __future__ import annotations
 
@@ -19,20 +11,12 @@ from pathlib import Path
 import xxhash
 
 from memos_client.errors import Conflict, DataLoss, FailedPrecondition, InternalError
+from memos_mip.fdpass import ERROR, MAX_REPLY, OK, TAKE
 
-TAKE, OK, ERROR = b"T", b"K", b"E"
-TICKET_BYTES = 16
-# A reply is one message: the status byte and, for an error, a short text.
-MAX_REPLY = 4096
 EXCHANGE_TIMEOUT = 5.0
 # What makes a client stream payloads over gRPC instead: a daemon on another host or in another mount
 # namespace (its descriptor socket is out of reach), or one older than OpenLocal (UNIMPLEMENTED).
 FALL_BACK = (FailedPrecondition, InternalError)
-
-
-def exchange_path(socket_path: Path) -> Path:
-    """Where the daemon listening on socket_path keeps its descriptor socket."""
-    return socket_path.with_name(socket_path.name + ".fd")
 
 
 def unix_path(target: str) -> Path | None:

@@ -6,7 +6,7 @@
         text_ids = memos.generate_with_kv(model, prompt_ids, max_new_tokens=64)  # or: find, pull, generate
 
 Imported only when used (it imports torch): `import memos_client` stays light. The payload layout is
-memos_client.tensor_format's; the daemon writes caches it builds with encode_kv() below.
+memos_mip.tensor_format's; encode_kv() is memos_mip.tensors', which the daemon uses too.
 """
 
 from __future__ import annotations
@@ -15,36 +15,23 @@ from typing import Sequence
 
 import torch
 
-from memos_client.blobs import Payload
 from memos_client.errors import DataLoss, FailedPrecondition, InvalidArgument, ModelMismatch
-from memos_client.fingerprint import model_fingerprint, tokenizer_fingerprint
 from memos_client.models import Kind
-from memos_client.tensor_format import (
-    DTYPES, FORMAT, LAYOUT_DYNAMIC_CACHE, FormatError, Header, KVManifest, TensorSpec, check_payload, encode_header,
-    kv_names, parse_header, prefix_hash,
-)
+from memos_mip import tensors
+from memos_mip.fingerprint import model_fingerprint, tokenizer_fingerprint
+from memos_mip.payload import Payload
+from memos_mip.tensor_format import FormatError, Header, KVManifest, check_payload, parse_header, prefix_hash
+from memos_mip.tensors import model_dtype
 
-_TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES if hasattr(torch, name)}
-
-
-def cache_keyword(model) -> str:
-    """The keyword forward() and generate() take a cache under: `cache` from transformers 5 on (which warns
-    that `past_key_values` is deprecated), `past_key_values` before."""
-    import inspect
-
-    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model  # a PeftModel
-    try:
-        params = inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
-    return "cache" if "cache" in params else "past_key_values"
+_TORCH_DTYPES = tensors.torch_dtypes()
+cache_keyword = tensors.cache_keyword  # the client's callers (kv_client, kv_aio) find it here
 
 
 def dtype_name(dtype: torch.dtype) -> str:
-    name = str(dtype).removeprefix("torch.")
-    if name not in _TORCH_DTYPES:
-        raise InvalidArgument(f"tensors of dtype {name} cannot be stored; supported: {', '.join(_TORCH_DTYPES)}")
-    return name
+    try:
+        return tensors.dtype_name(dtype)
+    except FormatError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def token_list(input_ids) -> list[int]:
@@ -92,10 +79,6 @@ def _text_config(model):
     return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
 
-def model_dtype(model) -> torch.dtype:
-    return getattr(model, "dtype", None) or next(model.parameters()).dtype
-
-
 def model_layers(model) -> int:
     return int(_text_config(model).num_hidden_layers)
 
@@ -121,26 +104,12 @@ def check_for_model(layers: Sequence[tuple[torch.Tensor, torch.Tensor]], model, 
                 raise InvalidArgument(f"layer {i} {part} has {t.shape[1]} heads; the model has {heads} key/value heads")
 
 
-def _raw(t: torch.Tensor) -> memoryview:
-    t = t.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
-
-
 def encode_kv(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[tuple, Payload]:
-    """The layer specs and the safetensors payload (header, then each layer's key and value, without
-    copying them into one buffer) of a cache."""
-    specs = tuple((TensorSpec(dtype_name(k.dtype), tuple(k.shape)), TensorSpec(dtype_name(v.dtype), tuple(v.shape)))
-                  for k, v in layers)
-    names = kv_names(len(layers))
-    flat = [spec for pair in specs for spec in pair]
+    """memos_mip.tensors.encode_kv, raising InvalidArgument for a cache the format cannot hold."""
     try:
-        header = encode_header(list(zip(names, flat)), {"format": FORMAT, "layout": LAYOUT_DYNAMIC_CACHE,
-                                                        "num_layers": str(len(layers))})
+        return tensors.encode_kv(layers)
     except FormatError as exc:
         raise InvalidArgument(str(exc)) from None
-    return specs, Payload([header, *(_raw(t) for pair in layers for t in pair)])
 
 
 def decode_kv(buffer: torch.Tensor, header: Header, num_layers: int, *, device=None,

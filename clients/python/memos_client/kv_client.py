@@ -16,7 +16,7 @@ from memos_client.fdpass import FALL_BACK, collect, unix_path
 from memos_client.kv_models import BlobRef, Job, manifest_to_proto
 from memos_client.models import Cube, Kind
 from memos_client.steps import END, Item, Next, Offload, iterating, method
-from memos_client.tensor_format import KVManifest
+from memos_mip.tensor_format import KVManifest
 from memos_mip.v1 import activation_pb2 as apb, activation_pb2_grpc, blob_pb2, blob_pb2_grpc, job_pb2, job_pb2_grpc
 
 # Broken transfers worth resuming: the connection went away, not the daemon saying no; for an upload also
@@ -66,7 +66,7 @@ class TensorMethods:
 
     @property
     def _upload(self):
-        # Chunks go out encoded by memos_client.wire and come back as views: not the generated stub.
+        # Chunks go out encoded by memos_mip.wire and come back as views: not the generated stub.
         return self._stub("_upload_call", lambda channel: channel.stream_unary(
             UPLOAD, request_serializer=encode_message, response_deserializer=blob_pb2.UploadResponse.FromString))
 
@@ -277,7 +277,7 @@ class TensorMethods:
         """model.generate(input_ids, ...) that starts from the longest cached prefix of input_ids the daemon
         holds for this model (if any), so only the rest is prefilled. Returns what generate returns."""
         from memos_client import kv
-        from memos_client.fingerprint import model_fingerprint
+        from memos_mip.fingerprint import model_fingerprint
 
         ids = kv.token_list(input_ids)
         cube, matched = yield self.find_kv((yield Offload(model_fingerprint, model)), ids, namespace)

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from memos_client.tensor_format import KVManifest, TensorSpec
+from memos_mip.tensor_format import KVManifest, TensorSpec
 from memos_mip.v1 import cube_pb2, job_pb2
 
 _LAYOUTS = {cube_pb2.KV_LAYOUT_DYNAMIC_CACHE: "dynamic_cache"}

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 
 from memos_client.backup import BackupWriter
-from memos_client.bundle_format import MANIFEST, MEMOS_NAME, NAME, BundleError, add_directory, safe_extract
+from memos_mip.bundle_format import MANIFEST, MEMOS_NAME, NAME, BundleError, add_directory, safe_extract
 from memos_client.errors import AlreadyExists, DataLoss, InvalidArgument, from_rpc_error
 from memos_client.steps import END, Next, Offload, method
 from memos_mip.v1 import admin_pb2, admin_pb2_grpc, bundle_pb2, bundle_pb2_grpc

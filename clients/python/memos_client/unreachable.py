@@ -47,7 +47,7 @@ def _socket_state(path: Path) -> str | None:
 
 def start_command(target: str) -> str:
     """`make run` from a source checkout, systemctl for the system service's socket, else `memosd serve`."""
-    from memos_client.defaults import default_socket_path
+    from memos_mip.defaults import default_socket_path
 
     path = target.removeprefix("unix:")
     if path == SYSTEM_SOCKET:

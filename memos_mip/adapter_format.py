@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from memos_client.bounds import JSONLimitError, loads, quote
-from memos_client.tensor_format import (
+from memos_mip.bounds import JSONLimitError, loads, quote
+from memos_mip.tensor_format import (
     DTYPES, FormatError, Header, TensorSpec, _is_sha256, encode_header, header_length, parse_header,
 )
 

@@ -19,7 +19,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from memos_client.bounds import JSONLimitError, loads, quote
+from memos_mip.bounds import JSONLimitError, loads, quote
 
 # Torch dtype name -> (safetensors code, bytes per element).
 DTYPES = {

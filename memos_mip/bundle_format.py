@@ -24,7 +24,7 @@ import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from memos_client.bounds import quote
+from memos_mip.bounds import quote
 
 FORMAT = "memosd-bundle"
 VERSION = 1
