@@ -36,8 +36,8 @@ def _serve(data_dir: str, listen: str, bypass: bool, ready, stop) -> None:
     class Bypass(MemGovernance):
         """Admits every token as the agent it names and allows everything: the baseline."""
 
-        def authenticate(self, token):
-            from memos_client.auth import read_token
+        def authenticate(self, token, **_):
+            from memos_mip.auth import read_token
 
             claims, _, _ = read_token(token)
             return Principal(claims["sub"])
@@ -45,8 +45,8 @@ def _serve(data_dir: str, listen: str, bypass: bool, ready, stop) -> None:
         def can(self, p, action, namespace, kind=None):
             return True
 
-        def read_scope(self, p):
-            return None
+        def readable(self, p, f):
+            return f
 
         def check_cube(self, p, action, cube):
             return None
