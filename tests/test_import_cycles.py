@@ -74,3 +74,11 @@ def test_the_memosctl_modules_import_one_another_without_a_circle():
     assert "memos_client.cli" in graph and len(graph) >= 8
     cycle = _cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_the_conversion_modules_import_one_another_without_a_circle():
+    paths = sorted((ROOT / "memosd" / "server").glob("convert*.py"))
+    graph = _graph(paths, ROOT)
+    assert {"memosd.server.convert", "memosd.server.convert_tensor", "memosd.server.convert_parametric"} <= set(graph)
+    cycle = _cycle(graph)
+    assert cycle is None, "import circle: " + " -> ".join(cycle)
