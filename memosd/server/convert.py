@@ -1,64 +1,21 @@
-"""Conversions between protocol messages and domain objects; the core never sees a protobuf."""
+"""Conversions between protocol messages and whole cubes, hits and plans, over convert_base, convert_tensor and
+convert_parametric (which never import this module); the core never sees a protobuf."""
 
 from __future__ import annotations
 
 import logging
-import math
 
-from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from memos_mip.v1 import cube_pb2, vault_pb2
+from memos_mip.v1 import cube_pb2, parametric_pb2, vault_pb2
 from memosd.cube import (
     CubeDraft, CubeFilter, CubePatch, LifecycleState, MemCube, MemoryKind, SearchHit, SearchMode, Visibility,
 )
 from memosd.errors import InvalidArgument
+from memosd.scheduler.plan import Choice, Plan
+from memosd.server.convert_base import enum_value, struct_to_dict, timestamp_seconds, to_timestamp
+from memosd.server.convert_parametric import fill_parametric
+from memosd.server.convert_tensor import fill_activation
 
 log = logging.getLogger("memosd.server")
-
-
-# What a Timestamp holds: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
-_MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799
-
-
-def to_timestamp(seconds: float | None) -> Timestamp | None:
-    """A reply's time; one a Timestamp cannot hold (a row from an older daemon or edited by hand) is
-    clamped, so that one stored value never fails every read that returns it."""
-    if seconds is None:
-        return None
-    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
-        log.warning("a stored time %r is not a number; answered as unset", seconds)
-        return None
-    if not _MIN_SECONDS <= seconds <= _MAX_SECONDS:
-        log.warning("a stored time %r is out of range; answered clamped", seconds)
-        seconds = min(max(seconds, _MIN_SECONDS), _MAX_SECONDS)
-    ts = Timestamp()
-    ts.FromNanoseconds(int(round(seconds * 1e9)))
-    return ts
-
-
-def _seconds(msg, field: str) -> float | None:
-    if not msg.HasField(field):
-        return None
-    ts = getattr(msg, field)
-    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
-        raise InvalidArgument(f"{field} is not a valid Timestamp (years 1 to 9999, nanos 0 to 999999999)")
-    return ts.seconds + ts.nanos / 1e9
-
-
-def struct_to_dict(msg) -> dict:
-    """A Struct field as a dict; NaN and infinity (which JSON cannot carry) are the caller's mistake."""
-    try:
-        return json_format.MessageToDict(msg)
-    except ValueError:
-        raise InvalidArgument("metadata numbers must be finite (no NaN or infinity)") from None
-
-
-def _enum(cls, value: int, what: str):
-    try:
-        return cls(value)
-    except ValueError:
-        raise InvalidArgument(f"{what} {value} is not a known value") from None
 
 
 def draft_from_proto(d: cube_pb2.CubeDraft) -> CubeDraft:
@@ -69,8 +26,8 @@ def draft_from_proto(d: cube_pb2.CubeDraft) -> CubeDraft:
         metadata=struct_to_dict(d.metadata) if d.HasField("metadata") else None,
         source=d.source,
         priority=d.priority,
-        visibility=_enum(Visibility, d.visibility, "visibility") if d.visibility else Visibility.NAMESPACE,
-        expires_at=_seconds(d, "expires_at"),
+        visibility=enum_value(Visibility, d.visibility, "visibility") if d.visibility else Visibility.NAMESPACE,
+        expires_at=timestamp_seconds(d, "expires_at"),
         ttl_seconds=d.ttl_seconds,
     )
 
@@ -79,25 +36,25 @@ def patch_from_proto(req: vault_pb2.UpdateRequest) -> CubePatch:
     return CubePatch(
         fields=frozenset(req.update_mask.paths),
         values=draft_from_proto(req.cube),
-        state=_enum(LifecycleState, req.state, "state") if req.state else None,
+        state=enum_value(LifecycleState, req.state, "state") if req.state else None,
         expected_version=req.expected_version,
     )
 
 
 def filter_from_proto(f: vault_pb2.CubeFilter) -> CubeFilter:
-    states = frozenset(_enum(LifecycleState, s, "state") for s in f.states if s)
+    states = frozenset(enum_value(LifecycleState, s, "state") for s in f.states if s)
     return CubeFilter(
         namespace_prefix=f.namespace_prefix,
-        kinds=frozenset(_enum(MemoryKind, k, "kind") for k in f.kinds if k),
+        kinds=frozenset(enum_value(MemoryKind, k, "kind") for k in f.kinds if k),
         tags=tuple(f.tags),
-        created_after=_seconds(f, "created_after"),
-        created_before=_seconds(f, "created_before"),
+        created_after=timestamp_seconds(f, "created_after"),
+        created_before=timestamp_seconds(f, "created_before"),
         states=states or frozenset({LifecycleState.ACTIVE}),
     )
 
 
 def mode_from_proto(mode: int) -> SearchMode:
-    return _enum(SearchMode, mode, "search mode")
+    return enum_value(SearchMode, mode, "search mode")
 
 
 def fts_syntax_from_proto(syntax: int) -> bool:
@@ -134,12 +91,8 @@ def cube_to_proto(c: MemCube) -> cube_pb2.MemCube:
     if c.kind is MemoryKind.PLAINTEXT and c.text is not None:
         msg.plaintext.text = c.text
     elif c.kind is MemoryKind.ACTIVATION and c.manifest:
-        from memosd.server.convert_tensor import fill_activation  # it imports this module
-
         fill_activation(msg, c)
     elif c.kind is MemoryKind.PARAMETRIC and c.manifest:
-        from memosd.server.convert_parametric import fill_parametric  # it imports this module
-
         fill_parametric(msg, c)
     return msg
 
@@ -147,3 +100,16 @@ def cube_to_proto(c: MemCube) -> cube_pb2.MemCube:
 def hit_to_proto(h: SearchHit) -> vault_pb2.SearchHit:
     return vault_pb2.SearchHit(cube=cube_to_proto(h.cube), score=h.score, bm25_score=h.bm25_score,
                                dense_score=h.dense_score)
+
+
+def _choice(c: Choice) -> parametric_pb2.PlanChoice:
+    return parametric_pb2.PlanChoice(cube=cube_to_proto(c.cube), score=c.score, reason=c.reason)
+
+
+def plan_to_proto(plan: Plan) -> parametric_pb2.PlanResponse:
+    response = parametric_pb2.PlanResponse(plaintext=[_choice(c) for c in plan.plaintext],
+                                           matched_tokens=plan.matched_tokens,
+                                           adapters=[_choice(c) for c in plan.adapters])
+    if plan.activation is not None:
+        response.activation.CopyFrom(_choice(plan.activation))
+    return response

@@ -1,5 +1,5 @@
-"""Conversions for parametric memory: adapter manifests, drafts, distillation requests and plans, between
-protocol and domain."""
+"""Conversions for parametric memory: adapter manifests, drafts and distillation requests, between protocol and
+domain."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from memos_mip.adapter_format import AdapterManifest
 from memos_mip.v1 import cube_pb2, parametric_pb2
 from memosd.cube import MemCube, MemoryKind
 from memosd.scheduler.distill import SourceSpec, TrainSpec
-from memosd.scheduler.plan import Choice, Plan
-from memosd.server.convert import cube_to_proto
 from memosd.server.convert_tensor import tensor_draft_from_proto
 from memosd.vault.tensor_cubes import TensorDraft
 
@@ -48,16 +46,3 @@ def train_spec_from_proto(p: parametric_pb2.DistillParams) -> TrainSpec:
     return TrainSpec(rank=p.rank, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout,
                      target_modules=tuple(p.target_modules), steps=p.steps, learning_rate=p.learning_rate,
                      batch_size=p.batch_size, max_tokens=p.max_tokens, seed=p.seed).resolved()
-
-
-def _choice(c: Choice) -> parametric_pb2.PlanChoice:
-    return parametric_pb2.PlanChoice(cube=cube_to_proto(c.cube), score=c.score, reason=c.reason)
-
-
-def plan_to_proto(plan: Plan) -> parametric_pb2.PlanResponse:
-    response = parametric_pb2.PlanResponse(plaintext=[_choice(c) for c in plan.plaintext],
-                                           matched_tokens=plan.matched_tokens,
-                                           adapters=[_choice(c) for c in plan.adapters])
-    if plan.activation is not None:
-        response.activation.CopyFrom(_choice(plan.activation))
-    return response

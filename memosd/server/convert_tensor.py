@@ -7,7 +7,7 @@ from memos_mip.v1 import activation_pb2, cube_pb2, job_pb2
 from memosd.cube import MemCube, MemoryKind, Visibility
 from memosd.errors import InvalidArgument, MemosError
 from memosd.scheduler.jobs import Job
-from memosd.server.convert import struct_to_dict, to_timestamp
+from memosd.server.convert_base import struct_to_dict, to_timestamp
 from memosd.server.status import status_for
 from memosd.vault.tensor_cubes import TensorDraft
 

@@ -59,4 +59,4 @@ class ParametricService:
         plan = await self.planner.plan(request.query, scope,
                                        model_fingerprint=request.model_fingerprint, token_ids=tuple(request.token_ids),
                                        limit=request.limit, max_adapters=request.max_adapters)
-        return convert_parametric.plan_to_proto(plan)
+        return convert.plan_to_proto(plan)

@@ -1,29 +1,19 @@
-"""memosctl's activation-memory commands: kv (ls, show, rm, build) and job (ls, show, watch, cancel)."""
+"""memosctl's activation-memory commands: kv (ls, show, rm, build)."""
 
 from __future__ import annotations
 
 import sys
 
-from memos_client.cli_common import remove_cubes
-from memos_client._terminal import ProgressLine, Table, bar, emit, size, when
+from memos_client.cli._terminal import Table, emit, size, when
+from memos_client.cli.common import action, remove_cubes
+from memos_client.cli.jobs import follow
 from memos_client.client import MemosClient
 from memos_client.errors import MemosError
-from memos_client.kv_models import Job, JobState
 from memos_client.models import Cube, Kind
-
-EXIT_ERROR = 1
 
 
 def add_commands(command) -> None:
-    """Register the commands with cli.build_parser's `command(name, run, help)`."""
-    from memos_client.cli import _add_globals  # cli imports this module
-
-    def action(sub, name: str, text: str):
-        # The global options work after the action too: `memosctl kv ls --json`.
-        a = sub.add_parser(name, help=text, description=text)
-        _add_globals(a, in_command=True)
-        return a
-
+    """Register the commands with cli.app.build_parser's `command(name, run, help)`."""
     p = command("kv", None, "activation memory: KV caches stored as cubes (list, show, remove, build from text)")
     sub = p.add_subparsers(dest="kv_command", required=True, metavar="ACTION")
     a = action(sub, "ls", "list activation cubes, oldest first")
@@ -50,21 +40,6 @@ def add_commands(command) -> None:
     a.add_argument("--detach", action="store_true", help="print the job id and return at once")
     a.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     a.set_defaults(run=_kv_build)
-
-    p = command("job", None, "background jobs (kv build, ...): list, show, watch, cancel")
-    sub = p.add_subparsers(dest="job_command", required=True, metavar="ACTION")
-    a = action(sub, "ls", "your jobs (all jobs, for the admin), newest first")
-    a.add_argument("--all", action="store_true", help="include jobs that have ended")
-    a.set_defaults(run=_job_ls)
-    for name, run, text in (("show", _job_show, "one job's state and progress"),
-                            ("watch", _job_watch, "follow a job with a progress bar until it ends"),
-                            ("cancel", _job_cancel, "ask a job to stop")):
-        a = action(sub, name, text)
-        a.add_argument("id")
-        if name == "watch":
-            a.add_argument("--progress", action="store_true",
-                           help="show the progress bar even when stderr is not a terminal")
-        a.set_defaults(run=run)
 
 
 # ---- kv --------------------------------------------------------------------------------------------------
@@ -141,92 +116,4 @@ def _kv_build(client: MemosClient, args) -> int:
         else:
             print(job.id)
         return 0
-    return _follow(client, job.id, args)
-
-
-# ---- jobs ------------------------------------------------------------------------------------------------
-
-
-def _job_ls(client: MemosClient, args) -> int:
-    table = Table(("ID", "KIND", "OWNER", "STATE", "PROGRESS", "CREATED", "MESSAGE"),
-                  sizes=((26, 26), (8, 10), (5, 12), (9, 9), (8, 16), (16, 16)))
-    jobs = client.list_jobs(include_finished=args.all)
-    for job in jobs:
-        if args.json:
-            emit(job.to_json())
-        else:
-            table.row((job.id, job.kind, job.owner, job.state.name.lower(), _fraction(job), when(job.created_at),
-                       job.error or job.message))
-    table.flush()
-    if not jobs and not args.json:
-        print("no jobs" if args.all else "no jobs running or queued (--all adds those that ended)", file=sys.stderr)
-    return 0
-
-
-def _job_show(client: MemosClient, args) -> int:
-    job = client.get_job(args.id)
-    if args.json:
-        emit(job.to_json())
-        return 0
-    for key, value in (("id", job.id), ("kind", job.kind), ("owner", job.owner), ("state", job.state.name.lower()),
-                       ("progress", _fraction(job)), ("message", job.message or "-"),
-                       ("results", ", ".join(job.result_ids) or "-"),
-                       ("metrics", ", ".join(f"{k} {v:.4g}" for k, v in sorted(job.metrics.items())) or "-"),
-                       ("error", f"{job.error_code}: {job.error}" if job.error else "-"),
-                       ("created", when(job.created_at)), ("started", when(job.started_at)),
-                       ("finished", when(job.finished_at))):
-        print(f"{key:<10} {value}")
-    return 0
-
-
-def _job_watch(client: MemosClient, args) -> int:
-    return _follow(client, args.id, args)
-
-
-def _job_cancel(client: MemosClient, args) -> int:
-    job = client.cancel_job(args.id)
-    if args.json:
-        emit(job.to_json())
-    else:
-        print(f"cancelling {job.id}" if not job.finished else f"{job.id} has already ended ({job.state.name.lower()})")
-    return 0
-
-
-def _follow(client: MemosClient, job_id: str, args) -> int:
-    """Watch a job to its end with a progress bar; print what it made (or why it failed)."""
-    bar = JobProgress(sys.stderr, args.progress or sys.stderr.isatty())
-    job: Job | None = None
-    try:
-        for job in client.watch_job(job_id):
-            bar.update(job)
-    except KeyboardInterrupt:
-        bar.finish()
-        print(f"memosctl: stopped watching; the job goes on (memosctl job cancel {job_id} stops it)", file=sys.stderr)
-        raise
-    bar.finish()
-    if job is None:
-        return EXIT_ERROR
-    if args.json:
-        emit(job.to_json())
-    elif job.state is JobState.SUCCEEDED:
-        for cube_id in job.result_ids:
-            print(cube_id)
-    if job.state is JobState.SUCCEEDED:
-        return 0
-    reason = f"{job.error_code}: {job.error}" if job.state is JobState.FAILED else "cancelled"
-    print(f"memosctl: job {job.id} {job.state.name.lower()}: {reason}", file=sys.stderr)
-    return EXIT_ERROR
-
-
-def _fraction(job: Job) -> str:
-    if not job.total:
-        return "-"
-    return f"{job.done}/{job.total} ({job.done / job.total:.0%})"
-
-
-class JobProgress(ProgressLine):
-    """A job's progress: done/total and its latest message."""
-
-    def update(self, job: Job) -> None:
-        share = job.done / job.total if job.total else 0.0
-        self.draw(f"{job.kind}  {bar(share)}  {job.done:,}/{job.total:,}  {job.message}", force=job.finished)
+    return follow(client, job.id, args)

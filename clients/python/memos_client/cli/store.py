@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from memos_client._terminal import Table, emit, when
+from memos_client.cli._terminal import Table, emit, when
 from memos_client.client import MemosClient
 from memos_client.models import Event
 
 
 def add_commands(command) -> None:
-    """Register the commands with cli.build_parser's `command(name, run, help)`."""
+    """Register the commands with cli.app.build_parser's `command(name, run, help)`."""
     p = command("pub", _pub, "publish a cube's current version to a topic (or retract it)")
     p.add_argument("topic")
     p.add_argument("id", help="the cube to publish")

@@ -1,4 +1,4 @@
-"""memosctl: the command line for people, a thin layer over MemosClient."""
+"""memosctl's plaintext commands: put, get, ls, search, history, rm, import (JSON Lines), and status."""
 
 from __future__ import annotations
 
@@ -11,67 +11,15 @@ from array import array
 from dataclasses import asdict
 from typing import IO, Iterator
 
-from memos_client import cli_governance, cli_kv, cli_ops, cli_parametric, cli_store
 from memos_client import requests as rq
+from memos_client.cli import ops
+from memos_client.cli._terminal import Progress, Table, duration, emit, print_cube, size, when
+from memos_client.cli.common import InputError, UsageError, fail, positive, readable, remove_cubes
 from memos_client.client import MemosClient
 from memos_client.errors import InvalidArgument, MemosError
-from memos_client.cli_common import EXIT_ERROR, EXIT_USAGE, UsageError, readable, remove_cubes
-from memos_client._terminal import (
-    Progress, Table, duration, emit, print_cube, size, when,
-)
 from memos_client.models import State
 
-COMMANDS = ("put", "get", "ls", "search", "history", "rm", "import", "status",
-            "whoami", "agent", "grant", "policy", "audit", "backup", "export", "pub", "sub", "topics", "retention",
-            "kv", "job", "adapter", "distill", "plan", "jobs")
 STATES = ("active", "archived", "expired")
-class InputError(Exception):
-    """A file or stdin holds something memosctl cannot send (exit 1)."""
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse has printed usage (exit 2) or help (exit 0)
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    try:
-        key = args.key or os.environ.get("MEMOS_KEY")
-        if key:
-            readable(key, "key file" if args.key else "key file ($MEMOS_KEY)")
-        with MemosClient(args.addr, key=args.key, timeout=args.timeout) as client:
-            return args.run(client, args)
-    except UsageError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    except InputError as exc:
-        return _fail(str(exc))
-    except MemosError as exc:
-        return _fail(exc.message)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # `memosctl ls | head`: the reader left; say nothing more
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_ERROR
-
-
-def _fail(message: str, code: int = EXIT_ERROR) -> int:
-    print(f"memosctl: {' '.join(message.split())}", file=sys.stderr)
-    return code
-
-
-# ---- command line ------------------------------------------------------------------------------------------
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def _meta_pair(text: str) -> tuple[str, object]:
@@ -89,50 +37,8 @@ def _meta_pair(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not JSON ({exc.msg})") from None
 
 
-def _add_globals(parser: argparse.ArgumentParser, *, in_command: bool) -> None:
-    # Accepted before or after the command; in a command's parser they default to "not given" so that
-    # they never overwrite what was given before the command.
-    def default(value):
-        return argparse.SUPPRESS if in_command else value
-    parser.add_argument("--addr", default=default(None), help="unix:/path/to.sock or host:port "
-                        "(default: $MEMOS_ADDR, else the default socket)")
-    parser.add_argument("--key", default=default(None), metavar="FILE", help="the agent key to call as "
-                        "(default: $MEMOS_KEY, else the default data directory's admin key)")
-    parser.add_argument("--json", action="store_true", default=default(False),
-                        help="one JSON object per line, for scripts")
-    parser.add_argument("--timeout", type=_positive(float), default=default(30.0), metavar="SECONDS",
-                        help="deadline of each call to the daemon (default 30)")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version("memosd")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="memosctl", description="memosctl: read and write the memory of a running memosd.",
-        epilog="The daemon is found at --addr, else $MEMOS_ADDR, else the default socket "
-               "($XDG_RUNTIME_DIR/memosd/memosd.sock, else the system service's /run/memosd/memosd.sock); "
-               "calls are signed with --key, else $MEMOS_KEY, else that daemon's admin key if readable. "
-               "Exit status: 0 ok, 1 error, 2 usage error or a path that cannot be opened (-f FILE, --key, "
-               "an import file, an adapter or model directory). Tables fit the terminal; when stdout is not a "
-               "terminal they are printed whole, unless COLUMNS is set.")
-    _add_globals(parser, in_command=False)
-    parser.add_argument("--version", action="version", version=f"memosctl {_version()}")
-    common = argparse.ArgumentParser(add_help=False)
-    _add_globals(common, in_command=True)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, run, text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=text, description=text)
-        if run is not None:  # commands with actions (agent add, ...) set it on each action
-            p.set_defaults(run=run)
-        return p
-
+def add_commands(command) -> None:
+    """Register the commands with cli.app.build_parser's `command(name, run, help)`."""
     def filters(p: argparse.ArgumentParser) -> None:
         p.add_argument("-n", "--namespace", metavar="PREFIX", help="only this namespace and those under it")
         p.add_argument("-t", "--tag", dest="tags", action="append", default=[], metavar="TAG",
@@ -147,25 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--meta", action="append", default=[], type=_meta_pair, metavar="KEY=VALUE",
                    help="metadata: KEY=VALUE (a string) or KEY:=JSON (repeat)")
     p.add_argument("--source", default="", help="where the text came from")
-    p.add_argument("--ttl", type=_positive(int), metavar="SECONDS", help="expire after this many seconds")
+    p.add_argument("--ttl", type=positive(int), metavar="SECONDS", help="expire after this many seconds")
 
     p = command("get", _get, "show one cube")
     p.add_argument("id")
-    p.add_argument("--version", type=_positive(int), default=0, metavar="N",
+    p.add_argument("--version", type=positive(int), default=0, metavar="N",
                    help="this version (default the latest)")
 
     p = command("ls", _ls, "list cubes, oldest first")
     filters(p)
     p.add_argument("--state", dest="states", action="append", choices=STATES, default=[],
                    help="only cubes in this state (repeat; default active)")
-    p.add_argument("--limit", type=_positive(int), metavar="N", help="at most N cubes (default all)")
-    p.add_argument("--page-size", type=_positive(int), default=100, metavar="N", help="cubes per request")
+    p.add_argument("--limit", type=positive(int), metavar="N", help="at most N cubes (default all)")
+    p.add_argument("--page-size", type=positive(int), default=100, metavar="N", help="cubes per request")
 
     p = command("search", _search, "rank plaintext cubes against a query; SCORE is relative to the best hit"
                 " (1.00), --json adds the raw score, bm25_score and dense_score")
     p.add_argument("query")
     filters(p)
-    p.add_argument("--limit", type=_positive(int), default=10, metavar="N",
+    p.add_argument("--limit", type=positive(int), default=10, metavar="N",
                    help="at most N hits (default 10)")
     p.add_argument("--mode", choices=tuple(rq.MODES), default="auto",
                    help="retrieval method (default auto)")
@@ -184,20 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                    " or a MemOS dump directory")
     p.add_argument("-n", "--namespace", help="namespace of lines that name none (default agents/AGENT/notes);"
                    " for a bundle, the namespace its root is imported as")
-    cli_ops.add_import_options(p)
-    p.add_argument("--batch-size", type=_positive(int), default=500, metavar="N",
+    ops.add_import_options(p)
+    p.add_argument("--batch-size", type=positive(int), default=500, metavar="N",
                    help="cubes per durable batch (default 500)")
     p.add_argument("--progress", action="store_true",
                    help="show the progress bar even when stderr is not a terminal")
 
     command("status", _status, "show the daemon's version, uptime, cube counts and data size")
-    cli_governance.add_commands(command)
-    cli_ops.add_commands(command)
-    cli_store.add_commands(command)
-    cli_kv.add_commands(command)
-    cli_parametric.add_commands(command)
-    assert tuple(sub.choices) == COMMANDS
-    return parser
 
 
 # ---- commands ----------------------------------------------------------------------------------------------
@@ -308,7 +207,7 @@ def _status(client: MemosClient, args) -> int:
         print("no cubes yet")
     for row in [("KIND", *(st.upper() for st in states)), *rows]:
         print(f"{row[0]:<11}" + "".join(f"{cell:>10}" for cell in row[1:]))
-    cli_ops.print_metrics(s.metrics)
+    ops.print_metrics(s.metrics)
     return 0
 
 
@@ -378,8 +277,8 @@ def _draft(number: int, line: str, default_namespace: str):
 def _import(client: MemosClient, args) -> int:
     if args.file != "-":
         readable(args.file, "import file", directory=os.path.isdir(args.file))
-    if cli_ops.is_bundle(args.file):
-        return cli_ops.import_bundle(client, args)
+    if ops.is_bundle(args.file):
+        return ops.import_bundle(client, args)
     name = "stdin" if args.file == "-" else args.file
     stream = _open_bytes(args.file)
     run = _ImportRun()
@@ -399,18 +298,18 @@ def _import(client: MemosClient, args) -> int:
         progress.finish()
         _summary(run.acknowledged, args.json)
         if isinstance(exc, KeyboardInterrupt):
-            _fail(f"interrupted; {_imported(run)}; anything after that is unconfirmed")
+            fail(f"interrupted; {_imported(run)}; anything after that is unconfirmed")
             raise
-        return _fail(_rejected(name, exc, run, args.batch_size))
+        return fail(_rejected(name, exc, run, args.batch_size))
     progress.finish()
     if args.json:
         for line, cube_id in zip(run.lines, ids):
             emit({"line": line, "id": cube_id})
     _summary(len(ids), args.json)
     if isinstance(run.stopped, _BadLine):
-        return _fail(f"{name} {run.stopped}; {_imported(run)}, nothing from that line on")
+        return fail(f"{name} {run.stopped}; {_imported(run)}, nothing from that line on")
     if isinstance(run.stopped, OSError):
-        return _fail(f"cannot read {name}: {run.stopped.strerror or run.stopped}; {_imported(run)}")
+        return fail(f"cannot read {name}: {run.stopped.strerror or run.stopped}; {_imported(run)}")
     if run.stopped is not None:
         raise run.stopped
     return 0
@@ -486,6 +385,3 @@ def _read_text(path: str) -> str:
     text = text.removeprefix("\ufeff")
     return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

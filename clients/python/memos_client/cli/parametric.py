@@ -1,37 +1,26 @@
-"""memosctl's parametric-memory commands: adapter (ls, show, rm, push, pull), distill, plan, and jobs (the job
-command under the name the distillation workflow uses)."""
+"""memosctl's parametric-memory commands: adapter (ls, show, rm, push, pull), distill and plan."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from memos_client.cli_common import UsageError, readable, remove_cubes
-from memos_client._terminal import Table, emit, size, when
-from memos_client.cli_kv import _follow, _job_cancel, _job_ls, _job_show, _job_watch
+from memos_client.cli._terminal import Table, emit, size, when
+from memos_client.cli.common import UsageError, action, positive, readable, remove_cubes
+from memos_client.cli.jobs import follow
 from memos_client.client import MemosClient
 from memos_client.errors import InvalidArgument, MemosError
 from memos_client.models import Cube, Kind
 
-EXIT_ERROR = 1
-
 
 def add_commands(command) -> None:
-    """Register the commands with cli.build_parser's `command(name, run, help)`."""
-    from memos_client.cli import _add_globals, _positive  # cli imports this module
-
-    def action(sub, name: str, text: str):
-        # The global options work after the action too: `memosctl adapter ls --json`.
-        a = sub.add_parser(name, help=text, description=text)
-        _add_globals(a, in_command=True)
-        return a
-
+    """Register the commands with cli.app.build_parser's `command(name, run, help)`."""
     p = command("adapter", None, "parametric memory: LoRA adapters stored as cubes (list, show, remove, push, pull)")
     sub = p.add_subparsers(dest="adapter_command", required=True, metavar="ACTION")
     a = action(sub, "ls", "list adapter cubes, oldest first")
     a.add_argument("-n", "--namespace", metavar="PREFIX", help="only this namespace and those under it")
     a.add_argument("--model", metavar="FINGERPRINT", help="only adapters for this base model (a fingerprint or its start)")
-    a.add_argument("--limit", type=_positive(int), metavar="N", help="at most N cubes (default all)")
+    a.add_argument("--limit", type=positive(int), metavar="N", help="at most N cubes (default all)")
     a.set_defaults(run=_adapter_ls)
     a = action(sub, "show", "one adapter cube: its base model, PEFT settings, size and lineage")
     a.add_argument("id")
@@ -65,21 +54,21 @@ def add_commands(command) -> None:
     p.add_argument("-t", "--tag", dest="tags", action="append", default=[], metavar="TAG",
                    help="only plaintext with this tag (repeat: all of them)")
     p.add_argument("-q", "--query", default="", help="only the best matches of this search")
-    p.add_argument("--limit", type=_positive(int), default=0, metavar="N", help="at most N cubes (default 256)")
+    p.add_argument("--limit", type=positive(int), default=0, metavar="N", help="at most N cubes (default 256)")
     p.add_argument("--into", metavar="NS", help="where to store the adapter (default agents/AGENT/adapters)")
     p.add_argument("--adapter-tag", dest="adapter_tags", action="append", default=[], metavar="TAG",
                    help="a tag of the new adapter (repeat)")
     p.add_argument("--template", default="", help='how each cube becomes a training text: "{text}" (default)'
                    ' and "{id}" are replaced')
-    p.add_argument("--rank", type=_positive(int), default=0, metavar="R", help="LoRA rank (default 8)")
-    p.add_argument("--alpha", type=_positive(float), default=0, metavar="A", help="LoRA alpha (default 2 x rank)")
+    p.add_argument("--rank", type=positive(int), default=0, metavar="R", help="LoRA rank (default 8)")
+    p.add_argument("--alpha", type=positive(float), default=0, metavar="A", help="LoRA alpha (default 2 x rank)")
     p.add_argument("--dropout", type=float, default=0.0, metavar="P", help="LoRA dropout (default 0)")
     p.add_argument("--target-module", dest="target_modules", action="append", default=[], metavar="NAME",
                    help="a module to adapt, e.g. q_proj (repeat; default PEFT's choice for the model)")
-    p.add_argument("--steps", type=_positive(int), default=0, metavar="N", help="training steps (default 100)")
-    p.add_argument("--lr", type=_positive(float), default=0, metavar="LR", help="learning rate (default 0.001)")
-    p.add_argument("--batch-size", type=_positive(int), default=0, metavar="N", help="texts per step (default 4)")
-    p.add_argument("--max-tokens", type=_positive(int), default=0, metavar="N",
+    p.add_argument("--steps", type=positive(int), default=0, metavar="N", help="training steps (default 100)")
+    p.add_argument("--lr", type=positive(float), default=0, metavar="LR", help="learning rate (default 0.001)")
+    p.add_argument("--batch-size", type=positive(int), default=0, metavar="N", help="texts per step (default 4)")
+    p.add_argument("--max-tokens", type=positive(int), default=0, metavar="N",
                    help="tokens per text, longer ones cut (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the text order (default 0)")
     p.add_argument("--model", metavar="FINGERPRINT", default="",
@@ -94,24 +83,9 @@ def add_commands(command) -> None:
     p.add_argument("--tokens", metavar="ID,ID,...", default="",
                    help="the prompt's token ids, to pick the KV cache covering its longest prefix")
     p.add_argument("-n", "--namespace", metavar="PREFIX", help="only memory in this namespace and below")
-    p.add_argument("--limit", type=_positive(int), default=0, metavar="N", help="plaintext hits (default 5)")
-    p.add_argument("--adapters", type=_positive(int), default=0, metavar="N", help="adapters (default 3)")
+    p.add_argument("--limit", type=positive(int), default=0, metavar="N", help="plaintext hits (default 5)")
+    p.add_argument("--adapters", type=positive(int), default=0, metavar="N", help="adapters (default 3)")
     p.add_argument("--agent", default="", help="plan as this agent sees memory (admin only)")
-
-    p = command("jobs", None, "background jobs (distill, kv build): list, show, watch, cancel; as memosctl job")
-    sub = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
-    a = action(sub, "ls", "your jobs (all jobs, for the admin), newest first")
-    a.add_argument("--all", action="store_true", help="include jobs that have ended")
-    a.set_defaults(run=_job_ls)
-    for name, run, text in (("show", _job_show, "one job's state, progress and metrics"),
-                            ("watch", _job_watch, "follow a job with a progress bar until it ends"),
-                            ("cancel", _job_cancel, "ask a job to stop")):
-        a = action(sub, name, text)
-        a.add_argument("id")
-        if name == "watch":
-            a.add_argument("--progress", action="store_true",
-                           help="show the progress bar even when stderr is not a terminal")
-        a.set_defaults(run=run)
 
 
 # ---- adapter ---------------------------------------------------------------------------------------------
@@ -224,7 +198,7 @@ def _distill(client: MemosClient, args) -> int:
         else:
             print(job.id)
         return 0
-    code = _follow(client, job.id, args)
+    code = follow(client, job.id, args)
     metrics = client.get_job(job.id).metrics
     if code == 0 and not args.json and "loss_after" in metrics:
         print(f"mean loss on the training texts: {metrics['loss_before']:.4f} without the adapter, "

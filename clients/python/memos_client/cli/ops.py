@@ -5,14 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from memos_client._terminal import emit, size
+from memos_client.cli._terminal import emit, size
 from memos_client.client import MemosClient
 
 KINDS = ("plaintext", "activation", "parametric")
 
 
 def add_commands(command) -> None:
-    """Register the commands with cli.build_parser's `command(name, run, help)`."""
+    """Register the commands with cli.app.build_parser's `command(name, run, help)`."""
     p = command("backup", _backup, "write a consistent online backup of the whole daemon into a new"
                 " directory (admin); restore it with `memosd restore DEST`")
     p.add_argument("dest", help="a directory that does not exist yet (or is empty)")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import time
 
-from memos_client._terminal import Table, emit, when
+from memos_client.cli._terminal import Table, emit, when
+from memos_client.cli.common import action
 from memos_client.auth import fingerprint, verify_signature
 from memos_client.client import MemosClient
 from memos_client.errors import InvalidArgument
@@ -15,15 +16,7 @@ KINDS = ("plaintext", "activation", "parametric")
 
 
 def add_commands(command) -> None:
-    """Register the commands with cli.build_parser's `command(name, run, help)`."""
-    from memos_client.cli import _add_globals  # cli imports this module
-
-    def action(sub, name: str, text: str):
-        # Global options (--json, --addr, ...) are accepted after the action too, as after any command.
-        a = sub.add_parser(name, help=text, description=text)
-        _add_globals(a, in_command=True)
-        return a
-
+    """Register the commands with cli.app.build_parser's `command(name, run, help)`."""
     p = command("whoami", _whoami, "show which agent this key is and the daemon it is for")
 
     p = command("agent", None, "manage agent identities (admin)")
