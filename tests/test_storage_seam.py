@@ -1,4 +1,4 @@
-"""The storage seam holds: no servicer under memosd/server/ holds SQL or reaches the database itself."""
+"""The storage seam holds: no servicer under memosd/server/ holds SQL or reaches the database, nor MemStore SQL."""
 
 import ast
 import re
@@ -52,3 +52,10 @@ def test_no_servicer_holds_sql_or_reaches_the_database():
     for path in sorted((ROOT / "memosd" / "server").rglob("*.py")):
         found += storage_access(path.read_text(), str(path.relative_to(ROOT)))
     assert not found, "storage work belongs in vault/, governance/ or store/ as named methods:\n" + "\n".join(found)
+
+
+def test_memstore_holds_no_sql():
+    # MemStore keeps the pub/sub logic; its queries are named functions of memosd/store/events.py and shares.py.
+    path = ROOT / "memosd" / "store" / "memstore.py"
+    found = [f for f in storage_access(path.read_text(), str(path.relative_to(ROOT))) if " SQL " in f]
+    assert not found, "\n".join(found)
