@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _init(config) -> int:
     """Create the data directory, its database and admin key, and a commented config file."""
-    from memosd.server.app import open_storage
+    from memosd.daemon import open_storage
 
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     db, governance = asyncio.run(open_storage(config))

@@ -342,6 +342,10 @@ class MemGovernance(Sharing):
         audit.append(conn, self.clock(), agent, action, target, "allow", audit.detail(**fields))
         self.signer.note_entry()
 
+    async def audit(self, agent: str, action: str, target: str, **fields) -> None:
+        """Audit an allowed action that writes nothing else, in a transaction of its own."""
+        await self.db.write(lambda conn: self.audit_write(conn, agent, action, target, **fields))
+
     async def audit_list(self, p: Principal, after_seq: int, limit: int) -> list[audit.AuditEntry]:
         self._require_admin(p, "read the audit log")
         return await self.db.read(lambda conn: audit.read(conn, after_seq, limit))

@@ -19,9 +19,8 @@ MAX_CHUNK = 4 << 20
 
 
 class AdminService:
-    def __init__(self, data_dir: Path, db, governance):
+    def __init__(self, data_dir: Path, governance):
         self.data_dir = Path(data_dir)
-        self.db = db
         self.gov = governance
 
     async def Backup(self, request, context):
@@ -34,8 +33,7 @@ class AdminService:
         snapshot = await asyncio.to_thread(take_snapshot, self.data_dir)
         try:
             sent = sum(f.size for f in snapshot.files)
-            await self.db.write(lambda conn: self.gov.audit_write(
-                conn, p.name, "daemon.backup", str(self.data_dir), files=len(snapshot.files), bytes=sent))
+            await self.gov.audit(p.name, "daemon.backup", str(self.data_dir), files=len(snapshot.files), bytes=sent)
             for f in snapshot.files:
                 yield admin_pb2.BackupChunk(file=admin_pb2.BackupFile(path=f.path, size=f.size, sha256=f.sha256,
                                                                       mode=f.mode))

@@ -1,11 +1,11 @@
-"""build_server(): the daemon as one object that tests and `memosd serve` start the same way."""
+"""build_server(): the daemon as one object that tests and `memosd serve` start the same way; this module
+registers the servicers over the core (memosd.daemon) and owns the transport."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -13,9 +13,8 @@ from grpc_reflection.v1alpha import reflection
 
 from memos_mip.v1 import admin_pb2, bundle_pb2, daemon_pb2, governance_pb2, store_pb2, vault_pb2
 from memosd.config import Config, socket_path
+from memosd.daemon import Daemon
 from memosd.governance import MemGovernance
-from memosd.governance.schema import migrations as governance_migrations
-from memosd.lifecycle import MemLifecycle
 from memosd.metrics import Metrics
 from memosd.server.admin_service import AdminService
 from memosd.server.bundle_service import BundleService
@@ -25,17 +24,11 @@ from memosd.server.observability import watch
 from memosd.server.daemon_service import DaemonService
 from memosd.server.governance_service import GovernanceService
 from memosd.server.store_service import StoreService
-from memosd.server.tensor_memory import SERVICES as TENSOR_SERVICES, TensorMemory
+from memosd.server.tensor_memory import SERVICES as TENSOR_SERVICES, servicers as tensor_servicers
 from memosd.server import transport
 from memosd.server.fd_exchange import FdExchange
 from memosd.server.rpc import service_handler
 from memosd.server.vault_service import VaultService
-from memosd.store import MemStore
-from memosd.store.hub import Hub
-from memosd.store.schema import migrations as store_migrations
-from memosd.vault import MemVault
-from memosd.vault.db import Database
-from memosd.vault.schema import migrations as vault_migrations
 
 log = logging.getLogger("memosd")
 SERVICES = (
@@ -52,57 +45,42 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class MemosServer:
-    """The running daemon: gRPC server, MemVault and background lifecycle tasks."""
+    """The running daemon: the core (Daemon) behind its gRPC server, health, reflection and metrics endpoint."""
 
     def __init__(self, config: Config, governance_type: type[MemGovernance] = MemGovernance):
         self.config = config
-        self._governance_type = governance_type
+        self.core = Daemon(config, governance_type)
         self.address = config.listen
-        self.vault: MemVault | None = None
-        self.store: MemStore | None = None
-        self.tensors: TensorMemory | None = None
         self.exchange: FdExchange | None = None
-        self.governance: MemGovernance | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
-        self._lifecycle: MemLifecycle | None = None
         self._stopped = asyncio.Event()
         self.metrics = Metrics()
         self.metrics_endpoint: MetricsEndpoint | None = None
 
+    # The core's parts, where tests and embedders have always found them.
+    vault = property(lambda self: self.core.vault)
+    store = property(lambda self: self.core.store)
+    governance = property(lambda self: self.core.governance)
+    tensors = property(lambda self: self.core.tensors)
+
     async def start(self) -> None:
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        embedder = None
-        if cfg.embedding_model:
-            from memosd.runtime.embedder import Embedder
-
-            embedder = Embedder(cfg.embedding_model, threads=cfg.embedding_threads or None)
-        db, self.governance = await open_storage(cfg, self._governance_type)
-        gov = self.governance
-        self.vault = MemVault(cfg.data_dir, db=db, limits=cfg.limits, embedder=embedder, audit=gov.audit_write)
-        await self.vault.start()
-        self.store = MemStore(db, gov, hub=Hub(capacity=cfg.subscriber_queue, per_agent_limit=cfg.subscriptions_per_agent),
-                              default_max_events=cfg.topic_max_events, default_max_age=cfg.topic_max_age)
-        await self.store.start()
+        core = self.core
+        await core.start()
+        vault, gov = core.vault, core.governance
         self.exchange = FdExchange.beside(cfg.listen)
-        self.tensors = TensorMemory(cfg, self.vault, gov, self.exchange)
-        await self.tensors.start()
-        self._lifecycle = MemLifecycle(self.vault, store=self.store, sweep_interval=cfg.sweep_interval,
-                                       flush_interval=cfg.access_flush_interval)
-        self._lifecycle.start()
-        gov.signer.start(cfg.audit_checkpoint_entries, cfg.audit_checkpoint_interval)
-        watch(self.metrics, self.vault, self.store)
+        watch(self.metrics, vault, core.store)
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ])
         started = time.time()
-        servicers = (VaultService(self.vault, gov), DaemonService(self.vault, started, cfg.listen, metrics=self.metrics),
-                     GovernanceService(gov), StoreService(self.store), AdminService(cfg.data_dir, db, gov),
-                     BundleService(self.vault, gov, cfg.data_dir, TensorMemorySink(self.vault, self.tensors)),
-                     *self.tensors.servicers())
+        servicers = (VaultService(vault, gov), DaemonService(vault, started, cfg.listen, metrics=self.metrics),
+                     GovernanceService(gov), StoreService(core.store), AdminService(cfg.data_dir, gov),
+                     BundleService(vault, gov, cfg.data_dir, TensorMemorySink(vault, core.tensors)),
+                     *tensor_servicers(core.tensors, vault, gov, self.exchange))
         # Each servicer class is named after its service (memos.v1.VaultService -> VaultService).
         by_name = {type(servicer).__name__: servicer for servicer in servicers}
         missing = [d.full_name for d in SERVICES if d.name not in by_name]
@@ -133,17 +111,14 @@ class MemosServer:
         if self._server is None:
             return
         await self._health.enter_graceful_shutdown()
-        self.store.hub.close()  # subscriptions never end by themselves: end them now, with their positions
+        self.core.end_subscriptions()
         await self._server.stop(self.config.shutdown_grace if grace is None else grace)
         self._server = None
         if self.metrics_endpoint is not None:
             await self.metrics_endpoint.stop()
-        await self._lifecycle.stop()
         if self.exchange is not None:
             await asyncio.to_thread(self.exchange.stop)
-        await self.tensors.stop()
-        await self.governance.signer.stop()  # after the last write: the head it signs is the final one
-        await self.vault.close()
+        await self.core.stop()
         path = socket_path(self.address)
         if path is not None:
             path.unlink(missing_ok=True)
@@ -152,15 +127,6 @@ class MemosServer:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
-
-
-async def open_storage(config: Config, governance_type=MemGovernance) -> tuple[Database, MemGovernance]:
-    """The data directory's database (migrated) and governance (admin key created on first use)."""
-    db = Database(config.data_dir / "memos.db", migrations=(vault_migrations, governance_migrations, store_migrations))
-    governance = governance_type(db, config.data_dir,
-                                 audit_key=Path(config.audit_key).expanduser() if config.audit_key else None)
-    await governance.start()
-    return db, governance
 
 
 def build_server(config: Config, governance_type: type[MemGovernance] = MemGovernance) -> MemosServer:

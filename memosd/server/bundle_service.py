@@ -73,9 +73,8 @@ class BundleService:
                 await asyncio.gather(task, return_exceptions=True)
             elif not task.cancelled():
                 task.exception()  # retrieved: the reader has re-raised it already
-        await self.vault.db.write(lambda conn: self.gov.audit_write(
-            conn, p.name, "bundle.export", prefix or "*", cubes=summary.cubes, policies=summary.policies,
-            bytes=summary.bytes))
+        await self.gov.audit(p.name, "bundle.export", prefix or "*", cubes=summary.cubes, policies=summary.policies,
+                             bytes=summary.bytes)
         log.info("exported %d cubes under %r to %s", summary.cubes, prefix or "*", p.name)
 
     def _policies(self, p, prefix: str) -> list[ExportedPolicy]:

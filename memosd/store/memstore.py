@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import re
 import sqlite3
@@ -21,7 +20,8 @@ from memosd.governance import MemGovernance, Principal
 from memosd.governance.policy import Pattern, check_name
 from memosd.ids import is_id
 from memosd.limits import check_namespace
-from memosd.store import shares
+from memosd.store import events, shares
+from memosd.store.events import Topic
 from memosd.store.hub import Hub, Subscriber, first_of
 from memosd.vault.vault import cube_at_version, current_cube
 
@@ -57,16 +57,6 @@ class EventRecord:
 @dataclass
 class Heartbeat:
     delivered: dict[str, int]
-
-
-@dataclass
-class Topic:
-    name: str
-    owner: str
-    last_seq: int
-    first_seq: int
-    max_age: float
-    max_events: int
 
 
 @dataclass(frozen=True)
@@ -130,8 +120,7 @@ class MemStore:
         sees = may_publish or self.gov.can(p, "subscribe", topic)
 
         def job(conn: sqlite3.Connection):
-            found = publish_id and conn.execute("SELECT seq, publisher FROM events WHERE topic = ? AND publish_id = ?",
-                                                (topic, publish_id)).fetchone()
+            found = publish_id and events.find_published(conn, topic, publish_id)
             if found and (may_publish or found[1] == p.name):
                 return found[0], True, None, None
             cube = current_cube(conn, cube_id, now)
@@ -155,16 +144,10 @@ class MemStore:
                 share = self.gov.share_authority(p, cube, topic)
                 kind = EventKind.UPDATED if on_topic else EventKind.PUBLISHED
                 shares.record(conn, cube_id, share)
-            top = conn.execute("SELECT last_seq FROM topics WHERE name = ?", (topic,)).fetchone()
-            if top is None:
-                conn.execute("INSERT INTO topics (name, owner, created_at, max_age, max_events) VALUES (?, ?, ?, ?, ?)",
-                             (topic, p.name, now, self.default_max_age, self.default_max_events))
-            seq = (top[0] if top else 0) + 1
-            conn.execute("INSERT INTO events (topic, seq, kind, cube_id, cube_version, publisher, ts, publish_id)"
-                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                         # Another publisher's publish_id on a topic p cannot publish to is not p's to reuse.
-                         (topic, seq, int(kind), cube_id, cube.version, p.name, now, None if found else publish_id or None))
-            conn.execute("UPDATE topics SET last_seq = ? WHERE name = ?", (seq, topic))
+            # Another publisher's publish_id on a topic p cannot publish to is not p's to reuse.
+            seq = events.append_event(conn, topic, int(kind), cube_id, cube.version, p.name, now,
+                                      None if found else publish_id or None, max_age=self.default_max_age,
+                                      max_events=self.default_max_events)
             self.gov.audit_write(conn, p.name, "store.retract" if retract else "store.publish", topic, seq=seq,
                                  cube=cube_id, version=cube.version)
             return seq, False, EventRecord(topic, seq, kind, cube_id, cube.version, p.name, now,
@@ -204,7 +187,7 @@ class MemStore:
                 durable.active, durable.wakeup = False, None
 
     async def _start_positions(self, pattern: Pattern, spec: SubscribeSpec, durable) -> dict[str, int]:
-        topics = await self.db.read(lambda conn: _topics(conn, pattern))
+        topics = await self.db.read(lambda conn: events.topics(conn, pattern))
         if not pattern.subtree and pattern.namespace not in topics:
             if spec.after_seq > 0:
                 raise InvalidArgument(f"topic {pattern.namespace} has no events yet; after_seq {spec.after_seq}"
@@ -231,8 +214,7 @@ class MemStore:
         now = self.clock()
 
         def job(conn: sqlite3.Connection):
-            found = conn.execute("SELECT seq, kind, cube_id, cube_version, publisher, ts FROM events"
-                                 " WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?", (topic, after, limit)).fetchall()
+            found = events.events_after(conn, topic, after, limit)
             return [EventRecord(topic, seq, EventKind(kind), cube_id, version, publisher, ts,
                                 None if kind == EventKind.RETRACTED else cube_at_version(conn, cube_id, version, now))
                     for seq, kind, cube_id, version, publisher, ts in found]
@@ -259,14 +241,9 @@ class MemStore:
         if key not in self._durables:
             now = self.clock()
 
-            def job(conn: sqlite3.Connection):
-                conn.execute("INSERT OR IGNORE INTO durable_subscriptions (agent, name, pattern, created_at)"
-                             " VALUES (?, ?, ?, ?)", (p.name, spec.durable_name, spec.topic, now))
-                return conn.execute("SELECT pattern, acked FROM durable_subscriptions WHERE agent = ? AND name = ?",
-                                    key).fetchone()
-
-            pattern, acked = await self.db.write(job)
-            self._durables.setdefault(key, _Durable(pattern, {k: int(v) for k, v in json.loads(acked).items()}))
+            pattern, acked = await self.db.write(
+                lambda conn: events.open_cursor(conn, p.name, spec.durable_name, spec.topic, now))
+            self._durables.setdefault(key, _Durable(pattern, acked))
         durable = self._durables[key]
         if durable.pattern != spec.topic:
             raise InvalidArgument(f"durable subscription {spec.durable_name} follows {durable.pattern}, not {spec.topic}")
@@ -288,8 +265,7 @@ class MemStore:
         if seq <= durable.acked.get(topic, 0):
             return durable.acked[topic]
         acked = dict(durable.acked, **{topic: seq})
-        await self.db.write(lambda conn: conn.execute(
-            "UPDATE durable_subscriptions SET acked = ? WHERE agent = ? AND name = ?", (json.dumps(acked), p.name, name)))
+        await self.db.write(lambda conn: events.save_cursor(conn, p.name, name, acked))
         durable.acked = acked
         durable.unacked_since = self.clock() if any(durable.delivered.get(t, 0) > a for t, a in acked.items()) else None
         if durable.wakeup is not None:
@@ -302,7 +278,7 @@ class MemStore:
         if prefix:
             check_namespace(prefix.rstrip("/"), what="topic prefix")
         pattern = Pattern(prefix.rstrip("/"), True) if prefix else None
-        found = await self.db.read(lambda conn: _topics(conn, pattern))
+        found = await self.db.read(lambda conn: events.topics(conn, pattern))
         return [t for t in found.values()
                 if self.gov.can(p, "subscribe", t.name) or self.gov.can(p, "publish", t.name)]
 
@@ -316,12 +292,12 @@ class MemStore:
             raise PermissionDenied(f"agent {p.name} may not set the retention of {topic}: only its owner or the admin may")
 
         def job(conn: sqlite3.Connection) -> Topic:
-            t = _topics(conn, Pattern(topic, False)).get(topic)
+            t = events.topics(conn, Pattern(topic, False)).get(topic)
             if t is None:
                 raise NotFound(f"no topic {topic}")
             if not (p.admin or p.name == t.owner):
                 raise PermissionDenied(f"only {t.owner} (the topic's owner) or the admin may set its retention")
-            conn.execute("UPDATE topics SET max_age = ?, max_events = ? WHERE name = ?", (max_age, max_events, topic))
+            events.set_retention(conn, topic, max_age, max_events)
             self.gov.audit_write(conn, p.name, "store.retention", topic, max_age=max_age, max_events=max_events)
             t.max_age, t.max_events = max_age, max_events
             return t
@@ -331,21 +307,7 @@ class MemStore:
     async def compact(self) -> int:
         """Delete events beyond each topic's retention; returns how many."""
         now = self.clock()
-
-        def job(conn: sqlite3.Connection) -> int:
-            removed = 0
-            for name, last, max_age, max_events in conn.execute(
-                    "SELECT name, last_seq, max_age, max_events FROM topics WHERE max_age > 0 OR max_events > 0").fetchall():
-                if max_events:
-                    removed += conn.execute("DELETE FROM events WHERE topic = ? AND seq <= ?", (name, last - max_events)).rowcount
-                if max_age:
-                    removed += conn.execute("DELETE FROM events WHERE topic = ? AND ts < ? AND seq < ?",
-                                            (name, now - max_age, last)).rowcount
-                first = conn.execute("SELECT min(seq) FROM events WHERE topic = ?", (name,)).fetchone()[0]
-                conn.execute("UPDATE topics SET first_seq = ? WHERE name = ?", (first or last + 1, name))
-            return removed
-
-        return await self.db.write(job)
+        return await self.db.write(lambda conn: events.compact(conn, now))
 
 
 class _Stream:
@@ -485,16 +447,3 @@ def _parse_pattern(text: str) -> Pattern:
     if "*" in text.removesuffix("/**"):
         raise InvalidArgument(f"topic pattern {quote(text)}: use a topic name, or NAME/** for every topic under NAME")
     return Pattern.parse(text, what="topic")
-
-
-def _topics(conn: sqlite3.Connection, pattern: Pattern | None) -> dict[str, Topic]:
-    if pattern is None:
-        found = conn.execute("SELECT name, owner, last_seq, first_seq, max_age, max_events FROM topics").fetchall()
-    elif pattern.subtree:
-        found = conn.execute("SELECT name, owner, last_seq, first_seq, max_age, max_events FROM topics"
-                             " WHERE name = ? OR (name >= ? AND name < ?)",
-                             (pattern.namespace, pattern.namespace + "/", pattern.namespace + "0")).fetchall()
-    else:
-        found = conn.execute("SELECT name, owner, last_seq, first_seq, max_age, max_events FROM topics WHERE name = ?",
-                             (pattern.namespace,)).fetchall()
-    return {r[0]: Topic(*r) for r in found}

@@ -1,0 +1,122 @@
+"""Daemon: builds, owns, starts and stops the core (storage, governance, vault, MemStore, tensor memory, lifecycle)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from memosd.config import Config
+from memosd.governance import MemGovernance
+from memosd.governance.schema import migrations as governance_migrations
+from memosd.lifecycle import MemLifecycle
+from memosd.scheduler.distill import ParametricPromoter
+from memosd.scheduler.jobs import JobManager
+from memosd.scheduler.plan import MemPlanner
+from memosd.scheduler.promote import ActivationPromoter
+from memosd.store import MemStore
+from memosd.store.hub import Hub
+from memosd.store.schema import migrations as store_migrations
+from memosd.vault import MemVault
+from memosd.vault.activation import ActivationVault
+from memosd.vault.blobs import BlobStore
+from memosd.vault.db import Database
+from memosd.vault.parametric import ParametricVault
+from memosd.vault.schema import migrations as vault_migrations
+
+log = logging.getLogger("memosd")
+
+
+class TensorMemory:
+    """The parts of the daemon that deal in tensors: the blob store, activation and parametric cubes, jobs, the
+    plaintext -> activation and plaintext -> parametric promoters and the query planner; started after the vault,
+    stopped before it closes."""
+
+    def __init__(self, config: Config, vault: MemVault, governance: MemGovernance):
+        self.blobs = BlobStore(config.data_dir, vault.db, max_blob_bytes=config.limits.max_blob_bytes,
+                               max_pending_uploads=config.limits.max_pending_uploads)
+        self.activations = ActivationVault(vault, self.blobs, audit=governance.audit_write)
+        self.jobs = JobManager(db=vault.db)
+        model = None
+        if config.activation_model:
+            from memosd.runtime.causal_lm import CausalLM  # checks the path only; torch loads on the first build
+
+            model = CausalLM(config.activation_model, config.activation_dtype)
+        self.promoter = ActivationPromoter(self.activations, self.blobs, self.jobs, model)
+        self.parametric = ParametricVault(vault, self.blobs, audit=governance.audit_write)
+        trainer = None
+        base = config.parametric_model or config.activation_model
+        if base:
+            from memosd.runtime.lora import LoraTrainer  # checks the path only; torch loads on the first job
+
+            trainer = LoraTrainer(base, config.parametric_dtype if config.parametric_model else config.activation_dtype)
+        self.distiller = ParametricPromoter(vault, self.parametric, self.blobs, self.jobs, trainer)
+        self.planner = MemPlanner(vault, self.activations, self.parametric)
+
+    async def start(self) -> None:
+        await self.blobs.start()
+        await self.jobs.start()
+
+    async def stop(self) -> None:
+        await self.jobs.stop()
+        await self.blobs.stop()
+
+
+class Daemon:
+    """The daemon without its transport: what `memosd serve` runs and the servicers are handed.
+    start() opens and starts the parts in dependency order; stop() stops them in reverse, after the last call."""
+
+    def __init__(self, config: Config, governance_type: type[MemGovernance] = MemGovernance):
+        self.config = config
+        self._governance_type = governance_type
+        self.db: Database | None = None
+        self.governance: MemGovernance | None = None
+        self.vault: MemVault | None = None
+        self.store: MemStore | None = None
+        self.tensors: TensorMemory | None = None
+        self.lifecycle: MemLifecycle | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        embedder = None
+        if cfg.embedding_model:
+            from memosd.runtime.embedder import Embedder
+
+            embedder = Embedder(cfg.embedding_model, threads=cfg.embedding_threads or None)
+        self.db, self.governance = await open_storage(cfg, self._governance_type)
+        gov = self.governance
+        self.vault = MemVault(cfg.data_dir, db=self.db, limits=cfg.limits, embedder=embedder, audit=gov.audit_write)
+        await self.vault.start()
+        self.store = MemStore(self.db, gov, hub=Hub(capacity=cfg.subscriber_queue,
+                                                    per_agent_limit=cfg.subscriptions_per_agent),
+                              default_max_events=cfg.topic_max_events, default_max_age=cfg.topic_max_age)
+        await self.store.start()
+        self.tensors = TensorMemory(cfg, self.vault, gov)
+        await self.tensors.start()
+        self.lifecycle = MemLifecycle(self.vault, store=self.store, sweep_interval=cfg.sweep_interval,
+                                      flush_interval=cfg.access_flush_interval)
+        self.lifecycle.start()
+        gov.signer.start(cfg.audit_checkpoint_entries, cfg.audit_checkpoint_interval)
+
+    def end_subscriptions(self) -> None:
+        """Subscriptions never end by themselves: end them (with their positions) so the transport can drain."""
+        if self.store is not None:
+            self.store.hub.close()
+
+    async def stop(self) -> None:
+        """After the transport has stopped: background tasks, tensor memory, the audit signer, then the vault."""
+        if self.vault is None:
+            return
+        await self.lifecycle.stop()
+        await self.tensors.stop()
+        await self.governance.signer.stop()  # after the last write: the head it signs is the final one
+        await self.vault.close()
+
+
+async def open_storage(config: Config, governance_type=MemGovernance) -> tuple[Database, MemGovernance]:
+    """The data directory's database (migrated) and governance (admin key created on first use)."""
+    db = Database(config.data_dir / "memos.db", migrations=(vault_migrations, governance_migrations, store_migrations))
+    governance = governance_type(db, config.data_dir,
+                                 audit_key=Path(config.audit_key).expanduser() if config.audit_key else None)
+    await governance.start()
+    return db, governance

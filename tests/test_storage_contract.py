@@ -1,0 +1,123 @@
+"""The storage contract: what the core relies on from its storage functions, driven directly (no daemon, no gRPC).
+Each test takes `engine`; a second engine (PostgreSQL) joins by adding a parameter to that fixture."""
+
+import asyncio
+
+import pytest
+
+from memosd.daemon import open_storage
+from memosd.governance import audit
+from memosd.governance.policy import Pattern
+from memosd.store import events
+from memosd.store.memstore import EventKind
+from tests.daemon import make_config
+
+
+class Engine:
+    """One storage engine's database, with the core's two ways in: a write transaction and a read snapshot."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def write(self, job):
+        return asyncio.run(self.db.write(job))
+
+    def read(self, job):
+        return asyncio.run(self.db.read(job))
+
+
+@pytest.fixture(params=["sqlite"])
+def engine(request, tmp_path):
+    config = make_config(tmp_path)
+    config.data_dir.mkdir(parents=True, mode=0o700)
+    db, _ = asyncio.run(open_storage(config))  # migrated, as the daemon opens it
+    yield Engine(db)
+    db.close()
+
+
+def _publish(engine, topic, cube_id="c1", ts=100.0, publish_id=None, max_events=0, max_age=0.0,
+             kind=EventKind.PUBLISHED):
+    return engine.write(lambda conn: events.append_event(conn, topic, int(kind), cube_id, 1, "alice", ts, publish_id,
+                                                         max_age=max_age, max_events=max_events))
+
+
+def test_events_get_consecutive_seqs_per_topic_and_read_back_in_order(engine):
+    assert [_publish(engine, "news", f"c{i}", ts=100.0 + i) for i in range(3)] == [1, 2, 3]
+    assert _publish(engine, "other") == 1
+    found = engine.read(lambda conn: events.events_after(conn, "news", 0, 10))
+    assert [(seq, kind, cube) for seq, kind, cube, *_ in found] == [(1, EventKind.PUBLISHED, "c0"),
+                                                                   (2, EventKind.PUBLISHED, "c1"),
+                                                                   (3, EventKind.PUBLISHED, "c2")]
+    assert found[0][3:] == (1, "alice", 100.0)
+    assert [r[0] for r in engine.read(lambda conn: events.events_after(conn, "news", 1, 1))] == [2]
+    assert engine.read(lambda conn: events.events_after(conn, "news", 3, 10)) == []
+
+
+def test_a_topic_is_created_by_its_first_event_with_its_publisher_as_owner(engine):
+    _publish(engine, "news", max_events=5, max_age=60.0)
+    _publish(engine, "news", max_events=99)  # retention is the topic's, set when it was created
+    topic = engine.read(lambda conn: events.topics(conn, Pattern("news", False)))["news"]
+    assert (topic.owner, topic.last_seq, topic.first_seq, topic.max_age, topic.max_events) == ("alice", 2, 1, 60.0, 5)
+    engine.write(lambda conn: events.set_retention(conn, "news", 0.0, 7))
+    topic = engine.read(lambda conn: events.topics(conn, Pattern("news", False)))["news"]
+    assert (topic.max_age, topic.max_events) == (0.0, 7)
+
+
+def test_topics_by_name_subtree_or_all(engine):
+    for name in ("a", "a/b", "a/b/c", "ab", "b"):
+        _publish(engine, name)
+    def names(pattern):
+        return sorted(engine.read(lambda conn: events.topics(conn, pattern)))
+
+    assert names(Pattern("a", False)) == ["a"]
+    assert names(Pattern("a", True)) == ["a", "a/b", "a/b/c"]
+    assert names(Pattern("nothing", True)) == []
+    assert names(None) == ["a", "a/b", "a/b/c", "ab", "b"]
+
+
+def test_a_publish_id_finds_its_event(engine):
+    seq = _publish(engine, "news", publish_id="p-1")
+    assert engine.read(lambda conn: events.find_published(conn, "news", "p-1")) == (seq, "alice")
+    assert engine.read(lambda conn: events.find_published(conn, "news", "p-2")) is None
+    assert engine.read(lambda conn: events.find_published(conn, "other", "p-1")) is None
+
+
+def test_compaction_keeps_the_retained_events_and_moves_the_first_seq(engine):
+    for i in range(5):
+        _publish(engine, "counted", f"c{i}", ts=100.0 + i, max_events=2)
+    for i in range(3):
+        _publish(engine, "aged", f"c{i}", ts=100.0 + 10 * i, max_age=15.0)
+    _publish(engine, "kept", ts=1.0)
+    removed = engine.write(lambda conn: events.compact(conn, 125.0))
+    # counted keeps its last 2; aged drops what is older than 125 - 15 = 110 (seq 1), never its newest.
+    assert removed == 3 + 1
+
+    def left(topic):
+        return [r[0] for r in engine.read(lambda conn: events.events_after(conn, topic, 0, 10))]
+
+    assert (left("counted"), left("aged"), left("kept")) == ([4, 5], [2, 3], [1])
+    found = engine.read(lambda conn: events.topics(conn, None))
+    assert (found["counted"].first_seq, found["aged"].first_seq, found["kept"].first_seq) == (4, 2, 1)
+    assert _publish(engine, "counted") == 6  # seqs go on after compaction
+
+
+def test_a_durable_cursor_is_created_once_and_keeps_its_acks(engine):
+    assert engine.write(lambda conn: events.open_cursor(conn, "alice", "feed", "news/**", 1.0)) == ("news/**", {})
+    engine.write(lambda conn: events.save_cursor(conn, "alice", "feed", {"news/a": 3, "news/b": 1}))
+    # Opening it again (even naming another pattern) finds the cursor as it was saved.
+    assert engine.write(lambda conn: events.open_cursor(conn, "alice", "feed", "other", 2.0)) == (
+        "news/**", {"news/a": 3, "news/b": 1})
+    assert engine.write(lambda conn: events.open_cursor(conn, "bob", "feed", "other", 2.0)) == ("other", {})
+
+
+def test_the_audit_log_appends_a_chain_that_verifies(engine):
+    before = engine.read(lambda conn: audit.read(conn, 0, 1000))  # first start audits the admin's creation
+    engine.write(lambda conn: audit.append(conn, 1.0, "alice", "store.publish", "news", "allow", audit.detail(seq=1)))
+    engine.write(lambda conn: audit.append(conn, 2.0, "bob", "vault.get", "x", "deny"))
+    found = engine.read(lambda conn: audit.read(conn, before[-1].seq if before else 0, 10))
+    assert [(e.agent, e.action, e.decision) for e in found] == [("alice", "store.publish", "allow"),
+                                                               ("bob", "vault.get", "deny")]
+    assert found[1].prev_hash == found[0].hash
+    ok, checked, *_ = engine.read(audit.verify)
+    assert ok and checked == len(before) + 2
+

@@ -1,0 +1,61 @@
+"""The storage seam holds: no servicer under memosd/server/ holds SQL or reaches the database, nor MemStore SQL."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Statements as SQL writes them (upper-case keywords with their clause), not English words in messages.
+SQL = re.compile(r"\b(SELECT\b[\s\S]+\bFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
+                 r"CREATE\s+(TABLE|INDEX|VIEW|TRIGGER)|DROP\s+(TABLE|INDEX)|PRAGMA\s+\w+|BEGIN\s+IMMEDIATE)\b")
+DB_METHODS = {"read", "write", "execute", "executemany", "executescript", "cursor", "commit"}
+DB_MODULES = ("sqlite3", "memosd.vault.db")
+
+
+def _name(node: ast.AST) -> str:
+    return node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else ""
+
+
+def storage_access(source: str, filename: str = "<source>") -> list[str]:
+    """Each place in the source that holds SQL or talks to the database directly, as 'file:line what'."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        what = None
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL.search(node.value):
+            what = f"SQL {node.value.strip()[:40]!r}"
+        elif isinstance(node, ast.Attribute) and node.attr == "db":
+            what = "the database handle (.db)"
+        elif (isinstance(node, ast.Attribute) and node.attr in DB_METHODS
+              and _name(node.value) in {"db", "conn", "connection", "cursor"}):
+            what = f"{_name(node.value)}.{node.attr}"
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            if any(n == m or n.startswith(m + ".") for n in names for m in DB_MODULES):
+                what = f"import of {', '.join(names)}"
+        if what:
+            found.append(f"{filename}:{node.lineno} {what}")
+    return found
+
+
+def test_the_check_finds_sql_and_database_access():
+    # The check itself can fail: each of these is storage work a servicer must hand to a storage module.
+    assert storage_access('q = "SELECT id FROM cubes WHERE ns = ?"')
+    assert storage_access('conn.execute("x")')
+    assert storage_access("await self.vault.db.write(job)")
+    assert storage_access("import sqlite3")
+    assert storage_access("from memosd.vault.db import Database")
+    assert not storage_access('raise InvalidArgument("select a cube to delete, then update it")')
+
+
+def test_no_servicer_holds_sql_or_reaches_the_database():
+    found = []
+    for path in sorted((ROOT / "memosd" / "server").rglob("*.py")):
+        found += storage_access(path.read_text(), str(path.relative_to(ROOT)))
+    assert not found, "storage work belongs in vault/, governance/ or store/ as named methods:\n" + "\n".join(found)
+
+
+def test_memstore_holds_no_sql():
+    # MemStore keeps the pub/sub logic; its queries are named functions of memosd/store/events.py and shares.py.
+    path = ROOT / "memosd" / "store" / "memstore.py"
+    found = [f for f in storage_access(path.read_text(), str(path.relative_to(ROOT))) if " SQL " in f]
+    assert not found, "\n".join(found)
