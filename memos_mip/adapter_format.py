@@ -16,7 +16,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from memos_mip.bounds import JSONLimitError, loads, quote
 from memos_mip.tensor_format import (
@@ -71,7 +71,7 @@ class AdapterManifest:
         }
 
     @classmethod
-    def from_json(cls, obj: dict) -> "AdapterManifest":
+    def from_json(cls, obj: dict) -> AdapterManifest:
         model = obj.get("model") or {}
         return cls(
             blob_sha256=obj["blob"]["sha256"], blob_size=int(obj["blob"]["size"]),

@@ -21,7 +21,7 @@ import hashlib
 import os
 import re
 import tarfile
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 from memos_mip.bounds import quote
@@ -57,7 +57,7 @@ class BundleError(Exception):
 def rfc3339(seconds: float | None) -> str | None:
     if seconds is None:
         return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def from_rfc3339(text) -> float | None:
@@ -70,7 +70,7 @@ def from_rfc3339(text) -> float | None:
     except ValueError:
         raise BundleError("InvalidArgument", f"{quote(text)} is not an RFC 3339 time") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 

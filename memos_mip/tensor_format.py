@@ -17,7 +17,7 @@ import math
 import sys
 from array import array
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from memos_mip.bounds import JSONLimitError, loads, quote
 
@@ -57,7 +57,7 @@ class TensorSpec:
         return {"dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
-    def from_json(cls, obj) -> "TensorSpec":
+    def from_json(cls, obj) -> TensorSpec:
         return cls(str(obj["dtype"]), tuple(int(n) for n in obj["shape"]))
 
 
@@ -123,7 +123,7 @@ class KVManifest:
         }
 
     @classmethod
-    def from_json(cls, obj: dict) -> "KVManifest":
+    def from_json(cls, obj: dict) -> KVManifest:
         model = obj.get("model") or {}
         return cls(
             blob_sha256=obj["blob"]["sha256"], blob_size=int(obj["blob"]["size"]),

@@ -41,7 +41,7 @@ class Checkpoint:
                            "signature": b64url(self.signature)}, separators=(",", ":")) + "\n"
 
     @classmethod
-    def from_line(cls, line: str) -> "Checkpoint":
+    def from_line(cls, line: str) -> Checkpoint:
         """ValueError unless the line is one checkpoint as line() writes it."""
         try:
             body = json.loads(line)

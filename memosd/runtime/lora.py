@@ -7,7 +7,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from memosd.errors import FailedPrecondition, InvalidArgument, ModelMismatch
 

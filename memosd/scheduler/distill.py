@@ -31,7 +31,7 @@ class SourceSpec:
     query: str = ""
     limit: int = 0
 
-    def check(self) -> "SourceSpec":
+    def check(self) -> SourceSpec:
         if self.cube_ids and (self.namespace_prefix or self.tags or self.query):
             raise InvalidArgument("source: cube_ids excludes namespace_prefix, tags and query; give one or the other")
         if not (self.cube_ids or self.namespace_prefix or self.tags or self.query.strip()):
@@ -57,7 +57,7 @@ class TrainSpec:
     max_tokens: int = 512
     seed: int = 0
 
-    def resolved(self) -> "TrainSpec":
+    def resolved(self) -> TrainSpec:
         """The settings with defaults filled in, checked against their bounds (InvalidArgument)."""
         rank = self.rank or 8
         spec = TrainSpec(rank=rank, lora_alpha=self.lora_alpha or 2.0 * rank, lora_dropout=self.lora_dropout,

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from memos_mip.bounds import quote
 from memosd import errors
@@ -70,7 +70,7 @@ class Job:
 class Progress:
     """What a job's work reports through; safe to call from any thread."""
 
-    def __init__(self, manager: "JobManager", job_id: str, loop: asyncio.AbstractEventLoop):
+    def __init__(self, manager: JobManager, job_id: str, loop: asyncio.AbstractEventLoop):
         self._manager, self._id, self._loop = manager, job_id, loop
         self.cancelled = threading.Event()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from memosd.cube import LifecycleState, MemoryKind, Visibility
 from memosd.errors import PermissionDenied

@@ -11,7 +11,7 @@ memos_mip.tensor_format's; encode_kv() is memos_mip.tensors', which the daemon u
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
