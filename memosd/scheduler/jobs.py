@@ -236,8 +236,8 @@ class JobManager:
 
     async def wait(self, job_id: str) -> Job:
         job = self.get(job_id)
-        async for job in self.watch(job_id):
-            pass
+        async for latest in self.watch(job_id):
+            job = latest
         return job
 
     async def stop(self, timeout: float = 10.0) -> None:
