@@ -164,7 +164,7 @@ def encode_header(tensors: Sequence[tuple[str, TensorSpec]], metadata: dict[str,
     return len(body).to_bytes(8, "little") + body
 
 
-def header_length(first8: bytes, total_size: int) -> int:
+def header_length(first8: bytes | memoryview, total_size: int) -> int:
     """The size of the whole header (8 + N) from the first 8 bytes of a payload of total_size bytes."""
     if len(first8) < 8 or total_size < 8:
         raise FormatError("the payload is shorter than a safetensors header")
@@ -174,7 +174,7 @@ def header_length(first8: bytes, total_size: int) -> int:
     return 8 + n
 
 
-def parse_header(data: bytes, total_size: int) -> Header:
+def parse_header(data: bytes | memoryview, total_size: int) -> Header:
     """Validate and parse a safetensors header. `data` starts at byte 0 of the payload and holds at least
     the whole header. Every tensor must have a known dtype, a size that matches its shape, an offset aligned
     to its element size, and the tensors must tile the data exactly: no gap, no overlap, nothing past the end."""

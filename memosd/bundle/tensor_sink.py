@@ -12,7 +12,7 @@ from memosd.cube import LifecycleState, MemCube, MemoryKind
 from memosd.errors import DataLoss, FailedPrecondition, InvalidArgument
 from memosd.vault.tensor_cubes import TensorDraft
 
-_MANIFESTS = {MemoryKind.ACTIVATION: KVManifest, MemoryKind.PARAMETRIC: AdapterManifest}
+_MANIFESTS: dict[MemoryKind, type[KVManifest] | type[AdapterManifest]] = {MemoryKind.ACTIVATION: KVManifest, MemoryKind.PARAMETRIC: AdapterManifest}
 
 
 class TensorMemorySink:
@@ -30,6 +30,8 @@ class TensorMemorySink:
         """True if stored, False if the namespace holds the same payload already."""
         if cube.kind not in _MANIFESTS:
             raise FailedPrecondition(f"cube {cube.id} is {cube.kind.name.lower()}; it carries no tensors")
+        if cube.manifest is None:  # records.py gives every tensor cube one; checked so from_json sees a dict
+            raise InvalidArgument(f"cube {cube.id}: it carries no manifest")
         try:
             manifest = _MANIFESTS[cube.kind].from_json(cube.manifest)
         except (FormatError, KeyError, TypeError, ValueError) as exc:

@@ -201,10 +201,13 @@ class JobManager:
             del self._jobs[job_id]
 
     def get(self, job_id: str) -> Job:
+        return self._entry(job_id).job
+
+    def _entry(self, job_id: str) -> _Entry:
         entry = self._jobs.get(job_id) if is_id(job_id) else None
         if entry is None:
             raise NotFound(f"no job with id {quote(job_id)} (finished jobs are kept for a while only)")
-        return entry.job
+        return entry
 
     def list(self) -> list[Job]:
         """Every job kept, newest first."""
@@ -223,9 +226,7 @@ class JobManager:
 
     async def watch(self, job_id: str) -> AsyncIterator[Job]:
         """The job now, then each time it changes (intermediate changes may be skipped), until it ends."""
-        entry = self._jobs.get(job_id)
-        if entry is None:
-            self.get(job_id)
+        entry = self._entry(job_id)
         while True:
             changed = entry.changed
             job = entry.job
