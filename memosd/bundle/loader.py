@@ -268,7 +268,8 @@ async def load_bundle(reader: BundleReader, *, vault, governance, principal, opt
         report.renamed += renamed
         for cube in batch:
             if cube.kind is not MemoryKind.PLAINTEXT:
-                assert tensors is not None  # refused above when the bundle holds tensor cubes
+                if tensors is None:  # the manifest's count was checked above; this holds whatever it says
+                    raise FailedPrecondition(f"cube {cube.id} carries tensors, and this daemon has no tensor store")
                 if await tensors.put(cube, CODECS[cube.kind].blob(cube, verified.files), principal.name):
                     report.tensors += 1
                     report.cubes += 1
