@@ -268,8 +268,7 @@ async def load_bundle(reader: BundleReader, *, vault, governance, principal, opt
         report.renamed += renamed
         for cube in batch:
             if cube.kind is not MemoryKind.PLAINTEXT:
-                if tensors is None:  # the manifest's count was checked above; this holds whatever it says
-                    raise FailedPrecondition(f"cube {cube.id} carries tensors, and this daemon has no tensor store")
+                assert tensors is not None  # verify counted every tensor cube, and a count without a store was refused
                 if await tensors.put(cube, CODECS[cube.kind].blob(cube, verified.files), principal.name):
                     report.tensors += 1
                     report.cubes += 1
