@@ -26,8 +26,10 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m 'not slow'
 
+## ruff over everything (rules and exclusions in pyproject.toml); mypy over the core packages ([tool.mypy]).
 lint: install
-	$(BIN)/python -m pyflakes memosd memos_mip/*.py clients/python/memos_client tests bench scripts
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 ## Regenerate memos_mip/v1 from protos/.
 proto: install

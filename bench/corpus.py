@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from bisect import bisect
-from typing import Iterator
+from collections.abc import Iterator
 
 # Common English content words hold the top ranks, so text reads like prose and the stemmer sees
 # real inflections; generated pseudo-words make the long tail. Within each word class, word i has

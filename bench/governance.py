@@ -56,7 +56,7 @@ def _serve(data_dir: str, listen: str, bypass: bool, ready, stop) -> None:
         server = build_server(config, Bypass if bypass else MemGovernance)
         await server.start()
         ready.set()
-        while not stop.is_set():
+        while not stop.is_set():  # noqa: ASYNC110 (stop is a threading.Event the bench's thread sets)
             await asyncio.sleep(0.05)
         await server.stop(grace=1)
 

@@ -123,7 +123,7 @@ class Daemon:
                 self.proc.wait()
         self._log.close()
 
-    def __enter__(self) -> "Daemon":
+    def __enter__(self) -> Daemon:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -16,7 +16,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from memos_mip.bounds import JSONLimitError, loads, quote
 from memos_mip.tensor_format import (
@@ -71,7 +71,7 @@ class AdapterManifest:
         }
 
     @classmethod
-    def from_json(cls, obj: dict) -> "AdapterManifest":
+    def from_json(cls, obj: dict) -> AdapterManifest:
         model = obj.get("model") or {}
         return cls(
             blob_sha256=obj["blob"]["sha256"], blob_size=int(obj["blob"]["size"]),
@@ -132,7 +132,7 @@ def parse_config(text: str | bytes) -> dict:
     if type(rank) is not int or not 1 <= rank <= MAX_RANK:
         raise FormatError(f"adapter_config.json: r must be an integer from 1 to {MAX_RANK}, not {quote(rank)}")
     alpha = config.get("lora_alpha")
-    if type(alpha) not in (int, float) or not 0 < alpha < math.inf:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
         raise FormatError(f"adapter_config.json: lora_alpha must be a positive number, not {quote(alpha)}")
     targets = config.get("target_modules")
     if isinstance(targets, str):
@@ -207,7 +207,7 @@ def encode(config_text: str, tensors: Sequence[tuple[str, TensorSpec]]) -> tuple
     return header, [name for name, _ in ordered]
 
 
-def read_header(data: bytes, total_size: int) -> Header:
+def read_header(data: bytes | memoryview, total_size: int) -> Header:
     """The safetensors header of an adapter blob (data holds at least its header)."""
     header = parse_header(data, total_size)
     if header.metadata.get("format") != FORMAT:

@@ -60,7 +60,7 @@ class AgentKey:
     audience: str
 
     @classmethod
-    def generate(cls, agent: str, audience: str) -> "AgentKey":
+    def generate(cls, agent: str, audience: str) -> AgentKey:
         return cls(agent, Ed25519PrivateKey.generate(), audience)
 
     @property
@@ -88,7 +88,7 @@ class AgentKey:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "AgentKey":
+    def load(cls, path: str | Path) -> AgentKey:
         path = Path(path).expanduser()
         try:
             body = json.loads(path.read_text())

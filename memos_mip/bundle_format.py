@@ -21,8 +21,9 @@ import hashlib
 import os
 import re
 import tarfile
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
+from typing import overload
 
 from memos_mip.bounds import quote
 
@@ -57,10 +58,17 @@ class BundleError(Exception):
 def rfc3339(seconds: float | None) -> str | None:
     if seconds is None:
         return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def from_rfc3339(text) -> float | None:
+@overload
+def from_rfc3339(text: str) -> float: ...
+@overload
+def from_rfc3339(text: object) -> float | None: ...
+
+
+def from_rfc3339(text: object) -> float | None:
+    """Seconds since the epoch of an RFC 3339 string; None for None; BundleError for anything else."""
     if text is None:
         return None
     if not isinstance(text, str):
@@ -70,7 +78,7 @@ def from_rfc3339(text) -> float | None:
     except ValueError:
         raise BundleError("InvalidArgument", f"{quote(text)} is not an RFC 3339 time") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 
@@ -134,6 +142,7 @@ def safe_extract(tar_path: Path, dest: Path, *, max_bytes: int, max_files: int =
                 target = dest / name
                 target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 source = tar.extractfile(member)
+                assert source is not None  # a regular file (checked above) always has a reader
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 with os.fdopen(fd, "wb") as out:
                     left = member.size

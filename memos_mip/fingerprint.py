@@ -21,7 +21,7 @@ IGNORED_CONFIG_KEYS = frozenset({
     "pad_token_id", "bos_token_id", "eos_token_id", "id2label", "label2id", "problem_type",
     "tokenizer_class", "chunk_size_feed_forward", "is_encoder_decoder", "pruned_heads",
 })
-_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
 
 

@@ -4,7 +4,7 @@ payloads it builds the same way clients do."""
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 # Every message carries at most this much data (the protocol's limit), far below gRPC's 4 MiB default.
 CHUNK_BYTES = 1 << 20
@@ -19,7 +19,7 @@ class Payload:
         self._sha256: str | None = None
 
     @classmethod
-    def of(cls, data) -> "Payload":
+    def of(cls, data) -> Payload:
         return data if isinstance(data, Payload) else cls([data])
 
     @property

@@ -17,7 +17,7 @@ import math
 import sys
 from array import array
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from memos_mip.bounds import JSONLimitError, loads, quote
 
@@ -57,7 +57,7 @@ class TensorSpec:
         return {"dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
-    def from_json(cls, obj) -> "TensorSpec":
+    def from_json(cls, obj) -> TensorSpec:
         return cls(str(obj["dtype"]), tuple(int(n) for n in obj["shape"]))
 
 
@@ -123,7 +123,7 @@ class KVManifest:
         }
 
     @classmethod
-    def from_json(cls, obj: dict) -> "KVManifest":
+    def from_json(cls, obj: dict) -> KVManifest:
         model = obj.get("model") or {}
         return cls(
             blob_sha256=obj["blob"]["sha256"], blob_size=int(obj["blob"]["size"]),
@@ -164,7 +164,7 @@ def encode_header(tensors: Sequence[tuple[str, TensorSpec]], metadata: dict[str,
     return len(body).to_bytes(8, "little") + body
 
 
-def header_length(first8: bytes, total_size: int) -> int:
+def header_length(first8: bytes | memoryview, total_size: int) -> int:
     """The size of the whole header (8 + N) from the first 8 bytes of a payload of total_size bytes."""
     if len(first8) < 8 or total_size < 8:
         raise FormatError("the payload is shorter than a safetensors header")
@@ -174,7 +174,7 @@ def header_length(first8: bytes, total_size: int) -> int:
     return 8 + n
 
 
-def parse_header(data: bytes, total_size: int) -> Header:
+def parse_header(data: bytes | memoryview, total_size: int) -> Header:
     """Validate and parse a safetensors header. `data` starts at byte 0 of the payload and holds at least
     the whole header. Every tensor must have a known dtype, a size that matches its shape, an offset aligned
     to its element size, and the tensors must tile the data exactly: no gap, no overlap, nothing past the end."""

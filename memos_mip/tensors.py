@@ -7,7 +7,7 @@ import contextlib
 import functools
 import json
 import warnings
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from memos_mip.adapter_format import encode as encode_adapter_header
 from memos_mip.payload import Payload

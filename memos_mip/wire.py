@@ -69,7 +69,7 @@ def encode_download(offset: int, data, blob: tuple[str, int] | None = None) -> b
     """DownloadResponse{chunk: Chunk{offset, data}, blob: BlobRef{sha256, size}} in one copy of data."""
     view = memoryview(data).cast("B")
     head = _chunk_head(offset, len(view))
-    parts = [_key(1, _LEN), _varint(len(head) + len(view)), head, view]
+    parts: list[bytes | memoryview] = [_key(1, _LEN), _varint(len(head) + len(view)), head, view]
     if blob is not None:
         sha, size = blob[0].encode(), blob[1]
         ref = (_key(1, _LEN) + _varint(len(sha)) + sha if sha else b"") + (_key(2, _VARINT) + _varint(size) if size else b"")

@@ -6,6 +6,7 @@ import dataclasses
 import ipaddress
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +66,7 @@ _LIMIT_KEYS = {f.name for f in dataclasses.fields(Limits)}
 _TOP_KEYS = {f.name for f in dataclasses.fields(Config)} - {"limits"}
 
 
-def load_config(flags: dict | None = None, env: dict | None = None) -> Config:
+def load_config(flags: dict | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Merge the sources in order of precedence; flags with value None are not given."""
     env = os.environ if env is None else env
     flags = {k: v for k, v in (flags or {}).items() if v is not None}

@@ -28,8 +28,8 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         else:
             entry["msg"] = message
-        if getattr(record, "note", None):
-            entry["note"] = record.note
+        if note := getattr(record, "note", None):
+            entry["note"] = note
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         for key, value in entry.items():

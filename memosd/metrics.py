@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("memosd.metrics")
 # Seconds: from a cached-token Get (well under a millisecond) to a long stream.

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Mapping
 
 log = logging.getLogger("memosd.systemd")
 
@@ -18,7 +19,7 @@ log = logging.getLogger("memosd.systemd")
 class Notifier:
     """Sends sd_notify messages; a no-op when the environment names no notify socket."""
 
-    def __init__(self, env: dict | None = None):
+    def __init__(self, env: Mapping[str, str] | None = None):
         env = os.environ if env is None else env
         address = env.get("NOTIFY_SOCKET", "")
         # systemd writes abstract-namespace addresses with a leading "@".

@@ -99,8 +99,8 @@ def spawn_daemon(config: Config, *extra: str) -> subprocess.Popen:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_serving(config.listen)
-    except Exception:
+    except Exception as exc:
         proc.kill()
         out, err = proc.communicate()
-        raise RuntimeError(f"memosd did not start: {err.decode()[-2000:]}")
+        raise RuntimeError(f"memosd did not start: {err.decode()[-2000:]}") from exc
     return proc

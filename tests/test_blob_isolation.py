@@ -69,7 +69,7 @@ def test_put_activation_errors_say_nothing_about_a_blob_bob_cannot_read(agents):
     unknown_type, unknown_text = _error(lambda: bob.put_activation(_unknown(manifest), BOB_NS))
     assert unknown_type is NotFound
     for probe in (manifest, replace(manifest, blob_size=len(payload) + 1), replace(manifest, layers=manifest.layers[:1])):
-        kind, text = _error(lambda: bob.put_activation(probe, BOB_NS))
+        kind, text = _error(lambda probe=probe: bob.put_activation(probe, BOB_NS))
         assert kind is unknown_type
         assert text.replace(manifest.blob_sha256, "X") == unknown_text.replace(_unknown(manifest).blob_sha256, "X")
     assert bob.list_page(BOB_NS).total_size == 0
@@ -176,7 +176,7 @@ def test_adapters_too(agents):
     unknown = replace(manifest, blob_sha256=hashlib.sha256(b"no such adapter").hexdigest())
     _, unknown_text = _error(lambda: bob.put_adapter(unknown, "agents/bob/adapters"))
     for probe in (manifest, replace(manifest, blob_size=1), replace(manifest, rank=8)):
-        kind, text = _error(lambda: bob.put_adapter(probe, "agents/bob/adapters"))
+        kind, text = _error(lambda probe=probe: bob.put_adapter(probe, "agents/bob/adapters"))
         assert kind is NotFound
         assert text.replace(manifest.blob_sha256, "X") == unknown_text.replace(unknown.blob_sha256, "X")
     bob.upload_blob(payload, "agents/bob/adapters", kind=Kind.PARAMETRIC)

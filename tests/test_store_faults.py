@@ -69,7 +69,7 @@ def test_kill_9_while_publishing(config):
                 proc = None
                 time.sleep(0.5)  # not a wait: an outage, during which the readers retry against a dead socket
                 proc = spawn_daemon(config)
-            seq, _ = wait_for(lambda: attempt(i), f"publish {i} never succeeded", timeout=60)
+            seq, _ = wait_for(lambda i=i: attempt(i), f"publish {i} never succeeded", timeout=60)
             published.append(seq)
     try:
         for r in readers:

@@ -109,7 +109,7 @@ def test_tensor_payloads_shared_under_a_grant_stop_with_it(agents):
     assert len(carol.download_blob(cube.id)) == size and len(carol.open_local(cube.id)) == size
     alice.revoke_policy(policy)
     for reader in (bob, carol):
-        fetch = lambda i: reader.fetch_payload(i, cube.activation.blob)  # noqa: E731
+        fetch = lambda i, reader=reader: reader.fetch_payload(i, cube.activation.blob)  # noqa: E731
         for call in (reader.download_blob, reader.open_local, fetch):
             assert_hidden(call, cube.id)
 

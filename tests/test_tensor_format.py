@@ -187,7 +187,7 @@ def test_chunk_parser_never_misreads_other_bytes(raw):
     from memos_mip.wire import parse_download_chunk, parse_upload_chunk
     from memos_mip.v1 import blob_pb2
 
-    for parse, cls, field in ((parse_upload_chunk, blob_pb2.UploadRequest, "chunk"),
+    for parse, cls, _field in ((parse_upload_chunk, blob_pb2.UploadRequest, "chunk"),
                               (parse_download_chunk, blob_pb2.DownloadResponse, "chunk")):
         fast = parse(raw)
         if fast is None:
@@ -224,7 +224,7 @@ def test_chunk_parser_on_damaged_encodings(offset, data, draw):
         try:
             message = blob_pb2.UploadRequest.FromString(bytes(raw))
         except DecodeError:
-            raise AssertionError(f"fast parser took bytes protobuf refuses: {bytes(raw)!r}")
+            raise AssertionError(f"fast parser took bytes protobuf refuses: {bytes(raw)!r}") from None
         assert (message.chunk.offset, message.chunk.data) == (fast.offset, bytes(fast.data))
         assert not message.HasField("start")
 

@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from memos_mip.bundle_format import AGENTS, CUBES, FORMAT, MANIFEST, POLICIES, VERSION, rfc3339, sha256_file
 from memosd.bundle.payloads import CODECS, PayloadFile
@@ -72,7 +73,7 @@ def write_bundle(out, *, data_dir: Path, root: str, cube_filter: CubeFilter, pol
         agent_lines = b"".join(_line({"name": name, "public_key": base64.b64encode(key).decode()})
                                for name, key in sorted(keys.items()))
         summary.policies = len(policies)
-        files = [{"path": CUBES, "size": cubes_size, "sha256": digest},
+        files: list[dict[str, Any]] = [{"path": CUBES, "size": cubes_size, "sha256": digest},
                  {"path": POLICIES, "size": len(policy_lines), "sha256": hashlib.sha256(policy_lines).hexdigest()},
                  {"path": AGENTS, "size": len(agent_lines), "sha256": hashlib.sha256(agent_lines).hexdigest()}]
         for name, pf in sorted(payloads.items()):

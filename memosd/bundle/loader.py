@@ -181,14 +181,14 @@ class BundleReader:
                 policy = parse_policy(document)
             except InvalidArgument as exc:
                 raise BundleError("InvalidArgument", f"policies.jsonl line {number}: {exc}") from None
-            key = keys.get(policy.issuer)
-            if key is None:
+            issuer_key = keys.get(policy.issuer)
+            if issuer_key is None:
                 raise BundleError("InvalidArgument", f"policies.jsonl line {number}: the bundle has no public key"
                                   f" for its issuer {policy.issuer}")
-            if not verify_signature(key, document, signature):
+            if not verify_signature(issuer_key, document, signature):
                 raise BundleError("DataLoss", f"policy {policy.id} (policies.jsonl line {number}) does not match its"
                                   f" signature by {policy.issuer}: it was altered")
-            policies.append(_Policy(document, signature, policy.issuer, key, policy.id))
+            policies.append(_Policy(document, signature, policy.issuer, issuer_key, policy.id))
         return policies
 
 
@@ -268,6 +268,7 @@ async def load_bundle(reader: BundleReader, *, vault, governance, principal, opt
         report.renamed += renamed
         for cube in batch:
             if cube.kind is not MemoryKind.PLAINTEXT:
+                assert tensors is not None  # verify counted every tensor cube, and a count without a store was refused
                 if await tensors.put(cube, CODECS[cube.kind].blob(cube, verified.files), principal.name):
                     report.tensors += 1
                     report.cubes += 1

@@ -166,7 +166,9 @@ def kv_caches(obj) -> list[MemosKV]:
             keys, values = list(c.get("key_cache") or []), list(c.get("value_cache") or [])
         if not keys or len(keys) != len(values) or any(_not_tensor(t) for t in keys + values):
             raise BundleError("InvalidArgument", f"KV cache {key}: its layers are not pairs of tensors")
-        meta = fields.get("metadata") if isinstance(fields.get("metadata"), dict) else {}
+        meta = fields.get("metadata")
+        if not isinstance(meta, dict):
+            meta = {}
         found.append(MemosKV(str(fields.get("id") or fields.get("kv_cache_id") or key), keys, values,
                              {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}))
     return found

@@ -25,6 +25,11 @@ class PayloadFile:
     path: Path
 
 
+def _blob_sha256(cube: MemCube) -> str:
+    assert cube.manifest is not None  # the codecs see tensor cubes only, which always carry a manifest
+    return cube.manifest["blob"]["sha256"]
+
+
 class PayloadCodec(Protocol):
     def files(self, cube: MemCube, blob: Path, scratch: Path) -> list[PayloadFile]:
         """The bundle files that carry this cube's payload blob (written under scratch if need be)."""
@@ -40,10 +45,10 @@ class ActivationCodec:
     """A KV cache's blob is safetensors bytes: one file, unchanged."""
 
     def files(self, cube: MemCube, blob: Path, scratch: Path) -> list[PayloadFile]:
-        return [PayloadFile(*self.names(cube), blob)]
+        return [PayloadFile(self.names(cube)[0], blob)]
 
     def names(self, cube: MemCube) -> list[str]:
-        return [f"tensors/{cube.manifest['blob']['sha256']}.safetensors"]
+        return [f"tensors/{_blob_sha256(cube)}.safetensors"]
 
     def blob(self, cube: MemCube, files: dict[str, Path]) -> Path:
         return files[self.names(cube)[0]]
@@ -54,7 +59,7 @@ class ParametricCodec:
 
     def files(self, cube: MemCube, blob: Path, scratch: Path) -> list[PayloadFile]:
         config_name, weights_name = self.names(cube)
-        out = scratch / cube.manifest["blob"]["sha256"]
+        out = scratch / _blob_sha256(cube)
         out.mkdir(parents=True, exist_ok=True)
         # Adapters are megabytes, not gigabytes: read whole.
         config, weights = peft_files(blob.read_bytes())
@@ -65,7 +70,7 @@ class ParametricCodec:
                 PayloadFile(weights_name, out / "adapter_model.safetensors")]
 
     def names(self, cube: MemCube) -> list[str]:
-        sha = cube.manifest["blob"]["sha256"]
+        sha = _blob_sha256(cube)
         return [f"adapters/{sha}/adapter_config.json", f"adapters/{sha}/adapter_model.safetensors"]
 
     def blob(self, cube: MemCube, files: dict[str, Path]) -> Path:

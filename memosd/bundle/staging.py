@@ -11,7 +11,7 @@ import secrets
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from memosd.errors import ResourceExhausted
 
@@ -25,7 +25,7 @@ class Stage:
     """One import's staging directory and the bytes it holds; blocking work on its files goes through run(),
     so that removal waits for a thread still writing there (a cancelled await does not stop the thread)."""
 
-    def __init__(self, staging: "ImportStaging", agent: str, path: Path):
+    def __init__(self, staging: ImportStaging, agent: str, path: Path):
         self._staging, self.agent, self.path = staging, agent, path
         self.bytes = 0
         self._inflight: set[Future] = set()

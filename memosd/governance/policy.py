@@ -32,7 +32,7 @@ class Pattern:
     subtree: bool
 
     @classmethod
-    def parse(cls, text: str, what: str = "policy namespace") -> "Pattern":
+    def parse(cls, text: str, what: str = "policy namespace") -> Pattern:
         subtree = text.endswith("/**")
         base = text[:-3] if subtree else text
         check_namespace(base, what=what)
@@ -43,7 +43,7 @@ class Pattern:
             return True
         return self.subtree and namespace.startswith(self.namespace + "/")
 
-    def covers(self, other: "Pattern") -> bool:
+    def covers(self, other: Pattern) -> bool:
         """True if every namespace `other` matches is matched by this pattern."""
         if not self.subtree:
             return not other.subtree and other.namespace == self.namespace

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from memosd.cube import Visibility
+from memosd.cube import MemoryKind, Visibility
 from memosd.errors import Hidden, PermissionDenied
-from memosd.governance.policy import Share, owned_pattern
+from memosd.governance.policy import Policy, Share, owned_pattern
+
+if TYPE_CHECKING:
+    from memosd.governance.core import AgentRecord, Principal
 
 SHARE_CACHE_SECONDS = 1.0  # the longest a decision is reused; revocations clear it at once
 
@@ -15,6 +20,17 @@ class Sharing:
     """Mixed into MemGovernance (it needs its agents, grants and clock). Every event a subscriber is sent
     asks share_holds, so decisions are cached until the next governance change, the first expiry among the
     policies they rest on, or a second, whichever comes first."""
+
+    if TYPE_CHECKING:  # what the mixin uses of MemGovernance, declared for the type checker
+        clock: Callable[[], float]
+        _agents: dict[str, AgentRecord]
+
+        @staticmethod
+        def _principal(agent: AgentRecord) -> Principal: ...
+        def can(self, p: Principal, action: str, namespace: str, kind: MemoryKind | None = None) -> bool: ...
+        def may_read_cube(self, p: Principal, cube) -> bool: ...
+        def grants_cube(self, p: Principal, action: str, cube) -> bool: ...
+        def _effective(self, p: Principal) -> list[Policy]: ...
 
     def _init_sharing(self) -> None:
         self._share_cache: dict[tuple, tuple[bool, float]] = {}

@@ -10,6 +10,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from memos_mip.auth import AgentKey, KeyFileError, b64url, canonical, fingerprint, unb64url, verify_signature
 from memosd.errors import FailedPrecondition, MemosError
@@ -41,7 +42,7 @@ class Checkpoint:
                            "signature": b64url(self.signature)}, separators=(",", ":")) + "\n"
 
     @classmethod
-    def from_line(cls, line: str) -> "Checkpoint":
+    def from_line(cls, line: str) -> Checkpoint:
         """ValueError unless the line is one checkpoint as line() writes it."""
         try:
             body = json.loads(line)
@@ -106,7 +107,7 @@ class AuditSigner:
         self._unsigned = 0  # entries since the last checkpoint; touched only on the writer thread
         self._requested = False
         self._lock = asyncio.Lock()
-        self._due: asyncio.Event | None = None
+        self._due = asyncio.Event()  # made again by start(); binds to a loop only when first awaited
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -203,6 +204,7 @@ class AuditSigner:
         if not seq.isdigit() or (last is not None and str(last[1]) == seq):
             return None  # nothing new, or a head someone garbled (verify reports that)
         unsigned = Checkpoint((last[0] if last else 0) + 1, int(seq), head, round(self.clock(), 6), b"")
+        assert self.key is not None, "open() loads the key before anything is signed"
         made = Checkpoint(unsigned.n, unsigned.seq, unsigned.hash, unsigned.ts,
                           self.key.sign(unsigned.signed_bytes(self.daemon_id)))
         conn.execute("INSERT INTO audit_checkpoints (n, seq, hash, ts, signature) VALUES (?, ?, ?, ?, ?)",
@@ -234,6 +236,7 @@ class AuditSigner:
         return found, ""
 
     def _signed(self, cp: Checkpoint) -> bool:
+        assert self.key is not None, "open() loads the key before anything is verified"
         return verify_signature(self.key.public_bytes, cp.signed_bytes(self.daemon_id), cp.signature)
 
     async def verify(self) -> AuditReport:
@@ -250,7 +253,7 @@ class AuditSigner:
         chain = audit.check_chain(conn, wanted={cp.seq for cp in in_db + in_file})
         every = sorted({cp.n: cp for cp in in_file + in_db}.values(), key=lambda cp: cp.n)
         last_seq = every[-1].seq if every else 0
-        report = dict(entries=chain.entries, checkpoints=len(every), last_checkpoint_seq=last_seq,
+        report: dict[str, Any] = dict(entries=chain.entries, checkpoints=len(every), last_checkpoint_seq=last_seq,
                       unsigned_tail=max(chain.last_seq - last_seq, 0), key_fingerprint=self.key_fingerprint)
         if not chain.ok:
             return AuditReport(False, first_bad_seq=chain.first_bad_seq, reason=chain.reason, **report)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from memosd.errors import FailedPrecondition, InvalidArgument
 
@@ -31,8 +32,8 @@ class CausalLM:
         self._threads = threads or max(1, min(MAX_THREADS, os.cpu_count() or 1))
         self._lock = threading.Lock()
         self._failed: str | None = None
-        self.model = None
-        self.tokenizer = None
+        self.model: Any = None
+        self.tokenizer: Any = None
         self.fingerprint = ""
         self.tokenizer_fingerprint = ""
 

@@ -7,6 +7,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,8 +40,8 @@ class Embedder:
         self._load_lock = threading.Lock()
         # A fast tokenizer is not safe to call from two threads at once; the model's forward pass is.
         self._tokenize_lock = threading.Lock()
-        self._model = None
-        self._tokenizer = None
+        self._model: Any = None
+        self._tokenizer: Any = None
         self._failed: str | None = None
 
     def load(self) -> None:

@@ -7,7 +7,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from memosd.errors import FailedPrecondition, InvalidArgument, ModelMismatch
 
@@ -92,7 +92,7 @@ class LoraTrainer:
         loss_before = _mean_loss(peft_model, examples, spec.batch_size, pad)
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
-        order_rng, order = random.Random(spec.seed), []
+        order_rng, order = random.Random(spec.seed), list[int]()
         peft_model.train()
         for step in range(1, spec.steps + 1):
             check()

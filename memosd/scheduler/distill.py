@@ -31,7 +31,7 @@ class SourceSpec:
     query: str = ""
     limit: int = 0
 
-    def check(self) -> "SourceSpec":
+    def check(self) -> SourceSpec:
         if self.cube_ids and (self.namespace_prefix or self.tags or self.query):
             raise InvalidArgument("source: cube_ids excludes namespace_prefix, tags and query; give one or the other")
         if not (self.cube_ids or self.namespace_prefix or self.tags or self.query.strip()):
@@ -57,7 +57,7 @@ class TrainSpec:
     max_tokens: int = 512
     seed: int = 0
 
-    def resolved(self) -> "TrainSpec":
+    def resolved(self) -> TrainSpec:
         """The settings with defaults filled in, checked against their bounds (InvalidArgument)."""
         rank = self.rank or 8
         spec = TrainSpec(rank=rank, lora_alpha=self.lora_alpha or 2.0 * rank, lora_dropout=self.lora_dropout,
@@ -69,12 +69,12 @@ class TrainSpec:
             value = getattr(spec, name)
             if not low <= value <= high:
                 raise InvalidArgument(f"params.{name} must be from {low} to {high}, not {value}")
-        for name, low, high, open_low in (("lora_alpha", 0.0, 4096.0, True), ("lora_dropout", 0.0, 0.9, False),
-                                          ("learning_rate", 0.0, 1.0, True)):
+        for name, lowest, highest, open_low in (("lora_alpha", 0.0, 4096.0, True), ("lora_dropout", 0.0, 0.9, False),
+                                                ("learning_rate", 0.0, 1.0, True)):
             value = getattr(spec, name)
-            if not math.isfinite(value) or value > high or value < low or (open_low and value == low):
-                raise InvalidArgument(f"params.{name} must be {'above' if open_low else 'from'} {low} and at most"
-                                      f" {high}, not {value}")
+            if not math.isfinite(value) or value > highest or value < lowest or (open_low and value == lowest):
+                raise InvalidArgument(f"params.{name} must be {'above' if open_low else 'from'} {lowest} and at most"
+                                      f" {highest}, not {value}")
         if len(spec.target_modules) > MAX_TARGET_MODULES or not all(
                 re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", name) for name in spec.target_modules):
             raise InvalidArgument(f"params.target_modules: at most {MAX_TARGET_MODULES} module names such as q_proj,"

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from memos_mip.bounds import quote
 from memosd import errors
@@ -70,7 +70,7 @@ class Job:
 class Progress:
     """What a job's work reports through; safe to call from any thread."""
 
-    def __init__(self, manager: "JobManager", job_id: str, loop: asyncio.AbstractEventLoop):
+    def __init__(self, manager: JobManager, job_id: str, loop: asyncio.AbstractEventLoop):
         self._manager, self._id, self._loop = manager, job_id, loop
         self.cancelled = threading.Event()
 
@@ -201,10 +201,13 @@ class JobManager:
             del self._jobs[job_id]
 
     def get(self, job_id: str) -> Job:
+        return self._entry(job_id).job
+
+    def _entry(self, job_id: str) -> _Entry:
         entry = self._jobs.get(job_id) if is_id(job_id) else None
         if entry is None:
             raise NotFound(f"no job with id {quote(job_id)} (finished jobs are kept for a while only)")
-        return entry.job
+        return entry
 
     def list(self) -> list[Job]:
         """Every job kept, newest first."""
@@ -223,9 +226,7 @@ class JobManager:
 
     async def watch(self, job_id: str) -> AsyncIterator[Job]:
         """The job now, then each time it changes (intermediate changes may be skipped), until it ends."""
-        entry = self._jobs.get(job_id)
-        if entry is None:
-            self.get(job_id)
+        entry = self._entry(job_id)
         while True:
             changed = entry.changed
             job = entry.job
@@ -236,8 +237,8 @@ class JobManager:
 
     async def wait(self, job_id: str) -> Job:
         job = self.get(job_id)
-        async for job in self.watch(job_id):
-            pass
+        async for latest in self.watch(job_id):
+            job = latest
         return job
 
     async def stop(self, timeout: float = 10.0) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from memosd.cube import MemCube, MemoryKind
 from memosd.errors import FailedPrecondition, InvalidArgument
@@ -27,7 +27,7 @@ class BuildSpec:
     suffix: str = ""
     special_tokens: bool = True
 
-    def check(self) -> "BuildSpec":
+    def check(self) -> BuildSpec:
         if "{text}" not in self.template:
             raise InvalidArgument('template must contain "{text}", where each cube\'s text goes')
         if sum(len(s) for s in (self.template, self.separator, self.prefix, self.suffix)) > MAX_TEMPLATE_CHARS:

@@ -47,7 +47,7 @@ class FdExchange:
         self._stopping = threading.Event()
 
     @classmethod
-    def beside(cls, address: str) -> "FdExchange | None":
+    def beside(cls, address: str) -> FdExchange | None:
         """The exchange for a daemon listening at `address`; None for TCP (no descriptors cross hosts)."""
         path = socket_path(address)
         return cls(exchange_path(path)) if path is not None else None

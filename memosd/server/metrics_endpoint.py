@@ -46,8 +46,7 @@ class MetricsEndpoint:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             status, body = await asyncio.wait_for(self._answer(reader), READ_TIMEOUT)
-        except (asyncio.TimeoutError, asyncio.LimitOverrunError, asyncio.IncompleteReadError, ValueError,
-                ConnectionError):
+        except (TimeoutError, asyncio.LimitOverrunError, asyncio.IncompleteReadError, ValueError, ConnectionError):
             status, body = "400 Bad Request", "bad request\n"
         try:
             data = body.encode()

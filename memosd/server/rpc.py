@@ -8,7 +8,7 @@ import inspect
 import json
 import logging
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import message_factory

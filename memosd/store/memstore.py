@@ -322,7 +322,9 @@ class _Stream:
         # A write to a stalled subscriber blocks; a guard cuts the stream off when its queue overflows or
         # a revocation lands, whatever the loop is waiting on.
         self._cut: MemosError | None = None
-        guard = asyncio.ensure_future(self._guard(asyncio.current_task()))
+        this = asyncio.current_task()
+        assert this is not None  # run() is always awaited in a task
+        guard = asyncio.ensure_future(self._guard(this))
         try:
             await self._deliver_all()
         except asyncio.CancelledError:
@@ -364,7 +366,7 @@ class _Stream:
             if not records:
                 await self._idle()
                 continue
-            batch = []
+            batch: list = []
             for record in records:
                 last = self.delivered.get(record.topic, 0)
                 if batch and batch[-1].topic == record.topic:
@@ -428,6 +430,7 @@ class _Stream:
 
     def _rewind(self) -> None:
         # Unacknowledged events go out again, from the acknowledged position on.
+        assert self.durable is not None  # only durable subscriptions are redelivered
         for topic in self.delivered:
             self.delivered[topic] = self.durable.acked.get(topic, 0)
         self.durable.unacked_since = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from memosd.cube import LifecycleState, MemoryKind, Visibility
 from memosd.errors import PermissionDenied
@@ -49,7 +49,7 @@ def referable_size(conn: sqlite3.Connection, sha256: str, agent: str, guard: Gua
         (sha256, int(LifecycleState.DELETED))).fetchall()
     if stored is None:
         return None
-    if held or any(_may_read(guard, CubeHeader(i, ns, MemoryKind(k), o, Visibility(v))) for i, ns, k, o, v in naming):
+    if held or guard is not None and any(_may_read(guard, CubeHeader(i, ns, MemoryKind(k), o, Visibility(v))) for i, ns, k, o, v in naming):
         return stored[0]
     return None
 

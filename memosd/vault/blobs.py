@@ -25,7 +25,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import xxhash
 
@@ -60,8 +60,8 @@ class _Upload:
     path: Path
     fd: int
     touched: float
-    hasher: "hashlib._Hash" = field(default_factory=hashlib.sha256)
-    checksum: "xxhash.xxh3_128" = field(default_factory=xxhash.xxh3_128)
+    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
+    checksum: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
     committed: int = 0  # written and hashed; advanced on the I/O thread
     accepted: int = 0  # committed plus the write in flight
     inflight: Future | None = None
@@ -72,7 +72,7 @@ class UploadSession:
     """One stream's turn at an upload: write chunks in order, then finish. Chunks are gathered into blocks
     written while the next ones arrive; a block not yet written when the stream breaks is sent again."""
 
-    def __init__(self, store: "BlobStore", up: _Upload):
+    def __init__(self, store: BlobStore, up: _Upload):
         self._store, self._up = store, up
         self._block: list[bytes] = []
         self._block_bytes = 0

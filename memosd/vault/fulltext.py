@@ -66,7 +66,8 @@ class FullText:
         # The rarest words decide what matches, as long as the cubes they match stay within a budget;
         # the others (common in this vault) only add to those cubes' scores.
         counts = {t: self._doc_count(conn, t, size) for t in terms}
-        budget, used, rare = max(self.common_share * size, MIN_BUDGET), 0, []
+        rare: list[str] = []
+        budget, used = max(self.common_share * size, MIN_BUDGET), 0
         for t in sorted(terms, key=counts.__getitem__):
             if rare and used + counts[t] > budget:
                 break  # the rarest word always decides, even when it is common itself

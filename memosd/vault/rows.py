@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import sqlite3
+from typing import Any
 
 from memosd.cube import LifecycleState, MemCube, MemoryKind, Visibility
 from memosd.limits import MAX_TIME
@@ -42,7 +43,7 @@ def _time(row: dict, key: str) -> float | None:
 
 
 def _int(row: dict, key: str, low: int, high: int) -> int:
-    value = row.get(key)
+    value: Any = row.get(key)
     if type(value) is int and low <= value <= high:
         return value
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins  # the class defines list(); annotations after it say builtins.list
 import logging
 import secrets
 import sqlite3
@@ -154,7 +155,7 @@ class MemVault:
                 CubeDraft("", "", expires_at=v.expires_at if "expires_at" in patch.fields else None,
                           ttl_seconds=v.ttl_seconds if "ttl_seconds" in patch.fields else 0), now)
 
-        def job(conn: sqlite3.Connection) -> MemCube:
+        def job(conn: sqlite3.Connection) -> tuple[MemCube, int]:
             row = self._current_row(conn, cube_id, guard)
             if row["state"] == LifecycleState.DELETED:
                 raise FailedPrecondition(f"cube {cube_id} was deleted; deleted cubes cannot be updated")
@@ -269,10 +270,10 @@ class MemVault:
 
         return await self.db.read(job)
 
-    async def history(self, cube_id: str, guard=None) -> list[MemCube]:
+    async def history(self, cube_id: str, guard=None) -> builtins.list[MemCube]:
         self._check_id(cube_id)
 
-        def job(conn: sqlite3.Connection) -> list[MemCube]:
+        def job(conn: sqlite3.Connection) -> builtins.list[MemCube]:
             row = self._current_row(conn, cube_id)
             versions = _versions(conn, row)
             if guard is None:
@@ -287,7 +288,7 @@ class MemVault:
         return await self.db.read(job)
 
     async def search(self, query: str, f: CubeFilter, limit: int, mode: SearchMode = SearchMode.AUTO,
-                     fts_syntax: bool = False) -> tuple[list[SearchHit], SearchMode]:
+                     fts_syntax: bool = False) -> tuple[builtins.list[SearchHit], SearchMode]:
         """Rank plaintext cubes against a query; returns hits (best first) and the mode used."""
         check_filter(f, self.limits)
         if not query.strip():
@@ -312,6 +313,7 @@ class MemVault:
         if lexical and mode is not SearchMode.DENSE:
             rankings["lexical"] = self.db.read(lambda conn: self.fulltext.search(conn, query, fts_syntax, f, now, depth))
         if mode is not SearchMode.BM25:
+            assert self.dense is not None  # refused above: every mode but BM25 needs it
             rankings["semantic"] = self.dense.search(query, f, now, depth)
         found = dict(zip(rankings, await asyncio.gather(*rankings.values())))
         hits = fuse(found.get("lexical", []), found.get("semantic", []), limit, now)
@@ -331,7 +333,7 @@ class MemVault:
 
     # -- behaviour metrics ---------------------------------------------------------------------
 
-    def _count_access(self, cubes: list[MemCube], now: float) -> None:
+    def _count_access(self, cubes: builtins.list[MemCube], now: float) -> None:
         for cube in cubes:
             entry = self._access.setdefault(cube.id, [0, now])
             entry[0] += 1

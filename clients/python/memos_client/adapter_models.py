@@ -30,7 +30,7 @@ class AdapterInfo:
     num_parameters: int
 
     @classmethod
-    def from_proto(cls, m: cube_pb2.ParametricManifest, binding: cube_pb2.ModelBinding) -> "AdapterInfo":
+    def from_proto(cls, m: cube_pb2.ParametricManifest, binding: cube_pb2.ModelBinding) -> AdapterInfo:
         return cls(blob=BlobRef(m.blob.sha256, m.blob.size), model_fingerprint=binding.model_fingerprint,
                    dtype=binding.dtype, peft_type=m.peft_type, rank=m.rank, lora_alpha=m.lora_alpha,
                    target_modules=list(m.target_modules), task_type=m.task_type, base_model_name=m.base_model_name,
@@ -56,12 +56,12 @@ def manifest_to_proto(m: AdapterManifest) -> tuple[cube_pb2.ModelBinding, cube_p
 class PlanChoice:
     """One cube of a plan, how well it fits (higher is better) and why it was chosen."""
 
-    cube: "Cube"
+    cube: Cube
     score: float
     reason: str
 
     @classmethod
-    def from_proto(cls, msg) -> "PlanChoice":
+    def from_proto(cls, msg) -> PlanChoice:
         from memos_client.models import Cube
 
         return cls(Cube.from_proto(msg.cube), msg.score, msg.reason)
@@ -82,7 +82,7 @@ class Plan:
     adapters: list[PlanChoice] = field(default_factory=list)
 
     @classmethod
-    def from_proto(cls, msg) -> "Plan":
+    def from_proto(cls, msg) -> Plan:
         return cls([PlanChoice.from_proto(c) for c in msg.plaintext],
                    PlanChoice.from_proto(msg.activation) if msg.HasField("activation") else None,
                    msg.matched_tokens, [PlanChoice.from_proto(c) for c in msg.adapters])

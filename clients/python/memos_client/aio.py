@@ -27,7 +27,7 @@ class AsyncMemosClient(AsyncSteps, ClientMethods):
         """Close the channel; calls in progress end."""
         await self._channel.close()
 
-    async def __aenter__(self) -> "AsyncMemosClient":
+    async def __aenter__(self) -> AsyncMemosClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

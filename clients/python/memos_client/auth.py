@@ -29,7 +29,7 @@ class AgentKey(_formats.AgentKey):
     """An agent's key (memos_mip.auth.AgentKey) whose load raises the client's InvalidArgument."""
 
     @classmethod
-    def load(cls, path: str | Path) -> "AgentKey":
+    def load(cls, path: str | Path) -> AgentKey:
         try:
             return super().load(path)
         except KeyFileError as exc:
@@ -77,7 +77,7 @@ class TokenSource:
         return True
 
 
-def resolve_key(key: "str | Path | AgentKey | None" = None, target: str | None = None) -> AgentKey | None:
+def resolve_key(key: str | Path | AgentKey | None = None, target: str | None = None) -> AgentKey | None:
     """The caller's key: the argument, else $MEMOS_KEY, else the admin key of the daemon at `target`
     (the system daemon's /var/lib/memosd/admin.key for its socket, else the default data directory's)
     if this user can read it; None if there is none (calls then fail with Unauthenticated)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from memos_client.errors import DataLoss, InvalidArgument
 from memos_mip.payload import Payload
@@ -39,7 +39,7 @@ def decode_download(data: bytes):
     return parse_download_chunk(data) or blob_pb2.DownloadResponse.FromString(data)
 
 
-def feed(receiver: "Receiver | None", message, into) -> "Receiver":
+def feed(receiver: Receiver | None, message, into) -> Receiver:
     """Take one Download message: the first creates the receiver (it names the blob), each adds its bytes."""
     if receiver is None:
         if isinstance(message, ChunkView) or not message.HasField("blob"):

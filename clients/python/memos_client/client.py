@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import grpc
 
@@ -28,7 +28,7 @@ class ClientMethods(PortabilityMethods, TensorMethods, ParametricMethods):
 
     _open_channel = None  # the client's channel factory (memos_client.channel)
 
-    def __init__(self, addr: str | None = None, *, key: "str | AgentKey | None" = None, timeout: float = 30.0,
+    def __init__(self, addr: str | None = None, *, key: str | AgentKey | None = None, timeout: float = 30.0,
                  tls_ca: str | None = None, local_transfers: bool = True):
         self.target = resolve_addr(addr)
         self.timeout = timeout
@@ -278,7 +278,7 @@ class MemosClient(SyncSteps, ClientMethods):
         """Close the channel; calls in progress end."""
         self._channel.close()
 
-    def __enter__(self) -> "MemosClient":
+    def __enter__(self) -> MemosClient:
         return self
 
     def __exit__(self, *exc) -> None:

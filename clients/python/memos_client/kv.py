@@ -11,7 +11,7 @@ memos_mip.tensor_format's; encode_kv() is memos_mip.tensors', which the daemon u
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -195,7 +195,7 @@ def check_binding(cube, model, tokenizer=None):
     if act.num_layers != model_layers(model):
         raise ModelMismatch(f"cube {cube.id} has {act.num_layers} layers; the model has {model_layers(model)}")
     heads, head_dim = _kv_geometry(model)
-    for i, (k, v) in enumerate(act.layers):
+    for i, (k, _v) in enumerate(act.layers):
         if (heads and k.shape[1] != heads) or (head_dim and k.shape[3] != head_dim):
             raise ModelMismatch(f"cube {cube.id} layer {i} holds keys of shape {list(k.shape)}; this model's are "
                                 f"[1, {heads}, tokens, {head_dim}]")

@@ -3,7 +3,7 @@ helpers (push_kv, pull_kv, generate_with_kv), which import torch only when calle
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 

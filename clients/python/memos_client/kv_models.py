@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from memos_mip.tensor_format import KVManifest, TensorSpec
 from memos_mip.v1 import cube_pb2, job_pb2
@@ -14,7 +14,7 @@ LAYOUT_NUMBERS = {name: number for number, name in _LAYOUTS.items()}
 
 
 def _time(msg, name: str) -> datetime | None:
-    return getattr(msg, name).ToDatetime(tzinfo=timezone.utc) if msg.HasField(name) else None
+    return getattr(msg, name).ToDatetime(tzinfo=UTC) if msg.HasField(name) else None
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Activation:
         return len(self.token_ids)
 
     @classmethod
-    def from_proto(cls, m: cube_pb2.ActivationManifest, binding: cube_pb2.ModelBinding) -> "Activation":
+    def from_proto(cls, m: cube_pb2.ActivationManifest, binding: cube_pb2.ModelBinding) -> Activation:
         spec = lambda t: TensorSpec(t.dtype, tuple(t.shape))  # noqa: E731
         return cls(
             blob=BlobRef(m.blob.sha256, m.blob.size), token_ids=list(m.token_ids), num_layers=m.num_layers,
@@ -119,7 +119,7 @@ class Job:
         return self.state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
     @classmethod
-    def from_proto(cls, msg: job_pb2.Job) -> "Job":
+    def from_proto(cls, msg: job_pb2.Job) -> Job:
         return cls(msg.id, msg.kind, msg.owner, JobState(msg.state), msg.done, msg.total, msg.message,
                    list(msg.result_ids), msg.error_code, msg.error, _time(msg, "created_at"),
                    _time(msg, "started_at"), _time(msg, "finished_at"), dict(msg.metrics))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from google.protobuf import json_format
@@ -30,7 +30,7 @@ class State(enum.IntEnum):
 def _time(msg, name: str) -> datetime | None:
     if not msg.HasField(name):
         return None
-    return getattr(msg, name).ToDatetime(tzinfo=timezone.utc)
+    return getattr(msg, name).ToDatetime(tzinfo=UTC)
 
 
 def _json(value):
@@ -72,7 +72,7 @@ class Cube:
     adapter: AdapterInfo | None = None
 
     @classmethod
-    def from_proto(cls, msg: cube_pb2.MemCube) -> "Cube":
+    def from_proto(cls, msg: cube_pb2.MemCube) -> Cube:
         d, g, b = msg.header.descriptive, msg.header.governance, msg.header.behaviour
         return cls(
             id=d.id, namespace=d.namespace, kind=Kind(d.kind),
@@ -114,7 +114,7 @@ class Hit:
     dense_score: float | None = None
 
     @classmethod
-    def from_proto(cls, msg) -> "Hit":
+    def from_proto(cls, msg) -> Hit:
         return cls(
             cube=Cube.from_proto(msg.cube), score=msg.score,
             bm25_score=msg.bm25_score if msg.HasField("bm25_score") else None,
@@ -150,7 +150,7 @@ class Status:
     metrics: dict[str, Any] | None = None
 
     @classmethod
-    def from_proto(cls, msg) -> "Status":
+    def from_proto(cls, msg) -> Status:
         counts: dict[str, dict[str, int]] = {}
         for c in msg.counts:
             counts.setdefault(Kind(c.kind).name.lower(), {})[State(c.state).name.lower()] = c.count
@@ -182,7 +182,7 @@ class Agent:
     revoked_at: datetime | None
 
     @classmethod
-    def from_proto(cls, msg) -> "Agent":
+    def from_proto(cls, msg) -> Agent:
         return cls(msg.name, msg.public_key, list(msg.groups), msg.admin, _time(msg, "created_at"),
                    _time(msg, "revoked_at"))
 
@@ -204,7 +204,7 @@ class Policy:
     revoked_at: datetime | None
 
     @classmethod
-    def from_proto(cls, msg) -> "Policy":
+    def from_proto(cls, msg) -> Policy:
         import json
 
         return cls(json.loads(msg.document), msg.document, msg.signature, _time(msg, "revoked_at"))
@@ -233,7 +233,7 @@ class AuditEntry:
     hash: str
 
     @classmethod
-    def from_proto(cls, msg) -> "AuditEntry":
+    def from_proto(cls, msg) -> AuditEntry:
         return cls(msg.seq, _time(msg, "time"), msg.agent, msg.action, msg.target, msg.decision, msg.detail,
                    msg.prev_hash, msg.hash)
 
@@ -258,7 +258,7 @@ class AuditReport:
     audit_key_fingerprint: str
 
     @classmethod
-    def from_proto(cls, msg) -> "AuditReport":
+    def from_proto(cls, msg) -> AuditReport:
         return cls(msg.ok, msg.entries, msg.first_bad_seq, msg.reason, msg.checkpoints, msg.last_checkpoint_seq,
                    msg.unsigned_tail, msg.audit_key_fingerprint)
 
@@ -287,7 +287,7 @@ class Event:
     cube: Cube | None
 
     @classmethod
-    def from_proto(cls, msg) -> "Event":
+    def from_proto(cls, msg) -> Event:
         return cls(msg.topic, msg.seq, EventKind(msg.kind), msg.cube_id, msg.cube_version, msg.publisher,
                    _time(msg, "time"), Cube.from_proto(msg.cube) if msg.HasField("cube") else None)
 
@@ -315,5 +315,5 @@ class Topic:
     max_events: int
 
     @classmethod
-    def from_proto(cls, msg) -> "Topic":
+    def from_proto(cls, msg) -> Topic:
         return cls(msg.name, msg.owner, msg.last_seq, msg.first_seq, msg.max_age_seconds, msg.max_events)

@@ -46,7 +46,7 @@ class ImportResult:
     notes: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_proto(cls, msg) -> "ImportResult":
+    def from_proto(cls, msg) -> ImportResult:
         return cls(msg.format, msg.cubes, msg.skipped, msg.renamed, msg.tensors, msg.policies_applied,
                    msg.policies_skipped, list(msg.notes))
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import collections
 import threading
-from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from datetime import datetime, UTC
+from typing import Any
+from collections.abc import Iterable, Iterator
 
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import DecodeError
@@ -26,7 +27,7 @@ def timestamp(value: datetime | float | None) -> Timestamp | None:
         return None
     ts = Timestamp()
     if isinstance(value, datetime):
-        ts.FromDatetime(value if value.tzinfo else value.replace(tzinfo=timezone.utc))
+        ts.FromDatetime(value if value.tzinfo else value.replace(tzinfo=UTC))
     else:
         ts.FromNanoseconds(int(value * 1e9))
     return ts
@@ -104,7 +105,7 @@ class Replayable:
         self._lock = threading.Lock()
         self.committed = False
 
-    def attempt(self) -> "_Replay":
+    def attempt(self) -> _Replay:
         """A new pass from the first item; the passes before it end (their calls are over)."""
         with self._lock:
             self._attempt += 1

@@ -102,7 +102,7 @@ class Subscription:
         if self._call is not None:
             self._call.cancel()
 
-    def __enter__(self) -> "Subscription":
+    def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc) -> None:
