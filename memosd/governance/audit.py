@@ -61,7 +61,8 @@ class ChainCheck:
 
 def check_chain(conn: sqlite3.Connection, wanted=frozenset()) -> ChainCheck:
     """Recompute every hash and link in order, collecting the hashes at the seqs in `wanted`."""
-    prev, count, last, hashes = "", 0, 0, {}
+    prev, count, last = "", 0, 0
+    hashes: dict[int, str] = {}
     for seq, ts, agent, action, target, decision, detail, prev_hash, h in conn.execute(
             "SELECT seq, ts, agent, action, target, decision, detail, prev_hash, hash FROM audit ORDER BY seq"):
         count += 1

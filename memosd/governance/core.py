@@ -18,6 +18,7 @@ from memosd.errors import (
     AlreadyExists, Hidden, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated,
 )
 from memosd.governance import audit
+from memosd.governance.audit import AuditEntry
 from memosd.governance.sharing import Sharing
 from memosd.limits import check_namespace
 from memosd.governance.policy import Pattern, Policy, check_name, owned_pattern, parse_policy
@@ -346,7 +347,7 @@ class MemGovernance(Sharing):
         """Audit an allowed action that writes nothing else, in a transaction of its own."""
         await self.db.write(lambda conn: self.audit_write(conn, agent, action, target, **fields))
 
-    async def audit_list(self, p: Principal, after_seq: int, limit: int) -> list[audit.AuditEntry]:
+    async def audit_list(self, p: Principal, after_seq: int, limit: int) -> list[AuditEntry]:  # (the method `audit` hides the module here)
         self._require_admin(p, "read the audit log")
         return await self.db.read(lambda conn: audit.read(conn, after_seq, limit))
 

@@ -286,6 +286,7 @@ def restore(src: Path, data_dir: Path, *, force: bool = False) -> dict:
         for f in files:
             out = staging / f.path
             out.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            assert f.source is not None, "verify_backup sets every file's source"
             shutil.copyfile(f.source, out)
             os.chmod(out, f.mode)
         conn = sqlite3.connect(staging / DB_NAME)

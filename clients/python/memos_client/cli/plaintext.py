@@ -9,7 +9,8 @@ import stat
 import sys
 from array import array
 from dataclasses import asdict
-from typing import IO, Iterator
+from typing import IO
+from collections.abc import Iterator
 
 from memos_client import requests as rq
 from memos_client.cli import ops
