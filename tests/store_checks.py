@@ -1,5 +1,7 @@
 """Validators for subscription histories, after etcd's watch validators: ordered, unique, reliable."""
 
+import threading
+
 from memos_client.models import Event, Heartbeat
 
 
@@ -18,3 +20,23 @@ def check_history(items, *, start: dict[str, int] | None = None) -> dict[str, in
         assert item.seq == expected, f"{item.topic}: got seq {item.seq}, expected {expected} (gap, duplicate or reorder)"
         last[item.topic] = item.seq
     return last
+
+
+def collect(sub, n, timeout=20.0):
+    """The first n items of a subscription, read on a thread (so a hang fails instead of blocking)."""
+    items, done = [], threading.Event()
+
+    def read():
+        try:
+            for item in sub:
+                items.append(item)
+                if len(items) >= n:
+                    break
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            items.append(exc)
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert done.wait(timeout), f"only {len(items)} of {n} items arrived"
+    sub.close()
+    return items

@@ -14,7 +14,7 @@ from memos_mip.v1 import store_pb2, store_pb2_grpc
 from memos_client.auth import AgentKey, TokenSource
 from memos_client.channel import _SyncAuth
 from tests.daemon import make_config, running
-from tests.store_checks import check_history
+from tests.store_checks import check_history, collect
 from tests.existence import assert_hidden
 from tests.timing import wait_for
 
@@ -22,26 +22,6 @@ from tests.timing import wait_for
 def streams_open(daemon, n: int) -> None:
     """Wait until n subscriptions are registered with the daemon's hub: from then on, no event can pass them by."""
     wait_for(lambda: len(daemon.server.store.hub) >= n, f"fewer than {n} subscriptions opened")
-
-
-def collect(sub, n, timeout=20.0):
-    """The first n items of a subscription, read on a thread (so a hang fails instead of blocking)."""
-    items, done = [], threading.Event()
-
-    def read():
-        try:
-            for item in sub:
-                items.append(item)
-                if len(items) >= n:
-                    break
-        except Exception as exc:  # noqa: BLE001 - handed to the test
-            items.append(exc)
-        done.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    assert done.wait(timeout), f"only {len(items)} of {n} items arrived"
-    sub.close()
-    return items
 
 
 @pytest.fixture

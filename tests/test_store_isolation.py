@@ -13,29 +13,10 @@ from memosd.store.schema import migrations as store_migrations
 from tests.daemon import make_config, running
 from tests.existence import assert_hidden
 from tests.kv_helpers import put_kv
+from tests.store_checks import collect
 from tests.timing import ManualClock
 
 FEED = "agents/bob/feed"
-
-
-def collect(sub, n, timeout=20.0):
-    """The first n items of a subscription, read on a thread (so a hang fails instead of blocking)."""
-    items, done = [], threading.Event()
-
-    def read():
-        try:
-            for item in sub:
-                items.append(item)
-                if len(items) >= n:
-                    break
-        except Exception as exc:  # noqa: BLE001 - handed to the test
-            items.append(exc)
-        done.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    assert done.wait(timeout), f"only {len(items)} of {n} items arrived"
-    sub.close()
-    return items
 
 
 @pytest.fixture
