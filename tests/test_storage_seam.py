@@ -1,4 +1,4 @@
-"""The storage seam holds: no servicer under memosd/server/ holds SQL or reaches the database, nor MemStore SQL."""
+"""The storage seam holds: no servicer under memosd/server/ holds SQL or reaches the database, nor MemStore or governance logic SQL."""
 
 import ast
 import re
