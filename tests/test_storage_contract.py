@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from memosd.daemon import open_storage
-from memosd.governance import audit
+from memosd.governance import audit, records
 from memosd.governance.policy import Pattern
 from memosd.store import events
 from memosd.store.memstore import EventKind
@@ -121,3 +121,40 @@ def test_the_audit_log_appends_a_chain_that_verifies(engine):
     ok, checked, *_ = engine.read(audit.verify)
     assert ok and checked == len(before) + 2
 
+
+
+def test_agents_and_policies_are_stored_revoked_and_loaded_back(engine):
+    def agents():
+        return {row[0]: row[1:] for row in engine.read(records.load_agents)}
+
+    assert agents()["admin"][1:3] == ((), True)  # first start made the admin
+    engine.write(lambda conn: records.insert_agent(conn, "alice", b"k" * 32, ("team", "ops"), False, 10.0))
+    assert agents()["alice"] == (b"k" * 32, ("team", "ops"), False, 10.0, None)
+    engine.write(lambda conn: records.revoke_agent(conn, "alice", 20.0))
+    assert agents()["alice"][4] == 20.0
+
+    engine.write(lambda conn: records.insert_policy(conn, "p1", "admin", "agent:alice", b"{}", b"sig", 30.0))
+    assert engine.read(records.load_policies) == [(b"{}", b"sig", 30.0, None)]
+    engine.write(lambda conn: records.revoke_policy(conn, "p1", 40.0))
+    assert engine.read(records.load_policies) == [(b"{}", b"sig", 30.0, 40.0)]
+
+
+def test_settings_keep_their_first_value_and_the_epoch_goes_up_by_one(engine):
+    first = engine.read(records.load_settings)
+    engine.write(lambda conn: records.init_settings(conn, {"daemon_id": "other", "policy_epoch": "9", "new": "x"}))
+    settings = engine.read(records.load_settings)
+    assert (settings["daemon_id"], settings["policy_epoch"], settings["new"]) == (first["daemon_id"], "1", "x")
+    assert engine.write(records.bump_epoch) == 2
+    assert engine.write(records.bump_epoch) == 3
+    assert engine.read(records.load_settings)["policy_epoch"] == "3"
+
+
+def test_checkpoints_are_stored_in_order_and_the_newest_found(engine):
+    engine.write(lambda conn: audit.append(conn, 1.0, "alice", "vault.put", "x", "allow"))
+    last = engine.read(lambda conn: audit.read(conn, 0, 1000))[-1]
+    assert engine.read(records.audit_head) == f"{last.seq}:{last.hash}"
+    assert engine.read(records.last_checkpoint) is None and engine.read(records.checkpoints) == []
+    engine.write(lambda conn: records.put_checkpoint(conn, 1, 1, "h1", 5.0, b"s1"))
+    engine.write(lambda conn: records.put_checkpoint(conn, 2, last.seq, last.hash, 6.0, b"s2"))
+    assert engine.read(records.last_checkpoint) == (2, last.seq, last.hash, 6.0, b"s2")
+    assert engine.read(records.checkpoints) == [(1, 1, "h1", 5.0, b"s1"), (2, last.seq, last.hash, 6.0, b"s2")]

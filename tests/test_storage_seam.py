@@ -1,4 +1,4 @@
-"""The storage seam holds: no servicer under memosd/server/ holds SQL or reaches the database, nor MemStore SQL."""
+"""The storage seam holds: no servicer under memosd/server/ holds SQL or reaches the database, nor MemStore or governance logic SQL."""
 
 import ast
 import re
@@ -59,3 +59,13 @@ def test_memstore_holds_no_sql():
     path = ROOT / "memosd" / "store" / "memstore.py"
     found = [f for f in storage_access(path.read_text(), str(path.relative_to(ROOT))) if " SQL " in f]
     assert not found, "\n".join(found)
+
+
+def test_governance_logic_holds_no_sql():
+    # Deciding and signing stay apart from storage: their queries are named functions of governance/records.py.
+    found = []
+    for name in ("core.py", "signing.py"):
+        path = ROOT / "memosd" / "governance" / name
+        found += [f for f in storage_access(path.read_text(), str(path.relative_to(ROOT)))
+                  if " SQL " in f or f.endswith((".execute", ".executemany", ".executescript"))]
+    assert not found, "governance queries belong in memosd/governance/records.py:\n" + "\n".join(found)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import sqlite3
@@ -17,7 +16,7 @@ from memosd.cube import CubeFilter, MemoryKind, Visibility
 from memosd.errors import (
     AlreadyExists, Hidden, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated,
 )
-from memosd.governance import audit
+from memosd.governance import audit, records
 from memosd.governance.audit import AuditEntry
 from memosd.governance.sharing import Sharing
 from memosd.limits import check_namespace
@@ -104,21 +103,15 @@ class MemGovernance(Sharing):
 
     async def start(self) -> None:
         def load(conn: sqlite3.Connection):
-            settings = dict(conn.execute("SELECT key, value FROM settings").fetchall())
-            agents = conn.execute("SELECT name, public_key, groups, admin, created_at, revoked_at FROM agents").fetchall()
-            policies = conn.execute("SELECT document, signature, created_at, revoked_at FROM policies").fetchall()
-            return settings, agents, policies
+            return records.load_settings(conn), records.load_agents(conn), records.load_policies(conn)
 
-        def first_start(conn: sqlite3.Connection) -> None:
-            for key, value in (("daemon_id", "memosd-" + secrets.token_hex(8)), ("policy_epoch", "1")):
-                conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, value))
-
-        await self.db.write(first_start)
+        defaults = {"daemon_id": "memosd-" + secrets.token_hex(8), "policy_epoch": "1"}
+        await self.db.write(lambda conn: records.init_settings(conn, defaults))
         settings, agents, policies = await self.db.read(load)
         self.daemon_id, self.epoch = settings["daemon_id"], int(settings["policy_epoch"])
         await self.signer.open(self.daemon_id)
         for name, key, groups, admin, created, revoked in agents:
-            self._agents[name] = AgentRecord(name, key, tuple(json.loads(groups)), bool(admin), created, revoked)
+            self._agents[name] = AgentRecord(name, key, groups, admin, created, revoked)
         for document, signature, created, revoked in policies:
             policy = parse_policy(document, stored=True)
             self._policies[policy.id] = PolicyRecord(policy, document, signature, created, revoked)
@@ -378,9 +371,7 @@ class MemGovernance(Sharing):
 
     async def _store_agent(self, record: AgentRecord, actor: str) -> None:
         def job(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO agents (name, public_key, groups, admin, created_at) VALUES (?, ?, ?, ?, ?)",
-                         (record.name, record.public_key, json.dumps(list(record.groups)), int(record.admin),
-                          record.created_at))
+            records.insert_agent(conn, record.name, record.public_key, record.groups, record.admin, record.created_at)
             self.audit_write(conn, actor, "agent.add", record.name, key=fingerprint(record.public_key),
                              groups=list(record.groups))
 
@@ -408,7 +399,7 @@ class MemGovernance(Sharing):
             now = self.clock()
 
             def job(conn: sqlite3.Connection) -> None:
-                conn.execute("UPDATE agents SET revoked_at = ? WHERE name = ?", (now, name))
+                records.revoke_agent(conn, name, now)
                 self._bump_epoch(conn)
                 self.audit_write(conn, p.name, "agent.revoke", name)
 
@@ -437,8 +428,8 @@ class MemGovernance(Sharing):
         record = PolicyRecord(policy, bytes(document), bytes(signature), self.clock())
 
         def job(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO policies (id, issuer, subject, document, signature, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                         (policy.id, policy.issuer, policy.subject, record.document, record.signature, record.created_at))
+            records.insert_policy(conn, policy.id, policy.issuer, policy.subject, record.document, record.signature,
+                                  record.created_at)
             self.audit_write(conn, p.name, "policy.put", policy.id, subject=policy.subject,
                              actions=sorted(policy.actions), namespaces=[str(x) for x in policy.patterns])
 
@@ -470,7 +461,7 @@ class MemGovernance(Sharing):
             now = self.clock()
 
             def job(conn: sqlite3.Connection) -> None:
-                conn.execute("UPDATE policies SET revoked_at = ? WHERE id = ?", (now, policy_id))
+                records.revoke_policy(conn, policy_id, now)
                 self._bump_epoch(conn)
                 self.audit_write(conn, p.name, "policy.revoke", policy_id)
 
@@ -482,8 +473,7 @@ class MemGovernance(Sharing):
     # -- changes ------------------------------------------------------------------------------
 
     def _bump_epoch(self, conn: sqlite3.Connection) -> None:
-        (value,) = conn.execute("SELECT value FROM settings WHERE key = 'policy_epoch'").fetchone()
-        conn.execute("UPDATE settings SET value = ? WHERE key = 'policy_epoch'", (str(int(value) + 1),))
+        records.bump_epoch(conn)
 
     def _after_change(self) -> None:
         # Called after a committed revocation: new epoch, fresh caches, and wake streams to re-check.

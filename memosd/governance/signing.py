@@ -14,7 +14,7 @@ from typing import Any
 
 from memos_mip.auth import AgentKey, KeyFileError, b64url, canonical, fingerprint, unb64url, verify_signature
 from memosd.errors import FailedPrecondition, MemosError
-from memosd.governance import audit
+from memosd.governance import audit, records
 
 log = logging.getLogger("memosd.governance")
 AUDIT_KEY_FILE = "audit.key"
@@ -116,8 +116,7 @@ class AuditSigner:
         """Load the key (creating it on first start) and finish a checkpoint a crash left in the database only."""
         self.daemon_id = daemon_id
         self.key = await asyncio.to_thread(self._load_key)
-        last = await self.db.read(lambda conn: conn.execute(
-            "SELECT n, seq, hash, ts, signature FROM audit_checkpoints ORDER BY n DESC LIMIT 1").fetchone())
+        last = await self.db.read(records.last_checkpoint)
         if last is None:
             return
         newest = _from_row(*last)
@@ -196,19 +195,18 @@ class AuditSigner:
 
     def _sign_head(self, conn: sqlite3.Connection) -> Checkpoint | None:
         self._unsigned, self._requested = 0, False
-        row = conn.execute("SELECT value FROM settings WHERE key = 'audit_head'").fetchone()
-        if row is None:
+        stored = records.audit_head(conn)
+        if stored is None:
             return None
-        seq, _, head = str(row[0]).partition(":")
-        last = conn.execute("SELECT n, seq FROM audit_checkpoints ORDER BY n DESC LIMIT 1").fetchone()
+        seq, _, head = stored.partition(":")
+        last = records.last_checkpoint(conn)
         if not seq.isdigit() or (last is not None and str(last[1]) == seq):
             return None  # nothing new, or a head someone garbled (verify reports that)
         unsigned = Checkpoint((last[0] if last else 0) + 1, int(seq), head, round(self.clock(), 6), b"")
         assert self.key is not None, "open() loads the key before anything is signed"
         made = Checkpoint(unsigned.n, unsigned.seq, unsigned.hash, unsigned.ts,
                           self.key.sign(unsigned.signed_bytes(self.daemon_id)))
-        conn.execute("INSERT INTO audit_checkpoints (n, seq, hash, ts, signature) VALUES (?, ?, ?, ?, ?)",
-                     (made.n, made.seq, made.hash, made.ts, made.signature))
+        records.put_checkpoint(conn, made.n, made.seq, made.hash, made.ts, made.signature)
         return made
 
     def _append(self, cp: Checkpoint) -> None:
@@ -246,7 +244,7 @@ class AuditSigner:
             return await self.db.read(lambda conn: self._verify(conn, in_file, damaged))
 
     def _verify(self, conn: sqlite3.Connection, in_file: list[Checkpoint], damaged: str) -> AuditReport:
-        rows = conn.execute("SELECT n, seq, hash, ts, signature FROM audit_checkpoints ORDER BY n").fetchall()
+        rows = records.checkpoints(conn)
         in_db = [cp for cp in (_from_row(*r) for r in rows) if cp is not None]
         if len(in_db) < len(rows) and not damaged:
             damaged = "a checkpoint row in the database holds values of the wrong types: it was altered"
