@@ -121,3 +121,31 @@ def test_the_audit_log_appends_a_chain_that_verifies(engine):
     ok, checked, *_ = engine.read(audit.verify)
     assert ok and checked == len(before) + 2
 
+
+
+def _job(job_id, state, created_at, error_type=None, error=None):
+    return (job_id, "kv.build", "alice", state, created_at, None, None, 0, 3, "queued", "[]", "{}", error_type, error)
+
+
+def test_job_records_are_saved_replaced_and_read_newest_first(engine):
+    from memosd.vault import jobs_store
+
+    for i in range(3):
+        engine.write(lambda conn, i=i: jobs_store.save(conn, _job(f"j{i}", 1, 100.0 + i)))
+    engine.write(lambda conn: jobs_store.save(conn, _job("j0", 3, 100.0)))  # the same job, now finished
+    assert engine.read(lambda conn: jobs_store.recent(conn, 10)) == [_job("j2", 1, 102.0), _job("j1", 1, 101.0),
+                                                                      _job("j0", 3, 100.0)]
+    assert [r[0] for r in engine.read(lambda conn: jobs_store.recent(conn, 2))] == ["j2", "j1"]
+
+
+def test_unfinished_jobs_are_recorded_as_failed_and_finished_ones_kept(engine):
+    from memosd.vault import jobs_store
+
+    for job_id, state in (("queued", 1), ("running", 2), ("done", 3)):
+        engine.write(lambda conn, j=job_id, s=state: jobs_store.save(conn, _job(j, s, 1.0)))
+    engine.write(lambda conn: jobs_store.fail_unfinished(conn, (1, 2), 4, 9.0, "stopped", "submit it again"))
+    found = {r[0]: r for r in engine.read(lambda conn: jobs_store.recent(conn, 10))}
+    for job_id in ("queued", "running"):
+        assert (found[job_id][3], found[job_id][6], found[job_id][9:]) == (
+            4, 9.0, ("stopped", "[]", "{}", "Unavailable", "submit it again"))
+    assert found["done"] == _job("done", 3, 1.0)
