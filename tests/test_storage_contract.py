@@ -149,3 +149,21 @@ def test_unfinished_jobs_are_recorded_as_failed_and_finished_ones_kept(engine):
         assert (found[job_id][3], found[job_id][6], found[job_id][9:]) == (
             4, 9.0, ("stopped", "[]", "{}", "Unavailable", "submit it again"))
     assert found["done"] == _job("done", 3, 1.0)
+
+
+def test_the_export_reads_the_cubes_a_filter_selects_in_storage_order(engine, tmp_path):
+    from memosd.cube import CubeDraft, CubeFilter
+    from memosd.vault import export_rows, rows
+    from memosd.vault.vault import MemVault
+
+    vault = MemVault(tmp_path / "data", db=engine.db)
+    drafts = [CubeDraft(namespace=ns, text=f"t{i}") for i, ns in enumerate(["a", "a/b", "ab", "a"])]
+    put = asyncio.run(vault.put_many(drafts, "alice"))
+
+    def ids(f, batch=1000):
+        now = vault.clock()
+        return engine.read(lambda conn: [rows.row_dict(r)["id"] for r in export_rows.cube_rows(conn, f, now, batch)])
+
+    assert ids(CubeFilter(namespace_prefix="a")) == [put[0].id, put[1].id, put[3].id]
+    assert ids(CubeFilter(), batch=1) == [c.id for c in put]  # batches join up, in the order stored
+    assert ids(CubeFilter(namespace_prefix="nothing")) == []
