@@ -158,3 +158,49 @@ def test_checkpoints_are_stored_in_order_and_the_newest_found(engine):
     engine.write(lambda conn: records.put_checkpoint(conn, 2, last.seq, last.hash, 6.0, b"s2"))
     assert engine.read(records.last_checkpoint) == (2, last.seq, last.hash, 6.0, b"s2")
     assert engine.read(records.checkpoints) == [(1, 1, "h1", 5.0, b"s1"), (2, last.seq, last.hash, 6.0, b"s2")]
+
+
+def _job(job_id, state, created_at, error_type=None, error=None):
+    return (job_id, "kv.build", "alice", state, created_at, None, None, 0, 3, "queued", "[]", "{}", error_type, error)
+
+
+def test_job_records_are_saved_replaced_and_read_newest_first(engine):
+    from memosd.vault import jobs_store
+
+    for i in range(3):
+        engine.write(lambda conn, i=i: jobs_store.save(conn, _job(f"j{i}", 1, 100.0 + i)))
+    engine.write(lambda conn: jobs_store.save(conn, _job("j0", 3, 100.0)))  # the same job, now finished
+    assert engine.read(lambda conn: jobs_store.recent(conn, 10)) == [_job("j2", 1, 102.0), _job("j1", 1, 101.0),
+                                                                      _job("j0", 3, 100.0)]
+    assert [r[0] for r in engine.read(lambda conn: jobs_store.recent(conn, 2))] == ["j2", "j1"]
+
+
+def test_unfinished_jobs_are_recorded_as_failed_and_finished_ones_kept(engine):
+    from memosd.vault import jobs_store
+
+    for job_id, state in (("queued", 1), ("running", 2), ("done", 3)):
+        engine.write(lambda conn, j=job_id, s=state: jobs_store.save(conn, _job(j, s, 1.0)))
+    engine.write(lambda conn: jobs_store.fail_unfinished(conn, (1, 2), 4, 9.0, "stopped", "submit it again"))
+    found = {r[0]: r for r in engine.read(lambda conn: jobs_store.recent(conn, 10))}
+    for job_id in ("queued", "running"):
+        assert (found[job_id][3], found[job_id][6], found[job_id][9:]) == (
+            4, 9.0, ("stopped", "[]", "{}", "Unavailable", "submit it again"))
+    assert found["done"] == _job("done", 3, 1.0)
+
+
+def test_the_export_reads_the_cubes_a_filter_selects_in_storage_order(engine, tmp_path):
+    from memosd.cube import CubeDraft, CubeFilter
+    from memosd.vault import export_rows, rows
+    from memosd.vault.vault import MemVault
+
+    vault = MemVault(tmp_path / "data", db=engine.db)
+    drafts = [CubeDraft(namespace=ns, text=f"t{i}") for i, ns in enumerate(["a", "a/b", "ab", "a"])]
+    put = asyncio.run(vault.put_many(drafts, "alice"))
+
+    def ids(f, batch=1000):
+        now = vault.clock()
+        return engine.read(lambda conn: [rows.row_dict(r)["id"] for r in export_rows.cube_rows(conn, f, now, batch)])
+
+    assert ids(CubeFilter(namespace_prefix="a")) == [put[0].id, put[1].id, put[3].id]
+    assert ids(CubeFilter(), batch=1) == [c.id for c in put]  # batches join up, in the order stored
+    assert ids(CubeFilter(namespace_prefix="nothing")) == []

@@ -69,3 +69,29 @@ def test_governance_logic_holds_no_sql():
         found += [f for f in storage_access(path.read_text(), str(path.relative_to(ROOT)))
                   if " SQL " in f or f.endswith((".execute", ".executemany", ".executescript"))]
     assert not found, "governance queries belong in memosd/governance/records.py:\n" + "\n".join(found)
+
+
+def _sql_and_statements(source: str, filename: str = "<source>") -> list[str]:
+    # SQL (an f-string's literal parts read together, as it runs) and statements run on a connection directly.
+    found = [f for f in storage_access(source, filename) if " SQL " in f or " conn." in f]
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.JoinedStr):
+            text = "{}".join(v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str))
+            if SQL.search(text):
+                found.append(f"{filename}:{node.lineno} SQL {text.strip()[:40]!r}")
+    return found
+
+
+def test_the_jobs_and_bundles_check_finds_sql_in_an_f_string():
+    assert _sql_and_statements('q = f"SELECT {cols} FROM cubes c WHERE {where}"')
+    assert _sql_and_statements('conn.execute("BEGIN")')
+    assert not _sql_and_statements('msg = f"select {n} cubes from the list"')
+
+
+def test_jobs_and_bundles_hold_no_sql():
+    # Their queries are named functions of memosd/vault/jobs_store.py, export_rows.py and imported.py.
+    found = []
+    for name in ("scheduler/jobs.py", "bundle/dumper.py", "bundle/tensor_sink.py"):
+        path = ROOT / "memosd" / name
+        found += _sql_and_statements(path.read_text(), str(path.relative_to(ROOT)))
+    assert not found, "\n".join(found)

@@ -27,10 +27,8 @@ from memosd.bundle.payloads import CODECS, PayloadFile
 from memosd.bundle.records import cube_record
 from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import FailedPrecondition
-from memosd.vault import rows
+from memosd.vault import export_rows, rows
 from memosd.vault.backup import blob_index
-from memosd.vault.db import connect
-from memosd.vault.query import filter_sql
 
 CHUNK_BYTES = 1 << 20
 
@@ -101,30 +99,22 @@ def _dump_cubes(spool, data_dir: Path, f: CubeFilter, summary: ExportSummary, pa
                 scratch: Path) -> str:
     h = hashlib.sha256()
     blobs: dict[str, Path] | None = None
-    conn = connect(Path(data_dir) / "memos.db", readonly=True)
-    try:
-        conn.execute("BEGIN")
-        where, params = filter_sql(f, clock())
-        cursor = conn.execute(f"SELECT {rows.COLUMNS} FROM cubes c WHERE {where} ORDER BY c.seq", params)
-        while batch := cursor.fetchmany(1000):
-            for row in batch:
-                cube = rows.to_cube(rows.row_dict(row), clock())
-                if cube.kind is not MemoryKind.PLAINTEXT:
-                    if blobs is None:
-                        blobs = blob_index(data_dir)
-                    sha = (cube.manifest or {}).get("blob", {}).get("sha256", "")
-                    if sha not in blobs:
-                        raise FailedPrecondition(f"cube {cube.id}'s payload {sha} is not in the blob store")
-                    for pf in CODECS[cube.kind].files(cube, blobs[sha], scratch):
-                        payloads[pf.name] = pf
-                line = _line(cube_record(cube))
-                spool.write(line)
-                h.update(line)
-                summary.cubes += 1
-                summary.by_kind[cube.kind.name.lower()] += 1
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+    with export_rows.snapshot(data_dir) as conn:
+        for row in export_rows.cube_rows(conn, f, clock()):
+            cube = rows.to_cube(rows.row_dict(row), clock())
+            if cube.kind is not MemoryKind.PLAINTEXT:
+                if blobs is None:
+                    blobs = blob_index(data_dir)
+                sha = (cube.manifest or {}).get("blob", {}).get("sha256", "")
+                if sha not in blobs:
+                    raise FailedPrecondition(f"cube {cube.id}'s payload {sha} is not in the blob store")
+                for pf in CODECS[cube.kind].files(cube, blobs[sha], scratch):
+                    payloads[pf.name] = pf
+            line = _line(cube_record(cube))
+            spool.write(line)
+            h.update(line)
+            summary.cubes += 1
+            summary.by_kind[cube.kind.name.lower()] += 1
     return h.hexdigest()
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from memos_mip.adapter_format import AdapterManifest
 from memos_mip.tensor_format import FormatError, KVManifest
-from memosd.cube import LifecycleState, MemCube, MemoryKind
+from memosd.cube import MemCube, MemoryKind
 from memosd.errors import DataLoss, FailedPrecondition, InvalidArgument
+from memosd.vault import imported
 from memosd.vault.tensor_cubes import TensorDraft
 
 _MANIFESTS: dict[MemoryKind, type[KVManifest] | type[AdapterManifest]] = {MemoryKind.ACTIVATION: KVManifest, MemoryKind.PARAMETRIC: AdapterManifest}
@@ -56,7 +57,4 @@ class TensorMemorySink:
         return True
 
     async def _present(self, namespace: str, kind: MemoryKind, sha256: str) -> bool:
-        return bool(await self.vault.db.read(lambda conn: conn.execute(
-            "SELECT 1 FROM cubes WHERE namespace = ? AND kind = ? AND state != ?"
-            " AND json_extract(manifest, '$.blob.sha256') = ?",
-            (namespace, int(kind), int(LifecycleState.DELETED), sha256)).fetchone()))
+        return await self.vault.db.read(lambda conn: imported.has_live_payload(conn, namespace, kind, sha256))

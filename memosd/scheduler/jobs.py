@@ -22,6 +22,7 @@ from memos_mip.bounds import quote
 from memosd import errors
 from memosd.errors import MemosError, NotFound, ResourceExhausted, Unavailable
 from memosd.ids import is_id, new_id
+from memosd.vault import jobs_store
 
 log = logging.getLogger("memosd.jobs")
 
@@ -123,14 +124,10 @@ class JobManager:
         now = time.time()
 
         def job(conn):
-            conn.execute("UPDATE jobs SET state = ?, finished_at = ?, message = ?, error_type = 'Unavailable',"
-                         " error = ? WHERE state IN (?, ?)",
-                         (int(JobState.FAILED), now, "the daemon stopped before the job finished",
-                          "the daemon stopped before the job finished; submit it again",
-                          int(JobState.QUEUED), int(JobState.RUNNING)))
-            return conn.execute("SELECT id, kind, owner, state, created_at, started_at, finished_at, done, total,"
-                                " message, result_ids, metrics, error_type, error FROM jobs"
-                                " ORDER BY created_at DESC LIMIT ?", (self.keep_finished,)).fetchall()
+            jobs_store.fail_unfinished(conn, (int(JobState.QUEUED), int(JobState.RUNNING)), int(JobState.FAILED),
+                                       now, "the daemon stopped before the job finished",
+                                       "the daemon stopped before the job finished; submit it again")
+            return jobs_store.recent(conn, self.keep_finished)
 
         for row in reversed(await self._db.write(job)):
             record = _from_row(row)
@@ -191,7 +188,7 @@ class JobManager:
     def _save(self, job: Job) -> None:
         # Written in order (the writer takes jobs first come, first served), awaited by stop().
         if self._db is not None:
-            task = asyncio.ensure_future(self._db.write(lambda conn: _upsert(conn, job)))
+            task = asyncio.ensure_future(self._db.write(lambda conn: jobs_store.save(conn, _record(job))))
             self._saving.add(task)
             task.add_done_callback(self._saving.discard)
 
@@ -259,13 +256,10 @@ class JobManager:
             await asyncio.gather(*self._saving, return_exceptions=True)
 
 
-def _upsert(conn, job: Job) -> None:
-    conn.execute(
-        "INSERT OR REPLACE INTO jobs (id, kind, owner, state, created_at, started_at, finished_at, done, total,"
-        " message, result_ids, metrics, error_type, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (job.id, job.kind, job.owner, int(job.state), job.created_at, job.started_at, job.finished_at, job.done,
-         job.total, job.message, json.dumps(list(job.result_ids)), json.dumps(job.metrics),
-         type(job.error).__name__ if job.error else None, str(job.error) if job.error else None))
+def _record(job: Job) -> tuple:
+    return (job.id, job.kind, job.owner, int(job.state), job.created_at, job.started_at, job.finished_at, job.done,
+            job.total, job.message, json.dumps(list(job.result_ids)), json.dumps(job.metrics),
+            type(job.error).__name__ if job.error else None, str(job.error) if job.error else None)
 
 
 def _from_row(row) -> Job:

@@ -63,3 +63,10 @@ def _state(c: MemCube, now: float) -> LifecycleState:
     if c.state is LifecycleState.ACTIVE and c.expires_at is not None and c.expires_at <= now:
         return LifecycleState.EXPIRED
     return c.state
+
+
+def has_live_payload(conn: sqlite3.Connection, namespace: str, kind: MemoryKind, sha256: str) -> bool:
+    """Whether a cube of this kind in the namespace, not deleted, has the payload with this sha256."""
+    return conn.execute("SELECT 1 FROM cubes WHERE namespace = ? AND kind = ? AND state != ?"
+                        " AND json_extract(manifest, '$.blob.sha256') = ?",
+                        (namespace, int(kind), int(LifecycleState.DELETED), sha256)).fetchone() is not None
