@@ -77,7 +77,7 @@ def _init(config) -> int:
 
 def _restore(config, source: str, force: bool) -> int:
     """Verify every file of a backup against its digest, then put it in place."""
-    from memosd.vault.backup import restore
+    from memosd.storage.sqlite.backup import restore
 
     done = restore(Path(source), config.data_dir, force=force)
     print(f"memosd: restored {done['files']} files ({done['bytes']} bytes) from {source} into {config.data_dir}."

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from memosd.config import Config
 from memosd.governance import MemGovernance
-from memosd.governance.schema import migrations as governance_migrations
 from memosd.lifecycle import MemLifecycle
 from memosd.scheduler.distill import ParametricPromoter
 from memosd.scheduler.jobs import JobManager
@@ -15,13 +14,12 @@ from memosd.scheduler.plan import MemPlanner
 from memosd.scheduler.promote import ActivationPromoter
 from memosd.store import MemStore
 from memosd.store.hub import Hub
-from memosd.store.schema import migrations as store_migrations
 from memosd.vault import MemVault
 from memosd.vault.activation import ActivationVault
 from memosd.vault.blobs import BlobStore
-from memosd.vault.db import Database
+from memosd.storage import open_database
+from memosd.storage.sqlite.db import Database
 from memosd.vault.parametric import ParametricVault
-from memosd.vault.schema import migrations as vault_migrations
 
 log = logging.getLogger("memosd")
 
@@ -103,6 +101,12 @@ class Daemon:
         if self.store is not None:
             self.store.hub.close()
 
+    def snapshot(self):
+        """A consistent copy of the data directory for an online backup; blocking, run it on a thread."""
+        from memosd.storage.sqlite.backup import take_snapshot
+
+        return take_snapshot(self.config.data_dir)
+
     async def stop(self) -> None:
         """After the transport has stopped: background tasks, tensor memory, the audit signer, then the vault."""
         if self.vault is None:
@@ -116,7 +120,7 @@ class Daemon:
 
 async def open_storage(config: Config, governance_type=MemGovernance) -> tuple[Database, MemGovernance]:
     """The data directory's database (migrated) and governance (admin key created on first use)."""
-    db = Database(config.data_dir / "memos.db", migrations=(vault_migrations, governance_migrations, store_migrations))
+    db = open_database(config.data_dir)
     governance = governance_type(db, config.data_dir,
                                  audit_key=Path(config.audit_key).expanduser() if config.audit_key else None)  # noqa: ASYNC240
     await governance.start()

@@ -15,7 +15,7 @@ from memos_client import MemosClient
 from memos_client import errors as client_errors
 from memosd.cli import main as memosd_main
 from memosd.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument
-from memosd.vault import backup
+from memosd.storage.sqlite import backup
 from tests.daemon import make_config, running
 from tests.timing import wait_for
 

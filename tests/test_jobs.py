@@ -118,7 +118,7 @@ def test_unknown_jobs_old_jobs_and_shutdown():
 
 
 def test_job_records_survive_a_restart_and_interrupted_jobs_are_failed(tmp_path):
-    from memosd.vault.db import Database
+    from memosd.storage.sqlite.db import Database
 
     result = "01J9Z3K5Q8W2E4R6T8Y0V2X4N6"
 

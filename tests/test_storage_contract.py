@@ -6,9 +6,8 @@ import asyncio
 import pytest
 
 from memosd.daemon import open_storage
-from memosd.governance import audit, records
+from memosd.governance import audit
 from memosd.governance.policy import Pattern
-from memosd.store import events
 from memosd.store.memstore import EventKind
 from tests.daemon import make_config
 
@@ -18,6 +17,7 @@ class Engine:
 
     def __init__(self, db):
         self.db = db
+        self.sql = db.sql  # the engine's record functions, as the core calls them
 
     def write(self, job):
         return asyncio.run(self.db.write(job))
@@ -37,29 +37,29 @@ def engine(request, tmp_path):
 
 def _publish(engine, topic, cube_id="c1", ts=100.0, publish_id=None, max_events=0, max_age=0.0,
              kind=EventKind.PUBLISHED):
-    return engine.write(lambda conn: events.append_event(conn, topic, int(kind), cube_id, 1, "alice", ts, publish_id,
+    return engine.write(lambda conn: engine.sql.events.append_event(conn, topic, int(kind), cube_id, 1, "alice", ts, publish_id,
                                                          max_age=max_age, max_events=max_events))
 
 
 def test_events_get_consecutive_seqs_per_topic_and_read_back_in_order(engine):
     assert [_publish(engine, "news", f"c{i}", ts=100.0 + i) for i in range(3)] == [1, 2, 3]
     assert _publish(engine, "other") == 1
-    found = engine.read(lambda conn: events.events_after(conn, "news", 0, 10))
+    found = engine.read(lambda conn: engine.sql.events.events_after(conn, "news", 0, 10))
     assert [(seq, kind, cube) for seq, kind, cube, *_ in found] == [(1, EventKind.PUBLISHED, "c0"),
                                                                    (2, EventKind.PUBLISHED, "c1"),
                                                                    (3, EventKind.PUBLISHED, "c2")]
     assert found[0][3:] == (1, "alice", 100.0)
-    assert [r[0] for r in engine.read(lambda conn: events.events_after(conn, "news", 1, 1))] == [2]
-    assert engine.read(lambda conn: events.events_after(conn, "news", 3, 10)) == []
+    assert [r[0] for r in engine.read(lambda conn: engine.sql.events.events_after(conn, "news", 1, 1))] == [2]
+    assert engine.read(lambda conn: engine.sql.events.events_after(conn, "news", 3, 10)) == []
 
 
 def test_a_topic_is_created_by_its_first_event_with_its_publisher_as_owner(engine):
     _publish(engine, "news", max_events=5, max_age=60.0)
     _publish(engine, "news", max_events=99)  # retention is the topic's, set when it was created
-    topic = engine.read(lambda conn: events.topics(conn, Pattern("news", False)))["news"]
+    topic = engine.read(lambda conn: engine.sql.events.topics(conn, Pattern("news", False)))["news"]
     assert (topic.owner, topic.last_seq, topic.first_seq, topic.max_age, topic.max_events) == ("alice", 2, 1, 60.0, 5)
-    engine.write(lambda conn: events.set_retention(conn, "news", 0.0, 7))
-    topic = engine.read(lambda conn: events.topics(conn, Pattern("news", False)))["news"]
+    engine.write(lambda conn: engine.sql.events.set_retention(conn, "news", 0.0, 7))
+    topic = engine.read(lambda conn: engine.sql.events.topics(conn, Pattern("news", False)))["news"]
     assert (topic.max_age, topic.max_events) == (0.0, 7)
 
 
@@ -67,7 +67,7 @@ def test_topics_by_name_subtree_or_all(engine):
     for name in ("a", "a/b", "a/b/c", "ab", "b"):
         _publish(engine, name)
     def names(pattern):
-        return sorted(engine.read(lambda conn: events.topics(conn, pattern)))
+        return sorted(engine.read(lambda conn: engine.sql.events.topics(conn, pattern)))
 
     assert names(Pattern("a", False)) == ["a"]
     assert names(Pattern("a", True)) == ["a", "a/b", "a/b/c"]
@@ -77,9 +77,9 @@ def test_topics_by_name_subtree_or_all(engine):
 
 def test_a_publish_id_finds_its_event(engine):
     seq = _publish(engine, "news", publish_id="p-1")
-    assert engine.read(lambda conn: events.find_published(conn, "news", "p-1")) == (seq, "alice")
-    assert engine.read(lambda conn: events.find_published(conn, "news", "p-2")) is None
-    assert engine.read(lambda conn: events.find_published(conn, "other", "p-1")) is None
+    assert engine.read(lambda conn: engine.sql.events.find_published(conn, "news", "p-1")) == (seq, "alice")
+    assert engine.read(lambda conn: engine.sql.events.find_published(conn, "news", "p-2")) is None
+    assert engine.read(lambda conn: engine.sql.events.find_published(conn, "other", "p-1")) is None
 
 
 def test_compaction_keeps_the_retained_events_and_moves_the_first_seq(engine):
@@ -88,76 +88,76 @@ def test_compaction_keeps_the_retained_events_and_moves_the_first_seq(engine):
     for i in range(3):
         _publish(engine, "aged", f"c{i}", ts=100.0 + 10 * i, max_age=15.0)
     _publish(engine, "kept", ts=1.0)
-    removed = engine.write(lambda conn: events.compact(conn, 125.0))
+    removed = engine.write(lambda conn: engine.sql.events.compact(conn, 125.0))
     # counted keeps its last 2; aged drops what is older than 125 - 15 = 110 (seq 1), never its newest.
     assert removed == 3 + 1
 
     def left(topic):
-        return [r[0] for r in engine.read(lambda conn: events.events_after(conn, topic, 0, 10))]
+        return [r[0] for r in engine.read(lambda conn: engine.sql.events.events_after(conn, topic, 0, 10))]
 
     assert (left("counted"), left("aged"), left("kept")) == ([4, 5], [2, 3], [1])
-    found = engine.read(lambda conn: events.topics(conn, None))
+    found = engine.read(lambda conn: engine.sql.events.topics(conn, None))
     assert (found["counted"].first_seq, found["aged"].first_seq, found["kept"].first_seq) == (4, 2, 1)
     assert _publish(engine, "counted") == 6  # seqs go on after compaction
 
 
 def test_a_durable_cursor_is_created_once_and_keeps_its_acks(engine):
-    assert engine.write(lambda conn: events.open_cursor(conn, "alice", "feed", "news/**", 1.0)) == ("news/**", {})
-    engine.write(lambda conn: events.save_cursor(conn, "alice", "feed", {"news/a": 3, "news/b": 1}))
+    assert engine.write(lambda conn: engine.sql.events.open_cursor(conn, "alice", "feed", "news/**", 1.0)) == ("news/**", {})
+    engine.write(lambda conn: engine.sql.events.save_cursor(conn, "alice", "feed", {"news/a": 3, "news/b": 1}))
     # Opening it again (even naming another pattern) finds the cursor as it was saved.
-    assert engine.write(lambda conn: events.open_cursor(conn, "alice", "feed", "other", 2.0)) == (
+    assert engine.write(lambda conn: engine.sql.events.open_cursor(conn, "alice", "feed", "other", 2.0)) == (
         "news/**", {"news/a": 3, "news/b": 1})
-    assert engine.write(lambda conn: events.open_cursor(conn, "bob", "feed", "other", 2.0)) == ("other", {})
+    assert engine.write(lambda conn: engine.sql.events.open_cursor(conn, "bob", "feed", "other", 2.0)) == ("other", {})
 
 
 def test_the_audit_log_appends_a_chain_that_verifies(engine):
-    before = engine.read(lambda conn: audit.read(conn, 0, 1000))  # first start audits the admin's creation
-    engine.write(lambda conn: audit.append(conn, 1.0, "alice", "store.publish", "news", "allow", audit.detail(seq=1)))
-    engine.write(lambda conn: audit.append(conn, 2.0, "bob", "vault.get", "x", "deny"))
-    found = engine.read(lambda conn: audit.read(conn, before[-1].seq if before else 0, 10))
+    before = engine.read(lambda conn: engine.sql.audit.read(conn, 0, 1000))  # first start audits the admin's creation
+    engine.write(lambda conn: engine.sql.audit.append(conn, 1.0, "alice", "store.publish", "news", "allow", audit.detail(seq=1)))
+    engine.write(lambda conn: engine.sql.audit.append(conn, 2.0, "bob", "vault.get", "x", "deny"))
+    found = engine.read(lambda conn: engine.sql.audit.read(conn, before[-1].seq if before else 0, 10))
     assert [(e.agent, e.action, e.decision) for e in found] == [("alice", "store.publish", "allow"),
                                                                ("bob", "vault.get", "deny")]
     assert found[1].prev_hash == found[0].hash
-    ok, checked, *_ = engine.read(audit.verify)
+    ok, checked, *_ = engine.read(lambda conn: audit.verify(engine.sql.audit.entries(conn), engine.sql.audit.head(conn)))
     assert ok and checked == len(before) + 2
 
 
 
 def test_agents_and_policies_are_stored_revoked_and_loaded_back(engine):
     def agents():
-        return {row[0]: row[1:] for row in engine.read(records.load_agents)}
+        return {row[0]: row[1:] for row in engine.read(engine.sql.governance.load_agents)}
 
     assert agents()["admin"][1:3] == ((), True)  # first start made the admin
-    engine.write(lambda conn: records.insert_agent(conn, "alice", b"k" * 32, ("team", "ops"), False, 10.0))
+    engine.write(lambda conn: engine.sql.governance.insert_agent(conn, "alice", b"k" * 32, ("team", "ops"), False, 10.0))
     assert agents()["alice"] == (b"k" * 32, ("team", "ops"), False, 10.0, None)
-    engine.write(lambda conn: records.revoke_agent(conn, "alice", 20.0))
+    engine.write(lambda conn: engine.sql.governance.revoke_agent(conn, "alice", 20.0))
     assert agents()["alice"][4] == 20.0
 
-    engine.write(lambda conn: records.insert_policy(conn, "p1", "admin", "agent:alice", b"{}", b"sig", 30.0))
-    assert engine.read(records.load_policies) == [(b"{}", b"sig", 30.0, None)]
-    engine.write(lambda conn: records.revoke_policy(conn, "p1", 40.0))
-    assert engine.read(records.load_policies) == [(b"{}", b"sig", 30.0, 40.0)]
+    engine.write(lambda conn: engine.sql.governance.insert_policy(conn, "p1", "admin", "agent:alice", b"{}", b"sig", 30.0))
+    assert engine.read(engine.sql.governance.load_policies) == [(b"{}", b"sig", 30.0, None)]
+    engine.write(lambda conn: engine.sql.governance.revoke_policy(conn, "p1", 40.0))
+    assert engine.read(engine.sql.governance.load_policies) == [(b"{}", b"sig", 30.0, 40.0)]
 
 
 def test_settings_keep_their_first_value_and_the_epoch_goes_up_by_one(engine):
-    first = engine.read(records.load_settings)
-    engine.write(lambda conn: records.init_settings(conn, {"daemon_id": "other", "policy_epoch": "9", "new": "x"}))
-    settings = engine.read(records.load_settings)
+    first = engine.read(engine.sql.governance.load_settings)
+    engine.write(lambda conn: engine.sql.governance.init_settings(conn, {"daemon_id": "other", "policy_epoch": "9", "new": "x"}))
+    settings = engine.read(engine.sql.governance.load_settings)
     assert (settings["daemon_id"], settings["policy_epoch"], settings["new"]) == (first["daemon_id"], "1", "x")
-    assert engine.write(records.bump_epoch) == 2
-    assert engine.write(records.bump_epoch) == 3
-    assert engine.read(records.load_settings)["policy_epoch"] == "3"
+    assert engine.write(engine.sql.governance.bump_epoch) == 2
+    assert engine.write(engine.sql.governance.bump_epoch) == 3
+    assert engine.read(engine.sql.governance.load_settings)["policy_epoch"] == "3"
 
 
 def test_checkpoints_are_stored_in_order_and_the_newest_found(engine):
-    engine.write(lambda conn: audit.append(conn, 1.0, "alice", "vault.put", "x", "allow"))
-    last = engine.read(lambda conn: audit.read(conn, 0, 1000))[-1]
-    assert engine.read(records.audit_head) == f"{last.seq}:{last.hash}"
-    assert engine.read(records.last_checkpoint) is None and engine.read(records.checkpoints) == []
-    engine.write(lambda conn: records.put_checkpoint(conn, 1, 1, "h1", 5.0, b"s1"))
-    engine.write(lambda conn: records.put_checkpoint(conn, 2, last.seq, last.hash, 6.0, b"s2"))
-    assert engine.read(records.last_checkpoint) == (2, last.seq, last.hash, 6.0, b"s2")
-    assert engine.read(records.checkpoints) == [(1, 1, "h1", 5.0, b"s1"), (2, last.seq, last.hash, 6.0, b"s2")]
+    engine.write(lambda conn: engine.sql.audit.append(conn, 1.0, "alice", "vault.put", "x", "allow"))
+    last = engine.read(lambda conn: engine.sql.audit.read(conn, 0, 1000))[-1]
+    assert engine.read(engine.sql.audit.head) == f"{last.seq}:{last.hash}"
+    assert engine.read(engine.sql.governance.last_checkpoint) is None and engine.read(engine.sql.governance.checkpoints) == []
+    engine.write(lambda conn: engine.sql.governance.put_checkpoint(conn, 1, 1, "h1", 5.0, b"s1"))
+    engine.write(lambda conn: engine.sql.governance.put_checkpoint(conn, 2, last.seq, last.hash, 6.0, b"s2"))
+    assert engine.read(engine.sql.governance.last_checkpoint) == (2, last.seq, last.hash, 6.0, b"s2")
+    assert engine.read(engine.sql.governance.checkpoints) == [(1, 1, "h1", 5.0, b"s1"), (2, last.seq, last.hash, 6.0, b"s2")]
 
 
 def _job(job_id, state, created_at, error_type=None, error=None):
@@ -165,23 +165,19 @@ def _job(job_id, state, created_at, error_type=None, error=None):
 
 
 def test_job_records_are_saved_replaced_and_read_newest_first(engine):
-    from memosd.vault import jobs_store
-
     for i in range(3):
-        engine.write(lambda conn, i=i: jobs_store.save(conn, _job(f"j{i}", 1, 100.0 + i)))
-    engine.write(lambda conn: jobs_store.save(conn, _job("j0", 3, 100.0)))  # the same job, now finished
-    assert engine.read(lambda conn: jobs_store.recent(conn, 10)) == [_job("j2", 1, 102.0), _job("j1", 1, 101.0),
+        engine.write(lambda conn, i=i: engine.sql.jobs.save(conn, _job(f"j{i}", 1, 100.0 + i)))
+    engine.write(lambda conn: engine.sql.jobs.save(conn, _job("j0", 3, 100.0)))  # the same job, now finished
+    assert engine.read(lambda conn: engine.sql.jobs.recent(conn, 10)) == [_job("j2", 1, 102.0), _job("j1", 1, 101.0),
                                                                       _job("j0", 3, 100.0)]
-    assert [r[0] for r in engine.read(lambda conn: jobs_store.recent(conn, 2))] == ["j2", "j1"]
+    assert [r[0] for r in engine.read(lambda conn: engine.sql.jobs.recent(conn, 2))] == ["j2", "j1"]
 
 
 def test_unfinished_jobs_are_recorded_as_failed_and_finished_ones_kept(engine):
-    from memosd.vault import jobs_store
-
     for job_id, state in (("queued", 1), ("running", 2), ("done", 3)):
-        engine.write(lambda conn, j=job_id, s=state: jobs_store.save(conn, _job(j, s, 1.0)))
-    engine.write(lambda conn: jobs_store.fail_unfinished(conn, (1, 2), 4, 9.0, "stopped", "submit it again"))
-    found = {r[0]: r for r in engine.read(lambda conn: jobs_store.recent(conn, 10))}
+        engine.write(lambda conn, j=job_id, s=state: engine.sql.jobs.save(conn, _job(j, s, 1.0)))
+    engine.write(lambda conn: engine.sql.jobs.fail_unfinished(conn, (1, 2), 4, 9.0, "stopped", "submit it again"))
+    found = {r[0]: r for r in engine.read(lambda conn: engine.sql.jobs.recent(conn, 10))}
     for job_id in ("queued", "running"):
         assert (found[job_id][3], found[job_id][6], found[job_id][9:]) == (
             4, 9.0, ("stopped", "[]", "{}", "Unavailable", "submit it again"))
@@ -190,7 +186,7 @@ def test_unfinished_jobs_are_recorded_as_failed_and_finished_ones_kept(engine):
 
 def test_the_export_reads_the_cubes_a_filter_selects_in_storage_order(engine, tmp_path):
     from memosd.cube import CubeDraft, CubeFilter
-    from memosd.vault import export_rows, rows
+    from memosd.vault import rows
     from memosd.vault.vault import MemVault
 
     vault = MemVault(tmp_path / "data", db=engine.db)
@@ -199,7 +195,7 @@ def test_the_export_reads_the_cubes_a_filter_selects_in_storage_order(engine, tm
 
     def ids(f, batch=1000):
         now = vault.clock()
-        return engine.read(lambda conn: [rows.row_dict(r)["id"] for r in export_rows.cube_rows(conn, f, now, batch)])
+        return engine.read(lambda conn: [rows.row_dict(r)["id"] for r in engine.sql.export.cube_rows(conn, f, now, batch)])
 
     assert ids(CubeFilter(namespace_prefix="a")) == [put[0].id, put[1].id, put[3].id]
     assert ids(CubeFilter(), batch=1) == [c.id for c in put]  # batches join up, in the order stored

@@ -1,4 +1,5 @@
-"""The storage seam holds: no servicer under memosd/server/ holds SQL or reaches the database, nor MemStore or governance logic SQL."""
+"""The storage seam holds: SQL lives only in the engine packages under memosd/storage/; servicers do not even reach
+the database handle."""
 
 import ast
 import re
@@ -9,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SQL = re.compile(r"\b(SELECT\b[\s\S]+\bFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|"
                  r"CREATE\s+(TABLE|INDEX|VIEW|TRIGGER)|DROP\s+(TABLE|INDEX)|PRAGMA\s+\w+|BEGIN\s+IMMEDIATE)\b")
 DB_METHODS = {"read", "write", "execute", "executemany", "executescript", "cursor", "commit"}
-DB_MODULES = ("sqlite3", "memosd.vault.db")
+DB_MODULES = ("sqlite3", "memosd.storage.sqlite")
 
 
 def _name(node: ast.AST) -> str:
@@ -43,7 +44,7 @@ def test_the_check_finds_sql_and_database_access():
     assert storage_access('conn.execute("x")')
     assert storage_access("await self.vault.db.write(job)")
     assert storage_access("import sqlite3")
-    assert storage_access("from memosd.vault.db import Database")
+    assert storage_access("from memosd.storage.sqlite.db import Database")
     assert not storage_access('raise InvalidArgument("select a cube to delete, then update it")')
 
 
@@ -51,24 +52,24 @@ def test_no_servicer_holds_sql_or_reaches_the_database():
     found = []
     for path in sorted((ROOT / "memosd" / "server").rglob("*.py")):
         found += storage_access(path.read_text(), str(path.relative_to(ROOT)))
-    assert not found, "storage work belongs in vault/, governance/ or store/ as named methods:\n" + "\n".join(found)
+    assert not found, "storage work belongs in the core's named methods, its SQL in memosd/storage/:\n" + "\n".join(found)
 
 
 def test_memstore_holds_no_sql():
-    # MemStore keeps the pub/sub logic; its queries are named functions of memosd/store/events.py and shares.py.
+    # MemStore keeps the pub/sub logic; its queries are named functions of the engine's events and shares modules.
     path = ROOT / "memosd" / "store" / "memstore.py"
     found = [f for f in storage_access(path.read_text(), str(path.relative_to(ROOT))) if " SQL " in f]
     assert not found, "\n".join(found)
 
 
 def test_governance_logic_holds_no_sql():
-    # Deciding and signing stay apart from storage: their queries are named functions of governance/records.py.
+    # Deciding and signing stay apart from storage: their queries are the engine's governance and audit modules.
     found = []
     for name in ("core.py", "signing.py"):
         path = ROOT / "memosd" / "governance" / name
         found += [f for f in storage_access(path.read_text(), str(path.relative_to(ROOT)))
                   if " SQL " in f or f.endswith((".execute", ".executemany", ".executescript"))]
-    assert not found, "governance queries belong in memosd/governance/records.py:\n" + "\n".join(found)
+    assert not found, "governance queries belong in memosd/storage/<engine>/governance.py:\n" + "\n".join(found)
 
 
 def _sql_and_statements(source: str, filename: str = "<source>") -> list[str]:
@@ -89,7 +90,7 @@ def test_the_jobs_and_bundles_check_finds_sql_in_an_f_string():
 
 
 def test_jobs_and_bundles_hold_no_sql():
-    # Their queries are named functions of memosd/vault/jobs_store.py, export_rows.py and imported.py.
+    # Their queries are named functions of the engine's jobs and export modules and of imported.py.
     found = []
     for name in ("scheduler/jobs.py", "bundle/dumper.py", "bundle/tensor_sink.py"):
         path = ROOT / "memosd" / name

@@ -9,7 +9,7 @@ import pytest
 
 from memos_client import MemosClient, NotFound, PermissionDenied
 from memos_client.models import Event, EventKind, Heartbeat
-from memosd.store.schema import migrations as store_migrations
+from memosd.storage.sqlite.schema.store import migrations as store_migrations
 from tests.daemon import make_config, running
 from tests.existence import assert_hidden
 from tests.kv_helpers import put_kv

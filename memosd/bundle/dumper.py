@@ -27,8 +27,8 @@ from memosd.bundle.payloads import CODECS, PayloadFile
 from memosd.bundle.records import cube_record
 from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import FailedPrecondition
-from memosd.vault import export_rows, rows
-from memosd.vault.backup import blob_index
+from memosd.storage.sqlite.backup import blob_index  # the file blob store's index, as backups read it
+from memosd.vault import rows
 
 CHUNK_BYTES = 1 << 20
 
@@ -54,13 +54,13 @@ class ExportSummary:
     bytes: int = 0
 
 
-def write_bundle(out, *, data_dir: Path, root: str, cube_filter: CubeFilter, policies: list[ExportedPolicy],
+def write_bundle(out, *, vault, data_dir: Path, root: str, cube_filter: CubeFilter, policies: list[ExportedPolicy],
                  producer: dict, clock=time.time) -> ExportSummary:
     """Write the bundle tar to `out` (anything with write()); blocking, run it on a thread."""
     summary = ExportSummary(by_kind={k.name.lower(): 0 for k in MemoryKind})
     payloads: dict[str, PayloadFile] = {}
     with tempfile.TemporaryFile(dir=data_dir) as spool, tempfile.TemporaryDirectory(dir=data_dir) as scratch:
-        digest = _dump_cubes(spool, data_dir, cube_filter, summary, payloads, clock, Path(scratch))
+        digest = _dump_cubes(spool, vault.db, data_dir, cube_filter, summary, payloads, clock, Path(scratch))
         cubes_size = spool.tell()
         spool.seek(0)
         policy_lines = b"".join(_line({
@@ -95,12 +95,12 @@ def write_bundle(out, *, data_dir: Path, root: str, cube_filter: CubeFilter, pol
     return summary
 
 
-def _dump_cubes(spool, data_dir: Path, f: CubeFilter, summary: ExportSummary, payloads: dict, clock,
+def _dump_cubes(spool, db, data_dir: Path, f: CubeFilter, summary: ExportSummary, payloads: dict, clock,
                 scratch: Path) -> str:
     h = hashlib.sha256()
     blobs: dict[str, Path] | None = None
-    with export_rows.snapshot(data_dir) as conn:
-        for row in export_rows.cube_rows(conn, f, clock()):
+    with db.snapshot() as conn:
+        for row in db.sql.export.cube_rows(conn, f, clock()):
             cube = rows.to_cube(rows.row_dict(row), clock())
             if cube.kind is not MemoryKind.PLAINTEXT:
                 if blobs is None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from memosd.storage.records import AuditRow
 
 
 @dataclass
@@ -26,27 +28,6 @@ def entry_hash(prev_hash: str, ts: float, agent: str, action: str, target: str, 
     return hashlib.sha256(prev_hash.encode() + body.encode()).hexdigest()
 
 
-def append(conn: sqlite3.Connection, ts: float, agent: str, action: str, target: str, decision: str,
-           detail: str = "") -> None:
-    """Append one entry; call inside the writing transaction so it commits with what it records."""
-    # The head (last seq and hash) is kept apart from the entries, so dropping the newest entries shows too.
-    row = conn.execute("SELECT value FROM settings WHERE key = 'audit_head'").fetchone()
-    prev = row[0].split(":", 1)[1] if row else ""
-    h = entry_hash(prev, ts, agent, action, target, decision, detail)
-    seq = conn.execute(
-        "INSERT INTO audit (ts, agent, action, target, decision, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (ts, agent, action, target, decision, detail, prev, h),
-    ).lastrowid
-    conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('audit_head', ?)", (f"{seq}:{h}",))
-
-
-def read(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[AuditEntry]:
-    found = conn.execute(
-        "SELECT seq, ts, agent, action, target, decision, detail, prev_hash, hash FROM audit WHERE seq > ?"
-        " ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
-    return [AuditEntry(*r) for r in found]
-
-
 @dataclass
 class ChainCheck:
     """What walking the chain found: the verdict, the newest seq, and the hashes at the seqs asked for."""
@@ -59,12 +40,12 @@ class ChainCheck:
     hashes: dict[int, str]
 
 
-def check_chain(conn: sqlite3.Connection, wanted=frozenset()) -> ChainCheck:
-    """Recompute every hash and link in order, collecting the hashes at the seqs in `wanted`."""
+def check_chain(entries: Iterable[AuditRow], head: str, wanted=frozenset()) -> ChainCheck:
+    """Recompute every hash and link of the entries (in seq order) up to the stored head ('seq:hash'),
+    collecting the hashes at the seqs in `wanted`."""
     prev, count, last = "", 0, 0
     hashes: dict[int, str] = {}
-    for seq, ts, agent, action, target, decision, detail, prev_hash, h in conn.execute(
-            "SELECT seq, ts, agent, action, target, decision, detail, prev_hash, hash FROM audit ORDER BY seq"):
+    for seq, ts, agent, action, target, decision, detail, prev_hash, h in entries:
         count += 1
         # From 1: the log is never pruned, so missing first entries are as telling as missing middle ones.
         if seq != last + 1:
@@ -76,8 +57,6 @@ def check_chain(conn: sqlite3.Connection, wanted=frozenset()) -> ChainCheck:
         if seq in wanted:
             hashes[seq] = h
         prev, last = h, seq
-    row = conn.execute("SELECT value FROM settings WHERE key = 'audit_head'").fetchone()
-    head = row[0] if row else ""
     if head != (f"{last}:{prev}" if count else ""):
         head_seq = head.split(":")[0]
         return ChainCheck(False, count, int(head_seq) if head_seq.isdigit() else last + 1,
@@ -85,9 +64,9 @@ def check_chain(conn: sqlite3.Connection, wanted=frozenset()) -> ChainCheck:
     return ChainCheck(True, count, 0, "", last, hashes)
 
 
-def verify(conn: sqlite3.Connection) -> tuple[bool, int, int, str]:
+def verify(entries: Iterable[AuditRow], head: str) -> tuple[bool, int, int, str]:
     """(ok, entries checked, first bad seq, reason) of the chain alone, without its checkpoints."""
-    found = check_chain(conn)
+    found = check_chain(entries, head)
     return found.ok, found.entries, found.first_bad_seq, found.reason
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,12 +15,13 @@ from memosd.cube import CubeFilter, MemoryKind, Visibility
 from memosd.errors import (
     AlreadyExists, Hidden, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated,
 )
-from memosd.governance import audit, records
+from memosd.governance import audit
 from memosd.governance.audit import AuditEntry
 from memosd.governance.sharing import Sharing
 from memosd.limits import check_namespace
 from memosd.governance.policy import Pattern, Policy, check_name, owned_pattern, parse_policy
 from memosd.governance.signing import AUDIT_KEY_FILE, AuditReport, AuditSigner
+from memosd.storage import Conn
 
 log = logging.getLogger("memosd.governance")
 ADMIN = "admin"
@@ -84,6 +84,7 @@ class MemGovernance(Sharing):
 
     def __init__(self, db, data_dir: Path, *, clock=time.time, audit_key: Path | None = None):
         self.db = db
+        self.sql = db.sql
         self.data_dir = Path(data_dir)
         self.clock = clock
         self.daemon_id = ""
@@ -102,11 +103,12 @@ class MemGovernance(Sharing):
     # -- start-up -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        def load(conn: sqlite3.Connection):
+        def load(conn: Conn):
+            records = self.sql.governance
             return records.load_settings(conn), records.load_agents(conn), records.load_policies(conn)
 
         defaults = {"daemon_id": "memosd-" + secrets.token_hex(8), "policy_epoch": "1"}
-        await self.db.write(lambda conn: records.init_settings(conn, defaults))
+        await self.db.write(lambda conn: self.sql.governance.init_settings(conn, defaults))
         settings, agents, policies = await self.db.read(load)
         self.daemon_id, self.epoch = settings["daemon_id"], int(settings["policy_epoch"])
         await self.signer.open(self.daemon_id)
@@ -325,15 +327,15 @@ class MemGovernance(Sharing):
         detail = audit.detail(reason=reason, **({"suppressed_before": suppressed} if suppressed else {}))
         agent = p.name if p else "-"
 
-        def job(conn: sqlite3.Connection) -> None:
-            audit.append(conn, now, agent, action, target, "deny", detail)
+        def job(conn: Conn) -> None:
+            self.sql.audit.append(conn, now, agent, action, target, "deny", detail)
             self.signer.note_entry()
 
         await self.db.write(job)
 
-    def audit_write(self, conn: sqlite3.Connection, agent: str, action: str, target: str, **fields) -> None:
+    def audit_write(self, conn: Conn, agent: str, action: str, target: str, **fields) -> None:
         """Audit an allowed write inside the transaction that makes it."""
-        audit.append(conn, self.clock(), agent, action, target, "allow", audit.detail(**fields))
+        self.sql.audit.append(conn, self.clock(), agent, action, target, "allow", audit.detail(**fields))
         self.signer.note_entry()
 
     async def audit(self, agent: str, action: str, target: str, **fields) -> None:
@@ -342,7 +344,7 @@ class MemGovernance(Sharing):
 
     async def audit_list(self, p: Principal, after_seq: int, limit: int) -> list[AuditEntry]:  # (the method `audit` hides the module here)
         self._require_admin(p, "read the audit log")
-        return await self.db.read(lambda conn: audit.read(conn, after_seq, limit))
+        return await self.db.read(lambda conn: self.sql.audit.read(conn, after_seq, limit))
 
     async def audit_verify(self, p: Principal) -> AuditReport:
         """The chain's links, and every signed checkpoint against the audit key and the chain."""
@@ -370,8 +372,9 @@ class MemGovernance(Sharing):
         return record
 
     async def _store_agent(self, record: AgentRecord, actor: str) -> None:
-        def job(conn: sqlite3.Connection) -> None:
-            records.insert_agent(conn, record.name, record.public_key, record.groups, record.admin, record.created_at)
+        def job(conn: Conn) -> None:
+            self.sql.governance.insert_agent(conn, record.name, record.public_key, record.groups, record.admin,
+                                             record.created_at)
             self.audit_write(conn, actor, "agent.add", record.name, key=fingerprint(record.public_key),
                              groups=list(record.groups))
 
@@ -398,8 +401,8 @@ class MemGovernance(Sharing):
         if agent.revoked_at is None:
             now = self.clock()
 
-            def job(conn: sqlite3.Connection) -> None:
-                records.revoke_agent(conn, name, now)
+            def job(conn: Conn) -> None:
+                self.sql.governance.revoke_agent(conn, name, now)
                 self._bump_epoch(conn)
                 self.audit_write(conn, p.name, "agent.revoke", name)
 
@@ -427,8 +430,8 @@ class MemGovernance(Sharing):
             raise AlreadyExists(f"policy {policy.id} exists already")
         record = PolicyRecord(policy, bytes(document), bytes(signature), self.clock())
 
-        def job(conn: sqlite3.Connection) -> None:
-            records.insert_policy(conn, policy.id, policy.issuer, policy.subject, record.document, record.signature,
+        def job(conn: Conn) -> None:
+            self.sql.governance.insert_policy(conn, policy.id, policy.issuer, policy.subject, record.document, record.signature,
                                   record.created_at)
             self.audit_write(conn, p.name, "policy.put", policy.id, subject=policy.subject,
                              actions=sorted(policy.actions), namespaces=[str(x) for x in policy.patterns])
@@ -460,8 +463,8 @@ class MemGovernance(Sharing):
         if record.revoked_at is None:
             now = self.clock()
 
-            def job(conn: sqlite3.Connection) -> None:
-                records.revoke_policy(conn, policy_id, now)
+            def job(conn: Conn) -> None:
+                self.sql.governance.revoke_policy(conn, policy_id, now)
                 self._bump_epoch(conn)
                 self.audit_write(conn, p.name, "policy.revoke", policy_id)
 
@@ -472,8 +475,8 @@ class MemGovernance(Sharing):
 
     # -- changes ------------------------------------------------------------------------------
 
-    def _bump_epoch(self, conn: sqlite3.Connection) -> None:
-        records.bump_epoch(conn)
+    def _bump_epoch(self, conn: Conn) -> None:
+        self.sql.governance.bump_epoch(conn)
 
     def _after_change(self) -> None:
         # Called after a committed revocation: new epoch, fresh caches, and wake streams to re-check.

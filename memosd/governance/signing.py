@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,8 @@ from typing import Any
 
 from memos_mip.auth import AgentKey, KeyFileError, b64url, canonical, fingerprint, unb64url, verify_signature
 from memosd.errors import FailedPrecondition, MemosError
-from memosd.governance import audit, records
+from memosd.governance import audit
+from memosd.storage import Conn
 
 log = logging.getLogger("memosd.governance")
 AUDIT_KEY_FILE = "audit.key"
@@ -98,6 +98,7 @@ class AuditSigner:
 
     def __init__(self, db, key_path: Path, *, clock=time.time):
         self.db = db
+        self.sql = db.sql
         self.key_path = Path(key_path).expanduser()
         self.file = checkpoint_file(self.key_path)
         self.clock = clock
@@ -116,7 +117,7 @@ class AuditSigner:
         """Load the key (creating it on first start) and finish a checkpoint a crash left in the database only."""
         self.daemon_id = daemon_id
         self.key = await asyncio.to_thread(self._load_key)
-        last = await self.db.read(records.last_checkpoint)
+        last = await self.db.read(self.sql.governance.last_checkpoint)
         if last is None:
             return
         newest = _from_row(*last)
@@ -193,20 +194,20 @@ class AuditSigner:
                 await asyncio.to_thread(self._append, made)
             return made
 
-    def _sign_head(self, conn: sqlite3.Connection) -> Checkpoint | None:
+    def _sign_head(self, conn: Conn) -> Checkpoint | None:
         self._unsigned, self._requested = 0, False
-        stored = records.audit_head(conn)
+        stored = self.sql.audit.head(conn) or None
         if stored is None:
             return None
         seq, _, head = stored.partition(":")
-        last = records.last_checkpoint(conn)
+        last = self.sql.governance.last_checkpoint(conn)
         if not seq.isdigit() or (last is not None and str(last[1]) == seq):
             return None  # nothing new, or a head someone garbled (verify reports that)
         unsigned = Checkpoint((last[0] if last else 0) + 1, int(seq), head, round(self.clock(), 6), b"")
         assert self.key is not None, "open() loads the key before anything is signed"
         made = Checkpoint(unsigned.n, unsigned.seq, unsigned.hash, unsigned.ts,
                           self.key.sign(unsigned.signed_bytes(self.daemon_id)))
-        records.put_checkpoint(conn, made.n, made.seq, made.hash, made.ts, made.signature)
+        self.sql.governance.put_checkpoint(conn, made.n, made.seq, made.hash, made.ts, made.signature)
         return made
 
     def _append(self, cp: Checkpoint) -> None:
@@ -243,12 +244,13 @@ class AuditSigner:
             in_file, damaged = await asyncio.to_thread(self._read_file)
             return await self.db.read(lambda conn: self._verify(conn, in_file, damaged))
 
-    def _verify(self, conn: sqlite3.Connection, in_file: list[Checkpoint], damaged: str) -> AuditReport:
-        rows = records.checkpoints(conn)
+    def _verify(self, conn: Conn, in_file: list[Checkpoint], damaged: str) -> AuditReport:
+        rows = self.sql.governance.checkpoints(conn)
         in_db = [cp for cp in (_from_row(*r) for r in rows) if cp is not None]
         if len(in_db) < len(rows) and not damaged:
             damaged = "a checkpoint row in the database holds values of the wrong types: it was altered"
-        chain = audit.check_chain(conn, wanted={cp.seq for cp in in_db + in_file})
+        chain = audit.check_chain(self.sql.audit.entries(conn), self.sql.audit.head(conn),
+                                  wanted={cp.seq for cp in in_db + in_file})
         every = sorted({cp.n: cp for cp in in_file + in_db}.values(), key=lambda cp: cp.n)
         last_seq = every[-1].seq if every else 0
         report: dict[str, Any] = dict(entries=chain.entries, checkpoints=len(every), last_checkpoint_seq=last_seq,

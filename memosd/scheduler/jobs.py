@@ -22,7 +22,6 @@ from memos_mip.bounds import quote
 from memosd import errors
 from memosd.errors import MemosError, NotFound, ResourceExhausted, Unavailable
 from memosd.ids import is_id, new_id
-from memosd.vault import jobs_store
 
 log = logging.getLogger("memosd.jobs")
 
@@ -124,10 +123,10 @@ class JobManager:
         now = time.time()
 
         def job(conn):
-            jobs_store.fail_unfinished(conn, (int(JobState.QUEUED), int(JobState.RUNNING)), int(JobState.FAILED),
+            self._db.sql.jobs.fail_unfinished(conn, (int(JobState.QUEUED), int(JobState.RUNNING)), int(JobState.FAILED),
                                        now, "the daemon stopped before the job finished",
                                        "the daemon stopped before the job finished; submit it again")
-            return jobs_store.recent(conn, self.keep_finished)
+            return self._db.sql.jobs.recent(conn, self.keep_finished)
 
         for row in reversed(await self._db.write(job)):
             record = _from_row(row)
@@ -188,7 +187,7 @@ class JobManager:
     def _save(self, job: Job) -> None:
         # Written in order (the writer takes jobs first come, first served), awaited by stop().
         if self._db is not None:
-            task = asyncio.ensure_future(self._db.write(lambda conn: jobs_store.save(conn, _record(job))))
+            task = asyncio.ensure_future(self._db.write(lambda conn: self._db.sql.jobs.save(conn, _record(job))))
             self._saving.add(task)
             task.add_done_callback(self._saving.discard)
 

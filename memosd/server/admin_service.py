@@ -11,7 +11,6 @@ from memosd import __version__
 from memosd.errors import InvalidArgument, PermissionDenied
 from memosd.server.auth import principal
 from memosd.server.convert import to_timestamp
-from memosd.vault.backup import take_snapshot
 
 log = logging.getLogger("memosd.backup")
 DEFAULT_CHUNK = 1 << 20
@@ -19,9 +18,10 @@ MAX_CHUNK = 4 << 20
 
 
 class AdminService:
-    def __init__(self, data_dir: Path, governance):
+    def __init__(self, data_dir: Path, governance, snapshot):
         self.data_dir = Path(data_dir)
         self.gov = governance
+        self.snapshot = snapshot  # () -> a Snapshot of the data directory, blocking (Daemon.snapshot)
 
     async def Backup(self, request, context):
         p = principal()
@@ -30,7 +30,7 @@ class AdminService:
         if not 0 <= request.chunk_bytes <= MAX_CHUNK:
             raise InvalidArgument(f"chunk_bytes must be between 1 and {MAX_CHUNK} (0 for {DEFAULT_CHUNK})")
         chunk = request.chunk_bytes or DEFAULT_CHUNK
-        snapshot = await asyncio.to_thread(take_snapshot, self.data_dir)
+        snapshot = await asyncio.to_thread(self.snapshot)
         try:
             sent = sum(f.size for f in snapshot.files)
             await self.gov.audit(p.name, "daemon.backup", str(self.data_dir), files=len(snapshot.files), bytes=sent)

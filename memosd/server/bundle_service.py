@@ -54,8 +54,8 @@ class BundleService:
 
         def run():
             try:
-                summary = write_bundle(pipe, data_dir=self.data_dir, root=prefix, cube_filter=f, policies=policies,
-                                       producer=producer)
+                summary = write_bundle(pipe, vault=self.vault, data_dir=self.data_dir, root=prefix, cube_filter=f,
+                                       policies=policies, producer=producer)
             except BaseException as exc:
                 pipe.finish(exc if isinstance(exc, errors.MemosError) else RuntimeError(f"export failed: {exc!r}"))
                 raise

@@ -6,7 +6,6 @@ import asyncio
 import enum
 import logging
 import re
-import sqlite3
 import time
 from dataclasses import dataclass, field
 
@@ -20,8 +19,9 @@ from memosd.governance import MemGovernance, Principal
 from memosd.governance.policy import Pattern, check_name
 from memosd.ids import is_id
 from memosd.limits import check_namespace
-from memosd.store import events, shares
-from memosd.store.events import Topic
+from memosd.storage import Conn
+from memosd.storage.records import Topic
+from memosd.store import shares
 from memosd.store.hub import Hub, Subscriber, first_of
 from memosd.vault.vault import cube_at_version, current_cube
 
@@ -93,11 +93,12 @@ class MemStore:
         self.clock = clock
         self.default_max_events = default_max_events
         self.default_max_age = default_max_age
+        self.sql = db.sql
         self._shares = shares.ShareIndex()
         self._durables: dict[tuple[str, str], _Durable] = {}
 
     async def start(self) -> None:
-        await self.db.read(self._shares.load)
+        self._shares.load(await self.db.read(self.sql.shares.all_shares))
         # Publishing is how a cube is shared: a subscriber of the topic may read it while it stays published
         # and the authority it was published under holds.
         self.gov.add_read_source(self._shares.of)
@@ -119,14 +120,14 @@ class MemStore:
         now = self.clock()
         sees = may_publish or self.gov.can(p, "subscribe", topic)
 
-        def job(conn: sqlite3.Connection):
-            found = publish_id and events.find_published(conn, topic, publish_id)
+        def job(conn: Conn):
+            found = publish_id and self.sql.events.find_published(conn, topic, publish_id)
             if found and (may_publish or found[1] == p.name):
                 return found[0], True, None, None
             cube = current_cube(conn, cube_id, now)
             if cube is None:
                 raise NotFound(f"no cube with id {cube_id} to publish")
-            on_topic = shares.publishers(conn, topic, cube_id)
+            on_topic = self.sql.shares.publishers(conn, topic, cube_id)
             share = None
             if retract:
                 if not (self.gov.owns_cube(p, cube) or p.name in on_topic):  # a publisher may end its own share
@@ -138,14 +139,14 @@ class MemStore:
                         raise PermissionDenied(f"agent {p.name} may not retract cube {cube_id}: it needs share on it")
                 if not on_topic:
                     raise NotFound(f"cube {cube_id} is not published on {topic}")
-                shares.drop(conn, topic, cube_id)
+                self.sql.shares.drop(conn, topic, cube_id)
                 kind = EventKind.RETRACTED
             else:
                 share = self.gov.share_authority(p, cube, topic)
                 kind = EventKind.UPDATED if on_topic else EventKind.PUBLISHED
-                shares.record(conn, cube_id, share)
+                self.sql.shares.record(conn, cube_id, share, shares.authority(share))
             # Another publisher's publish_id on a topic p cannot publish to is not p's to reuse.
-            seq = events.append_event(conn, topic, int(kind), cube_id, cube.version, p.name, now,
+            seq = self.sql.events.append_event(conn, topic, int(kind), cube_id, cube.version, p.name, now,
                                       None if found else publish_id or None, max_age=self.default_max_age,
                                       max_events=self.default_max_events)
             self.gov.audit_write(conn, p.name, "store.retract" if retract else "store.publish", topic, seq=seq,
@@ -187,7 +188,7 @@ class MemStore:
                 durable.active, durable.wakeup = False, None
 
     async def _start_positions(self, pattern: Pattern, spec: SubscribeSpec, durable) -> dict[str, int]:
-        topics = await self.db.read(lambda conn: events.topics(conn, pattern))
+        topics = await self.db.read(lambda conn: self.sql.events.topics(conn, pattern))
         if not pattern.subtree and pattern.namespace not in topics:
             if spec.after_seq > 0:
                 raise InvalidArgument(f"topic {pattern.namespace} has no events yet; after_seq {spec.after_seq}"
@@ -213,8 +214,8 @@ class MemStore:
         """Up to `limit` events after a position, with their cubes, as `p` may see them."""
         now = self.clock()
 
-        def job(conn: sqlite3.Connection):
-            found = events.events_after(conn, topic, after, limit)
+        def job(conn: Conn):
+            found = self.sql.events.events_after(conn, topic, after, limit)
             return [EventRecord(topic, seq, EventKind(kind), cube_id, version, publisher, ts,
                                 None if kind == EventKind.RETRACTED else cube_at_version(conn, cube_id, version, now))
                     for seq, kind, cube_id, version, publisher, ts in found]
@@ -242,7 +243,7 @@ class MemStore:
             now = self.clock()
 
             pattern, acked = await self.db.write(
-                lambda conn: events.open_cursor(conn, p.name, spec.durable_name, spec.topic, now))
+                lambda conn: self.sql.events.open_cursor(conn, p.name, spec.durable_name, spec.topic, now))
             self._durables.setdefault(key, _Durable(pattern, acked))
         durable = self._durables[key]
         if durable.pattern != spec.topic:
@@ -265,7 +266,7 @@ class MemStore:
         if seq <= durable.acked.get(topic, 0):
             return durable.acked[topic]
         acked = dict(durable.acked, **{topic: seq})
-        await self.db.write(lambda conn: events.save_cursor(conn, p.name, name, acked))
+        await self.db.write(lambda conn: self.sql.events.save_cursor(conn, p.name, name, acked))
         durable.acked = acked
         durable.unacked_since = self.clock() if any(durable.delivered.get(t, 0) > a for t, a in acked.items()) else None
         if durable.wakeup is not None:
@@ -278,7 +279,7 @@ class MemStore:
         if prefix:
             check_namespace(prefix.rstrip("/"), what="topic prefix")
         pattern = Pattern(prefix.rstrip("/"), True) if prefix else None
-        found = await self.db.read(lambda conn: events.topics(conn, pattern))
+        found = await self.db.read(lambda conn: self.sql.events.topics(conn, pattern))
         return [t for t in found.values()
                 if self.gov.can(p, "subscribe", t.name) or self.gov.can(p, "publish", t.name)]
 
@@ -291,13 +292,13 @@ class MemStore:
             # Before looking: whether a topic out of p's reach exists, and whose it is, is not p's to learn.
             raise PermissionDenied(f"agent {p.name} may not set the retention of {topic}: only its owner or the admin may")
 
-        def job(conn: sqlite3.Connection) -> Topic:
-            t = events.topics(conn, Pattern(topic, False)).get(topic)
+        def job(conn: Conn) -> Topic:
+            t = self.sql.events.topics(conn, Pattern(topic, False)).get(topic)
             if t is None:
                 raise NotFound(f"no topic {topic}")
             if not (p.admin or p.name == t.owner):
                 raise PermissionDenied(f"only {t.owner} (the topic's owner) or the admin may set its retention")
-            events.set_retention(conn, topic, max_age, max_events)
+            self.sql.events.set_retention(conn, topic, max_age, max_events)
             self.gov.audit_write(conn, p.name, "store.retention", topic, max_age=max_age, max_events=max_events)
             t.max_age, t.max_events = max_age, max_events
             return t
@@ -307,7 +308,7 @@ class MemStore:
     async def compact(self) -> int:
         """Delete events beyond each topic's retention; returns how many."""
         now = self.clock()
-        return await self.db.write(lambda conn: events.compact(conn, now))
+        return await self.db.write(lambda conn: self.sql.events.compact(conn, now))
 
 
 class _Stream:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+from collections.abc import Iterable
 
 from memosd.governance.policy import Share
 
 _OWN = "own"
 
 
-def _authority(share: Share) -> str | None:
+def authority(share: Share) -> str | None:
+    """The authority a share is made under, as its record stores it."""
     if share.own:
         return _OWN
     return None if share.policies is None else json.dumps(sorted(share.policies))
@@ -28,10 +29,10 @@ class ShareIndex:
     def __init__(self):
         self._by_cube: dict[str, dict[tuple[str, str], Share]] = {}
 
-    def load(self, conn: sqlite3.Connection) -> None:
-        for topic, cube_id, publisher, authority in conn.execute(
-                "SELECT topic, cube_id, publisher, authority FROM topic_cubes"):
-            self.add(cube_id, _share(topic, publisher, authority))
+    def load(self, records: Iterable[tuple[str, str, str, str | None]]) -> None:
+        """Fill the index from the stored shares, (topic, cube_id, publisher, authority) each."""
+        for topic, cube_id, publisher, made_under in records:
+            self.add(cube_id, _share(topic, publisher, made_under))
 
     def of(self, cube_id: str):
         return self._by_cube.get(cube_id, {}).values()
@@ -47,20 +48,3 @@ class ShareIndex:
         for key in [k for k in found if k[0] == topic]:
             del found[key]
 
-
-def publishers(conn: sqlite3.Connection, topic: str, cube_id: str) -> set[str]:
-    """Who has the cube published on the topic now (empty: it is not)."""
-    return {r[0] for r in conn.execute("SELECT publisher FROM topic_cubes WHERE topic = ? AND cube_id = ?",
-                                       (topic, cube_id))}
-
-
-def record(conn: sqlite3.Connection, cube_id: str, share: Share) -> None:
-    # A publisher publishing again renews its share under the authority it holds now.
-    conn.execute("INSERT INTO topic_cubes (topic, cube_id, publisher, authority) VALUES (?, ?, ?, ?)"
-                 " ON CONFLICT (topic, cube_id, publisher) DO UPDATE SET authority = excluded.authority",
-                 (share.topic, cube_id, share.publisher, _authority(share)))
-
-
-def drop(conn: sqlite3.Connection, topic: str, cube_id: str) -> None:
-    """A retraction ends every publisher's share of the cube on the topic."""
-    conn.execute("DELETE FROM topic_cubes WHERE topic = ? AND cube_id = ?", (topic, cube_id))

@@ -12,7 +12,7 @@ import numpy as np
 from memosd.cube import CubeFilter, MemoryKind, SearchHit
 from memosd.errors import MemosError
 from memosd.vault import rows
-from memosd.vault.db import Database
+from memosd.storage.sqlite.db import Database
 from memosd.vault.dense import DenseIndex, top
 from memosd.vault.query import filter_sql
 

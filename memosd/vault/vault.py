@@ -21,7 +21,7 @@ from memosd.limits import (
     Limits, check_draft, check_filter, check_metadata, check_priority, check_tags, check_text, resolve_expiry,
 )
 from memosd.vault import rows
-from memosd.vault.db import Database
+from memosd.storage.sqlite.db import Database
 from memosd.vault.fulltext import FullText, words
 from memosd.vault.query import PageTokens, filter_sql
 from memosd.vault.search import DenseSearch, fuse

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-AgentRow = tuple[str, bytes, tuple[str, ...], bool, float, float | None]
-PolicyRow = tuple[bytes, bytes, float, float | None]
-CheckpointRow = tuple  # (n, seq, hash, ts, signature) as stored: the signer checks the types itself
+from memosd.storage.records import AgentRow, CheckpointRow, PolicyRow
 
 
 # -- settings ------------------------------------------------------------------------------------
@@ -28,12 +26,6 @@ def bump_epoch(conn: sqlite3.Connection) -> int:
     epoch = int(value) + 1
     conn.execute("UPDATE settings SET value = ? WHERE key = 'policy_epoch'", (str(epoch),))
     return epoch
-
-
-def audit_head(conn: sqlite3.Connection) -> str | None:
-    """The audit chain's head as 'seq:hash', None before the first entry."""
-    row = conn.execute("SELECT value FROM settings WHERE key = 'audit_head'").fetchone()
-    return None if row is None else str(row[0])
 
 
 # -- agents --------------------------------------------------------------------------------------

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
 
 from memosd.governance.policy import Pattern
+from memosd.storage.records import Topic
 
 _TOPIC = "SELECT name, owner, last_seq, first_seq, max_age, max_events FROM topics"
-
-
-@dataclass
-class Topic:
-    name: str
-    owner: str
-    last_seq: int
-    first_seq: int
-    max_age: float
-    max_events: int
 
 
 def find_published(conn: sqlite3.Connection, topic: str, publish_id: str) -> tuple[int, str] | None:

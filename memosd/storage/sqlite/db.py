@@ -1,4 +1,4 @@
-"""SQLite access for the vault: one writer thread with group commit, a small pool of readers."""
+"""The embedded engine's Database: SQLite with one writer thread (group commit) and a small pool of readers."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import queue
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
-from collections.abc import Callable
 
 from sqlite_utils import Database as SqliteUtilsDatabase
 
 from memosd.errors import MemosError, Unavailable
-from memosd.vault.schema import migrations as vault_migrations
 
 T = TypeVar("T")
 log = logging.getLogger("memosd.vault")
@@ -40,11 +40,24 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def all_migrations() -> tuple:
+    """The vault's, governance's and MemStore's migrations, in the order they apply."""
+    from memosd.storage.sqlite.schema import governance, store, vault
+
+    return vault.migrations, governance.migrations, store.migrations
+
+
 class Database:
     """Runs write jobs on one thread (batched into shared transactions) and reads on a pool."""
 
-    def __init__(self, path: Path, *, readers: int = 4, migrations=(vault_migrations,)):
+    engine = "sqlite"
+
+    def __init__(self, path: Path, *, readers: int = 4, migrations: tuple | None = None):
         self.path = path
+        if migrations is None:
+            from memosd.storage.sqlite.schema.vault import migrations as vault_migrations
+
+            migrations = (vault_migrations,)
         setup = connect(path)
         for migration_set in migrations:
             migration_set.apply(SqliteUtilsDatabase(setup))
@@ -69,6 +82,24 @@ class Database:
         """Run job(conn) on a reader thread, in one read transaction (a consistent snapshot)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._run_read, job)
+
+    @property
+    def sql(self):
+        """The engine's record functions, one module per part of the core (memosd/storage/sqlite/)."""
+        import memosd.storage.sqlite as sql
+
+        return sql
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own in one read transaction, for a long read on the caller's thread (an export)."""
+        conn = connect(self.path, readonly=True)
+        try:
+            conn.execute("BEGIN")
+            yield conn
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
 
     def _run_read(self, job):
         conn = getattr(self._local, "conn", None)

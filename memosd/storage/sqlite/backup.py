@@ -25,7 +25,7 @@ from pathlib import Path
 from memos_mip.bounds import loads, quote
 from memos_mip.bundle_format import sha256_file
 from memosd.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument
-from memosd.vault.db import connect
+from memosd.storage.sqlite.db import connect
 
 FORMAT = "memosd-backup"
 VERSION = 1

@@ -1,0 +1,21 @@
+"""Records as every engine returns them: plain values the core reads, never an engine's row type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+AgentRow = tuple[str, bytes, tuple[str, ...], bool, float, float | None]
+PolicyRow = tuple[bytes, bytes, float, float | None]
+CheckpointRow = tuple  # (n, seq, hash, ts, signature) as stored: the signer checks the types itself
+# (seq, ts, agent, action, target, decision, detail, prev_hash, hash), in seq order.
+AuditRow = tuple[int, float, str, str, str, str, str, str, str]
+
+
+@dataclass
+class Topic:
+    name: str
+    owner: str
+    last_seq: int
+    first_seq: int
+    max_age: float
+    max_events: int
