@@ -6,6 +6,7 @@ import pytest
 
 from memos_client import AsyncMemosClient, MemosClient
 from tests.daemon import make_config, running
+from tests.storage_engine import engine, engine_params  # noqa: F401 (the storage contract's fixture)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -36,3 +37,7 @@ def client(daemon):
 @pytest.fixture
 def aclient_factory(daemon):
     return lambda: AsyncMemosClient(daemon.address, key=daemon.admin_key, timeout=30)
+
+
+def pytest_generate_tests(metafunc):
+    engine_params(metafunc)

@@ -1,39 +1,11 @@
 """The storage contract: what the core relies on from its storage functions, driven directly (no daemon, no gRPC).
-Each test takes `engine`; a second engine (PostgreSQL) joins by adding a parameter to that fixture."""
+Each test takes `engine` (tests/storage_engine.py) and runs once per storage engine."""
 
 import asyncio
 
-import pytest
-
-from memosd.daemon import open_storage
 from memosd.governance import audit
 from memosd.governance.policy import Pattern
 from memosd.store.memstore import EventKind
-from tests.daemon import make_config
-
-
-class Engine:
-    """One storage engine's database, with the core's two ways in: a write transaction and a read snapshot."""
-
-    def __init__(self, db):
-        self.db = db
-        self.sql = db.sql  # the engine's record functions, as the core calls them
-
-    def write(self, job):
-        return asyncio.run(self.db.write(job))
-
-    def read(self, job):
-        return asyncio.run(self.db.read(job))
-
-
-@pytest.fixture(params=["sqlite"])
-def engine(request, tmp_path):
-    config = make_config(tmp_path)
-    config.data_dir.mkdir(parents=True, mode=0o700)
-    db, _ = asyncio.run(open_storage(config))  # migrated, as the daemon opens it
-    yield Engine(db)
-    db.close()
-
 
 def _publish(engine, topic, cube_id="c1", ts=100.0, publish_id=None, max_events=0, max_age=0.0,
              kind=EventKind.PUBLISHED):

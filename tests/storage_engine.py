@@ -1,0 +1,45 @@
+"""The `engine` fixture of the storage contract: each storage engine's database, migrated as the daemon opens it.
+
+Contract tests take `engine` and run once per engine in ENGINES. A test module whose functions a newer engine
+does not implement yet says so with `pytestmark = pytest.mark.engines("sqlite")`, never with a skip."""
+
+import asyncio
+
+import pytest
+
+from memosd.daemon import open_storage
+from tests.daemon import make_config
+
+ENGINES = ["sqlite"]
+
+
+class Engine:
+    """One storage engine's database, with the core's two ways in: a write transaction and a read snapshot."""
+
+    def __init__(self, name, db):
+        self.name = name
+        self.db = db
+        self.sql = db.sql  # the engine's record functions, as the core calls them
+
+    def write(self, job):
+        return asyncio.run(self.db.write(job))
+
+    def read(self, job):
+        return asyncio.run(self.db.read(job))
+
+
+def engine_params(metafunc) -> None:
+    """Parametrize `engine` over ENGINES, narrowed by an `engines` mark (pytest_generate_tests calls this)."""
+    if "engine" in metafunc.fixturenames:
+        mark = metafunc.definition.get_closest_marker("engines")
+        names = [e for e in ENGINES if mark is None or e in mark.args]
+        metafunc.parametrize("engine", names, indirect=True)
+
+
+@pytest.fixture
+def engine(request, tmp_path):
+    config = make_config(tmp_path)
+    config.data_dir.mkdir(parents=True, mode=0o700)
+    db, _ = asyncio.run(open_storage(config))  # migrated, as the daemon opens it
+    yield Engine(request.param, db)
+    db.close()
