@@ -8,7 +8,7 @@ import threading
 
 from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import InvalidArgument
-from memosd.vault.query import filter_sql
+from memosd.storage.sqlite.filters import filter_sql
 from memosd.vault.rows import COLUMNS, row_dict
 
 _WORD = re.compile(r"\w+", re.UNICODE)

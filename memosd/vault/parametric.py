@@ -13,7 +13,7 @@ from memosd.errors import FailedPrecondition, InvalidArgument
 from memosd.limits import check_namespace_prefix
 from memosd.vault import rows, tensor_cubes
 from memosd.vault.tensor_cubes import TensorDraft
-from memosd.vault.query import filter_sql
+from memosd.storage.sqlite.filters import filter_sql
 
 MAX_DERIVED_FROM = 1024
 # Adapters of one base model considered by a plan: the most recent ones.

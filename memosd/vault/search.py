@@ -14,7 +14,7 @@ from memosd.errors import MemosError
 from memosd.vault import rows
 from memosd.storage.sqlite.db import Database
 from memosd.vault.dense import DenseIndex, top
-from memosd.vault.query import filter_sql
+from memosd.storage.sqlite.filters import filter_sql
 
 log = logging.getLogger("memosd.vault")
 # Cubes embedded per pass of the backfill: large enough to batch well, small enough that each pass

@@ -23,7 +23,8 @@ from memosd.limits import (
 from memosd.vault import rows
 from memosd.storage.sqlite.db import Database
 from memosd.vault.fulltext import FullText, words
-from memosd.vault.query import PageTokens, filter_sql
+from memosd.storage.sqlite.filters import filter_sql
+from memosd.vault.query import PageTokens
 from memosd.vault.search import DenseSearch, fuse
 
 log = logging.getLogger("memosd.vault")

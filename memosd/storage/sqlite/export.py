@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from memosd.cube import CubeFilter
 from memosd.vault import rows
-from memosd.vault.query import filter_sql
+from memosd.storage.sqlite.filters import filter_sql
 
 
 def cube_rows(conn: sqlite3.Connection, f: CubeFilter, now: float, batch: int = 1000) -> Iterator[tuple]:
