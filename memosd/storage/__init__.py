@@ -20,3 +20,15 @@ def open_database(data_dir: Path, migrations=None):
     from memosd.storage.sqlite.db import Database, all_migrations
 
     return Database(Path(data_dir) / "memos.db", migrations=migrations or all_migrations())
+
+
+def sql_of(conn: Conn):
+    """The record functions of the engine a job's connection belongs to, for a function handed only the
+    connection (memosd.vault.blob_access's, which vault/blobs.py calls inside its own jobs)."""
+    import sqlite3
+
+    if isinstance(conn, sqlite3.Connection):
+        import memosd.storage.sqlite as sql
+
+        return sql
+    raise TypeError(f"no storage engine has connections of type {type(conn).__name__}")

@@ -1,5 +1,5 @@
 """The embedded engine: SQLite in the data directory, its record functions one module per part of the core."""
 
-from memosd.storage.sqlite import audit, cubes, events, export, governance, jobs, shares, usage
+from memosd.storage.sqlite import audit, cubes, events, export, governance, holders, jobs, shares, tensors, usage
 
-__all__ = ["audit", "cubes", "events", "export", "governance", "jobs", "shares", "usage"]
+__all__ = ["audit", "cubes", "events", "export", "governance", "holders", "jobs", "shares", "tensors", "usage"]
