@@ -139,7 +139,7 @@ class TestDatabases:
     def create(self) -> str:
         name = self.prefix + uuid.uuid4().hex[:12]
         with admin_connect(self.url) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}" STRATEGY FILE_COPY')
         return database_url(self.url, name)
 
     def drop(self, url: str) -> None:
