@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from memosd.errors import InvalidArgument
 
@@ -39,11 +39,7 @@ def redact(url: str) -> str:
         userinfo, _, hostinfo = netloc.rpartition("@")
         if ":" in userinfo:
             netloc = f"{userinfo.split(':', 1)[0]}:{HIDDEN}@{hostinfo}"
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(k.lower() == "password" for k, _ in pairs):
-            query = urlencode([(k, HIDDEN if k.lower() == "password" else v) for k, v in pairs], safe="/")
+    query = re.sub(r"(?i)((?:^|&)password=)[^&]*", rf"\g<1>{HIDDEN}", parts.query)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -40,7 +40,7 @@ class Database:
         self.shown_url = redact(url)
         # Every connection: commits wait for the WAL flush whatever the server's default, statements end at
         # the timeout, and the server knows who we are. psycopg prepares a statement run often (prepare_threshold).
-        self._kwargs = {"options": f"-c synchronous_commit=on -c statement_timeout={int(statement_timeout * 1000)}",
+        self._kwargs: dict[str, Any] = {"options": f"-c synchronous_commit=on -c statement_timeout={int(statement_timeout * 1000)}",
                         "application_name": "memosd", "connect_timeout": max(1, int(connect_timeout))}
         self.applied = self._migrate(create)
         self._pool = ConnectionPool(url, kwargs=self._kwargs, min_size=1, max_size=pool_size, open=False,
