@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from memosd.errors import FailedPrecondition
 from memosd.storage.urls import POSTGRESQL, vault_engine
 
 # An engine's connection inside a job: opaque to the core, which only hands it to that engine's functions.
@@ -23,7 +24,11 @@ def open_database(data_dir: Path, migrations=None, *, url: str = "sqlite:", crea
     otherwise refused, with FailedPrecondition, if it has none or one newer than this code (Unavailable:
     unreachable). migrations: the SQLite migration sets to apply (tests), all of them by default."""
     if vault_engine(url) == POSTGRESQL:
-        from memosd.storage.postgres.db import Database as PostgresDatabase
+        try:
+            from memosd.storage.postgres.db import Database as PostgresDatabase
+        except ImportError as exc:
+            raise FailedPrecondition(f"a postgresql:// vault_url needs psycopg ({exc.name} is missing):"
+                                     " pip install 'memosd[postgres]'") from None
 
         return PostgresDatabase(url, create=create)
     from memosd.storage.sqlite.db import Database, all_migrations
