@@ -142,6 +142,28 @@ def test_connections_the_server_drops_are_replaced_by_themselves(postgres_url):
         db.close()
 
 
+def test_calls_during_an_outage_are_unavailable_and_the_pool_reconnects_after_it(postgres_url, postgres_server):
+    from urllib.parse import urlsplit
+
+    name = urlsplit(postgres_url).path.lstrip("/")
+    db = Database(postgres_url, create=False, pool_size=2, connect_timeout=2)
+    try:
+        _run(db.write(lambda conn: db.sql.governance.init_settings(conn, {"before": "1"})))
+        with admin_connect(postgres_server) as admin:  # the database goes away: no new connections, old ones cut
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        with pytest.raises(Unavailable, match="cannot reach the PostgreSQL vault"):
+            _run(db.write(lambda conn: db.sql.governance.init_settings(conn, {"during": "1"})))
+        with admin_connect(postgres_server) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        # No restart of the daemon's Database: the pool connects again by itself; nothing acknowledged is lost.
+        _run(db.write(lambda conn: db.sql.governance.init_settings(conn, {"after": "1"})))
+        settings = _run(db.read(db.sql.governance.load_settings))
+        assert (settings.get("before"), settings.get("during"), settings.get("after")) == ("1", None, "1")
+    finally:
+        db.close()
+
+
 def test_a_failing_write_commits_nothing_and_a_read_may_not_write(postgres_url):
     db = Database(postgres_url, create=False)
     try:
@@ -155,6 +177,22 @@ def test_a_failing_write_commits_nothing_and_a_read_may_not_write(postgres_url):
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             _run(db.read(lambda conn: db.sql.governance.insert_agent(conn, "bob", b"k" * 32, (), False, 1.0)))
         assert _run(db.read(lambda conn: conn.execute("SHOW synchronous_commit").fetchone())) == ("on",)
+    finally:
+        db.close()
+
+
+def test_a_snapshot_keeps_seeing_what_was_committed_when_it_began(postgres_url):
+    db = Database(postgres_url, create=False)
+    try:
+        def agents(conn):
+            return sorted(r[0] for r in db.sql.governance.load_agents(conn))
+
+        _run(db.write(lambda conn: db.sql.governance.insert_agent(conn, "alice", b"k" * 32, (), False, 1.0)))
+        with db.snapshot() as conn:
+            first = agents(conn)
+            _run(db.write(lambda c: db.sql.governance.insert_agent(c, "bob", b"k" * 32, (), False, 2.0)))
+            assert agents(conn) == first == ["alice"]
+        assert _run(db.read(agents)) == ["alice", "bob"]
     finally:
         db.close()
 
