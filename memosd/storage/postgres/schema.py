@@ -43,7 +43,7 @@ def m0001_governance(conn) -> None:
                  " document bytea NOT NULL, signature bytea NOT NULL, created_at double precision NOT NULL,"
                  " revoked_at double precision)")
     # seq is the chain's position, given by the head (settings 'audit_head') under its row lock: gap-free.
-    conn.execute("CREATE TABLE audit (seq bigint PRIMARY KEY, ts double precision NOT NULL, agent text NOT NULL,"
+    conn.execute(f"CREATE TABLE audit (seq bigint PRIMARY KEY, ts double precision NOT NULL, agent {T} NOT NULL,"
                  " action text NOT NULL, target text NOT NULL, decision text NOT NULL, detail text NOT NULL,"
                  " prev_hash text NOT NULL, hash text NOT NULL)")
     conn.execute("CREATE TABLE audit_checkpoints (n bigint PRIMARY KEY, seq bigint NOT NULL, hash text NOT NULL,"
@@ -206,7 +206,7 @@ def migrate(conn, *, create: bool) -> list[str]:
                                 " `memosd init --vault-url URL` first")
         pending = check(names)
         if names is None:
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (name text PRIMARY KEY,"
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (name {T} PRIMARY KEY,"
                          " applied_at double precision NOT NULL)")
         steps = dict(MIGRATIONS)
         for name in pending:
