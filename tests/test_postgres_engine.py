@@ -1,5 +1,5 @@
-"""The PostgreSQL engine itself: its schema and migrations, its Database's faults, concurrent writers, its search
-columns, its completeness against the SQLite engine. The storage contract (test_storage_contract.py) runs on it too."""
+"""The PostgreSQL engine itself: its schema and migrations, snapshots, concurrent writers, its search columns, its
+completeness against the SQLite engine (faults: test_postgres_faults.py; the storage contract runs on it too)."""
 
 import asyncio
 import importlib
@@ -13,7 +13,7 @@ import pytest
 import memosd.storage.postgres as pg_engine
 import memosd.storage.sqlite as sqlite_engine
 from memosd.cube import CubeFilter, LifecycleState, MemoryKind, Visibility
-from memosd.errors import FailedPrecondition, Unavailable
+from memosd.errors import FailedPrecondition
 from memosd.governance import audit
 from memosd.governance.core import ScopeRule
 from memosd.storage.postgres import schema
@@ -114,76 +114,6 @@ def test_a_schema_newer_than_the_code_is_refused(postgres_url):
         conn.execute(f"INSERT INTO {schema.TABLE} (name, applied_at) VALUES ('m9999_from_the_future', 0)")
     with pytest.raises(FailedPrecondition, match="newer than this memosd.*m9999_from_the_future"):
         Database(postgres_url, create=False)
-
-
-# -- faults ---------------------------------------------------------------------------------------
-
-def test_an_unreachable_database_is_unavailable_and_the_password_never_shown(tmp_path):
-    url = f"postgresql://memosd:s3cret-pw@/memosd?host={tmp_path}&connect_timeout=2"
-    with pytest.raises(Unavailable, match="cannot reach the PostgreSQL vault") as caught:
-        Database(url)
-    assert "s3cret-pw" not in str(caught.value) and "***" in str(caught.value)
-
-
-def test_a_statement_past_the_timeout_is_unavailable_and_the_connection_serves_on(postgres_url):
-    db = Database(postgres_url, create=False, pool_size=1, statement_timeout=0.2)
-    try:
-        with pytest.raises(Unavailable, match="statement_timeout"):
-            _run(db.write(lambda conn: conn.execute("SELECT pg_sleep(5)")))
-        assert _run(db.read(lambda conn: conn.execute("SELECT 1").fetchone())) == (1,)
-    finally:
-        db.close()
-
-
-def test_connections_the_server_drops_are_replaced_by_themselves(postgres_url):
-    db = Database(postgres_url, create=False, pool_size=2)
-    try:
-        pid = _run(db.read(lambda conn: conn.execute("SELECT pg_backend_pid()").fetchone()[0]))
-        with psycopg.connect(postgres_url, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                          " WHERE application_name = 'memosd' AND datname = current_database()")
-        assert _run(db.read(lambda conn: conn.execute("SELECT pg_backend_pid()").fetchone()[0])) != pid
-    finally:
-        db.close()
-
-
-def test_calls_during_an_outage_are_unavailable_and_the_pool_reconnects_after_it(postgres_url, postgres_server):
-    from urllib.parse import urlsplit
-
-    name = urlsplit(postgres_url).path.lstrip("/")
-    db = Database(postgres_url, create=False, pool_size=2, connect_timeout=2)
-    try:
-        _run(db.write(lambda conn: db.sql.governance.init_settings(conn, {"before": "1"})))
-        with admin_connect(postgres_server) as admin:  # the database goes away: no new connections, old ones cut
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        with pytest.raises(Unavailable, match="cannot reach the PostgreSQL vault"):
-            _run(db.write(lambda conn: db.sql.governance.init_settings(conn, {"during": "1"})))
-        with admin_connect(postgres_server) as admin:
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-        # No restart of the daemon's Database: the pool connects again by itself; nothing acknowledged is lost.
-        _run(db.write(lambda conn: db.sql.governance.init_settings(conn, {"after": "1"})))
-        settings = _run(db.read(db.sql.governance.load_settings))
-        assert (settings.get("before"), settings.get("during"), settings.get("after")) == ("1", None, "1")
-    finally:
-        db.close()
-
-
-def test_a_failing_write_commits_nothing_and_a_read_may_not_write(postgres_url):
-    db = Database(postgres_url, create=False)
-    try:
-        def half(conn):
-            db.sql.governance.insert_agent(conn, "alice", b"k" * 32, (), False, 1.0)
-            raise FailedPrecondition("changed my mind")
-
-        with pytest.raises(FailedPrecondition):
-            _run(db.write(half))
-        assert "alice" not in {r[0] for r in _run(db.read(db.sql.governance.load_agents))}
-        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-            _run(db.read(lambda conn: db.sql.governance.insert_agent(conn, "bob", b"k" * 32, (), False, 1.0)))
-        assert _run(db.read(lambda conn: conn.execute("SHOW synchronous_commit").fetchone())) == ("on",)
-    finally:
-        db.close()
 
 
 def test_a_snapshot_keeps_seeing_what_was_committed_when_it_began(postgres_url):
