@@ -40,8 +40,9 @@ class Database:
         self.shown_url = redact(url)
         # Every connection: commits wait for the WAL flush whatever the server's default, statements end at
         # the timeout, and the server knows who we are. psycopg prepares a statement run often (prepare_threshold).
-        self._kwargs: dict[str, Any] = {"options": f"-c synchronous_commit=on -c statement_timeout={int(statement_timeout * 1000)}",
-                        "application_name": "memosd", "connect_timeout": max(1, int(connect_timeout))}
+        options = f"-c synchronous_commit=on -c statement_timeout={int(statement_timeout * 1000)}"
+        self._kwargs: dict[str, Any] = {"options": options, "application_name": "memosd",
+                                        "connect_timeout": max(1, int(connect_timeout))}
         self.applied = self._migrate(create)
         self._pool = ConnectionPool(url, kwargs=self._kwargs, min_size=1, max_size=pool_size, open=False,
                                     check=ConnectionPool.check_connection, timeout=connect_timeout,
@@ -53,6 +54,8 @@ class Database:
     def _migrate(self, create: bool) -> list[str]:
         try:
             with psycopg.connect(self.url, autocommit=True, **self._kwargs) as conn:
+                # A migration may build an index over a large table, or wait for another daemon's: no timeout.
+                conn.execute("SET statement_timeout = 0")
                 done = schema.migrate(conn, create=create)
         except psycopg.Error as exc:
             raise self._unavailable(exc) from None
