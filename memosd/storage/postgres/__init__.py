@@ -5,6 +5,6 @@ on PostgreSQL while it is not empty (tests/test_postgres_engine.py keeps it true
 
 from memosd.storage.postgres import audit, events, export, governance, jobs, shares
 
-MISSING: tuple[str, ...] = ("cubes", "fulltext", "vectors", "tensors", "holders", "blobs")
+MISSING: tuple[str, ...] = ("cubes", "usage", "fulltext", "vectors", "tensors", "holders", "blobs")
 
 __all__ = ["MISSING", "audit", "events", "export", "governance", "jobs", "shares"]
