@@ -1,0 +1,209 @@
+"""The MCP server's wiring: one agent's daemon client behind the SDK's low-level Server, over stdio or HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import sys
+import weakref
+
+import mcp_types as types
+from pydantic import ValidationError
+
+from memos_client.aio import AsyncMemosClient
+from memos_client.auth import AgentKey
+from memos_client.errors import InvalidArgument, MemosError
+from memos_client.mcp import convert, resources
+from memos_client.mcp.feed import Follower
+from memos_client.mcp.tools import TOOLS
+from memos_client.models import Event
+from mcp.server.lowlevel import Server
+from mcp.server.session import ServerSession
+
+log = logging.getLogger("memosctl.mcp")
+INSTRUCTIONS = ("Long-term memory shared with other agents through memosd. Search it (memory_search) before "
+                "answering anything earlier work may have covered; store what is worth keeping (memory_add). You "
+                "only ever see memories you may read; other agents see yours only when you share them.")
+
+
+def _argument_errors(name: str, exc: ValidationError) -> str:
+    """Pydantic's errors in a few words each: which argument, what is wrong with it."""
+    parts = []
+    for e in exc.errors()[:5]:
+        where = ".".join(str(x) for x in e["loc"]) or "arguments"
+        if e["type"] == "missing":
+            parts.append(f"{where} is required")
+        elif e["type"] == "extra_forbidden":
+            parts.append(f"{where} is not an argument of {name}")
+        else:
+            parts.append(f"{where}: {e['msg'].lower()}")
+    allowed = ", ".join(TOOLS[name].args.model_fields)
+    return f"invalid arguments for {name}: {'; '.join(parts)} (its arguments: {allowed})"
+
+
+class Bridge:
+    """The server's handlers. It keeps no memory of its own: each request becomes a daemon call as the agent."""
+
+    def __init__(self, client: AsyncMemosClient):
+        self.client = client
+        # Per MCP session (one on stdio, one per client over HTTP): its resource subscriptions.
+        self._follows: weakref.WeakKeyDictionary[ServerSession, dict[str, Follower]] = weakref.WeakKeyDictionary()
+
+    def server(self) -> Server:
+        return Server("memosd", version=_version(), instructions=INSTRUCTIONS,
+                      on_list_tools=self.list_tools, on_call_tool=self.call_tool,
+                      on_list_resources=self.list_resources, on_list_resource_templates=self.list_templates,
+                      on_read_resource=self.read_resource, on_subscribe_resource=self.subscribe,
+                      on_unsubscribe_resource=self.unsubscribe)
+
+    async def list_tools(self, ctx, params) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[spec.tool() for spec in TOOLS.values()])
+
+    async def call_tool(self, ctx, params: types.CallToolRequestParams) -> types.CallToolResult:
+        spec = TOOLS.get(params.name)
+        if spec is None:
+            return convert.error(f"no tool {params.name[:100]!r}; the tools are {', '.join(TOOLS)}")
+        try:
+            args = spec.args.model_validate(params.arguments or {})
+        except ValidationError as exc:
+            return convert.error(_argument_errors(spec.name, exc))
+        try:
+            return await spec.run(self.client, args)
+        except MemosError as exc:
+            return convert.memos_error(exc)
+        except Exception:  # a bug here must cost one call, never the agent's whole session
+            log.exception("tool %s failed", spec.name)
+            return convert.error(f"{spec.name} failed inside the MCP server (see its log); try again or report it")
+
+    async def list_resources(self, ctx, params) -> types.ListResourcesResult:
+        try:
+            return await resources.list_resources(self.client)
+        except MemosError as exc:
+            raise _mcp_error(exc) from None
+
+    async def list_templates(self, ctx, params) -> types.ListResourceTemplatesResult:
+        return resources.templates()
+
+    async def read_resource(self, ctx, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        return await resources.read(self.client, str(params.uri))
+
+    async def subscribe(self, ctx, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        uri = str(params.uri)
+        what, topic = resources.parse(uri)
+        if what != "topic":
+            raise _mcp_error(InvalidArgument("only topics can be subscribed to: memos://topic/NAME or "
+                                             "memos://topic/PREFIX/**"))
+        follows = self._follows.setdefault(ctx.session, {})
+        if uri in follows:
+            return types.EmptyResult()
+        session = ctx.session
+
+        async def notify(event: Event) -> None:
+            await session.send_resource_updated(uri)
+
+        follower = Follower(self.client, topic, notify)
+        try:
+            await follower.start()
+        except MemosError as exc:
+            raise _mcp_error(exc) from None
+        follows[uri] = follower
+        return types.EmptyResult()
+
+    async def unsubscribe(self, ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        follower = self._follows.get(ctx.session, {}).pop(str(params.uri), None)
+        if follower is not None:
+            follower.stop()
+        return types.EmptyResult()
+
+    def close(self) -> None:
+        for follows in list(self._follows.values()):
+            for follower in follows.values():
+                follower.stop()
+
+
+def _mcp_error(exc: MemosError):
+    from mcp.shared.exceptions import MCPError
+
+    return MCPError(types.INVALID_PARAMS, convert.memos_error(exc).content[0].text)  # type: ignore[union-attr]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("memosd")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# ---- transports ---------------------------------------------------------------------------------------------
+
+
+def loopback(addr: str) -> tuple[str, int]:
+    """(host, port) of HOST:PORT (or [v6]:PORT) on a loopback address; InvalidArgument for anything else, since
+    whoever reaches the server acts with the agent's key."""
+    host, sep, port_text = addr.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text) if sep else -1
+    except ValueError:
+        port = -1
+    if not host or not 0 <= port <= 65535:
+        raise InvalidArgument(f"--http takes HOST:PORT on a loopback address, e.g. 127.0.0.1:8765, not {addr[:100]!r}")
+    try:
+        is_loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        is_loopback = False
+    if not is_loopback:
+        raise InvalidArgument(f"--http {addr[:100]}: the MCP server listens on loopback only (127.0.0.1, ::1 or "
+                              "localhost): whoever reaches it acts with this agent's key")
+    return host, port
+
+
+async def _stdio(bridge: Bridge) -> None:
+    from mcp.server.stdio import stdio_server
+
+    server = bridge.server()
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+async def _http(bridge: Bridge, host: str, port: int) -> None:
+    import uvicorn
+
+    app = bridge.server().streamable_http_app(host="127.0.0.1" if host == "localhost" else host)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1" if host == "localhost" else host, port))
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    print(f"memosctl mcp: serving MCP (streamable HTTP) at http://{shown}:{bound}/mcp", file=sys.stderr, flush=True)
+    await server.serve(sockets=[sock])
+
+
+async def serve(target: str, key: AgentKey | None, timeout: float, http: str | None = None) -> None:
+    """Serve MCP until stdin closes (stdio) or the process is stopped (HTTP). The daemon need not be running yet:
+    each call says so until it is."""
+    host_port = loopback(http) if http else None
+    client = AsyncMemosClient(target, key=key, timeout=timeout)
+    bridge = Bridge(client)
+    try:
+        if host_port is None:
+            await _stdio(bridge)
+        else:
+            await _http(bridge, *host_port)
+    finally:
+        bridge.close()
+        await client.close()
+
+
+def run(target: str, key: AgentKey | None, timeout: float, http: str | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="memosctl mcp: %(levelname)s %(message)s")
+    try:
+        asyncio.run(serve(target, key, timeout, http))
+    except KeyboardInterrupt:
+        return 130
+    return 0
