@@ -1,0 +1,171 @@
+"""memosctl mcp against a real daemon, driven over stdio (and HTTP once) by the MCP SDK's own client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+
+import anyio
+import mcp_types as types
+import pytest
+
+from memos_client import MemosClient
+from tests.mcp_helpers import call, mcp_session
+
+pytestmark = pytest.mark.timeout(90)
+
+TOOLS = {"memory_add", "memory_search", "memory_get", "memory_update", "memory_delete", "memory_list",
+         "memory_share", "memory_unshare", "memory_publish", "memory_feed"}
+UNKNOWN_ID = "01JZZZZZZZZZZZZZZZZZZZZZZZ"
+
+
+@pytest.fixture
+def agents(client, tmp_path):
+    """Key files of two agents, alice and bob."""
+    return {name: client.add_agent(name, out=str(tmp_path / f"{name}.key"))[1] for name in ("alice", "bob")}
+
+
+def test_tools_listed_with_schemas_and_a_memory_round_trip(daemon, agents):
+    async def main():
+        async with mcp_session(daemon.address, agents["alice"]) as s:
+            listed = {t.name: t for t in (await s.list_tools()).tools}
+            assert set(listed) == TOOLS
+            for tool in listed.values():
+                assert tool.description and len(tool.description) > 30
+                assert tool.input_schema["type"] == "object"
+                assert tool.input_schema["additionalProperties"] is False
+            assert listed["memory_add"].input_schema["required"] == ["text"]
+            assert listed["memory_search"].annotations.read_only_hint is True
+
+            added, text, err = await call(s, "memory_add", text="Alice prefers window seats on long flights",
+                                          tags=["travel"], metadata={"speaker": "alice"})
+            assert not err and added["namespace"] == "agents/alice/notes" and added["id"] in text
+            found, text, err = await call(s, "memory_search", query="window seat flights", limit=5)
+            assert not err and [h["id"] for h in found["hits"]] == [added["id"]]
+            hit = found["hits"][0]
+            assert hit["text"].startswith("Alice prefers") and hit["tags"] == ["travel"] and hit["when"]
+            assert "window seats" in text
+
+            got, text, err = await call(s, "memory_get", id=added["id"])
+            assert not err and got["metadata"] == {"speaker": "alice"} and got["owner"] == "alice"
+            updated, _, err = await call(s, "memory_update", id=added["id"], text="Alice prefers aisle seats now",
+                                         expected_version=1)
+            assert not err and updated["version"] == 2
+            page, _, err = await call(s, "memory_list", namespace="agents/alice", page_size=1)
+            assert not err and [m["text"] for m in page["memories"]] == ["Alice prefers aisle seats now"]
+            read = await s.read_resource(f"memos://cube/{added['id']}")
+            assert json.loads(read.contents[0].text)["text"] == "Alice prefers aisle seats now"
+            listed_resources = {r.uri for r in (await s.list_resources()).resources}
+            assert "memos://namespace/agents/alice" in listed_resources
+            gone, _, err = await call(s, "memory_delete", id=added["id"])
+            assert not err and gone["deleted"]
+            _, text, err = await call(s, "memory_get", id=added["id"])
+            assert err and text.startswith("not found")
+    asyncio.run(main())
+
+
+def test_bad_calls_are_tool_errors_and_the_server_goes_on(daemon, agents):
+    async def main():
+        async with mcp_session(daemon.address, agents["alice"]) as s:
+            bad = [
+                ("memory_add", {}, "text is required"),
+                ("memory_add", {"text": "x", "colour": "red"}, "colour is not an argument of memory_add"),
+                ("memory_search", {"query": "x", "limit": "ten"}, "limit:"),
+                ("memory_search", {"query": "x", "limit": 10_000}, "limit:"),
+                ("memory_get", {"id": UNKNOWN_ID}, "not found"),
+                ("memory_add", {"text": "x", "namespace": "agents/bob/notes"}, "permission denied"),
+                ("memory_add", {"text": "y" * 70_000}, "limit"),
+                ("memory_feed", {"topic": "agents/alice/news", "cursor": "!!"}, "cursor is not one memory_feed"),
+                ("memory_update", {"id": UNKNOWN_ID}, "nothing to update"),
+                ("memory_forget_everything", {}, "no tool"),
+            ]
+            for tool, arguments, expected in bad:
+                r = await s.call_tool(tool, arguments)
+                text = r.content[0].text
+                assert r.is_error, (tool, arguments, text)
+                assert expected in text, (tool, text)
+                assert len(text) < 400 and "y" * 100 not in text  # short, and the input is not echoed
+            _, _, err = await call(s, "memory_add", text="still here")
+            assert not err
+    asyncio.run(main())
+
+
+def test_bob_sees_nothing_of_alice_until_she_shares_and_not_after_she_unshares(daemon, client, agents):
+    secret = "alice's private plan " + secrets.token_hex(4)
+
+    async def main():
+        async with mcp_session(daemon.address, agents["alice"]) as alice, \
+                mcp_session(daemon.address, agents["bob"]) as bob:
+            added, _, _ = await call(alice, "memory_add", text=secret, namespace="agents/alice/plans")
+            cube_id = added["id"]
+
+            async def bob_sees() -> bool:
+                got, got_text, got_err = await call(bob, "memory_get", id=cube_id)
+                found, _, _ = await call(bob, "memory_search", query="private plan")
+                listed, _, _ = await call(bob, "memory_list", namespace="agents/alice")
+                hidden = {"get": got_err, "search": not found["hits"], "list": not listed["memories"]}
+                if all(hidden.values()):
+                    # Exactly what an id that names nothing gets: bob cannot tell her cube exists.
+                    _, unknown_text, _ = await call(bob, "memory_get", id=UNKNOWN_ID)
+                    assert got_text.replace(cube_id, "ID") == unknown_text.replace(UNKNOWN_ID, "ID")
+                    assert secret not in got_text
+                    return False
+                assert not any(hidden.values()), hidden  # all or nothing
+                assert got["text"] == secret and found["hits"][0]["id"] == cube_id
+                return True
+
+            assert not await bob_sees()
+            shared, _, err = await call(alice, "memory_share", subject="bob", namespace="agents/alice/plans")
+            assert not err
+            assert await bob_sees()
+            _, _, err = await call(alice, "memory_unshare", policy_id=shared["policy_id"])
+            assert not err
+            assert not await bob_sees()
+            # Bob's own server cannot share what alice owns.
+            _, text, err = await call(bob, "memory_share", subject="bob", namespace="agents/alice/plans")
+            assert err and "permission denied" in text
+
+    asyncio.run(main())
+    # The refusals are the daemon's own, in its audit log under bob's name: both reads (before the share and
+    # after its revocation) and the share he tried.
+    assert [e.action.rsplit("/", 1)[1] for e in client.audit() if e.agent == "bob" and e.decision == "deny"] == \
+        ["Get", "Get", "PutPolicy"]
+
+
+def test_subscriber_hears_of_a_publish_and_reads_the_feed(daemon, client, agents):
+    client.grant("agent:alice", ["publish"], ["teams/research/**"])
+    client.grant("agent:bob", ["subscribe"], ["teams/research/**"])
+    topic = "teams/research/summaries"
+
+    async def main():
+        updated = anyio.Event()
+        uris = []
+
+        async def on_message(message):
+            if isinstance(message, types.ResourceUpdatedNotification):
+                uris.append(message.params.uri)
+                updated.set()
+
+        async with mcp_session(daemon.address, agents["alice"]) as alice, \
+                mcp_session(daemon.address, agents["bob"], on_message=on_message) as bob:
+            await bob.subscribe_resource(f"memos://topic/{topic}")
+            added, _, _ = await call(alice, "memory_add", text="summary: FlashAttention-3 notes")
+            published, _, err = await call(alice, "memory_publish", topic=topic, id=added["id"])
+            assert not err and published["seq"] == 1
+            with anyio.fail_after(10):
+                await updated.wait()
+            assert uris == [f"memos://topic/{topic}"]
+
+            feed, text, err = await call(bob, "memory_feed", topic="teams/research/**")
+            assert not err, text
+            assert [(e["seq"], e["cube_id"], e["text"]) for e in feed["events"]] == \
+                [(1, added["id"], "summary: FlashAttention-3 notes")]
+            again, _, _ = await call(bob, "memory_feed", topic="teams/research/**", cursor=feed["next_cursor"])
+            assert again["events"] == []
+            # Bob may follow the topic but not publish to it; a topic outside his grant is refused.
+            _, text, err = await call(bob, "memory_publish", topic=topic, id=added["id"])
+            assert err and "permission denied" in text
+            with pytest.raises(Exception, match="permission denied"):
+                await bob.subscribe_resource("memos://topic/teams/other/news")
+    asyncio.run(main())
