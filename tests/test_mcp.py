@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import subprocess
 
 import anyio
 import mcp_types as types
 import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 
-from memos_client import MemosClient
-from tests.mcp_helpers import call, mcp_session
+from memos_client import InvalidArgument, MemosClient
+from memos_client.mcp.http import loopback
+from tests.daemon import RunningDaemon, running
+from tests.mcp_helpers import MEMOSCTL, call, mcp_session, memosctl, server_env
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -133,6 +139,7 @@ def test_bob_sees_nothing_of_alice_until_she_shares_and_not_after_she_unshares(d
         ["Get", "Get", "PutPolicy"]
 
 
+@pytest.mark.filterwarnings("ignore:resources/subscribe is removed")  # the handshake era's subscriptions
 def test_subscriber_hears_of_a_publish_and_reads_the_feed(daemon, client, agents):
     client.grant("agent:alice", ["publish"], ["teams/research/**"])
     client.grant("agent:bob", ["subscribe"], ["teams/research/**"])
@@ -168,4 +175,83 @@ def test_subscriber_hears_of_a_publish_and_reads_the_feed(daemon, client, agents
             assert err and "permission denied" in text
             with pytest.raises(Exception, match="permission denied"):
                 await bob.subscribe_resource("memos://topic/teams/other/news")
+    asyncio.run(main())
+
+
+def test_streamable_http_on_loopback(daemon, agents):
+    proc = subprocess.Popen([*MEMOSCTL, "mcp", "--http", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **server_env(daemon.address, agents["alice"])})
+    try:
+        line = proc.stderr.readline()
+        url = line.rsplit(" at ", 1)[-1].strip()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/mcp"), line
+
+        async def main():
+            async with streamable_http_client(url) as (read, write), ClientSession(read, write) as s:
+                await s.initialize()
+                assert {t.name for t in (await s.list_tools()).tools} == TOOLS
+                added, _, err = await call(s, "memory_add", text="over HTTP")
+                assert not err
+                got, _, _ = await call(s, "memory_get", id=added["id"])
+                assert got["text"] == "over HTTP" and got["owner"] == "alice"
+        asyncio.run(main())
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stderr.close()
+
+
+def test_http_off_loopback_is_refused(agents):
+    done = memosctl("mcp", "--http", "0.0.0.0:8765", env=server_env("unix:/nonexistent/memosd.sock", agents["alice"]))
+    assert done.returncode == 2
+    assert "loopback only" in done.stderr and len(done.stderr) < 300
+    for addr in ("192.168.1.10:8765", "[::]:8765", "example.com:80", "8765", "127.0.0.1:99999", "127.0.0.1:x"):
+        with pytest.raises(InvalidArgument, match="loopback"):
+            loopback(addr)
+    assert [loopback(a) for a in ("127.0.0.1:0", "[::1]:8765", "localhost:1")] == \
+        [("127.0.0.1", 0), ("::1", 8765), ("localhost", 1)]
+
+
+@pytest.mark.filterwarnings("ignore:resources/subscribe is removed")
+def test_daemon_down_at_start_restarted_mid_session_and_a_revoked_key(config, tmp_path):
+    with running(config) as d:
+        with MemosClient(d.address, key=d.admin_key) as admin:
+            keys = {n: admin.add_agent(n, out=str(tmp_path / f"{n}.key"))[1] for n in ("alice", "bob")}
+            admin.grant("agent:alice", ["publish"], ["teams/t/**"])
+            admin.grant("agent:bob", ["subscribe"], ["teams/t/**"])
+        address = d.address
+
+    async def main():
+        updated = anyio.Event()
+
+        async def on_message(message):
+            if isinstance(message, types.ResourceUpdatedNotification):
+                updated.set()
+
+        async with mcp_session(address, keys["alice"]) as alice:
+            # Started with no daemon: the server answers, and says how to start one.
+            _, text, err = await call(alice, "memory_add", text="while the daemon is down")
+            assert err and "is the daemon running?" in text and "memosd serve" in text, text
+            first = RunningDaemon(config)
+            try:
+                added, text, err = await call(alice, "memory_add", text="once it is up")
+                assert not err, text
+                async with mcp_session(address, keys["bob"], on_message=on_message) as bob:
+                    await bob.subscribe_resource("memos://topic/teams/t/news")
+                    first.stop()
+                    first = RunningDaemon(config)  # restarted while both sessions are open
+                    _, text, err = await call(alice, "memory_publish", topic="teams/t/news", id=added["id"])
+                    assert not err, text
+                    with anyio.fail_after(30):  # bob's server resubscribed by itself
+                        await updated.wait()
+                    feed, _, _ = await call(bob, "memory_feed", topic="teams/t/news")
+                    assert [e["cube_id"] for e in feed["events"]] == [added["id"]]
+
+                    with MemosClient(address, key=first.admin_key) as admin:
+                        admin.revoke_agent("bob")
+                    for _ in range(2):  # a clear error each time, and the server still answers
+                        _, text, err = await call(bob, "memory_search", query="anything")
+                        assert err and "revoked" in text, text
+            finally:
+                first.stop()
     asyncio.run(main())

@@ -15,14 +15,16 @@ def add_commands(command) -> None:
 
 
 def _mcp(client: MemosClient, args) -> int:
+    from memos_client.mcp.http import loopback
+
+    if args.http:
+        try:
+            loopback(args.http)
+        except InvalidArgument as exc:
+            raise UsageError(exc.message) from None
     try:
         from memos_client.mcp import server
     except ImportError as exc:  # the mcp SDK is an optional dependency of the client
         raise UsageError(f"memosctl mcp needs the MCP SDK ({exc.name} is missing): pip install 'memosd[mcp]'") from None
-    if args.http:
-        try:
-            server.loopback(args.http)
-        except InvalidArgument as exc:
-            raise UsageError(exc.message) from None
     # The command line's client only resolved the address and key; the server makes its own asyncio client.
     return server.run(client.target, client.tokens.key if client.tokens else None, args.timeout, args.http)

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import socket
 import sys
 import weakref
 
+import grpc
 import mcp_types as types
 from pydantic import ValidationError
 
 from memos_client.aio import AsyncMemosClient
 from memos_client.auth import AgentKey
-from memos_client.errors import InvalidArgument, MemosError
+from memos_client.errors import InvalidArgument, MemosError, Unavailable
 from memos_client.mcp import convert, resources
 from memos_client.mcp.feed import Follower
+from memos_client.mcp.http import loopback, serve_http
 from memos_client.mcp.tools import TOOLS
 from memos_client.models import Event
 from mcp.server.lowlevel import Server
 from mcp.server.session import ServerSession
 
 log = logging.getLogger("memosctl.mcp")
+# Longer than the client channel's longest reconnect backoff (memos_client.channel), so a restarted daemon is found.
+RECONNECT_SECONDS = 3.0
 INSTRUCTIONS = ("Long-term memory shared with other agents through memosd. Search it (memory_search) before "
                 "answering anything earlier work may have covered; store what is worth keeping (memory_add). You "
                 "only ever see memories you may read; other agents see yours only when you share them.")
@@ -69,13 +71,37 @@ class Bridge:
             args = spec.args.model_validate(params.arguments or {})
         except ValidationError as exc:
             return convert.error(_argument_errors(spec.name, exc))
+        connected = self._channel_state() is grpc.ChannelConnectivity.READY
         try:
+            try:
+                return await spec.run(self.client, args)
+            except Unavailable:
+                # Refused at connect time (the daemon down, or gRPC still backing off after its restart), the call
+                # never reached a daemon: once the channel is back, send it again, so the call after a restart works.
+                if connected or not await self._reconnected():
+                    raise
             return await spec.run(self.client, args)
         except MemosError as exc:
             return convert.memos_error(exc)
         except Exception:  # a bug here must cost one call, never the agent's whole session
             log.exception("tool %s failed", spec.name)
             return convert.error(f"{spec.name} failed inside the MCP server (see its log); try again or report it")
+
+    def _channel_state(self):
+        return self.client._channel.get_state(try_to_connect=False)
+
+    async def _reconnected(self) -> bool:
+        """Wait a moment for the channel to reach the daemon; False if it does not (the daemon is not there)."""
+        channel = self.client._channel
+        state = channel.get_state(try_to_connect=True)
+        try:
+            async with asyncio.timeout(RECONNECT_SECONDS):
+                while state is not grpc.ChannelConnectivity.READY:
+                    await channel.wait_for_state_change(state)
+                    state = channel.get_state(try_to_connect=True)
+        except TimeoutError:
+            return False
+        return True
 
     async def list_resources(self, ctx, params) -> types.ListResourcesResult:
         try:
@@ -140,48 +166,12 @@ def _version() -> str:
 # ---- transports ---------------------------------------------------------------------------------------------
 
 
-def loopback(addr: str) -> tuple[str, int]:
-    """(host, port) of HOST:PORT (or [v6]:PORT) on a loopback address; InvalidArgument for anything else, since
-    whoever reaches the server acts with the agent's key."""
-    host, sep, port_text = addr.rpartition(":")
-    host = host.strip("[]")
-    try:
-        port = int(port_text) if sep else -1
-    except ValueError:
-        port = -1
-    if not host or not 0 <= port <= 65535:
-        raise InvalidArgument(f"--http takes HOST:PORT on a loopback address, e.g. 127.0.0.1:8765, not {addr[:100]!r}")
-    try:
-        is_loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        is_loopback = False
-    if not is_loopback:
-        raise InvalidArgument(f"--http {addr[:100]}: the MCP server listens on loopback only (127.0.0.1, ::1 or "
-                              "localhost): whoever reaches it acts with this agent's key")
-    return host, port
-
-
 async def _stdio(bridge: Bridge) -> None:
     from mcp.server.stdio import stdio_server
 
     server = bridge.server()
     async with stdio_server() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
-
-
-async def _http(bridge: Bridge, host: str, port: int) -> None:
-    import uvicorn
-
-    app = bridge.server().streamable_http_app(host="127.0.0.1" if host == "localhost" else host)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1" if host == "localhost" else host, port))
-    bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    print(f"memosctl mcp: serving MCP (streamable HTTP) at http://{shown}:{bound}/mcp", file=sys.stderr, flush=True)
-    await server.serve(sockets=[sock])
 
 
 async def serve(target: str, key: AgentKey | None, timeout: float, http: str | None = None) -> None:
@@ -194,7 +184,7 @@ async def serve(target: str, key: AgentKey | None, timeout: float, http: str | N
         if host_port is None:
             await _stdio(bridge)
         else:
-            await _http(bridge, *host_port)
+            await serve_http(bridge.server(), *host_port)
     finally:
         bridge.close()
         await client.close()
