@@ -24,11 +24,11 @@ def server_env(addr: str, key: Path | str) -> dict[str, str]:
 async def mcp_session(addr: str, key: Path | str, *, on_message=None):
     """An initialized ClientSession with `memosctl mcp` over stdio, as agent `key`."""
     params = StdioServerParameters(command=MEMOSCTL[0], args=[*MEMOSCTL[1:], "mcp"], env=server_env(addr, key))
-    with open(os.devnull, "w") as errlog:
-        async with stdio_client(params, errlog=errlog) as (read, write):
-            async with ClientSession(read, write, message_handler=on_message) as session:
-                await session.initialize()
-                yield session
+    # The server's log goes to the test's stderr: pytest shows it with a failure.
+    async with stdio_client(params, errlog=sys.stderr) as (read, write):
+        async with ClientSession(read, write, message_handler=on_message) as session:
+            await session.initialize()
+            yield session
 
 
 async def call(session: ClientSession, tool: str, **arguments):

@@ -61,7 +61,7 @@ async def read_feed(client: AsyncMemosClient, topic: str, positions: dict[str, i
                     break
     except TimeoutError:
         if not events and not wait_seconds:
-            raise Unavailable(f"no answer from the daemon on {topic} within {FEED_BOUND_SECONDS:.0f}s; try again")
+            raise Unavailable(f"no answer from the daemon on {topic} within {FEED_BOUND_SECONDS:.0f}s; try again") from None
     except Compacted as exc:
         raise Compacted(f"{exc.message}. Call memory_feed without a cursor to start again from the oldest event "
                         "kept") from None
