@@ -77,7 +77,7 @@ def hit(h: Hit) -> dict[str, Any]:
 def hits_text(hits: list[Hit], query: str) -> str:
     if not hits:
         return f"no memories match {query[:80]!r} among those you may read"
-    lines = [f"{len(hits)} memories, best first:"]
+    lines = [f"{len(hits)} {'memory' if len(hits) == 1 else 'memories'}, best first:"]
     for i, h in enumerate(hits, 1):
         lines.append(f"{i}. (score {h.score:.3g}) {cube_line(h.cube)}")
     return "\n".join(lines)

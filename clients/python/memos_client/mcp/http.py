@@ -33,14 +33,19 @@ def loopback(addr: str) -> tuple[str, int]:
 async def serve_http(server, host: str, port: int) -> None:
     """Serve the MCP server's streamable HTTP app on host:port until stopped, announcing its URL on stderr."""
     import uvicorn
+    from mcp.server.transport_security import TransportSecuritySettings
 
-    app = server.streamable_http_app(host="127.0.0.1" if host == "localhost" else host)
+    # DNS-rebinding protection for any loopback address (the SDK turns it on by itself for three of them).
+    shown = f"[{host}]" if ":" in host else host
+    hosts = sorted({f"{shown}:*", "127.0.0.1:*", "localhost:*", "[::1]:*"})
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                         allowed_origins=[f"http://{h}" for h in hosts])
+    app = server.streamable_http_app(host=host, transport_security=security)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1" if host == "localhost" else host, port))
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
     web = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     print(f"memosctl mcp: serving MCP (streamable HTTP) at http://{shown}:{bound}/mcp", file=sys.stderr, flush=True)
     await web.serve(sockets=[sock])
