@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 from memos_client.aio import AsyncMemosClient
-from memos_client.errors import Compacted, MemosError, Unauthenticated, Unavailable
+from memos_client.errors import Compacted, MemosError, Unavailable
 from memos_client.models import Event, Heartbeat
 from memos_client.subscription import AsyncSubscription, _Position
 
+log = logging.getLogger("memosctl.mcp")
 # The daemon's shortest heartbeat: an idle stream says within a second that it was accepted and is caught up.
 HEARTBEAT_SECONDS = 1
 # How long a feed waits, beyond the caller's wait_seconds, for the backlog it knows of to arrive.
@@ -86,7 +88,12 @@ class Follower:
         positions = await _known_ends(self.client, self.topic)
         self.task = asyncio.create_task(self._run(positions), name=f"mcp-follow-{self.topic}")
         try:
-            await asyncio.shield(self.accepted)
+            # Accepted (a first event or heartbeat), refused, or the task ended some other way (a bug): never hang.
+            await asyncio.wait([self.accepted, self.task], return_when=asyncio.FIRST_COMPLETED)
+            if not self.accepted.done():
+                self.task.result()  # raises what ended it
+                raise MemosError(f"following {self.topic} ended before the daemon accepted it")
+            self.accepted.result()
         except BaseException:
             self.stop()
             raise
@@ -100,15 +107,19 @@ class Follower:
                         self.accepted.set_result(None)
                     if isinstance(item, Event):
                         positions[item.topic] = item.seq
-                        await self.notify(item)
-            except (Unavailable, Unauthenticated) as exc:
+                        try:
+                            await self.notify(item)
+                        except Exception:  # the MCP session is gone (an HTTP client left): so is the follow
+                            log.debug("stopped following %s: its MCP session is closed", self.topic)
+                            return
+            except Unavailable as exc:
                 if not self.accepted.done():
                     self.accepted.set_exception(exc)
                     return
                 # The daemon is gone for longer than the subscription's own resume window: keep trying.
                 await asyncio.sleep(1.0)
                 continue
-            except MemosError as exc:
+            except MemosError as exc:  # refused, or no longer allowed (a revoked grant or key): the follow ends
                 if not self.accepted.done():
                     self.accepted.set_exception(exc)
                 return
