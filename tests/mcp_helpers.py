@@ -21,13 +21,14 @@ def server_env(addr: str, key: Path | str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def mcp_session(addr: str, key: Path | str, *, on_message=None):
-    """An initialized ClientSession with `memosctl mcp` over stdio, as agent `key`."""
+async def mcp_session(addr: str, key: Path | str, *, on_message=None, modern: bool = False):
+    """An initialized ClientSession with `memosctl mcp` over stdio, as agent `key`: through the handshake
+    (initialize), or with modern=True the 2026-07-28 protocol (server/discover, no handshake)."""
     params = StdioServerParameters(command=MEMOSCTL[0], args=[*MEMOSCTL[1:], "mcp"], env=server_env(addr, key))
     # The server's log goes to the test's stderr: pytest shows it with a failure.
     async with stdio_client(params, errlog=sys.stderr) as (read, write):
         async with ClientSession(read, write, message_handler=on_message) as session:
-            await session.initialize()
+            await (session.discover() if modern else session.initialize())
             yield session
 
 

@@ -178,6 +178,29 @@ def test_subscriber_hears_of_a_publish_and_reads_the_feed(daemon, client, agents
     asyncio.run(main())
 
 
+def test_listen_on_the_2026_protocol_follows_only_the_topics_granted(daemon, client, agents):
+    from mcp.client.subscriptions import ResourceUpdated, listen
+
+    client.grant("agent:alice", ["publish"], ["teams/research/**"])
+    client.grant("agent:bob", ["subscribe"], ["teams/research/**"])
+    granted, other = "memos://topic/teams/research/summaries", "memos://topic/teams/other/news"
+
+    async def main():
+        async with mcp_session(daemon.address, agents["alice"]) as alice, \
+                mcp_session(daemon.address, agents["bob"], modern=True) as bob:
+            async with listen(bob, resource_subscriptions=[granted, other, "memos://cube/x"]) as stream:
+                assert stream.honored.resource_subscriptions == [granted]
+                added, _, _ = await call(alice, "memory_add", text="summary: ring attention")
+                _, text, err = await call(alice, "memory_publish", topic="teams/research/summaries", id=added["id"])
+                assert not err, text
+                with anyio.fail_after(10):
+                    event = await anext(aiter(stream))
+                assert event == ResourceUpdated(uri=granted)
+            feed, _, _ = await call(bob, "memory_feed", topic="teams/research/summaries")
+            assert [e["text"] for e in feed["events"]] == ["summary: ring attention"]
+    asyncio.run(main())
+
+
 def test_streamable_http_on_loopback(daemon, agents):
     proc = subprocess.Popen([*MEMOSCTL, "mcp", "--http", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **server_env(daemon.address, agents["alice"])})

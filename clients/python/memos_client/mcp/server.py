@@ -25,6 +25,7 @@ from mcp.server.session import ServerSession
 log = logging.getLogger("memosctl.mcp")
 # Longer than the client channel's longest reconnect backoff (memos_client.channel), so a restarted daemon is found.
 RECONNECT_SECONDS = 3.0
+MAX_LISTEN_URIS = 64  # topics one listen stream may follow
 INSTRUCTIONS = ("Long-term memory shared with other agents through memosd. Search it (memory_search) before "
                 "answering anything earlier work may have covered; store what is worth keeping (memory_add). You "
                 "only ever see memories you may read; other agents see yours only when you share them.")
@@ -58,7 +59,7 @@ class Bridge:
                       on_list_tools=self.list_tools, on_call_tool=self.call_tool,
                       on_list_resources=self.list_resources, on_list_resource_templates=self.list_templates,
                       on_read_resource=self.read_resource, on_subscribe_resource=self.subscribe,
-                      on_unsubscribe_resource=self.unsubscribe)
+                      on_unsubscribe_resource=self.unsubscribe, on_subscriptions_listen=self.listen)
 
     async def list_tools(self, ctx, params) -> types.ListToolsResult:
         return types.ListToolsResult(tools=[spec.tool() for spec in TOOLS.values()])
@@ -142,6 +143,48 @@ class Bridge:
         if follower is not None:
             follower.stop()
         return types.EmptyResult()
+
+    async def listen(self, ctx, params: types.SubscriptionsListenRequestParams) -> types.SubscriptionsListenResult:
+        """The 2026-07-28 protocol's subscriptions: one listen request is one stream of resources/updated for
+        the topic URIs it names that this agent may follow (the acknowledgment lists those; the rest are left
+        out, as the protocol has it)."""
+        from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY, ResourceUpdated, event_to_notification
+
+        meta = {SUBSCRIPTION_ID_META_KEY: ctx.request_id}
+        # One pending "updated" per URI says all a client needs (read it again): bounded by the URIs followed.
+        pending: dict[str, None] = {}
+        wake = asyncio.Event()
+
+        async def offer(uri: str) -> None:
+            pending[uri] = None
+            wake.set()
+
+        followers: dict[str, Follower] = {}
+        for uri in (params.notifications.resource_subscriptions or [])[:MAX_LISTEN_URIS]:
+            try:
+                what, topic = resources.parse(uri)
+            except Exception:
+                continue
+            if what == "topic" and uri not in followers:
+                followers[uri] = Follower(self.client, topic, lambda _event, uri=uri: offer(uri))
+        try:
+            # Refused (no subscribe grant) or not a topic: left out of the acknowledgment; the others still go on.
+            outcomes = await asyncio.gather(*(f.start() for f in followers.values()), return_exceptions=True)
+            honored = [uri for uri, outcome in zip(followers, outcomes) if outcome is None]
+            ack = types.SubscriptionsAcknowledgedNotification(params=types.SubscriptionsAcknowledgedNotificationParams(
+                notifications=types.SubscriptionFilter(resource_subscriptions=honored or None), _meta=meta))
+            await ctx.session.send_notification(ack, related_request_id=ctx.request_id)
+            while True:
+                await wake.wait()
+                wake.clear()
+                while pending:
+                    uri = next(iter(pending))
+                    del pending[uri]
+                    await ctx.session.send_notification(event_to_notification(ResourceUpdated(uri=uri), meta),
+                                                        related_request_id=ctx.request_id)
+        finally:
+            for follower in followers.values():
+                follower.stop()
 
     def close(self) -> None:
         for follows in list(self._follows.values()):
