@@ -160,7 +160,7 @@ def test_subscriber_hears_of_a_publish_and_reads_the_feed(daemon, client, agents
             added, _, _ = await call(alice, "memory_add", text="summary: FlashAttention-3 notes")
             published, _, err = await call(alice, "memory_publish", topic=topic, id=added["id"])
             assert not err and published["seq"] == 1
-            with anyio.fail_after(10):
+            with anyio.fail_after(20):
                 await updated.wait()
             assert uris == [f"memos://topic/{topic}"]
 
@@ -193,7 +193,7 @@ def test_listen_on_the_2026_protocol_follows_only_the_topics_granted(daemon, cli
                 added, _, _ = await call(alice, "memory_add", text="summary: ring attention")
                 _, text, err = await call(alice, "memory_publish", topic="teams/research/summaries", id=added["id"])
                 assert not err, text
-                with anyio.fail_after(10):
+                with anyio.fail_after(20):
                     event = await anext(aiter(stream))
                 assert event == ResourceUpdated(uri=granted)
             feed, _, _ = await call(bob, "memory_feed", topic="teams/research/summaries")
