@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import weakref
 
 import grpc
 import mcp_types as types
@@ -25,7 +24,7 @@ from mcp.server.session import ServerSession
 log = logging.getLogger("memosctl.mcp")
 # Longer than the client channel's longest reconnect backoff (memos_client.channel), so a restarted daemon is found.
 RECONNECT_SECONDS = 3.0
-MAX_LISTEN_URIS = 64  # topics one listen stream may follow
+MAX_LISTEN_URIS = 64  # topics one session (or one listen stream) may follow
 INSTRUCTIONS = ("Long-term memory shared with other agents through memosd. Search it (memory_search) before "
                 "answering anything earlier work may have covered; store what is worth keeping (memory_add). You "
                 "only ever see memories you may read; other agents see yours only when you share them.")
@@ -51,8 +50,9 @@ class Bridge:
 
     def __init__(self, client: AsyncMemosClient):
         self.client = client
-        # Per MCP session (one on stdio, one per client over HTTP): its resource subscriptions.
-        self._follows: weakref.WeakKeyDictionary[ServerSession, dict[str, Follower]] = weakref.WeakKeyDictionary()
+        # Per MCP session (one on stdio, one per client over HTTP): its resource subscriptions, each removed when
+        # its follow ends (unsubscribed, its grant revoked, or its session gone: the next notification fails).
+        self._follows: dict[ServerSession, dict[str, Follower]] = {}
 
     def server(self) -> Server:
         return Server("memosd", version=_version(), instructions=INSTRUCTIONS,
@@ -125,6 +125,9 @@ class Bridge:
         follows = self._follows.setdefault(ctx.session, {})
         if uri in follows:
             return types.EmptyResult()
+        if len(follows) >= MAX_LISTEN_URIS:
+            raise _mcp_error(InvalidArgument(f"at most {MAX_LISTEN_URIS} subscriptions per session; unsubscribe one, "
+                                             "or subscribe to a pattern (memos://topic/PREFIX/**)"))
         session = ctx.session
 
         async def notify(event: Event) -> None:
@@ -136,6 +139,14 @@ class Bridge:
         except MemosError as exc:
             raise _mcp_error(exc) from None
         follows[uri] = follower
+
+        def forget(_task) -> None:
+            if follows.get(uri) is follower:
+                del follows[uri]
+            if not follows and self._follows.get(session) is follows:
+                del self._follows[session]
+        assert follower.task is not None
+        follower.task.add_done_callback(forget)
         return types.EmptyResult()
 
     async def unsubscribe(self, ctx, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
