@@ -140,10 +140,13 @@ def test_bob_sees_nothing_of_alice_until_she_shares_and_not_after_she_unshares(d
 
 
 @pytest.mark.filterwarnings("ignore:resources/subscribe is removed")  # the handshake era's subscriptions
-def test_subscriber_hears_of_a_publish_and_reads_the_feed(daemon, client, agents):
+def test_subscribers_hear_of_a_publish_on_both_protocols_and_read_the_feed(daemon, client, agents):
+    from mcp.client.subscriptions import ResourceUpdated, listen
+
     client.grant("agent:alice", ["publish"], ["teams/research/**"])
     client.grant("agent:bob", ["subscribe"], ["teams/research/**"])
     topic = "teams/research/summaries"
+    uri, other = f"memos://topic/{topic}", "memos://topic/teams/other/news"
 
     async def main():
         updated = anyio.Event()
@@ -155,14 +158,19 @@ def test_subscriber_hears_of_a_publish_and_reads_the_feed(daemon, client, agents
                 updated.set()
 
         async with mcp_session(daemon.address, agents["alice"]) as alice, \
-                mcp_session(daemon.address, agents["bob"], on_message=on_message) as bob:
-            await bob.subscribe_resource(f"memos://topic/{topic}")
-            added, _, _ = await call(alice, "memory_add", text="summary: FlashAttention-3 notes")
-            published, _, err = await call(alice, "memory_publish", topic=topic, id=added["id"])
-            assert not err and published["seq"] == 1
-            with anyio.fail_after(20):
-                await updated.wait()
-            assert uris == [f"memos://topic/{topic}"]
+                mcp_session(daemon.address, agents["bob"], on_message=on_message) as bob, \
+                mcp_session(daemon.address, agents["bob"], modern=True) as bob_2026:
+            await bob.subscribe_resource(uri)  # up to protocol 2025-11-25
+            # On 2026-07-28, a listen stream: only the topics bob may follow are acknowledged.
+            async with listen(bob_2026, resource_subscriptions=[uri, other, "memos://cube/x"]) as stream:
+                assert stream.honored.resource_subscriptions == [uri]
+                added, _, _ = await call(alice, "memory_add", text="summary: FlashAttention-3 notes")
+                published, _, err = await call(alice, "memory_publish", topic=topic, id=added["id"])
+                assert not err and published["seq"] == 1
+                with anyio.fail_after(20):
+                    await updated.wait()
+                    assert await anext(aiter(stream)) == ResourceUpdated(uri=uri)
+            assert uris == [uri]
 
             feed, text, err = await call(bob, "memory_feed", topic="teams/research/**")
             assert not err, text
@@ -170,34 +178,17 @@ def test_subscriber_hears_of_a_publish_and_reads_the_feed(daemon, client, agents
                 [(1, added["id"], "summary: FlashAttention-3 notes")]
             again, _, _ = await call(bob, "memory_feed", topic="teams/research/**", cursor=feed["next_cursor"])
             assert again["events"] == []
+            # The topic is a resource bob may list and read; so is the cube published to it.
+            assert uri in {r.uri for r in (await bob.list_resources()).resources}
+            read = json.loads((await bob.read_resource(uri)).contents[0].text)
+            assert [e["cube_id"] for e in read["events"]] == [added["id"]]
+            cube = json.loads((await bob_2026.read_resource(f"memos://cube/{added['id']}")).contents[0].text)
+            assert cube["text"] == "summary: FlashAttention-3 notes"
             # Bob may follow the topic but not publish to it; a topic outside his grant is refused.
             _, text, err = await call(bob, "memory_publish", topic=topic, id=added["id"])
             assert err and "permission denied" in text
             with pytest.raises(Exception, match="permission denied"):
-                await bob.subscribe_resource("memos://topic/teams/other/news")
-    asyncio.run(main())
-
-
-def test_listen_on_the_2026_protocol_follows_only_the_topics_granted(daemon, client, agents):
-    from mcp.client.subscriptions import ResourceUpdated, listen
-
-    client.grant("agent:alice", ["publish"], ["teams/research/**"])
-    client.grant("agent:bob", ["subscribe"], ["teams/research/**"])
-    granted, other = "memos://topic/teams/research/summaries", "memos://topic/teams/other/news"
-
-    async def main():
-        async with mcp_session(daemon.address, agents["alice"]) as alice, \
-                mcp_session(daemon.address, agents["bob"], modern=True) as bob:
-            async with listen(bob, resource_subscriptions=[granted, other, "memos://cube/x"]) as stream:
-                assert stream.honored.resource_subscriptions == [granted]
-                added, _, _ = await call(alice, "memory_add", text="summary: ring attention")
-                _, text, err = await call(alice, "memory_publish", topic="teams/research/summaries", id=added["id"])
-                assert not err, text
-                with anyio.fail_after(20):
-                    event = await anext(aiter(stream))
-                assert event == ResourceUpdated(uri=granted)
-            feed, _, _ = await call(bob, "memory_feed", topic="teams/research/summaries")
-            assert [e["text"] for e in feed["events"]] == ["summary: ring attention"]
+                await bob.subscribe_resource(other)
     asyncio.run(main())
 
 
