@@ -7,6 +7,8 @@ import json
 import os
 import secrets
 import subprocess
+import urllib.error
+import urllib.request
 
 import anyio
 import mcp_types as types
@@ -193,12 +195,12 @@ def test_subscribers_hear_of_a_publish_on_both_protocols_and_read_the_feed(daemo
 
 
 def test_streamable_http_on_loopback(daemon, agents):
-    proc = subprocess.Popen([*MEMOSCTL, "mcp", "--http", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([*MEMOSCTL, "mcp", "--http", "127.0.0.2:0"], stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **server_env(daemon.address, agents["alice"])})
     try:
         line = proc.stderr.readline()
         url = line.rsplit(" at ", 1)[-1].strip()
-        assert url.startswith("http://127.0.0.1:") and url.endswith("/mcp"), line
+        assert url.startswith("http://127.0.0.2:") and url.endswith("/mcp"), line
 
         async def main():
             async with streamable_http_client(url) as (read, write), ClientSession(read, write) as s:
@@ -209,6 +211,13 @@ def test_streamable_http_on_loopback(daemon, agents):
                 got, _, _ = await call(s, "memory_get", id=added["id"])
                 assert got["text"] == "over HTTP" and got["owner"] == "alice"
         asyncio.run(main())
+        # A web page cannot reach it through DNS rebinding: another Host (or Origin) is refused.
+        for header, value, status in (("Host", "attacker.example", 421), ("Origin", "http://attacker.example", 403)):
+            request = urllib.request.Request(url, data=b"{}", method="POST", headers={
+                header: value, "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == status
     finally:
         proc.terminate()
         proc.wait(10)
