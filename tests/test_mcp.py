@@ -191,6 +191,17 @@ def test_subscribers_hear_of_a_publish_on_both_protocols_and_read_the_feed(daemo
             assert err and "permission denied" in text
             with pytest.raises(Exception, match="permission denied"):
                 await bob.subscribe_resource(other)
+
+            # memory_feed with wait_seconds: nothing new ends the wait empty; a publish meanwhile ends it early.
+            idle, _, err = await call(bob, "memory_feed", topic=topic, cursor=feed["next_cursor"], wait_seconds=1)
+            assert not err and idle["events"] == [] and idle["next_cursor"] == feed["next_cursor"]
+            waiting = asyncio.create_task(call(bob, "memory_feed", topic=topic, cursor=feed["next_cursor"],
+                                               wait_seconds=60))
+            second, _, _ = await call(alice, "memory_add", text="summary: ring attention")
+            await call(alice, "memory_publish", topic=topic, id=second["id"])
+            with anyio.fail_after(30):
+                later, _, _ = await waiting
+            assert [e["text"] for e in later["events"]] == ["summary: ring attention"]
     asyncio.run(main())
 
 

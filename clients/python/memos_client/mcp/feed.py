@@ -46,14 +46,21 @@ async def read_feed(client: AsyncMemosClient, topic: str, positions: dict[str, i
     positions = dict(positions)
     pending = {name: last for name, last in (await _known_ends(client, topic)).items() if last > positions.get(name, 0)}
     events: list[Event] = []
+    caught_up = False
     sub = _subscription(client, topic, positions, resume_for=5.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     try:
-        async with asyncio.timeout(wait_seconds + FEED_BOUND_SECONDS):
+        async with asyncio.timeout(wait_seconds + FEED_BOUND_SECONDS) as bound:
             async for item in sub:
                 if isinstance(item, Heartbeat):
-                    # Caught up with everything that was there: stop, unless asked to wait for something new.
-                    if not pending and (events or wait_seconds == 0):
+                    # The daemon idles: it has sent all there was. Stop, unless asked to wait for something new,
+                    # which then may take what is left of wait_seconds.
+                    if events or wait_seconds == 0:
                         break
+                    if not caught_up:
+                        caught_up = True
+                        bound.reschedule(min(bound.when() or float("inf"), started + wait_seconds))
                     continue
                 events.append(item)
                 positions[item.topic] = item.seq
@@ -62,7 +69,7 @@ async def read_feed(client: AsyncMemosClient, topic: str, positions: dict[str, i
                 if len(events) >= limit or (not pending and (wait_seconds == 0 or events)):
                     break
     except TimeoutError:
-        if not events and not wait_seconds:
+        if not events and not caught_up:
             raise Unavailable(f"no answer from the daemon on {topic} within {FEED_BOUND_SECONDS:.0f}s; try again") from None
     except Compacted as exc:
         raise Compacted(f"{exc.message}. Call memory_feed without a cursor to start again from the oldest event "
