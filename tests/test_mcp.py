@@ -21,7 +21,7 @@ from memos_client.mcp.http import loopback
 from tests.daemon import RunningDaemon, running
 from tests.mcp_helpers import MEMOSCTL, call, mcp_session, memosctl, server_env
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(120)  # each test starts two or three MCP servers (the SDK takes seconds to import)
 
 TOOLS = {"memory_add", "memory_search", "memory_get", "memory_update", "memory_delete", "memory_list",
          "memory_share", "memory_unshare", "memory_publish", "memory_feed"}
