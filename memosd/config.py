@@ -59,6 +59,10 @@ class Config:
     # (0: never by time); it is signed at every clean shutdown too.
     audit_checkpoint_entries: int = 1000
     audit_checkpoint_interval: float = 60.0
+    # Where blob bytes live: `file:` (DATA_DIR/blobs) or `s3://BUCKET/PREFIX`, with the endpoint of any
+    # S3-compatible service (empty: AWS's); credentials come from the standard AWS variables and files.
+    blob_url: str = "file:"
+    s3_endpoint_url: str = ""
     limits: Limits = field(default_factory=Limits)
 
 

@@ -253,13 +253,13 @@ def test_unreferenced_blobs_are_collected_and_referenced_ones_kept(client, daemo
     assert a.activation.blob.sha256 == b.activation.blob.sha256
     assert daemon.call(blobs.sweep()) == 0  # within the grace period nothing goes
     assert daemon.call(blobs.sweep(grace=0)) == 1
-    assert not blobs.path(loose.sha256).exists()
+    assert not blobs.objects.path(loose.sha256).exists()
     client.delete(a.id)
     assert daemon.call(blobs.sweep(grace=0)) == 0
     assert len(client.download_blob(b.id)) == b.activation.blob.size
     client.delete(b.id)
     assert daemon.call(blobs.sweep(grace=0)) == 1
-    assert not blobs.path(b.activation.blob.sha256).exists()
+    assert not blobs.objects.path(b.activation.blob.sha256).exists()
 
 
 def test_async_client_transfers(aclient_factory, daemon):
@@ -282,7 +282,7 @@ def test_async_client_transfers(aclient_factory, daemon):
 
 def test_corrupt_blob_on_disk_is_data_loss_for_the_reader(client, daemon):
     cube = put_kv(client, [9, 8, 7])
-    path = daemon.server.tensors.blobs.path(cube.activation.blob.sha256)
+    path = daemon.server.tensors.blobs.objects.path(cube.activation.blob.sha256)
     os.chmod(path, 0o600)
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF

@@ -29,7 +29,7 @@ def _prefill(model, ids):
 
 
 def _stored_sha256(daemon, sha256: str) -> str:
-    return hashlib.sha256(daemon.server.tensors.blobs.path(sha256).read_bytes()).hexdigest()
+    return hashlib.sha256(daemon.server.tensors.blobs.objects.path(sha256).read_bytes()).hexdigest()
 
 
 def test_a_local_pull_is_the_same_cache_as_a_streamed_one_and_maps_the_daemons_file(client, daemon):
@@ -111,7 +111,7 @@ def test_an_uncollected_ticket_expires_and_its_descriptor_is_closed(client, daem
 
 def test_a_corrupt_blob_is_data_loss_on_the_local_path_too(client, daemon):
     cube = put_kv(client, [9, 8, 7])
-    path = daemon.server.tensors.blobs.path(cube.activation.blob.sha256)
+    path = daemon.server.tensors.blobs.objects.path(cube.activation.blob.sha256)
     os.chmod(path, 0o600)
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF
