@@ -248,3 +248,26 @@ def test_the_read_cache_is_bounded_least_recently_used_first_and_verified_before
     with running(config) as daemon, MemosClient(daemon.address, key=daemon.admin_key) as client:
         assert hashlib.sha256(client.open_local(cubes[0].id)).hexdigest() == shas[0]
         assert hashlib.sha256(path.read_bytes()).hexdigest() == shas[0]
+
+
+def test_a_sweep_between_pushing_and_publishing_never_loses_the_new_upload(blob_config, tmp_path):
+    # Alice's blob is past its grace when Bob uploads the same bytes: the sweep that collects it runs after
+    # Bob's bytes went to the store and before his row is written. His blob must still be whole once recorded.
+    payload, specs = kv_payload(tokens=40, seed=9)
+    with running(blob_config) as daemon, MemosClient(daemon.address, key=daemon.admin_key) as alice:
+        alice.upload_blob(payload, NS)
+        alice.add_agent("bob", out=str(tmp_path / "bob.key"))
+        blobs = daemon.server.tensors.blobs
+        original, swept = blobs.objects.push, []
+
+        async def push_then_sweep(staged, sha256, size):
+            await original(staged, sha256, size)
+            swept.append(await blobs.sweep(grace=0))
+
+        blobs.objects.push = push_then_sweep
+        with MemosClient(daemon.address, key=str(tmp_path / "bob.key")) as bob:
+            ref = bob.upload_blob(payload)
+            assert swept == [1] and not ref.deduplicated
+            cube = bob.put_activation(manifest_for(payload, specs, range(40)))
+            assert bytes(bob.download_blob(cube.id)) == payload
+        assert stored_bytes(daemon, ref.sha256) == payload

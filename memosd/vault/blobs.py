@@ -22,7 +22,6 @@ import secrets
 import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import AsyncIterator, Sequence
 
@@ -35,12 +34,9 @@ from memosd.storage.objects import ObjectStore
 from memosd.storage.objects.files import FileObjectStore
 from memosd.vault import blob_access
 from memosd.vault.blob_access import Guard
+from memosd.vault.uploads import CHUNK_BYTES, IO_BLOCK, Upload, UploadSession
 
 log = logging.getLogger("memosd.blobs")
-CHUNK_BYTES = 1 << 20
-# Chunks are written (and hashed) and read in blocks of this size on an I/O thread: a thread hop per
-# 1 MiB chunk costs more than the chunk (the GIL hand-off), one per block keeps the event loop streaming.
-IO_BLOCK = 8 << 20
 # Free space an upload must leave on the disk, so that SQLite and the log can still write.
 DISK_RESERVE = 256 << 20
 # How long a second stream for the same upload waits for the first to let go.
@@ -52,113 +48,6 @@ def check_sha256(text: str) -> str:
         raise InvalidArgument("sha256 must be 64 lowercase hex characters")
     return text
 
-
-@dataclass
-class _Upload:
-    """An unfinished upload: its staging file, how much of it is written and hashed, and its lock."""
-
-    owner: str
-    sha256: str
-    size: int
-    path: Path
-    fd: int
-    touched: float
-    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
-    checksum: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
-    committed: int = 0  # written and hashed; advanced on the I/O thread
-    accepted: int = 0  # committed plus the write in flight
-    inflight: Future | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-class UploadSession:
-    """One stream's turn at an upload: write chunks in order, then finish. Chunks are gathered into blocks
-    written while the next ones arrive; a block not yet written when the stream breaks is sent again."""
-
-    def __init__(self, store: BlobStore, up: _Upload):
-        self._store, self._up = store, up
-        self._block: list[bytes] = []
-        self._block_bytes = 0
-
-    @property
-    def committed(self) -> int:
-        return self._up.committed
-
-    async def write(self, offset: int, data: bytes) -> None:
-        up = self._up
-        if not data:
-            raise InvalidArgument(f"chunk at offset {offset} is empty")
-        if len(data) > CHUNK_BYTES:
-            raise InvalidArgument(f"chunk at offset {offset} has {len(data)} bytes; at most {CHUNK_BYTES}")
-        if offset != up.accepted:
-            raise InvalidArgument(f"chunk at offset {offset} is out of order: the next byte expected is {up.accepted}")
-        if offset + len(data) > up.size:
-            raise InvalidArgument(f"chunk at offset {offset} ends at byte {offset + len(data)}, past the declared"
-                                  f" size of {up.size} bytes")
-        self._block.append(data)
-        self._block_bytes += len(data)
-        up.accepted = offset + len(data)
-        up.touched = time.time()
-        if self._block_bytes >= IO_BLOCK:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        await self._settle()
-        if self._block:
-            up = self._up
-            block, self._block, self._block_bytes = self._block, [], 0
-            # Writing and hashing run on a thread while the next chunks are received.
-            up.inflight = self._store._io.submit(_append, up, block, up.accepted - sum(map(len, block)),
-                                                 self._store._writers)
-
-    async def _settle(self) -> None:
-        up = self._up
-        if up.inflight is None:
-            return
-        # Cleared only once the write has landed: a stream cancelled meanwhile keeps the upload locked
-        # until then (see BlobStore._locked).
-        try:
-            await asyncio.wrap_future(up.inflight)
-        except OSError as exc:
-            # The hash may have taken bytes the file did not: this upload cannot be resumed.
-            up.inflight = None
-            self._store._discard(up)
-            raise ResourceExhausted(f"the daemon could not store the upload ({exc.strerror or exc});"
-                                    " start it again") from None
-        up.inflight = None
-
-    async def finish(self) -> int:
-        """Verify and publish the blob; returns its size. The bytes so far stay for a resume if the stream
-        ended early; a digest mismatch discards them."""
-        await self._flush()
-        await self._settle()
-        up = self._up
-        if up.committed != up.size:
-            raise InvalidArgument(f"the upload stream ended after {up.committed} of {up.size} declared bytes; the"
-                                  f" daemon keeps them: resume with offset {up.committed}")
-        if up.hasher.hexdigest() != up.sha256:
-            self._store._discard(up)
-            raise DataLoss(f"the uploaded bytes do not match the declared sha256 {up.sha256}; nothing was stored")
-        await self._store._publish(up)
-        return up.size
-
-
-def _append(up: _Upload, block: list, offset: int, writers: ThreadPoolExecutor) -> None:
-    """Write a block at offset while hashing it (on two threads: both let go of the GIL), then count it."""
-    written = writers.submit(_write, up.fd, block, offset)
-    for data in block:
-        up.hasher.update(data)
-        up.checksum.update(data)
-    up.committed = written.result()
-
-
-def _write(fd: int, block: list, offset: int) -> int:
-    for data in block:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
-    return offset
 
 class BlobStore:
     """Stages, publishes, serves and garbage-collects blobs: their bytes in an object store (files under
@@ -177,7 +66,7 @@ class BlobStore:
         self.upload_idle_seconds = upload_idle_seconds
         self.unreferenced_grace = unreferenced_grace
         self.sweep_interval = sweep_interval
-        self._uploads: dict[tuple[str, str], _Upload] = {}
+        self._uploads: dict[tuple[str, str], Upload] = {}
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memosd-blob-io")
         # Uploads write a block here while their _io thread hashes it (a pool of its own: no thread waits on
         # work queued behind it).
@@ -326,7 +215,7 @@ class BlobStore:
         return stored is not None
 
     @contextlib.asynccontextmanager
-    async def _locked(self, up: _Upload):
+    async def _locked(self, up: Upload):
         try:
             await asyncio.wait_for(up.lock.acquire(), UPLOAD_LOCK_WAIT)
         except TimeoutError:
@@ -343,12 +232,12 @@ class BlobStore:
             else:
                 self._after_write(up, inflight)
 
-    def _after_write(self, up: _Upload, inflight: Future | None) -> None:
+    def _after_write(self, up: Upload, inflight: Future | None) -> None:
         if inflight is not None and not inflight.cancelled() and inflight.exception() is not None:
             self._discard(up)  # a failed write leaves file and hash apart: the upload cannot resume
         up.lock.release()
 
-    def _new_upload(self, owner: str, sha256: str, size: int) -> _Upload:
+    def _new_upload(self, owner: str, sha256: str, size: int) -> Upload:
         mine = sum(1 for (o, _) in self._uploads if o == owner)
         if mine >= self.max_pending_uploads:
             raise ResourceExhausted(f"agent {owner} has {mine} unfinished uploads; finish or abandon one first"
@@ -356,7 +245,7 @@ class BlobStore:
         self._check_space(size)
         path = self.tmp / f"{owner}.{sha256}.{secrets.token_hex(4)}.part"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        up = _Upload(owner, sha256, size, path, fd, time.time())
+        up = Upload(owner, sha256, size, path, fd, time.time())
         self._uploads[(owner, sha256)] = up
         return up
 
@@ -366,14 +255,14 @@ class BlobStore:
             raise ResourceExhausted(f"the daemon's disk has {free} bytes free; {needed} more would leave less than"
                                     f" {DISK_RESERVE} in reserve")
 
-    def _discard(self, up: _Upload) -> None:
+    def _discard(self, up: Upload) -> None:
         if self._uploads.get((up.owner, up.sha256)) is up:
             del self._uploads[(up.owner, up.sha256)]
         with contextlib.suppress(OSError):
             os.close(up.fd)
         up.path.unlink(missing_ok=True)
 
-    async def _publish(self, up: _Upload) -> None:
+    async def _publish(self, up: Upload) -> None:
         keep = False
         try:
             await asyncio.to_thread(os.fsync, up.fd)
