@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import os
 import socket
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 
@@ -271,3 +273,22 @@ def test_a_sweep_between_pushing_and_publishing_never_loses_the_new_upload(blob_
             cube = bob.put_activation(manifest_for(payload, specs, range(40)))
             assert bytes(bob.download_blob(cube.id)) == payload
         assert stored_bytes(daemon, ref.sha256) == payload
+
+
+@pytest.mark.parametrize("url", ["ftp://bucket/x", "s3://", "file:/elsewhere", "s3:bucket"])
+def test_a_blob_url_that_names_no_store_is_refused(tmp_path, url):
+    from memosd.errors import InvalidArgument
+    from memosd.storage.objects import open_object_store
+
+    with pytest.raises(InvalidArgument, match="blob_url must be"):
+        open_object_store(url, tmp_path)
+
+
+def test_a_daemon_whose_bucket_is_unreachable_does_not_start(tmp_path, s3_server, proxy):
+    config, bucket = _s3_config(tmp_path, s3_server, endpoint=proxy.endpoint)
+    proxy.set("down")
+    env = {**os.environ, "MEMOSD_BLOB_URL": config.blob_url, "MEMOSD_S3_ENDPOINT_URL": config.s3_endpoint_url}
+    done = subprocess.run([sys.executable, "-m", "memosd.cli", "serve", "--data-dir", str(config.data_dir),
+                           "--listen", config.listen], env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode != 0
+    assert "object store cannot be reached" in done.stderr and "Traceback" not in done.stderr

@@ -88,6 +88,8 @@ class ReadCache:
                 return
 
     def _drop(self, sha256: str) -> None:
+        if sha256 not in self._entries:  # evicted while its first check ran
+            return
         self.total -= self._entries.pop(sha256)
         self._verified.discard(sha256)
         self.path(sha256).unlink(missing_ok=True)

@@ -78,7 +78,7 @@ class S3ObjectStore(ObjectStore):
         await self._call("check the bucket", lambda: self._s3.head_bucket(Bucket=self.bucket))
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        await asyncio.to_thread(self._pool.shutdown, True)  # calls in flight end within their timeouts
         self._s3.close()
 
     # -- writes --------------------------------------------------------------------------------
