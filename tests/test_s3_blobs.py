@@ -50,6 +50,20 @@ def test_a_kv_cache_round_trips_through_the_daemon_on_each_store(blob_config):
                 assert torch.equal(layer.keys, want.keys) and torch.equal(layer.values, want.values)
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # peft's, as in test_adapters
+def test_an_adapter_round_trips_through_the_daemon_on_each_store(blob_config, tmp_path):
+    from tests.adapter_helpers import logits, tiny_peft
+
+    original = tiny_peft("llama", rank=4, alpha=8, targets=("q_proj", "v_proj"))
+    ids = torch.randint(4, 128, (2, 16))
+    with running(blob_config) as daemon, MemosClient(daemon.address, key=daemon.admin_key, timeout=30) as client:
+        cube_id = client.push_adapter(original)
+        loaded = client.load_adapter(cube_id, tiny_model("llama"))
+        torch.testing.assert_close(logits(loaded, ids), logits(original, ids), atol=1e-6, rtol=0)
+        again = client.push_adapter(client.pull_adapter(cube_id, tmp_path / "pulled"), tiny_model("llama"))
+        assert client.get(again).adapter.blob.sha256 == client.get(cube_id).adapter.blob.sha256
+
+
 def test_blobs_are_objects_under_the_prefix_and_go_when_collected(tmp_path, s3_server):
     config, bucket = _s3_config(tmp_path, s3_server)
     raw = s3_server.client()
