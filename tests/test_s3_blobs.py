@@ -185,15 +185,16 @@ def proxy(s3_server):
     relay.close()
 
 
-@pytest.mark.parametrize("fault", ["down", "500"])
-def test_the_store_failing_during_an_upload_is_unavailable_and_the_upload_resumes(tmp_path, s3_server, proxy, fault):
+@pytest.mark.parametrize("fault, said", [("down", "cannot be reached"), ("500", "answered 500")])
+def test_the_store_failing_during_an_upload_is_unavailable_and_the_upload_resumes(tmp_path, s3_server, proxy, fault,
+                                                                                   said):
     config, bucket = _s3_config(tmp_path, s3_server, endpoint=proxy.endpoint)
     payload, specs = kv_payload(tokens=300, head_dim=64, seed=3)
     sha = hashlib.sha256(payload).hexdigest()
     manifest = manifest_for(payload, specs, range(300))
     with running(config) as daemon, MemosClient(daemon.address, key=daemon.admin_key, timeout=60) as client:
         proxy.set(fault)
-        with pytest.raises(Unavailable, match="object store") as info:
+        with pytest.raises(Unavailable, match=f"the object store {said}") as info:
             client.upload_blob(payload, NS)
         assert len(str(info.value)) < 200
         # Every byte is staged and verified; nothing is recorded, so no cube can point at a missing blob.

@@ -48,10 +48,16 @@ class S3ObjectStore(ObjectStore):
         self.cache = ReadCache(self.root / "cache", cache_bytes)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="memosd-s3")
         session = boto3.session.Session()  # the standard chain: AWS_* variables, ~/.aws files, instance roles
+        compatible = {}
+        if endpoint_url:
+            # Path-style keys, and no checksum headers unless an operation requires them: S3-compatible services
+            # (MinIO, Ceph, ...) often refuse botocore's newer default ones; what was stored is read back anyway.
+            compatible = {"s3": {"addressing_style": "path"}, "request_checksum_calculation": "when_required",
+                          "response_checksum_validation": "when_required"}
         self._s3 = session.client(
             "s3", endpoint_url=endpoint_url or None, region_name=session.region_name or "us-east-1",
             config=BotoConfig(retries={"max_attempts": attempts, "mode": "standard"}, connect_timeout=timeout,
-                              read_timeout=timeout, s3={"addressing_style": "path"} if endpoint_url else None))
+                              read_timeout=timeout, **compatible))
 
     @property
     def staging(self) -> Path:
