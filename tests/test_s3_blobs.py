@@ -307,3 +307,18 @@ def test_a_daemon_whose_bucket_is_unreachable_does_not_start(tmp_path, s3_server
                            "--listen", config.listen], env=env, capture_output=True, text=True, timeout=90)
     assert done.returncode != 0
     assert "object store cannot be reached" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_start_up_removes_only_orphan_objects_older_than_the_grace(tmp_path, s3_server):
+    # An object without a row may be another daemon's upload whose row is about to be written: a young one stays.
+    config, bucket = _s3_config(tmp_path, s3_server)
+    raw = s3_server.client()
+    orphan = f"memosd/sha256/00/{'00' * 32}"
+    raw.put_object(Bucket=bucket, Key=orphan, Body=b"never recorded", Metadata={"sha256": "00" * 32})
+    with running(config) as daemon:
+        assert raw.head_object(Bucket=bucket, Key=orphan)["ContentLength"] == 14
+        blobs = daemon.server.tensors.blobs
+        blobs.objects.orphan_grace = 0.0  # as if the grace had passed since it was stored
+        known = daemon.call(daemon.vault.db.read(daemon.vault.db.sql.blobs.known))
+        assert daemon.call(blobs._reconcile(known)) == (1, [])
+        assert raw.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
