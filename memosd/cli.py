@@ -13,6 +13,7 @@ from memosd import __version__
 from memosd.config import CONFIG_NAME, load_config, write_default_config
 from memosd.errors import MemosError
 from memosd.logs import setup_logging
+from memosd.storage.urls import redact
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--data-dir", help="data directory (env MEMOSD_DATA_DIR; default ~/.local/share/memosd)")
         p.add_argument("--config", help=f"TOML config file (env MEMOSD_CONFIG; default DATA_DIR/{CONFIG_NAME})")
+        if name in ("init", "serve"):
+            p.add_argument("--vault-url", help="sqlite: (the data directory, the default) or"
+                           " postgresql://USER@HOST:PORT/DB (env MEMOSD_VAULT_URL)")
+            p.add_argument("--blob-url", help="file: (the data directory, the default) or s3://BUCKET/PREFIX"
+                           " (env MEMOSD_BLOB_URL)")
+            p.add_argument("--s3-endpoint-url", help="an S3-compatible service's endpoint (env MEMOSD_S3_ENDPOINT_URL)")
         if name == "serve":
             p.add_argument("--listen", help="unix:/path/to.sock or 127.0.0.1:PORT (env MEMOSD_LISTEN)")
             p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="(env MEMOSD_LOG_LEVEL)")
@@ -64,12 +71,13 @@ def _init(config) -> int:
     from memosd.daemon import open_storage
 
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    db, governance = asyncio.run(open_storage(config))
+    db, governance = asyncio.run(open_storage(config, create=True))
     db.close()
     path = config.data_dir / CONFIG_NAME
     if not path.exists():
         write_default_config(config.data_dir)
-    print(f"memosd: data directory {config.data_dir} is ready; admin key {config.data_dir / 'admin.key'},"
+    vault = "" if config.vault_url == "sqlite:" else f" with the vault at {redact(config.vault_url)}"
+    print(f"memosd: data directory {config.data_dir} is ready{vault}; admin key {config.data_dir / 'admin.key'},"
           f" audit key {governance.signer.key_path} (fingerprint {governance.signer.key_fingerprint});"
           f" daemon id {governance.daemon_id}. Start with: memosd serve")
     return 0

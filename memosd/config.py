@@ -13,6 +13,7 @@ from pathlib import Path
 from memos_mip.defaults import default_data_dir, default_socket_path
 from memosd.errors import InvalidArgument
 from memosd.limits import Limits
+from memosd.storage.urls import check_blob_url, vault_engine
 
 CONFIG_NAME = "memosd.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -25,6 +26,14 @@ class Config:
     data_dir: Path = field(default_factory=default_data_dir)
     listen: str = field(default_factory=lambda: f"unix:{default_socket_path()}")
     log_level: str = "info"
+    # Where the vault's records live: "sqlite:" (the data directory) or postgresql://USER@HOST:PORT/DB (libpq's
+    # URL: ?host=/socket/dir, sslmode=...; a password from PGPASSWORD or ~/.pgpass). Left out of repr: a URL
+    # may carry a password, and nothing shows it but storage.urls.redact.
+    vault_url: str = field(default="sqlite:", repr=False)
+    # Where blobs (tensor payloads) live: "file:" (the data directory) or s3://BUCKET/PREFIX, with
+    # s3_endpoint_url for an S3-compatible service other than AWS.
+    blob_url: str = "file:"
+    s3_endpoint_url: str = ""
     # Directory of a Hugging Face encoder for dense search; empty means BM25 only.
     embedding_model: str = ""
     # torch threads for embedding (backfill and queries); 0 picks a quarter of the cores, at least 1.
@@ -59,10 +68,6 @@ class Config:
     # (0: never by time); it is signed at every clean shutdown too.
     audit_checkpoint_entries: int = 1000
     audit_checkpoint_interval: float = 60.0
-    # Where blob bytes live: `file:` (DATA_DIR/blobs) or `s3://BUCKET/PREFIX`, with the endpoint of any
-    # S3-compatible service (empty: AWS's); credentials come from the standard AWS variables and files.
-    blob_url: str = "file:"
-    s3_endpoint_url: str = ""
     limits: Limits = field(default_factory=Limits)
 
 
@@ -125,6 +130,8 @@ def _build(values: dict) -> Config:
     if config.log_level not in LOG_LEVELS:
         raise InvalidArgument(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     check_listen(config.listen, tls=bool(config.tls_cert))
+    vault_engine(config.vault_url)
+    check_blob_url(config.blob_url)
     if config.metrics_listen:
         check_metrics_listen(config.metrics_listen)
     if bool(config.tls_cert) != bool(config.tls_key):
@@ -176,6 +183,7 @@ def write_default_config(data_dir: Path) -> Path:
         "# memosd configuration. Precedence: command-line flags > MEMOSD_* variables > this file.\n"
         f'# listen = "unix:{default_socket_path()}"   # or "127.0.0.1:7700"\n'
         '# log_level = "info"\n'
+        '# vault_url = "postgresql://memosd@db.example:5432/memosd"   # default "sqlite:" (this directory)\n'
         '# embedding_model = "/path/to/local/all-MiniLM-L6-v2"   # enables dense and hybrid search\n'
         "# embedding_threads = 0   # torch threads for embedding; 0: a quarter of the cores\n"
         '# activation_model = "/path/to/local/Qwen2.5-0.5B"   # enables memosctl kv build\n'

@@ -17,9 +17,11 @@ from memosd.store.hub import Hub
 from memosd.vault import MemVault
 from memosd.vault.activation import ActivationVault
 from memosd.vault.blobs import BlobStore
-from memosd.storage import open_database
+from memosd.errors import FailedPrecondition
+from memosd.storage import missing_modules, open_database
 from memosd.storage.objects import open_object_store
 from memosd.storage.sqlite.db import Database
+from memosd.storage.urls import redact
 from memosd.vault.parametric import ParametricVault
 
 log = logging.getLogger("memosd")
@@ -84,7 +86,7 @@ class Daemon:
             from memosd.runtime.embedder import Embedder
 
             embedder = Embedder(cfg.embedding_model, threads=cfg.embedding_threads or None)
-        self.db, self.governance = await open_storage(cfg, self._governance_type)
+        self.db, self.governance = await open_storage(cfg, self._governance_type, serving=True)
         gov = self.governance
         self.vault = MemVault(cfg.data_dir, db=self.db, limits=cfg.limits, embedder=embedder, audit=gov.audit_write)
         await self.vault.start()
@@ -121,9 +123,17 @@ class Daemon:
         await self.vault.close()
 
 
-async def open_storage(config: Config, governance_type=MemGovernance) -> tuple[Database, MemGovernance]:
-    """The data directory's database (migrated) and governance (admin key created on first use)."""
-    db = open_database(config.data_dir)
+async def open_storage(config: Config, governance_type=MemGovernance, *, create: bool = False,
+                       serving: bool = False) -> tuple[Database, MemGovernance]:
+    """The vault's database (migrated; create: make a PostgreSQL schema, as `memosd init` does) and governance
+    (admin key created on first use). serving: refuse an engine that lacks record modules the core needs."""
+    db = open_database(config.data_dir, url=config.vault_url, create=create)
+    missing = missing_modules(db) if serving else ()
+    if missing:
+        db.close()
+        raise FailedPrecondition(
+            f"the {db.engine} vault ({redact(config.vault_url)}) cannot serve yet: this memosd's {db.engine} engine"
+            f" lacks the {', '.join(missing)} records; serve with vault_url = \"sqlite:\" for now")
     governance = governance_type(db, config.data_dir,
                                  audit_key=Path(config.audit_key).expanduser() if config.audit_key else None)  # noqa: ASYNC240
     await governance.start()

@@ -1,16 +1,18 @@
 """The `engine` fixture of the storage contract: each storage engine's database, migrated as the daemon opens it.
 
 Contract tests take `engine` and run once per engine in ENGINES. A test module whose functions a newer engine
-does not implement yet says so with `pytestmark = pytest.mark.engines("sqlite")`, never with a skip."""
+does not implement yet says so with `pytestmark = pytest.mark.engines("sqlite")`, never with a skip.
+The PostgreSQL engine's database is a fresh one per test on the session's server (tests/pg_server.py)."""
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from memosd.daemon import open_storage
 from tests.daemon import make_config
 
-ENGINES = ["sqlite"]
+ENGINES = ["sqlite", "postgresql"]
 
 
 class Engine:
@@ -39,6 +41,8 @@ def engine_params(metafunc) -> None:
 @pytest.fixture
 def engine(request, tmp_path):
     config = make_config(tmp_path)
+    if request.param == "postgresql":
+        config = dataclasses.replace(config, vault_url=request.getfixturevalue("postgres_url"))
     config.data_dir.mkdir(parents=True, mode=0o700)
     db, _ = asyncio.run(open_storage(config))  # migrated, as the daemon opens it
     yield Engine(request.param, db)

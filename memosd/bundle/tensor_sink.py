@@ -10,7 +10,6 @@ from memos_mip.adapter_format import AdapterManifest
 from memos_mip.tensor_format import FormatError, KVManifest
 from memosd.cube import MemCube, MemoryKind
 from memosd.errors import DataLoss, FailedPrecondition, InvalidArgument
-from memosd.vault import imported
 from memosd.vault.tensor_cubes import TensorDraft
 
 _MANIFESTS: dict[MemoryKind, type[KVManifest] | type[AdapterManifest]] = {MemoryKind.ACTIVATION: KVManifest, MemoryKind.PARAMETRIC: AdapterManifest}
@@ -57,4 +56,5 @@ class TensorMemorySink:
         return True
 
     async def _present(self, namespace: str, kind: MemoryKind, sha256: str) -> bool:
-        return await self.vault.db.read(lambda conn: imported.has_live_payload(conn, namespace, kind, sha256))
+        db = self.vault.db
+        return await db.read(lambda conn: db.sql.tensors.has_live_payload(conn, namespace, kind, sha256))

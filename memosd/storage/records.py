@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 AgentRow = tuple[str, bytes, tuple[str, ...], bool, float, float | None]
 PolicyRow = tuple[bytes, bytes, float, float | None]
 CheckpointRow = tuple  # (n, seq, hash, ts, signature) as stored: the signer checks the types itself
 # (seq, ts, agent, action, target, decision, detail, prev_hash, hash), in seq order.
 AuditRow = tuple[int, float, str, str, str, str, str, str, str]
+# A cube's current row by column name (memosd.vault.rows.COLUMNS), tags, metadata, derived_from and manifest as
+# JSON text whatever an engine stores: the core builds a new version from it, rows.to_cube reads it.
+CubeRow = dict[str, Any]
 
 
 @dataclass

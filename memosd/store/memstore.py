@@ -23,7 +23,6 @@ from memosd.storage import Conn
 from memosd.storage.records import Topic
 from memosd.store import shares
 from memosd.store.hub import Hub, Subscriber, first_of
-from memosd.vault.vault import cube_at_version, current_cube
 
 log = logging.getLogger("memosd.store")
 REPLAY_BATCH = 256
@@ -124,7 +123,7 @@ class MemStore:
             found = publish_id and self.sql.events.find_published(conn, topic, publish_id)
             if found and (may_publish or found[1] == p.name):
                 return found[0], True, None, None
-            cube = current_cube(conn, cube_id, now)
+            cube = self.sql.cubes.current_cube(conn, cube_id, now)
             if cube is None:
                 raise NotFound(f"no cube with id {cube_id} to publish")
             on_topic = self.sql.shares.publishers(conn, topic, cube_id)
@@ -217,7 +216,7 @@ class MemStore:
         def job(conn: Conn):
             found = self.sql.events.events_after(conn, topic, after, limit)
             return [EventRecord(topic, seq, EventKind(kind), cube_id, version, publisher, ts,
-                                None if kind == EventKind.RETRACTED else cube_at_version(conn, cube_id, version, now))
+                                None if kind == EventKind.RETRACTED else self.sql.cubes.cube_at_version(conn, cube_id, version, now))
                     for seq, kind, cube_id, version, publisher, ts in found]
 
         return await self.db.read(job)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from memos_mip.tensor_format import (
     BLOCK_TOKENS, FormatError, KVManifest, block_keys, check_manifest, check_payload, common_prefix, header_length,
     parse_header, root_key,
@@ -13,13 +11,11 @@ from memosd.errors import FailedPrecondition, InvalidArgument
 from memosd.limits import check_namespace_prefix
 from memosd.vault import rows, tensor_cubes
 from memosd.vault.tensor_cubes import TensorDraft
-from memosd.storage.sqlite.filters import filter_sql
+from memosd.storage import Conn
 
 MAX_DERIVED_FROM = 64
 # Candidates compared token by token after the block index has narrowed them down.
 MAX_CANDIDATES = 16
-# Block keys looked up per statement, well under SQLite's variable limit (32766 by default).
-KEYS_PER_QUERY = 4096
 
 
 ActivationDraft = TensorDraft
@@ -46,6 +42,7 @@ class ActivationVault:
     def __init__(self, vault, blobs, audit=None):
         self.vault = vault
         self.db = vault.db
+        self.sql = vault.db.sql
         self.blobs = blobs
         self._audit = audit or (lambda conn, agent, action, target, **fields: None)
 
@@ -66,11 +63,10 @@ class ActivationVault:
         index = [(key, (i + 1) * BLOCK_TOKENS) for i, key in enumerate(keys)] or [(root_key(m.model_fingerprint),
                                                                                   m.num_tokens)]
 
-        def job(conn: sqlite3.Connection) -> None:
+        def job(conn: Conn) -> None:
             self._audit(conn, owner, "activation.put", cube.namespace, id=cube.id, blob=m.blob_sha256)
-            seq = tensor_cubes.insert(conn, cube, m.blob_sha256)
-            conn.executemany("INSERT OR IGNORE INTO activation_prefixes (key, seq, tokens) VALUES (?, ?, ?)",
-                             [(key, seq, tokens) for key, tokens in index])
+            seq = tensor_cubes.insert(self.sql, conn, cube, m.blob_sha256)
+            self.sql.tensors.index_prefixes(conn, seq, index)
 
         await self.db.write(job)
         return cube
@@ -98,37 +94,12 @@ class ActivationVault:
         f = CubeFilter(namespace_prefix=f.namespace_prefix.rstrip("/"), kinds=frozenset({MemoryKind.ACTIVATION}),
                        states=frozenset({LifecycleState.ACTIVE}), scope=f.scope, viewer=f.viewer)
         now = self.vault.clock()
-        where, params = filter_sql(f, now)
         keys = block_keys(model_fingerprint, token_ids)
-
-        def job(conn: sqlite3.Connection):
-            candidates = []
-            # A long prompt has more block keys than one statement takes variables. Keys are chained, so
-            # later blocks are longer prefixes: the last group of keys with a match holds the best one.
-            for start in reversed(range(0, len(keys), KEYS_PER_QUERY)):
-                group = keys[start:start + KEYS_PER_QUERY]
-                found = conn.execute(
-                    f"SELECT p.tokens, c.seq FROM activation_prefixes p JOIN cubes c ON c.seq = p.seq"
-                    f" WHERE p.key IN ({','.join('?' * len(group))}) AND {where}"
-                    " ORDER BY p.tokens DESC, c.seq DESC LIMIT ?", [*group, *params, MAX_CANDIDATES]).fetchall()
-                if found:
-                    candidates = [seq for tokens, seq in found if tokens == found[0][0]]
-                    break
-            if not candidates:  # no shared block: cubes shorter than a block may still share a prefix
-                candidates = [seq for (seq,) in conn.execute(
-                    f"SELECT c.seq FROM activation_prefixes p JOIN cubes c ON c.seq = p.seq WHERE p.key = ?"
-                    f" AND {where} ORDER BY c.seq DESC LIMIT ?",
-                    [root_key(model_fingerprint), *params, MAX_CANDIDATES]).fetchall()]
-            if not candidates:
-                return None, 0
-            found_rows = conn.execute(f"SELECT {rows.COLUMNS} FROM cubes WHERE seq IN ({','.join('?' * len(candidates))})"
-                                      " ORDER BY seq DESC", candidates).fetchall()
-            best, best_len = None, 0
-            for row in map(rows.row_dict, found_rows):
-                manifest = rows.to_cube(row, now).manifest or {}
-                shared = common_prefix(token_ids, manifest.get("token_ids", ()))
-                if shared > best_len:
-                    best, best_len = row, shared
-            return (rows.to_cube(best, now), best_len) if best is not None else (None, 0)
-
-        return await self.db.read(job)
+        found = await self.db.read(lambda conn: self.sql.tensors.prefix_candidates(
+            conn, keys, root_key(model_fingerprint), f, now, MAX_CANDIDATES))
+        best, best_len = None, 0
+        for cube in (rows.to_cube(rows.row_dict(r), now) for r in found):
+            shared = common_prefix(token_ids, (cube.manifest or {}).get("token_ids", ()))
+            if shared > best_len:
+                best, best_len = cube, shared
+        return best, best_len

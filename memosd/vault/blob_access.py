@@ -9,12 +9,12 @@ carried them, a KV build, a distillation); it is recorded in blob_holders and fo
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from collections.abc import Callable
 
-from memosd.cube import LifecycleState, MemoryKind, Visibility
+from memosd.cube import MemoryKind, Visibility
 from memosd.errors import PermissionDenied
+from memosd.storage import Conn, sql_of
 
 
 @dataclass(frozen=True)
@@ -32,25 +32,24 @@ class CubeHeader:
 Guard = Callable[[CubeHeader], None]
 
 
-def record_holder(conn: sqlite3.Connection, sha256: str, agent: str, now: float) -> None:
+def record_holder(conn: Conn, sha256: str, agent: str, now: float) -> None:
     """Record that agent proved it has the blob's bytes; call inside the transaction storing the blob row."""
-    conn.execute("INSERT OR IGNORE INTO blob_holders (sha256, agent, since) VALUES (?, ?, ?)", (sha256, agent, now))
+    sql_of(conn).holders.record(conn, sha256, agent, now)
 
 
-def referable_size(conn: sqlite3.Connection, sha256: str, agent: str, guard: Guard | None) -> int | None:
+def referable_size(conn: Conn, sha256: str, agent: str, guard: Guard | None) -> int | None:
     """The size of the blob if `agent` may make a cube reference it, else None (exactly as for a blob that is
     not stored). Without a guard only possession counts. The same queries run whether or not the blob
     exists, so that the answer's timing says little more than the answer."""
-    stored = conn.execute("SELECT size FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
-    held = conn.execute("SELECT 1 FROM blob_holders WHERE sha256 = ? AND agent = ?", (sha256, agent)).fetchone()
-    naming = [] if held or guard is None else conn.execute(
-        "SELECT id, namespace, kind, owner, visibility FROM cubes WHERE manifest IS NOT NULL"
-        " AND json_extract(manifest, '$.blob.sha256') = ? AND state != ?",
-        (sha256, int(LifecycleState.DELETED))).fetchall()
-    if stored is None:
+    holders = sql_of(conn).holders
+    size = holders.blob_size(conn, sha256)
+    held = holders.holds(conn, sha256, agent)
+    naming = [] if held or guard is None else holders.naming_cubes(conn, sha256)
+    if size is None:
         return None
-    if held or guard is not None and any(_may_read(guard, CubeHeader(i, ns, MemoryKind(k), o, Visibility(v))) for i, ns, k, o, v in naming):
-        return stored[0]
+    if held or guard is not None and any(_may_read(guard, CubeHeader(i, ns, MemoryKind(k), o, Visibility(v)))
+                                         for i, ns, k, o, v in naming):
+        return size
     return None
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import replace
 
 from memosd.cube import LifecycleState, MemCube, MemoryKind
 from memosd.ids import new_id
-from memosd.vault import rows
+from memosd.storage import Conn
 
 
 async def import_cubes(vault, cubes: list[MemCube], actor: str, origin: str) -> tuple[int, int, int]:
@@ -20,12 +19,11 @@ async def import_cubes(vault, cubes: list[MemCube], actor: str, origin: str) -> 
     if any(c.kind is not MemoryKind.PLAINTEXT for c in cubes):
         raise ValueError("import_cubes takes plaintext cubes only")
     now = vault.clock()
+    sql = vault.db.sql
     counts = [0, 0, 0]
 
-    def job(conn: sqlite3.Connection) -> None:
-        taken = dict(conn.execute(
-            f"SELECT id, namespace FROM cubes WHERE id IN ({','.join('?' * len(cubes))})", [c.id for c in cubes]
-        ).fetchall())
+    def job(conn: Conn) -> None:
+        taken = sql.tensors.namespaces_of(conn, [c.id for c in cubes])
         fresh: list[MemCube] = []
         for c in cubes:
             if c.id in taken and taken[c.id] == c.namespace:
@@ -40,17 +38,7 @@ async def import_cubes(vault, cubes: list[MemCube], actor: str, origin: str) -> 
             return
         vault._audit(conn, actor, "bundle.import", ",".join(sorted({c.namespace for c in fresh})), origin=origin,
                      ids=[c.id for c in fresh])
-        (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM cubes").fetchone()
-        conn.executemany(
-            "INSERT INTO cubes (seq, id, namespace, kind, state, version, parent_version, text, tags, metadata,"
-            " source, owner, visibility, priority, created_at, updated_at, expires_at, derived_from)"
-            " VALUES (?, ?, ?, 1, ?, 1, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(top + i + 1, c.id, c.namespace, int(_state(c, now)), c.text, rows.dumps(list(c.tags)),
-              rows.dumps(c.metadata), c.source, actor, int(c.visibility), c.priority, c.created_at,
-              c.updated_at, c.expires_at, rows.dumps(list(c.derived_from)))
-             for i, c in enumerate(fresh)])
-        conn.executemany("INSERT INTO cube_tags (tag, seq) VALUES (?, ?)",
-                         [(tag, top + i + 1) for i, c in enumerate(fresh) for tag in c.tags])
+        sql.tensors.insert_cubes(conn, [replace(c, owner=actor, state=_state(c, now), manifest=None) for c in fresh])
         counts[0] += len(fresh)
 
     await vault.db.write(job)
@@ -63,10 +51,3 @@ def _state(c: MemCube, now: float) -> LifecycleState:
     if c.state is LifecycleState.ACTIVE and c.expires_at is not None and c.expires_at <= now:
         return LifecycleState.EXPIRED
     return c.state
-
-
-def has_live_payload(conn: sqlite3.Connection, namespace: str, kind: MemoryKind, sha256: str) -> bool:
-    """Whether a cube of this kind in the namespace, not deleted, has the payload with this sha256."""
-    return conn.execute("SELECT 1 FROM cubes WHERE namespace = ? AND kind = ? AND state != ?"
-                        " AND json_extract(manifest, '$.blob.sha256') = ?",
-                        (namespace, int(kind), int(LifecycleState.DELETED), sha256)).fetchone() is not None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from memos_mip.adapter_format import (
     AdapterManifest, FormatError, check_adapter, check_manifest, check_matches, manifest_of, read_adapter, read_header,
 )
@@ -13,7 +11,7 @@ from memosd.errors import FailedPrecondition, InvalidArgument
 from memosd.limits import check_namespace_prefix
 from memosd.vault import rows, tensor_cubes
 from memosd.vault.tensor_cubes import TensorDraft
-from memosd.storage.sqlite.filters import filter_sql
+from memosd.storage import Conn
 
 MAX_DERIVED_FROM = 1024
 # Adapters of one base model considered by a plan: the most recent ones.
@@ -38,6 +36,7 @@ class ParametricVault:
     def __init__(self, vault, blobs, audit=None):
         self.vault = vault
         self.db = vault.db
+        self.sql = vault.db.sql
         self.blobs = blobs
         self._audit = audit or (lambda conn, agent, action, target, **fields: None)
         self._known: dict[str, dict[str, tuple[int, int]]] = {}
@@ -59,9 +58,9 @@ class ParametricVault:
         await self._check_blob(m, owner, guard)
         cube.manifest = m.to_json()
 
-        def job(conn: sqlite3.Connection) -> None:
+        def job(conn: Conn) -> None:
             self._audit(conn, owner, "parametric.put", cube.namespace, id=cube.id, blob=m.blob_sha256)
-            tensor_cubes.insert(conn, cube, m.blob_sha256)
+            tensor_cubes.insert(self.sql, conn, cube, m.blob_sha256)
 
         await self.db.write(job)
         return cube
@@ -86,21 +85,9 @@ class ParametricVault:
         f = CubeFilter(namespace_prefix=f.namespace_prefix.rstrip("/"), kinds=frozenset({kind}),
                        states=frozenset({LifecycleState.ACTIVE}), scope=f.scope, viewer=f.viewer)
         now = self.vault.clock()
-        where, params = filter_sql(f, now)
-        lineage, lineage_params = "", []
-        if derived_from is not None:
-            if not derived_from:
-                return []
-            lineage = (f" AND EXISTS (SELECT 1 FROM json_each(c.derived_from) d WHERE d.value IN"
-                       f" ({','.join('?' * len(derived_from))}))")
-            lineage_params = sorted(derived_from)
-
-        def job(conn: sqlite3.Connection) -> list[MemCube]:
-            found = conn.execute(
-                f"SELECT {rows.COLUMNS} FROM cubes c WHERE c.manifest IS NOT NULL"
-                f" AND json_extract(c.manifest, '$.model.model_fingerprint') = ?"
-                f" AND {where}{lineage} ORDER BY c.seq DESC LIMIT ?",
-                [model_fingerprint, *params, *lineage_params, MAX_CANDIDATES]).fetchall()
-            return [rows.to_cube(rows.row_dict(r), now) for r in found]
-
-        return await self.db.read(job)
+        if derived_from is not None and not derived_from:
+            return []
+        lineage = None if derived_from is None else sorted(derived_from)
+        found = await self.db.read(
+            lambda conn: self.sql.tensors.of_model(conn, model_fingerprint, f, now, lineage, MAX_CANDIDATES))
+        return [rows.to_cube(rows.row_dict(r), now) for r in found]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from memosd.cube import LifecycleState, MemCube, MemoryKind, Visibility
@@ -20,11 +20,11 @@ COLUMNS = (
     " visibility, priority, created_at, updated_at, expires_at, access_count, last_accessed_at,"
     " derived_from, manifest"
 )
-_NAMES = [c.strip() for c in COLUMNS.split(",")]
+NAMES = [c.strip() for c in COLUMNS.split(",")]
 
 
-def row_dict(row: sqlite3.Row | tuple) -> dict:
-    return dict(zip(_NAMES, row))
+def row_dict(row: Sequence[Any]) -> dict:
+    return dict(zip(NAMES, row))
 
 
 def _time(row: dict, key: str) -> float | None:

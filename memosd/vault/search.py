@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import sqlite3
 
 import numpy as np
 
-from memosd.cube import CubeFilter, MemoryKind, SearchHit
+from memosd.cube import CubeFilter, SearchHit
 from memosd.errors import MemosError
 from memosd.vault import rows
-from memosd.storage.sqlite.db import Database
 from memosd.vault.dense import DenseIndex, top
-from memosd.storage.sqlite.filters import filter_sql
 
 log = logging.getLogger("memosd.vault")
 # Cubes embedded per pass of the backfill: large enough to batch well, small enough that each pass
@@ -31,8 +27,9 @@ _CANDIDATES_PER_HIT = 8
 class DenseSearch:
     """Keeps a DenseIndex in step with the vault and answers nearest-neighbour queries."""
 
-    def __init__(self, db: Database, embedder):
+    def __init__(self, db, embedder):
         self.db = db
+        self.sql = db.sql
         self.embedder = embedder
         self.model_name = embedder.name
         self.index = DenseIndex(embedder.dim)
@@ -44,13 +41,7 @@ class DenseSearch:
         self._rewind: int | None = None
 
     async def start(self) -> None:
-        def load(conn: sqlite3.Connection):
-            found = conn.execute("SELECT seq, vector FROM embeddings WHERE model = ?", (self.model_name,)).fetchall()
-            width = 4 * self.index.dim
-            good = [(s, v) for s, v in found if len(v) == width]
-            return [s for s, _ in good], [np.frombuffer(v, dtype=np.float32) for _, v in good]
-
-        seqs, vectors = await self.db.read(load)
+        seqs, vectors = await self.db.read(lambda conn: self.sql.vectors.load(conn, self.model_name, self.index.dim))
         if seqs:
             self.index.add(seqs, np.stack(vectors))
         self._task = asyncio.create_task(self._backfill(), name="memosd-embedding-backfill")
@@ -77,7 +68,7 @@ class DenseSearch:
 
     async def backlog(self) -> int:
         """Plaintext cubes still waiting for a vector."""
-        return await self.db.read(lambda conn: conn.execute(_BACKLOG, (self.model_name,)).fetchone()[0])
+        return await self.db.read(lambda conn: self.sql.vectors.backlog(conn, self.model_name))
 
     async def _backfill(self) -> None:
         # Embeds cubes that have no vector yet, in batches, off the event loop; sleeps when none are left.
@@ -100,7 +91,7 @@ class DenseSearch:
         if self._rewind is not None:
             self._cursor, self._rewind = min(self._cursor, self._rewind), None
         cursor = self._cursor
-        todo = await self.db.read(lambda conn: conn.execute(_MISSING, (self.model_name, cursor, BACKFILL_BATCH)).fetchall())
+        todo = await self.db.read(lambda conn: self.sql.vectors.missing(conn, self.model_name, cursor, BACKFILL_BATCH))
         if not todo:
             # A safety net for texts changed without forget(): one more pass from the start.
             if cursor > 0 and await self.backlog() > 0:
@@ -108,7 +99,7 @@ class DenseSearch:
                 return True
             return False
         vectors = await asyncio.to_thread(self.embedder.encode, [t for _, t in todo])
-        stored = await self.db.write(lambda conn: _store(conn, self.model_name, todo, vectors))
+        stored = await self.db.write(lambda conn: self.sql.vectors.store(conn, self.model_name, todo, vectors))
         # Added after the commit, on the loop: in commit order with the forget() calls of writes, so a
         # text changed after it was read here is never left with this (stale) vector.
         self.index.add([todo[i][0] for i in stored], vectors[stored])
@@ -126,55 +117,14 @@ class DenseSearch:
         seqs, scores, nearest = await asyncio.to_thread(self._score, query, limit * _CANDIDATES_PER_HIT)
         if not len(seqs):
             return []
-        where, params = filter_sql(f, now)
-        found = await self.db.read(lambda conn: self._best(conn, nearest, where, params, limit))
+        vectors, model = self.sql.vectors, self.model_name
+        found = await self.db.read(lambda conn: vectors.best(conn, model, nearest, f, now, limit))
         if len(found) >= limit or len(nearest) == len(seqs):
             return found
-
-        def admitted(conn: sqlite3.Connection) -> list[int]:
-            return [s for (s,) in conn.execute(
-                f"SELECT c.seq FROM cubes c WHERE c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}", params)]
-
-        keep = np.isin(seqs, np.asarray(await self.db.read(admitted), dtype=np.int64))
+        admitted = await self.db.read(lambda conn: vectors.admitted(conn, f, now))
+        keep = np.isin(seqs, np.asarray(admitted, dtype=np.int64))
         nearest = top(seqs[keep], scores[keep], limit)
-        return await self.db.read(lambda conn: self._best(conn, nearest, where, params, limit))
-
-    def _best(self, conn: sqlite3.Connection, nearest: list[tuple[int, float]], where: str, params: list,
-              limit: int) -> list[tuple[dict, float]]:
-        """Rows of the best `limit` candidates that pass the filter and whose vector is current in this
-        snapshot (an update or delete committed a moment ago may not have reached the index yet)."""
-        scores = dict(nearest)
-        passed = {s for (s,) in conn.execute(
-            f"SELECT c.seq FROM cubes c WHERE c.seq IN (SELECT value FROM json_each(?))"
-            f" AND c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}"
-            " AND EXISTS (SELECT 1 FROM embeddings e WHERE e.seq = c.seq AND e.model = ?)",
-            [json.dumps(list(scores)), *params, self.model_name])}
-        best = [s for s, _ in nearest if s in passed][:limit]
-        found = conn.execute(f"SELECT {rows.COLUMNS} FROM cubes c WHERE c.seq IN (SELECT value FROM json_each(?))",
-                             [json.dumps(best)]).fetchall()
-        by_seq = {r["seq"]: r for r in map(rows.row_dict, found)}
-        return [(by_seq[s], scores[s]) for s in best]
-
-
-def _store(conn: sqlite3.Connection, model: str, todo, vectors: np.ndarray) -> list[int]:
-    """Record the vectors of cubes whose text is still the one embedded; their positions in todo."""
-    stored = []
-    for i, ((seq, text), vector) in enumerate(zip(todo, vectors)):
-        if conn.execute(
-            "INSERT OR REPLACE INTO embeddings (seq, model, vector) SELECT ?, ?, ?"
-            " WHERE EXISTS (SELECT 1 FROM cubes WHERE seq = ? AND text = ?)",
-            (seq, model, vector.astype(np.float32).tobytes(), seq, text),
-        ).rowcount:
-            stored.append(i)
-    return stored
-
-
-_WITHOUT_VECTOR = (
-    " FROM cubes c LEFT JOIN embeddings e ON e.seq = c.seq AND e.model = ?"
-    f" WHERE c.kind = {int(MemoryKind.PLAINTEXT)} AND c.text IS NOT NULL AND e.seq IS NULL"
-)
-_MISSING = "SELECT c.seq, c.text" + _WITHOUT_VECTOR + " AND c.seq > ? ORDER BY c.seq LIMIT ?"
-_BACKLOG = "SELECT count(*)" + _WITHOUT_VECTOR
+        return await self.db.read(lambda conn: vectors.best(conn, model, nearest, f, now, limit))
 
 
 def fuse(lexical: list[tuple[dict, float]], semantic: list[tuple[dict, float]], limit: int, now: float) -> list[SearchHit]:

@@ -3,7 +3,6 @@ that stores it with a reference on its payload blob."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +10,7 @@ from memosd.cube import CubeDraft, MemCube, MemoryKind, Visibility
 from memosd.errors import InvalidArgument, NotFound
 from memosd.ids import is_id, new_id
 from memosd.limits import Limits, check_metadata, check_namespace, check_priority, check_tags, resolve_expiry
-from memosd.vault import rows
+from memosd.storage import Conn
 
 
 @dataclass(frozen=True)
@@ -49,23 +48,12 @@ def new_cube(draft: TensorDraft, kind: MemoryKind, owner: str, limits: Limits, n
     )
 
 
-def insert(conn: sqlite3.Connection, cube: MemCube, blob_sha256: str) -> int:
-    """Take a reference on the payload blob and store the cube's row and tags; returns its seq.
-    Call inside the writing transaction."""
-    taken = conn.execute("UPDATE blobs SET refcount = refcount + 1, unreferenced_since = NULL WHERE sha256 = ?",
-                         (blob_sha256,)).rowcount
-    if not taken:
+def insert(sql, conn: Conn, cube: MemCube, blob_sha256: str) -> int:
+    """Take a reference on the payload blob and store the cube's row and tags with the engine's record
+    functions (sql); returns its seq. Call inside the writing transaction."""
+    if not sql.tensors.reference_blob(conn, blob_sha256):
         raise NotFound(f"blob {blob_sha256} is not stored (collected meanwhile?); upload it again")
-    (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM cubes").fetchone()
-    seq = top + 1
-    conn.execute(
-        "INSERT INTO cubes (seq, id, namespace, kind, state, version, parent_version, text, tags, metadata,"
-        " source, owner, visibility, priority, created_at, updated_at, expires_at, derived_from, manifest)"
-        " VALUES (?, ?, ?, ?, 1, 1, 0, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (seq, cube.id, cube.namespace, int(cube.kind), rows.dumps(list(cube.tags)), rows.dumps(cube.metadata),
-         cube.source, cube.owner, int(cube.visibility), cube.priority, cube.created_at, cube.updated_at,
-         cube.expires_at, rows.dumps(list(cube.derived_from)), rows.dumps(cube.manifest)))
-    conn.executemany("INSERT INTO cube_tags (tag, seq) VALUES (?, ?)", [(t, seq) for t in cube.tags])
+    (seq,) = sql.tensors.insert_cubes(conn, [cube])
     return seq
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from pathlib import Path
 
@@ -35,12 +34,7 @@ class VaultUsage:
             return self._cached
 
     async def _read(self) -> list[Family]:
-        def job(conn: sqlite3.Connection):
-            return conn.execute(
-                "SELECT kind, state, count(*), sum(coalesce(length(CAST(text AS BLOB)), 0)),"
-                " sum(coalesce(json_extract(manifest, '$.blob.size'), 0)) FROM cubes GROUP BY kind, state").fetchall()
-
-        rows = await self.vault.db.read(job)
+        rows = await self.vault.db.read(self.vault.db.sql.usage.by_kind_and_state)
         files = await asyncio.to_thread(self._files)
         cubes = Family("memosd_cubes", "gauge", "Cubes by kind and lifecycle state (deleted: tombstones).")
         payload = Family("memosd_cube_bytes", "gauge",

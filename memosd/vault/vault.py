@@ -1,4 +1,4 @@
-"""MemVault: the store of MemCubes (SQLite metadata and text, FTS5 and vector search)."""
+"""MemVault: the store of MemCubes (their records through the storage seam, full-text and vector search)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import builtins  # the class defines list(); annotations after it say builtins.list
 import logging
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +19,14 @@ from memosd.ids import is_id, new_id
 from memosd.limits import (
     Limits, check_draft, check_filter, check_metadata, check_priority, check_tags, check_text, resolve_expiry,
 )
+from memosd.storage import Conn, open_database
+from memosd.storage.records import CubeRow
 from memosd.vault import rows
-from memosd.storage.sqlite.db import Database
 from memosd.vault.fulltext import FullText, words
-from memosd.storage.sqlite.filters import filter_sql
 from memosd.vault.query import PageTokens
 from memosd.vault.search import DenseSearch, fuse
 
 log = logging.getLogger("memosd.vault")
-SELECT = f"SELECT {rows.COLUMNS} FROM cubes"
 
 
 @dataclass
@@ -41,36 +39,32 @@ class Page:
 class MemVault:
     """Stores, versions and searches MemCubes under one data directory."""
 
-    def __init__(self, data_dir: Path, *, db: Database | None = None, limits: Limits = Limits(), embedder=None,
-                 clock=time.time, audit=None):
+    def __init__(self, data_dir: Path, *, db=None, limits: Limits = Limits(), embedder=None, clock=time.time,
+                 audit=None):
         self.data_dir = Path(data_dir)
         self.limits = limits
         self.clock = clock
-        self.db = db or Database(self.data_dir / "memos.db")
+        self.db = db or open_database(self.data_dir)
+        self.sql = self.db.sql
         # audit(conn, agent, action, target, **fields) records a write inside its own transaction.
         self._audit = audit or (lambda conn, agent, action, target, **fields: None)
-        self._tokens = PageTokens(self._setting("page_token_key", lambda: secrets.token_hex(32)).encode())
+        self._tokens: PageTokens | None = None  # read (or made) by start() or the first List
         self.dense = DenseSearch(self.db, embedder) if embedder is not None else None
         self.fulltext = FullText()
         # Access metrics are counted in memory and flushed in batches (MemLifecycle), never on a read's path.
         self._access: dict[str, list] = {}
 
-    def _setting(self, key: str, default) -> str:
-        conn = sqlite3.connect(self.db.path, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
-            value = row[0] if row else default()
-            if not row:
-                conn.execute("INSERT INTO settings(key, value) VALUES (?, ?)", (key, value))
-            conn.execute("COMMIT")
-            return value
-        finally:
-            conn.close()
-
     async def start(self) -> None:
+        await self._page_tokens()
         if self.dense is not None:
             await self.dense.start()
+
+    async def _page_tokens(self) -> PageTokens:
+        if self._tokens is None:
+            candidate = secrets.token_hex(32)  # kept only by the first start of a data directory
+            key = await self.db.write(lambda conn: self.sql.cubes.setting(conn, "page_token_key", candidate))
+            self._tokens = PageTokens(key.encode())
+        return self._tokens
 
     async def close(self) -> None:
         if self.dense is not None:
@@ -99,25 +93,10 @@ class MemVault:
                 visibility=d.visibility, priority=d.priority, expires_at=d.expires_at,
             ))
 
-        def job(conn: sqlite3.Connection) -> None:
+        def job(conn: Conn) -> None:
             self._audit(conn, owner, "vault.put", ",".join(sorted({c.namespace for c in cubes})),
                         ids=[c.id for c in cubes])
-            (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM cubes").fetchone()
-            conn.executemany(
-                "INSERT INTO cubes (seq, id, namespace, kind, state, version, parent_version, text, tags,"
-                " metadata, source, owner, visibility, priority, created_at, updated_at, expires_at)"
-                " VALUES (?, ?, ?, ?, 1, 1, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (top + i + 1, c.id, c.namespace, int(c.kind), c.text, rows.dumps(list(c.tags)),
-                     rows.dumps(c.metadata), c.source, c.owner, int(c.visibility), c.priority, now, now,
-                     c.expires_at)
-                    for i, c in enumerate(cubes)
-                ],
-            )
-            conn.executemany(
-                "INSERT INTO cube_tags (tag, seq) VALUES (?, ?)",
-                [(tag, top + i + 1) for i, c in enumerate(cubes) for tag in c.tags],
-            )
+            self.sql.cubes.insert_cubes(conn, cubes)
 
         await self.db.write(job)
         if self.dense is not None:
@@ -156,7 +135,7 @@ class MemVault:
                 CubeDraft("", "", expires_at=v.expires_at if "expires_at" in patch.fields else None,
                           ttl_seconds=v.ttl_seconds if "ttl_seconds" in patch.fields else 0), now)
 
-        def job(conn: sqlite3.Connection) -> tuple[MemCube, int]:
+        def job(conn: Conn) -> tuple[MemCube, int]:
             row = self._current_row(conn, cube_id, guard)
             if row["state"] == LifecycleState.DELETED:
                 raise FailedPrecondition(f"cube {cube_id} was deleted; deleted cubes cannot be updated")
@@ -166,25 +145,16 @@ class MemVault:
                                " re-read it and retry")
             if row["kind"] != MemoryKind.PLAINTEXT and "text" in changes:
                 raise InvalidArgument(f"cube {cube_id} is not plaintext; it has no text to update")
-            conn.execute("INSERT INTO cube_versions (id, version, snapshot) VALUES (?, ?, ?)",
-                         (cube_id, row["version"], rows.snapshot(row)))
             new = dict(row, **changes, version=row["version"] + 1, parent_version=row["version"], updated_at=now)
             if "tags" in changes:
                 new["tags"] = rows.dumps(list(changes["tags"]))
-                conn.execute("DELETE FROM cube_tags WHERE seq = ?", (row["seq"],))
-                conn.executemany("INSERT INTO cube_tags (tag, seq) VALUES (?, ?)",
-                                 [(t, row["seq"]) for t in changes["tags"]])
             if patch.state is not None:
                 new["state"] = int(patch.state)
             elif row["state"] == LifecycleState.EXPIRED and "expires_at" in changes:
                 new["state"] = int(LifecycleState.ACTIVE)
             if new["state"] == LifecycleState.ACTIVE and new["expires_at"] is not None and new["expires_at"] <= now:
                 new["state"] = int(LifecycleState.EXPIRED)
-            cols = [k for k in new if k != "seq" and new[k] != row[k]]
-            conn.execute(f"UPDATE cubes SET {', '.join(f'{k} = ?' for k in cols)} WHERE seq = ?",
-                         [new[k] for k in cols] + [row["seq"]])
-            if "text" in changes:
-                conn.execute("DELETE FROM embeddings WHERE seq = ?", (row["seq"],))
+            self.sql.cubes.write_version(conn, row, new, tags=changes.get("tags"), text_changed="text" in changes)
             return rows.to_cube(new, now), row["seq"]
 
         cube, seq = await self.db.write(job)
@@ -199,20 +169,13 @@ class MemVault:
         now = self.clock()
         seqs = []
 
-        def job(conn: sqlite3.Connection) -> int:
+        def job(conn: Conn) -> int:
             row = self._current_row(conn, cube_id, guard)
             if row["state"] == LifecycleState.DELETED:
                 raise NotFound(f"cube {cube_id} is already deleted")
             self._audit(conn, actor, "vault.delete", cube_id, version=row["version"] + 1)
-            conn.execute("INSERT INTO cube_versions (id, version, snapshot) VALUES (?, ?, ?)",
-                         (cube_id, row["version"], rows.snapshot(row)))
-            conn.execute(
-                "UPDATE cubes SET state = ?, text = NULL, version = ?, parent_version = ?, updated_at = ?"
-                " WHERE seq = ?", (LifecycleState.DELETED, row["version"] + 1, row["version"], now, row["seq"]))
-            conn.execute("DELETE FROM cube_tags WHERE seq = ?", (row["seq"],))
-            conn.execute("DELETE FROM embeddings WHERE seq = ?", (row["seq"],))
             seqs.append(row["seq"])
-            return row["version"] + 1
+            return self.sql.cubes.tombstone(conn, row, now)
 
         version = await self.db.write(job)
         if self.dense is not None:
@@ -227,23 +190,21 @@ class MemVault:
             raise InvalidArgument("version must be positive, or 0 for the current one")
         now = self.clock()
 
-        def job(conn: sqlite3.Connection) -> MemCube:
+        def job(conn: Conn) -> MemCube:
             row = self._current_row(conn, cube_id)
             if version and version != row["version"]:
-                found = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? AND version = ?",
-                                     (cube_id, version)).fetchone()
-                if not found:
+                older = self.sql.cubes.earlier_version(conn, cube_id, version)
+                if older is None:
                     # Only a reader of the cube (of any version of it) learns which versions it has.
-                    if guard is not None and not any(_allowed(guard, v) for v in _versions(conn, row)):
+                    if guard is not None and not any(_allowed(guard, v) for v in self._versions(conn, row)):
                         guard(rows.to_cube(row))
                     raise NotFound(f"cube {cube_id} has no version {version} (current is {row['version']})")
                 # Each version's visibility is its own: a version once owner-only stays so.
-                older = rows.from_snapshot(found[0])
                 if guard is not None:
-                    _guard_version(conn, guard, older, row)
+                    self._guard_version(conn, guard, older, row)
                 return older
             if guard is not None:
-                _guard_version(conn, guard, rows.to_cube(row), row)
+                self._guard_version(conn, guard, rows.to_cube(row), row)
             if row["state"] == LifecycleState.DELETED:
                 raise NotFound(f"cube {cube_id} was deleted; History still lists its versions")
             return rows.to_cube(row, now)
@@ -254,19 +215,16 @@ class MemVault:
 
     async def list(self, f: CubeFilter, page_size: int, page_token: str = "") -> Page:
         check_filter(f, self.limits)
-        after, total = self._tokens.read(page_token, f) if page_token else (0, None)
+        tokens = await self._page_tokens()
+        after, total = tokens.read(page_token, f) if page_token else (0, None)
         now = self.clock()
-        where, params = filter_sql(f, now)
 
-        def job(conn: sqlite3.Connection) -> Page:
-            found = conn.execute(
-                f"SELECT {rows.COLUMNS} FROM cubes c WHERE c.seq > ? AND {where} ORDER BY c.seq LIMIT ?",
-                [after, *params, page_size + 1]).fetchall()
+        def job(conn: Conn) -> Page:
             # Counted for the first page only; later pages carry it in their token.
-            count = total if total is not None else conn.execute(
-                f"SELECT count(*) FROM cubes c WHERE {where}", params).fetchone()[0]
-            page = [rows.row_dict(r) for r in found[:page_size]]
-            token = self._tokens.make(page[-1]["seq"], f, count) if len(found) > page_size else ""
+            found, counted = self.sql.cubes.list_page(conn, f, now, after, page_size + 1, count=total is None)
+            count = total if total is not None else counted
+            page = found[:page_size]
+            token = tokens.make(page[-1]["seq"], f, count) if len(found) > page_size else ""
             return Page([rows.to_cube(r, now) for r in page], token, count)
 
         return await self.db.read(job)
@@ -274,9 +232,9 @@ class MemVault:
     async def history(self, cube_id: str, guard=None) -> builtins.list[MemCube]:
         self._check_id(cube_id)
 
-        def job(conn: sqlite3.Connection) -> builtins.list[MemCube]:
+        def job(conn: Conn) -> builtins.list[MemCube]:
             row = self._current_row(conn, cube_id)
-            versions = _versions(conn, row)
+            versions = self._versions(conn, row)
             if guard is None:
                 return versions
             # Decided per version: the caller gets the versions it may read, nothing of the others
@@ -312,7 +270,7 @@ class MemVault:
         # BM25 (on a reader thread) and dense (the encoder, then the index) run side by side.
         rankings = {}
         if lexical and mode is not SearchMode.DENSE:
-            rankings["lexical"] = self.db.read(lambda conn: self.fulltext.search(conn, query, fts_syntax, f, now, depth))
+            rankings["lexical"] = self.fulltext.search(self.db, query, fts_syntax, f, now, depth)
         if mode is not SearchMode.BM25:
             assert self.dense is not None  # refused above: every mode but BM25 needs it
             rankings["semantic"] = self.dense.search(query, f, now, depth)
@@ -322,8 +280,8 @@ class MemVault:
         return hits, mode
 
     async def stats(self) -> dict:
-        def job(conn: sqlite3.Connection) -> dict:
-            counts = conn.execute("SELECT kind, state, count(*) FROM cubes GROUP BY kind, state").fetchall()
+        def job(conn: Conn) -> dict:
+            counts = self.sql.cubes.counts(conn)
             return {"counts": [(MemoryKind(k), LifecycleState(s), n) for k, s, n in counts]}
 
         stats = await self.db.read(job)
@@ -348,21 +306,14 @@ class MemVault:
         if not pending:
             return 0
 
-        def job(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE cubes SET access_count = access_count + ?, last_accessed_at = max(coalesce(last_accessed_at, 0), ?)"
-                " WHERE id = ?", [(n, last, cube_id) for cube_id, (n, last) in pending.items()])
-
-        await self.db.write(job)
+        access = [(cube_id, n, last) for cube_id, (n, last) in pending.items()]
+        await self.db.write(lambda conn: self.sql.usage.record_access(conn, access))
         return len(pending)
 
     async def expire_due(self) -> int:
         """Mark active cubes whose expiry has passed as expired; returns how many."""
         now = self.clock()
-        return await self.db.write(lambda conn: conn.execute(
-            "UPDATE cubes SET state = ? WHERE state = ? AND expires_at IS NOT NULL AND expires_at <= ?",
-            (LifecycleState.EXPIRED, LifecycleState.ACTIVE, now)
-        ).rowcount)
+        return await self.db.write(lambda conn: self.sql.cubes.expire_due(conn, now))
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -371,16 +322,29 @@ class MemVault:
         if not is_id(cube_id):
             raise InvalidArgument(f"{quote(cube_id)} is not a cube id (26 characters, like 01J9Z3K5Q8W2E4R6T8Y0V2X4N6)")
 
-    @staticmethod
-    def _current_row(conn: sqlite3.Connection, cube_id: str, guard=None) -> dict:
+    def _current_row(self, conn: Conn, cube_id: str, guard=None) -> CubeRow:
         """The cube's row; guard(cube) (from governance) raises if the caller may not act on it."""
-        row = conn.execute(f"{SELECT} WHERE id = ?", (cube_id,)).fetchone()
+        row = self.sql.cubes.current_row(conn, cube_id)
         if row is None:
             raise NotFound(f"no cube with id {cube_id}")
-        row = rows.row_dict(row)
         if guard is not None:
             guard(rows.to_cube(row))
         return row
+
+    def _versions(self, conn: Conn, row: CubeRow) -> builtins.list[MemCube]:
+        """Every version of a cube, oldest first, the current one (row) last."""
+        return self.sql.cubes.earlier_versions(conn, row["id"]) + [rows.to_cube(row)]
+
+    def _guard_version(self, conn: Conn, guard, cube: MemCube, row: CubeRow) -> None:
+        """guard(cube) for one version. Whoever may read no version is told what an unknown id tells (guard's
+        Hidden); a reader of other versions already knows the cube, and is told it may not read this one."""
+        try:
+            guard(cube)
+        except Hidden:
+            if not any(_allowed(guard, v) for v in self._versions(conn, row)):
+                raise
+            raise PermissionDenied(f"version {cube.version} of cube {cube.id} is not readable by you;"
+                                   " History lists the versions you may read") from None
 
 
 def _allowed(guard, cube: MemCube) -> bool:
@@ -389,40 +353,3 @@ def _allowed(guard, cube: MemCube) -> bool:
     except PermissionDenied:
         return False
     return True
-
-
-def _versions(conn: sqlite3.Connection, row: dict) -> list[MemCube]:
-    """Every version of a cube, oldest first, the current one (row) last."""
-    older = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? ORDER BY version",
-                         (row["id"],)).fetchall()
-    return [rows.from_snapshot(s) for (s,) in older] + [rows.to_cube(row)]
-
-
-def _guard_version(conn: sqlite3.Connection, guard, cube: MemCube, row: dict) -> None:
-    """guard(cube) for one version. Whoever may read no version is told what an unknown id tells (guard's
-    Hidden); a reader of other versions already knows the cube, and is told it may not read this one."""
-    try:
-        guard(cube)
-    except Hidden:
-        if not any(_allowed(guard, v) for v in _versions(conn, row)):
-            raise
-        raise PermissionDenied(f"version {cube.version} of cube {cube.id} is not readable by you;"
-                               " History lists the versions you may read") from None
-
-
-def current_cube(conn: sqlite3.Connection, cube_id: str, now: float | None = None) -> MemCube | None:
-    """A cube's current version unless it is deleted (for readers outside MemVault, e.g. MemStore's publish)."""
-    row = conn.execute(f"{SELECT} WHERE id = ? AND state != ?", (cube_id, LifecycleState.DELETED)).fetchone()
-    return rows.to_cube(rows.row_dict(row), now) if row is not None else None
-
-
-def cube_at_version(conn: sqlite3.Connection, cube_id: str, version: int, now: float | None = None) -> MemCube | None:
-    """One version of a cube, current or earlier (for readers outside MemVault, e.g. MemStore's replay)."""
-    row = conn.execute(f"{SELECT} WHERE id = ?", (cube_id,)).fetchone()
-    if row is None:
-        return None
-    row = rows.row_dict(row)
-    if row["version"] == version:
-        return rows.to_cube(row, now)
-    found = conn.execute("SELECT snapshot FROM cube_versions WHERE id = ? AND version = ?", (cube_id, version)).fetchone()
-    return rows.from_snapshot(found[0]) if found else None

@@ -1,0 +1,142 @@
+"""The PostgreSQL engine's Database: jobs on pooled connections in worker threads, each write its own transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from memosd.errors import Unavailable
+from memosd.storage.postgres import schema
+from memosd.storage.urls import redact, redact_text
+
+T = TypeVar("T")
+log = logging.getLogger("memosd.vault")
+# A read is one snapshot, as SQLite's read transaction is; it may not write.
+_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+# Serialization failures and deadlocks are PostgreSQL telling one of two concurrent writers to try again; a job
+# is a function of its connection alone, so running it again from the start is what the caller would do.
+_RETRIES = 5
+_RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+
+
+class Database:
+    """Runs each job on a pooled connection in a worker thread: a write in one committed transaction
+    (synchronous_commit on), a read in one REPEATABLE READ, read-only snapshot. Any number of daemons may write
+    to one database at once: the record modules lock what they change (no single-writer assumption)."""
+
+    engine = "postgresql"
+
+    def __init__(self, url: str, *, create: bool = True, pool_size: int = 8, statement_timeout: float = 30.0,
+                 connect_timeout: float = 10.0):
+        self.url = url
+        self.shown_url = redact(url)
+        # Every connection: commits wait for the WAL flush whatever the server's default, statements end at
+        # the timeout, and the server knows who we are. psycopg prepares a statement run often (prepare_threshold).
+        options = f"-c synchronous_commit=on -c statement_timeout={int(statement_timeout * 1000)}"
+        self._kwargs: dict[str, Any] = {"options": options, "application_name": "memosd",
+                                        "connect_timeout": max(1, int(connect_timeout))}
+        self.applied = self._migrate(create)
+        self._pool = ConnectionPool(url, kwargs=self._kwargs, min_size=1, max_size=pool_size, open=False,
+                                    check=ConnectionPool.check_connection, timeout=connect_timeout,
+                                    name="memosd-vault")
+        self._pool.open(wait=False)
+        self._workers = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="memosd-pg")
+        self._closed = False
+
+    def _migrate(self, create: bool) -> list[str]:
+        try:
+            with psycopg.connect(self.url, autocommit=True, **self._kwargs) as conn:
+                # A migration may build an index over a large table, or wait for another daemon's: no timeout.
+                conn.execute("SET statement_timeout = 0")
+                done = schema.migrate(conn, create=create)
+        except psycopg.Error as exc:
+            raise self._unavailable(exc) from None
+        if done:
+            log.info("vault %s: applied migrations %s", self.shown_url, ", ".join(done))
+        return done
+
+    async def write(self, job: Callable[[psycopg.Connection], T]) -> T:
+        """Run job(conn) inside a transaction; return once it is committed and durable."""
+        return await self._submit(job, read=False)
+
+    async def read(self, job: Callable[[psycopg.Connection], T]) -> T:
+        """Run job(conn) in one read-only snapshot."""
+        return await self._submit(job, read=True)
+
+    async def _submit(self, job, *, read: bool):
+        if self._closed:
+            raise Unavailable("the daemon is shutting down; retry against the restarted daemon")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._workers, self._run, job, read)
+
+    @property
+    def sql(self):
+        """The engine's record functions, one module per part of the core (memosd/storage/postgres/)."""
+        import memosd.storage.postgres as sql
+
+        return sql
+
+    @contextmanager
+    def snapshot(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection in one read-only snapshot, for a long read on the caller's thread (an export)."""
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(_SNAPSHOT)
+                yield conn
+                conn.commit()
+        except psycopg.Error as exc:
+            raise self._unavailable(exc) from None
+        except (PoolTimeout, PoolClosed) as exc:
+            raise self._no_connection(exc) from None
+
+    def _run(self, job, read: bool):
+        for attempt in range(_RETRIES):
+            try:
+                with self._pool.connection() as conn:
+                    if read:
+                        conn.execute(_SNAPSHOT)
+                    result = job(conn)
+                    conn.commit()
+                    return result
+            except _RETRYABLE as exc:
+                if attempt == _RETRIES - 1:
+                    raise Unavailable("the vault database is too busy with concurrent writes; retry") from exc
+            except pg_errors.QueryCanceled:
+                raise Unavailable("a vault database statement ran past its statement_timeout; retry, or ask for"
+                                  " less at once") from None
+            except psycopg.OperationalError as exc:
+                raise self._unavailable(exc) from None
+            except (PoolTimeout, PoolClosed) as exc:
+                raise self._no_connection(exc) from None
+        raise AssertionError("unreachable")
+
+    def _unavailable(self, exc: psycopg.Error) -> Unavailable:
+        # libpq's first line says what failed (refused, no such socket, auth); the rest is hints and context.
+        if isinstance(exc, pg_errors.QueryCanceled):
+            return Unavailable("a vault database statement ran past its statement_timeout")
+        reason = redact_text((str(exc).strip().splitlines() or ["unknown error"])[0], self.url)[:300]
+        if not isinstance(exc, psycopg.OperationalError):
+            return Unavailable(f"the PostgreSQL vault at {self.shown_url} failed: {reason}")
+        return Unavailable(f"cannot reach the PostgreSQL vault at {self.shown_url}: {reason}")
+
+    def _no_connection(self, exc: Exception) -> Unavailable:
+        if isinstance(exc, PoolClosed) or self._closed:
+            return Unavailable("the daemon is shutting down; retry against the restarted daemon")
+        return Unavailable(f"cannot reach the PostgreSQL vault at {self.shown_url}: no connection within"
+                           f" {self._pool.timeout:g}s")
+
+    def close(self) -> None:
+        """Finish running jobs, then close the pool's connections."""
+        if self._closed:
+            return
+        self._closed = True
+        self._workers.shutdown(wait=True)
+        self._pool.close()

@@ -1,0 +1,28 @@
+"""Topic shares on PostgreSQL: who published which cube on which topic, under what authority."""
+
+from __future__ import annotations
+
+from memosd.governance.policy import Share
+
+
+def all_shares(conn) -> list[tuple[str, str, str, str | None]]:
+    """Every share as (topic, cube_id, publisher, authority)."""
+    return conn.execute("SELECT topic, cube_id, publisher, authority FROM topic_cubes").fetchall()
+
+
+def publishers(conn, topic: str, cube_id: str) -> set[str]:
+    """Who has the cube published on the topic now (empty: it is not)."""
+    return {r[0] for r in conn.execute("SELECT publisher FROM topic_cubes WHERE topic = %s AND cube_id = %s",
+                                       (topic, cube_id))}
+
+
+def record(conn, cube_id: str, share: Share, authority: str | None) -> None:
+    # A publisher publishing again renews its share under the authority it holds now.
+    conn.execute("INSERT INTO topic_cubes (topic, cube_id, publisher, authority) VALUES (%s, %s, %s, %s)"
+                 " ON CONFLICT (topic, cube_id, publisher) DO UPDATE SET authority = excluded.authority",
+                 (share.topic, cube_id, share.publisher, authority))
+
+
+def drop(conn, topic: str, cube_id: str) -> None:
+    """A retraction ends every publisher's share of the cube on the topic."""
+    conn.execute("DELETE FROM topic_cubes WHERE topic = %s AND cube_id = %s", (topic, cube_id))

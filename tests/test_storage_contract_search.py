@@ -1,0 +1,251 @@
+"""The storage contract of search: full-text ranking under each filter, word counts, and stored vectors, driven
+directly through the engine's fulltext and vectors modules (no daemon, no gRPC)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from memosd.cube import CubeDraft, CubeFilter, CubePatch, LifecycleState, MemoryKind, Visibility
+from memosd.errors import InvalidArgument
+from memosd.governance.core import ScopeRule
+from memosd.vault import rows
+from memosd.vault.vault import MemVault
+
+pytestmark = pytest.mark.engines("sqlite")  # PostgreSQL implements these next (#14)
+
+MODEL = "test-model"
+NOW = 1000.0
+
+
+class Clock:
+    def __init__(self, t: float):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def vault(engine, tmp_path):
+    # Cubes are written as the core writes them; only the search functions under test are called directly.
+    return MemVault(tmp_path / "data", db=engine.db, clock=Clock(NOW))
+
+
+def put(vault, *drafts, owner="alice"):
+    return asyncio.run(vault.put_many([d if isinstance(d, CubeDraft) else CubeDraft("a/notes", d) for d in drafts],
+                                      owner))
+
+
+def retext(vault, cube, text):
+    asyncio.run(vault.update(cube.id, CubePatch(frozenset({"text"}), CubeDraft(cube.namespace, text))))
+
+
+def ranked(engine, words, f=CubeFilter(), limit=10, now=NOW, **kw):
+    return engine.read(lambda conn: engine.sql.fulltext.ranked(conn, words, f, now, limit, **kw))
+
+
+def texts(hits):
+    return [row["text"] for row, _ in hits]
+
+
+# -- full-text ranking --------------------------------------------------------------------------------
+
+
+def test_ranked_hits_hold_any_word_best_first_as_cube_rows(engine, vault):
+    put(vault, "the red fox", "a fox and a fox and a fox", "a hound", "nothing here", "fox hound")
+    hits = ranked(engine, ["fox"])
+    assert sorted(texts(hits)) == ["a fox and a fox and a fox", "fox hound", "the red fox"]
+    scores = [score for _, score in hits]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]  # higher is better
+    assert texts(hits)[0] == "a fox and a fox and a fox"
+    assert sorted(texts(ranked(engine, ["fox", "hound"]))) == [
+        "a fox and a fox and a fox", "a hound", "fox hound", "the red fox"]
+    row = hits[0][0]
+    assert set(row) == {c.strip() for c in rows.COLUMNS.split(",")}
+    assert rows.to_cube(row, NOW).text == "a fox and a fox and a fox" and row["owner"] == "alice"
+    assert ranked(engine, ["zebra"]) == []
+
+
+def test_ranked_hits_stop_at_the_limit_keeping_the_best(engine, vault):
+    put(vault, *[f"fox {'filler ' * i}" for i in range(10)])
+    best = ranked(engine, ["fox"], limit=3)
+    assert texts(best) == texts(ranked(engine, ["fox"]))[:3] and len(best) == 3
+
+
+def test_one_of_decides_what_matches_and_every_word_still_scores(engine, vault):
+    put(vault, "glacier weather today", "glacier hike today", "weather report today", "zebra")
+    hits = ranked(engine, ["weather", "glacier"], one_of=["glacier"])
+    assert texts(hits) == ["glacier weather today", "glacier hike today"]
+    assert texts(ranked(engine, ["weather", "glacier"], one_of=["glacier", "zebra"]))[:2] == texts(hits)
+    assert ranked(engine, ["weather"], one_of=["nowhere"]) == []
+
+
+def test_ranked_hits_pass_each_kind_of_filter(engine, vault):
+    vault.clock.t = 100.0
+    old = put(vault, CubeDraft("a", "fox old", tags=("x",)))
+    vault.clock.t = NOW
+    put(vault, CubeDraft("a/b", "fox below", tags=("x", "y")), CubeDraft("ab", "fox beside"),
+        CubeDraft("c", "fox hidden", visibility=Visibility.OWNER), CubeDraft("c", "fox expiring", expires_at=NOW + 10))
+    put(vault, CubeDraft("c", "fox of bob"), owner="bob")
+    gone = put(vault, CubeDraft("c", "fox deleted"))
+    asyncio.run(vault.delete(gone[0].id))
+
+    def found(now=NOW, **kw):
+        return sorted(texts(ranked(engine, ["fox"], CubeFilter(**kw), now=now)))
+
+    assert found() == ["fox below", "fox beside", "fox expiring", "fox hidden", "fox of bob", "fox old"]
+    assert found(namespace_prefix="a") == ["fox below", "fox old"]  # a and under a/, never ab
+    assert found(tags=("x",)) == ["fox below", "fox old"] and found(tags=("x", "y")) == ["fox below"]
+    assert found(kinds=frozenset({MemoryKind.PLAINTEXT})) == found()
+    assert found(kinds=frozenset({MemoryKind.ACTIVATION})) == []  # only plaintext cubes are ranked
+    assert found(created_after=NOW) == [t for t in found() if t != "fox old"]
+    assert found(created_before=NOW) == ["fox old"]
+    assert "fox expiring" not in found(now=NOW + 20)
+    assert found(now=NOW + 20, states=frozenset({LifecycleState.EXPIRED})) == ["fox expiring"]
+    assert found(states=frozenset({LifecycleState.DELETED})) == []  # a deleted cube's text is gone
+    assert found(scope=(ScopeRule("a", True),)) == ["fox below", "fox old"]
+    assert found(scope=(ScopeRule("a", False), ScopeRule("ab", False))) == ["fox beside", "fox old"]
+    assert found(scope=(ScopeRule("a", True, frozenset({MemoryKind.ACTIVATION})),)) == []
+    assert found(scope=()) == []
+    assert "fox hidden" not in found(viewer="bob") and "fox hidden" in found(viewer="alice")
+    assert found(namespace_prefix="c", viewer="bob") == ["fox expiring", "fox of bob"]
+    assert old[0].id in {row["id"] for row, _ in ranked(engine, ["fox"], CubeFilter(tags=("x",)))}
+
+
+def test_a_filter_passing_only_low_ranked_cubes_still_finds_them(engine, vault):
+    # Many better matches the caller may not read come first in the ranking; the readable ones are still found.
+    put(vault, *[CubeDraft("theirs", "fox fox fox") for _ in range(150)])
+    put(vault, CubeDraft("mine", "a fox among many other words of a much longer text than theirs"),
+        CubeDraft("mine", "another fox in a long text that holds many other words as well"))
+    for f in (CubeFilter(scope=(ScopeRule("mine", True),)), CubeFilter(namespace_prefix="mine")):
+        assert len(texts(ranked(engine, ["fox"], f, limit=5))) == 2
+        assert len(texts(ranked(engine, ["fox"], f, limit=1))) == 1
+    assert set(texts(ranked(engine, ["fox"], limit=5))) == {"fox fox fox"}
+
+
+def test_a_query_in_the_engines_syntax_is_ranked_and_a_malformed_one_explained(engine, vault):
+    put(vault, "the red fox", "a red hound", "a fox")
+
+    def query(q, f=CubeFilter()):
+        return sorted(texts(engine.read(lambda conn: engine.sql.fulltext.ranked_query(conn, q, f, NOW, 10))))
+
+    assert query('"red fox"') == ["the red fox"]
+    assert query("red NOT fox") == ["a red hound"] and query("fox OR hound") == ["a fox", "a red hound", "the red fox"]
+    assert query("fox", CubeFilter(scope=(ScopeRule("elsewhere", True),))) == []
+    for malformed in ('"red fox', "(red", "red AND", "AND red"):
+        with pytest.raises(InvalidArgument) as caught:
+            query(malformed)
+        assert "fts5" not in str(caught.value) and "syntax error" not in str(caught.value)
+
+
+def test_size_and_word_counts(engine, vault):
+    assert engine.read(engine.sql.fulltext.size) == 0
+    cubes = put(vault, "fox one", "fox two", "hound", "Fox three")
+    assert engine.read(engine.sql.fulltext.size) >= len(cubes)
+    count = lambda word: engine.read(lambda conn: engine.sql.fulltext.doc_count(conn, word))  # noqa: E731
+    assert (count("fox"), count("hound"), count("zebra")) == (3, 1, 0)
+    retext(vault, cubes[0], "hound again")
+    asyncio.run(vault.delete(cubes[1].id))
+    assert (count("fox"), count("hound")) == (1, 2)
+    grown = engine.read(engine.sql.fulltext.size)
+    put(vault, "more")
+    assert engine.read(engine.sql.fulltext.size) > grown
+
+
+# -- stored vectors -------------------------------------------------------------------------------------
+
+
+def missing(engine, after=0, limit=100, model=MODEL):
+    return engine.read(lambda conn: engine.sql.vectors.missing(conn, model, after, limit))
+
+
+def store(engine, todo, vectors, model=MODEL):
+    return engine.write(lambda conn: engine.sql.vectors.store(conn, model, todo, np.asarray(vectors)))
+
+
+def load(engine, dim, model=MODEL):
+    return engine.read(lambda conn: engine.sql.vectors.load(conn, model, dim))
+
+
+def backlog(engine, model=MODEL):
+    return engine.read(lambda conn: engine.sql.vectors.backlog(conn, model))
+
+
+def test_cubes_without_a_vector_come_in_seq_order_after_a_cursor(engine, vault):
+    put(vault, "one", "two", "three", "four")
+    todo = missing(engine)
+    assert [t for _, t in todo] == ["one", "two", "three", "four"]
+    seqs = [s for s, _ in todo]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+    assert missing(engine, after=seqs[1]) == todo[2:] and missing(engine, limit=2) == todo[:2]
+    assert backlog(engine) == 4
+    deleted = put(vault, "deleted")
+    asyncio.run(vault.delete(deleted[0].id))
+    assert backlog(engine) == 4 and len(missing(engine)) == 4  # a tombstone has no text to embed
+
+
+def test_vectors_are_stored_and_loaded_back_exactly(engine, vault):
+    put(vault, "one", "two", "three")
+    todo = missing(engine)
+    vectors = np.random.default_rng(7).standard_normal((3, 4))
+    assert store(engine, todo, vectors) == [0, 1, 2]
+    seqs, found = load(engine, 4)
+    assert sorted(seqs) == [s for s, _ in todo]
+    by_seq = dict(zip(seqs, found))
+    for (seq, _), vector in zip(todo, vectors):
+        assert by_seq[seq].dtype == np.float32 and np.array_equal(by_seq[seq], vector.astype(np.float32))
+    assert backlog(engine) == 0 and missing(engine) == []
+    assert backlog(engine, "other-model") == 3 and load(engine, 4, "other-model") == ([], [])
+    assert load(engine, 5) == ([], [])  # vectors of another width are left out
+
+
+def test_a_vector_is_stored_only_for_the_text_it_was_made_from(engine, vault):
+    cubes = put(vault, "one", "two", "three")
+    todo = missing(engine)
+    retext(vault, cubes[0], "one, changed")
+    asyncio.run(vault.delete(cubes[1].id))
+    assert store(engine, todo, np.ones((3, 4))) == [2]
+    assert [t for _, t in missing(engine)] == ["one, changed"]
+    # Storing again (re-embedded text) replaces the vector.
+    assert store(engine, todo[2:], np.full((1, 4), 2.0)) == [0]
+    seqs, found = load(engine, 4)
+    assert seqs == [todo[2][0]] and found[0].tolist() == [2.0] * 4
+
+
+def test_admitted_seqs_follow_the_filter(engine, vault):
+    put(vault, CubeDraft("a", "one"), CubeDraft("a/b", "two", tags=("x",)), CubeDraft("b", "three"),
+        CubeDraft("b", "hidden", visibility=Visibility.OWNER))
+    seq = {t: s for s, t in missing(engine)}
+
+    def admitted(**kw):
+        return sorted(engine.read(lambda conn: engine.sql.vectors.admitted(conn, CubeFilter(**kw), NOW)))
+
+    assert admitted() == sorted(seq.values())
+    assert admitted(namespace_prefix="a") == sorted([seq["one"], seq["two"]])
+    assert admitted(tags=("x",)) == [seq["two"]]
+    assert admitted(scope=(ScopeRule("b", False),), viewer="bob") == [seq["three"]]
+    assert admitted(kinds=frozenset({MemoryKind.ACTIVATION})) == []
+
+
+def test_best_keeps_the_nearest_order_and_drops_cubes_filtered_out_or_without_a_current_vector(engine, vault):
+    put(vault, CubeDraft("a", "one"), CubeDraft("a", "two"), CubeDraft("b", "three"), CubeDraft("a", "four"),
+        CubeDraft("a", "five"))
+    todo = missing(engine)
+    seq = {t: s for s, t in todo}
+    store(engine, [t for t in todo if t[1] != "five"], np.ones((4, 4)))
+    nearest = [(seq["four"], 0.9), (seq["three"], 0.8), (seq["five"], 0.7), (seq["one"], 0.6), (seq["two"], 0.5)]
+
+    def best(f=CubeFilter(), limit=10, model=MODEL, candidates=nearest):
+        found = engine.read(lambda conn: engine.sql.vectors.best(conn, model, candidates, f, NOW, limit))
+        return [(row["text"], score) for row, score in found]
+
+    assert best() == [("four", 0.9), ("three", 0.8), ("one", 0.6), ("two", 0.5)]  # five has no vector yet
+    assert best(CubeFilter(namespace_prefix="a")) == [("four", 0.9), ("one", 0.6), ("two", 0.5)]
+    assert best(CubeFilter(namespace_prefix="a"), limit=2) == [("four", 0.9), ("one", 0.6)]
+    assert best(model="other-model") == [] and best(candidates=[]) == []
+    one = asyncio.run(vault.list(CubeFilter(), 10)).cubes
+    asyncio.run(vault.delete(next(c.id for c in one if c.text == "four")))  # its vector goes with it
+    assert best(limit=1) == [("three", 0.8)]
+    row = engine.read(lambda conn: engine.sql.vectors.best(conn, MODEL, nearest, CubeFilter(), NOW, 1))[0][0]
+    assert set(row) == {c.strip() for c in rows.COLUMNS.split(",")} and rows.to_cube(row, NOW).namespace == "b"
