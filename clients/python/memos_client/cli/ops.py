@@ -35,6 +35,9 @@ def add_import_options(p) -> None:
                    " (default: decided from its files)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="MemOS dumps: read activation_memory.pickle with the daemon's tensors-only unpickler")
+    p.add_argument("--model", metavar="DIR",
+                   help="MemOS dumps, with --allow-pickle: bind the dump's KV caches to this local model directory"
+                   " (checked against its config, fingerprinted) and store them as activation cubes")
     p.add_argument("--no-policies", action="store_true", help="bundles: do not store the bundle's policies")
 
 
@@ -45,7 +48,7 @@ def is_bundle(path: str) -> bool:
 
 def import_bundle(client: MemosClient, args) -> int:
     result = client.import_bundle(args.file, args.namespace or "", format=args.format,
-                                  allow_pickle=args.allow_pickle, skip_policies=args.no_policies)
+                                  allow_pickle=args.allow_pickle, skip_policies=args.no_policies, model=args.model)
     if args.json:
         emit(result.to_json())
         return 0
