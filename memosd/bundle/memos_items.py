@@ -30,13 +30,12 @@ STATES = {"activated": LifecycleState.ACTIVE, "resolving": LifecycleState.ACTIVE
 # Embeddings belong to another embedder (memosd embeds the text again when it has one), and are bulky.
 DROPPED = {"embedding", "vector"}
 # Header fields, mapped rather than kept in metadata (unless the header holds them only approximately).
-MAPPED = {"tags", "status", "visibility", "created_at", "updated_at", "source", "memosd_source", "memosd_id",
-          "memos_links"}
+MAPPED = {"tags", "status", "visibility", "created_at", "updated_at", "source", "memos_links",
+          "memosd_id", "memosd_source", "memosd_namespace", "memosd_priority", "memosd_expires_at"}
 # What is kept when the rest would overflow max_metadata_bytes.
 CORE = ("memos_id", "memos_links", "memos_collection", "type", "memory_type", "memory_time", "key", "confidence",
         "user_id", "session_id", "preference", "preference_type")
-# Where an exported memosd cube keeps its header fields that MemOS has no place for (memos_export.py).
-MEMOSD_KEYS = ("memosd_id", "memosd_source")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _TAG_SPACE = re.compile(r"[\s\x00-\x1f\x7f]+")
 MAX_LINKS = 256
 
@@ -110,7 +109,11 @@ def memos_item_cube(item, namespace: str, limits: Limits, now: float, number: in
     created = _time(meta.get("created_at")) or _time(meta.get("updated_at")) or now
     updated = _time(meta.get("updated_at")) or created
     memos_id = str(item.get("id") or "")
-    kept = {"memos_id": memos_id}
+    # A memosd cube exported to MemOS (memos_client.memos_export) keeps its id, and the header fields MemOS
+    # has no place for, under memosd_*; its MemOS id is then its cube id as a UUID, not worth keeping twice.
+    given = meta.get("memosd_id")
+    given = given if isinstance(given, str) and ULID_RE.fullmatch(given) else None
+    kept = {} if given and _same_bits(memos_id, given) else {"memos_id": memos_id}
     kept.update({k: v for k, v in meta.items() if k not in DROPPED | MAPPED and v not in (None, [], {}, "")})
     tags = _tags(meta.get("tags"), limits)
     if isinstance(meta.get("tags"), list) and list(tags) != meta["tags"]:
@@ -124,15 +127,24 @@ def memos_item_cube(item, namespace: str, limits: Limits, now: float, number: in
     else:
         source = meta.get("source") if isinstance(meta.get("source"), str) else ""
         source = f"memos:{source}"[:limits.max_source_chars] if source else "memos"
-    given = meta.get("memosd_id")
-    cube_id = given if isinstance(given, str) and ULID_RE.fullmatch(given) else stable_id(
-        created, f"{namespace}\n{memos_id or text}")
+    priority = meta.get("memosd_priority")
     return MemCube(
-        id=cube_id, namespace=namespace, kind=MemoryKind.PLAINTEXT, created_at=created, updated_at=updated,
-        owner="", text=text, tags=tags, metadata=_fit(kept, limits), source=source,
+        id=given or stable_id(created, f"{namespace}\n{memos_id or text}"), namespace=namespace,
+        kind=MemoryKind.PLAINTEXT, created_at=created, updated_at=updated, owner="", text=text, tags=tags,
+        metadata=_fit(kept, limits) if kept else None, source=source,
         visibility=Visibility.OWNER if meta.get("visibility") == "private" else Visibility.NAMESPACE,
-        state=STATES[status],
+        state=STATES[status], expires_at=_time(meta.get("memosd_expires_at")),
+        priority=priority if isinstance(priority, int) and not isinstance(priority, bool)
+        and -2**31 <= priority < 2**31 else 0,
     )
+
+
+def _same_bits(memos_id: str, cube_id: str) -> bool:
+    """Whether a MemOS id is the UUID with the same 128 bits as the cube id (a ULID)."""
+    value = 0
+    for ch in cube_id.upper():
+        value = (value << 5) | _CROCKFORD.index(ch)
+    return memos_id.replace("-", "").lower() == f"{value:032x}"
 
 
 def item_links(item) -> list[dict]:

@@ -91,10 +91,36 @@ class PortabilityMethods:
 
     @method
     def export(self, dest: str | Path, namespace: str = "", *, kinds=(), omit_policies: bool = False,
-               timeout: float | None = None) -> dict:
+               format: str = "memosd", timeout: float | None = None) -> dict:
         """Export the cubes under `namespace` (every namespace when empty) that this agent may read, as a
-        bundle: a directory, or a tar file when dest ends in .tar or .tar.gz. Returns the manifest."""
+        bundle: a directory, or a tar file when dest ends in .tar or .tar.gz. Returns the manifest.
+        format="memos" writes a MemOS MemCube directory instead (memos_export), and returns what it
+        wrote and left out."""
         request = _export_request(namespace, kinds, omit_policies)
+        if format == "memosd":
+            return (yield from self._export_bundle(dest, request, timeout))
+        if format != "memos":
+            raise InvalidArgument("format must be memosd or memos")
+        from memos_client import memos_export
+
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise AlreadyExists(f"{dest} exists already; export to a new directory")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".memosd-memos-export-", dir=dest.parent))
+        try:
+            yield from self._export_bundle(work / "bundle", request, timeout)
+            agent = self.default_namespace.split("/")[1]
+            summary = yield Offload(memos_export.write_memos_dump, work / "bundle", work / "memos",
+                                    cube_id=namespace or f"agents/{agent}", user_id=agent)
+            if dest.exists():
+                dest.rmdir()
+            os.replace(work / "memos", dest)
+            return summary
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _export_bundle(self, dest, request, timeout):
         stub = bundle_pb2_grpc.BundleServiceStub(self._channel)
 
         def attempt():

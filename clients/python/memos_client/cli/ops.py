@@ -26,6 +26,9 @@ def add_commands(command) -> None:
                    help="only cubes of this kind (repeat; default all kinds)")
     p.add_argument("--no-policies", action="store_true",
                    help="leave out the signed policies that grant on the exported namespaces")
+    p.add_argument("--format", choices=("memosd", "memos"), default="memosd",
+                   help="memosd: a memosd bundle (default); memos: a MemOS MemCube directory that MemOS's"
+                   " GeneralMemCube.init_from_dir loads (textual memories only; the rest is noted)")
 
 
 def add_import_options(p) -> None:
@@ -78,6 +81,8 @@ def _backup(client: MemosClient, args) -> int:
 
 
 def _export(client: MemosClient, args) -> int:
+    if args.format == "memos":
+        return _export_memos(client, args)
     manifest = client.export(args.dest, args.namespace, kinds=args.kinds, omit_policies=args.no_policies)
     counts = manifest["counts"]
     if args.json:
@@ -87,6 +92,19 @@ def _export(client: MemosClient, args) -> int:
         kinds = ", ".join(f"{counts[k]} {k}" for k in KINDS if counts.get(k))
         print(f"exported {counts['cubes']} cubes ({kinds or 'none'}) and {counts['policies']} policies"
               f" under {manifest['root'] or 'every namespace'} to {args.dest}")
+    return 0
+
+
+def _export_memos(client: MemosClient, args) -> int:
+    summary = client.export(args.dest, args.namespace, kinds=args.kinds, omit_policies=args.no_policies,
+                            format="memos")
+    if args.json:
+        emit({"dest": args.dest, **summary})
+        return 0
+    print(f"exported {summary['counts']['memories']} textual memories under {summary['root'] or 'every namespace'}"
+          f" to {args.dest} (a MemOS MemCube: GeneralMemCube.init_from_dir loads it)")
+    for note in summary["notes"]:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
