@@ -35,7 +35,7 @@ def fill(client, tmp_path: Path) -> None:
     client.import_bundle(tree_dump(tmp_path), "teams/mix")
     client.import_bundle(DATA / "mem_cube_2", "teams/mix")  # tags, visibility "session", source conversation
     client.put("Alice prefers window seats", "teams/mix", tags=["travel", "pref"], metadata={"speaker": "alice",
-               "n": 3, "nested": {"a": [1, 2]}}, source="chat:1", priority=7)
+               "n": 3, "nested": {"a": [1, 2]}, "empty": [], "version": 1}, source="chat:1", priority=7)
     old = client.put("an old note", "teams/mix/sub", tags=["old"])
     client.update(old.id, state=State.ARCHIVED)
     client.put("soon gone", "teams/mix", ttl=3600)

@@ -31,7 +31,7 @@ STATES = {"activated": LifecycleState.ACTIVE, "resolving": LifecycleState.ACTIVE
 DROPPED = {"embedding", "vector"}
 # Header fields, mapped rather than kept in metadata (unless the header holds them only approximately).
 MAPPED = {"tags", "status", "visibility", "created_at", "updated_at", "source", "memos_links",
-          "memosd_id", "memosd_source", "memosd_namespace", "memosd_priority", "memosd_expires_at"}
+          "memosd_id", "memosd_source", "memosd_namespace", "memosd_priority", "memosd_expires_at", "memosd_keys"}
 # What is kept when the rest would overflow max_metadata_bytes.
 CORE = ("memos_id", "memos_links", "memos_collection", "type", "memory_type", "memory_time", "key", "confidence",
         "user_id", "session_id", "preference", "preference_type")
@@ -114,7 +114,11 @@ def memos_item_cube(item, namespace: str, limits: Limits, now: float, number: in
     given = meta.get("memosd_id")
     given = given if isinstance(given, str) and ULID_RE.fullmatch(given) else None
     kept = {} if given and _same_bits(memos_id, given) else {"memos_id": memos_id}
-    kept.update({k: v for k, v in meta.items() if k not in DROPPED | MAPPED and v not in (None, [], {}, "")})
+    own = meta.get("memosd_keys")  # an exported memosd cube's own metadata keys: not MemOS's defaults
+    if isinstance(own, list):
+        kept.update({k: v for k, v in meta.items() if k in own and k not in MAPPED})
+    else:
+        kept.update({k: v for k, v in meta.items() if k not in DROPPED | MAPPED and v not in (None, [], {}, "")})
     tags = _tags(meta.get("tags"), limits)
     if isinstance(meta.get("tags"), list) and list(tags) != meta["tags"]:
         kept["memos_tags"] = meta["tags"]

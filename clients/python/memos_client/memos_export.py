@@ -7,7 +7,8 @@
 Each plaintext cube becomes one item: its MemOS id is metadata.memos_id when it came from MemOS, else its
 cube id as a UUID (a ULID and a UUID are both 128 bits); tags, state, visibility, times and source go to
 MemOS's own metadata fields, its metadata beside them (MemOS keeps extra fields), and what MemOS has no
-field for under memosd_* keys, so importing the directory again restores every cube as it was.
+field for under memosd_* keys (memosd_keys lists the cube's own metadata keys), so importing the directory again,
+or what MemOS dumps after loading it, restores every cube as it was.
 Links (metadata.memos_links, a tree dump's edges) name their targets by MemOS id. MemOS holds no KV
 caches of memosd's models, adapters or policies: those are counted and noted, not written.
 """
@@ -107,6 +108,9 @@ def memos_item(rec: dict, ids: dict[str, str]) -> tuple[dict, int]:
             dropped += 1
     source = rec.get("source") or ""
     memos_source = source.removeprefix("memos:")
+    # Which metadata keys are the cube's: MemOS adds its own defaults ("version": 1, ...) when it loads and
+    # dumps the item, and the import keeps only these.
+    meta["memosd_keys"] = sorted(meta)
     meta.update({
         "tags": original.get("memos_tags", rec.get("tags") or []),
         "status": original.get("memos_status", STATUS[rec["state"]]),
