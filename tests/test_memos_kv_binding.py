@@ -160,3 +160,23 @@ def test_memosctl_binds_with_allow_pickle_and_model(daemon, client, model_dir, t
     out, err = capsys.readouterr()
     assert code == 0, err
     assert json.loads(out)["tensors"] == 1
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /tmp/memosd-pwned-bind",))
+
+
+def test_the_client_reads_the_pickle_with_the_same_tensors_only_unpickler(client, model_dir, tmp_path):
+    import os
+
+    dump = dump_with(tmp_path, pickle.dumps({"kv_cache_memories": {"x": _Evil()}}))
+    with pytest.raises(client_errors.InvalidArgument, match="refused: the pickle wants posix.system"):
+        client.import_bundle(dump, "teams/evil", allow_pickle=True, model=model_dir)
+    assert not os.path.exists("/tmp/memosd-pwned-bind")
+    (dump / "activation_memory.pickle").write_bytes(b"\x80\x05garbage")
+    with pytest.raises(client_errors.InvalidArgument, match="malformed"):
+        client.import_bundle(dump, "teams/evil", allow_pickle=True, model=model_dir)
+    assert list(client.list("teams/evil")) == []

@@ -195,3 +195,33 @@ def test_an_oversized_dump_is_refused(tmp_path):
         with pytest.raises(client_errors.ResourceExhausted, match="over 65536 bytes|unpacks to more than"):
             client.import_bundle(MEM_CUBE_TREE, "teams/big")  # 135 KiB of textual_memory.json
         assert list(client.list("teams/big")) == []
+
+
+def test_subdirectories_hidden_files_and_links_in_a_dump(client, tmp_path):
+    dump = copy(MEM_CUBE_TREE, tmp_path / "dump")
+    (dump / ".DS_Store").write_bytes(b"\0\1")
+    (dump / "nested").mkdir()
+    (dump / "nested" / "textual_memory.json").write_text("[]")
+    result = client.import_bundle(dump, "teams/odd")
+    assert result.cubes == 4
+    assert any(".DS_Store, nested/textual_memory.json" in n and "not sent" in n for n in result.notes)
+    (dump / "link.json").symlink_to("/etc/passwd")
+    with pytest.raises(client_errors.InvalidArgument, match="symbolic link"):
+        client.import_bundle(dump, "teams/odd2")
+    assert list(client.list("teams/odd2")) == []
+
+
+def test_a_dump_tar_with_names_outside_it_is_refused(client, tmp_path):
+    import io
+    import tarfile
+
+    tar_path = tmp_path / "dump.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        data = (MEM_CUBE_TREE / "textual_memory.json").read_bytes()
+        for name in ("textual_memory.json", "../escape.json"):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(client_errors.InvalidArgument, match="points outside the bundle"):
+        client.import_bundle(tar_path, "teams/tar", format="memos")
+    assert not (tmp_path.parent / "escape.json").exists() and list(client.list("teams/tar")) == []
