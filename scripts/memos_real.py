@@ -5,7 +5,9 @@ depends on it), e.g.:
 
     python3 -m venv /tmp/memosvenv && /tmp/memosvenv/bin/pip install torch==2.13.0 MemoryOS==2.0.33
     /tmp/memosvenv/bin/python scripts/memos_real.py write tests/data/memos/memoryos_naive
-    /tmp/memosvenv/bin/python scripts/memos_real.py read DIR      # JSON on stdout: [{"id", "memory", "metadata"}]
+    /tmp/memosvenv/bin/python scripts/memos_real.py read DIR      # JSON on stdout: memories, KV caches
+
+(MemOS loads a KV cache memory's extractor model with accelerate: `pip install accelerate` there too.)
 
 `write` made tests/data/memos/memoryos_naive (MemoryOS 2.0.33); tests/test_memos_real.py runs both
 modes against memosd when MEMOSD_MEMOS_PYTHON names such a Python.
@@ -55,8 +57,11 @@ def main(argv: list[str]) -> int:
     elif mode == "read":
         cube = GeneralMemCube.init_from_dir(directory)
         memories = [m.model_dump(mode="json") for m in cube.text_mem.get_all()]
-        json.dump({"cube_id": cube.config.cube_id, "backend": cube.config.text_mem.backend, "memories": memories},
-                  sys.stdout, ensure_ascii=False)
+        caches = {key: {"layers": len(item.memory.layers), "shape": list(item.memory.layers[0].keys.shape),
+                        "tokens": item.memory.get_seq_length(), "metadata": item.metadata}
+                  for key, item in (cube.act_mem.kv_cache_memories.items() if cube.act_mem else [])}
+        json.dump({"cube_id": cube.config.cube_id, "backend": cube.config.text_mem.backend, "memories": memories,
+                   "kv_caches": caches}, sys.stdout, ensure_ascii=False, default=str)
     else:
         raise SystemExit(f"unknown mode {mode!r}: write DIR or read DIR")
     return 0

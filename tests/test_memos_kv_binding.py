@@ -13,6 +13,7 @@ from unittest import mock
 
 import pytest
 
+from memos_client import MemosClient
 from memos_client import errors as client_errors
 from memos_client.cli import main
 from memos_client.models import Kind
@@ -180,3 +181,37 @@ def test_the_client_reads_the_pickle_with_the_same_tensors_only_unpickler(client
     with pytest.raises(client_errors.InvalidArgument, match="malformed"):
         client.import_bundle(dump, "teams/evil", allow_pickle=True, model=model_dir)
     assert list(client.list("teams/evil")) == []
+
+
+def test_kv_caches_export_in_memos_pickle_and_bind_again(client, model_dir, tmp_path):
+    import torch
+
+    from memos_mip.memos_kv import read_kv_pickle
+    from tests.daemon import make_config, running
+
+    tokens = tiny_tokenizer()(TEXT)["input_ids"]
+    data = memos_pickle({"7b9a": (2, 2, 16, torch.float32, {"source_text": TEXT, "_tokens": len(tokens)})})
+    client.import_bundle(dump_with(tmp_path, data), "teams/kv", allow_pickle=True, model=model_dir)
+    (before,) = client.list("teams/kv", kinds=[Kind.ACTIVATION])
+    plain = client.export(tmp_path / "text-only", "teams/kv", format="memos")
+    assert plain["counts"]["activation"] == 1 and any("--kv-model" in n for n in plain["notes"])
+    assert not (tmp_path / "text-only" / "activation_memory.pickle").exists()
+
+    summary = client.export(tmp_path / "out", "teams/kv", format="memos", kv_model=str(model_dir))
+    assert summary["counts"]["kv_caches"] == 1 and summary["counts"]["activation"] == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["act_mem"]["backend"] == "kv_cache"
+    assert config["act_mem"]["config"]["extractor_llm"]["config"]["model_name_or_path"] == str(model_dir)
+    (kv,) = read_kv_pickle((tmp_path / "out" / "activation_memory.pickle").read_bytes())
+    assert kv.memos_id == "7b9a" and kv.token_ids == tokens and kv.metadata["source_text"] == TEXT
+    with memos_classes():
+        original = pickle.loads(data)["kv_cache_memories"]["7b9a"].kv_cache
+    assert all(torch.equal(a, b) for a, b in zip(kv.keys + kv.values, original.key_cache + original.value_cache))
+
+    with running(make_config(tmp_path / "fresh")) as daemon, MemosClient(daemon.address, key=daemon.admin_key) as fresh:
+        result = fresh.import_bundle(tmp_path / "out", "teams/kv", allow_pickle=True, model=model_dir)
+        assert (result.cubes, result.tensors) == (3, 1)
+        (after,) = fresh.list("teams/kv", kinds=[Kind.ACTIVATION])
+        assert after.activation.token_ids == before.activation.token_ids
+        assert after.activation.model_fingerprint == before.activation.model_fingerprint
+        assert after.metadata["memos_id"] == "7b9a" and after.metadata["source_text"] == TEXT

@@ -61,6 +61,7 @@ def test_a_dump_memoryos_wrote_imports_once(client):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # MemOS imports slowly: a few hundred modules
 @needs_memos
 def test_memos_writes_memosd_imports(client, tmp_path):
     memos("write", tmp_path / "dump")
@@ -69,6 +70,7 @@ def test_memos_writes_memosd_imports(client, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # MemOS imports slowly: a few hundred modules
 @needs_memos
 def test_memosd_exports_memos_loads_and_it_comes_back(client, tmp_path):
     client.import_bundle(DUMP, "teams/mix")
@@ -98,3 +100,28 @@ def test_memosd_exports_memos_loads_and_it_comes_back(client, tmp_path):
         assert fresh.import_bundle(back, "teams/mix").cubes == len(cubes)
         after = {c.text: c for c in fresh.list("teams/mix", states=ALL)}
         assert {t: same(after[t], cubes[t]) for t in cubes} == {t: [] for t in cubes}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # MemOS imports slowly: a few hundred modules
+@needs_memos
+def test_memos_loads_the_kv_caches_memosd_exports(client, tmp_path):
+    import torch
+
+    from tests.kv_helpers import save_tiny, tiny_tokenizer
+    from tests.test_memos_kv_binding import TEXT, dump_with, memos_pickle
+
+    model_dir = save_tiny(tmp_path / "tiny")
+    tokens = tiny_tokenizer()(TEXT)["input_ids"]
+    data = memos_pickle({"7b9a": (2, 2, 16, torch.float32, {"source_text": TEXT, "_tokens": len(tokens)})})
+    client.import_bundle(dump_with(tmp_path, data), "teams/kv", allow_pickle=True, model=model_dir)
+    # MemOS's transformers (4.x) names a fast tokenizer's class as it did before transformers 5.
+    tokenizer_config = model_dir / "tokenizer_config.json"
+    config = json.loads(tokenizer_config.read_text())
+    tokenizer_config.write_text(json.dumps({**config, "tokenizer_class": "PreTrainedTokenizerFast"}))
+    client.export(tmp_path / "to-memos", "teams/kv", format="memos", kv_model=str(model_dir))
+    loaded = memos("read", tmp_path / "to-memos")
+    assert loaded["kv_caches"]["7b9a"]["layers"] == 2 and loaded["kv_caches"]["7b9a"]["tokens"] == len(tokens)
+    assert loaded["kv_caches"]["7b9a"]["shape"] == [1, 2, len(tokens), 16]
+    assert loaded["kv_caches"]["7b9a"]["metadata"]["source_text"] == TEXT
+    assert {m["memory"] for m in loaded["memories"]} == {"The user loves the Eiffel Tower.", "The user is a professor."}

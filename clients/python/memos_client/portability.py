@@ -91,16 +91,19 @@ class PortabilityMethods:
 
     @method
     def export(self, dest: str | Path, namespace: str = "", *, kinds=(), omit_policies: bool = False,
-               format: str = "memosd", timeout: float | None = None) -> dict:
+               format: str = "memosd", kv_model: str | None = None, timeout: float | None = None) -> dict:
         """Export the cubes under `namespace` (every namespace when empty) that this agent may read, as a
         bundle: a directory, or a tar file when dest ends in .tar or .tar.gz. Returns the manifest.
         format="memos" writes a MemOS MemCube directory instead (memos_export), and returns what it
-        wrote and left out."""
+        wrote and left out; kv_model (the model MemOS is to load: a name or a directory) writes the KV
+        caches too, in MemOS's pickle."""
         request = _export_request(namespace, kinds, omit_policies)
         if format == "memosd":
             return (yield from self._export_bundle(dest, request, timeout))
         if format != "memos":
             raise InvalidArgument("format must be memosd or memos")
+        if kv_model is not None and kinds and "activation" not in kinds:
+            raise InvalidArgument("kv_model writes the KV caches, and --kind leaves them out")
         from memos_client import memos_export
 
         dest = Path(dest)
@@ -112,7 +115,7 @@ class PortabilityMethods:
             yield from self._export_bundle(work / "bundle", request, timeout)
             agent = self.default_namespace.split("/")[1]
             summary = yield Offload(memos_export.write_memos_dump, work / "bundle", work / "memos",
-                                    cube_id=namespace or f"agents/{agent}", user_id=agent)
+                                    cube_id=namespace or f"agents/{agent}", user_id=agent, kv_model=kv_model)
             if dest.exists():
                 dest.rmdir()
             os.replace(work / "memos", dest)

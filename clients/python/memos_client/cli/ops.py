@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from memos_client.cli._terminal import emit, size
+from memos_client.cli.common import UsageError
 from memos_client.client import MemosClient
 
 KINDS = ("plaintext", "activation", "parametric")
@@ -28,7 +29,10 @@ def add_commands(command) -> None:
                    help="leave out the signed policies that grant on the exported namespaces")
     p.add_argument("--format", choices=("memosd", "memos"), default="memosd",
                    help="memosd: a memosd bundle (default); memos: a MemOS MemCube directory that MemOS's"
-                   " GeneralMemCube.init_from_dir loads (textual memories only; the rest is noted)")
+                   " GeneralMemCube.init_from_dir loads (textual memories; the rest is noted)")
+    p.add_argument("--kv-model", metavar="MODEL",
+                   help="--format memos: write the KV caches too, in MemOS's activation_memory.pickle, for MODEL"
+                   " (the model MemOS is to load for them: a Hugging Face name or a local directory)")
 
 
 def add_import_options(p) -> None:
@@ -83,6 +87,8 @@ def _backup(client: MemosClient, args) -> int:
 def _export(client: MemosClient, args) -> int:
     if args.format == "memos":
         return _export_memos(client, args)
+    if args.kv_model:
+        raise UsageError("--kv-model goes with --format memos")
     manifest = client.export(args.dest, args.namespace, kinds=args.kinds, omit_policies=args.no_policies)
     counts = manifest["counts"]
     if args.json:
@@ -97,11 +103,12 @@ def _export(client: MemosClient, args) -> int:
 
 def _export_memos(client: MemosClient, args) -> int:
     summary = client.export(args.dest, args.namespace, kinds=args.kinds, omit_policies=args.no_policies,
-                            format="memos")
+                            format="memos", kv_model=args.kv_model)
     if args.json:
         emit({"dest": args.dest, **summary})
         return 0
-    print(f"exported {summary['counts']['memories']} textual memories under {summary['root'] or 'every namespace'}"
+    kv = f" and {summary['counts']['kv_caches']} KV caches" if "kv_caches" in summary["counts"] else ""
+    print(f"exported {summary['counts']['memories']} textual memories{kv} under {summary['root'] or 'every namespace'}"
           f" to {args.dest} (a MemOS MemCube: GeneralMemCube.init_from_dir loads it)")
     for note in summary["notes"]:
         print(f"note: {note}", file=sys.stderr)
