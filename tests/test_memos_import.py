@@ -158,6 +158,8 @@ def test_a_real_kv_pickle_loads_as_tensors_only(memos_classes, tmp_path, client)
     b"cos\nsystem\n(S'echo hi'\ntR.",               # protocol 0 GLOBAL + REDUCE
     pickle.dumps(print), pickle.dumps(getattr),     # any callable by name
     b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x8c\x04eval\x93.",
+    b"ctorch\nload\n.", b"ctorch\nsave\n.", b"ctorch\n_C\n.",  # torch names other than its dtypes and device
+    b"ctorch\ndevice\n(ctorch\nload\ntR.",   # a device made of something that is not its name
 ])
 def test_the_unpickler_refuses_every_other_global(payload):
     from memos_mip.pickle_guard import PickleRefused, load_tensors_pickle
