@@ -3,8 +3,6 @@ Each test takes `engine` (tests/storage_engine.py) and runs once per storage eng
 
 import asyncio
 
-import pytest
-
 from memosd.governance import audit
 from memosd.governance.policy import Pattern
 from memosd.store.memstore import EventKind

@@ -102,10 +102,11 @@ def tombstone(conn, row: CubeRow, now: float) -> int:
 
 
 def _check_current(rowcount: int, old: CubeRow) -> None:
-    # The update is conditional on the version the job read: a concurrent writer (another daemon) that wrote a
-    # version since then holds the row until its commit, after which ours matches nothing. The job then runs
-    # again from the start (Database retries a serialization failure) and reads, checks and writes on top of
-    # that version: no version is lost, none is written twice.
+    # The update is conditional on the version the job read. current_row locked the row in this transaction, so
+    # it is still that version; a row read without the lock (in an earlier transaction, or by a caller that did
+    # not use current_row) may have been replaced by another daemon's write since: ours then matches nothing,
+    # and the job runs again from the start (Database retries a serialization failure) on top of the version
+    # now current. No version is lost, none is written twice.
     if rowcount != 1:
         raise pg_errors.SerializationFailure(
             f"cube {old['id']} changed after version {old['version']} was read; the write is retried")
@@ -143,7 +144,18 @@ def _set_tags(conn, seq: int, tags: tuple[str, ...]) -> None:
 # -- reads ---------------------------------------------------------------------------------------
 
 def current_row(conn, cube_id: str) -> CubeRow | None:
-    """The cube's current row, tombstones included; None for an unknown id."""
+    """The cube's current row, tombstones included; None for an unknown id. Inside a write the row stays
+    locked to the commit, so that the version written next is on top of this one."""
+    row = conn.execute(f"SELECT {rows.COLUMNS}, current_setting('transaction_read_only') FROM cubes WHERE id = %s",
+                       (cube_id,)).fetchone()
+    if row is not None and row[-1] == "off":
+        # A write (update, delete) reads, checks and writes on top of the row it reads here: FOR UPDATE waits
+        # for another daemon's write of the cube to commit and returns the version it wrote. A read takes no lock.
+        row = conn.execute(f"{_SELECT} WHERE id = %s FOR UPDATE", (cube_id,)).fetchone()
+    return rows.row_dict(row) if row is not None else None
+
+
+def _row(conn, cube_id: str) -> CubeRow | None:
     row = conn.execute(f"{_SELECT} WHERE id = %s", (cube_id,)).fetchone()
     return rows.row_dict(row) if row is not None else None
 
@@ -169,7 +181,7 @@ def current_cube(conn, cube_id: str, now: float | None = None) -> MemCube | None
 
 def cube_at_version(conn, cube_id: str, version: int, now: float | None = None) -> MemCube | None:
     """One version of a cube, current or earlier (for readers outside MemVault, e.g. MemStore's replay)."""
-    row = current_row(conn, cube_id)
+    row = _row(conn, cube_id)  # no lock: MemStore's replay only reads
     if row is None:
         return None
     if row["version"] == version:
