@@ -201,3 +201,33 @@ def test_an_update_and_a_delete_racing_in_two_daemons_are_applied_one_after_the_
     finally:
         for d in daemons:
             d.close()
+
+
+def test_blob_references_and_holders_on_rows_stored_as_the_blob_store_will(postgres_url):
+    # BlobStore writes its rows with SQLite's SQL until the blobs module exists on PostgreSQL (#14), so the
+    # tensor contract's blob tests run on SQLite only; these rows are the ones it stores (refcount 0, a holder).
+    db = Database(postgres_url, create=False)
+    sha, gone = "a" * 64, "f" * 64
+    try:
+        def store(conn):
+            conn.execute("INSERT INTO blobs (sha256, size, refcount, created_at, unreferenced_since)"
+                         " VALUES (%s, 5, 0, 1.0, 1.0)", (sha,))
+            db.sql.holders.record(conn, sha, "alice", 1.0)
+
+        _run(db.write(store))
+        assert _run(db.write(lambda conn: db.sql.tensors.reference_blob(conn, gone))) is False
+        assert _run(db.write(lambda conn: db.sql.tensors.reference_blob(conn, sha))) is True
+        assert _run(db.read(lambda conn: conn.execute("SELECT refcount, unreferenced_since FROM blobs"
+                                                      " WHERE sha256 = %s", (sha,)).fetchone())) == (1, None)
+        _run(db.write(lambda conn: db.sql.holders.record(conn, sha, "bob", 2.0)))
+        _run(db.write(lambda conn: db.sql.holders.record(conn, sha, "bob", 3.0)))  # again: the first time stays
+        assert _run(db.read(lambda conn: conn.execute("SELECT agent, since FROM blob_holders ORDER BY agent")
+                            .fetchall())) == [("alice", 1.0), ("bob", 2.0)]
+        assert [_run(db.read(lambda conn, a=a, s=s: db.sql.holders.holds(conn, s, a)))
+                for a, s in (("alice", sha), ("bob", sha), ("carol", sha), ("bob", gone))] == [True, True, False, False]
+        assert _run(db.read(lambda conn: db.sql.holders.blob_size(conn, sha))) == 5
+        assert _run(db.read(lambda conn: db.sql.holders.blob_size(conn, gone))) is None
+        _run(db.write(lambda conn: conn.execute("DELETE FROM blobs WHERE sha256 = %s", (sha,))))
+        assert _run(db.read(lambda conn: db.sql.holders.holds(conn, sha, "alice"))) is False  # gone with its blob
+    finally:
+        db.close()
