@@ -3,8 +3,6 @@ import_cubes, the tensor sink and blob_access rely on from the engine's tensors 
 
 import asyncio
 
-import pytest
-
 from memosd.cube import CubeFilter, LifecycleState, MemCube, MemoryKind, Visibility
 from memosd.vault import rows
 from memosd.vault.blobs import BlobStore
