@@ -18,6 +18,8 @@ from tests.store_checks import check_history, collect
 from tests.existence import assert_hidden
 from tests.timing import wait_for
 
+pytestmark = pytest.mark.vaults  # each test once per vault engine (SQLite, PostgreSQL)
+
 
 def streams_open(daemon, n: int) -> None:
     """Wait until n subscriptions are registered with the daemon's hub: from then on, no event can pass them by."""

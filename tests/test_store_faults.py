@@ -13,7 +13,7 @@ from tests.daemon import spawn_daemon
 from tests.store_checks import check_history
 from tests.timing import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vaults]  # once per vault engine (SQLite, PostgreSQL)
 TOTAL = 300
 
 
