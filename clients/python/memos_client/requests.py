@@ -169,13 +169,24 @@ def batches(drafts: Iterable, size: int) -> Iterator[vault_pb2.PutBatchRequest]:
         yield vault_pb2.PutBatchRequest(cubes=batch)
 
 
+# Publishes per PublishStream message when the caller hands over a list (all of them are there already).
+PUBLISH_CHUNK = 128
+
+
 def publishes(items: Iterable) -> Iterator[store_pb2.PublishStreamRequest]:
-    """PublishStream's requests from (topic, cube_id) or (topic, cube_id, publish_id) tuples, one each."""
+    """PublishStream's requests from (topic, cube_id) or (topic, cube_id, publish_id) tuples: a list's in
+    chunks, another iterable's one each as it yields them (waiting for more would delay those at hand)."""
+    chunk = PUBLISH_CHUNK if isinstance(items, (list, tuple)) else 1
+    batch = []
     for item in items:
         if not isinstance(item, tuple) or len(item) not in (2, 3):
             raise InvalidArgument("each publish is a (topic, cube_id) or (topic, cube_id, publish_id) tuple")
-        yield store_pb2.PublishStreamRequest(publishes=[store_pb2.PublishRequest(
-            topic=item[0], cube_id=item[1], publish_id=item[2] if len(item) == 3 else "")])
+        batch.append(store_pb2.PublishRequest(topic=item[0], cube_id=item[1], publish_id=item[2] if len(item) == 3 else ""))
+        if len(batch) >= chunk:
+            yield store_pb2.PublishStreamRequest(publishes=batch)
+            batch = []
+    if batch:
+        yield store_pb2.PublishStreamRequest(publishes=batch)
 
 
 def cube_filter(namespace: str | None = None, *, kinds: Iterable[Kind] = (), tags: Iterable[str] = (),
