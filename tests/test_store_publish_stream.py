@@ -1,5 +1,6 @@
 """PublishStream through the real daemon: acknowledgements in order once durable, refusals, a stream cut by kill -9."""
 
+import asyncio
 import os
 import signal
 import threading
@@ -116,3 +117,18 @@ def test_leaving_the_iteration_early_ends_the_stream(daemon, client):
     acks.close()
     more.set()
     assert client.publish("teams/e", cubes[2]) == (2, False)  # nothing of the abandoned stream was published
+
+
+def test_the_async_client_publishes_over_a_stream(aclient_factory, client):
+    cubes = client.put_many([{"text": f"a {i}", "namespace": "agents/admin/n"} for i in range(3)])
+
+    async def go():
+        async with aclient_factory() as c:
+            listed = [ack async for ack in c.publish_stream([("teams/a", cube) for cube in cubes])]
+            one_by_one = [ack async for ack in c.publish_stream(("teams/a", cube, f"id-{i}") for i, cube in enumerate(cubes))]
+            return listed, one_by_one
+
+    listed, one_by_one = asyncio.run(go())
+    assert listed == [(1, False), (2, False), (3, False)]
+    assert one_by_one == [(4, False), (5, False), (6, False)]
+    assert [e.cube_id for e in collect(client.subscribe("teams/a"), 6)] == cubes + cubes
