@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from memos_client import InvalidArgument, MemosClient, NotFound, PermissionDenied, Unavailable
+from memos_client import InvalidArgument, MemosClient, NotFound, PermissionDenied, Unauthenticated, Unavailable
 from memos_client.models import Event
 from tests.daemon import spawn_daemon
 from tests.store_checks import check_history, collect
@@ -132,3 +132,25 @@ def test_the_async_client_publishes_over_a_stream(aclient_factory, client):
     assert listed == [(1, False), (2, False), (3, False)]
     assert one_by_one == [(4, False), (5, False), (6, False)]
     assert [e.cube_id for e in collect(client.subscribe("teams/a"), 6)] == cubes + cubes
+
+
+def test_revoking_the_publisher_ends_its_stream(daemon, client, tmp_path):
+    client.add_agent("alice", out=str(tmp_path / "alice.key"))
+    client.grant("agent:alice", ["publish"], ["teams/open"])
+    revoked = threading.Event()
+    with MemosClient(daemon.address, key=str(tmp_path / "alice.key")) as alice:
+        cube = alice.put("mine", "agents/alice/n").id
+
+        def publishes():
+            yield "teams/open", cube
+            revoked.wait(30)
+            yield "teams/open", cube
+
+        acks = []
+        with pytest.raises(Unauthenticated, match="revoked"):
+            for ack in alice.publish_stream(publishes()):
+                acks.append(ack)
+                client.revoke_agent("alice")
+                revoked.set()
+    assert acks == [(1, False)]
+    assert [t.last_seq for t in client.topics("teams/open")] == [1]
