@@ -10,6 +10,7 @@ stopwords), as SQLite's porter tokenizer stems them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -26,10 +27,15 @@ _CUBE_COLUMNS = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
 K1, B = 1.2, 0.75
 
 
+def _scalar(cur: psycopg.Cursor) -> Any:
+    row = cur.fetchone()
+    assert row is not None  # an aggregate or a function call: always one row
+    return row[0]
+
+
 def size(conn: psycopg.Connection) -> int:
     """How large the vault has grown, cheaply: the highest seq a cube was given (deleted ones count)."""
-    (found,) = conn.execute("SELECT coalesce(max(seq), 0) FROM cubes").fetchone()
-    return found
+    return _scalar(conn.execute("SELECT coalesce(max(seq), 0) FROM cubes"))
 
 
 def doc_count(conn: psycopg.Connection, word: str) -> int:
@@ -37,8 +43,7 @@ def doc_count(conn: psycopg.Connection, word: str) -> int:
     (lexemes,) = _lexemes(conn, [word])
     if not lexemes:
         return 0
-    (count,) = conn.execute("SELECT count(*) FROM cubes WHERE text_tsv @@ %s::tsquery", (_all(lexemes),)).fetchone()
-    return count
+    return _scalar(conn.execute("SELECT count(*) FROM cubes WHERE text_tsv @@ %s::tsquery", (_all(lexemes),)))
 
 
 def ranked(conn: psycopg.Connection, words: Sequence[str], f: CubeFilter, now: float, limit: int, *,

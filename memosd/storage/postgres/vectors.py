@@ -9,6 +9,7 @@ import numpy as np
 from memosd.cube import CubeFilter, MemoryKind
 from memosd.storage.postgres import schema
 from memosd.storage.postgres.filters import filter_sql
+from memosd.storage.postgres.fulltext import _scalar
 from memosd.vault import rows
 
 # How long a cube handed to one daemon's backfill stays its own: long enough to embed a batch on a CPU, short
@@ -53,7 +54,7 @@ def missing(conn: psycopg.Connection, model: str, after: int, limit: int) -> lis
 
 def backlog(conn: psycopg.Connection, model: str) -> int:
     """How many plaintext cubes have text but no vector for the model."""
-    return conn.execute("SELECT count(*)" + _WITHOUT_VECTOR, {"model": model}).fetchone()[0]
+    return _scalar(conn.execute("SELECT count(*)" + _WITHOUT_VECTOR, {"model": model}))
 
 
 def store(conn: psycopg.Connection, model: str, todo: list[tuple[int, str]], vectors: np.ndarray) -> list[int]:
@@ -83,7 +84,7 @@ def store(conn: psycopg.Connection, model: str, todo: list[tuple[int, str]], vec
 def _index(conn: psycopg.Connection, model: str, dim: int) -> None:
     # Looked up before creating: CREATE INDEX IF NOT EXISTS would lock the table against writers every time.
     name = schema.vector_index_name(model, dim)
-    if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is None:
+    if _scalar(conn.execute("SELECT to_regclass(%s)", (name,))) is None:
         schema.ensure_vector_index(conn, model, dim)
 
 
@@ -120,7 +121,7 @@ def nearest(conn: psycopg.Connection, model: str, vector: np.ndarray, f: CubeFil
     vectors it loaded and embedded itself)."""
     values = np.asarray(vector, dtype=np.float32)
     dim = len(values)
-    if limit <= 0 or conn.execute("SELECT to_regclass(%s)", (schema.vector_index_name(model, dim),)).fetchone()[0] is None:
+    if limit <= 0 or _scalar(conn.execute("SELECT to_regclass(%s)", (schema.vector_index_name(model, dim),))) is None:
         return []  # nothing was stored for this model at this width
     where, params = filter_sql(f, now)
     conn.execute(_ITERATIVE)
