@@ -10,7 +10,8 @@ Choices, once for all tables:
 - Text that is compared by range or sorted (names, namespaces, topics, ids) is `COLLATE "C"`: bytewise like
   SQLite, so "p/" <= name < "p0" selects a subtree whatever the database's locale, on a plain btree index.
 - Full text: a stored, generated `tsvector` (english stemming, as SQLite's porter tokenizer) with a GIN index;
-  it changes with the text in the same statement, so no triggers keep it in step.
+  it changes with the text in the same statement, so no triggers keep it in step. BM25 needs each text's
+  length (text_len, generated too) and the collection's totals (search_stats, kept by a trigger).
 - Embeddings: one row per cube as in SQLite, in a pgvector `vector` column without a fixed dimension, because
   the dimension is the embedding model's and the model is configuration. HNSW (cosine) indexes are built per
   model, as partial expression indexes on `vector::vector(DIM)` (ensure_vector_index), which a query uses by
