@@ -73,7 +73,7 @@ class Engine:
                 for r in records:
                     copy.write_row((uuid.uuid4().hex, r["namespace"], int(MemoryKind.PLAINTEXT),
                                     int(LifecycleState.ACTIVE), 1, 0, r["text"], json.dumps(sorted(r.get("tags", ()))),
-                                    json.dumps(r.get("metadata")), "bench", int(Visibility.NAMESPACE), NOW, NOW))
+                                    json.dumps(r["metadata"]) if r.get("metadata") else None, "bench", int(Visibility.NAMESPACE), NOW, NOW))
         await self.db.write(rows)
 
     async def embed(self, vector_of) -> None:

@@ -156,3 +156,19 @@ def test_nearest_finds_the_closest_cubes_the_filter_admits_through_the_hnsw_inde
             " AND c.namespace = 'mine' ORDER BY e.vector::vector(4) <=> %s::vector(4) LIMIT 3", (q,)))
 
     assert "embeddings_hnsw_" in _run(db.read(plan))  # store() built the model's index
+
+
+def test_remembered_word_counts_are_recounted_once_the_vault_changed_by_a_tenth(db, monkeypatch):
+    monkeypatch.setattr(db.sql.fulltext, "LARGE_VAULT", 0)  # remember counts at any size
+    _insert_all(db, ["glacier ice"] + [f"filler {i}" for i in range(9)], namespace="a")
+
+    def scores():
+        return sorted(score for _, score in _run(db.read(
+            lambda conn: db.sql.fulltext.ranked(conn, ["glacier"], CubeFilter(), NOW, 50))))
+
+    first = scores()
+    _insert_all(db, [f"glacier {i}" for i in range(10)], namespace="b")  # twice the cubes, 11 with the word
+    n, df = 20, 11
+    idf = max(math.log((n - df + 0.5) / (df + 0.5)), 1e-6)
+    assert len(scores()) == 11 and scores()[-1] < first[-1]
+    assert all(s <= idf * 2.2 / (1 + 1.2 * 0.25) + 1e-9 for s in scores())  # the new count, not the remembered one

@@ -9,6 +9,8 @@ stopwords), as SQLite's porter tokenizer stems them.
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -104,28 +106,60 @@ def _any(per_word: Sequence[Sequence[str]]) -> str:
 def _ranked(conn: psycopg.Connection, match_sql: str, match_params: list, terms: Sequence[str], f: CubeFilter,
             now: float, limit: int) -> list[tuple[dict, float]]:
     """The best `limit` matches passing the filter, scored by BM25 over the terms (lexemes). The filter is in
-    the same query as the match, so only readable cubes are scored; each term's document count is one GIN
-    index lookup, over all cubes with text, as FTS5 counts it."""
+    the same query as the match, so only readable cubes are scored; each term's document count is a GIN
+    index lookup over all cubes with text, as FTS5 counts it (remembered on large vaults, see _doc_counts)."""
     where, params = filter_sql(f, now)
     terms = list(terms)
+    database, n, tokens = conn.execute(
+        "SELECT (SELECT oid FROM pg_database WHERE datname = current_database()), coalesce(sum(docs), 0),"
+        " coalesce(sum(tokens), 0) FROM search_stats").fetchone() or (0, 0, 0)
+    n, avgdl = max(int(n), 1), max(int(tokens), 1) / max(int(n), 1)
+    counts = _doc_counts(conn, (conn.info.host, conn.info.port, int(database)), terms, n)
+    idf = [max(math.log((n - counts[t] + 0.5) / (counts[t] + 0.5)), 1e-6) for t in terms]
     sql = f"""
-        WITH st AS (SELECT greatest(sum(docs), 1)::float8 AS n, greatest(sum(tokens), 1)::float8 / greatest(sum(docs), 1)
-                    AS avgdl FROM search_stats),
-        w AS (SELECT t.term, greatest(ln((st.n - d.df + 0.5) / (d.df + 0.5)), 1e-6) AS idf
-              FROM unnest(%s::text[], %s::tsquery[]) AS t(term, q) CROSS JOIN st,
-              LATERAL (SELECT count(*) AS df FROM cubes x WHERE x.text_tsv @@ t.q) d),
+        WITH w AS (SELECT * FROM unnest(%s::text[], %s::float8[]) AS w(term, idf)),
         m AS (SELECT c.seq, c.text_tsv, c.text_len FROM cubes c
               WHERE c.text_tsv @@ {match_sql} AND c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}),
-        s AS (SELECT m.seq, sum(w.idf * (u.tf * {K1 + 1}) / (u.tf + {K1} * (1 - {B} + {B} * m.text_len / st.avgdl)))
+        s AS (SELECT m.seq, sum(w.idf * (u.tf * {K1 + 1}) / (u.tf + {K1} * (1 - {B} + {B} * m.text_len / %s::float8)))
                      AS score
-              FROM m CROSS JOIN st,
+              FROM m,
               LATERAL (SELECT lexeme, cardinality(positions) AS tf
                        FROM unnest(ts_filter(setweight(m.text_tsv, 'A', %s::text[]), '{{a}}'))) u
               JOIN w ON w.term = u.lexeme
               GROUP BY m.seq ORDER BY score DESC, m.seq LIMIT %s)
         SELECT {_CUBE_COLUMNS}, s.score FROM s JOIN cubes c ON c.seq = s.seq ORDER BY s.score DESC, c.seq"""
-    found = conn.execute(sql, [terms, [_quoted(t) for t in terms], *match_params, *params, terms, limit]).fetchall()
+    found = conn.execute(sql, [terms, idf, *match_params, *params, avgdl, terms, limit]).fetchall()
     return [(row_dict(r[:-1]), float(r[-1])) for r in found]
+
+
+# Document counts of common words cost a GIN scan of every cube holding them: on vaults this large, a count is
+# reused until the vault has changed by a tenth (idf barely moves), as the core's FullText does for its counts.
+# Smaller vaults count every time, exactly.
+LARGE_VAULT = 20_000
+_counts: dict[tuple[tuple, str], tuple[int, int]] = {}
+_counts_lock = threading.Lock()
+
+
+def _doc_counts(conn: psycopg.Connection, database: tuple, terms: list[str], n: int) -> dict[str, int]:
+    found: dict[str, int] = {}
+    if n >= LARGE_VAULT:
+        with _counts_lock:
+            for t in terms:
+                known = _counts.get((database, t))
+                if known is not None and abs(n - known[1]) <= 0.1 * known[1]:
+                    found[t] = known[0]
+    todo = [t for t in terms if t not in found]
+    if todo:
+        rows = conn.execute("SELECT t.term, (SELECT count(*) FROM cubes x WHERE x.text_tsv @@ t.q)"
+                            " FROM unnest(%s::text[], %s::tsquery[]) AS t(term, q)",
+                            [todo, [_quoted(t) for t in todo]]).fetchall()
+        found.update((t, int(c)) for t, c in rows)
+        if n >= LARGE_VAULT:
+            with _counts_lock:
+                if len(_counts) > 50_000:
+                    _counts.clear()
+                _counts.update(((database, t), (found[t], n)) for t in todo)
+    return found
 
 
 def explain_fts_error(query: str, sqlite_message: str) -> str:
