@@ -6,17 +6,11 @@ import asyncio
 import numpy as np
 import pytest
 
-import memosd.storage.postgres as pg_engine
 from memosd.cube import CubeDraft, CubeFilter, CubePatch, LifecycleState, MemoryKind, Visibility
 from memosd.errors import InvalidArgument
 from memosd.governance.core import ScopeRule
 from memosd.vault import rows
 from memosd.vault.vault import MemVault
-from tests.storage_engine import ENGINES
-
-# Both engines; the cubes are written through MemVault, so PostgreSQL joins once its cubes records exist (#14:
-# they land on another branch; this mark then names every engine and can go).
-pytestmark = pytest.mark.engines(*(e for e in ENGINES if e != "postgresql" or "cubes" not in pg_engine.MISSING))
 
 MODEL = "test-model"
 NOW = 1000.0

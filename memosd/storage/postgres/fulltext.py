@@ -69,6 +69,10 @@ def ranked_query(conn: psycopg.Connection, query: str, f: CubeFilter, now: float
     """As ranked(), for a query in FTS5's syntax ("phrases", AND, OR, NOT, parentheses, prefix*), read into a
     tsquery so that one query means the same on both engines; InvalidArgument says what is wrong with a query
     that cannot be read."""
+    problem = _fts5.fts5_syntax_problem(query)
+    if problem:  # told as SQLite tells it: one query means the same, or fails the same, on both engines
+        raise InvalidArgument(f"the FTS5 query cannot be read: {problem}; fix it, or search without --fts"
+                              " (plain words)")
     tsquery, words = _from_fts5(query)
     if not tsquery:
         return []
