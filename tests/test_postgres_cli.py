@@ -9,7 +9,6 @@ import pytest
 from memosd.cli import main as memosd_main
 from memosd.config import load_config
 from memosd.errors import InvalidArgument
-from memosd.storage import postgres
 from memosd.storage.postgres import schema
 from memosd.storage.urls import redact, redact_text, vault_engine
 from tests.pg_server import admin_connect, database_url
@@ -120,12 +119,3 @@ def test_serve_refuses_a_schema_newer_than_the_code(postgres_url, tmp_path, caps
     code, said = _serve(tmp_path, postgres_url, capsys)
     assert code == 2 and said.count("\n") == 1 and "newer than this memosd" in said and "upgrade memosd" in said
 
-
-def test_serve_refuses_while_the_engine_lacks_record_modules_and_names_them(postgres_url, tmp_path, capsys):
-    assert postgres.MISSING  # this session's engine; the test goes once every module is there
-    code, said = _serve(tmp_path, postgres_url, capsys)
-    assert code == 2 and said.count("\n") == 1 and "cannot serve yet" in said
-    assert all(name in said for name in postgres.MISSING)
-    with psycopg.connect(postgres_url) as conn:  # refused before anything was written
-        assert conn.execute("SELECT count(*) FROM agents").fetchone() == (0,)
-    assert not (tmp_path / "data" / "admin.key").exists()
