@@ -34,6 +34,8 @@ class DenseSearch:
         self.model_name = embedder.name
         self.index = DenseIndex(embedder.dim)
         self.embedded = 0
+        # Vectors committed (or being committed) but not yet in the index: still backlog, as not yet searchable.
+        self._unindexed = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         # The backfill walks cubes in seq order; a changed text sends it back to that cube's seq.
@@ -67,8 +69,11 @@ class DenseSearch:
             self._rewind = low if self._rewind is None else min(self._rewind, low)
 
     async def backlog(self) -> int:
-        """Plaintext cubes still waiting for a vector."""
-        return await self.db.read(lambda conn: self.sql.vectors.backlog(conn, self.model_name))
+        """Plaintext cubes not yet searchable by vector: without one stored, or stored but not yet indexed."""
+        missing = await self.db.read(lambda conn: self.sql.vectors.backlog(conn, self.model_name))
+        # Read after the count: a batch committed since is either indexed already or still counted here (a
+        # batch may count twice for a moment, but the backlog never reads 0 before its cubes are searchable).
+        return missing + self._unindexed
 
     async def _backfill(self) -> None:
         # Embeds cubes that have no vector yet, in batches, off the event loop; sleeps when none are left.
@@ -99,10 +104,14 @@ class DenseSearch:
                 return True
             return False
         vectors = await asyncio.to_thread(self.embedder.encode, [t for _, t in todo])
-        stored = await self.db.write(lambda conn: self.sql.vectors.store(conn, self.model_name, todo, vectors))
-        # Added after the commit, on the loop: in commit order with the forget() calls of writes, so a
-        # text changed after it was read here is never left with this (stale) vector.
-        self.index.add([todo[i][0] for i in stored], vectors[stored])
+        self._unindexed = len(todo)
+        try:
+            stored = await self.db.write(lambda conn: self.sql.vectors.store(conn, self.model_name, todo, vectors))
+            # Added after the commit, on the loop: in commit order with the forget() calls of writes, so a
+            # text changed after it was read here is never left with this (stale) vector.
+            self.index.add([todo[i][0] for i in stored], vectors[stored])
+        finally:
+            self._unindexed = 0
         self._cursor = max(self._cursor, todo[-1][0])
         self.embedded += len(stored)
         return True

@@ -21,7 +21,7 @@ from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import InvalidArgument
 from memosd.storage.postgres.filters import filter_sql
 # The FTS5 query syntax is read the same way on both engines (see ranked_query): its tokens and its error messages.
-from memosd.storage.sqlite import fulltext as _fts5
+from memosd.storage.fts5 import FTS_TOKEN, fts5_syntax_problem
 from memosd.vault.rows import COLUMNS, row_dict
 
 _CUBE_COLUMNS = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
@@ -69,7 +69,7 @@ def ranked_query(conn: psycopg.Connection, query: str, f: CubeFilter, now: float
     """As ranked(), for a query in FTS5's syntax ("phrases", AND, OR, NOT, parentheses, prefix*), read into a
     tsquery so that one query means the same on both engines; InvalidArgument says what is wrong with a query
     that cannot be read."""
-    problem = _fts5.fts5_syntax_problem(query)
+    problem = fts5_syntax_problem(query)
     if problem:  # told as SQLite tells it: one query means the same, or fails the same, on both engines
         raise InvalidArgument(f"the FTS5 query cannot be read: {problem}; fix it, or search without --fts"
                               " (plain words)")
@@ -169,7 +169,7 @@ def _doc_counts(conn: psycopg.Connection, database: tuple, terms: list[str], n: 
 def explain_fts_error(query: str, sqlite_message: str) -> str:
     """What is wrong with an FTS5 query, in the words of its syntax (as on SQLite: the query is read the same way;
     the message, SQLite's or PostgreSQL's, only adds where the syntax alone does not tell)."""
-    return _fts5.explain_fts_error(query, sqlite_message)
+    return fts5_syntax_problem(query) or "it ends before an expression is complete"
 
 
 _OPERATORS = {"AND": "&", "OR": "|", "NOT": "& !"}
@@ -180,7 +180,7 @@ def _from_fts5(query: str) -> tuple[str, list[str]]:
     joins adjacent terms as in FTS5; FTS5's NOT is binary ("a NOT b") and binds tightest, as "a & !b" does."""
     out: list[str] = []
     words: list[str] = []
-    for tok in _fts5._FTS_TOKEN.findall(query):
+    for tok in FTS_TOKEN.findall(query):
         if tok in _OPERATORS:
             out.append(_OPERATORS[tok])
             continue

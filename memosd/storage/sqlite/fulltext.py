@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import InvalidArgument
+from memosd.storage.fts5 import column_problem, fts5_syntax_problem
 from memosd.storage.sqlite.filters import filter_sql
 from memosd.vault.rows import COLUMNS, row_dict
 
@@ -79,43 +80,6 @@ def _ranked(conn: sqlite3.Connection, match: str, f: CubeFilter, now: float, lim
     return [(row_dict(r[:-1]), -r[-1]) for r in conn.execute(sql, [match, *params, limit]).fetchall()]
 
 
-_FTS_TOKEN = re.compile(r'"(?:[^"]|"")*"?|[()]|[^\s()"]+')
-_OPERATORS = ("AND", "OR", "NOT")
-_COLUMN = re.compile(r"([^\s:\"()]+):")  # FTS5's column filter, "col:term" (unquoted)
-
-
-def fts5_syntax_problem(query: str) -> str | None:
-    """What is wrong with an FTS5 query's structure (phrases, parentheses, operators, column filters), in the
-    words of its syntax; None if its structure is sound. Engine-neutral: PostgreSQL reads the same syntax."""
-    tokens = _FTS_TOKEN.findall(query)
-    depth = 0
-    for tok in tokens:
-        if tok.startswith('"') and (len(tok) == 1 or not tok.endswith('"') or tok.endswith('""') and len(tok) % 2):
-            return 'a phrase is not closed: every " needs a closing "'
-        depth += (tok == "(") - (tok == ")")
-        if depth < 0:
-            return 'a ")" has no "(" before it'
-    if depth > 0:
-        return 'a "(" is not closed with ")"'
-    for before, tok, after in zip([None, *tokens], tokens, [*tokens[1:], None]):
-        if tok in _OPERATORS:
-            if before is None or before == "(" or before in _OPERATORS:
-                return f'"{tok}" needs a term before it'
-            if after is None or after == ")" or after in _OPERATORS:
-                return f'"{tok}" needs a term after it'
-        if tok == "(" and after == ")":
-            return '"()" holds no terms'
-        column = _COLUMN.match(tok)
-        if column:
-            return _column_problem(column[1])
-    return None
-
-
-def _column_problem(name: str) -> str:
-    return (f'"{name}" reads as a column name (a word before ":" or after "-"); put words with'
-            ' punctuation in "quotes"')
-
-
 def explain_fts_error(query: str, sqlite_message: str) -> str:
     """What is wrong with an FTS5 query, in the words of its syntax rather than SQLite's parser."""
     problem = fts5_syntax_problem(query)
@@ -123,7 +87,7 @@ def explain_fts_error(query: str, sqlite_message: str) -> str:
         return problem
     column = re.search(r"no such column: (\S+)", sqlite_message)
     if column:
-        return _column_problem(column[1])
+        return column_problem(column[1])
     near = re.search(r'near "(.*)"', sqlite_message)
     if near and near[1]:
         return (f'it cannot be read from "{near[1][:40]}" on (AND, OR, NOT go between terms; put punctuation'
