@@ -332,6 +332,11 @@ def _cases(a: Alice, bob_key: AgentKey) -> dict[str, Case]:
         "publish-to-her-topic": Case(s + "Publish", [spb.PublishRequest(topic=a.topic, cube_id=a.note)]),
         "publish-her-cube": Case(s + "Publish", [spb.PublishRequest(topic="agents/bob/news", cube_id=a.note)],
                                  [spb.PublishRequest(topic="agents/bob/news", cube_id=FAKE_ID)]),
+        "publish-stream-to-her-topic": Case(s + "PublishStream", [spb.PublishStreamRequest(
+            publishes=[spb.PublishRequest(topic=a.topic, cube_id=a.note)])]),
+        "publish-stream-her-cube": Case(s + "PublishStream", [spb.PublishStreamRequest(
+            publishes=[spb.PublishRequest(topic="agents/bob/news", cube_id=a.note)])],
+            [spb.PublishStreamRequest(publishes=[spb.PublishRequest(topic="agents/bob/news", cube_id=FAKE_ID)])]),
         "retract-from-her-topic": Case(s + "Retract", [spb.RetractRequest(topic=a.topic, cube_id=a.note)]),
         "subscribe-her-topic": Case(s + "Subscribe", [spb.SubscribeRequest(topic=a.topic)]),
         "subscribe-her-durable": Case(s + "Subscribe", [spb.SubscribeRequest(topic=a.topic, durable_name=a.durable)]),
