@@ -247,3 +247,21 @@ def test_a_url_that_is_not_postgresql_and_a_missing_source_are_refused(tmp_path,
     assert _run("--data-dir", str(tmp_path / "none"), "--vault-url", "postgresql://u@/db?host=/nowhere",
                 "--to-data-dir", str(tmp_path / "t")) == 2
     assert "holds no embedded vault" in capsys.readouterr().err
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere():
+    import io
+
+    from memosd.cli import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Terminal(), io.StringIO()
+    for stream in (tty, pipe):
+        show = _Progress(stream)
+        for done in range(0, 101):
+            show("cubes", done, 100)
+    assert tty.getvalue().count("\r") == 101 and tty.getvalue().endswith("] 100/100\n") and "#" * 30 in tty.getvalue()
+    assert pipe.getvalue().splitlines() == [f"memosd: migrate cubes: {n}/100" for n in range(0, 101, 10)]
