@@ -19,6 +19,7 @@ from memosd.vault.activation import ActivationVault
 from memosd.vault.blobs import BlobStore
 from memosd.errors import FailedPrecondition
 from memosd.storage import missing_modules, open_database
+from memosd.storage.objects import open_object_store
 from memosd.storage.sqlite.db import Database
 from memosd.storage.urls import redact
 from memosd.vault.parametric import ParametricVault
@@ -32,7 +33,9 @@ class TensorMemory:
     stopped before it closes."""
 
     def __init__(self, config: Config, vault: MemVault, governance: MemGovernance):
-        self.blobs = BlobStore(config.data_dir, vault.db, max_blob_bytes=config.limits.max_blob_bytes,
+        objects = open_object_store(config.blob_url, config.data_dir, s3_endpoint_url=config.s3_endpoint_url,
+                                    cache_bytes=config.limits.blob_cache_bytes)
+        self.blobs = BlobStore(config.data_dir, vault.db, objects=objects, max_blob_bytes=config.limits.max_blob_bytes,
                                max_pending_uploads=config.limits.max_pending_uploads)
         self.activations = ActivationVault(vault, self.blobs, audit=governance.audit_write)
         self.jobs = JobManager(db=vault.db)

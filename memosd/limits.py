@@ -40,6 +40,9 @@ class Limits:
     # Largest blob (a KV cache or adapter payload) one upload may declare, and unfinished uploads per agent.
     max_blob_bytes: int = 8 << 30
     max_pending_uploads: int = 8
+    # With blobs in a remote object store: bytes of the local read-through cache same-host pulls are served
+    # from (least recently used blobs go first).
+    blob_cache_bytes: int = 8 << 30
     # Imports one agent may have in progress, and the bytes they may stage on disk together (tar and
     # unpacked files); no import may leave the disk with less than min_free_disk_bytes.
     max_imports_per_agent: int = 2

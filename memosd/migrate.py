@@ -185,6 +185,7 @@ def _copy_file(src: Path, dst: Path) -> None:
 async def _copy_blobs(src, conn, data_dir, target_dir, blob_url, s3_endpoint_url, report: Report,
                       report_to: Progress) -> None:
     """Every recorded blob's bytes into the target store, each checked against its digest on the way."""
+    from memosd.storage.objects import open_object_store
     from memosd.storage.postgres import copy as target_copy
 
     done, _, finished = target_copy.progress(conn).get("blob files", (None, 0, False))
@@ -194,7 +195,7 @@ async def _copy_blobs(src, conn, data_dir, target_dir, blob_url, s3_endpoint_url
     recorded = source_copy.blobs(src, "", 1 << 62)
     total = sum(size for _, size, _ in recorded)
     sent = sum(size for sha256, size, _ in recorded if sha256 <= after) if after else 0
-    store = _object_store(blob_url, target_dir, s3_endpoint_url)
+    store = open_object_store(blob_url, target_dir, s3_endpoint_url=s3_endpoint_url)
     await store.start()
     try:
         for sha256, size, refcount in source_copy.blobs(src, after, 1 << 62):
@@ -289,30 +290,3 @@ async def _verify_audit(vault_url: str, source: Config, target_dir: Path, source
                        f" {found.reason})")
     report.audit_entries, report.audit_checkpoints = found.entries, found.checkpoints
 
-
-def _object_store(blob_url: str, target_dir: Path, s3_endpoint_url: str):
-    try:
-        from memosd.storage.objects import open_object_store  # type: ignore[import-untyped,unused-ignore]
-    except ImportError:  # until the object stores land: the data directory's layout, written the same way
-        if blob_url != "file:":
-            raise FailedPrecondition("this memosd has no S3 blob store yet: migrate with --blob-url file:") from None
-        return _Files(target_dir / "blobs")
-    return open_object_store(blob_url, target_dir, s3_endpoint_url=s3_endpoint_url)
-
-
-class _Files:
-    def __init__(self, root: Path):
-        self.root, self.staging = root, root / "tmp"
-
-    async def start(self) -> None:
-        for path in (self.root, self.staging, self.root / "sha256"):
-            path.mkdir(mode=0o700, exist_ok=True)
-
-    async def put(self, staged: Path, sha256: str, size: int) -> None:
-        target = self.root / "sha256" / sha256[:2] / sha256
-        target.parent.mkdir(mode=0o700, exist_ok=True)  # noqa: ASYNC240 - a temporary stand-in
-        os.chmod(staged, 0o400)
-        os.replace(staged, target)
-
-    async def close(self) -> None:
-        return None

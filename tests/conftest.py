@@ -8,6 +8,7 @@ from memos_client import AsyncMemosClient, MemosClient
 from tests.daemon import make_config, running
 from tests.pg_server import postgres_databases, postgres_server, postgres_url  # noqa: F401 (fixtures)
 from tests.storage_engine import engine, engine_params  # noqa: F401 (the storage contract's fixture)
+from tests.s3_server import blob_config, s3_server  # noqa: F401 (blob tests on each object store)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,5 +1,6 @@
 """Blob streaming through the real daemon: uploads (chunked, resumable, verified, deduplicated, never visible
-before complete), downloads, garbage collection, and each kind of bad input."""
+before complete), downloads, garbage collection, and each kind of bad input; on each object store (`file:`,
+`s3://` on the stand-in server) where the daemon's `config` is this module's."""
 
 import hashlib
 import os
@@ -14,14 +15,21 @@ from memos_client import ResourceExhausted
 from memos_mip.payload import CHUNK_BYTES, Payload
 from memos_mip.v1 import blob_pb2, blob_pb2_grpc, cube_pb2
 from memosd.limits import Limits
+from memosd.storage.objects.files import FileObjectStore
 from memosd.vault.blobs import IO_BLOCK
 from tests.daemon import admin_channel, make_config, running
 from tests.existence import assert_hidden
+from tests.s3_server import BLOB_STORES, blob_settings, stored_bytes
 from tests.kv_helpers import kv_payload, manifest_for, put_kv
 from tests.timing import wait_for
 
 NS = "agents/admin/kv"
 ACT = cube_pb2.MEMORY_KIND_ACTIVATION
+
+
+@pytest.fixture(params=BLOB_STORES)
+def config(request, tmp_path):
+    return make_config(tmp_path, **blob_settings(request.param, request))
 
 
 @pytest.fixture
@@ -69,9 +77,10 @@ def test_upload_download_round_trip_and_dedup(client, daemon):
     assert bytes(client.download_blob(cube.id)) == payload
     again = client.upload_blob(payload, NS)
     assert again.deduplicated and again.sha256 == sha
-    blob_file = daemon.config.data_dir / "blobs" / "sha256" / sha[:2] / sha
-    assert blob_file.read_bytes() == payload
-    assert oct(blob_file.stat().st_mode & 0o777) == "0o400"
+    assert stored_bytes(daemon, sha) == payload
+    objects = daemon.server.tensors.blobs.objects
+    if isinstance(objects, FileObjectStore):  # a file is read-only once stored
+        assert oct(objects.path(sha).stat().st_mode & 0o777) == "0o400"
     assert _tmp_files(daemon) == []
 
 
@@ -137,7 +146,7 @@ def test_upload_resumes_after_a_broken_stream(client, daemon, stub):
     finally:
         Payload.chunks = original
     assert sent == [IO_BLOCK] and not ref.deduplicated and ref.sha256 == sha
-    assert (daemon.config.data_dir / "blobs" / "sha256" / sha[:2] / sha).read_bytes() == data
+    assert stored_bytes(daemon, sha) == data
 
 
 def test_offset_zero_starts_over(client, stub):
@@ -170,7 +179,7 @@ def test_bad_upload_streams_are_refused_and_leave_nothing_visible(case, client, 
     assert _code(lambda: stub.Upload(iter(streams[case]))) == grpc.StatusCode.INVALID_ARGUMENT
     stored, _ = client.upload_status(sha, len(data), NS)
     assert not stored
-    assert not (daemon.config.data_dir / "blobs" / "sha256" / sha[:2] / sha).exists()
+    assert stored_bytes(daemon, sha) is None
     payload, specs = kv_payload(tokens=4)
     with pytest.raises(NotFound):  # a manifest cannot point at it either
         client.put_activation(manifest_for(payload, specs, range(4), blob_sha256=sha, blob_size=len(data)), NS)
@@ -253,13 +262,13 @@ def test_unreferenced_blobs_are_collected_and_referenced_ones_kept(client, daemo
     assert a.activation.blob.sha256 == b.activation.blob.sha256
     assert daemon.call(blobs.sweep()) == 0  # within the grace period nothing goes
     assert daemon.call(blobs.sweep(grace=0)) == 1
-    assert not blobs.path(loose.sha256).exists()
+    assert stored_bytes(daemon, loose.sha256) is None
     client.delete(a.id)
     assert daemon.call(blobs.sweep(grace=0)) == 0
     assert len(client.download_blob(b.id)) == b.activation.blob.size
     client.delete(b.id)
     assert daemon.call(blobs.sweep(grace=0)) == 1
-    assert not blobs.path(b.activation.blob.sha256).exists()
+    assert stored_bytes(daemon, b.activation.blob.sha256) is None
 
 
 def test_async_client_transfers(aclient_factory, daemon):
@@ -280,9 +289,10 @@ def test_async_client_transfers(aclient_factory, daemon):
     assert ref.size == len(data) and got == payload
 
 
+@pytest.mark.parametrize("config", ["file"], indirect=True)  # on S3: test_s3_blobs.py changes the object
 def test_corrupt_blob_on_disk_is_data_loss_for_the_reader(client, daemon):
     cube = put_kv(client, [9, 8, 7])
-    path = daemon.server.tensors.blobs.path(cube.activation.blob.sha256)
+    path = daemon.server.tensors.blobs.objects.path(cube.activation.blob.sha256)
     os.chmod(path, 0o600)
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF

@@ -1,6 +1,7 @@
 """Same-host payloads: OpenLocal hands a client the blob's descriptor through the descriptor socket, the
 client maps it copy-on-write and checks its XXH3-128. Exact like the gRPC stream, governed like it, never able
-to change the stored blob, and falling back to the stream where descriptors cannot pass."""
+to change the stored blob, and falling back to the stream where descriptors cannot pass. On each object store:
+with `s3://` the descriptor is of the daemon's verified read-through cache (tests/test_s3_blobs.py tests it)."""
 
 import asyncio
 import hashlib
@@ -19,6 +20,7 @@ from memos_mip.v1 import blob_pb2
 from tests.daemon import make_config, running
 from tests.existence import assert_hidden
 from tests.kv_helpers import put_kv, tiny_model
+from tests.s3_server import BLOB_STORES, blob_settings, stored_bytes
 
 NS = "agents/admin/kv"
 
@@ -28,8 +30,13 @@ def _prefill(model, ids):
         return model(ids, use_cache=True).past_key_values
 
 
+@pytest.fixture(params=BLOB_STORES)
+def config(request, tmp_path):
+    return make_config(tmp_path, **blob_settings(request.param, request))
+
+
 def _stored_sha256(daemon, sha256: str) -> str:
-    return hashlib.sha256(daemon.server.tensors.blobs.path(sha256).read_bytes()).hexdigest()
+    return hashlib.sha256(stored_bytes(daemon, sha256)).hexdigest()
 
 
 def test_a_local_pull_is_the_same_cache_as_a_streamed_one_and_maps_the_daemons_file(client, daemon):
@@ -109,9 +116,10 @@ def test_an_uncollected_ticket_expires_and_its_descriptor_is_closed(client, daem
         exchange.ttl = 10.0
 
 
+@pytest.mark.parametrize("config", ["file"], indirect=True)  # an S3 object changed: tests/test_s3_blobs.py
 def test_a_corrupt_blob_is_data_loss_on_the_local_path_too(client, daemon):
     cube = put_kv(client, [9, 8, 7])
-    path = daemon.server.tensors.blobs.path(cube.activation.blob.sha256)
+    path = daemon.server.tensors.blobs.objects.path(cube.activation.blob.sha256)
     os.chmod(path, 0o600)
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF

@@ -25,6 +25,18 @@ def test_socket_is_0660_in_a_0750_directory(daemon):
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o750
 
 
+def test_a_socket_in_a_shared_sticky_directory_leaves_the_directory_as_it_was(tmp_path):
+    # As root, /tmp is the daemon's own: closing it to 0750 locked every other user out of /tmp.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    config = make_config(tmp_path, listen=f"unix:{shared}/memosd.sock")
+    with running(config) as d, MemosClient(d.address, key=d.admin_key) as c:
+        assert c.put("in a shared directory", "agents/admin/n").id
+        assert stat.S_IMODE(os.stat(shared / "memosd.sock").st_mode) == 0o660
+    assert stat.S_IMODE(os.stat(shared).st_mode) == 0o1777
+
+
 def test_plaintext_tcp_only_on_loopback(tmp_path):
     for listen in ("0.0.0.0:7700", "192.168.1.5:7700", "example.com:7700"):
         with pytest.raises(InvalidArgument, match="TLS"):

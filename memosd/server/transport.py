@@ -55,6 +55,11 @@ def _private_dir(directory: Path) -> None:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise FailedPrecondition(f"socket directory {directory} is not a directory owned by this user; remove it"
                                  " or choose another --listen")
+    if info.st_mode & stat.S_ISVTX:
+        # A shared directory such as /tmp (root's own, when the daemon runs as root): closing it would lock
+        # every other user out of it. The socket's own 0660 is the gate there, and the sticky bit keeps
+        # others from replacing it.
+        return
     os.chmod(directory, SOCKET_DIR_MODE)
 
 

@@ -1,14 +1,14 @@
-"""The content-addressed blob store: tensor payloads as files named by their sha256, uploads staged in tmp/.
+"""The content-addressed blob store: uploads staged in DATA_DIR/blobs/tmp/, their bytes kept in an object store.
 
-    DATA_DIR/blobs/sha256/ab/abcdef...   complete, verified blobs (read-only), one file per distinct content
-    DATA_DIR/blobs/tmp/                  uploads in progress; emptied at start-up
-
-A blob becomes visible only after all its bytes are in, their sha256 matches the declared one, the file is
-fsynced and renamed into place and its row is committed. Rows (table `blobs`) count the cubes that
-reference each blob; a blob nothing references is removed after a grace period. Each row also keeps the
-blob's XXH3-128, taken with the sha256, which same-host clients check a mapped payload against.
-Deduplication never lets a digest stand in for the bytes: an agent that neither holds a blob nor may read
-a cube naming it must send them all (see blob_access), and is told nothing about the stored copy.
+The bytes live in a memosd.storage.objects store under their sha256 (files in the data directory, or an
+S3-compatible bucket); uploads are staged on the local disk (emptied at start-up), so that a broken client
+connection resumes from what the daemon holds. A blob becomes visible only after all its bytes are in, their
+sha256 matches the declared one, the staged file is fsynced, the store holds it whole and its row is
+committed. Rows (table `blobs`) count the cubes that reference each blob; a blob nothing references is
+removed after a grace period. Each row also keeps the blob's XXH3-128, taken with the sha256, which same-host
+clients check a mapped payload against. Deduplication never lets a digest stand in for the bytes: an agent
+that neither holds a blob nor may read a cube naming it must send them all (see blob_access), and is told
+nothing about the stored copy.
 """
 
 from __future__ import annotations
@@ -20,24 +20,23 @@ import logging
 import os
 import secrets
 import shutil
-import sqlite3
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import AsyncIterator, Sequence
 
 import xxhash
 
 from memosd.errors import Conflict, DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from memosd.errors import Unavailable
+from memosd.storage import Conn
+from memosd.storage.objects import ObjectStore
+from memosd.storage.objects.files import FileObjectStore
 from memosd.vault import blob_access
 from memosd.vault.blob_access import Guard
+from memosd.vault.uploads import CHUNK_BYTES, IO_BLOCK, Upload, UploadSession
 
 log = logging.getLogger("memosd.blobs")
-CHUNK_BYTES = 1 << 20
-# Chunks are written (and hashed) and read in blocks of this size on an I/O thread: a thread hop per
-# 1 MiB chunk costs more than the chunk (the GIL hand-off), one per block keeps the event loop streaming.
-IO_BLOCK = 8 << 20
 # Free space an upload must leave on the disk, so that SQLite and the log can still write.
 DISK_RESERVE = 256 << 20
 # How long a second stream for the same upload waits for the first to let go.
@@ -50,130 +49,24 @@ def check_sha256(text: str) -> str:
     return text
 
 
-@dataclass
-class _Upload:
-    """An unfinished upload: its staging file, how much of it is written and hashed, and its lock."""
-
-    owner: str
-    sha256: str
-    size: int
-    path: Path
-    fd: int
-    touched: float
-    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
-    checksum: xxhash.xxh3_128 = field(default_factory=xxhash.xxh3_128)
-    committed: int = 0  # written and hashed; advanced on the I/O thread
-    accepted: int = 0  # committed plus the write in flight
-    inflight: Future | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-class UploadSession:
-    """One stream's turn at an upload: write chunks in order, then finish. Chunks are gathered into blocks
-    written while the next ones arrive; a block not yet written when the stream breaks is sent again."""
-
-    def __init__(self, store: BlobStore, up: _Upload):
-        self._store, self._up = store, up
-        self._block: list[bytes] = []
-        self._block_bytes = 0
-
-    @property
-    def committed(self) -> int:
-        return self._up.committed
-
-    async def write(self, offset: int, data: bytes) -> None:
-        up = self._up
-        if not data:
-            raise InvalidArgument(f"chunk at offset {offset} is empty")
-        if len(data) > CHUNK_BYTES:
-            raise InvalidArgument(f"chunk at offset {offset} has {len(data)} bytes; at most {CHUNK_BYTES}")
-        if offset != up.accepted:
-            raise InvalidArgument(f"chunk at offset {offset} is out of order: the next byte expected is {up.accepted}")
-        if offset + len(data) > up.size:
-            raise InvalidArgument(f"chunk at offset {offset} ends at byte {offset + len(data)}, past the declared"
-                                  f" size of {up.size} bytes")
-        self._block.append(data)
-        self._block_bytes += len(data)
-        up.accepted = offset + len(data)
-        up.touched = time.time()
-        if self._block_bytes >= IO_BLOCK:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        await self._settle()
-        if self._block:
-            up = self._up
-            block, self._block, self._block_bytes = self._block, [], 0
-            # Writing and hashing run on a thread while the next chunks are received.
-            up.inflight = self._store._io.submit(_append, up, block, up.accepted - sum(map(len, block)),
-                                                 self._store._writers)
-
-    async def _settle(self) -> None:
-        up = self._up
-        if up.inflight is None:
-            return
-        # Cleared only once the write has landed: a stream cancelled meanwhile keeps the upload locked
-        # until then (see BlobStore._locked).
-        try:
-            await asyncio.wrap_future(up.inflight)
-        except OSError as exc:
-            # The hash may have taken bytes the file did not: this upload cannot be resumed.
-            up.inflight = None
-            self._store._discard(up)
-            raise ResourceExhausted(f"the daemon could not store the upload ({exc.strerror or exc});"
-                                    " start it again") from None
-        up.inflight = None
-
-    async def finish(self) -> int:
-        """Verify and publish the blob; returns its size. The bytes so far stay for a resume if the stream
-        ended early; a digest mismatch discards them."""
-        await self._flush()
-        await self._settle()
-        up = self._up
-        if up.committed != up.size:
-            raise InvalidArgument(f"the upload stream ended after {up.committed} of {up.size} declared bytes; the"
-                                  f" daemon keeps them: resume with offset {up.committed}")
-        if up.hasher.hexdigest() != up.sha256:
-            self._store._discard(up)
-            raise DataLoss(f"the uploaded bytes do not match the declared sha256 {up.sha256}; nothing was stored")
-        await self._store._publish(up)
-        return up.size
-
-
-def _append(up: _Upload, block: list, offset: int, writers: ThreadPoolExecutor) -> None:
-    """Write a block at offset while hashing it (on two threads: both let go of the GIL), then count it."""
-    written = writers.submit(_write, up.fd, block, offset)
-    for data in block:
-        up.hasher.update(data)
-        up.checksum.update(data)
-    up.committed = written.result()
-
-
-def _write(fd: int, block: list, offset: int) -> int:
-    for data in block:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
-    return offset
-
-
 class BlobStore:
-    """Stores, serves and garbage-collects blobs under DATA_DIR/blobs, with their rows in the shared database."""
+    """Stages, publishes, serves and garbage-collects blobs: their bytes in an object store (files under
+    DATA_DIR/blobs by default), their rows in the shared database."""
 
-    def __init__(self, data_dir: Path, db, *, max_blob_bytes: int, max_pending_uploads: int = 8,
-                 upload_idle_seconds: float = 3600.0, unreferenced_grace: float = 3600.0,
-                 sweep_interval: float = 600.0):
+    def __init__(self, data_dir: Path, db, *, max_blob_bytes: int, objects: ObjectStore | None = None,
+                 max_pending_uploads: int = 8, upload_idle_seconds: float = 3600.0,
+                 unreferenced_grace: float = 3600.0, sweep_interval: float = 600.0):
         self.root = Path(data_dir) / "blobs"
-        self.tmp = self.root / "tmp"
-        self.objects = self.root / "sha256"
+        self.objects = objects if objects is not None else FileObjectStore(self.root)
+        self.tmp = self.objects.staging
         self.db = db
+        self.sql = db.sql
         self.max_blob_bytes = max_blob_bytes
         self.max_pending_uploads = max_pending_uploads
         self.upload_idle_seconds = upload_idle_seconds
         self.unreferenced_grace = unreferenced_grace
         self.sweep_interval = sweep_interval
-        self._uploads: dict[tuple[str, str], _Upload] = {}
+        self._uploads: dict[tuple[str, str], Upload] = {}
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memosd-blob-io")
         # Uploads write a block here while their _io thread hashes it (a pool of its own: no thread waits on
         # work queued behind it).
@@ -185,17 +78,18 @@ class BlobStore:
     # -- life ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Drop what unfinished uploads left behind, remove files no row acknowledges, start the sweeper."""
-        for path in (self.root, self.tmp, self.objects):
+        """Drop what unfinished uploads left behind, remove objects no row acknowledges, start the sweeper."""
+        for path in (self.root, self.tmp):
             path.mkdir(mode=0o700, exist_ok=True)
+        await self.objects.start()
         await asyncio.to_thread(self._clear_tmp)
-        known = {sha for (sha,) in await self.db.read(lambda c: c.execute("SELECT sha256 FROM blobs").fetchall())}
-        orphans, missing = await asyncio.to_thread(self._reconcile, known)
+        known = await self.db.read(self.sql.blobs.known)
+        orphans, missing = await self._reconcile(known)
         if orphans:
-            log.info("removed %d blob files that were never acknowledged", orphans)
+            log.info("removed %d blob objects that were never acknowledged", orphans)
         if missing:
-            log.error("%d blobs recorded in the database have no file under %s (restore them from a backup)",
-                      len(missing), self.objects)
+            log.error("%d blobs recorded in the database are missing from the object store (restore them from"
+                      " a backup)", len(missing))
         await self.sweep()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="memosd-blob-sweep")
 
@@ -210,6 +104,7 @@ class BlobStore:
             self._discard(up)
         self._io.shutdown(wait=True)
         self._writers.shutdown(wait=True)
+        await self.objects.close()
 
     def _clear_tmp(self) -> None:
         for entry in self.tmp.iterdir():
@@ -218,14 +113,17 @@ class BlobStore:
             else:
                 entry.unlink(missing_ok=True)
 
-    def _reconcile(self, known: set[str]) -> tuple[int, list[str]]:
+    async def _reconcile(self, known: set[str]) -> tuple[int, list[str]]:
+        # An object without a row was stored, but the daemon stopped before its row was committed; in a store
+        # other daemons share it may be one's upload in flight, so only an object older than that goes.
+        cutoff = time.time() - self.objects.orphan_grace
         orphans, present = 0, set()
-        for sub in self.objects.iterdir():
-            for path in sub.iterdir() if sub.is_dir() else ():
-                if path.name in known:
-                    present.add(path.name)
-                else:  # renamed into place, but the daemon stopped before its row was committed
-                    path.unlink(missing_ok=True)
+        async with self._publish_lock:
+            for sha, modified in await self.objects.keys():
+                if sha in known:
+                    present.add(sha)
+                elif self.objects.orphan_grace <= 0 or modified <= cutoff:
+                    await self.objects.delete(sha)
                     orphans += 1
         return orphans, sorted(known - present)
 
@@ -246,24 +144,17 @@ class BlobStore:
             if not up.lock.locked() and now - up.touched > self.upload_idle_seconds:
                 self._discard(up)
         cutoff = now - (self.unreferenced_grace if grace is None else grace)
-
-        def collect(conn: sqlite3.Connection) -> list[str]:
-            rows = conn.execute("DELETE FROM blobs WHERE refcount <= 0 AND unreferenced_since <= ? RETURNING sha256",
-                                (cutoff,)).fetchall()
-            return [sha for (sha,) in rows]
-
         async with self._publish_lock:
-            doomed = await self.db.write(collect)
+            doomed = await self.db.write(lambda conn: self.sql.blobs.collect(conn, cutoff))
+            # Rows first, then objects, under the lock a publish takes too: a blob published meanwhile either
+            # kept its row (and is not doomed) or finds its object gone and stores it again (see _commit).
             for sha in doomed:
-                self.path(sha).unlink(missing_ok=True)
+                await self.objects.delete(sha)
         if doomed:
             log.info("removed %d unreferenced blobs", len(doomed))
         return len(doomed)
 
     # -- uploads -------------------------------------------------------------------------------
-
-    def path(self, sha256: str) -> Path:
-        return self.objects / sha256[:2] / sha256
 
     async def referable_size(self, agent: str, sha256: str, guard: Guard | None = None) -> int | None:
         """The blob's size if `agent` may make a cube reference it (it holds the blob, or guard lets it read a
@@ -324,7 +215,7 @@ class BlobStore:
         return stored is not None
 
     @contextlib.asynccontextmanager
-    async def _locked(self, up: _Upload):
+    async def _locked(self, up: Upload):
         try:
             await asyncio.wait_for(up.lock.acquire(), UPLOAD_LOCK_WAIT)
         except TimeoutError:
@@ -341,12 +232,12 @@ class BlobStore:
             else:
                 self._after_write(up, inflight)
 
-    def _after_write(self, up: _Upload, inflight: Future | None) -> None:
+    def _after_write(self, up: Upload, inflight: Future | None) -> None:
         if inflight is not None and not inflight.cancelled() and inflight.exception() is not None:
             self._discard(up)  # a failed write leaves file and hash apart: the upload cannot resume
         up.lock.release()
 
-    def _new_upload(self, owner: str, sha256: str, size: int) -> _Upload:
+    def _new_upload(self, owner: str, sha256: str, size: int) -> Upload:
         mine = sum(1 for (o, _) in self._uploads if o == owner)
         if mine >= self.max_pending_uploads:
             raise ResourceExhausted(f"agent {owner} has {mine} unfinished uploads; finish or abandon one first"
@@ -354,7 +245,7 @@ class BlobStore:
         self._check_space(size)
         path = self.tmp / f"{owner}.{sha256}.{secrets.token_hex(4)}.part"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        up = _Upload(owner, sha256, size, path, fd, time.time())
+        up = Upload(owner, sha256, size, path, fd, time.time())
         self._uploads[(owner, sha256)] = up
         return up
 
@@ -364,47 +255,40 @@ class BlobStore:
             raise ResourceExhausted(f"the daemon's disk has {free} bytes free; {needed} more would leave less than"
                                     f" {DISK_RESERVE} in reserve")
 
-    def _discard(self, up: _Upload) -> None:
+    def _discard(self, up: Upload) -> None:
         if self._uploads.get((up.owner, up.sha256)) is up:
             del self._uploads[(up.owner, up.sha256)]
         with contextlib.suppress(OSError):
             os.close(up.fd)
         up.path.unlink(missing_ok=True)
 
-    async def _publish(self, up: _Upload) -> None:
+    async def _publish(self, up: Upload) -> None:
+        keep = False
         try:
             await asyncio.to_thread(os.fsync, up.fd)
             await self._commit(up.path, up.sha256, up.size, up.checksum.hexdigest(), up.owner)
-        finally:  # published, or failed after verification: either way this upload is over
-            self._discard(up)
+        except Unavailable:
+            # The staged bytes are whole and verified: the client's retry (an upload from the last byte)
+            # publishes them once the object store is back.
+            keep = True
+            raise
+        finally:  # published, or failed for good after verification: either way this upload is over
+            if not keep:
+                self._discard(up)
 
     async def _commit(self, staged: Path, sha256: str, size: int, xxh3_128: str, holder: str) -> None:
-        """Rename a verified, fsynced staging file into place and record it and its holder (the rename and
-        the row are what make it visible); a copy stored already wins and the staging file goes."""
+        """Store a verified, fsynced staging file and record it and its holder (the stored object and the row
+        are what make it visible); a copy stored already wins and the staging file goes."""
+        await self.objects.push(staged, sha256, size)  # a remote store's slow part, outside the lock
         async with self._publish_lock:
-            await asyncio.to_thread(self._place, staged, sha256)
+            await self.objects.put(staged, sha256, size)
             now = time.time()
 
-            def job(conn: sqlite3.Connection) -> None:
-                conn.execute("INSERT OR IGNORE INTO blobs (sha256, size, refcount, created_at, unreferenced_since,"
-                             " xxh3_128) VALUES (?, ?, 0, ?, ?, ?)", (sha256, size, now, now, xxh3_128))
+            def job(conn: Conn) -> None:
+                self.sql.blobs.record(conn, sha256, size, xxh3_128, now)
                 blob_access.record_holder(conn, sha256, holder, now)
-                # A new holder has the grace period to reference it, as if it were stored just now.
-                conn.execute("UPDATE blobs SET unreferenced_since = ? WHERE sha256 = ? AND refcount <= 0", (now, sha256))
 
             await self.db.write(job)
-
-    def _place(self, staged: Path, sha256: str) -> None:
-        target = self.path(sha256)
-        if not target.parent.exists():
-            target.parent.mkdir(mode=0o700, exist_ok=True)
-            _fsync_dir(self.objects)
-        if target.exists():
-            staged.unlink(missing_ok=True)
-            return
-        os.chmod(staged, 0o400)
-        os.replace(staged, target)
-        _fsync_dir(target.parent)
 
     async def put_parts(self, parts: Sequence, holder: str) -> tuple[str, int]:
         """Store bytes the daemon has in hand (a KV cache it built, an imported payload) for `holder`, who
@@ -427,22 +311,15 @@ class BlobStore:
     async def open_local(self, sha256: str, size: int) -> tuple[int, str]:
         """A read-only descriptor of a stored blob for a same-host client, and its XXH3-128 (computed now
         and recorded for a blob stored before checksums were kept)."""
+        fd = await self.objects.open_local(sha256, size)
         try:
-            fd = os.open(self.path(sha256), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFound(f"the payload {sha256} is not stored on this daemon") from None
-        try:
-            if os.fstat(fd).st_size != size:  # mapping past the end of a file faults: refuse it here
-                raise DataLoss(f"blob {sha256} is {os.fstat(fd).st_size} bytes on disk, {size} recorded")
-            row = await self.db.read(lambda c: c.execute("SELECT xxh3_128 FROM blobs WHERE sha256 = ?",
-                                                         (sha256,)).fetchone())
+            row = await self.db.read(lambda c: self.sql.blobs.checksum(c, sha256))
             if row is None:
                 raise NotFound(f"the payload {sha256} is not stored on this daemon")
             checksum = row[0]
             if checksum is None:
                 checksum = await asyncio.get_running_loop().run_in_executor(self._io, _checksum_of, fd, size)
-                await self.db.write(lambda c: c.execute("UPDATE blobs SET xxh3_128 = ? WHERE sha256 = ?",
-                                                        (checksum, sha256)))
+                await self.db.write(lambda c: self.sql.blobs.set_checksum(c, sha256, checksum))
         except BaseException:
             os.close(fd)
             raise
@@ -450,13 +327,7 @@ class BlobStore:
 
     async def read_header(self, sha256: str, size: int, limit: int) -> bytes:
         """The first bytes of a blob: at most `limit`, fewer if it is shorter."""
-        def read() -> bytes:
-            with open(self.path(sha256), "rb") as f:
-                return f.read(min(limit, size))
-        try:
-            return await asyncio.to_thread(read)
-        except FileNotFoundError:
-            raise NotFound(f"blob {sha256} is not stored") from None
+        return await self.objects.read_all(sha256, size, limit)
 
     async def chunks(self, sha256: str, size: int, offset: int, length: int) -> AsyncIterator[tuple[int, memoryview]]:
         """(offset, data) pieces of at most CHUNK_BYTES of a stored blob, read IO_BLOCK at a time, one
@@ -466,27 +337,25 @@ class BlobStore:
         if length < 0:
             raise InvalidArgument("length must be positive, or 0 for the rest of the blob")
         end = min(size, offset + length) if length else size
-        try:
-            fd = os.open(self.path(sha256), os.O_RDONLY)
-        except FileNotFoundError:
-            raise NotFound(f"the payload {sha256} is not stored on this daemon") from None
-        loop = asyncio.get_running_loop()
-        read = lambda at: loop.run_in_executor(self._io, os.pread, fd, min(IO_BLOCK, end - at), at)  # noqa: E731
+        reader = await self.objects.open(sha256, size)
+        read = lambda at: asyncio.ensure_future(reader.read(at, min(IO_BLOCK, end - at)))  # noqa: E731
         ahead = read(offset) if offset < end else None
         try:
             while ahead is not None:
                 block = await ahead
                 at, offset = offset, offset + len(block)
                 if not block:
-                    raise DataLoss(f"blob {sha256} is shorter on disk than recorded ({at} of {size} bytes)")
+                    ahead = None
+                    raise DataLoss(f"blob {sha256} is shorter in the object store than recorded ({at} of {size}"
+                                   " bytes)")
                 ahead = read(offset) if offset < end else None
                 view = memoryview(block)
                 for start in range(0, len(block), CHUNK_BYTES):
                     yield at + start, view[start:start + CHUNK_BYTES]
         finally:
-            if ahead is not None:
+            if ahead is not None:  # not cancelled: a read in flight on a thread must land before the close
                 await asyncio.gather(ahead, return_exceptions=True)
-            os.close(fd)
+            await reader.close()
 
 
 def _write_all(path: Path, views) -> tuple[str, str]:
@@ -510,11 +379,3 @@ def _checksum_of(fd: int, size: int) -> str:
 
     with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as mapped:
         return xxhash.xxh3_128(mapped).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -6,14 +6,14 @@ import argparse
 import os
 import sys
 
-from memos_client.cli import governance, jobs, kv, ops, parametric, plaintext, store
+from memos_client.cli import governance, jobs, kv, mcp, ops, parametric, plaintext, store
 from memos_client.cli.common import EXIT_ERROR, EXIT_USAGE, InputError, UsageError, add_globals, check_key, fail
 from memos_client.client import MemosClient
 from memos_client.errors import MemosError
 
 COMMANDS = ("put", "get", "ls", "search", "history", "rm", "import", "status",
             "whoami", "agent", "grant", "policy", "audit", "backup", "export", "pub", "sub", "topics", "retention",
-            "kv", "job", "adapter", "distill", "plan", "jobs")
+            "kv", "job", "adapter", "distill", "plan", "jobs", "mcp")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,5 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_commands(command, "jobs",
                       "background jobs (distill, kv build): list, show, watch, cancel; as memosctl job",
                       "one job's state, progress and metrics")
+    mcp.add_commands(command)
     assert tuple(sub.choices) == COMMANDS
     return parser
