@@ -265,3 +265,27 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere():
             show("cubes", done, 100)
     assert tty.getvalue().count("\r") == 101 and tty.getvalue().endswith("] 100/100\n") and "#" * 30 in tty.getvalue()
     assert pipe.getvalue().splitlines() == [f"memosd: migrate cubes: {n}/100" for n in range(0, 101, 10)]
+
+
+def test_blobs_move_into_an_s3_bucket(vault, postgres_url, tmp_path, s3_server):
+    bucket = s3_server.new_bucket()
+    assert _run("--data-dir", str(vault), "--vault-url", postgres_url, "--to-data-dir", str(tmp_path / "t"),
+                "--blob-url", f"s3://{bucket}/team", "--s3-endpoint-url", s3_server.endpoint) == 0
+    s3 = s3_server.client()
+    blobs = [p for p in (vault / "blobs" / "sha256").rglob("*") if p.is_file()]
+    assert blobs
+    for blob in blobs:
+        stored = s3.get_object(Bucket=bucket, Key=f"team/sha256/{blob.name[:2]}/{blob.name}")["Body"].read()
+        assert stored == blob.read_bytes()
+    assert not (tmp_path / "t" / "blobs" / "sha256").exists() or not any((tmp_path / "t" / "blobs" / "sha256").iterdir())
+
+
+def test_a_damaged_blob_in_the_source_stops_the_migration(vault, postgres_url, tmp_path, capsys):
+    copy = tmp_path / "source"
+    shutil.copytree(vault, copy)
+    blob = next(p for p in (copy / "blobs" / "sha256").rglob("*") if p.is_file())
+    blob.chmod(0o600)
+    blob.write_bytes(b"x" + blob.read_bytes()[1:])
+    assert _run("--data-dir", str(copy), "--vault-url", postgres_url, "--to-data-dir", str(tmp_path / "t")) == 2
+    assert "does not match its digest" in capsys.readouterr().err
+    assert not (tmp_path / "t" / "blobs" / "sha256" / blob.parent.name / blob.name).exists()
