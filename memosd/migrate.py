@@ -58,6 +58,7 @@ def migrate(source: Config, target_dir: Path, vault_url: str, *, blob_url: str =
     work = target_dir / WORK_DIR / source_copy.DB_NAME
     target_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     digest = source_copy.copy_database(data_dir, work)
+    _check_idle(source, data_dir)  # a daemon that started while the copy was taken may have changed it
     src = source_copy.open_copy(work)
     try:
         return _migrate(source, src, digest, data_dir, target_dir, vault_url, blob_url, s3_endpoint_url, batch,

@@ -135,8 +135,11 @@ def test_every_table_blob_and_key_moves_and_the_audit_chain_verifies_there(vault
         (next_seq,) = conn.execute("SELECT nextval(pg_get_serial_sequence('cubes', 'seq'))").fetchone()
         (max_seq,) = conn.execute("SELECT max(seq) FROM cubes").fetchone()
         (finished,) = conn.execute("SELECT finished_at FROM memosd_migration").fetchone()
+        indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'embeddings'"
+                               " AND indexdef LIKE '%hnsw%'").fetchall()
     assert min(counts.values()) >= 1 and counts["cube_versions"] >= 3, counts
     assert tombstones == 1 and next_seq == max_seq + 1 and finished is not None
+    assert len(indexes) == 1 and "vector(4)" in indexes[0][0] and "tiny-encoder" in indexes[0][0]
     for name in ("admin.key", "audit.key", "audit-checkpoints.jsonl"):
         assert (target / name).read_bytes() == (vault / name).read_bytes()
     blob_dir = vault / "blobs" / "sha256"

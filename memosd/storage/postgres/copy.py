@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from memosd.storage.postgres import schema
+
 _PROGRESS = (
     "CREATE TABLE IF NOT EXISTS memosd_migration (only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),"
     " source_id text NOT NULL, source_digest text NOT NULL, started_at double precision NOT NULL,"
@@ -107,12 +109,16 @@ def mark(conn: psycopg.Connection, table: str, last_key: tuple | None, done: boo
 
 
 def finish(conn: psycopg.Connection) -> None:
-    """After the last row: identity sequences continue after the copied values, and the migration is done."""
+    """After the last row: identity sequences continue after the copied values, vector indexes are built, and
+    the migration is done."""
     identities = conn.execute("SELECT table_name, column_name FROM information_schema.columns WHERE table_schema ="
                               " current_schema() AND is_identity = 'YES'").fetchall()
     for table, column in identities:
         conn.execute(f"SELECT setval(pg_get_serial_sequence(%s, %s), coalesce((SELECT max({column}) FROM {table}),"
                      f" 0) + 1, false)", (table, column))
+    # Each embedding model's HNSW index, built once over all its vectors rather than at the first search.
+    for model, dims in conn.execute("SELECT DISTINCT model, vector_dims(vector) FROM embeddings").fetchall():
+        schema.ensure_vector_index(conn, model, dims)
     conn.execute("UPDATE memosd_migration SET finished_at = %s", (time.time(),))
     conn.commit()
 
