@@ -292,3 +292,25 @@ def test_a_damaged_blob_in_the_source_stops_the_migration(vault, postgres_url, t
     assert _run("--data-dir", str(copy), "--vault-url", postgres_url, "--to-data-dir", str(tmp_path / "t")) == 2
     assert "does not match its digest" in capsys.readouterr().err
     assert not (tmp_path / "t" / "blobs" / "sha256" / blob.parent.name / blob.name).exists()
+
+
+def test_a_migration_killed_mid_table_resumes_on_the_next_run(vault, postgres_url, tmp_path):
+    # A copy: this process still has the fixture daemon's reader connections on the vault itself open.
+    target, vault = tmp_path / "t", Path(shutil.copytree(vault, tmp_path / "source"))
+    proc = subprocess.Popen([sys.executable, "-m", "memosd.cli", "migrate", "--data-dir", str(vault), "--vault-url",
+                             postgres_url, "--to-data-dir", str(target), "--batch-size", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if line.startswith("memosd: migrate audit:"):
+                proc.kill()  # kill -9 between (or inside) committed batches
+                break
+    finally:
+        proc.kill()
+        proc.wait(30)
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT finished_at FROM memosd_migration").fetchone() == (None,)
+    assert _run("--data-dir", str(vault), "--vault-url", postgres_url, "--to-data-dir", str(target)) == 0
+    _assert_same_tables(vault, postgres_url)
+    assert not (target / ".migrate").exists()
