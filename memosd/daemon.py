@@ -18,9 +18,8 @@ from memosd.vault import MemVault
 from memosd.vault.activation import ActivationVault
 from memosd.vault.blobs import BlobStore
 from memosd.errors import FailedPrecondition
-from memosd.storage import missing_modules, open_database
+from memosd.storage import Database, missing_modules, open_database
 from memosd.storage.objects import open_object_store
-from memosd.storage.sqlite.db import Database
 from memosd.storage.urls import redact
 from memosd.vault.parametric import ParametricVault
 

@@ -8,17 +8,42 @@ package under memosd/storage/ with the same modules and functions (tests/test_st
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from memosd.errors import FailedPrecondition
 from memosd.storage.urls import POSTGRESQL, vault_engine
 
 # An engine's connection inside a job: opaque to the core, which only hands it to that engine's functions.
 Conn = Any
+T = TypeVar("T")
 
 
-def open_database(data_dir: Path, migrations=None, *, url: str = "sqlite:", create: bool = False) -> Any:
+class Database(Protocol):
+    """What every engine's Database offers the core (memosd/storage/sqlite/db.py, postgres/db.py)."""
+
+    engine: str  # "sqlite" or "postgresql"
+
+    @property
+    def sql(self) -> Any:
+        """The engine's package of record modules: db.sql.cubes, db.sql.events, ..."""
+
+    async def write(self, job: Callable[[Conn], T]) -> T:
+        """Run job(conn) in one transaction; return once it is committed and durable."""
+
+    async def read(self, job: Callable[[Conn], T]) -> T:
+        """Run job(conn) in one consistent, read-only snapshot."""
+
+    def snapshot(self) -> AbstractContextManager[Conn]:
+        """A connection of its own in one read snapshot, for a long read on the caller's thread."""
+
+    def close(self) -> None:
+        """Finish what is queued, then release the connections."""
+
+
+def open_database(data_dir: Path, migrations=None, *, url: str = "sqlite:", create: bool = False) -> Database:
     """The database vault_url names, migrated: `sqlite:` is the embedded engine in data_dir (created on first
     use); `postgresql://...` a PostgreSQL database whose schema `create` makes (memosd init) and which is
     otherwise refused, with FailedPrecondition, if it has none or one newer than this code (Unavailable:
@@ -39,19 +64,3 @@ def open_database(data_dir: Path, migrations=None, *, url: str = "sqlite:", crea
 def missing_modules(db) -> tuple[str, ...]:
     """The record modules the core needs that db's engine does not implement yet (nothing for SQLite)."""
     return tuple(getattr(db.sql, "MISSING", ()))
-
-
-def sql_of(conn: Conn):
-    """The record functions of the engine a job's connection belongs to, for a function handed only the
-    connection (memosd.vault.blob_access's, which vault/blobs.py calls inside its own jobs)."""
-    import sqlite3
-
-    if isinstance(conn, sqlite3.Connection):
-        import memosd.storage.sqlite as sql
-
-        return sql
-    if type(conn).__module__.startswith("psycopg"):
-        import memosd.storage.postgres as pg
-
-        return pg
-    raise TypeError(f"no storage engine has connections of type {type(conn).__name__}")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from memosd.cube import MemoryKind, Visibility
 from memosd.errors import PermissionDenied
-from memosd.storage import Conn, sql_of
+from memosd.storage import Conn
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,11 @@ class CubeHeader:
 Guard = Callable[[CubeHeader], None]
 
 
-def record_holder(conn: Conn, sha256: str, agent: str, now: float) -> None:
-    """Record that agent proved it has the blob's bytes; call inside the transaction storing the blob row."""
-    sql_of(conn).holders.record(conn, sha256, agent, now)
-
-
-def referable_size(conn: Conn, sha256: str, agent: str, guard: Guard | None) -> int | None:
+def referable_size(sql, conn: Conn, sha256: str, agent: str, guard: Guard | None) -> int | None:
     """The size of the blob if `agent` may make a cube reference it, else None (exactly as for a blob that is
     not stored). Without a guard only possession counts. The same queries run whether or not the blob
     exists, so that the answer's timing says little more than the answer."""
-    holders = sql_of(conn).holders
+    holders = sql.holders
     size = holders.blob_size(conn, sha256)
     held = holders.holds(conn, sha256, agent)
     naming = [] if held or guard is None else holders.naming_cubes(conn, sha256)

@@ -159,7 +159,7 @@ class BlobStore:
     async def referable_size(self, agent: str, sha256: str, guard: Guard | None = None) -> int | None:
         """The blob's size if `agent` may make a cube reference it (it holds the blob, or guard lets it read a
         live cube naming it); None, as for a blob not stored, otherwise."""
-        return await self.db.read(lambda c: blob_access.referable_size(c, sha256, agent, guard))
+        return await self.db.read(lambda c: blob_access.referable_size(self.sql, c, sha256, agent, guard))
 
     async def status(self, owner: str, sha256: str, size: int, guard: Guard | None = None) -> tuple[bool, int]:
         """(stored and referable by owner: nothing to send, bytes of owner's unfinished upload held)."""
@@ -286,7 +286,7 @@ class BlobStore:
 
             def job(conn: Conn) -> None:
                 self.sql.blobs.record(conn, sha256, size, xxh3_128, now)
-                blob_access.record_holder(conn, sha256, holder, now)
+                self.sql.holders.record(conn, sha256, holder, now)  # the uploader proved it has the bytes
 
             await self.db.write(job)
 
