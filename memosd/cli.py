@@ -107,7 +107,7 @@ def _restore(config, source: str, force: bool) -> int:
 
 def _migrate(args) -> int:
     """Copy the embedded vault of --data-dir into PostgreSQL, with a progress bar (plain lines when not a tty)."""
-    from memosd.migrate import migrate
+    from memosd.storage.migrate import migrate
 
     # The source's own settings (its socket, audit_key), not the target's: the URLs are the migration's.
     source = load_config({"data_dir": args.data_dir, "config": args.config})

@@ -20,7 +20,7 @@ from memosd.cli import main as memosd_main
 from memosd.config import load_config
 from memosd.cube import LifecycleState
 from memosd.errors import FailedPrecondition
-from memosd.migrate import migrate
+from memosd.storage.migrate import migrate
 from memosd.storage.sqlite.copy import TABLES
 from tests.adapter_helpers import put_raw_adapter
 from tests.daemon import make_config, running

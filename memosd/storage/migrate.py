@@ -7,7 +7,8 @@ and the blobs go to the store blob_url names (`s3://...`, or `file:`: TARGET/blo
 stays a working embedded vault as of the migration, so going back is serving it again. Order: blob bytes
 first (a cube row is never in before its blob), then the tables, settings last (the daemon id), then identity
 sequences, then verification (row counts, the audit chain and its signed checkpoints on the target), then the
-migration is marked finished. A daemon refuses a database whose migration has not finished.
+migration is marked finished. A daemon refuses a database whose migration has not finished. It reads one
+engine and writes the other, so it lives in the storage package, beside them.
 """
 
 from __future__ import annotations
