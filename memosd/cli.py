@@ -115,7 +115,9 @@ def _migrate(args) -> int:
     report = migrate(source, Path(args.to_data_dir), args.vault_url, blob_url=args.blob_url,
                      s3_endpoint_url=args.s3_endpoint_url, batch=args.batch_size, progress=_Progress(sys.stderr))
     if report.already_done:
-        print(f"memosd: {source.data_dir} was migrated into {shown} already; checked it again.")
+        print(f"memosd: vault {report.source_id} from {source.data_dir} was migrated into {shown} already;"
+              f" nothing to do. Serve it with: memosd serve --data-dir {args.to_data_dir} --vault-url {shown}")
+        return 0
     rows = sum(report.rows.values())
     blobs = "" if args.blob_url == "file:" else f" --blob-url {args.blob_url}"
     endpoint = f" --s3-endpoint-url {args.s3_endpoint_url}" if args.s3_endpoint_url else ""

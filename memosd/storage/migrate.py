@@ -129,15 +129,16 @@ def _migrate(source, src, digest, data_dir, target_dir, vault_url, blob_url, s3_
                 raise AlreadyExists(f"{shown} already holds a vault (daemon id {held or 'not set'}): migrate into"
                                     " an empty database")
             target_copy.begin(conn, source_id, digest)
+        if report.already_done:
+            # Nothing to compare with any more: a daemon may have served (and changed) the target since.
+            return report
         _copy_files(source, data_dir, target_dir)
-        if not report.already_done:
-            asyncio.run(_copy_blobs(src, conn, data_dir, target_dir, blob_url, s3_endpoint_url, report, report_to))
-            _copy_tables(src, conn, batch, report, report_to)
+        asyncio.run(_copy_blobs(src, conn, data_dir, target_dir, blob_url, s3_endpoint_url, report, report_to))
+        _copy_tables(src, conn, batch, report, report_to)
         report_to("verify", 0, 1)
         _check_counts(src, conn)
         asyncio.run(_verify_audit(vault_url, source, target_dir, source_id, report))
-        if not report.already_done:
-            target_copy.finish(conn)
+        target_copy.finish(conn)
         report_to("verify", 1, 1)
         return report
     finally:
