@@ -39,10 +39,16 @@ NAME = re.compile(
     r"|adapters/[0-9a-f]{64}/(adapter_config\.json|adapter_model\.safetensors)"
 )
 DIRS = re.compile(r"tensors|adapters|adapters/[0-9a-f]{64}")
-# A MemTensor/MemOS general MemCube dump directory (imported, never written).
-MEMOS_NAME = re.compile(r"config\.json|textual_memory\.json|activation_memory\.pickle|parametric_memory\.adapter"
-                        r"|preference_memory\.json")
+# A file of a MemTensor/MemOS MemCube dump directory: MemOS names its files after each memory's
+# memory_filename, and dumps carry others (a README); the importer decides what each is and ignores the rest.
+MEMOS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_FILES = 250_000
+
+
+def default_memos_namespace(agent: str, cube_id: str) -> str:
+    """agents/AGENT/memos/CUBE: a MemOS cube id ("Ki-Seki/mem_cube_2") made a namespace segment."""
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", cube_id.lower()).strip("-._")[:64] or "cube"
+    return f"agents/{agent}/memos/{slug}"
 
 
 class BundleError(Exception):
@@ -161,9 +167,11 @@ def safe_extract(tar_path: Path, dest: Path, *, max_bytes: int, max_files: int =
     return files
 
 
-def add_directory(tar: tarfile.TarFile, root: Path, pattern: re.Pattern = NAME) -> int:
+def add_directory(tar: tarfile.TarFile, root: Path, pattern: re.Pattern = NAME,
+                  skipped: list[str] | None = None) -> int:
     """Add a bundle directory's files to a tar (for sending it), refusing links and names a bundle may
-    not hold; returns the number of files."""
+    not hold (or, given `skipped`, leaving those names out and listing them there); returns the number of
+    files."""
     count = 0
     for path in sorted(Path(root).rglob("*")):
         rel = path.relative_to(root).as_posix()
@@ -173,6 +181,9 @@ def add_directory(tar: tarfile.TarFile, root: Path, pattern: re.Pattern = NAME) 
             continue
         if not path.is_file():
             raise BundleError("InvalidArgument", f"{path} is not a regular file")
+        if skipped is not None and not pattern.fullmatch(rel):
+            skipped.append(rel)
+            continue
         check_name(rel, pattern)
         info = tarfile.TarInfo(rel)
         info.size = path.stat().st_size

@@ -12,7 +12,8 @@ import pytest
 
 from memos_client import errors as client_errors
 from memos_client.models import State
-from memosd.bundle.memos_dump import default_namespace, kv_caches, memos_item_cube, stable_id
+from memos_mip.memos_kv import kv_caches
+from memosd.bundle.memos_dump import default_namespace, memos_item_cube, stable_id
 from memosd.cube import LifecycleState, Visibility
 from memosd.limits import Limits
 
@@ -122,7 +123,7 @@ def memos_classes(monkeypatch):
 @pytest.mark.slow
 def test_a_real_kv_pickle_loads_as_tensors_only(memos_classes, tmp_path, client):
     torch = pytest.importorskip("torch")
-    from memosd.runtime.pickle_guard import PickleRefused, Record, load_tensors_pickle
+    from memos_mip.pickle_guard import PickleRefused, Record, load_tensors_pickle
 
     cache = memos_classes["DynamicCache"]()
     cache.__dict__.update(_seen_tokens=3, key_cache=[torch.randn(1, 2, 3, 4, dtype=torch.bfloat16) for _ in range(2)],
@@ -157,9 +158,11 @@ def test_a_real_kv_pickle_loads_as_tensors_only(memos_classes, tmp_path, client)
     b"cos\nsystem\n(S'echo hi'\ntR.",               # protocol 0 GLOBAL + REDUCE
     pickle.dumps(print), pickle.dumps(getattr),     # any callable by name
     b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x08builtins\x8c\x04eval\x93.",
+    b"ctorch\nload\n.", b"ctorch\nsave\n.", b"ctorch\n_C\n.",  # torch names other than its dtypes and device
+    b"ctorch\ndevice\n(ctorch\nload\ntR.",   # a device made of something that is not its name
 ])
 def test_the_unpickler_refuses_every_other_global(payload):
-    from memosd.runtime.pickle_guard import PickleRefused, load_tensors_pickle
+    from memos_mip.pickle_guard import PickleRefused, load_tensors_pickle
 
     with pytest.raises(PickleRefused):
         load_tensors_pickle(payload)

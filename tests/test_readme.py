@@ -79,7 +79,7 @@ def test_every_readme_block_runs_in_order_on_a_fresh_daemon(tmp_path, monkeypatc
     with running(config) as daemon:
         env = {**os.environ, "MEMOS_ADDR": daemon.address, "MEMOS_KEY": str(daemon.admin_key),
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-        for name in ("MEMOS_ADDR", "MEMOS_KEY"):
+        for name in ("MEMOS_ADDR", "MEMOS_KEY", "PATH"):  # Python blocks too start memosctl (the MCP one)
             monkeypatch.setenv(name, env[name])
         monkeypatch.chdir(workdir)
         state = tmp_path / "shell-state.sh"

@@ -3,8 +3,6 @@ Each test takes `engine` (tests/storage_engine.py) and runs once per storage eng
 
 import asyncio
 
-import pytest
-
 from memosd.governance import audit
 from memosd.governance.policy import Pattern
 from memosd.store.memstore import EventKind
@@ -158,9 +156,6 @@ def test_unfinished_jobs_are_recorded_as_failed_and_finished_ones_kept(engine):
     assert found["done"] == _job("done", 3, 1.0)
 
 
-# MemVault writes its cubes through SQLite's SQL until the cubes records exist on PostgreSQL;
-# tests/test_postgres_engine.py checks the PostgreSQL export over rows it writes itself.
-@pytest.mark.engines("sqlite")
 def test_the_export_reads_the_cubes_a_filter_selects_in_storage_order(engine, tmp_path):
     from memosd.cube import CubeDraft, CubeFilter
     from memosd.vault import rows

@@ -1,9 +1,5 @@
 """The storage contract for blob rows (db.sql.blobs): what BlobStore relies on, driven directly on each engine."""
 
-import pytest
-
-pytestmark = pytest.mark.engines("sqlite")  # PostgreSQL implements these next (#14)
-
 A, B = "a" * 64, "b" * 64
 
 

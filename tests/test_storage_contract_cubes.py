@@ -1,13 +1,9 @@
 """The storage contract for MemVault's cube records: what the core relies on from the engine's cubes and usage modules,
 driven directly (no daemon, no gRPC)."""
 
-import pytest
-
 from memosd.cube import CubeFilter, LifecycleState, MemCube, MemoryKind, Visibility
 from memosd.ids import new_id
 from memosd.vault import rows
-
-pytestmark = pytest.mark.engines("sqlite")  # PostgreSQL implements these next (#14)
 
 ACTIVE, ARCHIVED, EXPIRED, DELETED = (LifecycleState.ACTIVE, LifecycleState.ARCHIVED, LifecycleState.EXPIRED,
                                       LifecycleState.DELETED)

@@ -1,60 +1,41 @@
-"""Import of a MemTensor/MemOS general MemCube dump directory (what GeneralMemCube.dump writes).
+"""Import of a MemTensor/MemOS MemCube dump directory (what GeneralMemCube.dump and the text memories' dump write).
 
-    config.json                 the cube's config: cube_id, user_id, the backends and their models
-    textual_memory.json         textual memories: a list of items ({"id", "memory", "metadata"}, or
-                                general_text's {"id", "vector", "payload": item}), or tree_text's
-                                {"nodes": [item, ...], "edges": [...]}
+    config.json                 the cube's config (optional: the tree example ships without one); it names
+                                the files below through each memory's memory_filename
+    textual_memory.json         textual memories, in the general, naive or tree layout (memos_items.py),
+                                decided from the content
+    preference memory (.json)   {collection: [vector-db item]}, also decided from the content
     activation_memory.pickle    KV caches, pickled: read only when asked, with the restricted unpickler
     parametric_memory.adapter   a LoRA adapter: not imported (noted)
 
-Each textual item becomes a plaintext cube: "memory" is the text; its metadata maps onto the header
-(tags, status -> state, visibility "private" -> owner-only, created_at/updated_at, source), and the
-rest (type, memory_time, confidence, entities, user_id, session_id, key, memory_type, ...) is kept in
-the cube's metadata with the MemOS id as "memos_id". Embeddings are dropped: they belong to another
+Any other file (a README) is ignored with a note. Embeddings are dropped: they belong to another
 embedder, and memosd embeds the text again when it has one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from memos_mip.bounds import JSONLimitError, loads, quote
-from memos_mip.bundle_format import BundleError, from_rfc3339
+from memos_mip.bundle_format import BundleError, default_memos_namespace
+from memos_mip.memos_kv import MemosKV
 from memosd.bundle.loader import BATCH, ImportReport
-from memosd.cube import LifecycleState, MemCube, MemoryKind, Visibility
-from memosd.errors import InvalidArgument
-from memosd.ids import ULID_RE
-from memosd.limits import Limits, check_metadata, check_namespace, check_text
+from memosd.bundle.memos_items import Layout, item_links, layout_of, link_cubes, memos_item_cube, stable_id
+from memosd.cube import MemCube, MemoryKind
+from memosd.limits import Limits, check_namespace
 from memosd.vault.imported import import_cubes
 
-CONFIG, TEXTUAL, ACTIVATION, PARAMETRIC = ("config.json", "textual_memory.json", "activation_memory.pickle",
-                                           "parametric_memory.adapter")
-STATES = {"activated": LifecycleState.ACTIVE, "resolving": LifecycleState.ACTIVE,
-          "archived": LifecycleState.ARCHIVED}
-# Bulky or embedder-specific metadata that is not carried over.
-DROPPED = {"embedding", "vector", "history", "usage", "internal_info", "evolve_to", "covered_history", "file_ids"}
-# Header fields, mapped rather than kept in metadata.
-MAPPED = {"tags", "status", "visibility", "created_at", "updated_at", "source"}
-# What is kept when the rest would overflow max_metadata_bytes.
-CORE = ("memos_id", "type", "memory_type", "memory_time", "key", "confidence", "user_id", "session_id")
-_TAG_SPACE = re.compile(r"[\s\x00-\x1f\x7f]+")
-# textual_memory.json holds every memory with its embedding (a few KiB of floats each); parsed whole.
+__all__ = ["CONFIG", "MemosDump", "default_namespace", "load_memos_dump", "memos_item_cube", "read_memos_dump",
+           "stable_id"]
+
+CONFIG = "config.json"
+MEMORIES = ("text_mem", "act_mem", "para_mem", "pref_mem")
+DEFAULT_FILES = {"text_mem": "textual_memory.json", "act_mem": "activation_memory.pickle",
+                 "para_mem": "parametric_memory.adapter"}
+# A textual memory file holds every memory with its embedding (a few KiB of floats each); parsed whole.
 MAX_JSON_BYTES = 1 << 30
-
-
-@dataclass
-class MemosKV:
-    """One KV cache from activation_memory.pickle, as tensors (torch, from the restricted unpickler)."""
-
-    memos_id: str
-    keys: list
-    values: list
-    metadata: dict
 
 
 @dataclass
@@ -63,126 +44,111 @@ class MemosDump:
     cubes: list[MemCube]
     kv: list[MemosKV] = field(default_factory=list)
     model: str = ""
+    layouts: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+def read_config(files: dict[str, Path]) -> dict | None:
+    """config.json if the dump has one (checked to be a MemOS MemCube config); None if it has none."""
+    if CONFIG not in files:
+        return None
+    config = _json(files, CONFIG)
+    if not isinstance(config, dict) or not (any(k in config for k in MEMORIES)
+                                            or "MemCube" in str(config.get("model_schema", ""))):
+        raise BundleError("InvalidArgument", "config.json is not a MemOS MemCube config (no text_mem, no MemCube"
+                          " model_schema)")
+    return config
 
 
 def read_memos_dump(files: dict[str, Path], namespace: str, limits: Limits, *, allow_pickle: bool,
                     now: float) -> MemosDump:
-    """Map a dump's files to cubes under `namespace` (blocking; run it on a thread)."""
+    """Map a dump's files to cubes under `namespace` (blocking; run it on a thread). Everything is read and
+    checked before anything is returned, so a bad file stores nothing."""
     check_namespace(namespace)
-    config = _json(files, CONFIG)
-    if not isinstance(config, dict) or not ("text_mem" in config or "MemCube" in str(config.get("model_schema", ""))):
-        raise BundleError("InvalidArgument", "config.json is not a MemOS MemCube config (no text_mem, no MemCube"
-                          " model_schema)")
-    dump = MemosDump(cube_id=str(config.get("cube_id") or ""), cubes=[], model=_model(config))
-    if TEXTUAL in files:
-        deleted = 0
-        for number, item in enumerate(_items(_json(files, TEXTUAL)), 1):
-            cube = memos_item_cube(item, namespace, limits, now, number)
-            if cube is None:
-                deleted += 1
-            else:
-                dump.cubes.append(cube)
-        if deleted:
-            dump.notes.append(f"{deleted} textual memories marked deleted in MemOS were not imported")
-    else:
-        dump.notes.append("the dump has no textual_memory.json")
-    if ACTIVATION in files:
-        if allow_pickle:
-            from memosd.runtime.pickle_guard import PickleRefused, load_tensors_pickle
-
-            try:
-                dump.kv = kv_caches(load_tensors_pickle(files[ACTIVATION].read_bytes()))
-            except PickleRefused as exc:
-                raise BundleError("InvalidArgument", f"activation_memory.pickle refused: {exc}") from None
+    config = read_config(files)
+    dump = MemosDump(cube_id=str((config or {}).get("cube_id") or ""), cubes=[], model=_model(config or {}))
+    named = _named_files(config)
+    texts, pickles, ignored = [], [], []
+    for name in sorted(files):
+        if name == CONFIG:
+            continue
+        if name.endswith(".json"):
+            texts.append(name)
+        elif name.endswith(".pickle"):
+            pickles.append(name)
+        elif name.endswith(".adapter"):
+            dump.notes.append(f"{name} was not imported: MemOS adapters are not supported yet")
         else:
-            dump.notes.append("activation_memory.pickle was not read: pickles can run code; pass --allow-pickle to"
-                              " read it with the restricted unpickler (tensors only)")
-    if PARAMETRIC in files:
-        dump.notes.append("parametric_memory.adapter was not imported: adapters are not supported yet")
+            ignored.append(name)
+    by_memos_id: dict[str, MemCube | None] = {}
+    edges: list[tuple[str, dict]] = []
+    deleted = 0
+    for name in texts:
+        layout = layout_of(_json(files, name), name)
+        if layout is None:
+            if name in named:
+                raise BundleError("InvalidArgument", f"{name} is not a MemOS textual memory file: neither a list of"
+                                  " memories, a tree of nodes nor preference collections")
+            ignored.append(name)
+            continue
+        dump.layouts.append(f"{layout.name} ({name})")
+        deleted += _read_layout(layout, name, namespace, limits, now, dump, by_memos_id, edges)
+    if not texts and not pickles:
+        raise BundleError("InvalidArgument", "the dump holds no MemOS memory files (textual_memory.json,"
+                          " activation_memory.pickle): neither a memosd bundle (manifest.json) nor a MemOS dump")
+    link_cubes(by_memos_id, edges, limits)
+    if deleted:
+        dump.notes.append(f"{deleted} textual memories marked deleted in MemOS were not imported")
+    if ignored:
+        dump.notes.append(f"ignored {', '.join(quote(n) for n in ignored)}: not MemOS memory files")
+    for name in pickles:
+        if not allow_pickle:
+            dump.notes.append(f"{name} was not read: pickles can run code; pass --allow-pickle (and --model DIR to"
+                              " bind its caches to a local model) to read it with the restricted unpickler")
+            continue
+        from memos_mip.memos_kv import read_kv_pickle
+
+        dump.kv.extend(read_kv_pickle(files[name].read_bytes(), name))
     return dump
 
 
-def memos_item_cube(item, namespace: str, limits: Limits, now: float, number: int = 0) -> MemCube | None:
-    """The plaintext cube for one MemOS textual memory item; None if MemOS marked it deleted."""
-    where = f"textual_memory.json item {number}: "
-    if not isinstance(item, dict):
-        raise BundleError("InvalidArgument", f"{where}not an object")
-    if isinstance(item.get("payload"), dict):  # general_text stores the item as a vector-db payload
-        item = {"id": item.get("id"), **item["payload"]}
-    meta = item.get("metadata") if isinstance(item.get("metadata"), dict) else {}
-    status = meta.get("status") or "activated"
-    if status == "deleted":
-        return None
-    if status not in STATES:
-        raise BundleError("InvalidArgument", f"{where}status {quote(status)} is not one MemOS writes")
-    try:
-        text = check_text(item.get("memory") if isinstance(item.get("memory"), str) else "", limits)
-    except InvalidArgument as exc:
-        raise BundleError("InvalidArgument", f"{where}memory: {exc}") from None
-    created = _time(meta.get("created_at")) or _time(meta.get("updated_at")) or now
-    updated = _time(meta.get("updated_at")) or created
-    source = meta.get("source") if isinstance(meta.get("source"), str) else ""
-    memos_id = str(item.get("id") or "")
-    kept = {"memos_id": memos_id}
-    kept.update({k: v for k, v in meta.items() if k not in DROPPED | MAPPED and v not in (None, [], {}, "")})
-    return MemCube(
-        id=stable_id(created, f"{namespace}\n{memos_id or text}"), namespace=namespace, kind=MemoryKind.PLAINTEXT, created_at=created, updated_at=updated,
-        owner="", text=text, tags=_tags(meta.get("tags"), limits), metadata=_fit(kept, limits),
-        source=f"memos:{source}"[:limits.max_source_chars] if source else "memos",
-        visibility=Visibility.OWNER if meta.get("visibility") == "private" else Visibility.NAMESPACE,
-        state=STATES[status],
-    )
+def _read_layout(layout: Layout, name: str, namespace: str, limits: Limits, now: float, dump: MemosDump,
+                 by_memos_id: dict[str, MemCube | None], edges: list[tuple[str, dict]]) -> int:
+    """Add a layout's cubes to the dump and collect its edges; returns how many items were deleted ones."""
+    deleted = 0
+    for number, item in enumerate(layout.items, 1):
+        cube = memos_item_cube(item, namespace, limits, now, number, name)
+        memos_id = str(item.get("id") or "") if isinstance(item, dict) else ""
+        if memos_id in by_memos_id:
+            raise BundleError("InvalidArgument", f"{name} item {number}: the id {quote(memos_id)} appears twice")
+        if memos_id:
+            by_memos_id[memos_id] = cube
+        if cube is None:
+            deleted += 1
+            continue
+        dump.cubes.append(cube)
+        edges.extend((f"{name} item {number} memos_links", {"source": memos_id, "target": link.get("memos_id"),
+                                                             "type": link.get("type")})
+                     for link in item_links(item))
+    edges.extend((f"{name} edge {number}", edge) for number, edge in enumerate(layout.edges, 1))
+    return deleted
 
 
-def stable_id(created: float, key: str) -> str:
-    """A cube id (ULID) made from the memory's time and its MemOS id, so importing a dump again finds the
-    cubes it stored the first time instead of storing them twice."""
-    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-    ms = max(0, min(int(created * 1000), 2**48 - 1))
-    value = (ms << 80) | int.from_bytes(hashlib.sha256(key.encode()).digest()[:10], "big")
-    text = "".join(alphabet[(value >> (5 * i)) & 31] for i in reversed(range(26)))
-    assert ULID_RE.fullmatch(text)
-    return text
-
-
-def kv_caches(obj) -> list[MemosKV]:
-    """The KV caches in an unpickled activation_memory.pickle ({"kv_cache_memories": {id: KVCacheItem}})."""
-    from memosd.runtime.pickle_guard import Record
-
-    items = obj.get("kv_cache_memories", obj) if isinstance(obj, dict) else obj
-    items = items.items() if isinstance(items, dict) else enumerate(items if isinstance(items, list) else [])
-    found = []
-    for key, item in items:
-        fields = item.fields() if isinstance(item, Record) else (item if isinstance(item, dict) else {})
-        cache = fields.get("kv_cache", fields.get("memory"))
-        if not isinstance(cache, Record):
-            raise BundleError("InvalidArgument", f"KV cache {key}: no DynamicCache in the item")
-        c = cache.fields()
-        if "layers" in c:  # newer transformers: a list of DynamicLayer(keys, values)
-            keys = [layer.fields().get("keys") for layer in c["layers"]]
-            values = [layer.fields().get("values") for layer in c["layers"]]
-        else:
-            keys, values = list(c.get("key_cache") or []), list(c.get("value_cache") or [])
-        if not keys or len(keys) != len(values) or any(_not_tensor(t) for t in keys + values):
-            raise BundleError("InvalidArgument", f"KV cache {key}: its layers are not pairs of tensors")
-        meta = fields.get("metadata")
-        if not isinstance(meta, dict):
-            meta = {}
-        found.append(MemosKV(str(fields.get("id") or fields.get("kv_cache_id") or key), keys, values,
-                             {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}))
-    return found
-
-
-def _not_tensor(value) -> bool:
-    from memosd.runtime.pickle_guard import is_tensor
-
-    return not is_tensor(value)
+def _named_files(config: dict | None) -> set[str]:
+    """The memory files the config names (each memory's memory_filename, or MemOS's default)."""
+    names = set()
+    for memory in MEMORIES:
+        section = (config or {}).get(memory)
+        if not isinstance(section, dict):
+            continue
+        inner = section.get("config")
+        name = (inner.get("memory_filename") if isinstance(inner, dict) else None) or DEFAULT_FILES.get(memory)
+        if isinstance(name, str):
+            names.add(name)
+    return names or {DEFAULT_FILES["text_mem"]}
 
 
 def _json(files: dict[str, Path], name: str):
-    if name not in files:
-        raise BundleError("InvalidArgument", f"the MemOS dump has no {name}")
     if files[name].stat().st_size > MAX_JSON_BYTES:
         raise BundleError("InvalidArgument", f"{name} is over its limit of {MAX_JSON_BYTES >> 30} GiB")
     try:
@@ -191,14 +157,6 @@ def _json(files: dict[str, Path], name: str):
         raise BundleError("InvalidArgument", str(exc)) from None
     except ValueError as exc:  # UnicodeDecodeError included
         raise BundleError("InvalidArgument", f"{name} is not JSON: {exc}") from None
-
-
-def _items(doc) -> list:
-    if isinstance(doc, dict) and isinstance(doc.get("nodes"), list):
-        return doc["nodes"]
-    if isinstance(doc, list):
-        return doc
-    raise BundleError("InvalidArgument", "textual_memory.json is neither a list of memories nor a tree of nodes")
 
 
 def _model(config: dict) -> str:
@@ -210,48 +168,22 @@ def _model(config: dict) -> str:
     return ""
 
 
-def _time(value) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        # MemOS writes nanosecond fractions ("...42.394870000+00:00"); Python reads microseconds.
-        return from_rfc3339(re.sub(r"(\.\d{6})\d+", r"\1", value))
-    except BundleError:
-        return None
-
-
-def _tags(tags, limits: Limits) -> tuple[str, ...]:
-    if not isinstance(tags, list):
-        return ()
-    cleaned = [_TAG_SPACE.sub("-", t.strip())[:64] for t in tags if isinstance(t, str) and t.strip()]
-    return tuple(dict.fromkeys(cleaned))[:limits.max_tags]
-
-
-def _fit(metadata: dict, limits: Limits) -> dict:
-    """The metadata, reduced to its core fields when the whole would be over the limit."""
-    for fields in (metadata, {k: metadata[k] for k in CORE if k in metadata}):
-        try:
-            return check_metadata(json.loads(json.dumps(fields, default=str, allow_nan=False)), limits)
-        except (InvalidArgument, ValueError):
-            continue
-    return {"memos_id": metadata.get("memos_id", "")}
-
-
 def default_namespace(agent: str, cube_id: str) -> str:
-    """agents/AGENT/memos/CUBE: a MemOS cube id ("Ki-Seki/mem_cube_2") made a namespace segment."""
-    slug = re.sub(r"[^a-z0-9_.-]+", "-", cube_id.lower()).strip("-._")[:64] or "cube"
-    return f"agents/{agent}/memos/{slug}"
+    """agents/AGENT/memos/CUBE (memos_mip.bundle_format.default_memos_namespace, which the client uses too)."""
+    return default_memos_namespace(agent, cube_id)
 
 
 async def load_memos_dump(files: dict[str, Path], *, vault, governance, principal, options) -> ImportReport:
     """Read a MemOS dump and store its textual memories (and report what was left out)."""
-    config = await asyncio.to_thread(_json, files, CONFIG)
-    cube_id = str(config.get("cube_id") or "") if isinstance(config, dict) else ""
+    config = await asyncio.to_thread(read_config, files)
+    cube_id = str((config or {}).get("cube_id") or "")
     namespace = options.namespace or default_namespace(principal.name, cube_id)
     governance.check(principal, "write", namespace, MemoryKind.PLAINTEXT)
     dump = await asyncio.to_thread(read_memos_dump, files, namespace, vault.limits,
                                    allow_pickle=options.allow_pickle, now=vault.clock())
     report = ImportReport(format="memos-dump", notes=list(dump.notes))
+    if dump.layouts:
+        report.notes.insert(0, f"read MemOS {', '.join(dump.layouts)}" + ("" if config else " (no config.json)"))
     for start in range(0, len(dump.cubes), BATCH):
         stored, skipped, renamed = await import_cubes(vault, dump.cubes[start:start + BATCH], principal.name,
                                                       f"memos:{cube_id}")
@@ -261,6 +193,7 @@ async def load_memos_dump(files: dict[str, Path], *, vault, governance, principa
     if dump.kv:
         report.notes.append(
             f"{len(dump.kv)} KV caches (for {dump.model or 'an unnamed model'}) were read with the restricted"
-            " unpickler and checked, but not stored: a MemOS dump carries no model fingerprint or token ids,"
-            " which memosd needs to bind a cache to its model")
+            " unpickler and checked, but not stored: a MemOS dump carries no model fingerprint, which memosd"
+            " needs to bind a cache to its model; pass --model DIR (a local copy of that model) to memosctl"
+            " import to bind and store them")
     return report

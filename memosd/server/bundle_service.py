@@ -12,7 +12,7 @@ from memos_mip.v1 import bundle_pb2
 from memosd import __version__, errors
 from memosd.bundle.dumper import ChunkPipe, ExportedPolicy, write_bundle
 from memosd.bundle.loader import BundleReader, ImportOptions, ImportReport, load_bundle
-from memosd.bundle.memos_dump import CONFIG, load_memos_dump
+from memosd.bundle.memos_dump import load_memos_dump
 from memosd.bundle.staging import ImportStaging
 from memosd.cube import CubeFilter, LifecycleState, MemoryKind
 from memosd.errors import InvalidArgument, ResourceExhausted
@@ -134,15 +134,14 @@ class BundleService:
             policies_skipped=report.policies_skipped, notes=report.notes)
 
     async def _load(self, files: dict, fmt: int, options: ImportOptions, p) -> ImportReport:
-        memos = fmt == bundle_pb2.BUNDLE_FORMAT_MEMOS_DUMP or (
-            fmt == bundle_pb2.BUNDLE_FORMAT_UNSPECIFIED and MANIFEST not in files and CONFIG in files)
-        if memos:
-            stray = sorted(n for n in files if not MEMOS_NAME.fullmatch(n))
-            if stray:
-                raise InvalidArgument(f"a MemOS dump does not hold {stray[0]}")
+        # Decided from the content: a memosd bundle has its manifest; anything else is read as a MemOS dump,
+        # whose reader says so when it finds no MemOS memory file either.
+        if fmt == bundle_pb2.BUNDLE_FORMAT_MEMOS_DUMP or (fmt == bundle_pb2.BUNDLE_FORMAT_UNSPECIFIED
+                                                          and MANIFEST not in files):
             return await load_memos_dump(files, vault=self.vault, governance=self.gov, principal=p, options=options)
         if MANIFEST not in files:
-            raise InvalidArgument("the bundle has neither manifest.json (a memosd bundle) nor config.json (a MemOS dump)")
+            raise InvalidArgument("the bundle has no manifest.json: it is not a memosd bundle (import it without"
+                                  " --format memosd if it is a MemOS dump)")
         reader = BundleReader(files, self.vault.limits, options)
         return await load_bundle(reader, vault=self.vault, governance=self.gov, principal=p, options=options,
                                  tensors=self.tensors)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import shutil
 import tarfile
 import tempfile
@@ -90,10 +91,39 @@ class PortabilityMethods:
 
     @method
     def export(self, dest: str | Path, namespace: str = "", *, kinds=(), omit_policies: bool = False,
-               timeout: float | None = None) -> dict:
+               format: str = "memosd", kv_model: str | None = None, timeout: float | None = None) -> dict:
         """Export the cubes under `namespace` (every namespace when empty) that this agent may read, as a
-        bundle: a directory, or a tar file when dest ends in .tar or .tar.gz. Returns the manifest."""
+        bundle: a directory, or a tar file when dest ends in .tar or .tar.gz. Returns the manifest.
+        format="memos" writes a MemOS MemCube directory instead (memos_export), and returns what it
+        wrote and left out; kv_model (the model MemOS is to load: a name or a directory) writes the KV
+        caches too, in MemOS's pickle."""
         request = _export_request(namespace, kinds, omit_policies)
+        if format == "memosd":
+            return (yield from self._export_bundle(dest, request, timeout))
+        if format != "memos":
+            raise InvalidArgument("format must be memosd or memos")
+        if kv_model is not None and kinds and "activation" not in kinds:
+            raise InvalidArgument("kv_model writes the KV caches, and --kind leaves them out")
+        from memos_client import memos_export
+
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise AlreadyExists(f"{dest} exists already; export to a new directory")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".memosd-memos-export-", dir=dest.parent))
+        try:
+            yield from self._export_bundle(work / "bundle", request, timeout)
+            agent = self.default_namespace.split("/")[1]
+            summary = yield Offload(memos_export.write_memos_dump, work / "bundle", work / "memos",
+                                    cube_id=namespace or f"agents/{agent}", user_id=agent, kv_model=kv_model)
+            if dest.exists():
+                dest.rmdir()
+            os.replace(work / "memos", dest)
+            return summary
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _export_bundle(self, dest, request, timeout):
         stub = bundle_pb2_grpc.BundleServiceStub(self._channel)
 
         def attempt():
@@ -111,16 +141,35 @@ class PortabilityMethods:
 
     @method
     def import_bundle(self, src: str | Path, namespace: str = "", *, format: str = "auto",
-                      allow_pickle: bool = False, skip_policies: bool = False,
+                      allow_pickle: bool = False, skip_policies: bool = False, model: str | Path | None = None,
                       timeout: float | None = None) -> ImportResult:
         """Import a bundle (directory, .tar or .tar.gz) or a MemOS MemCube dump directory under
-        `namespace` (empty: the bundle's own namespaces). allow_pickle lets the daemon read a MemOS
-        activation_memory.pickle with its tensors-only unpickler."""
-        start = _import_start(namespace, format, allow_pickle, skip_policies)
+        `namespace` (empty: the bundle's own namespaces; for a MemOS dump agents/AGENT/memos/CUBE).
+        allow_pickle lets the daemon read a MemOS activation_memory.pickle with its tensors-only
+        unpickler; model (a local model directory, with allow_pickle) binds the dump's KV caches to that
+        model here and stores them as activation cubes."""
+        from memos_client import memos_import
+
+        path = Path(src)
+        memos = memos_import.is_memos_dir(path, format)
+        if memos and not namespace and path.is_dir():
+            namespace = memos_import.dump_namespace(path, self.default_namespace.split("/")[1])
+        bound = None
+        if model is not None:
+            if not (memos and path.is_dir()):
+                raise InvalidArgument("--model binds the KV caches of a MemOS dump directory; this is not one")
+            if not allow_pickle:
+                raise InvalidArgument("--model binds the caches of the dump's activation_memory.pickle, which is"
+                                      " read only with --allow-pickle: pass both")
+            bound = yield Offload(memos_import.bind_caches, path, model)  # every cache checked before sending
+        start = _import_start(namespace, format, allow_pickle and bound is None, skip_policies)
         stub = bundle_pb2_grpc.BundleServiceStub(self._channel)
+        skipped: list[str] = []
 
         def attempt():
-            source = _ImportSource(src, format)
+            skipped.clear()
+            source = _ImportSource(src, format, exclude=bound.files if bound else (),
+                                   skipped=skipped if memos else None)
 
             def requests():
                 yield start
@@ -136,7 +185,32 @@ class PortabilityMethods:
             finally:
                 source.close()
 
-        return (yield from self._streaming(attempt))
+        result = yield from self._streaming(attempt)
+        if skipped:
+            result.notes.append(f"ignored {', '.join(skipped)}: files in subdirectories or with names a MemOS"
+                                " dump does not use were not sent")
+        if bound is not None:
+            yield from self._store_caches(bound, namespace, result)
+        return result
+
+    def _store_caches(self, bound, namespace: str, result: ImportResult):
+        """Store the bound caches of a MemOS dump as activation cubes; one already here (the same model and
+        tokens in the namespace) is skipped, so a second import adds nothing."""
+        for cache in bound.caches:
+            ids = list(cache.manifest.token_ids)
+            found, matched = yield self.find_kv(bound.fingerprint, ids, namespace)
+            if found is not None and matched == len(ids) and found.activation is not None \
+                    and found.activation.num_tokens == len(ids):
+                result.skipped += 1
+                continue
+            yield self.upload_blob(cache.payload, namespace)
+            yield self.put_activation(cache.manifest, namespace, metadata=cache.metadata, source="memos:kv_cache",
+                                      tags=["memos-kv"])
+            result.cubes += 1
+            result.tensors += 1
+        result.notes = [n for n in result.notes if "pickle was not read" not in n]
+        result.notes.append(f"{len(bound.caches)} KV caches bound to the model with fingerprint"
+                            f" {bound.fingerprint[:16]}… ({', '.join(bound.files)})")
 
 
 def _import_start(namespace: str, format: str, allow_pickle: bool, skip_policies: bool) -> bundle_pb2.ImportRequest:
@@ -211,7 +285,7 @@ class _ImportSource:
     """The bytes of a bundle to send: a tar file as it is, or a directory packed into a tar on a thread
     (links and names a bundle may not hold are refused before anything is sent)."""
 
-    def __init__(self, src: str | Path, format: str):
+    def __init__(self, src: str | Path, format: str, *, exclude=(), skipped: list[str] | None = None):
         if format not in FORMATS:
             raise InvalidArgument(f"format must be one of {', '.join(FORMATS)}")
         self.src = Path(src)
@@ -219,6 +293,9 @@ class _ImportSource:
             raise InvalidArgument(f"{self.src} does not exist")
         self.pattern = MEMOS_NAME if format == "memos" or (
             format == "auto" and self.src.is_dir() and not (self.src / MANIFEST).exists()) else NAME
+        if exclude:  # files the client has read itself (a MemOS dump's pickles, bound to a model)
+            self.pattern = re.compile(f"(?!(?:{'|'.join(map(re.escape, exclude))})$)(?:{self.pattern.pattern})")
+        self.skipped = skipped
         self.error: Exception | None = None
         self._stop = threading.Event()
 
@@ -250,7 +327,7 @@ class _ImportSource:
         writer = _QueueWriter(pipe, self._stop)
         try:
             with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                add_directory(tar, self.src, self.pattern)
+                add_directory(tar, self.src, self.pattern, self.skipped)
             writer.flush_all()
             writer.put(None)
         except BundleError as exc:

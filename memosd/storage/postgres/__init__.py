@@ -3,8 +3,33 @@
 MISSING names the record modules the core needs that this engine does not have yet: `memosd serve` refuses to run
 on PostgreSQL while it is not empty (tests/test_postgres_engine.py keeps it true to the two packages)."""
 
-from memosd.storage.postgres import audit, events, export, governance, jobs, shares
+from memosd.storage.postgres import (
+    audit,
+    blobs,
+    cubes,
+    events,
+    export,
+    governance,
+    holders,
+    jobs,
+    shares,
+    tensors,
+    usage,
+)
 
-MISSING: tuple[str, ...] = ("cubes", "usage", "fulltext", "vectors", "tensors", "holders", "blobs")
+MISSING: tuple[str, ...] = ("fulltext", "vectors")
 
-__all__ = ["MISSING", "audit", "events", "export", "governance", "jobs", "shares"]
+__all__ = [
+    "MISSING",
+    "audit",
+    "blobs",
+    "cubes",
+    "events",
+    "export",
+    "governance",
+    "holders",
+    "jobs",
+    "shares",
+    "tensors",
+    "usage",
+]

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from memos_client.cli._terminal import emit, size
+from memos_client.cli.common import UsageError
 from memos_client.client import MemosClient
 
 KINDS = ("plaintext", "activation", "parametric")
@@ -26,6 +27,12 @@ def add_commands(command) -> None:
                    help="only cubes of this kind (repeat; default all kinds)")
     p.add_argument("--no-policies", action="store_true",
                    help="leave out the signed policies that grant on the exported namespaces")
+    p.add_argument("--format", choices=("memosd", "memos"), default="memosd",
+                   help="memosd: a memosd bundle (default); memos: a MemOS MemCube directory that MemOS's"
+                   " GeneralMemCube.init_from_dir loads (textual memories; the rest is noted)")
+    p.add_argument("--kv-model", metavar="MODEL",
+                   help="--format memos: write the KV caches too, in MemOS's activation_memory.pickle, for MODEL"
+                   " (the model MemOS is to load for them: a Hugging Face name or a local directory)")
 
 
 def add_import_options(p) -> None:
@@ -35,6 +42,9 @@ def add_import_options(p) -> None:
                    " (default: decided from its files)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="MemOS dumps: read activation_memory.pickle with the daemon's tensors-only unpickler")
+    p.add_argument("--model", metavar="DIR",
+                   help="MemOS dumps, with --allow-pickle: bind the dump's KV caches to this local model directory"
+                   " (checked against its config, fingerprinted) and store them as activation cubes")
     p.add_argument("--no-policies", action="store_true", help="bundles: do not store the bundle's policies")
 
 
@@ -45,7 +55,7 @@ def is_bundle(path: str) -> bool:
 
 def import_bundle(client: MemosClient, args) -> int:
     result = client.import_bundle(args.file, args.namespace or "", format=args.format,
-                                  allow_pickle=args.allow_pickle, skip_policies=args.no_policies)
+                                  allow_pickle=args.allow_pickle, skip_policies=args.no_policies, model=args.model)
     if args.json:
         emit(result.to_json())
         return 0
@@ -75,6 +85,10 @@ def _backup(client: MemosClient, args) -> int:
 
 
 def _export(client: MemosClient, args) -> int:
+    if args.format == "memos":
+        return _export_memos(client, args)
+    if args.kv_model:
+        raise UsageError("--kv-model goes with --format memos")
     manifest = client.export(args.dest, args.namespace, kinds=args.kinds, omit_policies=args.no_policies)
     counts = manifest["counts"]
     if args.json:
@@ -84,6 +98,20 @@ def _export(client: MemosClient, args) -> int:
         kinds = ", ".join(f"{counts[k]} {k}" for k in KINDS if counts.get(k))
         print(f"exported {counts['cubes']} cubes ({kinds or 'none'}) and {counts['policies']} policies"
               f" under {manifest['root'] or 'every namespace'} to {args.dest}")
+    return 0
+
+
+def _export_memos(client: MemosClient, args) -> int:
+    summary = client.export(args.dest, args.namespace, kinds=args.kinds, omit_policies=args.no_policies,
+                            format="memos", kv_model=args.kv_model)
+    if args.json:
+        emit({"dest": args.dest, **summary})
+        return 0
+    kv = f" and {summary['counts']['kv_caches']} KV caches" if "kv_caches" in summary["counts"] else ""
+    print(f"exported {summary['counts']['memories']} textual memories{kv} under {summary['root'] or 'every namespace'}"
+          f" to {args.dest} (a MemOS MemCube: GeneralMemCube.init_from_dir loads it)")
+    for note in summary["notes"]:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 

@@ -2,8 +2,8 @@
 
 An ordinary unpickler imports and calls whatever the file names, so a pickle can run any code. This
 one resolves only the few names a pickled KV cache needs: torch's tensor rebuild (given storages
-decoded by torch's own weights-only loader, never by a nested full unpickle), OrderedDict, and
-datetime values. The classes MemOS pickles its cache in (its pydantic KVCacheItem, transformers'
+decoded by torch's own weights-only loader, never by a nested full unpickle), torch dtypes and
+devices, OrderedDict, and datetime values. The classes MemOS pickles its cache in (its pydantic KVCacheItem, transformers'
 DynamicCache) are replaced by inert records that keep the state they are given and run nothing.
 Every other name is refused with the name in the message.
 """
@@ -101,6 +101,14 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
         raise PickleRefused(f"a tensor does not fit its storage: {exc}") from None
 
 
+def _device(kind, index=None):
+    import torch
+
+    if not isinstance(kind, str) or not (index is None or isinstance(index, int)):
+        raise PickleRefused("a torch.device is given something other than its name")
+    return torch.device(kind) if index is None else torch.device(kind, index)
+
+
 class TensorOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
@@ -111,6 +119,13 @@ class TensorOnlyUnpickler(pickle.Unpickler):
             return _SAFE_VALUES[(module, name)]
         if (module, name) in STAND_INS:
             return _stand_in(module, name)
+        if module == "torch":  # what a newer DynamicLayer keeps beside its tensors: their dtype and device
+            import torch
+
+            if name == "device":
+                return _device
+            if isinstance(getattr(torch, name, None), torch.dtype):
+                return getattr(torch, name)
         raise PickleRefused(f"the pickle wants {module}.{name}; only tensor storage may be unpickled here")
 
     def persistent_load(self, pid):
