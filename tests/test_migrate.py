@@ -315,3 +315,27 @@ def test_a_migration_killed_mid_table_resumes_on_the_next_run(vault, postgres_ur
     assert _run("--data-dir", str(vault), "--vault-url", postgres_url, "--to-data-dir", str(target)) == 0
     _assert_same_tables(vault, postgres_url)
     assert not (target / ".migrate").exists()
+
+
+def test_the_postgresql_engine_reads_every_migrated_cube_and_version_as_the_embedded_one_does(vault, postgres_url,
+                                                                                                tmp_path):
+    from memosd.storage.postgres import cubes as pg_cubes
+    from memosd.storage.sqlite import cubes as sqlite_cubes
+
+    assert _run("--data-dir", str(vault), "--vault-url", postgres_url, "--to-data-dir", str(tmp_path / "t")) == 0
+    source = tmp_path / "copy"
+    source.mkdir()
+    for name in ("memos.db", "memos.db-wal"):
+        if (vault / name).exists():
+            shutil.copyfile(vault / name, source / name)
+    lite = sqlite3.connect(source / "memos.db")
+    try:
+        ids = [i for (i,) in lite.execute("SELECT id FROM cubes ORDER BY seq")]
+        with psycopg.connect(postgres_url) as pg:
+            for cube_id in ids:
+                cube = pg_cubes.current_cube(pg, cube_id, 0.0)
+                assert cube is not None and cube == sqlite_cubes.current_cube(lite, cube_id, 0.0)
+                assert pg_cubes.earlier_versions(pg, cube_id) == sqlite_cubes.earlier_versions(lite, cube_id)
+    finally:
+        lite.close()
+    assert len(ids) >= 8
