@@ -332,10 +332,12 @@ def test_the_postgresql_engine_reads_every_migrated_cube_and_version_as_the_embe
     try:
         ids = [i for (i,) in lite.execute("SELECT id FROM cubes ORDER BY seq")]
         with psycopg.connect(postgres_url) as pg:
+            found = []
             for cube_id in ids:
                 cube = pg_cubes.current_cube(pg, cube_id, 0.0)
-                assert cube is not None and cube == sqlite_cubes.current_cube(lite, cube_id, 0.0)
+                assert cube == sqlite_cubes.current_cube(lite, cube_id, 0.0)
+                found.append(cube)
                 assert pg_cubes.earlier_versions(pg, cube_id) == sqlite_cubes.earlier_versions(lite, cube_id)
     finally:
         lite.close()
-    assert len(ids) >= 8
+    assert len([c for c in found if c is not None]) == len(ids) - 1  # all but the deleted one
