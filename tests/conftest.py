@@ -7,7 +7,7 @@ import pytest
 from memos_client import AsyncMemosClient, MemosClient
 from tests.daemon import make_config, running
 from tests.pg_server import postgres_databases, postgres_server, postgres_url  # noqa: F401 (fixtures)
-from tests.storage_engine import engine, engine_params  # noqa: F401 (the storage contract's fixture)
+from tests.storage_engine import engine, engine_params, vault_settings  # noqa: F401 (the storage contract's fixture)
 from tests.s3_server import blob_config, s3_server  # noqa: F401 (blob tests on each object store)
 
 
@@ -20,8 +20,9 @@ def _remove_socket_dirs():
 
 
 @pytest.fixture
-def config(tmp_path):
-    return make_config(tmp_path)
+def config(request, tmp_path):
+    # One vault engine per run of a `vaults`-marked test (tests/storage_engine.py), SQLite otherwise.
+    return make_config(tmp_path, **vault_settings(getattr(request, "param", "sqlite"), request))
 
 
 @pytest.fixture

@@ -96,6 +96,10 @@ def spawn_daemon(config: Config, *extra: str) -> subprocess.Popen:
     """`memosd serve` as a real child process (for kill -9 and signal tests)."""
     cmd = [sys.executable, "-m", "memosd.cli", "serve", "--data-dir", str(config.data_dir), "--listen", config.listen,
            "--log-level", "warning", *extra]
+    if config.vault_url != "sqlite:":
+        cmd += ["--vault-url", config.vault_url]
+    if config.blob_url != "file:":
+        cmd += ["--blob-url", config.blob_url, "--s3-endpoint-url", config.s3_endpoint_url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_serving(config.listen)

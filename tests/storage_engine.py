@@ -6,6 +6,8 @@ The PostgreSQL engine's database is a fresh one per test on the session's server
 
 import asyncio
 import dataclasses
+import sqlite3
+from contextlib import closing, contextmanager
 
 import pytest
 
@@ -13,6 +15,9 @@ from memosd.daemon import open_storage
 from tests.daemon import make_config
 
 ENGINES = ["sqlite", "postgresql"]
+# The daemon-level suites marked `pytestmark = pytest.mark.vaults` run once per vault engine: their `config`
+# (and so `daemon`, `client`, ...) is parametrized, the tests themselves unchanged.
+VAULTS = ["sqlite", "postgresql"]
 
 
 class Engine:
@@ -31,11 +36,33 @@ class Engine:
 
 
 def engine_params(metafunc) -> None:
-    """Parametrize `engine` over ENGINES, narrowed by an `engines` mark (pytest_generate_tests calls this)."""
+    """Parametrize `engine` over ENGINES, narrowed by an `engines` mark, and a `vaults`-marked test's `config`
+    over VAULTS (pytest_generate_tests calls this)."""
     if "engine" in metafunc.fixturenames:
         mark = metafunc.definition.get_closest_marker("engines")
         names = [e for e in ENGINES if mark is None or e in mark.args]
         metafunc.parametrize("engine", names, indirect=True)
+    mark = metafunc.definition.get_closest_marker("vaults")
+    if mark is not None and "config" in metafunc.fixturenames:
+        metafunc.parametrize("config", [v for v in VAULTS if not mark.args or v in mark.args], indirect=True)
+
+
+def vault_settings(vault: str, request) -> dict:
+    """Config overrides that put the daemon's vault on `vault` (a fresh, migrated database for postgresql)."""
+    return {} if vault == "sqlite" else {"vault_url": request.getfixturevalue("postgres_url")}
+
+
+@contextmanager
+def raw_connection(config):
+    """A plain connection to the daemon's vault database, autocommitting, for tests that tamper with it."""
+    if config.vault_url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(config.vault_url, autocommit=True) as conn:
+            yield conn
+    else:
+        with closing(sqlite3.connect(config.data_dir / "memos.db", isolation_level=None)) as conn:
+            yield conn
 
 
 @pytest.fixture

@@ -1,8 +1,38 @@
 """Validators for subscription histories, after etcd's watch validators: ordered, unique, reliable."""
 
+import inspect
 import threading
 
+import pytest
+
+from memos_client import MemosClient
 from memos_client.models import Event, Heartbeat
+
+PUBLISH_PATHS = ("unary", "stream")
+
+
+def parametrize_publishing(metafunc) -> None:
+    """pytest_generate_tests of the MemStore test modules: each test that publishes runs once with
+    MemosClient.publish as the unary Publish and once over PublishStream, its body unchanged."""
+    if "publish" in inspect.getsource(metafunc.function):
+        metafunc.fixturenames.append("publish_path")
+        metafunc.parametrize("publish_path", PUBLISH_PATHS, indirect=True)
+
+
+def _publish_over_stream(self, topic: str, cube_id: str, *, publish_id: str = "") -> tuple[int, bool]:
+    acks = self.publish_stream([(topic, cube_id, publish_id)])
+    try:
+        return next(acks)
+    finally:
+        acks.close()
+
+
+@pytest.fixture
+def publish_path(request, monkeypatch):
+    """Which path MemosClient.publish takes in this test (see parametrize_publishing)."""
+    if request.param == "stream":
+        monkeypatch.setattr(MemosClient, "publish", _publish_over_stream)
+    return request.param
 
 
 def check_history(items, *, start: dict[str, int] | None = None) -> dict[str, int]:

@@ -11,6 +11,8 @@ from memos_mip.v1 import cube_pb2, vault_pb2, vault_pb2_grpc
 from memosd.limits import Limits
 from tests.daemon import admin_channel, make_config, running
 
+pytestmark = pytest.mark.vaults  # each test once per vault engine (SQLite, PostgreSQL)
+
 
 def _code(fn):
     with pytest.raises(grpc.RpcError) as info:

@@ -24,7 +24,7 @@ CLIENT_METHODS = {
     "WhoAmI": "whoami", "AddAgent": "add_agent", "ListAgents": "list_agents", "RevokeAgent": "revoke_agent",
     "PutPolicy": "put_policy", "ListPolicies": "list_policies", "GetPolicy": "get_policy",
     "RevokePolicy": "revoke_policy", "ListAudit": "audit", "VerifyAudit": "verify_audit",
-    "Publish": "publish", "Retract": "retract", "Subscribe": "subscribe", "Ack": "ack", "ListTopics": "topics",
+    "Publish": "publish", "PublishStream": "publish_stream", "Retract": "retract", "Subscribe": "subscribe", "Ack": "ack", "ListTopics": "topics",
     "SetRetention": "set_retention",
     "Backup": "backup", "Export": "export", "Import": "import_bundle",
     "Upload": "upload_blob", "GetUploadStatus": "upload_status", "Download": "download_blob", "OpenLocal": "open_local",

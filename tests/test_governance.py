@@ -1,6 +1,5 @@
 """MemGovernance against the real daemon: identities, grants, the attack list, the audit chain."""
 
-import sqlite3
 import threading
 import time
 
@@ -10,7 +9,10 @@ import pytest
 from memos_client import InvalidArgument, MemosClient, NotFound, PermissionDenied, Unauthenticated
 from memos_client.auth import AgentKey, b64url, mint_token, sign_policy, unb64url
 from memos_mip.v1 import vault_pb2, vault_pb2_grpc
+from tests.storage_engine import raw_connection
 from tests.existence import assert_hidden
+
+pytestmark = pytest.mark.vaults  # each test once per vault engine (SQLite, PostgreSQL)
 
 
 @pytest.fixture
@@ -217,19 +219,15 @@ def test_audit_log_records_writes_and_detects_tampering(agents, client, daemon):
     assert client.verify_audit()[0] is True
     with pytest.raises(PermissionDenied):
         list(alice.audit())
-    conn = sqlite3.connect(daemon.config.data_dir / "memos.db")
-    conn.execute("UPDATE audit SET agent = 'bob' WHERE action = 'vault.update'")
-    conn.commit()
-    ok, _, bad, reason = client.verify_audit()
-    assert not ok and bad > 0 and "changed" in reason
-    conn.execute("UPDATE audit SET agent = 'alice' WHERE action = 'vault.update'")
-    conn.commit()
-    assert client.verify_audit()[0]
-    conn.execute("DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)")
-    conn.commit()
-    ok, _, _, reason = client.verify_audit()
-    assert not ok and "removed" in reason
-    conn.close()
+    with raw_connection(daemon.config) as conn:
+        conn.execute("UPDATE audit SET agent = 'bob' WHERE action = 'vault.update'")
+        ok, _, bad, reason = client.verify_audit()
+        assert not ok and bad > 0 and "changed" in reason
+        conn.execute("UPDATE audit SET agent = 'alice' WHERE action = 'vault.update'")
+        assert client.verify_audit()[0]
+        conn.execute("DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)")
+        ok, _, _, reason = client.verify_audit()
+        assert not ok and "removed" in reason
 
 
 def test_flood_of_bad_tokens_leaves_daemon_responsive(agents, daemon):

@@ -3,8 +3,6 @@ import_cubes, the tensor sink and blob_access rely on from the engine's tensors 
 
 import asyncio
 
-import pytest
-
 from memosd.cube import CubeFilter, LifecycleState, MemCube, MemoryKind, Visibility
 from memosd.vault import rows
 from memosd.vault.blobs import BlobStore
@@ -90,7 +88,6 @@ def test_new_cubes_get_increasing_seqs_and_read_back_as_given(engine):
     assert _cubes(engine.read(lambda conn: list(engine.sql.export.cube_rows(conn, tagged, NOW))))[1] == plain
 
 
-# BlobStore stores and collects blobs with SQLite's SQL until the blobs module exists on PostgreSQL (#14).
 def test_a_blob_reference_is_taken_only_on_a_stored_blob_and_keeps_it(engine, tmp_path):
     kept = _blob(engine, tmp_path, b"kept", "alice")
     dropped = _blob(engine, tmp_path, b"dropped", "alice")
@@ -163,7 +160,6 @@ def test_cubes_of_a_model_newest_first_filtered_by_kind_and_lineage(engine):
     assert _of_model(engine, f=adapters, derived_from=[]) == []
 
 
-# BlobStore stores and collects blobs with SQLite's SQL until the blobs module exists on PostgreSQL (#14).
 def test_holders_are_recorded_once_per_agent_and_checked_per_blob(engine, tmp_path):
     sha = _blob(engine, tmp_path, b"bytes", "alice")  # storing a blob records its holder
     assert engine.read(lambda conn: engine.sql.holders.holds(conn, sha, "alice")) is True
@@ -176,7 +172,6 @@ def test_holders_are_recorded_once_per_agent_and_checked_per_blob(engine, tmp_pa
     assert engine.read(lambda conn: engine.sql.holders.blob_size(conn, "e" * 64)) is None
 
 
-# BlobStore stores and collects blobs with SQLite's SQL until the blobs module exists on PostgreSQL (#14).
 def test_holders_are_forgotten_with_their_blob(engine, tmp_path):
     sha = _blob(engine, tmp_path, b"bytes", "alice")
     assert _collect(engine, tmp_path) == 1

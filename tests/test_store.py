@@ -17,6 +17,9 @@ from tests.daemon import make_config, running
 from tests.store_checks import check_history, collect
 from tests.existence import assert_hidden
 from tests.timing import wait_for
+from tests.store_checks import parametrize_publishing as pytest_generate_tests, publish_path  # noqa: F401
+
+pytestmark = pytest.mark.vaults  # each test once per vault engine (SQLite, PostgreSQL)
 
 
 def streams_open(daemon, n: int) -> None:

@@ -12,8 +12,9 @@ from memos_client.models import Event
 from tests.daemon import spawn_daemon
 from tests.store_checks import check_history
 from tests.timing import wait_for
+from tests.store_checks import parametrize_publishing as pytest_generate_tests, publish_path  # noqa: F401
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vaults]  # once per vault engine (SQLite, PostgreSQL)
 TOTAL = 300
 
 

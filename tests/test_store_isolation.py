@@ -15,6 +15,7 @@ from tests.existence import assert_hidden
 from tests.kv_helpers import put_kv
 from tests.store_checks import collect
 from tests.timing import ManualClock
+from tests.store_checks import parametrize_publishing as pytest_generate_tests, publish_path  # noqa: F401
 
 FEED = "agents/bob/feed"
 

@@ -5,6 +5,8 @@ import pytest
 from memos_client import Conflict, FailedPrecondition, InvalidArgument, NotFound, State
 from tests.timing import ManualClock
 
+pytestmark = pytest.mark.vaults  # each test once per vault engine (SQLite, PostgreSQL)
+
 
 def test_put_get_roundtrip(client):
     cube = client.put("Alice likes hiking in the Alps", "agents/alice/notes", tags=["hobby"],

@@ -92,6 +92,18 @@ class PublishResponse(_message.Message):
     duplicate: bool
     def __init__(self, seq: _Optional[int] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
+class PublishStreamRequest(_message.Message):
+    __slots__ = ("publishes",)
+    PUBLISHES_FIELD_NUMBER: _ClassVar[int]
+    publishes: _containers.RepeatedCompositeFieldContainer[PublishRequest]
+    def __init__(self, publishes: _Optional[_Iterable[_Union[PublishRequest, _Mapping]]] = ...) -> None: ...
+
+class PublishStreamResponse(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[PublishResponse]
+    def __init__(self, acks: _Optional[_Iterable[_Union[PublishResponse, _Mapping]]] = ...) -> None: ...
+
 class RetractRequest(_message.Message):
     __slots__ = ("topic", "cube_id", "publish_id")
     TOPIC_FIELD_NUMBER: _ClassVar[int]

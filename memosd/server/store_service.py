@@ -59,6 +59,14 @@ class StoreService:
         seq, duplicate = await self.store.publish(principal(), request.topic, request.cube_id, request.publish_id)
         return pb.PublishResponse(seq=seq, duplicate=duplicate)
 
+    async def PublishStream(self, requests, context):
+        async def batches():
+            async for r in requests:
+                yield [(q.topic, q.cube_id, q.publish_id) for q in r.publishes]
+
+        async for acks in self.store.publish_stream(principal(), batches()):
+            yield pb.PublishStreamResponse(acks=[pb.PublishResponse(seq=seq, duplicate=dup) for seq, dup in acks])
+
     async def Retract(self, request, context):
         seq, duplicate = await self.store.publish(principal(), request.topic, request.cube_id, request.publish_id,
                                                   retract=True)

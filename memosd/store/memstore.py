@@ -5,29 +5,27 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import re
 import time
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 
 from memos_mip.bounds import quote
 from memosd.cube import MemCube
 from memosd.errors import (
-    Compacted, FailedPrecondition, Hidden, InvalidArgument, MemosError, NotFound, PermissionDenied,
+    Compacted, FailedPrecondition, InvalidArgument, MemosError, NotFound, PermissionDenied,
     ResourceExhausted, Unavailable,
 )
 from memosd.governance import MemGovernance, Principal
 from memosd.governance.policy import Pattern, check_name
-from memosd.ids import is_id
 from memosd.limits import check_namespace
 from memosd.storage import Conn
 from memosd.storage.records import Topic
-from memosd.store import shares
+from memosd.store import publishing, shares
 from memosd.store.hub import Hub, Subscriber, first_of
 
 log = logging.getLogger("memosd.store")
 REPLAY_BATCH = 256
 MAX_BATCH = 256  # live events sent in one message when a subscriber is behind
-_PUBLISH_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 class EventKind(enum.IntEnum):
@@ -108,59 +106,33 @@ class MemStore:
                       retract: bool = False) -> tuple[int, bool]:
         """Append an event for the cube's current version; returns (seq, duplicate). The cube's owner and the
         admin may retract it from any topic; on one they may not see, the seq returned is 0."""
-        check_namespace(topic, what="topic")
-        if not is_id(cube_id):
-            raise InvalidArgument(f"{quote(cube_id)} is not a cube id")
-        if publish_id and not _PUBLISH_ID.fullmatch(publish_id):
-            raise InvalidArgument("publish_id must be 1-128 printable ASCII characters without spaces")
-        may_publish = self.gov.can(p, "publish", topic)
-        if not retract:
-            self.gov.check(p, "publish", topic)
-        now = self.clock()
-        sees = may_publish or self.gov.can(p, "subscribe", topic)
+        job = publishing.prepare(self, p, topic, cube_id, publish_id, retract)
+        seq, duplicate, record, share = await self.db.write(lambda conn: publishing.commit_one(self, conn, p, job))
+        self.published([(record, share)])
+        return (seq if job.sees else 0), duplicate
 
-        def job(conn: Conn):
-            found = publish_id and self.sql.events.find_published(conn, topic, publish_id)
-            if found and (may_publish or found[1] == p.name):
-                return found[0], True, None, None
-            cube = self.sql.cubes.current_cube(conn, cube_id, now)
-            if cube is None:
-                raise NotFound(f"no cube with id {cube_id} to publish")
-            on_topic = self.sql.shares.publishers(conn, topic, cube_id)
-            share = None
-            if retract:
-                if not (self.gov.owns_cube(p, cube) or p.name in on_topic):  # a publisher may end its own share
-                    # Asked first: to a non-reader, any other answer would tell the cube from an unknown id.
-                    if not self.gov.may_read_cube(p, cube):
-                        raise Hidden(f"no cube with id {cube_id} to publish")
-                    self.gov.check(p, "publish", topic)
-                    if not self.gov.grants_cube(p, "share", cube):
-                        raise PermissionDenied(f"agent {p.name} may not retract cube {cube_id}: it needs share on it")
-                if not on_topic:
-                    raise NotFound(f"cube {cube_id} is not published on {topic}")
-                self.sql.shares.drop(conn, topic, cube_id)
-                kind = EventKind.RETRACTED
-            else:
-                share = self.gov.share_authority(p, cube, topic)
-                kind = EventKind.UPDATED if on_topic else EventKind.PUBLISHED
-                self.sql.shares.record(conn, cube_id, share, shares.authority(share))
-            # Another publisher's publish_id on a topic p cannot publish to is not p's to reuse.
-            seq = self.sql.events.append_event(conn, topic, int(kind), cube_id, cube.version, p.name, now,
-                                      None if found else publish_id or None, max_age=self.default_max_age,
-                                      max_events=self.default_max_events)
-            self.gov.audit_write(conn, p.name, "store.retract" if retract else "store.publish", topic, seq=seq,
-                                 cube=cube_id, version=cube.version)
-            return seq, False, EventRecord(topic, seq, kind, cube_id, cube.version, p.name, now,
-                                           None if retract else cube), share
+    async def publish_many(self, p: Principal, items: list[tuple[str, str, str]]
+                           ) -> tuple[list[tuple[int, bool]], MemosError | None]:
+        """Publish (topic, cube_id, publish_id) items in order in one transaction: the (seq, duplicate) of
+        each committed, and the error of the first refused (none after it is published)."""
+        return await publishing.publish_many(self, p, items)
 
-        seq, duplicate, record, share = await self.db.write(job)
-        if record is not None:
+    def publish_stream(self, p: Principal, batches: AsyncIterable[list[tuple[str, str, str]]]
+                       ) -> AsyncIterator[list[tuple[int, bool]]]:
+        """Acknowledgements, in order, for the publishes arriving on `batches`, those arriving together
+        committed together; the first refusal is raised after the acknowledgements before it."""
+        return publishing.publish_stream(self, p, batches)
+
+    def published(self, committed: list) -> None:
+        """After a commit: the shares it made or ended, then its events to the live subscribers."""
+        for record, share in committed:
+            if record is None:
+                continue  # a duplicate: nothing new
             if share is None:
-                self._shares.drop(cube_id, topic)
+                self._shares.drop(record.cube_id, record.topic)
             else:
-                self._shares.add(cube_id, share)
+                self._shares.add(record.cube_id, share)
             self.hub.deliver(record)
-        return (seq if sees else 0), duplicate
 
     # -- subscribing --------------------------------------------------------------------------
 

@@ -232,6 +232,37 @@ class ClientMethods(PortabilityMethods, TensorMethods, ParametricMethods):
         r = yield self._call(self._store.Publish, spb.PublishRequest(topic=topic, cube_id=cube_id, publish_id=publish_id))
         return r.seq, r.duplicate
 
+    @iterating
+    def publish_stream(self, publishes: Iterable) -> Iterator[tuple[int, bool]]:
+        """Publish many events over one stream, at a fraction of publish()'s cost per event: `publishes`
+        yields (topic, cube_id) or (topic, cube_id, publish_id) tuples, sent as it yields them (on a
+        thread of gRPC's in MemosClient, on the event loop in AsyncMemosClient: it must not block there).
+        Yields (seq, duplicate) for each, in order, once its event is durable. The first publish refused
+        raises its error after the acknowledgements of those before it; none after it is published. If
+        the stream breaks, publish the unacknowledged ones again with their publish_ids: none is
+        published twice."""
+        source = rq.BatchSource.of(rq.publishes(publishes))
+        requests = rq.Replayable(source)
+        while True:
+            call = None
+            try:
+                call = self._store.PublishStream(requests.attempt())
+                receive = Next(call)
+                while (msg := (yield receive)) is not END:
+                    requests.commit()
+                    for ack in msg.acks:
+                        yield Item((ack.seq, ack.duplicate))
+                return
+            except grpc.RpcError as exc:
+                if source.error is not None:
+                    raise source.error from None
+                # Refused for a stale token before the daemon acknowledged anything: send them all again.
+                if requests.committed or not (yield self._stale(exc)):
+                    raise from_rpc_error(exc, self.target) from None
+            finally:
+                if call is not None:
+                    call.cancel()  # a caller leaving early ends the stream; after its end, a no-op
+
     @method
     def retract(self, topic: str, cube_id: str, *, publish_id: str = "") -> tuple[int, bool]:
         """Retract a cube from a topic; its subscribers lose the read access publishing gave them."""

@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from memos_client.errors import InvalidArgument
 from memos_client.models import Kind, State
-from memos_mip.v1 import cube_pb2, vault_pb2
+from memos_mip.v1 import cube_pb2, store_pb2, vault_pb2
 
 DEFAULT_NAMESPACE = "agents/local/notes"  # only when the client has no key
 MODES = {"auto": vault_pb2.SEARCH_MODE_UNSPECIFIED, "bm25": vault_pb2.SEARCH_MODE_BM25,
@@ -69,6 +69,13 @@ class BatchSource:
     def __init__(self, drafts: Iterable, size: int):
         self._batches = batches(drafts, size)
         self.error: BaseException | None = None
+
+    @classmethod
+    def of(cls, requests: Iterator) -> BatchSource:
+        """The same for another call's requests, made (lazily) by `requests`."""
+        source = cls.__new__(cls)
+        source._batches, source.error = requests, None
+        return source
 
     def __iter__(self):
         return self
@@ -160,6 +167,26 @@ def batches(drafts: Iterable, size: int) -> Iterator[vault_pb2.PutBatchRequest]:
             batch = []
     if batch:
         yield vault_pb2.PutBatchRequest(cubes=batch)
+
+
+# Publishes per PublishStream message when the caller hands over a list (all of them are there already).
+PUBLISH_CHUNK = 128
+
+
+def publishes(items: Iterable) -> Iterator[store_pb2.PublishStreamRequest]:
+    """PublishStream's requests from (topic, cube_id) or (topic, cube_id, publish_id) tuples: a list's in
+    chunks, another iterable's one each as it yields them (waiting for more would delay those at hand)."""
+    chunk = PUBLISH_CHUNK if isinstance(items, (list, tuple)) else 1
+    batch = []
+    for item in items:
+        if not isinstance(item, tuple) or len(item) not in (2, 3):
+            raise InvalidArgument("each publish is a (topic, cube_id) or (topic, cube_id, publish_id) tuple")
+        batch.append(store_pb2.PublishRequest(topic=item[0], cube_id=item[1], publish_id=item[2] if len(item) == 3 else ""))
+        if len(batch) >= chunk:
+            yield store_pb2.PublishStreamRequest(publishes=batch)
+            batch = []
+    if batch:
+        yield store_pb2.PublishStreamRequest(publishes=batch)
 
 
 def cube_filter(namespace: str | None = None, *, kinds: Iterable[Kind] = (), tags: Iterable[str] = (),
