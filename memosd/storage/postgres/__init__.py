@@ -9,15 +9,17 @@ from memosd.storage.postgres import (
     cubes,
     events,
     export,
+    fulltext,
     governance,
     holders,
     jobs,
     shares,
     tensors,
     usage,
+    vectors,
 )
 
-MISSING: tuple[str, ...] = ("fulltext", "vectors")
+MISSING: tuple[str, ...] = ()
 
 __all__ = [
     "MISSING",
@@ -26,10 +28,12 @@ __all__ = [
     "cubes",
     "events",
     "export",
+    "fulltext",
     "governance",
     "holders",
     "jobs",
     "shares",
     "tensors",
     "usage",
+    "vectors",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -40,7 +41,10 @@ class Database:
         self.shown_url = redact(url)
         # Every connection: commits wait for the WAL flush whatever the server's default, statements end at
         # the timeout, and the server knows who we are. psycopg prepares a statement run often (prepare_threshold).
-        options = f"-c synchronous_commit=on -c statement_timeout={int(statement_timeout * 1000)}"
+        # memosd.instance names this Database to the server, for work one daemon claims (vectors.missing).
+        self.instance = uuid.uuid4().hex
+        options = (f"-c synchronous_commit=on -c statement_timeout={int(statement_timeout * 1000)}"
+                   f" -c memosd.instance={self.instance}")
         self._kwargs: dict[str, Any] = {"options": options, "application_name": "memosd",
                                         "connect_timeout": max(1, int(connect_timeout))}
         self.applied = self._migrate(create)

@@ -10,7 +10,8 @@ Choices, once for all tables:
 - Text that is compared by range or sorted (names, namespaces, topics, ids) is `COLLATE "C"`: bytewise like
   SQLite, so "p/" <= name < "p0" selects a subtree whatever the database's locale, on a plain btree index.
 - Full text: a stored, generated `tsvector` (english stemming, as SQLite's porter tokenizer) with a GIN index;
-  it changes with the text in the same statement, so no triggers keep it in step.
+  it changes with the text in the same statement, so no triggers keep it in step. BM25 needs each text's
+  length (text_len, generated too) and the collection's totals (search_stats, kept by a trigger).
 - Embeddings: one row per cube as in SQLite, in a pgvector `vector` column without a fixed dimension, because
   the dimension is the embedding model's and the model is configuration. HNSW (cosine) indexes are built per
   model, as partial expression indexes on `vector::vector(DIM)` (ensure_vector_index), which a query uses by
@@ -32,6 +33,8 @@ from memosd.errors import FailedPrecondition
 MIGRATION_LOCK = 0x6D656D6F_73640001
 TABLE = "memosd_migrations"
 T = 'text COLLATE "C"'
+# Rows of search_stats the writers spread their counts over (see m0006_search_stats).
+SEARCH_STATS_SHARDS = 16
 
 
 def m0001_governance(conn) -> None:
@@ -161,14 +164,59 @@ def m0000_extensions(conn) -> None:
     conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
 
 
+def m0006_search_stats(conn) -> None:
+    # BM25 as SQLite's FTS5 computes it needs each text's length in tokens and the collection's totals; the
+    # length is a generated column (so it follows the text in the statement that changes it) and the totals
+    # are kept by a trigger in SHARDS rows, picked by backend, so that concurrent writers rarely wait on one.
+    conn.execute("""
+        CREATE FUNCTION memosd_tsv_length(tsvector) RETURNS integer LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+        AS 'SELECT coalesce(sum(cardinality(positions)), 0)::integer FROM unnest($1)'""")
+    conn.execute("ALTER TABLE cubes ADD COLUMN text_len integer GENERATED ALWAYS AS"
+                 " (memosd_tsv_length(to_tsvector('english'::regconfig, coalesce(text, '')))) STORED")
+    conn.execute("CREATE TABLE search_stats (shard integer PRIMARY KEY, docs bigint NOT NULL, tokens bigint NOT NULL)")
+    conn.execute("INSERT INTO search_stats SELECT 0, count(text), coalesce(sum(text_len), 0) FROM cubes")
+    conn.execute(f"""
+        CREATE FUNCTION memosd_search_stats() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            docs bigint := 0;
+            tokens bigint := 0;
+        BEGIN
+            IF TG_OP != 'INSERT' AND OLD.text IS NOT NULL THEN
+                docs := docs - 1;
+                tokens := tokens - OLD.text_len;
+            END IF;
+            IF TG_OP != 'DELETE' AND NEW.text IS NOT NULL THEN
+                docs := docs + 1;
+                tokens := tokens + NEW.text_len;
+            END IF;
+            IF docs != 0 OR tokens != 0 THEN
+                INSERT INTO search_stats AS s VALUES (pg_backend_pid() % {SEARCH_STATS_SHARDS}, docs, tokens)
+                    ON CONFLICT (shard) DO UPDATE SET docs = s.docs + excluded.docs, tokens = s.tokens + excluded.tokens;
+            END IF;
+            RETURN NULL;
+        END $$""")
+    conn.execute("CREATE TRIGGER cubes_search_stats AFTER INSERT OR DELETE OR UPDATE OF text ON cubes"
+                 " FOR EACH ROW EXECUTE FUNCTION memosd_search_stats()")
+    # The embedding backfill's claims: a cube handed to one daemon to embed is not handed to another until
+    # the claim's lease runs out (a daemon that died), so each text is embedded once for the whole cluster.
+    conn.execute("CREATE TABLE embedding_claims (seq bigint NOT NULL, model text NOT NULL, claimant text NOT NULL,"
+                 " until double precision NOT NULL, PRIMARY KEY (seq, model))")
+
+
 MIGRATIONS: tuple[tuple[str, Callable], ...] = tuple((f.__name__, f) for f in (
-    m0000_extensions, m0001_governance, m0002_store, m0003_cubes, m0004_blobs, m0005_jobs))
+    m0000_extensions, m0001_governance, m0002_store, m0003_cubes, m0004_blobs, m0005_jobs,
+    m0006_search_stats))
+
+
+def vector_index_name(model: str, dims: int) -> str:
+    """The name of one model's HNSW index at one width (ensure_vector_index creates it)."""
+    return "embeddings_hnsw_" + hashlib.sha256(f"{model}\0{dims}".encode()).hexdigest()[:16]
 
 
 def ensure_vector_index(conn, model: str, dims: int) -> str:
     """The HNSW (cosine) index over one model's embeddings, created if missing; its name.
     Queries use it with `WHERE model = %s ORDER BY vector::vector(DIMS) <=> %s`."""
-    name = "embeddings_hnsw_" + hashlib.sha256(f"{model}\0{dims}".encode()).hexdigest()[:16]
+    name = vector_index_name(model, dims)
     literal = model.replace("'", "''")  # DDL takes no parameters
     conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw ((vector::vector({int(dims)}))"
                  f" vector_cosine_ops) WHERE model = '{literal}'")

@@ -81,10 +81,12 @@ def _ranked(conn: sqlite3.Connection, match: str, f: CubeFilter, now: float, lim
 
 _FTS_TOKEN = re.compile(r'"(?:[^"]|"")*"?|[()]|[^\s()"]+')
 _OPERATORS = ("AND", "OR", "NOT")
+_COLUMN = re.compile(r"([^\s:\"()]+):")  # FTS5's column filter, "col:term" (unquoted)
 
 
-def explain_fts_error(query: str, sqlite_message: str) -> str:
-    """What is wrong with an FTS5 query, in the words of its syntax rather than SQLite's parser."""
+def fts5_syntax_problem(query: str) -> str | None:
+    """What is wrong with an FTS5 query's structure (phrases, parentheses, operators, column filters), in the
+    words of its syntax; None if its structure is sound. Engine-neutral: PostgreSQL reads the same syntax."""
     tokens = _FTS_TOKEN.findall(query)
     depth = 0
     for tok in tokens:
@@ -103,10 +105,25 @@ def explain_fts_error(query: str, sqlite_message: str) -> str:
                 return f'"{tok}" needs a term after it'
         if tok == "(" and after == ")":
             return '"()" holds no terms'
+        column = _COLUMN.match(tok)
+        if column:
+            return _column_problem(column[1])
+    return None
+
+
+def _column_problem(name: str) -> str:
+    return (f'"{name}" reads as a column name (a word before ":" or after "-"); put words with'
+            ' punctuation in "quotes"')
+
+
+def explain_fts_error(query: str, sqlite_message: str) -> str:
+    """What is wrong with an FTS5 query, in the words of its syntax rather than SQLite's parser."""
+    problem = fts5_syntax_problem(query)
+    if problem:
+        return problem
     column = re.search(r"no such column: (\S+)", sqlite_message)
     if column:
-        return (f'"{column[1]}" reads as a column name (a word before ":" or after "-"); put words with'
-                ' punctuation in "quotes"')
+        return _column_problem(column[1])
     near = re.search(r'near "(.*)"', sqlite_message)
     if near and near[1]:
         return (f'it cannot be read from "{near[1][:40]}" on (AND, OR, NOT go between terms; put punctuation'

@@ -1,0 +1,174 @@
+"""Search on the PostgreSQL engine itself: FTS5's BM25 over the tsvector, the collection counts a trigger keeps,
+the backfill's claims between two daemons, and pgvector's HNSW nearest with the filter in the query (the engine-
+neutral contract is test_storage_contract_search.py)."""
+
+import asyncio
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from memosd.cube import CubeFilter, LifecycleState, MemoryKind, Visibility
+from memosd.storage.postgres import vectors
+from memosd.storage.postgres.db import Database
+
+NOW = 10.0
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def db(postgres_url):
+    database = Database(postgres_url, create=False)
+    yield database
+    database.close()
+
+
+def _insert(conn, cube_id, text, namespace="n", kind=MemoryKind.PLAINTEXT):
+    return conn.execute(
+        "INSERT INTO cubes (id, namespace, kind, state, version, parent_version, text, owner, visibility,"
+        " created_at, updated_at) VALUES (%s, %s, %s, %s, 1, 0, %s, 'alice', %s, 1.0, 1.0) RETURNING seq",
+        (cube_id, namespace, int(kind), int(LifecycleState.ACTIVE), text, int(Visibility.NAMESPACE))).fetchone()[0]
+
+
+def _insert_all(db, texts, namespace="n"):
+    return _run(db.write(lambda conn: [_insert(conn, f"{namespace}-{i}", t, namespace) for i, t in enumerate(texts)]))
+
+
+def _stats(conn):
+    return conn.execute("SELECT sum(docs), sum(tokens) FROM search_stats").fetchone()
+
+
+def test_the_collection_counts_follow_every_insert_update_and_delete(db):
+    seqs = _insert_all(db, ["the dogs ran", "cats", "birds sing loudly"])
+    assert _run(db.read(_stats)) == (3, 2 + 1 + 3)  # "the" is an english stopword: not a token
+    _run(db.write(lambda conn: conn.execute("UPDATE cubes SET text = 'cats chase more cats' WHERE seq = %s",
+                                            (seqs[1],))))
+    _run(db.write(lambda conn: conn.execute("UPDATE cubes SET text = NULL WHERE seq = %s", (seqs[2],))))
+    _run(db.write(lambda conn: conn.execute("DELETE FROM cubes WHERE seq = %s", (seqs[0],))))
+    assert _run(db.read(_stats)) == (1, 3)
+
+
+def _reference_bm25(docs: dict[int, dict[str, int]], terms: list[str]) -> dict[int, float]:
+    # FTS5's bm25() (k1 1.2, b 0.75, idf floored at 1e-6), over the documents' lexeme counts.
+    n, avgdl = len(docs), sum(sum(d.values()) for d in docs.values()) / len(docs)
+    scores: dict[int, float] = {}
+    for term in terms:
+        df = sum(term in d for d in docs.values())
+        idf = max(math.log((n - df + 0.5) / (df + 0.5)), 1e-6)
+        for seq, d in docs.items():
+            if term in d:
+                dl = sum(d.values())
+                scores[seq] = scores.get(seq, 0.0) + idf * d[term] * 2.2 / (d[term] + 1.2 * (0.25 + 0.75 * dl / avgdl))
+    return scores
+
+
+def test_scores_are_fts5s_bm25_over_the_lexemes(db):
+    texts = ["the glacier melted", "glaciers and weather", "weather weather today", "a hike in the hills",
+             "glacier hike, glacier views", "nothing of note", "weather report for the glacier hike"]
+    _insert_all(db, texts)
+
+    def lexemes(conn):
+        rows = conn.execute("SELECT seq, u.lexeme, cardinality(u.positions) FROM cubes, unnest(text_tsv) u").fetchall()
+        docs: dict[int, dict[str, int]] = {s: {} for (s,) in conn.execute("SELECT seq FROM cubes")}
+        for seq, lexeme, tf in rows:
+            docs[seq][lexeme] = tf
+        return docs
+
+    docs = _run(db.read(lexemes))
+    found = _run(db.read(lambda conn: db.sql.fulltext.ranked(conn, ["glaciers", "weather", "hike"], CubeFilter(),
+                                                              NOW, 10)))
+    expected = _reference_bm25(docs, ["glacier", "weather", "hike"])
+    assert {row["seq"]: pytest.approx(score) for row, score in found} == expected
+    assert [score for _, score in found] == sorted(expected.values(), reverse=True)
+
+
+def _claims(db, model="m", after=0, limit=100):
+    return _run(db.read(lambda conn: db.sql.vectors.missing(conn, model, after, limit)))
+
+
+def test_two_daemons_backfilling_at_once_are_never_handed_the_same_cube(postgres_url, db):
+    _insert_all(db, [f"text {i}" for i in range(60)])
+    daemons = [Database(postgres_url, create=False, pool_size=2) for _ in range(2)]
+    handed: list[list] = [[], []]
+    start = threading.Barrier(2)
+
+    def backfill(d):
+        start.wait()
+        cursor = 0
+        while batch := _claims(daemons[d], after=cursor, limit=5):  # as the backfill walks on
+            handed[d].extend(batch)
+            cursor = batch[-1][0]
+
+    threads = [threading.Thread(target=backfill, args=(d,)) for d in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        first, second = ({s for s, _ in h} for h in handed)
+        assert first and second and not first & second and len(first | second) == 60
+        # A daemon asking again gets its own claims back (its cursor went back); the other still does not.
+        assert {s for s, _ in _claims(daemons[0])} == first and {s for s, _ in _claims(daemons[1])} == second
+        # Stored vectors end the claims; a claim past its lease (a daemon that died) is handed to another.
+        todo = sorted(handed[0])
+        assert _run(daemons[0].write(lambda conn: vectors.store(conn, "m", todo[:10], np.ones((10, 3))))) == list(range(10))
+        _run(daemons[0].write(lambda conn: conn.execute("UPDATE embedding_claims SET until = 0")))
+        assert {s for s, _ in _claims(daemons[1])} == first - {s for s, _ in todo[:10]} | second
+        assert _run(db.read(lambda conn: vectors.backlog(conn, "m"))) == 50
+    finally:
+        for d in daemons:
+            d.close()
+
+
+def test_nearest_finds_the_closest_cubes_the_filter_admits_through_the_hnsw_index(db):
+    rng = np.random.default_rng(3)
+    near = _insert_all(db, [f"mine {i}" for i in range(5)], namespace="mine")
+    far = _insert_all(db, [f"theirs {i}" for i in range(300)], namespace="theirs")
+    query = np.array([1.0, 0, 0, 0], dtype=np.float32)
+    # Theirs are all nearer the query than mine: the filter must scan on past them to find mine.
+    theirs = np.hstack([np.ones((300, 1)), rng.normal(0, 0.05, (300, 3))])
+    mine = np.hstack([np.ones((5, 1)), rng.normal(0, 1.0, (5, 3))])
+    _run(db.write(lambda conn: vectors.store(conn, "m", [(s, f"theirs {i}") for i, s in enumerate(far)], theirs)))
+    _run(db.write(lambda conn: vectors.store(conn, "m", [(s, f"mine {i}") for i, s in enumerate(near)], mine)))
+
+    def nearest(f, limit=3):
+        return _run(db.read(lambda conn: vectors.nearest(conn, "m", query, f, NOW, limit)))
+
+    hits = nearest(CubeFilter(namespace_prefix="mine"))
+    cosine = {s: float(v @ query / np.linalg.norm(v)) for s, v in zip(near, mine)}
+    best = sorted(cosine, key=lambda s: -cosine[s])[:3]
+    assert [row["seq"] for row, _ in hits] == best
+    assert [score for _, score in hits] == pytest.approx([cosine[s] for s in best], abs=1e-5)
+    assert {row["namespace"] for row, _ in nearest(CubeFilter(), limit=10)} == {"theirs"}
+    assert nearest(CubeFilter(namespace_prefix="nowhere")) == []
+    assert _run(db.read(lambda conn: vectors.nearest(conn, "other", query, CubeFilter(), NOW, 3))) == []
+
+    def plan(conn):
+        for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):  # a tiny table's plan: say which
+            conn.execute(f"SET LOCAL {setting} = off")
+        q = "[1,0,0,0]"
+        return " ".join(r[0] for r in conn.execute(
+            "EXPLAIN SELECT c.seq FROM embeddings e JOIN cubes c ON c.seq = e.seq WHERE e.model = 'm'"
+            " AND c.namespace = 'mine' ORDER BY e.vector::vector(4) <=> %s::vector(4) LIMIT 3", (q,)))
+
+    assert "embeddings_hnsw_" in _run(db.read(plan))  # store() built the model's index
+
+
+def test_remembered_word_counts_are_recounted_once_the_vault_changed_by_a_tenth(db, monkeypatch):
+    monkeypatch.setattr(db.sql.fulltext, "LARGE_VAULT", 0)  # remember counts at any size
+    _insert_all(db, ["glacier ice"] + [f"filler {i}" for i in range(9)], namespace="a")
+
+    def scores():
+        return sorted(score for _, score in _run(db.read(
+            lambda conn: db.sql.fulltext.ranked(conn, ["glacier"], CubeFilter(), NOW, 50))))
+
+    first = scores()
+    _insert_all(db, [f"glacier {i}" for i in range(10)], namespace="b")  # twice the cubes, 11 with the word
+    n, df = 20, 11
+    idf = max(math.log((n - df + 0.5) / (df + 0.5)), 1e-6)
+    assert len(scores()) == 11 and scores()[-1] < first[-1]
+    assert all(s <= idf * 2.2 / (1 + 1.2 * 0.25) + 1e-9 for s in scores())  # the new count, not the remembered one
