@@ -23,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("init", "create the data directory and a commented config file"),
                        ("serve", "run the daemon in the foreground until SIGTERM/SIGINT"),
                        ("restore", "put a backup made by `memosctl backup` in place as the data directory"
-                                   " (stop the daemon first)")):
+                                   " (stop the daemon first)"),
+                       ("migrate", "copy a stopped embedded vault into PostgreSQL (and its blobs into a blob store),"
+                                   " resumably, leaving it untouched")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--data-dir", help="data directory (env MEMOSD_DATA_DIR; default ~/.local/share/memosd)")
         p.add_argument("--config", help=f"TOML config file (env MEMOSD_CONFIG; default DATA_DIR/{CONFIG_NAME})")
@@ -43,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
                            " for (env MEMOSD_PARAMETRIC_MODEL; default the activation model)")
             p.add_argument("--metrics-listen", metavar="HOST:PORT",
                            help="serve Prometheus metrics at http://HOST:PORT/metrics, loopback only (env MEMOSD_METRICS_LISTEN)")
+        if name == "migrate":
+            p.add_argument("--vault-url", required=True, help="the PostgreSQL vault to fill: postgresql://USER@HOST:PORT/DB")
+            p.add_argument("--to-data-dir", required=True, help="a new data directory for the daemon that serves the"
+                           " migrated vault (its keys, audit checkpoints and, with file:, blobs)")
+            p.add_argument("--blob-url", default="file:", help="where the blobs go: s3://BUCKET/PREFIX, or file: (the new"
+                           " data directory, the default)")
+            p.add_argument("--s3-endpoint-url", default="", help="an S3-compatible service's endpoint")
+            p.add_argument("--batch-size", type=int, default=1000, help="rows per committed batch (default 1000)")
         if name == "restore":
             p.add_argument("source", help="the backup directory (it holds manifest.json)")
             p.add_argument("--force", action="store_true", help="replace a database DATA_DIR already holds")
@@ -53,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.umask(0o077)  # database, blobs and keys are the daemon's alone; the socket is opened up explicitly
     try:
+        if args.command == "migrate":
+            return _migrate(args)
         config = load_config({k: v for k, v in vars(args).items() if k != "command"})
         if args.command == "init":
             return _init(config)
@@ -91,6 +103,50 @@ def _restore(config, source: str, force: bool) -> int:
     print(f"memosd: restored {done['files']} files ({done['bytes']} bytes) from {source} into {config.data_dir}."
           " Start it with: memosd serve")
     return 0
+
+
+def _migrate(args) -> int:
+    """Copy the embedded vault of --data-dir into PostgreSQL, with a progress bar (plain lines when not a tty)."""
+    from memosd.storage.migrate import migrate
+
+    # The source's own settings (its socket, audit_key), not the target's: the URLs are the migration's.
+    source = load_config({"data_dir": args.data_dir, "config": args.config})
+    shown = redact(args.vault_url)
+    report = migrate(source, Path(args.to_data_dir), args.vault_url, blob_url=args.blob_url,
+                     s3_endpoint_url=args.s3_endpoint_url, batch=args.batch_size, progress=_Progress(sys.stderr))
+    if report.already_done:
+        print(f"memosd: vault {report.source_id} from {source.data_dir} was migrated into {shown} already;"
+              f" nothing to do. Serve it with: memosd serve --data-dir {args.to_data_dir} --vault-url {shown}")
+        return 0
+    rows = sum(report.rows.values())
+    blobs = "" if args.blob_url == "file:" else f" --blob-url {args.blob_url}"
+    endpoint = f" --s3-endpoint-url {args.s3_endpoint_url}" if args.s3_endpoint_url else ""
+    print(f"memosd: migrated vault {report.source_id} from {source.data_dir} into {shown}: {rows} rows and"
+          f" {report.blobs} blobs ({report.blob_bytes} bytes) copied by this run; audit chain of"
+          f" {report.audit_entries} entries and {report.audit_checkpoints} checkpoints verified."
+          f" {source.data_dir} is unchanged. Serve it with: memosd serve --data-dir {args.to_data_dir}"
+          f" --vault-url {shown}{blobs}{endpoint}")
+    return 0
+
+
+class _Progress:
+    """One bar redrawn in place on a terminal; elsewhere a line per table (and every tenth of a large one)."""
+
+    def __init__(self, stream):
+        self.stream, self.tty = stream, stream.isatty()
+        self.last: tuple[str, int] = ("", -1)
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        tenth = 10 * done // total if total else 10
+        if self.tty:
+            filled = 30 * done // total if total else 30
+            self.stream.write(f"\r{what:<22} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+            if done >= total:
+                self.stream.write("\n")
+        elif (what, tenth) != self.last:
+            self.stream.write(f"memosd: migrate {what}: {done}/{total}\n")
+        self.last = (what, tenth)
+        self.stream.flush()
 
 
 def search_modes_notice(config) -> str:

@@ -127,6 +127,15 @@ async def open_storage(config: Config, governance_type=MemGovernance, *, create:
     """The vault's database (migrated; create: make a PostgreSQL schema, as `memosd init` does) and governance
     (admin key created on first use). serving: refuse an engine that lacks record modules the core needs."""
     db = open_database(config.data_dir, url=config.vault_url, create=create)
+    if db.engine == "postgresql":
+        # Governance would give a half-copied vault a daemon id and an admin of its own: refuse it instead.
+        from memosd.storage.postgres.copy import unfinished
+
+        source = await db.read(unfinished)
+        if source:
+            db.close()
+            raise FailedPrecondition(f"a migration of vault {source} into {redact(config.vault_url)} has not finished:"
+                                     " run `memosd migrate` again to complete it")
     missing = missing_modules(db) if serving else ()
     if missing:
         db.close()
