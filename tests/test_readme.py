@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import make_config, running
+from tests.s3_server import blob_settings
+from tests.storage_engine import vault_settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # The one placeholder the README uses for "a local causal LM directory"; the runner puts a tiny model there.
@@ -67,7 +69,9 @@ def _run_python(code: str, namespace: dict, timeout: float) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_every_readme_block_runs_in_order_on_a_fresh_daemon(tmp_path, monkeypatch):
+# The embedded default, and a team's own engines (issue #14's done-when): PostgreSQL with pgvector and S3.
+@pytest.mark.parametrize("vault, blobs", [("sqlite", "file"), ("postgresql", "s3")], ids=["embedded", "postgresql-s3"])
+def test_every_readme_block_runs_in_order_on_a_fresh_daemon(tmp_path, monkeypatch, request, vault, blobs):
     pytest.importorskip("peft", reason="the README's adapter blocks need the ml extra")
     from tests.kv_helpers import save_tiny
 
@@ -75,7 +79,8 @@ def test_every_readme_block_runs_in_order_on_a_fresh_daemon(tmp_path, monkeypatc
     workdir = tmp_path / "work"
     workdir.mkdir()
     (workdir / "chapter1.txt").write_text(CHAPTER + "\n")
-    config = make_config(tmp_path, activation_model=str(model_dir))
+    config = make_config(tmp_path, activation_model=str(model_dir), **vault_settings(vault, request),
+                         **blob_settings(blobs, request))
     with running(config) as daemon:
         env = {**os.environ, "MEMOS_ADDR": daemon.address, "MEMOS_KEY": str(daemon.admin_key),
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
