@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: bench-pubsub install run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob bench-adapter bench-mcp
+.PHONY: bench-pubsub install run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many
 
 install: $(STAMP)
 
@@ -55,7 +55,7 @@ proto-check: proto
 	git diff --exit-code -- memos_mip/v1
 	@test -z "$$(git status --porcelain -- memos_mip/v1)" || { git status --porcelain -- memos_mip/v1; exit 1; }
 
-bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-export-import bench-kv-ttft bench-blob bench-adapter bench-mcp
+bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-export-import bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many
 
 bench-ingest: install
 	$(BIN)/python bench/ingest_search.py --only ingest
@@ -92,6 +92,14 @@ bench-adapter: install
 ## memosctl mcp: a memory_search through it vs the Python client, its start-up, publish-to-resources/updated delay.
 bench-mcp: install
 	$(BIN)/python bench/mcp_search.py
+
+## LoCoMo recall@10 and search latency on SQLite and PostgreSQL in one run (a throwaway PostgreSQL server).
+bench-engines: install
+	$(BIN)/python bench/search_engines.py
+
+## MemVault put_many throughput on SQLite and PostgreSQL in one run.
+bench-put-many: install
+	$(BIN)/python bench/vault_put_many.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
