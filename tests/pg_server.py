@@ -81,7 +81,10 @@ class PostgresServer:
     def _run(self, program: str, *args: str) -> None:
         try:
             subprocess.run([str(self.bin / program), *args], check=True, capture_output=True, text=True,
-                           user=self.user, timeout=START_TIMEOUT + 30, cwd=self.root)
+                           user=self.user, timeout=START_TIMEOUT + 30, cwd=self.root,
+                           # Without root's groups: in group root, a root-owned 0701 folder above the checkout
+                           # (mktemp -d, o+x added) is closed to the server user by its group bits.
+                           **({"group": self.user, "extra_groups": []} if self.user else {}))
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
             log = self.log.read_text()[-2000:] if self.log.exists() else ""
             stderr = getattr(exc, "stderr", "") or ""
