@@ -9,7 +9,10 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from memos_mip.auth import CLOCK_SKEW, MAX_TOKEN_LIFETIME, AgentKey, fingerprint, read_token, verify_signature
+from memos_mip.auth import (
+    CLOCK_SKEW, MAX_TOKEN_LIFETIME, AgentKey, KeyFileError, fingerprint, read_token, verify_signature,
+)
+from memosd.cluster.members import member_id
 from memos_mip.bounds import JSONLimitError, quote
 from memosd.cube import CubeFilter, MemoryKind, Visibility
 from memosd.errors import (
@@ -106,13 +109,21 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
         await self.db.write(lambda conn: self.sql.governance.init_settings(conn, defaults))
         settings, self.version, agents, policies = await self.db.read(load)
         self.daemon_id, self.epoch = settings["daemon_id"], int(settings["policy_epoch"])
-        await self.signer.open(self.daemon_id)
         self._agents, self._policies = self._load_records(agents, policies)
         if ADMIN not in self._agents:
             await self._create_admin()
         elif not (self.data_dir / ADMIN_KEY_FILE).exists():
             log.warning("admin key %s is missing; restore it from a backup to administer this daemon",
                         self.data_dir / ADMIN_KEY_FILE)
+        # The admin key vouches for this member's audit key, so that the other members trust its checkpoints.
+        await self.signer.open(self.daemon_id, member=member_id(self.data_dir), admin=await asyncio.to_thread(self._admin_key),
+                               admin_public=self._agents[ADMIN].public_key)
+
+    def _admin_key(self) -> AgentKey | None:
+        try:
+            return AgentKey.load(self.data_dir / ADMIN_KEY_FILE)
+        except (OSError, KeyFileError):
+            return None
 
     @staticmethod
     def _load_records(agents, policies) -> tuple[dict[str, AgentRecord], dict[str, PolicyRecord]]:
