@@ -12,7 +12,8 @@ import pytest
 from memos_client import MemosClient, NotFound, Unauthenticated
 from memos_mip.v1 import store_pb2 as spb
 from tests.cluster import member_configs, running_members, share_admin_key
-from tests.daemon import running, spawn_daemon
+from tests.daemon import make_config, running, spawn_daemon
+from tests.storage_engine import raw_connection
 from tests.timing import wait_for
 
 POLL = 0.2  # the members' governance_poll_interval in these tests
@@ -163,3 +164,15 @@ def test_refresh_loads_another_members_change_and_on_change_hears_local_ones(tmp
         assert b.call(b.server.governance.refresh()) is True
         assert bob_b.get(cube.id).text == "shared at a"
         assert heard == sorted(heard) and len(heard) == 3 and heard[-1] == b.server.governance.version
+
+
+def test_a_daemon_alone_on_sqlite_is_a_one_member_cluster_that_forgets_members_silent_for_a_day(tmp_path):
+    config = replace(make_config(tmp_path), member_heartbeat_interval=0.2)
+    with running(config) as daemon, MemosClient(daemon.address, key=daemon.admin_key, timeout=30) as admin:
+        (me,) = admin.status().members
+        assert me.local and me.listen == str(daemon.address) and me.member_id == admin.status().member_id
+        with raw_connection(config) as conn:  # a member last heard from 25 hours ago
+            conn.execute("INSERT INTO members VALUES ('gone', 'unix:/gone.sock', '0.0.1', ?, ?)",
+                         (time.time() - 90_000, time.time() - 90_000))
+        assert wait_for(lambda: [m.member_id for m in admin.status().members] == [me.member_id],
+                        "the member silent for a day was never forgotten", BOUND)

@@ -121,12 +121,20 @@ class ClusterSync:
         self._poller = self._news = None
 
     async def _poll(self, interval: float) -> None:
+        failing = False
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.refresh()
             except (MemosError, OSError) as exc:  # the vault is away: decisions stand until it is back
-                log.warning("could not look for governance changes in the vault: %s", exc)
+                if not failing:  # said once per outage, not twice a second
+                    log.warning("cannot look for governance changes in the vault (other members' grants and"
+                                " revocations wait until it is back): %s", exc)
+                failing = True
+                continue
+            if failing:
+                log.info("looking for governance changes in the vault again")
+            failing = False
 
     # -- tokens from the future ---------------------------------------------------------------
 
