@@ -192,6 +192,12 @@ class JobManager:
         self._trim()
         return job
 
+    async def written(self) -> None:
+        """Wait until the records written so far (a job just submitted) are committed: a submission is
+        acknowledged once the vault holds it, so that another member can take it over."""
+        if self._last_write is not None:
+            await asyncio.gather(self._last_write, return_exceptions=True)
+
     def _begin(self, entry: _Entry, work) -> None:
         entry.progress = Progress(self, entry, asyncio.get_running_loop())
         entry.task = asyncio.create_task(self._run(entry, entry.progress, work), name=f"memosd-job-{entry.job.id}")
