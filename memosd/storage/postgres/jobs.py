@@ -3,10 +3,13 @@ let one member of a cluster run each job and another take it over when the first
 
 from __future__ import annotations
 
+from memosd.scheduler.jobs import JobState
+
 _NAMES = ("id", "kind", "owner", "state", "created_at", "started_at", "finished_at", "done", "total", "message",
           "result_ids", "metrics", "error_type", "error", "runner", "lease_until")
 _COLUMNS = ", ".join(_NAMES)
-_UNFINISHED = "state IN (1, 2)"  # JobState.QUEUED, JobState.RUNNING
+_QUEUED = f"{JobState.QUEUED:d}"
+_UNFINISHED = f"state IN ({JobState.QUEUED:d}, {JobState.RUNNING:d})"
 
 
 def create(conn, record: tuple, spec: str | None) -> None:
@@ -59,7 +62,8 @@ def claim(conn, runner: str, kinds: list[str], now: float, until: float) -> tupl
     row = conn.execute(
         f"WITH c AS (SELECT id FROM jobs WHERE {_UNFINISHED} AND lease_until < %s AND kind = ANY(%s)"
         " AND spec IS NOT NULL ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
-        " UPDATE jobs j SET runner = %s, lease_until = %s, state = 1, started_at = NULL, message = 'taken over'"
+        f" UPDATE jobs j SET runner = %s, lease_until = %s, state = {_QUEUED}, started_at = NULL,"
+        " message = 'taken over'"
         f" FROM c WHERE j.id = c.id RETURNING {', '.join('j.' + n for n in _NAMES)}, j.spec, j.cancel_requested",
         (now, kinds, runner, until)).fetchone()
     if row is None:
@@ -75,6 +79,6 @@ def request_cancel(conn, job_id: str) -> tuple | None:
 
 def release(conn, job_id: str, runner: str) -> bool:
     """Hand an unfinished job runner holds back to the cluster at once (runner is stopping): queued, no lease."""
-    return conn.execute(f"UPDATE jobs SET runner = NULL, lease_until = 0, state = 1, started_at = NULL,"
+    return conn.execute(f"UPDATE jobs SET runner = NULL, lease_until = 0, state = {_QUEUED}, started_at = NULL,"
                         f" message = 'queued (its daemon stopped)' WHERE id = %s AND runner = %s AND {_UNFINISHED}",
                         (job_id, runner)).rowcount == 1

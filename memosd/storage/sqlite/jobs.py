@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from memosd.scheduler.jobs import JobState
+
 _NAMES = ("id", "kind", "owner", "state", "created_at", "started_at", "finished_at", "done", "total", "message",
           "result_ids", "metrics", "error_type", "error", "runner", "lease_until")
 _COLUMNS = ", ".join(_NAMES)
-_UNFINISHED = "state IN (1, 2)"  # JobState.QUEUED, JobState.RUNNING
+_QUEUED = f"{JobState.QUEUED:d}"
+_UNFINISHED = f"state IN ({JobState.QUEUED:d}, {JobState.RUNNING:d})"
 
 
 def create(conn: sqlite3.Connection, record: tuple, spec: str | None) -> None:
@@ -60,7 +63,7 @@ def claim(conn: sqlite3.Connection, runner: str, kinds: list[str], now: float,
     """Take the oldest unfinished job of one of these kinds whose lease ran out (its runner died): queued again
     under runner's lease. Its record, spec and whether a stop was asked for it; None when there is none."""
     row = conn.execute(
-        f"UPDATE jobs SET runner = ?, lease_until = ?, state = 1, started_at = NULL, message = 'taken over'"
+        f"UPDATE jobs SET runner = ?, lease_until = ?, state = {_QUEUED}, started_at = NULL, message = 'taken over'"
         f" WHERE id = (SELECT id FROM jobs WHERE {_UNFINISHED} AND lease_until < ? AND spec IS NOT NULL"
         " AND kind IN (SELECT value FROM json_each(?)) ORDER BY created_at LIMIT 1)"
         f" RETURNING {_COLUMNS}, spec, cancel_requested", (runner, until, now, json.dumps(kinds))).fetchone()
@@ -77,6 +80,6 @@ def request_cancel(conn: sqlite3.Connection, job_id: str) -> tuple | None:
 
 def release(conn: sqlite3.Connection, job_id: str, runner: str) -> bool:
     """Hand an unfinished job runner holds back to the cluster at once (runner is stopping): queued, no lease."""
-    return conn.execute(f"UPDATE jobs SET runner = NULL, lease_until = 0, state = 1, started_at = NULL,"
+    return conn.execute(f"UPDATE jobs SET runner = NULL, lease_until = 0, state = {_QUEUED}, started_at = NULL,"
                         f" message = 'queued (its daemon stopped)' WHERE id = ? AND runner = ? AND {_UNFINISHED}",
                         (job_id, runner)).rowcount == 1
