@@ -12,7 +12,6 @@ cancels every job of the cluster.
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import logging
 import os
@@ -28,21 +27,11 @@ from memos_mip.bounds import quote
 from memosd import errors
 from memosd.errors import FailedPrecondition, MemosError, NotFound, ResourceExhausted, Unavailable
 from memosd.ids import is_id, new_id
+from memosd.storage.records import FINISHED, JobState
 
 log = logging.getLogger("memosd.jobs")
 
 
-class JobState(enum.IntEnum):
-    """Values equal the protocol's JobState numbers."""
-
-    QUEUED = 1
-    RUNNING = 2
-    SUCCEEDED = 3
-    FAILED = 4
-    CANCELLED = 5
-
-
-FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
 class JobCancelled(Exception):

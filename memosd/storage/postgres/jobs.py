@@ -3,7 +3,7 @@ let one member of a cluster run each job and another take it over when the first
 
 from __future__ import annotations
 
-from memosd.scheduler.jobs import JobState
+from memosd.storage.records import JobState
 
 _NAMES = ("id", "kind", "owner", "state", "created_at", "started_at", "finished_at", "done", "total", "message",
           "result_ids", "metrics", "error_type", "error", "runner", "lease_until")

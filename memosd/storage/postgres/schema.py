@@ -209,7 +209,7 @@ def m0007_job_leases(conn) -> None:
     # again once the lease runs out (spec, JSON). Background work one member does at a time takes a named lease.
     conn.execute("ALTER TABLE jobs ADD COLUMN runner text, ADD COLUMN lease_until double precision,"
                  " ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false, ADD COLUMN spec text")
-    from memosd.scheduler.jobs import JobState
+    from memosd.storage.records import JobState
 
     unfinished = f"{JobState.QUEUED:d}, {JobState.RUNNING:d}"  # DDL takes no parameters
     conn.execute(f"CREATE INDEX jobs_unfinished ON jobs (lease_until) WHERE state IN ({unfinished})")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from memosd.scheduler.jobs import JobState
+from memosd.storage.records import JobState
 
 _NAMES = ("id", "kind", "owner", "state", "created_at", "started_at", "finished_at", "done", "total", "message",
           "result_ids", "metrics", "error_type", "error", "runner", "lease_until")
