@@ -71,6 +71,11 @@ class Config:
     # (0: never by time); it is signed at every clean shutdown too.
     audit_checkpoint_entries: int = 1000
     audit_checkpoint_interval: float = 60.0
+    # Cluster: seconds between this member's heartbeats in the vault (a member silent for three is shown as
+    # stale), and between its checks of the vault for governance changes made at other members (the bound on
+    # how late a grant or revocation made elsewhere takes effect here when no bus brings the news sooner).
+    member_heartbeat_interval: float = 5.0
+    governance_poll_interval: float = 0.5
     limits: Limits = field(default_factory=Limits)
 
 
@@ -118,7 +123,8 @@ def _build(values: dict) -> Config:
             limits.update({k: int(v) for k, v in value.items() if k in _LIMIT_KEYS})
     try:
         for key in ("sweep_interval", "access_flush_interval", "shutdown_grace", "topic_max_age",
-                    "audit_checkpoint_interval", "job_lease"):
+                    "audit_checkpoint_interval", "job_lease", "member_heartbeat_interval",
+                    "governance_poll_interval"):
             if key in top:
                 top[key] = float(top[key])
         for key in ("subscriber_queue", "subscriptions_per_agent", "topic_max_events", "embedding_threads",
@@ -197,6 +203,8 @@ def write_default_config(data_dir: Path) -> Path:
         '# audit_key = "/var/lib/memosd-audit/audit.key"   # signs audit checkpoints (default DATA_DIR/audit.key)\n'
         "# audit_checkpoint_entries = 1000   # sign the audit chain's head this often, and at every shutdown\n"
         "# audit_checkpoint_interval = 60.0\n"
+        "# member_heartbeat_interval = 5.0   # cluster: this daemon's heartbeat in the vault\n"
+        "# governance_poll_interval = 0.5   # cluster: how often to look for other members' grants and revocations\n"
         '# metrics_listen = "127.0.0.1:9464"   # Prometheus metrics at http://127.0.0.1:9464/metrics\n'
         "\n[limits]\n"
         "# max_text_bytes = 65536\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from memosd import __version__
+from memosd.cluster.members import Membership
 from memosd.config import Config
 from memosd.governance import MemGovernance
 from memosd.lifecycle import MemLifecycle
@@ -76,6 +78,7 @@ class Daemon:
         self.store: MemStore | None = None
         self.tensors: TensorMemory | None = None
         self.lifecycle: MemLifecycle | None = None
+        self.members: Membership | None = None
         # This daemon among the members of its cluster (the daemons sharing a PostgreSQL vault): who holds a job
         # or a sweep's lease.
         self.member_id = member_id()
@@ -90,6 +93,9 @@ class Daemon:
             embedder = Embedder(cfg.embedding_model, threads=cfg.embedding_threads or None)
         self.db, self.governance = await open_storage(cfg, self._governance_type, serving=True)
         gov = self.governance
+        self.members = Membership(self.db, cfg.data_dir, version=__version__, interval=cfg.member_heartbeat_interval)
+        await self.members.start(cfg.listen)
+        gov.start_polling(cfg.governance_poll_interval)
         self.vault = MemVault(cfg.data_dir, db=self.db, limits=cfg.limits, embedder=embedder, audit=gov.audit_write)
         await self.vault.start()
         self.store = MemStore(self.db, gov, hub=Hub(capacity=cfg.subscriber_queue,
@@ -121,6 +127,9 @@ class Daemon:
         assert self.lifecycle and self.tensors and self.governance, "start() sets them with the vault"
         await self.lifecycle.stop()
         await self.tensors.stop()
+        await self.governance.stop_polling()
+        if self.members is not None:
+            await self.members.stop()
         await self.governance.signer.stop()  # after the last write: the head it signs is the final one
         await self.vault.close()
 

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from memos_mip.v1 import cube_pb2 as memos_dot_v1_dot_cube__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15memos/v1/daemon.proto\x12\x08memos.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13memos/v1/cube.proto\"\x0f\n\rStatusRequest\"g\n\tCubeCount\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.memos.v1.MemoryKind\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.memos.v1.LifecycleState\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\x90\x02\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x01\x12#\n\x06\x63ounts\x18\x04 \x03(\x0b\x32\x13.memos.v1.CubeCount\x12\x12\n\ndata_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06listen\x18\x06 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x07 \x01(\t\x12\x19\n\x11\x65mbedding_backlog\x18\x08 \x01(\x03\x12(\n\x07metrics\x18\t \x01(\x0b\x32\x17.memos.v1.DaemonMetrics\"L\n\x0cRequestCount\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"~\n\rMethodLatency\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x13\n\x0bsum_seconds\x18\x04 \x01(\x01\x12\x13\n\x0bp50_seconds\x18\x05 \x01(\x01\x12\x13\n\x0bp99_seconds\x18\x06 \x01(\x01\">\n\tKindUsage\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.memos.v1.MemoryKind\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"\xd4\x02\n\rDaemonMetrics\x12(\n\x08requests\x18\x01 \x03(\x0b\x32\x16.memos.v1.RequestCount\x12*\n\tlatencies\x18\x02 \x03(\x0b\x32\x17.memos.v1.MethodLatency\x12\"\n\x05usage\x18\x03 \x03(\x0b\x32\x13.memos.v1.KindUsage\x12\x18\n\x10\x62lob_store_bytes\x18\x04 \x01(\x03\x12\x16\n\x0e\x64\x61tabase_bytes\x18\x05 \x01(\x03\x12\x11\n\twal_bytes\x18\x06 \x01(\x03\x12\x14\n\x0c\x61uth_denials\x18\x07 \x01(\x03\x12\x13\n\x0bsubscribers\x18\x08 \x01(\x03\x12\x1e\n\x16subscriber_queue_depth\x18\t \x01(\x03\x12 \n\x18slow_subscribers_dropped\x18\n \x01(\x03\x12\x17\n\x0fmetrics_address\x18\x0b \x01(\t2L\n\rDaemonService\x12;\n\x06Status\x12\x17.memos.v1.StatusRequest\x1a\x18.memos.v1.StatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15memos/v1/daemon.proto\x12\x08memos.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13memos/v1/cube.proto\"\x0f\n\rStatusRequest\"g\n\tCubeCount\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.memos.v1.MemoryKind\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.memos.v1.LifecycleState\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"\xd3\x02\n\x0eStatusResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x01\x12#\n\x06\x63ounts\x18\x04 \x03(\x0b\x32\x13.memos.v1.CubeCount\x12\x12\n\ndata_bytes\x18\x05 \x01(\x03\x12\x0e\n\x06listen\x18\x06 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x07 \x01(\t\x12\x19\n\x11\x65mbedding_backlog\x18\x08 \x01(\x03\x12(\n\x07metrics\x18\t \x01(\x0b\x32\x17.memos.v1.DaemonMetrics\x12\x11\n\tmember_id\x18\n \x01(\t\x12!\n\x07members\x18\x0b \x03(\x0b\x32\x10.memos.v1.Member\x12\x0b\n\x03\x62us\x18\x0c \x01(\t\"\xd5\x01\n\x06Member\x12\x11\n\tmember_id\x18\x01 \x01(\t\x12\x0e\n\x06listen\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12.\n\nstarted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08heard_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13seconds_since_heard\x18\x06 \x01(\x01\x12\r\n\x05stale\x18\x07 \x01(\x08\x12\r\n\x05local\x18\x08 \x01(\x08\"L\n\x0cRequestCount\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"~\n\rMethodLatency\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\x12\x13\n\x0bsum_seconds\x18\x04 \x01(\x01\x12\x13\n\x0bp50_seconds\x18\x05 \x01(\x01\x12\x13\n\x0bp99_seconds\x18\x06 \x01(\x01\">\n\tKindUsage\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.memos.v1.MemoryKind\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\"\xd4\x02\n\rDaemonMetrics\x12(\n\x08requests\x18\x01 \x03(\x0b\x32\x16.memos.v1.RequestCount\x12*\n\tlatencies\x18\x02 \x03(\x0b\x32\x17.memos.v1.MethodLatency\x12\"\n\x05usage\x18\x03 \x03(\x0b\x32\x13.memos.v1.KindUsage\x12\x18\n\x10\x62lob_store_bytes\x18\x04 \x01(\x03\x12\x16\n\x0e\x64\x61tabase_bytes\x18\x05 \x01(\x03\x12\x11\n\twal_bytes\x18\x06 \x01(\x03\x12\x14\n\x0c\x61uth_denials\x18\x07 \x01(\x03\x12\x13\n\x0bsubscribers\x18\x08 \x01(\x03\x12\x1e\n\x16subscriber_queue_depth\x18\t \x01(\x03\x12 \n\x18slow_subscribers_dropped\x18\n \x01(\x03\x12\x17\n\x0fmetrics_address\x18\x0b \x01(\t2L\n\rDaemonService\x12;\n\x06Status\x12\x17.memos.v1.StatusRequest\x1a\x18.memos.v1.StatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,15 +39,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CUBECOUNT']._serialized_start=106
   _globals['_CUBECOUNT']._serialized_end=209
   _globals['_STATUSRESPONSE']._serialized_start=212
-  _globals['_STATUSRESPONSE']._serialized_end=484
-  _globals['_REQUESTCOUNT']._serialized_start=486
-  _globals['_REQUESTCOUNT']._serialized_end=562
-  _globals['_METHODLATENCY']._serialized_start=564
-  _globals['_METHODLATENCY']._serialized_end=690
-  _globals['_KINDUSAGE']._serialized_start=692
-  _globals['_KINDUSAGE']._serialized_end=754
-  _globals['_DAEMONMETRICS']._serialized_start=757
-  _globals['_DAEMONMETRICS']._serialized_end=1097
-  _globals['_DAEMONSERVICE']._serialized_start=1099
-  _globals['_DAEMONSERVICE']._serialized_end=1175
+  _globals['_STATUSRESPONSE']._serialized_end=551
+  _globals['_MEMBER']._serialized_start=554
+  _globals['_MEMBER']._serialized_end=767
+  _globals['_REQUESTCOUNT']._serialized_start=769
+  _globals['_REQUESTCOUNT']._serialized_end=845
+  _globals['_METHODLATENCY']._serialized_start=847
+  _globals['_METHODLATENCY']._serialized_end=973
+  _globals['_KINDUSAGE']._serialized_start=975
+  _globals['_KINDUSAGE']._serialized_end=1037
+  _globals['_DAEMONMETRICS']._serialized_start=1040
+  _globals['_DAEMONMETRICS']._serialized_end=1380
+  _globals['_DAEMONSERVICE']._serialized_start=1382
+  _globals['_DAEMONSERVICE']._serialized_end=1458
 # @@protoc_insertion_point(module_scope)

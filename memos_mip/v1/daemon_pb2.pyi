@@ -26,7 +26,7 @@ class CubeCount(_message.Message):
     def __init__(self, kind: _Optional[_Union[_cube_pb2.MemoryKind, str]] = ..., state: _Optional[_Union[_cube_pb2.LifecycleState, str]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "started_at", "uptime_seconds", "counts", "data_bytes", "listen", "embedding_model", "embedding_backlog", "metrics")
+    __slots__ = ("version", "started_at", "uptime_seconds", "counts", "data_bytes", "listen", "embedding_model", "embedding_backlog", "metrics", "member_id", "members", "bus")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,9 @@ class StatusResponse(_message.Message):
     EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_BACKLOG_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    BUS_FIELD_NUMBER: _ClassVar[int]
     version: str
     started_at: _timestamp_pb2.Timestamp
     uptime_seconds: float
@@ -45,7 +48,30 @@ class StatusResponse(_message.Message):
     embedding_model: str
     embedding_backlog: int
     metrics: DaemonMetrics
-    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_seconds: _Optional[float] = ..., counts: _Optional[_Iterable[_Union[CubeCount, _Mapping]]] = ..., data_bytes: _Optional[int] = ..., listen: _Optional[str] = ..., embedding_model: _Optional[str] = ..., embedding_backlog: _Optional[int] = ..., metrics: _Optional[_Union[DaemonMetrics, _Mapping]] = ...) -> None: ...
+    member_id: str
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    bus: str
+    def __init__(self, version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., uptime_seconds: _Optional[float] = ..., counts: _Optional[_Iterable[_Union[CubeCount, _Mapping]]] = ..., data_bytes: _Optional[int] = ..., listen: _Optional[str] = ..., embedding_model: _Optional[str] = ..., embedding_backlog: _Optional[int] = ..., metrics: _Optional[_Union[DaemonMetrics, _Mapping]] = ..., member_id: _Optional[str] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., bus: _Optional[str] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("member_id", "listen", "version", "started_at", "heard_at", "seconds_since_heard", "stale", "local")
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    HEARD_AT_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_SINCE_HEARD_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
+    member_id: str
+    listen: str
+    version: str
+    started_at: _timestamp_pb2.Timestamp
+    heard_at: _timestamp_pb2.Timestamp
+    seconds_since_heard: float
+    stale: bool
+    local: bool
+    def __init__(self, member_id: _Optional[str] = ..., listen: _Optional[str] = ..., version: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heard_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., seconds_since_heard: _Optional[float] = ..., stale: _Optional[bool] = ..., local: _Optional[bool] = ...) -> None: ...
 
 class RequestCount(_message.Message):
     __slots__ = ("service", "method", "code", "count")

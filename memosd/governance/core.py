@@ -9,18 +9,21 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from memos_mip.auth import CLOCK_SKEW, MAX_TOKEN_LIFETIME, AgentKey, fingerprint, read_token, verify_signature
+from memos_mip.auth import (
+    CLOCK_SKEW, MAX_TOKEN_LIFETIME, AgentKey, KeyFileError, fingerprint, read_token, verify_signature,
+)
+from memosd.cluster.members import member_id
 from memos_mip.bounds import JSONLimitError, quote
 from memosd.cube import CubeFilter, MemoryKind, Visibility
 from memosd.errors import (
     AlreadyExists, Hidden, InvalidArgument, NotFound, PermissionDenied, StaleToken, Unauthenticated,
 )
-from memosd.governance import audit
-from memosd.governance.audit import AuditEntry
+from memosd.governance.auditing import Auditing, DenialBudget
 from memosd.governance.sharing import Sharing
 from memosd.limits import check_namespace
 from memosd.governance.policy import Pattern, Policy, check_name, owned_pattern, parse_policy
-from memosd.governance.signing import AUDIT_KEY_FILE, AuditReport, AuditSigner
+from memosd.governance.signing import AUDIT_KEY_FILE, AuditSigner
+from memosd.governance.sync import ClusterSync
 from memosd.storage import Conn
 
 log = logging.getLogger("memosd.governance")
@@ -28,7 +31,6 @@ ADMIN = "admin"
 ADMIN_KEY_FILE = "admin.key"
 MAX_CHAIN = 8
 TOKEN_CACHE_SIZE = 100_000
-DENIALS_AUDITED_PER_SECOND = 50
 
 
 @dataclass(frozen=True)
@@ -72,15 +74,9 @@ class ScopeRule:
     kinds: frozenset[MemoryKind] = frozenset()
 
 
-@dataclass
-class _DenialBudget:
-    second: int = 0
-    used: int = 0
-    suppressed: int = 0
-
-
-class MemGovernance(Sharing):
-    """Identities, policies and decisions. Takes the shared Database; keeps agents and policies in memory."""
+class MemGovernance(Auditing, Sharing, ClusterSync):
+    """Identities, policies and decisions. Takes the shared Database; keeps agents and policies in memory,
+    reloaded when another member of the cluster changes them (ClusterSync)."""
 
     def __init__(self, db, data_dir: Path, *, clock=time.time, audit_key: Path | None = None):
         self.db = db
@@ -94,8 +90,9 @@ class MemGovernance(Sharing):
         self._tokens: dict[str, dict] = {}
         self._grants: dict[tuple, list[Policy]] = {}
         self._init_sharing()
+        self._init_sync()
         self._changed = asyncio.Event()
-        self._denials = _DenialBudget()
+        self._denials = DenialBudget()
         self._read_sources: list = []
         # The audit key lives apart from the database (by default beside it, in a file of its own).
         self.signer = AuditSigner(db, audit_key or self.data_dir / AUDIT_KEY_FILE, clock=clock)
@@ -105,23 +102,39 @@ class MemGovernance(Sharing):
     async def start(self) -> None:
         def load(conn: Conn):
             records = self.sql.governance
-            return records.load_settings(conn), records.load_agents(conn), records.load_policies(conn)
+            return (records.load_settings(conn), records.governance_version(conn), records.load_agents(conn),
+                    records.load_policies(conn))
 
-        defaults = {"daemon_id": "memosd-" + secrets.token_hex(8), "policy_epoch": "1"}
+        defaults = {"daemon_id": "memosd-" + secrets.token_hex(8), "policy_epoch": "1", "governance_version": "0"}
         await self.db.write(lambda conn: self.sql.governance.init_settings(conn, defaults))
-        settings, agents, policies = await self.db.read(load)
+        settings, self.version, agents, policies = await self.db.read(load)
         self.daemon_id, self.epoch = settings["daemon_id"], int(settings["policy_epoch"])
-        await self.signer.open(self.daemon_id)
-        for name, key, groups, admin, created, revoked in agents:
-            self._agents[name] = AgentRecord(name, key, groups, admin, created, revoked)
-        for document, signature, created, revoked in policies:
-            policy = parse_policy(document, stored=True)
-            self._policies[policy.id] = PolicyRecord(policy, document, signature, created, revoked)
+        self._agents, self._policies = self._load_records(agents, policies)
         if ADMIN not in self._agents:
             await self._create_admin()
         elif not (self.data_dir / ADMIN_KEY_FILE).exists():
             log.warning("admin key %s is missing; restore it from a backup to administer this daemon",
                         self.data_dir / ADMIN_KEY_FILE)
+        # The admin key vouches for this member's audit key, so that the other members trust its checkpoints.
+        await self.signer.open(self.daemon_id, member=member_id(self.data_dir), admin=await asyncio.to_thread(self._admin_key),
+                               admin_public=self._agents[ADMIN].public_key)
+
+    def _admin_key(self) -> AgentKey | None:
+        try:
+            return AgentKey.load(self.data_dir / ADMIN_KEY_FILE)
+        except (OSError, KeyFileError):
+            return None
+
+    @staticmethod
+    def _load_records(agents, policies) -> tuple[dict[str, AgentRecord], dict[str, PolicyRecord]]:
+        """The stored rows as the records decisions are made from."""
+        by_name = {name: AgentRecord(name, key, groups, admin, created, revoked)
+                   for name, key, groups, admin, created, revoked in agents}
+        by_id = {}
+        for document, signature, created, revoked in policies:
+            policy = parse_policy(document, stored=True)
+            by_id[policy.id] = PolicyRecord(policy, document, signature, created, revoked)
+        return by_name, by_id
 
     async def _create_admin(self) -> None:
         key = AgentKey.generate(ADMIN, self.daemon_id)
@@ -311,46 +324,6 @@ class MemGovernance(Sharing):
                     return False
         return True
 
-    # -- audit --------------------------------------------------------------------------------
-
-    async def record_denial(self, p: Principal | None, action: str, target: str, reason: str) -> None:
-        """Audit a denial; past a per-second budget, denials are counted and summarised instead."""
-        now = self.clock()
-        budget = self._denials
-        if int(now) != budget.second:
-            budget.second, budget.used = int(now), 0
-        if budget.used >= DENIALS_AUDITED_PER_SECOND:
-            budget.suppressed += 1
-            return
-        budget.used += 1
-        suppressed, budget.suppressed = budget.suppressed, 0
-        detail = audit.detail(reason=reason, **({"suppressed_before": suppressed} if suppressed else {}))
-        agent = p.name if p else "-"
-
-        def job(conn: Conn) -> None:
-            self.sql.audit.append(conn, now, agent, action, target, "deny", detail)
-            self.signer.note_entry()
-
-        await self.db.write(job)
-
-    def audit_write(self, conn: Conn, agent: str, action: str, target: str, **fields) -> None:
-        """Audit an allowed write inside the transaction that makes it."""
-        self.sql.audit.append(conn, self.clock(), agent, action, target, "allow", audit.detail(**fields))
-        self.signer.note_entry()
-
-    async def audit(self, agent: str, action: str, target: str, **fields) -> None:
-        """Audit an allowed action that writes nothing else, in a transaction of its own."""
-        await self.db.write(lambda conn: self.audit_write(conn, agent, action, target, **fields))
-
-    async def audit_list(self, p: Principal, after_seq: int, limit: int) -> list[AuditEntry]:  # (the method `audit` hides the module here)
-        self._require_admin(p, "read the audit log")
-        return await self.db.read(lambda conn: self.sql.audit.read(conn, after_seq, limit))
-
-    async def audit_verify(self, p: Principal) -> AuditReport:
-        """The chain's links, and every signed checkpoint against the audit key and the chain."""
-        self._require_admin(p, "verify the audit log")
-        return await self.signer.verify()
-
     # -- agents -------------------------------------------------------------------------------
 
     async def add_agent(self, p: Principal, name: str, public_key: bytes, groups) -> AgentRecord:
@@ -372,14 +345,17 @@ class MemGovernance(Sharing):
         return record
 
     async def _store_agent(self, record: AgentRecord, actor: str) -> None:
-        def job(conn: Conn) -> None:
+        def job(conn: Conn) -> int:
             self.sql.governance.insert_agent(conn, record.name, record.public_key, record.groups, record.admin,
                                              record.created_at)
             self.audit_write(conn, actor, "agent.add", record.name, key=fingerprint(record.public_key),
                              groups=list(record.groups))
+            return self._bump_version(conn)
 
-        await self.db.write(job)
-        self._agents[record.name] = record
+        async with self._sync_lock:
+            version = await self.db.write(job)
+            self._agents[record.name] = record
+            self._committed(version)
 
     def agent(self, name: str) -> AgentRecord:
         if name not in self._agents:
@@ -401,14 +377,15 @@ class MemGovernance(Sharing):
         if agent.revoked_at is None:
             now = self.clock()
 
-            def job(conn: Conn) -> None:
+            def job(conn: Conn) -> tuple[int, int]:
                 self.sql.governance.revoke_agent(conn, name, now)
-                self._bump_epoch(conn)
                 self.audit_write(conn, p.name, "agent.revoke", name)
+                return self.sql.governance.bump_epoch(conn), self._bump_version(conn)
 
-            await self.db.write(job)
-            agent.revoked_at = now
-            self._after_change()
+            async with self._sync_lock:
+                epoch, version = await self.db.write(job)
+                agent.revoked_at = now
+                self._after_change(epoch, version)
         return agent
 
     # -- policies -----------------------------------------------------------------------------
@@ -430,16 +407,19 @@ class MemGovernance(Sharing):
             raise AlreadyExists(f"policy {policy.id} exists already")
         record = PolicyRecord(policy, bytes(document), bytes(signature), self.clock())
 
-        def job(conn: Conn) -> None:
+        def job(conn: Conn) -> int:
             self.sql.governance.insert_policy(conn, policy.id, policy.issuer, policy.subject, record.document, record.signature,
                                   record.created_at)
             self.audit_write(conn, p.name, "policy.put", policy.id, subject=policy.subject,
                              actions=sorted(policy.actions), namespaces=[str(x) for x in policy.patterns])
+            return self._bump_version(conn)
 
-        await self.db.write(job)
-        self._policies[policy.id] = record
-        self._grants.clear()
-        self._forget_shares()
+        async with self._sync_lock:
+            version = await self.db.write(job)
+            self._policies[policy.id] = record
+            self._grants.clear()
+            self._forget_shares()
+            self._committed(version)
         return policy
 
     def list_policies(self, p: Principal, subject: str = "", include_inactive: bool = False) -> list[PolicyRecord]:
@@ -463,27 +443,31 @@ class MemGovernance(Sharing):
         if record.revoked_at is None:
             now = self.clock()
 
-            def job(conn: Conn) -> None:
+            def job(conn: Conn) -> tuple[int, int]:
                 self.sql.governance.revoke_policy(conn, policy_id, now)
-                self._bump_epoch(conn)
                 self.audit_write(conn, p.name, "policy.revoke", policy_id)
+                return self.sql.governance.bump_epoch(conn), self._bump_version(conn)
 
-            await self.db.write(job)
-            record.revoked_at = now
-            self._after_change()
+            async with self._sync_lock:
+                epoch, version = await self.db.write(job)
+                record.revoked_at = now
+                self._after_change(epoch, version)
         return self.epoch
 
     # -- changes ------------------------------------------------------------------------------
 
-    def _bump_epoch(self, conn: Conn) -> None:
-        self.sql.governance.bump_epoch(conn)
+    def _after_change(self, epoch: int, version: int) -> None:
+        # Called after a committed revocation: its epoch (another member's may have come between), fresh caches,
+        # and wake streams to re-check.
+        self.epoch = max(self.epoch, epoch)
+        self._tokens.clear()
+        self._fresh_caches()
+        self._committed(version)
 
-    def _after_change(self) -> None:
-        # Called after a committed revocation: new epoch, fresh caches, and wake streams to re-check.
-        self.epoch += 1
+    def _fresh_caches(self) -> None:
+        """Forget every decision made, and wake the open streams to re-check their callers."""
         self._grants.clear()
         self._forget_shares()
-        self._tokens.clear()
         self._changed.set()
         self._changed = asyncio.Event()
 

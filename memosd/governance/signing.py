@@ -21,6 +21,13 @@ AUDIT_KEY_FILE = "audit.key"
 CHECKPOINT_FILE_SUFFIX = "-checkpoints.jsonl"
 # Signed bytes start with this, so that no token or policy signature can pass for a checkpoint's.
 DOMAIN = b"memosd-audit-checkpoint/v1\n"
+# ... and the admin's endorsement of a member's audit key with this.
+KEY_DOMAIN = b"memosd-audit-key/v1\n"
+
+
+def endorsement_bytes(daemon_id: str, member: str, public_key: bytes) -> bytes:
+    """What the admin key signs to vouch that a member's audit key signs this cluster's checkpoints."""
+    return KEY_DOMAIN + canonical({"daemon": daemon_id, "member": member, "key": b64url(public_key)})
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,15 @@ class AuditSigner:
     key, and the chain to hold each checkpointed (seq, hash): against someone who can write the database but
     not the key file, tampering up to the last checkpoint shows; the entries after it ("the unsigned tail")
     are only as good as the chain; whoever can read the key can forge everything.
+
+    In a cluster every member signs with its own audit key, and the members number their checkpoints one after
+    another (a lock orders them). Each checkpoint names its key by fingerprint; each member records its key in
+    the vault (audit_keys) with the admin key's signature over (cluster, member, key), made at start from the
+    admin key in its data directory. A member verifying trusts its own key (its file) and any key the admin
+    endorsed, checked against the admin key in its own data directory (the vault's admin key if it has none,
+    which someone who can write the vault could replace). Its own checkpoints are checked against its file as
+    well; another member's, only by their signatures: a cut of the last checkpoints of another member shows
+    when that member verifies.
     """
 
     def __init__(self, db, key_path: Path, *, clock=time.time):
@@ -103,7 +119,9 @@ class AuditSigner:
         self.file = checkpoint_file(self.key_path)
         self.clock = clock
         self.daemon_id = ""
+        self.member = ""
         self.key: AgentKey | None = None
+        self.admin_public: bytes | None = None  # what another member's key must be endorsed by
         self.every_entries = 0
         self._unsigned = 0  # entries since the last checkpoint; touched only on the writer thread
         self._requested = False
@@ -113,19 +131,37 @@ class AuditSigner:
         self._task: asyncio.Task | None = None
         self._stopping = False
 
-    async def open(self, daemon_id: str) -> None:
-        """Load the key (creating it on first start) and finish a checkpoint a crash left in the database only."""
-        self.daemon_id = daemon_id
+    async def open(self, daemon_id: str, *, member: str = "", admin: AgentKey | None = None,
+                   admin_public: bytes | None = None) -> None:
+        """Load the key (creating it on first start), record it in the vault (endorsed by the admin key, when
+        given), and finish a checkpoint a crash left in the database only. admin_public: the admin key others'
+        endorsements are checked against, when the admin key itself is not at hand."""
+        self.daemon_id, self.member = daemon_id, member
         self.key = await asyncio.to_thread(self._load_key)
-        last = await self.db.read(self.sql.governance.last_checkpoint)
-        if last is None:
-            return
-        newest = _from_row(*last)
+        self.admin_public = admin.public_bytes if admin is not None else admin_public
+        endorsement = admin.sign(endorsement_bytes(daemon_id, member, self.key.public_bytes)) if admin else b""
+        await self.db.write(lambda conn: self._enroll(conn, endorsement))
+        mine = [cp for cp, signer in await self.db.read(self._stored) if signer == self.key_fingerprint]
         in_file, _ = await asyncio.to_thread(self._read_file)
         # A crash between the database's commit and the file's append leaves exactly the newest one out.
-        if newest is not None and newest.n == (in_file[-1].n if in_file else 0) + 1 and self._signed(newest):
-            await asyncio.to_thread(self._append, newest)
-            log.info("audit checkpoint %d was in the database only (a crash); appended it to %s", newest.n, self.file)
+        before = mine[-2].n if len(mine) > 1 else None
+        if mine and before == (in_file[-1].n if in_file else None) and self._signed(mine[-1]):
+            await asyncio.to_thread(self._append, mine[-1])
+            log.info("audit checkpoint %d was in the database only (a crash); appended it to %s", mine[-1].n, self.file)
+
+    def _enroll(self, conn: Conn, endorsement: bytes) -> None:
+        assert self.key is not None
+        records = self.sql.governance
+        records.put_audit_key(conn, self.key_fingerprint, self.key.public_bytes, self.member, endorsement, self.clock())
+        # Checkpoints from before they named their signer are this key's if its signature holds on them.
+        records.claim_checkpoints(conn, [cp.n for cp, signer in self._stored(conn) if not signer and self._signed(cp)],
+                                  self.key_fingerprint)
+
+    def _stored(self, conn: Conn) -> list[tuple[Checkpoint, str]]:
+        """The well-formed checkpoint rows with the fingerprint of the key each names, in order of n."""
+        signers = self.sql.governance.checkpoint_signers(conn)
+        return [(cp, signers.get(cp.n, "")) for cp in (_from_row(*r) for r in self.sql.governance.checkpoints(conn))
+                if cp is not None]
 
     def _load_key(self) -> AgentKey:
         if not self.key_path.exists():
@@ -196,6 +232,7 @@ class AuditSigner:
 
     def _sign_head(self, conn: Conn) -> Checkpoint | None:
         self._unsigned, self._requested = 0, False
+        self.sql.governance.lock_checkpoints(conn)  # another member's checkpoint would take the same n
         stored = self.sql.audit.head(conn) or None
         if stored is None:
             return None
@@ -207,7 +244,8 @@ class AuditSigner:
         assert self.key is not None, "open() loads the key before anything is signed"
         made = Checkpoint(unsigned.n, unsigned.seq, unsigned.hash, unsigned.ts,
                           self.key.sign(unsigned.signed_bytes(self.daemon_id)))
-        self.sql.governance.put_checkpoint(conn, made.n, made.seq, made.hash, made.ts, made.signature)
+        self.sql.governance.put_checkpoint(conn, made.n, made.seq, made.hash, made.ts, made.signature,
+                                           self.key_fingerprint)
         return made
 
     def _append(self, cp: Checkpoint) -> None:
@@ -238,6 +276,24 @@ class AuditSigner:
         assert self.key is not None, "open() loads the key before anything is verified"
         return verify_signature(self.key.public_bytes, cp.signed_bytes(self.daemon_id), cp.signature)
 
+    def _other_member(self, cp: Checkpoint, signer: str, keys: dict) -> str:
+        """What is wrong with a checkpoint another member's key signed ("" if nothing)."""
+        if not signer:
+            return (f"does not carry the audit key's signature (key {self.key_fingerprint}) and names no other:"
+                    " it was forged or signed by another key")
+        if signer not in keys or fingerprint(keys[signer][0]) != signer:
+            return f"names audit key {signer}, which no member recorded: it was forged"
+        public, member, endorsement = keys[signer]
+        if not endorsement:
+            return (f"is signed by member {member}'s audit key {signer}, which the admin key has not endorsed:"
+                    f" give member {member} the admin key (DATA_DIR/admin.key) and restart it")
+        if self.admin_public is None or not verify_signature(
+                self.admin_public, endorsement_bytes(self.daemon_id, member, public), endorsement):
+            return f"is signed by audit key {signer}, whose endorsement is not the admin key's: it was forged"
+        if not verify_signature(public, cp.signed_bytes(self.daemon_id), cp.signature):
+            return f"does not carry the signature of member {member}'s audit key {signer}: it was forged"
+        return ""
+
     async def verify(self) -> AuditReport:
         """Check the chain, then its checkpoints: both copies, their signatures, and the entries they name."""
         async with self._lock:  # never between a checkpoint's commit and its append to the file
@@ -257,10 +313,12 @@ class AuditSigner:
                       unsigned_tail=max(chain.last_seq - last_seq, 0), key_fingerprint=self.key_fingerprint)
         if not chain.ok:
             return AuditReport(False, first_bad_seq=chain.first_bad_seq, reason=chain.reason, **report)
-        bad, reason = self._check_checkpoints(in_db, in_file, damaged, chain)
+        signers = self.sql.governance.checkpoint_signers(conn)
+        keys = {fp: (public, member, endorsement) for fp, public, member, endorsement in self.sql.governance.audit_keys(conn)}
+        bad, reason = self._check_checkpoints(in_db, in_file, damaged, chain, signers, keys)
         return AuditReport(not reason, first_bad_seq=bad, reason=reason, **report)
 
-    def _check_checkpoints(self, in_db, in_file, damaged, chain) -> tuple[int, str]:
+    def _check_checkpoints(self, in_db, in_file, damaged, chain, signers, keys) -> tuple[int, str]:
         """(seq, reason) of the first checkpoint that does not hold, or (0, "")."""
         if damaged:
             return (in_file[-1].seq if in_file else 1), damaged
@@ -273,13 +331,21 @@ class AuditSigner:
             where = f"checkpoint {n} (entry {cp.seq})"
             if n not in db:
                 return cp.seq, f"{where} is in {name} but not in the database: checkpoint rows were deleted"
-            if n not in file:
-                return cp.seq, f"{where} is in the database but not in {name}: the checkpoint file was cut or replaced"
-            if db[n] != file[n]:
-                return cp.seq, f"{where} differs between the database and {name}"
-            if not self._signed(cp):
-                return cp.seq, (f"{where} does not carry the audit key's signature (key {self.key_fingerprint}):"
-                                " it was forged or signed by another key")
+            signer = signers.get(n, "")
+            if n in file or signer == self.key_fingerprint:  # one of this member's: both copies, this key
+                if n not in file:
+                    return cp.seq, f"{where} is in the database but not in {name}: the checkpoint file was cut or replaced"
+                if db[n] != file[n]:
+                    return cp.seq, f"{where} differs between the database and {name}"
+                if not self._signed(cp):
+                    return cp.seq, (f"{where} does not carry the audit key's signature (key {self.key_fingerprint}):"
+                                    " it was forged or signed by another key")
+                if signer != self.key_fingerprint:
+                    return cp.seq, f"{where} is this member's, but the database names another signer: it was altered"
+            else:
+                problem = self._other_member(cp, signer, keys)
+                if problem:
+                    return cp.seq, f"{where} {problem}"
             if cp.seq < matched:
                 return cp.seq, f"{where} names an earlier entry than the checkpoint before it"
             if cp.seq > chain.last_seq:

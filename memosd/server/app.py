@@ -77,7 +77,7 @@ class MemosServer:
             ("grpc.so_reuseport", 0),
         ])
         started = time.time()
-        servicers = (VaultService(vault, gov), DaemonService(vault, started, cfg.listen, metrics=self.metrics),
+        servicers = (VaultService(vault, gov), DaemonService(vault, started, cfg.listen, metrics=self.metrics, core=core),
                      GovernanceService(gov), StoreService(core.store), AdminService(cfg.data_dir, gov, core.snapshot),
                      BundleService(vault, gov, cfg.data_dir, TensorMemorySink(vault, core.tensors)),
                      *tensor_servicers(core.tensors, vault, gov, self.exchange))
@@ -97,6 +97,8 @@ class MemosServer:
             self.metrics_endpoint = MetricsEndpoint(self.metrics, cfg.metrics_listen)
             await self.metrics_endpoint.start()
         self.address = transport.bind(server, cfg)
+        if core.members is not None:
+            await core.members.set_listen(str(self.address))
         if self.exchange is not None:
             self.exchange.start(transport.SOCKET_MODE)
         await server.start()

@@ -15,11 +15,12 @@ _NO_STATS = {"counts": [], "data_bytes": 0, "embedding_model": "", "embedding_ba
 
 
 class DaemonService:
-    def __init__(self, vault, started_at: float, listen: str, metrics: Metrics | None = None):
+    def __init__(self, vault, started_at: float, listen: str, metrics: Metrics | None = None, core=None):
         self.vault = vault
         self.started_at = started_at
         self.listen = listen
         self.metrics = metrics
+        self.core = core  # the Daemon: its members and, once it has one, its bus
 
     async def Status(self, request, context):
         # Counts and sizes describe every agent's memory: the admin sees them, others see the daemon only.
@@ -34,7 +35,21 @@ class DaemonService:
             embedding_model=stats["embedding_model"],
             embedding_backlog=stats["embedding_backlog"],
             metrics=await self._metrics() if principal().admin and self.metrics else None,
+            **await self._cluster(),
         )
+
+    async def _cluster(self) -> dict:
+        members = getattr(self.core, "members", None)
+        bus = getattr(self.core, "bus", None)
+        found = {"bus": bus.describe() if bus is not None else ""}
+        if members is None:
+            return found
+        now = time.time()
+        listed = [daemon_pb2.Member(member_id=m.member_id, listen=m.listen, version=m.version,
+                                    started_at=to_timestamp(m.started_at), heard_at=to_timestamp(m.heard_at),
+                                    seconds_since_heard=max(now - m.heard_at, 0.0), stale=m.stale, local=m.local)
+                  for m in await members.members()]
+        return {**found, "member_id": members.id, "members": listed}
 
     async def _metrics(self) -> daemon_pb2.DaemonMetrics:
         m = self.metrics

@@ -80,7 +80,7 @@ async def _answering(method: str, context, governance, observe=None, any_epoch: 
     it failed. A stale token is no denial (neither audited nor counted): the client renews it and retries."""
     started, code, detail, caller, denied = time.perf_counter(), grpc.StatusCode.OK, "", None, False
     try:
-        caller = governance.authenticate(token_from(context.invocation_metadata()), any_epoch=any_epoch)
+        caller = await governance.authenticate_call(token_from(context.invocation_metadata()), any_epoch=any_epoch)
         set_principal(caller)
         yield
     except MemosError as exc:

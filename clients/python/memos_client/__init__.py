@@ -7,10 +7,10 @@ from memos_client.errors import (
     InvalidArgument, MemosError, ModelMismatch, NotFound, PermissionDenied, ResourceExhausted, StaleToken, Unauthenticated,
     Unavailable,
 )
-from memos_client.models import Cube, Hit, Kind, Page, State, Status
+from memos_client.models import Cube, Hit, Kind, Member, Page, State, Status
 
 __all__ = [
-    "AsyncMemosClient", "MemosClient", "Cube", "Hit", "Kind", "Page", "State", "Status",
+    "AsyncMemosClient", "MemosClient", "Cube", "Hit", "Kind", "Member", "Page", "State", "Status",
     "MemosError", "Compacted", "InvalidArgument", "NotFound", "AlreadyExists", "Conflict", "FailedPrecondition",
     "ModelMismatch", "StaleToken", "Unauthenticated", "PermissionDenied", "ResourceExhausted", "DataLoss", "Unavailable",
     "DeadlineExceeded", "Cancelled", "InternalError",

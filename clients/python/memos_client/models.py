@@ -136,6 +136,25 @@ class Page:
 
 
 @dataclass
+class Member:
+    """One daemon of the cluster (the daemons sharing one vault), as the vault last heard of it."""
+
+    member_id: str
+    listen: str
+    version: str
+    started_at: datetime | None
+    heard_at: datetime | None
+    seconds_since_heard: float
+    stale: bool  # not heard from for three heartbeats: stopped, cut off or hung (forgotten after a day)
+    local: bool  # the daemon that answered
+
+    @classmethod
+    def from_proto(cls, msg) -> Member:
+        return cls(msg.member_id, msg.listen, msg.version, _time(msg, "started_at"), _time(msg, "heard_at"),
+                   msg.seconds_since_heard, msg.stale, msg.local)
+
+
+@dataclass
 class Status:
     """The daemon's status."""
 
@@ -148,6 +167,10 @@ class Status:
     embedding_backlog: int
     # The daemon's metrics (DaemonMetrics as a dict with its proto field names); None unless admin.
     metrics: dict[str, Any] | None = None
+    # This daemon's member id, the members of its cluster (this one included) and its bus's state ("": none).
+    member_id: str = ""
+    members: list[Member] = field(default_factory=list)
+    bus: str = ""
 
     @classmethod
     def from_proto(cls, msg) -> Status:
@@ -157,7 +180,8 @@ class Status:
         return cls(version=msg.version, uptime_seconds=msg.uptime_seconds, listen=msg.listen,
                    data_bytes=msg.data_bytes, counts=counts, embedding_model=msg.embedding_model,
                    embedding_backlog=msg.embedding_backlog,
-                   metrics=_daemon_metrics(msg.metrics) if msg.HasField("metrics") else None)
+                   metrics=_daemon_metrics(msg.metrics) if msg.HasField("metrics") else None,
+                   member_id=msg.member_id, members=[Member.from_proto(m) for m in msg.members], bus=msg.bus)
 
 
 def _daemon_metrics(m) -> dict[str, Any]:

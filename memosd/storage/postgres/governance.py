@@ -26,6 +26,51 @@ def bump_epoch(conn) -> int:
     return int(value)
 
 
+def governance_version(conn) -> int:
+    """The number every change of agents, policies or the epoch raises (0 before the first)."""
+    row = conn.execute("SELECT value FROM settings WHERE key = 'governance_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def bump_version(conn) -> int:
+    """Raise the governance version by one, in the transaction of the change; the new version. The row's lock
+    orders the changes of every member: each commits a version of its own."""
+    (value,) = conn.execute("INSERT INTO settings AS s (key, value) VALUES ('governance_version', '1')"
+                            " ON CONFLICT (key) DO UPDATE SET value = (s.value::bigint + 1)::text"
+                            " RETURNING value").fetchone()
+    return int(value)
+
+
+# -- members -------------------------------------------------------------------------------------
+
+def put_member(conn, member_id: str, listen: str, version: str, started_at: float, heard_at: float) -> None:
+    """Record a member as it starts or beats (one row per member id)."""
+    conn.execute("INSERT INTO members (member_id, listen, version, started_at, heard_at) VALUES (%s, %s, %s, %s, %s)"
+                 " ON CONFLICT (member_id) DO UPDATE SET listen = excluded.listen, version = excluded.version,"
+                 " started_at = excluded.started_at, heard_at = excluded.heard_at",
+                 (member_id, listen, version, started_at, heard_at))
+
+
+def beat(conn, member_id: str, heard_at: float) -> bool:
+    """Refresh a member's heartbeat; False if its row is gone (pruned), so that it records itself again."""
+    return conn.execute("UPDATE members SET heard_at = %s WHERE member_id = %s", (heard_at, member_id)).rowcount > 0
+
+
+def members(conn) -> list[tuple[str, str, str, float, float]]:
+    """(member_id, listen, version, started_at, heard_at) of every member, by member id."""
+    return [tuple(r) for r in conn.execute("SELECT member_id, listen, version, started_at, heard_at FROM members"
+                                           " ORDER BY member_id").fetchall()]
+
+
+def prune_members(conn, heard_before: float) -> int:
+    """Forget the members not heard from since a time; how many."""
+    return conn.execute("DELETE FROM members WHERE heard_at < %s", (heard_before,)).rowcount
+
+
+def remove_member(conn, member_id: str) -> None:
+    conn.execute("DELETE FROM members WHERE member_id = %s", (member_id,))
+
+
 # -- agents --------------------------------------------------------------------------------------
 
 def load_agents(conn) -> list[AgentRow]:
@@ -79,6 +124,42 @@ def checkpoints(conn) -> list[CheckpointRow]:
     return [(*r[:4], bytes(r[4])) for r in conn.execute(_CHECKPOINT + " ORDER BY n").fetchall()]
 
 
-def put_checkpoint(conn, n: int, seq: int, hash: str, ts: float, signature: bytes) -> None:
-    conn.execute("INSERT INTO audit_checkpoints (n, seq, hash, ts, signature) VALUES (%s, %s, %s, %s, %s)",
-                 (n, seq, hash, ts, signature))
+def put_checkpoint(conn, n: int, seq: int, hash: str, ts: float, signature: bytes, signer: str = "") -> None:
+    conn.execute("INSERT INTO audit_checkpoints (n, seq, hash, ts, signature, signer) VALUES (%s, %s, %s, %s, %s, %s)",
+                 (n, seq, hash, ts, signature, signer))
+
+
+# pg_advisory_xact_lock key of the checkpoint writers: members number their checkpoints one after another.
+CHECKPOINT_LOCK = 0x6D656D6F_73640003
+
+
+def lock_checkpoints(conn) -> None:
+    """Order the members' checkpoint writers until this transaction ends: each reads the last n, then adds one."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHECKPOINT_LOCK,))
+
+
+def checkpoint_signers(conn) -> dict[int, str]:
+    """The fingerprint of the audit key each checkpoint names, by n ('' where it names none: before clusters)."""
+    return dict(conn.execute("SELECT n, signer FROM audit_checkpoints").fetchall())
+
+
+def claim_checkpoints(conn, numbers: list[int], signer: str) -> None:
+    """Name the signer of checkpoints that named none (their signature was checked under its key)."""
+    with conn.cursor() as cursor:
+        cursor.executemany("UPDATE audit_checkpoints SET signer = %s WHERE n = %s AND signer = ''",
+                           [(signer, n) for n in numbers])
+
+
+def audit_keys(conn) -> list[tuple[str, bytes, str, bytes]]:
+    """(fingerprint, public_key, member_id, endorsement) of every member's audit key."""
+    return [(f, bytes(k), m, bytes(e)) for f, k, m, e in
+            conn.execute("SELECT fingerprint, public_key, member_id, endorsement FROM audit_keys").fetchall()]
+
+
+def put_audit_key(conn, fingerprint: str, public_key: bytes, member_id: str, endorsement: bytes,
+                  created_at: float) -> None:
+    """Record an audit key; a record without the admin's endorsement gets it once one is given."""
+    conn.execute("INSERT INTO audit_keys AS k (fingerprint, public_key, member_id, endorsement, created_at)"
+                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (fingerprint) DO UPDATE SET endorsement = excluded.endorsement,"
+                 " member_id = excluded.member_id WHERE k.endorsement = '' AND excluded.endorsement != ''",
+                 (fingerprint, public_key, member_id, endorsement, created_at))

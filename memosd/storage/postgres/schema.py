@@ -216,9 +216,19 @@ def m0007_job_leases(conn) -> None:
     conn.execute(f"CREATE TABLE leases (name {T} PRIMARY KEY, holder text NOT NULL, until double precision NOT NULL)")
 
 
+def m0008_cluster(conn) -> None:
+    # The daemons serving this vault, refreshed by each on a heartbeat (memosd/cluster/members.py).
+    conn.execute(f"CREATE TABLE members (member_id {T} PRIMARY KEY, listen text NOT NULL, version text NOT NULL,"
+                 " started_at double precision NOT NULL, heard_at double precision NOT NULL)")
+    # Each member signs checkpoints with its own audit key, recorded with the admin key's signature over it.
+    conn.execute("ALTER TABLE audit_checkpoints ADD COLUMN signer text NOT NULL DEFAULT ''")
+    conn.execute(f"CREATE TABLE audit_keys (fingerprint {T} PRIMARY KEY, public_key bytea NOT NULL,"
+                 f" member_id {T} NOT NULL, endorsement bytea NOT NULL, created_at double precision NOT NULL)")
+
+
 MIGRATIONS: tuple[tuple[str, Callable], ...] = tuple((f.__name__, f) for f in (
     m0000_extensions, m0001_governance, m0002_store, m0003_cubes, m0004_blobs, m0005_jobs,
-    m0006_search_stats, m0007_job_leases))
+    m0006_search_stats, m0007_job_leases, m0008_cluster))
 
 
 def vector_index_name(model: str, dims: int) -> str:

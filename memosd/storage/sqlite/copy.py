@@ -23,12 +23,14 @@ from memosd.storage.sqlite.db import all_migrations
 DB_NAME = "memos.db"
 # Every table of the vault that holds records, with its key (the copy's order and its resume point). Derived
 # tables (cubes_fts, sqlite-utils' _sqlite_migrations) are not here: the target builds its own. settings comes
-# last: a target holds the source's daemon id only once everything else is in.
+# last: a target holds the source's daemon id only once everything else is in. members is not here: it
+# lists the daemons serving a vault, and the source's is stopped.
 TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("agents", ("name",)),
     ("policies", ("id",)),
     ("audit", ("seq",)),
     ("audit_checkpoints", ("n",)),
+    ("audit_keys", ("fingerprint",)),
     ("blobs", ("sha256",)),
     ("blob_holders", ("sha256", "agent")),
     ("cubes", ("seq",)),

@@ -208,8 +208,20 @@ def _status(client: MemosClient, args) -> int:
         print("no cubes yet")
     for row in [("KIND", *(st.upper() for st in states)), *rows]:
         print(f"{row[0]:<11}" + "".join(f"{cell:>10}" for cell in row[1:]))
+    _print_members(s)
     ops.print_metrics(s.metrics)
     return 0
+
+
+def _print_members(s) -> None:
+    """The cluster: every daemon sharing this one's vault, and when the vault last heard from each."""
+    print()
+    print(f"bus        {s.bus or 'none (other members are heard from by polling the vault)'}")
+    print(f"{'MEMBER':<28} {'VERSION':<10} {'LAST HEARD':<22} LISTEN")
+    for m in s.members:
+        heard = f"{duration(m.seconds_since_heard)} ago" + (" (stale)" if m.stale else "")
+        name = m.member_id + (" *" if m.local else "")
+        print(f"{name:<28} {m.version:<10} {heard:<22} {m.listen}")
 
 
 # ---- import ------------------------------------------------------------------------------------------------

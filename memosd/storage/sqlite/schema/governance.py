@@ -30,3 +30,19 @@ def m0002_audit_checkpoints(db: Database) -> None:
         "CREATE TABLE audit_checkpoints (n INTEGER PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL,"
         " ts REAL NOT NULL, signature BLOB NOT NULL)"
     )
+
+
+@migrations()
+def m0003_cluster(db: Database) -> None:
+    # The daemons serving this vault (a SQLite vault has one), refreshed by each on a heartbeat.
+    db.execute(
+        "CREATE TABLE members (member_id TEXT PRIMARY KEY, listen TEXT NOT NULL, version TEXT NOT NULL,"
+        " started_at REAL NOT NULL, heard_at REAL NOT NULL)"
+    )
+    # Every member signs checkpoints with its own audit key: a checkpoint names its key (by fingerprint), and
+    # each key is recorded with the admin key's signature over it, which verification checks.
+    db.execute("ALTER TABLE audit_checkpoints ADD COLUMN signer TEXT NOT NULL DEFAULT ''")
+    db.execute(
+        "CREATE TABLE audit_keys (fingerprint TEXT PRIMARY KEY, public_key BLOB NOT NULL, member_id TEXT NOT NULL,"
+        " endorsement BLOB NOT NULL, created_at REAL NOT NULL)"
+    )

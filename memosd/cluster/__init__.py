@@ -1,0 +1,1 @@
+"""The daemons that share one vault: membership, and the bus that carries news between them."""
