@@ -11,7 +11,7 @@ from memosd.config import Config
 from memosd.governance import MemGovernance
 from memosd.lifecycle import MemLifecycle
 from memosd.scheduler.distill import ParametricPromoter
-from memosd.scheduler.jobs import JobManager, member_id
+from memosd.scheduler.jobs import JobManager, run_id
 from memosd.scheduler.plan import MemPlanner
 from memosd.scheduler.promote import ActivationPromoter
 from memosd.store import MemStore
@@ -79,9 +79,9 @@ class Daemon:
         self.tensors: TensorMemory | None = None
         self.lifecycle: MemLifecycle | None = None
         self.members: Membership | None = None
-        # This daemon among the members of its cluster (the daemons sharing a PostgreSQL vault): who holds a job
-        # or a sweep's lease.
-        self.member_id = member_id()
+        # Who holds a job's or a sweep's lease: this member (its id kept in the data directory) in this run of it,
+        # so that a member restarted after kill -9 never takes its last run's leases for its own.
+        self.member_id = ""
 
     async def start(self) -> None:
         cfg = self.config
@@ -95,6 +95,7 @@ class Daemon:
         gov = self.governance
         self.members = Membership(self.db, cfg.data_dir, version=__version__, interval=cfg.member_heartbeat_interval)
         await self.members.start(cfg.listen)
+        self.member_id = run_id(self.members.id)
         gov.start_polling(cfg.governance_poll_interval)
         self.vault = MemVault(cfg.data_dir, db=self.db, limits=cfg.limits, embedder=embedder, audit=gov.audit_write)
         await self.vault.start()

@@ -93,10 +93,10 @@ def _running_loop():
         return None
 
 
-def member_id() -> str:
-    """A name for this daemon among the members of its cluster: host, process and a random tag (two daemons of
-    one process, as in the tests, are two members)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+def run_id(member: str = "") -> str:
+    """A lease holder's name: the member (else the host) and a tag of this run (two daemons of one process, as
+    in the tests, or one member restarted, are two holders)."""
+    return f"{member or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
 
 
 # What rebuilds a job's work from the spec it was submitted with, at a member taking it over: (owner, spec) -> work.
@@ -133,7 +133,7 @@ class JobManager:
         self._closed = False
         self._db = db
         self.shared = db is not None and db.engine == "postgresql"
-        self.member = (member or member_id()) if self.shared else ""
+        self.member = (member or run_id()) if self.shared else ""
         self.lease = lease
         self.poll = min(1.0, lease / 3)
         self._resumers: dict[str, Resume] = {}
