@@ -22,6 +22,7 @@ import grpc
 from memos_client.backup import BackupWriter
 from memos_mip.bundle_format import MANIFEST, MEMOS_NAME, NAME, BundleError, add_directory, safe_extract
 from memos_client.errors import AlreadyExists, DataLoss, InvalidArgument, from_rpc_error
+from memos_client.failover import never_sent
 from memos_client.steps import END, Next, Offload, method
 from memos_mip.v1 import admin_pb2, admin_pb2_grpc, bundle_pb2, bundle_pb2_grpc
 
@@ -60,16 +61,19 @@ class PortabilityMethods:
 
     def _streaming(self, attempt):
         """Run a streaming call (a function making its steps); once more with a fresh token if the daemon's
-        policy epoch moved on."""
-        try:
-            return (yield from attempt())
-        except grpc.RpcError as exc:
-            if not (yield self._stale(exc)):
-                raise from_rpc_error(exc, self.target) from None
-        try:
-            return (yield from attempt())
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, self.target) from None
+        policy epoch moved on, and at the next daemon (of several) when none could be reached."""
+        renewed, moves = False, 0
+        while True:
+            member = self._members.current
+            try:
+                return (yield from attempt())
+            except grpc.RpcError as exc:
+                if never_sent(exc) and moves + 1 < len(self._members.all) and self._move_on(member, exc):
+                    moves += 1
+                    continue
+                if renewed or not (yield self._stale(exc)):
+                    raise from_rpc_error(exc, member.target) from None
+                renewed = True
 
     @method
     def backup(self, dest: str | Path, *, timeout: float | None = None) -> dict:
