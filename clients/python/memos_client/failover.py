@@ -28,6 +28,13 @@ IDEMPOTENT = frozenset({"Delete", "RevokeAgent", "RevokePolicy", "PutPolicy", "S
                         "Upload"})
 # Idempotent only when the caller gave a publish_id: the daemon records it with the event, in the vault.
 BY_PUBLISH_ID = frozenset({"Publish", "Retract"})
+# Writes with nothing to recognise a second attempt by (Put has no caller-given id; Update's expected_version
+# would refuse the second as a Conflict; AddAgent's name would be taken by the first): OutcomeUnknown.
+NOT_REPLAYABLE = frozenset({"Put", "Update", "AddAgent", "PutActivation", "BuildFromPlaintext", "PutAdapter", "Distill"})
+# Streams: at the next daemon when none received them; Subscribe resumes there from what it saw, a broken
+# PutStream or PublishStream raises OutcomeUnknown for what was in flight; the others are not moved once
+# under way (Download resumes at the same daemon; Backup, Export, Import and WatchJob raise Unavailable).
+STREAMS = frozenset({"Subscribe", "PutStream", "PublishStream", "Download", "WatchJob", "Backup", "Export", "Import"})
 
 # How gRPC says a call found no connection to send it on (the daemon down, its socket gone, its name unknown).
 _NOT_CONNECTED = ("failed to connect to all addresses", "dns resolution failed", "name resolution failure")
