@@ -81,9 +81,11 @@ def test_reads_go_on_at_the_second_daemon_when_the_first_is_killed(tmp_path, pos
         token = client.tokens.token()
         assert client.target == config.listen
         kill(proc)
-        assert client.get(cube.id).text == "the first daemon stored this note"
+        # A write no daemon received (the first's socket refuses connections) goes to the second as well.
+        later = client.put("stored at the second", "agents/admin/notes")
         assert client.target == second.address  # and it stays there
-        assert [c.id for c in client.list("agents/admin/notes")] == [cube.id]
+        assert client.get(cube.id).text == "the first daemon stored this note"
+        assert [c.id for c in client.list("agents/admin/notes")] == [cube.id, later.id]
         assert [h.cube.id for h in client.search("first daemon note")] == [cube.id]
         assert [v.version for v in client.history(cube.id)] == [1]
         assert client.status().version

@@ -12,8 +12,9 @@ from memos_mip.v1 import governance_pb2 as gpb
 
 
 class AsyncMemosClient(AsyncSteps, ClientMethods):
-    """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket) as the agent whose key is
-    `key` (else $MEMOS_KEY, else the default data directory's admin key). Use with `async with`.
+    """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket; several are failed over in
+    order, as by MemosClient) as the agent whose key is `key` (else $MEMOS_KEY, else the default data
+    directory's admin key). Use with `async with`.
     Its methods are MemosClient's: each returns an awaitable of what MemosClient's returns, and those
     that iterate (list, audit, watch_job, subscribe) return async iterators."""
 

@@ -339,7 +339,8 @@ def _policy_id(document: bytes) -> str | None:
 class MemosClient(SyncSteps, ClientMethods):
     """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket) as the agent whose key is
     `key` (a path or AgentKey; else $MEMOS_KEY, else the default data directory's admin key).
-    Use as a context manager."""
+    Several addresses ("unix:/a.sock,host2:7777" or a list: a cluster's daemons) are failed over in
+    order (memos_client.failover). Use as a context manager."""
 
     _open_channel = staticmethod(sync_channel)
 

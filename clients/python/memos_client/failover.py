@@ -37,7 +37,8 @@ NOT_REPLAYABLE = frozenset({"Put", "Update", "AddAgent", "PutActivation", "Build
 STREAMS = frozenset({"Subscribe", "PutStream", "PublishStream", "Download", "WatchJob", "Backup", "Export", "Import"})
 
 # How gRPC says a call found no connection to send it on (the daemon down, its socket gone, its name unknown).
-_NOT_CONNECTED = ("failed to connect to all addresses", "dns resolution failed", "name resolution failure")
+_NOT_CONNECTED = ("failed to connect to all addresses", "errors resolving", "dns resolution failed",
+                  "name resolution failure")
 
 
 def replayable(name: str, request) -> bool:
@@ -89,6 +90,14 @@ class Members:
         self.lock = threading.Lock()
         self.all = [Member(t, self) for t in targets]
         self._at = 0
+        self._services: dict = {}
+
+    def service(self, factory) -> Service:
+        """The service of stub class `factory`, called at whichever daemon is in use."""
+        found = self._services.get(factory)
+        if found is None:
+            found = self._services.setdefault(factory, Service(self, factory))
+        return found
 
     @property
     def current(self) -> Member:
@@ -155,10 +164,7 @@ class FailoverMethods:
         return self._members.current.connect()
 
     def _service(self, factory) -> Service:
-        found = self.__dict__.get(factory)
-        if found is None:
-            found = self.__dict__[factory] = Service(self._members, factory)
-        return found
+        return self._members.service(factory)
 
     def _call(self, rpc: Rpc, request):
         """One unary call: its response (asyncio: an awaitable of it)."""
@@ -185,7 +191,7 @@ class FailoverMethods:
                 if reached and not daemon_said(exc) and not replayable(rpc.name, request):
                     raise OutcomeUnknown(f"{error.message}; the {rpc.name} was under way and may or may not have"
                                          f" been carried out (it is not sent again: {unsure(rpc.name)})") from None
-                if daemon_said(exc) and not replayable(rpc.name, request) or len(failed) >= len(self._members.all):
+                if (daemon_said(exc) and not replayable(rpc.name, request)) or len(failed) >= len(self._members.all):
                     raise (error if len(failed) == 1 else none_answered(failed)) from None
                 replay = replay or reached
                 member, renewed = following, False
