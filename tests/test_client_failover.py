@@ -53,14 +53,16 @@ def killable_first(tmp_path, postgres_url):
 
 
 @contextlib.contextmanager
-def behind_relay(tmp_path, postgres_url):
-    """(relay in front of the first member, the second member, a client given [relay, second])."""
+def behind_relay(tmp_path, postgres_url, *, then_first: bool = False):
+    """(relay in front of the first member, the member a retry goes to, a client given [relay, that member]):
+    the second member, or with then_first the first itself, reached directly."""
     with two_members(tmp_path, postgres_url) as (first, second):
         relay = CuttingRelay(first.address, Path(first.config.listen.removeprefix("unix:") + ".relay"))
+        following = first if then_first else second
         try:
-            with MemosClient([relay.address, second.address], key=second.admin_key) as client:
+            with MemosClient([relay.address, following.address], key=second.admin_key) as client:
                 client.whoami()  # the epoch look-up is done before a test arms the relay
-                yield relay, second, client
+                yield relay, following, client
         finally:
             relay.close()
 
@@ -182,6 +184,16 @@ def test_a_delete_whose_answer_was_lost_is_retried_and_returns_the_tombstone(tmp
         assert [v.version for v in client.history(cube.id)] == [1, 2]
 
 
+def test_a_grant_whose_answer_was_lost_is_retried_and_returns_its_policy(tmp_path, postgres_url):
+    # The retry reaches the member that stored it (by its own socket): the second does not learn of policies
+    # stored at the first until governance is shared across members.
+    with behind_relay(tmp_path, postgres_url, then_first=True) as (relay, first, client):
+        relay.cut_on_answer()
+        policy_id = client.grant("group:research", ["read"], ["teams/research/**"])
+        assert relay.cut.is_set() and client.target == first.address
+        assert [p.id for p in client.list_policies("group:research")] == [policy_id]
+
+
 def _keep_error(out: list, fn, *args) -> None:
     try:
         fn(*args)
@@ -261,6 +273,26 @@ def test_a_subscriber_moved_to_the_second_daemon_sees_every_event_once_in_order(
         last = check_history(reader.items)  # ordered, unique and gap-free per topic, across the move
         assert len(events) == 12 and last == {t: 12 // len(topics) for t in topics}
         assert client.target == second.address
+
+
+def test_a_subscriber_whose_daemon_is_killed_goes_on_at_the_second(tmp_path, postgres_url):
+    with killable_first(tmp_path, postgres_url) as (proc, config, second), \
+            MemosClient([config.listen, second.address], key=second.admin_key) as client, \
+            MemosClient(second.address, key=second.admin_key) as at_second:
+        cube = client.put("news", "agents/admin/notes")
+        for _ in range(4):
+            client.publish(TOPIC, cube.id)
+        sub = client.subscribe(TOPIC)
+        reader = Reader(sub)
+        try:
+            reader.wait_events(4)
+            kill(proc)
+            for _ in range(4):
+                at_second.publish(TOPIC, cube.id)
+            reader.wait_events(8)
+        finally:
+            sub.close()
+        assert check_history(reader.items) == {TOPIC: 8}
 
 
 def test_a_durable_subscription_resumes_at_the_second_daemon_from_its_cursor(tmp_path, postgres_url):
