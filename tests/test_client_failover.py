@@ -332,6 +332,20 @@ def test_a_live_only_subscription_moved_after_a_heartbeat_misses_nothing_publish
         assert [e.seq for e in following] == [2, 3]
 
 
+# ---- streams that no daemon received ---------------------------------------------------------------------
+
+
+def test_streams_refused_at_a_dead_first_address_go_to_the_next(daemon, tmp_path):
+    dead = f"unix:{tmp_path}/dead.sock"
+    for make in (lambda c: c.put_many([{"text": "one", "namespace": "agents/admin/bulk"}]),
+                 lambda c: list(c.publish_stream([(TOPIC, c.put("x", "agents/admin/bulk").id, "stream-1")])),
+                 lambda c: c.backup(tmp_path / "backup")):
+        with MemosClient([dead, daemon.address], key=daemon.admin_key) as client:
+            assert make(client)
+            assert client.target == daemon.address
+    assert (tmp_path / "backup" / "manifest.json").is_file()
+
+
 # ---- memosctl ------------------------------------------------------------------------------------------------
 
 

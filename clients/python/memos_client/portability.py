@@ -22,7 +22,6 @@ import grpc
 from memos_client.backup import BackupWriter
 from memos_mip.bundle_format import MANIFEST, MEMOS_NAME, NAME, BundleError, add_directory, safe_extract
 from memos_client.errors import AlreadyExists, DataLoss, InvalidArgument, from_rpc_error
-from memos_client.failover import never_sent
 from memos_client.steps import END, Next, Offload, method
 from memos_mip.v1 import admin_pb2, admin_pb2_grpc, bundle_pb2, bundle_pb2_grpc
 
@@ -68,7 +67,7 @@ class PortabilityMethods:
             try:
                 return (yield from attempt())
             except grpc.RpcError as exc:
-                if never_sent(exc) and moves + 1 < len(self._members.all) and self._move_on(member, exc):
+                if self._unsent(member, exc, moves):  # no daemon received it: at the next one
                     moves += 1
                     continue
                 if renewed or not (yield self._stale(exc)):
@@ -79,7 +78,7 @@ class PortabilityMethods:
     def backup(self, dest: str | Path, *, timeout: float | None = None) -> dict:
         """Write a consistent online backup of the whole daemon into the new directory `dest`
         (admin only); returns its manifest. Restore it with `memosd restore DEST --data-dir DIR`."""
-        stub = admin_pb2_grpc.AdminServiceStub(self._channel)
+        stub = self._service(admin_pb2_grpc.AdminServiceStub)  # at the daemon in use at each attempt
 
         def attempt():
             writer = BackupWriter(dest)
@@ -128,7 +127,7 @@ class PortabilityMethods:
             shutil.rmtree(work, ignore_errors=True)
 
     def _export_bundle(self, dest, request, timeout):
-        stub = bundle_pb2_grpc.BundleServiceStub(self._channel)
+        stub = self._service(bundle_pb2_grpc.BundleServiceStub)
 
         def attempt():
             out = _ExportTarget(dest)
@@ -167,7 +166,7 @@ class PortabilityMethods:
                                       " read only with --allow-pickle: pass both")
             bound = yield Offload(memos_import.bind_caches, path, model)  # every cache checked before sending
         start = _import_start(namespace, format, allow_pickle and bound is None, skip_policies)
-        stub = bundle_pb2_grpc.BundleServiceStub(self._channel)
+        stub = self._service(bundle_pb2_grpc.BundleServiceStub)
         skipped: list[str] = []
 
         def attempt():
