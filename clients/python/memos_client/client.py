@@ -59,7 +59,8 @@ class ClientMethods(FailoverMethods, PortabilityMethods, TensorMethods, Parametr
     @method
     def put_many(self, drafts: Iterable, *, batch_size: int = 500, on_batch=None) -> list[str]:
         """Store many cubes (dicts like {"text", "namespace", "tags", "metadata"} or CubeDrafts) over one
-        stream; returns their ids. on_batch(acknowledged_so_far) is called after each durable batch."""
+        stream; returns their ids. on_batch(acknowledged_so_far) is called after each durable batch. A stream
+        whose daemon goes away mid-call raises OutcomeUnknown: the batch in flight may or may not be stored."""
         ids: list[str] = []
         source = rq.BatchSource(drafts, batch_size)
         requests = rq.Replayable(source)
