@@ -4,8 +4,8 @@ from memos_client.aio import AsyncMemosClient
 from memos_client.client import MemosClient
 from memos_client.errors import (
     AlreadyExists, Cancelled, Compacted, Conflict, DataLoss, DeadlineExceeded, FailedPrecondition, InternalError,
-    InvalidArgument, MemosError, ModelMismatch, NotFound, PermissionDenied, ResourceExhausted, StaleToken, Unauthenticated,
-    Unavailable,
+    InvalidArgument, MemosError, ModelMismatch, NotFound, OutcomeUnknown, PermissionDenied, ResourceExhausted, StaleToken,
+    Unauthenticated, Unavailable,
 )
 from memos_client.models import Cube, Hit, Kind, Member, Page, State, Status
 
@@ -13,5 +13,5 @@ __all__ = [
     "AsyncMemosClient", "MemosClient", "Cube", "Hit", "Kind", "Member", "Page", "State", "Status",
     "MemosError", "Compacted", "InvalidArgument", "NotFound", "AlreadyExists", "Conflict", "FailedPrecondition",
     "ModelMismatch", "StaleToken", "Unauthenticated", "PermissionDenied", "ResourceExhausted", "DataLoss", "Unavailable",
-    "DeadlineExceeded", "Cancelled", "InternalError",
+    "OutcomeUnknown", "DeadlineExceeded", "Cancelled", "InternalError",
 ]

@@ -6,15 +6,15 @@ import grpc
 
 from memos_client.channel import aio_channel
 from memos_client.client import ClientMethods
-from memos_client.errors import Unauthenticated, from_rpc_error
 from memos_client.steps import AsyncSteps
 from memos_client.subscription import AsyncSubscription, _Position
 from memos_mip.v1 import governance_pb2 as gpb
 
 
 class AsyncMemosClient(AsyncSteps, ClientMethods):
-    """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket) as the agent whose key is
-    `key` (else $MEMOS_KEY, else the default data directory's admin key). Use with `async with`.
+    """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket; several are failed over in
+    order, as by MemosClient) as the agent whose key is `key` (else $MEMOS_KEY, else the default data
+    directory's admin key). Use with `async with`.
     Its methods are MemosClient's: each returns an awaitable of what MemosClient's returns, and those
     that iterate (list, audit, watch_job, subscribe) return async iterators."""
 
@@ -24,26 +24,15 @@ class AsyncMemosClient(AsyncSteps, ClientMethods):
         return AsyncSubscription(self, position, **options)
 
     async def close(self) -> None:
-        """Close the channel; calls in progress end."""
-        await self._channel.close()
+        """Close the channels; calls in progress end."""
+        for channel in self._members.channels():
+            await channel.close()
 
     async def __aenter__(self) -> AsyncMemosClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
-
-    async def _call(self, method, request):
-        try:
-            return await method(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            error = from_rpc_error(exc, self.target)
-            if not (isinstance(error, Unauthenticated) and self.tokens and self.tokens.learn_epoch(exc)):
-                raise error from None
-        try:  # once more with a token for the daemon's current policy epoch
-            return await method(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, self.target) from None
 
     async def _stale(self, exc: grpc.RpcError) -> bool:
         """True when a call was refused only for a stale token; the current epoch is then adopted for

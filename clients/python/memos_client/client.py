@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 
 import grpc
@@ -9,41 +10,45 @@ import grpc
 from memos_client import requests as rq
 from memos_client.adapter_client import ParametricMethods
 from memos_client.auth import AgentKey, TokenSource, resolve_key, sign_policy
+from memos_client.addresses import resolve_targets
 from memos_client.channel import sync_channel
-from memos_mip.defaults import resolve_addr
+from memos_client.failover import FailoverMethods, Members
 from memos_client.fdpass import unix_path
-from memos_client.errors import AlreadyExists, Unauthenticated, from_rpc_error
+from memos_client.errors import AlreadyExists, NotFound, Unauthenticated
 from memos_client.kv_client import TensorMethods
 from memos_client.portability import PortabilityMethods
-from memos_client.models import Agent, AuditEntry, AuditReport, Cube, Hit, Page, Policy, Status, Topic
+from memos_client.models import Agent, AuditEntry, AuditReport, Cube, Hit, Page, Policy, State, Status, Topic
 from memos_client.steps import END, Item, Next, SyncSteps, iterating, method
 from memos_client.subscription import Subscription, _Position
 from memos_mip.v1 import daemon_pb2, daemon_pb2_grpc, governance_pb2 as gpb, governance_pb2_grpc, vault_pb2, vault_pb2_grpc
 from memos_mip.v1 import store_pb2 as spb, store_pb2_grpc
 
 
-class ClientMethods(PortabilityMethods, TensorMethods, ParametricMethods):
+class ClientMethods(FailoverMethods, PortabilityMethods, TensorMethods, ParametricMethods):
     """Every method of MemosClient and AsyncMemosClient, each written once (memos_client.steps); a client
-    adds its channel, `_call`, `_stale` and step driver."""
+    adds its channel factory, `_stale` and step driver."""
 
     _open_channel = None  # the client's channel factory (memos_client.channel)
 
-    def __init__(self, addr: str | None = None, *, key: str | AgentKey | None = None, timeout: float = 30.0,
-                 tls_ca: str | None = None, local_transfers: bool = True):
-        self.target = resolve_addr(addr)
+    def __init__(self, addr: str | list[str] | None = None, *, key: str | AgentKey | None = None,
+                 timeout: float = 30.0, tls_ca: str | None = None, local_transfers: bool = True):
+        targets = resolve_targets(addr)
         self.timeout = timeout
         # Tensor payloads mapped from the daemon's files when it listens on a Unix socket on this host
         # (fetch_payload); turned off, or off by itself once that fails, they stream over gRPC.
-        self.local_transfers = local_transfers and unix_path(self.target) is not None
-        agent_key = resolve_key(key, self.target)
+        self.local_transfers = local_transfers and unix_path(targets[0]) is not None
+        agent_key = resolve_key(key, targets[0])
+        # One token source for every member: a cluster has one identity (the tokens' audience) and one
+        # policy epoch, so a token minted for one daemon is good at the next.
         self.tokens = TokenSource(agent_key) if agent_key else None
         # Where put() writes when no namespace is given: the caller's own notes.
         self.default_namespace = f"agents/{agent_key.agent}/notes" if agent_key else rq.DEFAULT_NAMESPACE
-        self._channel = self._open_channel(self.target, self.tokens, tls_ca)
-        self._vault = vault_pb2_grpc.VaultServiceStub(self._channel)
-        self._daemon = daemon_pb2_grpc.DaemonServiceStub(self._channel)
-        self._gov = governance_pb2_grpc.GovernanceServiceStub(self._channel)
-        self._store = store_pb2_grpc.StoreServiceStub(self._channel)
+        self._members = Members(targets, lambda target: self._open_channel(target, self.tokens, tls_ca))
+        self._vault = self._service(vault_pb2_grpc.VaultServiceStub)
+        self._daemon = self._service(daemon_pb2_grpc.DaemonServiceStub)
+        self._gov = self._service(governance_pb2_grpc.GovernanceServiceStub)
+        self._store = self._service(store_pb2_grpc.StoreServiceStub)
+        self._members.current.connect()  # as before: the first daemon's channel exists from the start
 
     @method
     def put(self, text: str, namespace: str | None = None, **fields) -> Cube:
@@ -54,13 +59,16 @@ class ClientMethods(PortabilityMethods, TensorMethods, ParametricMethods):
     @method
     def put_many(self, drafts: Iterable, *, batch_size: int = 500, on_batch=None) -> list[str]:
         """Store many cubes (dicts like {"text", "namespace", "tags", "metadata"} or CubeDrafts) over one
-        stream; returns their ids. on_batch(acknowledged_so_far) is called after each durable batch."""
+        stream; returns their ids. on_batch(acknowledged_so_far) is called after each durable batch. A stream
+        whose daemon goes away mid-call raises OutcomeUnknown: the batch in flight may or may not be stored."""
         ids: list[str] = []
         source = rq.BatchSource(drafts, batch_size)
         requests = rq.Replayable(source)
+        moves = 0
         while True:
+            member = self._members.current
             try:
-                receive = Next(self._vault.PutStream(requests.attempt()))
+                receive = Next(self._vault.PutStream.at(member)(requests.attempt()))
                 while (ack := (yield receive)) is not END:
                     requests.commit()
                     ids.extend(ack.ids)
@@ -70,9 +78,12 @@ class ClientMethods(PortabilityMethods, TensorMethods, ParametricMethods):
             except grpc.RpcError as exc:
                 if source.error is not None:
                     raise source.error from None
+                if self._unsent(member, exc, moves):  # no daemon received any: at the next one
+                    moves += 1
+                    continue
                 # Refused for a stale token before the daemon read a batch: send them all again.
                 if requests.committed or not (yield self._stale(exc)):
-                    raise from_rpc_error(exc, self.target) from None
+                    raise self._broken(exc, member, f"put_many (after {len(ids)} cubes stored)") from None
 
     @method
     def get(self, cube_id: str, version: int = 0) -> Cube:
@@ -88,7 +99,16 @@ class ClientMethods(PortabilityMethods, TensorMethods, ParametricMethods):
     @method
     def delete(self, cube_id: str) -> int:
         """Delete a cube; returns the version number of the tombstone written."""
-        return (yield self._call(self._vault.Delete, vault_pb2.DeleteRequest(id=cube_id))).version
+        try:
+            return (yield self._call(self._vault.Delete, vault_pb2.DeleteRequest(id=cube_id))).version
+        except NotFound as exc:
+            if not exc.replayed:
+                raise
+            # Sent again at another daemon after the first broke mid-call: the first may have deleted it.
+            last = (yield self.history(cube_id))[-1:]
+            if not last or last[0].state is not State.DELETED:
+                raise
+            return last[0].version
 
     @method
     def list_page(self, namespace: str | None = None, *, page_size: int = 100, page_token: str = "", **filters) -> Page:
@@ -178,7 +198,16 @@ class ClientMethods(PortabilityMethods, TensorMethods, ParametricMethods):
     def put_policy(self, document: bytes, signature: bytes) -> str:
         """Store a signed policy document; returns its id."""
         request = gpb.PutPolicyRequest(policy=gpb.SignedPolicy(document=document, signature=signature))
-        return (yield self._call(self._gov.PutPolicy, request)).id
+        try:
+            return (yield self._call(self._gov.PutPolicy, request)).id
+        except AlreadyExists as exc:
+            if not exc.replayed:
+                raise
+            # Sent again after the first attempt broke mid-call: its own id (random, signed) is stored, by it.
+            stored = _policy_id(document)
+            if stored is None:
+                raise
+            return stored
 
     @method
     def list_policies(self, subject: str = "", include_inactive: bool = False) -> list[Policy]:
@@ -243,10 +272,12 @@ class ClientMethods(PortabilityMethods, TensorMethods, ParametricMethods):
         published twice."""
         source = rq.BatchSource.of(rq.publishes(publishes))
         requests = rq.Replayable(source)
+        moves = 0
         while True:
             call = None
+            member = self._members.current
             try:
-                call = self._store.PublishStream(requests.attempt())
+                call = self._store.PublishStream.at(member)(requests.attempt())
                 receive = Next(call)
                 while (msg := (yield receive)) is not END:
                     requests.commit()
@@ -256,9 +287,12 @@ class ClientMethods(PortabilityMethods, TensorMethods, ParametricMethods):
             except grpc.RpcError as exc:
                 if source.error is not None:
                     raise source.error from None
+                if self._unsent(member, exc, moves):  # no daemon received any: at the next one
+                    moves += 1
+                    continue
                 # Refused for a stale token before the daemon acknowledged anything: send them all again.
                 if requests.committed or not (yield self._stale(exc)):
-                    raise from_rpc_error(exc, self.target) from None
+                    raise self._broken(exc, member, "publish_stream (the unacknowledged publishes)") from None
             finally:
                 if call is not None:
                     call.cancel()  # a caller leaving early ends the stream; after its end, a no-op
@@ -295,10 +329,19 @@ class ClientMethods(PortabilityMethods, TensorMethods, ParametricMethods):
         return Topic.from_proto((yield self._call(self._store.SetRetention, request)))
 
 
+def _policy_id(document: bytes) -> str | None:
+    try:
+        found = json.loads(document).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
 class MemosClient(SyncSteps, ClientMethods):
     """Talks to memosd at `addr` (else $MEMOS_ADDR, else the default socket) as the agent whose key is
     `key` (a path or AgentKey; else $MEMOS_KEY, else the default data directory's admin key).
-    Use as a context manager."""
+    Several addresses ("unix:/a.sock,host2:7777" or a list: a cluster's daemons) are failed over in
+    order (memos_client.failover). Use as a context manager."""
 
     _open_channel = staticmethod(sync_channel)
 
@@ -306,26 +349,15 @@ class MemosClient(SyncSteps, ClientMethods):
         return Subscription(self, position, **options)
 
     def close(self) -> None:
-        """Close the channel; calls in progress end."""
-        self._channel.close()
+        """Close the channels; calls in progress end."""
+        for channel in self._members.channels():
+            channel.close()
 
     def __enter__(self) -> MemosClient:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def _call(self, method, request):
-        try:
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            error = from_rpc_error(exc, self.target)
-            if not (isinstance(error, Unauthenticated) and self.tokens and self.tokens.learn_epoch(exc)):
-                raise error from None
-        try:  # once more with a token for the daemon's current policy epoch
-            return method(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, self.target) from None
 
     def _stale(self, exc: grpc.RpcError) -> bool:
         """True when a call was refused only for a stale token; the current epoch is then adopted for a retry."""

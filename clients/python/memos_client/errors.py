@@ -14,6 +14,7 @@
     ├── ResourceExhausted
     ├── DataLoss
     ├── Unavailable          the daemon is not running or not reachable
+    │   └── OutcomeUnknown   the connection broke during a write that cannot be sent again safely
     ├── DeadlineExceeded
     ├── Cancelled
     └── InternalError        a bug in memosd; its log has the details
@@ -28,6 +29,9 @@ class MemosError(Exception):
     """Base of every error the client raises. `code` is the gRPC status code name."""
 
     code = "UNKNOWN"
+    # True when the call that raised this was sent again at another daemon after its connection broke
+    # mid-call: the first attempt may have been carried out (a retried delete then finds the cube gone).
+    replayed = False
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -84,6 +88,11 @@ class DataLoss(MemosError):
 
 class Unavailable(MemosError):
     code = "UNAVAILABLE"
+
+
+class OutcomeUnknown(Unavailable):
+    """The daemon went away during a write that is not sent again by itself (it has no id to be recognised
+    by): it may or may not have been carried out. Check, then write again if it was not."""
 
 
 class DeadlineExceeded(MemosError):

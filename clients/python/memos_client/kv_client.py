@@ -55,10 +55,11 @@ class TensorMethods:
     stubs are made on first use; the channel decides sync or asyncio."""
 
     def _stub(self, name: str, factory):
-        stub = self.__dict__.get(name)
-        if stub is None:
-            stub = self.__dict__[name] = factory(self._channel)
-        return stub
+        """A service of the daemon in use (memos_client.failover.Service) for a generated stub class; for
+        another factory of the channel, what it makes for the daemon in use."""
+        if isinstance(factory, type):
+            return self._service(factory)
+        return self._members.current.stub(name, factory)
 
     @property
     def _blobs(self):

@@ -60,22 +60,25 @@ class PortabilityMethods:
 
     def _streaming(self, attempt):
         """Run a streaming call (a function making its steps); once more with a fresh token if the daemon's
-        policy epoch moved on."""
-        try:
-            return (yield from attempt())
-        except grpc.RpcError as exc:
-            if not (yield self._stale(exc)):
-                raise from_rpc_error(exc, self.target) from None
-        try:
-            return (yield from attempt())
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc, self.target) from None
+        policy epoch moved on, and at the next daemon (of several) when none could be reached."""
+        renewed, moves = False, 0
+        while True:
+            member = self._members.current
+            try:
+                return (yield from attempt())
+            except grpc.RpcError as exc:
+                if self._unsent(member, exc, moves):  # no daemon received it: at the next one
+                    moves += 1
+                    continue
+                if renewed or not (yield self._stale(exc)):
+                    raise from_rpc_error(exc, member.target) from None
+                renewed = True
 
     @method
     def backup(self, dest: str | Path, *, timeout: float | None = None) -> dict:
         """Write a consistent online backup of the whole daemon into the new directory `dest`
         (admin only); returns its manifest. Restore it with `memosd restore DEST --data-dir DIR`."""
-        stub = admin_pb2_grpc.AdminServiceStub(self._channel)
+        stub = self._service(admin_pb2_grpc.AdminServiceStub)  # at the daemon in use at each attempt
 
         def attempt():
             writer = BackupWriter(dest)
@@ -124,7 +127,7 @@ class PortabilityMethods:
             shutil.rmtree(work, ignore_errors=True)
 
     def _export_bundle(self, dest, request, timeout):
-        stub = bundle_pb2_grpc.BundleServiceStub(self._channel)
+        stub = self._service(bundle_pb2_grpc.BundleServiceStub)
 
         def attempt():
             out = _ExportTarget(dest)
@@ -163,7 +166,7 @@ class PortabilityMethods:
                                       " read only with --allow-pickle: pass both")
             bound = yield Offload(memos_import.bind_caches, path, model)  # every cache checked before sending
         start = _import_start(namespace, format, allow_pickle and bound is None, skip_policies)
-        stub = bundle_pb2_grpc.BundleServiceStub(self._channel)
+        stub = self._service(bundle_pb2_grpc.BundleServiceStub)
         skipped: list[str] = []
 
         def attempt():

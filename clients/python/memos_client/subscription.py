@@ -35,6 +35,7 @@ class _Position:
     def items(self, msg, heartbeats: bool):
         """The message's events (and heartbeat), each counted as seen just before the caller gets it."""
         if msg.HasField("heartbeat"):
+            self._adopt(msg.heartbeat.delivered)
             if heartbeats:
                 yield Heartbeat(dict(msg.heartbeat.delivered))
             return
@@ -47,46 +48,69 @@ class _Position:
             self.live_only = False  # a resumed stream continues after what was seen, not at the live end
             yield event
 
+    def _adopt(self, delivered) -> None:
+        # A heartbeat names where the stream stands on topics it has delivered nothing of yet (a live_only
+        # stream's starting point): resuming, at this daemon or another, goes on from there, so that events
+        # published while the stream was down are not skipped (nor, for a pattern, replayed from the start).
+        if self.durable_name:
+            return  # the daemon resumes a durable subscription from its acknowledged cursor
+        if self.topic.endswith("/**"):
+            for topic, seq in delivered.items():
+                self.after.setdefault(topic, seq)
+            self.live_only = False
+        elif self.live_only and self.topic in delivered:
+            self.after_seq, self.live_only = delivered[self.topic], False
 
-def _resume_or_raise(sub, exc: grpc.RpcError, failing_since: float | None) -> tuple[float, float]:
+
+def _resume_or_raise(sub, exc: grpc.RpcError, failing_since: float | None, member) -> tuple[float, float]:
     """Raise the typed error unless the subscription may resume; returns when the failures began and
-    how long to wait before resubscribing (not at all with a renewed token)."""
-    error = from_rpc_error(exc, sub._client.target)
-    if isinstance(error, StaleToken) and sub._client.tokens and sub._client.tokens.learn_epoch(exc):
+    how long to wait before resubscribing (not at all with a renewed token, nor at the next daemon of
+    several until each has failed once)."""
+    client = sub._client
+    error = from_rpc_error(exc, member.target)
+    if isinstance(error, StaleToken) and client.tokens and client.tokens.learn_epoch(exc):
         return failing_since or time.monotonic(), 0.0
     failing_since = failing_since or time.monotonic()
     if not isinstance(error, _RESUMABLE) or time.monotonic() - failing_since > sub._resume_for:
         raise error from None
+    if isinstance(error, Unavailable) and client._move_on(member, exc):
+        sub._moves += 1
+        if sub._moves < len(client._members.all):
+            return failing_since, 0.0
+        sub._moves = 0  # every daemon failed once: wait a moment before the next round
     return failing_since, 0.2
 
 
 class Subscription:
     """Iterate a topic's events (heartbeats too with heartbeats=True). After a dropped connection, a daemon
-    restart or a slow-subscriber cut-off it resubscribes from the last event seen, for up to
-    `resume_for` seconds; memos_client.Compacted if that point is no longer retained."""
+    restart or a slow-subscriber cut-off it resubscribes from the last event seen (per topic), at the next
+    of the client's daemons when its daemon went away, for up to `resume_for` seconds; a durable one from
+    its acknowledged cursor. memos_client.Compacted if that point is no longer retained."""
 
     def __init__(self, client, position: _Position, *, heartbeats: bool, resume_for: float):
         self._client, self._position = client, position
         self._heartbeats, self._resume_for = heartbeats, resume_for
         self._call = None
         self._closed = False
+        self._moves = 0  # daemons moved on from since the last message
 
     def _events(self):
         """The steps (memos_client.steps) of both clients' iteration."""
         failing_since = None
         while not self._closed:
+            member = self._client._members.current
             try:
-                self._call = self._client._store.Subscribe(self._position.request())
+                self._call = self._client._store.Subscribe.at(member)(self._position.request())
                 receive = Next(self._call)
                 while (msg := (yield receive)) is not END:
-                    failing_since = None
+                    failing_since, self._moves = None, 0
                     for item in self._position.items(msg, self._heartbeats):
                         yield Item(item)
                 return
             except grpc.RpcError as exc:
                 if self._closed:
                     return
-                failing_since, pause = _resume_or_raise(self, exc, failing_since)
+                failing_since, pause = _resume_or_raise(self, exc, failing_since, member)
                 yield Sleep(pause)
 
     def __iter__(self):

@@ -7,7 +7,9 @@ import os
 import sys
 
 from memos_client.cli import governance, jobs, kv, mcp, ops, parametric, plaintext, store
-from memos_client.cli.common import EXIT_ERROR, EXIT_USAGE, InputError, UsageError, add_globals, check_key, fail
+from memos_client.cli.common import (
+    EXIT_ERROR, EXIT_USAGE, InputError, UsageError, add_globals, check_addr, check_key, fail,
+)
 from memos_client.client import MemosClient
 from memos_client.errors import MemosError
 
@@ -22,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed usage (exit 2) or help (exit 0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
+        targets = check_addr(args.addr)
         check_key(args.key)
-        with MemosClient(args.addr, key=args.key, timeout=args.timeout) as client:
+        with MemosClient(targets, key=args.key, timeout=args.timeout) as client:
             return args.run(client, args)
     except UsageError as exc:
         return fail(str(exc), EXIT_USAGE)
@@ -49,7 +52,8 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="memosctl", description="memosctl: read and write the memory of a running memosd.",
-        epilog="The daemon is found at --addr, else $MEMOS_ADDR, else the default socket "
+        epilog="The daemon is found at --addr, else $MEMOS_ADDR (several, separated by commas: the next is "
+               "tried when one is down), else the default socket "
                "($XDG_RUNTIME_DIR/memosd/memosd.sock, else the system service's /run/memosd/memosd.sock); "
                "calls are signed with --key, else $MEMOS_KEY, else that daemon's admin key if readable. "
                "Exit status: 0 ok, 1 error, 2 usage error or a path that cannot be opened (-f FILE, --key, "

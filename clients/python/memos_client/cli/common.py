@@ -9,7 +9,8 @@ from pathlib import Path
 
 from memos_client.cli._terminal import emit
 from memos_client.client import MemosClient
-from memos_client.errors import MemosError, Unavailable
+from memos_client.addresses import resolve_targets
+from memos_client.errors import InvalidArgument, MemosError, Unavailable
 from memos_client.models import Kind
 
 EXIT_ERROR, EXIT_USAGE = 1, 2
@@ -50,8 +51,9 @@ def add_globals(parser: argparse.ArgumentParser, *, in_command: bool) -> None:
     # they never overwrite what was given before the command.
     def default(value):
         return argparse.SUPPRESS if in_command else value
-    parser.add_argument("--addr", default=default(None), help="unix:/path/to.sock or host:port "
-                        "(default: $MEMOS_ADDR, else the default socket)")
+    parser.add_argument("--addr", default=default(None), help="unix:/path/to.sock or host:port, or several "
+                        "separated by commas (a cluster's daemons, tried in order; default: $MEMOS_ADDR, else the "
+                        "default socket)")
     parser.add_argument("--key", default=default(None), metavar="FILE", help="the agent key to call as "
                         "(default: $MEMOS_KEY, else the default data directory's admin key)")
     parser.add_argument("--json", action="store_true", default=default(False),
@@ -66,6 +68,14 @@ def action(sub, name: str, text: str) -> argparse.ArgumentParser:
     a = sub.add_parser(name, help=text, description=text)
     add_globals(a, in_command=True)
     return a
+
+
+def check_addr(given: str | None) -> list[str]:
+    """The daemons to call, from --addr, else $MEMOS_ADDR, else the default socket; a UsageError names a bad one."""
+    try:
+        return resolve_targets(given, "--addr")
+    except InvalidArgument as exc:
+        raise UsageError(exc.message) from None
 
 
 def check_key(given: str | None) -> None:

@@ -26,5 +26,5 @@ def _mcp(client: MemosClient, args) -> int:
         from memos_client.mcp import server
     except ImportError as exc:  # the mcp SDK is an optional dependency of the client
         raise UsageError(f"memosctl mcp needs the MCP SDK ({exc.name} is missing): pip install 'memosd[mcp]'") from None
-    # The command line's client only resolved the address and key; the server makes its own asyncio client.
-    return server.run(client.target, client.tokens.key if client.tokens else None, args.timeout, args.http)
+    # The command line's client only resolved the addresses and key; the server makes its own asyncio client.
+    return server.run(client.targets, client.tokens.key if client.tokens else None, args.timeout, args.http)

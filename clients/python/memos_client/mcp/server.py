@@ -228,7 +228,7 @@ async def _stdio(bridge: Bridge) -> None:
         await server.run(read_stream, write_stream, server.create_initialization_options())
 
 
-async def serve(target: str, key: AgentKey | None, timeout: float, http: str | None = None) -> None:
+async def serve(target: str | list[str], key: AgentKey | None, timeout: float, http: str | None = None) -> None:
     """Serve MCP until stdin closes (stdio) or the process is stopped (HTTP). The daemon need not be running yet:
     each call says so until it is."""
     host_port = loopback(http) if http else None
@@ -244,7 +244,7 @@ async def serve(target: str, key: AgentKey | None, timeout: float, http: str | N
         await client.close()
 
 
-def run(target: str, key: AgentKey | None, timeout: float, http: str | None = None) -> int:
+def run(target: str | list[str], key: AgentKey | None, timeout: float, http: str | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="memosctl mcp: %(levelname)s %(message)s")
     try:
         asyncio.run(serve(target, key, timeout, http))
