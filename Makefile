@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-## MemoryOS 2.0.33 and its dependencies (scripts/memos_env.txt) in $(MEMOS_VENV), CPU torch only: about
-## 310 MB downloaded, 1.5 GB installed. tests/test_memos_real.py drives it in a subprocess; the stamp
-## keeps a second `make test` from installing it again.
+## MemoryOS 2.0.33 and its dependencies (scripts/memos_env.txt) in $(MEMOS_VENV), CPU torch only, even
+## on a GPU machine: about 320 MB downloaded (190 MB of it torch's CPU wheel), 1.5 GB installed, some
+## 7 minutes on 2 cores. tests/test_memos_real.py drives it in a subprocess; the stamp keeps a second
+## `make test` from installing it again.
 memos-env: $(MEMOS_STAMP)
 
 $(MEMOS_STAMP): scripts/memos_env.txt scripts/install_torch.sh

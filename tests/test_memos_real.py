@@ -1,9 +1,9 @@
 """Round trips with the real MemOS: a dump MemoryOS wrote imports; an export memosd writes, MemoryOS loads.
 
 The dump in tests/data/memos/memoryos_naive was written by MemoryOS 2.0.33 (scripts/memos_real.py
-write); it is imported on every run. The two tests that drive MemOS itself need a Python with
-MemoryOS installed, kept out of memosd's own environment (it pulls about 650 MB): set
-MEMOSD_MEMOS_PYTHON to it (scripts/memos_real.py says how to make one) and they run, in a subprocess.
+write); it is imported on every run. The tests that drive MemOS itself, in a subprocess, need a Python
+with MemoryOS, kept out of memosd's own environment: `make memos-env` builds one in .venv-memos and
+`make test` (CI) passes it as MEMOSD_MEMOS_PYTHON. Without one they skip, except under CI, where they fail.
 """
 
 from __future__ import annotations
@@ -23,9 +23,19 @@ from tests.test_memos_export import ALL_STATES, CLASHING, fill, same
 
 ROOT = Path(__file__).resolve().parents[1]
 DUMP = ROOT / "tests" / "data" / "memos" / "memoryos_naive"
-MEMOS_PYTHON = os.environ.get("MEMOSD_MEMOS_PYTHON", "")
-needs_memos = pytest.mark.skipif(not MEMOS_PYTHON, reason="set MEMOSD_MEMOS_PYTHON to a Python with MemoryOS")
+MEMOS_VENV_PYTHON = ROOT / ".venv-memos" / "bin" / "python"
+MEMOS_PYTHON = os.environ.get("MEMOSD_MEMOS_PYTHON") or (str(MEMOS_VENV_PYTHON) if MEMOS_VENV_PYTHON.exists() else "")
+needs_memos = pytest.mark.skipif(not MEMOS_PYTHON and not os.environ.get("CI"),
+                                 reason="no Python with MemoryOS: make memos-env, or set MEMOSD_MEMOS_PYTHON")
 ALL = [State.ACTIVE, State.ARCHIVED]
+
+
+@pytest.fixture
+def memos_env():
+    """The real MemOS; CI (make test) always has it, so there a missing one fails instead of skipping."""
+    if not MEMOS_PYTHON:
+        pytest.fail("CI runs the round trips through the real MemOS: build it with make memos-env (make test does)")
+    return MEMOS_PYTHON
 
 
 def memos(mode: str, directory: Path) -> dict:
@@ -63,7 +73,7 @@ def test_a_dump_memoryos_wrote_imports_once(client):
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # MemOS imports slowly: a few hundred modules
 @needs_memos
-def test_memos_writes_memosd_imports(client, tmp_path):
+def test_memos_writes_memosd_imports(client, tmp_path, memos_env):
     memos("write", tmp_path / "dump")
     assert client.import_bundle(tmp_path / "dump", "teams/from-memos").cubes == 3
     check_imported(client, "teams/from-memos")
@@ -72,7 +82,7 @@ def test_memos_writes_memosd_imports(client, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # MemOS imports slowly: a few hundred modules
 @needs_memos
-def test_memosd_exports_memos_loads_and_it_comes_back(client, tmp_path):
+def test_memosd_exports_memos_loads_and_it_comes_back(client, tmp_path, memos_env):
     # Every layout and field memosd takes from MemOS or its own users: a tree dump with edges and a private
     # node, mem_cube_2, MemOS's own naive dump, nested metadata, a priority, an archived and an expiring cube.
     fill(client, tmp_path)
@@ -114,7 +124,7 @@ def test_memosd_exports_memos_loads_and_it_comes_back(client, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # MemOS imports slowly: a few hundred modules
 @needs_memos
-def test_memos_loads_the_kv_caches_memosd_exports(client, tmp_path):
+def test_memos_loads_the_kv_caches_memosd_exports(client, tmp_path, memos_env):
     import torch
 
     from tests.kv_helpers import save_tiny, tiny_tokenizer
