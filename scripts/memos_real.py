@@ -1,16 +1,13 @@
 """Drive the real MemOS (PyPI MemoryOS) offline: write a naive-text MemCube dump, or load one and print its memories.
 
 Run it with the Python of a separate virtual environment that has MemoryOS installed (memosd never
-depends on it), e.g.:
+depends on it): `make memos-env` makes one in .venv-memos (scripts/memos_env.txt, CPU torch), then
 
-    python3 -m venv /tmp/memosvenv && /tmp/memosvenv/bin/pip install torch==2.13.0 MemoryOS==2.0.33
-    /tmp/memosvenv/bin/python scripts/memos_real.py write tests/data/memos/memoryos_naive
-    /tmp/memosvenv/bin/python scripts/memos_real.py read DIR      # JSON on stdout: memories, KV caches
-
-(MemOS loads a KV cache memory's extractor model with accelerate: `pip install accelerate` there too.)
+    .venv-memos/bin/python scripts/memos_real.py write tests/data/memos/memoryos_naive
+    .venv-memos/bin/python scripts/memos_real.py read DIR      # JSON on stdout: memories, KV caches
 
 `write` made tests/data/memos/memoryos_naive (MemoryOS 2.0.33); tests/test_memos_real.py runs both
-modes against memosd when MEMOSD_MEMOS_PYTHON names such a Python.
+modes against memosd (`make test` builds the environment and passes it as MEMOSD_MEMOS_PYTHON).
 """
 
 from __future__ import annotations

@@ -115,3 +115,32 @@ def test_memosctl_export_format_memos(ctl_args, client, tmp_path, capsys):
 @pytest.fixture
 def ctl_args(daemon):
     return ["--addr", daemon.address, "--key", str(daemon.admin_key)]
+
+
+# Cube metadata under names MemOS's metadata models declare, with values MemOS would refuse (its loader
+# raises, and the whole cube fails to load) or rewrite (sources become SourceMessage objects), and names
+# the export writes itself (status, created_at): MemOS never sees what it cannot hold, and all of it comes back.
+CLASHING = {"confidence": "high", "version": "v2", "memory_type": "notes", "usage": None, "history": [{"x": 1}],
+            "id": "mine", "memory": "shadow", "metadata": {"a": 1}, "status": "draft", "created_at": "yesterday",
+            "key": None, "sources": ["a note", '{"role": "user", "content": "hi"}', {"type": "web", "url": "u"}],
+            "memosd_id": "not mine", "tags": ["meta"]}
+
+
+def test_metadata_memos_would_refuse_or_rewrite_comes_back_as_it_was(client, tmp_path):
+    cube = client.put("clashing metadata", "teams/clash", metadata=CLASHING)
+    client.export(tmp_path / "memos", "teams/clash", format="memos")
+    (item,) = json.loads((tmp_path / "memos" / "textual_memory.json").read_text())
+    meta = item["metadata"]
+    assert not {"confidence", "version", "memory_type", "usage", "history", "id", "memory", "metadata"} & set(meta)
+    assert meta["status"] == "activated" and meta["memosd_id"] == cube.id and meta["key"] is None
+    assert meta["sources"] == [  # as MemOS's own loader coerces them
+        {"type": "doc", "role": None, "chat_time": None, "message_id": None, "content": "a note", "doc_path": None,
+         "file_info": None, "image_info": None},
+        {"type": "chat", "role": "user", "chat_time": None, "message_id": None, "content": "hi", "doc_path": None,
+         "file_info": None, "image_info": None},
+        {"type": "web", "role": None, "chat_time": None, "message_id": None, "content": None, "doc_path": None,
+         "file_info": None, "image_info": None, "url": "u"}]
+    with running(make_config(tmp_path / "fresh")) as fresh_daemon, \
+            MemosClient(fresh_daemon.address, key=fresh_daemon.admin_key) as fresh:
+        assert fresh.import_bundle(tmp_path / "memos", "teams/clash").cubes == 1
+        assert same(fresh.get(cube.id), cube) == []

@@ -31,7 +31,8 @@ STATES = {"activated": LifecycleState.ACTIVE, "resolving": LifecycleState.ACTIVE
 DROPPED = {"embedding", "vector"}
 # Header fields, mapped rather than kept in metadata (unless the header holds them only approximately).
 MAPPED = {"tags", "status", "visibility", "created_at", "updated_at", "source", "memos_links",
-          "memosd_id", "memosd_source", "memosd_namespace", "memosd_priority", "memosd_expires_at", "memosd_keys"}
+          "memosd_id", "memosd_source", "memosd_namespace", "memosd_priority", "memosd_expires_at", "memosd_keys",
+          "memosd_metadata"}
 # What is kept when the rest would overflow max_metadata_bytes.
 CORE = ("memos_id", "memos_links", "memos_collection", "type", "memory_type", "memory_time", "key", "confidence",
         "user_id", "session_id", "preference", "preference_type")
@@ -117,6 +118,9 @@ def memos_item_cube(item, namespace: str, limits: Limits, now: float, number: in
     own = meta.get("memosd_keys")  # an exported memosd cube's own metadata keys: not MemOS's defaults
     if isinstance(own, list):
         kept.update({k: v for k, v in meta.items() if k in own and k not in MAPPED})
+        # What MemOS would have refused or rewritten, or a header field took the name of, as the cube had it.
+        aside = meta.get("memosd_metadata")
+        kept.update({k: v for k, v in aside.items() if k in own} if isinstance(aside, dict) else {})
     else:
         kept.update({k: v for k, v in meta.items() if k not in DROPPED | MAPPED and v not in (None, [], {}, "")})
     tags = _tags(meta.get("tags"), limits)

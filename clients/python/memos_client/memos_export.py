@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from memos_client.errors import InvalidArgument
+from memos_client.memos_schema import REFUSED, memos_form, same_json
 from memos_mip.bundle_format import CUBES, MANIFEST, POLICIES
 
 CONFIG, TEXTUAL, ACTIVATION = "config.json", "textual_memory.json", "activation_memory.pickle"
@@ -123,35 +124,43 @@ def kv_item_id(rec: dict) -> str:
 
 def memos_item(rec: dict, ids: dict[str, str]) -> tuple[dict, int]:
     """One naive_text item for a cube record, and how many of its links name cubes outside the export."""
-    meta = dict(rec.get("metadata") or {})
-    original = {k: meta.pop(k) for k in IMPORTED_AS_HEADER if k in meta}
+    own = dict(rec.get("metadata") or {})
+    original = {k: own.pop(k) for k in IMPORTED_AS_HEADER if k in own}
     links, dropped = [], 0
-    for link in meta.pop("memos_links", None) or []:
+    for link in own.pop("memos_links", None) or []:
         if isinstance(link, dict) and link.get("to") in ids:
             links.append({"type": link.get("type"), "to": link["to"], "memos_id": ids[link["to"]]})
         else:
             dropped += 1
     source = rec.get("source") or ""
     memos_source = source.removeprefix("memos:")
-    # Which metadata keys are the cube's: MemOS adds its own defaults ("version": 1, ...) when it loads and
-    # dumps the item, and the import keeps only these.
-    meta["memosd_keys"] = sorted(meta)
-    meta.update({
+    written = {
         "tags": original.get("memos_tags", rec.get("tags") or []),
         "status": original.get("memos_status", STATUS[rec["state"]]),
         "visibility": "private" if rec.get("visibility") == "owner" else original.get("memos_visibility"),
         "created_at": _time(rec.get("created_at")), "updated_at": _time(rec.get("updated_at")),
         "source": memos_source if memos_source in SOURCES else None,
         "memosd_id": rec["id"], "memosd_source": source, "memosd_namespace": rec.get("namespace"),
-    })
-    if rec.get("state") == "expired" or rec.get("expires_at"):
-        meta["memosd_expires_at"] = rec.get("expires_at")
-    if rec.get("priority"):
-        meta["memosd_priority"] = rec["priority"]
-    if links:
-        meta["memos_links"] = links
-    return {"id": ids[rec["id"]], "memory": rec.get("text") or "",
-            "metadata": {k: v for k, v in meta.items() if v is not None}}, dropped
+        "memosd_expires_at": rec.get("expires_at") if rec.get("state") == "expired" or rec.get("expires_at")
+        else None,
+        "memosd_priority": rec.get("priority") or None,
+        "memos_links": links or None,
+    }
+    # Which metadata keys are the cube's: MemOS adds its own defaults ("version": 1, ...) when it loads and
+    # dumps the item, and the import keeps only these. What MemOS would refuse (its loader fails the whole
+    # cube) or rewrite, or what a header field overwrites, also goes under memosd_metadata, as it was.
+    meta: dict = {"memosd_keys": sorted(own)}
+    kept_aside = {}
+    for key, value in own.items():
+        form = REFUSED if key in written or key in ("memosd_keys", "memosd_metadata") else memos_form(key, value)
+        if form is not REFUSED:
+            meta[key] = form
+        if form is REFUSED or not same_json(form, value):
+            kept_aside[key] = value
+    if kept_aside:
+        meta["memosd_metadata"] = kept_aside
+    meta.update({k: v for k, v in written.items() if v is not None})
+    return {"id": ids[rec["id"]], "memory": rec.get("text") or "", "metadata": meta}, dropped
 
 
 def _time(text) -> str | None:
