@@ -9,7 +9,8 @@ from dataclasses import replace
 import grpc
 import pytest
 
-from memos_client import MemosClient, NotFound, Unauthenticated
+from memos_client import AlreadyExists, MemosClient, NotFound, Unauthenticated
+from memos_client.auth import AgentKey, sign_policy
 from memos_mip.v1 import store_pb2 as spb
 from tests.cluster import member_configs, running_members, share_admin_key
 from tests.daemon import make_config, running, spawn_daemon
@@ -176,3 +177,13 @@ def test_a_daemon_alone_on_sqlite_is_a_one_member_cluster_that_forgets_members_s
                          (time.time() - 90_000, time.time() - 90_000))
         assert wait_for(lambda: [m.member_id for m in admin.status().members] == [me.member_id],
                         "the member silent for a day was never forgotten", BOUND)
+
+
+def test_a_policy_recorded_at_one_member_already_exists_at_another_that_has_not_heard_of_it(tmp_path, postgres_url):
+    # B never polls in time: its memory has no such policy, and the vault's unique id must say AlreadyExists.
+    with cluster(tmp_path, postgres_url, governance_poll_interval=3600) as ((a, b), (admin_a, admin_b)):
+        document, signature = sign_policy(AgentKey.load(a.admin_key), subject="agent:admin", actions=["read"],
+                                          namespaces=["shared/**"])
+        admin_a.put_policy(document, signature)
+        with pytest.raises(AlreadyExists, match="exists already"):
+            admin_b.put_policy(document, signature)

@@ -408,8 +408,9 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
         record = PolicyRecord(policy, bytes(document), bytes(signature), self.clock())
 
         def job(conn: Conn) -> int:
-            self.sql.governance.insert_policy(conn, policy.id, policy.issuer, policy.subject, record.document, record.signature,
-                                  record.created_at)
+            if not self.sql.governance.insert_policy(conn, policy.id, policy.issuer, policy.subject, record.document,
+                                                     record.signature, record.created_at):
+                raise AlreadyExists(f"policy {policy.id} exists already")  # recorded at another member
             self.audit_write(conn, p.name, "policy.put", policy.id, subject=policy.subject,
                              actions=sorted(policy.actions), namespaces=[str(x) for x in policy.patterns])
             return self._bump_version(conn)

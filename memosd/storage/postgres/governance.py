@@ -99,9 +99,11 @@ def load_policies(conn) -> list[PolicyRow]:
 
 
 def insert_policy(conn, policy_id: str, issuer: str, subject: str, document: bytes,
-                  signature: bytes, created_at: float) -> None:
-    conn.execute("INSERT INTO policies (id, issuer, subject, document, signature, created_at)"
-                 " VALUES (%s, %s, %s, %s, %s, %s)", (policy_id, issuer, subject, document, signature, created_at))
+                  signature: bytes, created_at: float) -> bool:
+    """False when a policy of that id exists already (another member may have recorded it)."""
+    cur = conn.execute("INSERT INTO policies (id, issuer, subject, document, signature, created_at)"
+                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING", (policy_id, issuer, subject, document, signature, created_at))
+    return cur.rowcount == 1
 
 
 def revoke_policy(conn, policy_id: str, at: float) -> None:
