@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                            " (env MEMOSD_ACTIVATION_MODEL)")
             p.add_argument("--parametric-model", help="local causal LM directory that LoRA adapters are distilled"
                            " for (env MEMOSD_PARAMETRIC_MODEL; default the activation model)")
+            p.add_argument("--bus-url", help="nats://HOST:PORT (loopback) or tls://HOST:PORT: the bus of the daemons"
+                           " sharing a PostgreSQL vault (env MEMOSD_BUS_URL)")
             p.add_argument("--metrics-listen", metavar="HOST:PORT",
                            help="serve Prometheus metrics at http://HOST:PORT/metrics, loopback only (env MEMOSD_METRICS_LISTEN)")
         if name == "migrate":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from memosd.cluster.bus import Bus
+from memosd.cluster.follower import Follower
 from memosd.config import Config
 from memosd.governance import MemGovernance
 from memosd.lifecycle import MemLifecycle
@@ -76,6 +78,8 @@ class Daemon:
         self.store: MemStore | None = None
         self.tensors: TensorMemory | None = None
         self.lifecycle: MemLifecycle | None = None
+        self.bus: Bus | None = None  # the cluster's NATS bus, with bus_url
+        self.follower: Follower | None = None  # MemStore across daemons, on a PostgreSQL vault
 
     async def start(self) -> None:
         cfg = self.config
@@ -93,12 +97,31 @@ class Daemon:
                                                     per_agent_limit=cfg.subscriptions_per_agent),
                               default_max_events=cfg.topic_max_events, default_max_age=cfg.topic_max_age)
         await self.store.start()
+        await self._join_cluster()
         self.tensors = TensorMemory(cfg, self.vault, gov)
         await self.tensors.start()
         self.lifecycle = MemLifecycle(self.vault, store=self.store, sweep_interval=cfg.sweep_interval,
                                       flush_interval=cfg.access_flush_interval)
         self.lifecycle.start()
         gov.signer.start(cfg.audit_checkpoint_entries, cfg.audit_checkpoint_interval)
+
+    async def _join_cluster(self) -> None:
+        """On PostgreSQL other daemons may share the vault: follow their commits, over the bus when there is one
+        (a daemon on a PostgreSQL vault without a bus works alone, or with others by polling the vault)."""
+        cfg = self.config
+        if self.db is None or self.db.engine != "postgresql" or self.store is None or self.governance is None:
+            return
+        if cfg.bus_url:
+            self.bus = Bus(cfg.bus_url, self.governance.daemon_id, poll_interval=cfg.cluster_poll_interval,
+                           name=f"memosd {cfg.listen}")
+        self.follower = Follower(self.store, self.bus, poll_interval=cfg.cluster_poll_interval)
+        await self.follower.start()
+        if self.bus is not None:
+            await self.bus.start()
+
+    def cluster_state(self) -> str:
+        """One line for status: the bus's state, or how other daemons' commits are found (empty on SQLite)."""
+        return self.follower.describe() if self.follower is not None else ""
 
     def end_subscriptions(self) -> None:
         """Subscriptions never end by themselves: end them (with their positions) so the transport can drain."""
@@ -117,6 +140,10 @@ class Daemon:
             return
         assert self.lifecycle and self.tensors and self.governance, "start() sets them with the vault"
         await self.lifecycle.stop()
+        if self.follower is not None:
+            await self.follower.stop()
+        if self.bus is not None:
+            await self.bus.close()
         await self.tensors.stop()
         await self.governance.signer.stop()  # after the last write: the head it signs is the final one
         await self.vault.close()
