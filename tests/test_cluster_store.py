@@ -254,3 +254,16 @@ def test_a_bus_down_at_start_does_not_keep_the_daemon_from_serving(tmp_path, pos
         client.put("served without its bus", "agents/admin/n")
         nats_server.start()
         bus_connected(d)
+
+
+def test_a_replay_at_b_waits_for_b_to_know_the_share_a_publish_at_a_made(tmp_path, postgres_url):
+    # No bus and a slow poll: B's replay reads A's events from the vault before B has applied their shares.
+    with members(tmp_path, postgres_url, 2, team(tmp_path), cluster_poll_interval=1.0) as (a, b), \
+            MemosClient(a.address, key=str(tmp_path / "alice.key")) as alice, \
+            MemosClient(b.address, key=str(tmp_path / "bob.key")) as bob:
+        cube = alice.put("alice's note", "agents/alice/s")
+        alice.publish("teams/news", cube.id)
+        reader = Reader(bob.subscribe("teams/news"))
+        [event] = reader.events(1, "A's event never reached B")
+        reader.close()
+        assert event.cube is not None and event.cube.text == "alice's note"  # not REDACTED
