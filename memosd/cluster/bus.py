@@ -54,7 +54,8 @@ class Bus:
             raise FailedPrecondition("bus_url needs the NATS client: pip install 'memosd[cluster]' (nats-py)")
         self.url = url
         self.shown_url = shown(url)
-        self.prefix = f"memosd.{cluster_id}."
+        # One subject token: NATS splits subjects at dots and forbids spaces and wildcards in them.
+        self.prefix = f"memosd.{re.sub(r'[^A-Za-z0-9_-]', '_', cluster_id)}."
         self.poll_interval = poll_interval
         self.name = name
         self.clock = clock
@@ -105,6 +106,12 @@ class Bus:
     async def start(self) -> None:
         """Start connecting in the background: a daemon whose bus is down at start serves all the same."""
         self._tasks = [asyncio.ensure_future(self._connect()), asyncio.ensure_future(self._send_loop())]
+        self._tasks[0].add_done_callback(self._connect_ended)
+
+    def _connect_ended(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("bus %s: giving up connecting (%s); catching up from the vault every %g s", self.shown_url,
+                      task.exception(), self.poll_interval)
 
     async def close(self) -> None:
         for task in self._tasks:

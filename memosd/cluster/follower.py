@@ -133,7 +133,10 @@ class Follower:
                 if not records:
                     # Nothing after `after` in the vault: the seq we heard of is not there (a bad notice).
                     # Only what the vault holds ever moves the position.
-                    self._known[topic] = after
+                    if topic in self._delivered:
+                        self._known[topic] = after
+                    else:
+                        self._known.pop(topic, None)
                     return
                 self.store.sync_shares(topic, {r.cube_id for r in records if r.cube_id}, shares)
                 for record in records:
