@@ -193,6 +193,8 @@ async def _serve(config) -> int:
         loop.add_signal_handler(sig, stop.set)
     print(f"memosd {__version__} listening on {server.address}", file=sys.stderr, flush=True)
     print(search_modes_notice(config), file=sys.stderr, flush=True)
+    if server.core.cluster_state():
+        print(f"memosd: cluster: {server.core.cluster_state()}", file=sys.stderr, flush=True)
     notify.ready(f"serving on {server.address}")
     watchdog = asyncio.create_task(notify.run_watchdog(), name="memosd-watchdog")
     await stop.wait()

@@ -267,3 +267,18 @@ def test_a_replay_at_b_waits_for_b_to_know_the_share_a_publish_at_a_made(tmp_pat
         [event] = reader.events(1, "A's event never reached B")
         reader.close()
         assert event.cube is not None and event.cube.text == "alice's note"  # not REDACTED
+
+
+def test_memosd_serve_says_how_it_hears_of_the_other_members(tmp_path, postgres_url, nats_server):
+    from tests.daemon import spawn_daemon
+
+    [config] = member_configs(tmp_path, postgres_url, 1, bus_url=nats_server.url)
+    proc = spawn_daemon(config)
+    try:
+        assert proc.stderr is not None
+        lines = iter(proc.stderr.readline, b"")
+        said = next(line.decode() for line in lines if b"memosd: cluster:" in line)
+        assert said.strip() == f"memosd: cluster: bus connected to {nats_server.url}"
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -104,9 +105,13 @@ class Bus:
     # -- life cycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start connecting in the background: a daemon whose bus is down at start serves all the same."""
+        """Connect, waiting a moment for the first connection; past that it goes on in the background: a daemon
+        whose bus is down at start serves all the same."""
         self._tasks = [asyncio.ensure_future(self._connect()), asyncio.ensure_future(self._send_loop())]
         self._tasks[0].add_done_callback(self._connect_ended)
+        with contextlib.suppress(TimeoutError, Exception):
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await asyncio.shield(self._tasks[0])
 
     def _connect_ended(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
