@@ -140,10 +140,10 @@ class Daemon:
             return
         assert self.lifecycle and self.tensors and self.governance, "start() sets them with the vault"
         await self.lifecycle.stop()
+        if self.bus is not None:
+            await self.bus.close()  # first: a notice arriving now would start a read of a closing vault
         if self.follower is not None:
             await self.follower.stop()
-        if self.bus is not None:
-            await self.bus.close()
         await self.tensors.stop()
         await self.governance.signer.stop()  # after the last write: the head it signs is the final one
         await self.vault.close()

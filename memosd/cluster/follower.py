@@ -40,6 +40,7 @@ class Follower:
         self._reading: dict[str, asyncio.Task] = {}
         self._wake = asyncio.Event()
         self._poller: asyncio.Task | None = None
+        self._stopped = False
         self.polls = 0
         self.read_from_vault = 0
 
@@ -54,6 +55,7 @@ class Follower:
         self._poller = asyncio.ensure_future(self._poll_loop())
 
     async def stop(self) -> None:
+        self._stopped = True
         tasks = [t for t in (self._poller, *self._reading.values()) if t is not None]
         for task in tasks:
             task.cancel()
@@ -95,6 +97,7 @@ class Follower:
         self._wake.set()
 
     async def _poll_loop(self) -> None:
+        failing = False  # said once, not every poll, while the vault is unreachable
         while True:
             interval = SWEEP_WITH_BUS if self.bus is not None and self.bus.connected else self.poll_interval
             with contextlib.suppress(TimeoutError):
@@ -104,8 +107,11 @@ class Follower:
             try:
                 found = await self.store.db.read(lambda conn: self.store.sql.events.topics(conn, None))
             except Exception as exc:  # noqa: BLE001 - the vault may be down too; the next poll tries again
-                log.warning("cluster: cannot read the topics' positions from the vault: %s", exc)
+                (log.debug if failing else log.warning)("cluster: cannot read the topics' positions from the"
+                                                        " vault: %s", exc)
+                failing = True
                 continue
+            failing = False
             self.polls += 1
             for name, t in found.items():
                 self._advance(name, t.last_seq, None)
@@ -121,7 +127,7 @@ class Follower:
             self.store.hub.deliver(record)
             return
         self._known[topic] = max(self._known.get(topic, 0), seq)
-        if topic not in self._reading:
+        if topic not in self._reading and not self._stopped:
             self._reading[topic] = asyncio.ensure_future(self._catch_up(topic))
 
     async def _catch_up(self, topic: str) -> None:
