@@ -52,6 +52,9 @@ class Config:
     parametric_model: str = ""
     parametric_dtype: str = "auto"
     sweep_interval: float = 30.0
+    # Seconds a job stays with the cluster member running it without a renewal (it renews every second while
+    # alive): after that another member takes the job over (PostgreSQL vault only).
+    job_lease: float = 30.0
     access_flush_interval: float = 2.0
     shutdown_grace: float = 10.0
     # MemStore: events a subscriber may fall behind before its stream ends with RESOURCE_EXHAUSTED,
@@ -120,7 +123,7 @@ def _build(values: dict) -> Config:
             limits.update({k: int(v) for k, v in value.items() if k in _LIMIT_KEYS})
     try:
         for key in ("sweep_interval", "access_flush_interval", "shutdown_grace", "topic_max_age",
-                    "audit_checkpoint_interval", "cluster_poll_interval"):
+                    "audit_checkpoint_interval", "cluster_poll_interval", "job_lease"):
             if key in top:
                 top[key] = float(top[key])
         for key in ("subscriber_queue", "subscriptions_per_agent", "topic_max_events", "embedding_threads",
@@ -132,6 +135,8 @@ def _build(values: dict) -> Config:
     if "data_dir" in top:
         top["data_dir"] = Path(top["data_dir"]).expanduser()
     config = Config(**top, limits=Limits(**limits))
+    if not config.job_lease > 0:
+        raise InvalidArgument("job_lease must be a number of seconds above 0")
     if config.log_level not in LOG_LEVELS:
         raise InvalidArgument(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     check_listen(config.listen, tls=bool(config.tls_cert))

@@ -11,7 +11,7 @@ from memosd.config import Config
 from memosd.governance import MemGovernance
 from memosd.lifecycle import MemLifecycle
 from memosd.scheduler.distill import ParametricPromoter
-from memosd.scheduler.jobs import JobManager
+from memosd.scheduler.jobs import JobManager, member_id
 from memosd.scheduler.plan import MemPlanner
 from memosd.scheduler.promote import ActivationPromoter
 from memosd.store import MemStore
@@ -33,19 +33,19 @@ class TensorMemory:
     plaintext -> activation and plaintext -> parametric promoters and the query planner; started after the vault,
     stopped before it closes."""
 
-    def __init__(self, config: Config, vault: MemVault, governance: MemGovernance):
+    def __init__(self, config: Config, vault: MemVault, governance: MemGovernance, member: str = ""):
         objects = open_object_store(config.blob_url, config.data_dir, s3_endpoint_url=config.s3_endpoint_url,
                                     cache_bytes=config.limits.blob_cache_bytes)
         self.blobs = BlobStore(config.data_dir, vault.db, objects=objects, max_blob_bytes=config.limits.max_blob_bytes,
                                max_pending_uploads=config.limits.max_pending_uploads)
         self.activations = ActivationVault(vault, self.blobs, audit=governance.audit_write)
-        self.jobs = JobManager(db=vault.db)
+        self.jobs = JobManager(db=vault.db, member=member, lease=config.job_lease)
         model = None
         if config.activation_model:
             from memosd.runtime.causal_lm import CausalLM  # checks the path only; torch loads on the first build
 
             model = CausalLM(config.activation_model, config.activation_dtype)
-        self.promoter = ActivationPromoter(self.activations, self.blobs, self.jobs, model)
+        self.promoter = ActivationPromoter(self.activations, self.blobs, self.jobs, model, governance)
         self.parametric = ParametricVault(vault, self.blobs, audit=governance.audit_write)
         trainer = None
         base = config.parametric_model or config.activation_model
@@ -53,7 +53,7 @@ class TensorMemory:
             from memosd.runtime.lora import LoraTrainer  # checks the path only; torch loads on the first job
 
             trainer = LoraTrainer(base, config.parametric_dtype if config.parametric_model else config.activation_dtype)
-        self.distiller = ParametricPromoter(vault, self.parametric, self.blobs, self.jobs, trainer)
+        self.distiller = ParametricPromoter(vault, self.parametric, self.blobs, self.jobs, trainer, governance)
         self.planner = MemPlanner(vault, self.activations, self.parametric)
 
     async def start(self) -> None:
@@ -78,6 +78,9 @@ class Daemon:
         self.store: MemStore | None = None
         self.tensors: TensorMemory | None = None
         self.lifecycle: MemLifecycle | None = None
+        # This daemon among the members of its cluster (the daemons sharing a PostgreSQL vault): who holds a job
+        # or a sweep's lease.
+        self.member_id = member_id()
         self.bus: Bus | None = None  # the cluster's NATS bus, with bus_url
         self.follower: Follower | None = None  # MemStore across daemons, on a PostgreSQL vault
 
@@ -98,10 +101,10 @@ class Daemon:
                               default_max_events=cfg.topic_max_events, default_max_age=cfg.topic_max_age)
         await self.store.start()
         await self._join_cluster()
-        self.tensors = TensorMemory(cfg, self.vault, gov)
+        self.tensors = TensorMemory(cfg, self.vault, gov, member=self.member_id)
         await self.tensors.start()
         self.lifecycle = MemLifecycle(self.vault, store=self.store, sweep_interval=cfg.sweep_interval,
-                                      flush_interval=cfg.access_flush_interval)
+                                      flush_interval=cfg.access_flush_interval, member=self.member_id)
         self.lifecycle.start()
         gov.signer.start(cfg.audit_checkpoint_entries, cfg.audit_checkpoint_interval)
 
@@ -113,7 +116,7 @@ class Daemon:
             return
         if cfg.bus_url:
             self.bus = Bus(cfg.bus_url, self.governance.daemon_id, poll_interval=cfg.cluster_poll_interval,
-                           name=f"memosd {cfg.listen}")
+                           name=f"memosd {self.member_id}")
         self.follower = Follower(self.store, self.bus, poll_interval=cfg.cluster_poll_interval)
         await self.follower.start()
         if self.bus is not None:

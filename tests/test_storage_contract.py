@@ -133,7 +133,8 @@ def test_checkpoints_are_stored_in_order_and_the_newest_found(engine):
 
 
 def _job(job_id, state, created_at, error_type=None, error=None):
-    return (job_id, "kv.build", "alice", state, created_at, None, None, 0, 3, "queued", "[]", "{}", error_type, error)
+    return (job_id, "kv.build", "alice", state, created_at, None, None, 0, 3, "queued", "[]", "{}", error_type, error,
+            "member-a", 200.0)
 
 
 def test_job_records_are_saved_replaced_and_read_newest_first(engine):
@@ -151,9 +152,28 @@ def test_unfinished_jobs_are_recorded_as_failed_and_finished_ones_kept(engine):
     engine.write(lambda conn: engine.sql.jobs.fail_unfinished(conn, (1, 2), 4, 9.0, "stopped", "submit it again"))
     found = {r[0]: r for r in engine.read(lambda conn: engine.sql.jobs.recent(conn, 10))}
     for job_id in ("queued", "running"):
-        assert (found[job_id][3], found[job_id][6], found[job_id][9:]) == (
+        assert (found[job_id][3], found[job_id][6], found[job_id][9:14]) == (
             4, 9.0, ("stopped", "[]", "{}", "Unavailable", "submit it again"))
     assert found["done"] == _job("done", 3, 1.0)
+
+
+def test_a_job_whose_lease_ran_out_is_claimed_once_and_its_old_runner_is_fenced_out(engine):
+    jobs = engine.sql.jobs
+    engine.write(lambda conn: jobs.create(conn, _job("j", 2, 1.0), '{"text": "t"}'))  # member-a's, until 200
+    assert engine.write(lambda conn: jobs.claim(conn, "member-b", ["kv.build"], 150.0, 160.0)) is None  # still held
+    assert engine.write(lambda conn: jobs.claim(conn, "member-b", ["adapter.distill"], 250.0, 260.0)) is None
+    record, spec, cancel = engine.write(lambda conn: jobs.claim(conn, "member-b", ["kv.build"], 250.0, 260.0))
+    assert (record[0], record[3], record[14:], spec, cancel) == ("j", 1, ("member-b", 260.0), '{"text": "t"}', False)
+    assert engine.write(lambda conn: jobs.claim(conn, "member-c", ["kv.build"], 255.0, 265.0)) is None  # once
+    # member-a, stalled rather than dead, learns it holds the job no longer and writes nothing over member-b's.
+    assert engine.write(lambda conn: jobs.renew(conn, "j", "member-a", 300.0, 1, 3, "m", "{}")) is None
+    assert engine.write(lambda conn: jobs.save(conn, _job("j", 3, 1.0))) is False
+    assert engine.write(lambda conn: jobs.request_cancel(conn, "j"))[0] == "j"
+    assert engine.write(lambda conn: jobs.renew(conn, "j", "member-b", 270.0, 1, 3, "m", "{}")) is True
+    assert engine.write(lambda conn: engine.sql.leases.take(conn, "sweep", "member-a", 10.0, 20.0)) is True
+    assert engine.write(lambda conn: engine.sql.leases.take(conn, "sweep", "member-b", 15.0, 25.0)) is False
+    assert engine.write(lambda conn: engine.sql.leases.take(conn, "sweep", "member-a", 15.0, 25.0)) is True
+    assert engine.write(lambda conn: engine.sql.leases.take(conn, "sweep", "member-b", 30.0, 40.0)) is True
 
 
 def test_the_export_reads_the_cubes_a_filter_selects_in_storage_order(engine, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from memosd.cube import CubeFilter, MemCube, MemoryKind, SearchMode
 from memosd.errors import FailedPrecondition, InvalidArgument
@@ -84,6 +84,10 @@ class TrainSpec:
         return spec
 
 
+def _train_spec(recorded: dict) -> TrainSpec:
+    return TrainSpec(**{**recorded, "target_modules": tuple(recorded["target_modules"])}).resolved()
+
+
 def compose(template: str, cube: MemCube) -> str:
     """One training text: the template with "{text}" and "{id}" replaced (plain replacement, not format)."""
     return template.replace("{id}", cube.id).replace("{text}", cube.text or "")
@@ -92,12 +96,17 @@ def compose(template: str, cube: MemCube) -> str:
 class ParametricPromoter:
     """Trains adapters from plaintext with one configured local base model (or refuses without one)."""
 
-    def __init__(self, vault, parametric, blobs, jobs: JobManager, trainer=None):
+    def __init__(self, vault, parametric, blobs, jobs: JobManager, trainer=None, governance=None):
         self.vault = vault
         self.parametric = parametric
         self.blobs = blobs
         self.jobs = jobs
         self.trainer = trainer
+        if trainer is not None:  # a member with a base model can take over another's training
+            jobs.register(KIND, lambda owner, spec: self._work(
+                owner, spec["texts"], tuple(spec["source_ids"]), _train_spec(spec["spec"]),
+                BuildTarget.resumed(spec["target"], governance, owner, MemoryKind.PARAMETRIC),
+                spec["model_fingerprint"]))
 
     def require_model(self) -> None:
         if self.trainer is None:
@@ -147,12 +156,18 @@ class ParametricPromoter:
         spec = spec.resolved()
         texts = [compose(template, c) for c in sources]
         source_ids = tuple(c.id for c in sources)
+        record = {"texts": texts, "source_ids": list(source_ids), "spec": asdict(spec), "target": target.spec(),
+                  "model_fingerprint": model_fingerprint}
+        return self.jobs.submit(KIND, owner, self._work(owner, texts, source_ids, spec, target, model_fingerprint),
+                                total=spec.steps, message=f"waiting to train on {len(sources)} plaintext cubes",
+                                spec=record)
 
+    def _work(self, owner: str, texts: list[str], source_ids: tuple[str, ...], spec: TrainSpec, target: BuildTarget,
+              model_fingerprint: str):
         async def work(progress: Progress) -> list[str]:
             return [await self._train(owner, texts, source_ids, spec, target, model_fingerprint, progress)]
 
-        return self.jobs.submit(KIND, owner, work, total=spec.steps,
-                                message=f"waiting to train on {len(sources)} plaintext cubes")
+        return work
 
     async def _train(self, owner: str, texts: list[str], source_ids: tuple[str, ...], spec: TrainSpec,
                      target: BuildTarget, model_fingerprint: str, progress: Progress) -> str:

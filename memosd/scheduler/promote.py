@@ -4,11 +4,11 @@ cubes and store the KV cache as an activation cube derived from them, as a backg
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from collections.abc import Callable
 
 from memosd.cube import MemCube, MemoryKind
-from memosd.errors import FailedPrecondition, InvalidArgument
+from memosd.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from memosd.scheduler.jobs import Job, JobManager, Progress
 from memosd.vault.activation import ActivationDraft
 
@@ -50,15 +50,41 @@ class BuildTarget:
     # Re-checks the caller's right to write there just before the cube is stored (a grant may have gone).
     authorize: Callable[[], None] = lambda: None
 
+    def spec(self) -> dict:
+        """What a job records of its target, for a member that runs it again (resumed)."""
+        return {"namespace": self.namespace, "tags": list(self.tags), "metadata": self.metadata}
+
+    @classmethod
+    def resumed(cls, spec: dict, governance, owner: str, kind: MemoryKind) -> BuildTarget:
+        """The target of a job taken over from another member: owner's right to write there is checked again,
+        from the shared vault's governance, when the cube is stored (the grant it was submitted with may be gone)."""
+        namespace = spec["namespace"]
+
+        def authorize() -> None:
+            if governance is None:
+                raise FailedPrecondition("this daemon cannot check the job owner's grants; submit the job again")
+            agent = governance.agent(owner)
+            if agent.revoked_at is not None:
+                raise PermissionDenied(f"agent {owner} has been revoked; its job stores nothing")
+            from memosd.governance.core import Principal
+
+            governance.check(Principal(agent.name, frozenset(agent.groups), agent.admin), "write", namespace, kind)
+
+        return cls(namespace, tuple(spec["tags"]), spec["metadata"], authorize)
+
 
 class ActivationPromoter:
     """Builds activation cubes from plaintext with one configured local model (or refuses without one)."""
 
-    def __init__(self, activations, blobs, jobs: JobManager, model=None):
+    def __init__(self, activations, blobs, jobs: JobManager, model=None, governance=None):
         self.activations = activations
         self.blobs = blobs
         self.jobs = jobs
         self.model = model
+        if model is not None:  # a member with a model can take over another's builds
+            jobs.register(KIND, lambda owner, spec: self._work(
+                owner, spec["text"], spec["source_ids"], BuildSpec(**spec["spec"]),
+                BuildTarget.resumed(spec["target"], governance, owner, MemoryKind.ACTIVATION)))
 
     def submit(self, owner: str, sources: list[MemCube], spec: BuildSpec, target: BuildTarget) -> Job:
         """Queue the build of sources (already read with the caller's rights) into target; returns the job."""
@@ -73,12 +99,16 @@ class ActivationPromoter:
             if cube.kind is not MemoryKind.PLAINTEXT:
                 raise InvalidArgument(f"cube {cube.id} is a {cube.kind.name.lower()} cube; only plaintext can be prefilled")
         spec.check()
-        text = spec.compose(sources)
+        text, source_ids = spec.compose(sources), [c.id for c in sources]
+        record = {"text": text, "source_ids": source_ids, "spec": asdict(spec), "target": target.spec()}
+        return self.jobs.submit(KIND, owner, self._work(owner, text, source_ids, spec, target),
+                                message="waiting for the model", spec=record)
 
+    def _work(self, owner: str, text: str, source_ids: list[str], spec: BuildSpec, target: BuildTarget):
         async def work(progress: Progress) -> list[str]:
-            return [await self._build(owner, text, [c.id for c in sources], spec, target, progress)]
+            return [await self._build(owner, text, source_ids, spec, target, progress)]
 
-        return self.jobs.submit(KIND, owner, work, message="waiting for the model")
+        return work
 
     async def _build(self, owner: str, text: str, source_ids: list[str], spec: BuildSpec, target: BuildTarget,
                      progress: Progress) -> str:

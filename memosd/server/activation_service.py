@@ -46,4 +46,5 @@ class ActivationService:
         guard = lambda cube: self.gov.check_cube(p, "read", cube)  # noqa: E731
         sources = [await self.vault.get(cube_id, guard=guard) for cube_id in request.source_ids]
         job = self.promoter.submit(p.name, sources, spec, target)
+        await self.promoter.jobs.written()
         return activation_pb2.BuildFromPlaintextResponse(job=convert_tensor.job_to_proto(job))

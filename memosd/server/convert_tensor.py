@@ -66,7 +66,8 @@ def fill_activation(msg: cube_pb2.MemCube, c: MemCube) -> None:
 def job_to_proto(job: Job) -> job_pb2.Job:
     msg = job_pb2.Job(
         id=job.id, kind=job.kind, owner=job.owner, state=int(job.state), done=job.done, total=job.total,
-        message=job.message, result_ids=job.result_ids, created_at=to_timestamp(job.created_at),
+        # Which member of the cluster runs it, for people: the protocol's Job has no field of its own for it yet.
+        message=f"{job.message} (on {job.runner})" if job.runner else job.message, result_ids=job.result_ids, created_at=to_timestamp(job.created_at),
         started_at=to_timestamp(job.started_at), finished_at=to_timestamp(job.finished_at),
     )
     msg.metrics.update(job.metrics)

@@ -43,6 +43,7 @@ class ParametricService:
                                              lambda cube: self.gov.check_cube(p, "read", cube))
         job = self.promoter.submit(p.name, sources, spec, request.template or "{text}", target,
                                    request.model_fingerprint)
+        await self.promoter.jobs.written()
         return parametric_pb2.DistillResponse(job=job_to_proto(job), source_ids=[c.id for c in sources])
 
     async def Plan(self, request, context):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,3 +24,16 @@ class Topic:
     first_seq: int
     max_age: float
     max_events: int
+
+
+class JobState(enum.IntEnum):
+    """Values equal the protocol's JobState numbers."""
+
+    QUEUED = 1
+    RUNNING = 2
+    SUCCEEDED = 3
+    FAILED = 4
+    CANCELLED = 5
+
+
+FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})

@@ -25,7 +25,12 @@ _CANDIDATES_PER_HIT = 8
 
 
 class DenseSearch:
-    """Keeps a DenseIndex in step with the vault and answers nearest-neighbour queries."""
+    """Keeps a DenseIndex in step with the vault and answers nearest-neighbour queries.
+
+    On PostgreSQL the vault is shared by the members of a cluster, each embedding its share of the cubes (the
+    backfill's claims), so an index of this daemon's own would miss what the others embedded: there every query
+    goes to pgvector's HNSW index, with the caller's filter in the same statement (vectors.nearest), and sees
+    each member's vectors once committed, never a changed or deleted cube's (its vector goes in that commit)."""
 
     def __init__(self, db, embedder):
         self.db = db
@@ -33,6 +38,7 @@ class DenseSearch:
         self.embedder = embedder
         self.model_name = embedder.name
         self.index = DenseIndex(embedder.dim)
+        self.in_vault = db.engine == "postgresql"
         self.embedded = 0
         # Vectors committed (or being committed) but not yet in the index: still backlog, as not yet searchable.
         self._unindexed = 0
@@ -43,9 +49,11 @@ class DenseSearch:
         self._rewind: int | None = None
 
     async def start(self) -> None:
-        seqs, vectors = await self.db.read(lambda conn: self.sql.vectors.load(conn, self.model_name, self.index.dim))
-        if seqs:
-            self.index.add(seqs, np.stack(vectors))
+        if not self.in_vault:
+            seqs, vectors = await self.db.read(lambda conn: self.sql.vectors.load(conn, self.model_name,
+                                                                                  self.index.dim))
+            if seqs:
+                self.index.add(seqs, np.stack(vectors))
         self._task = asyncio.create_task(self._backfill(), name="memosd-embedding-backfill")
 
     async def stop(self) -> None:
@@ -109,7 +117,8 @@ class DenseSearch:
             stored = await self.db.write(lambda conn: self.sql.vectors.store(conn, self.model_name, todo, vectors))
             # Added after the commit, on the loop: in commit order with the forget() calls of writes, so a
             # text changed after it was read here is never left with this (stale) vector.
-            self.index.add([todo[i][0] for i in stored], vectors[stored])
+            if not self.in_vault:
+                self.index.add([todo[i][0] for i in stored], vectors[stored])
         finally:
             self._unindexed = 0
         self._cursor = max(self._cursor, todo[-1][0])
@@ -122,6 +131,10 @@ class DenseSearch:
 
     async def search(self, query: str, f: CubeFilter, now: float, limit: int) -> list[tuple[dict, float]]:
         """Rows and cosine similarities of the best `limit` cubes passing the filter, best first."""
+        if self.in_vault:
+            vector = (await asyncio.to_thread(self.embedder.encode, [query]))[0]
+            model = self.model_name
+            return await self.db.read(lambda conn: self.sql.vectors.nearest(conn, model, vector, f, now, limit))
         # Embedding, scoring and picking the candidates all happen off the event loop.
         seqs, scores, nearest = await asyncio.to_thread(self._score, query, limit * _CANDIDATES_PER_HIT)
         if not len(seqs):

@@ -27,6 +27,8 @@ from memosd.vault.query import PageTokens
 from memosd.vault.search import DenseSearch, fuse
 
 log = logging.getLogger("memosd.vault")
+# Cubes expired (and audited) per transaction of a sweep: one commit never holds a large backlog at once.
+_EXPIRE_BATCH = 500
 
 
 @dataclass
@@ -310,10 +312,23 @@ class MemVault:
         await self.db.write(lambda conn: self.sql.usage.record_access(conn, access))
         return len(pending)
 
-    async def expire_due(self) -> int:
-        """Mark active cubes whose expiry has passed as expired; returns how many."""
+    async def expire_due(self, member: str = "") -> int:
+        """Mark active cubes whose expiry has passed as expired, each audited (lifecycle.expire, by the daemon
+        `member`) in the transaction that marks it; returns how many."""
         now = self.clock()
-        return await self.db.write(lambda conn: self.sql.cubes.expire_due(conn, now))
+
+        def batch(conn: Conn) -> int:
+            expired = self.sql.cubes.expire_batch(conn, now, _EXPIRE_BATCH)
+            for cube_id in expired:
+                self._audit(conn, "memosd", "lifecycle.expire", cube_id, member=member)
+            return len(expired)
+
+        total = 0
+        while True:
+            count = await self.db.write(batch)
+            total += count
+            if count < _EXPIRE_BATCH:
+                return total
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -119,6 +119,15 @@ def expire_due(conn, now: float) -> int:
         (int(LifecycleState.EXPIRED), int(LifecycleState.ACTIVE), now)).rowcount
 
 
+def expire_batch(conn, now: float, limit: int) -> list[str]:
+    """Mark up to limit active cubes whose expiry is at or before now as expired; their ids. Rows another
+    writer is expiring at that moment are skipped (it audits them)."""
+    return [i for (i,) in conn.execute(
+        "UPDATE cubes SET state = %s WHERE seq IN (SELECT seq FROM cubes WHERE state = %s AND expires_at IS NOT NULL"
+        " AND expires_at <= %s ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING id",
+        (int(LifecycleState.EXPIRED), int(LifecycleState.ACTIVE), now, limit))]
+
+
 def setting(conn, key: str, default: str) -> str:
     """The stored value of a setting, storing default first if it has none (inside a write)."""
     row = conn.execute("SELECT value FROM settings WHERE key = %s", (key,)).fetchone()

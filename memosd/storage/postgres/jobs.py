@@ -1,17 +1,30 @@
-"""MemScheduler's job records on PostgreSQL (the jobs table), one named function per query."""
+"""MemScheduler's job records on PostgreSQL (the jobs table), one named function per query, with the leases that
+let one member of a cluster run each job and another take it over when the first dies."""
 
 from __future__ import annotations
 
+from memosd.storage.records import JobState
+
 _NAMES = ("id", "kind", "owner", "state", "created_at", "started_at", "finished_at", "done", "total", "message",
-          "result_ids", "metrics", "error_type", "error")
+          "result_ids", "metrics", "error_type", "error", "runner", "lease_until")
 _COLUMNS = ", ".join(_NAMES)
+_QUEUED = f"{JobState.QUEUED:d}"
+_UNFINISHED = f"state IN ({JobState.QUEUED:d}, {JobState.RUNNING:d})"
 
 
-def save(conn, record: tuple) -> None:
-    """Write a job's record (a row in _COLUMNS order), replacing the one it had."""
+def create(conn, record: tuple, spec: str | None) -> None:
+    """Record a new job (a row in _COLUMNS order) with what another member needs to run it (spec, JSON or None)."""
+    conn.execute(f"INSERT INTO jobs ({_COLUMNS}, spec) VALUES ({', '.join(['%s'] * (len(_NAMES) + 1))})",
+                 (*record, spec))
+
+
+def save(conn, record: tuple) -> bool:
+    """Write a job's record (a row in _COLUMNS order) over the one it had, unless another runner holds it now
+    (it was taken over); whether it was written."""
     updates = ", ".join(f"{name} = excluded.{name}" for name in _NAMES[1:])
-    conn.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join(['%s'] * len(_NAMES))})"
-                 f" ON CONFLICT (id) DO UPDATE SET {updates}", record)
+    return conn.execute(f"INSERT INTO jobs ({_COLUMNS}) VALUES ({', '.join(['%s'] * len(_NAMES))})"
+                        f" ON CONFLICT (id) DO UPDATE SET {updates}"
+                        " WHERE jobs.runner IS NOT DISTINCT FROM excluded.runner", record).rowcount == 1
 
 
 def fail_unfinished(conn, states: tuple[int, ...], failed: int, now: float, message: str, error: str) -> None:
@@ -20,6 +33,52 @@ def fail_unfinished(conn, states: tuple[int, ...], failed: int, now: float, mess
                  " WHERE state = ANY(%s)", (failed, now, message, error, list(states)))
 
 
+def fail_expired(conn, failed: int, before: float, now: float, message: str, error: str) -> int:
+    """Record as failed the unfinished jobs whose lease ran out before `before` (no member took them over)."""
+    return conn.execute(f"UPDATE jobs SET state = %s, finished_at = %s, message = %s, error_type = 'Unavailable',"
+                        f" error = %s WHERE {_UNFINISHED} AND lease_until < %s",
+                        (failed, now, message, error, before)).rowcount
+
+
 def recent(conn, limit: int) -> list[tuple]:
     """Up to limit job records, newest first, as rows in _COLUMNS order."""
     return conn.execute(f"SELECT {_COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT %s", (limit,)).fetchall()
+
+
+def renew(conn, job_id: str, runner: str, until: float, done: int, total: int, message: str,
+          metrics: str) -> bool | None:
+    """Extend runner's lease on an unfinished job and record its progress; whether a stop was asked for it, or
+    None when runner holds it no longer (it finished, or another member took it over)."""
+    row = conn.execute(f"UPDATE jobs SET lease_until = %s, done = %s, total = %s, message = %s, metrics = %s"
+                       f" WHERE id = %s AND runner = %s AND {_UNFINISHED} RETURNING cancel_requested",
+                       (until, done, total, message, metrics, job_id, runner)).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def claim(conn, runner: str, kinds: list[str], now: float, until: float) -> tuple[tuple, str, bool] | None:
+    """Take the oldest unfinished job of one of these kinds whose lease ran out (its runner died): queued again
+    under runner's lease. Its record, spec and whether a stop was asked for it; None when there is none."""
+    # SKIP LOCKED: two members looking at once take two different jobs, or one of them none.
+    row = conn.execute(
+        f"WITH c AS (SELECT id FROM jobs WHERE {_UNFINISHED} AND lease_until < %s AND kind = ANY(%s)"
+        " AND spec IS NOT NULL ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+        f" UPDATE jobs j SET runner = %s, lease_until = %s, state = {_QUEUED}, started_at = NULL,"
+        " message = 'taken over'"
+        f" FROM c WHERE j.id = c.id RETURNING {', '.join('j.' + n for n in _NAMES)}, j.spec, j.cancel_requested",
+        (now, kinds, runner, until)).fetchone()
+    if row is None:
+        return None
+    return tuple(row[:len(_NAMES)]), row[len(_NAMES)], bool(row[len(_NAMES) + 1])
+
+
+def request_cancel(conn, job_id: str) -> tuple | None:
+    """Ask whichever member runs an unfinished job to stop it; its record, or None when it is not unfinished."""
+    return conn.execute(f"UPDATE jobs SET cancel_requested = true, message = 'cancelling' WHERE id = %s"
+                        f" AND {_UNFINISHED} RETURNING {_COLUMNS}", (job_id,)).fetchone()
+
+
+def release(conn, job_id: str, runner: str) -> bool:
+    """Hand an unfinished job runner holds back to the cluster at once (runner is stopping): queued, no lease."""
+    return conn.execute(f"UPDATE jobs SET runner = NULL, lease_until = 0, state = {_QUEUED}, started_at = NULL,"
+                        f" message = 'queued (its daemon stopped)' WHERE id = %s AND runner = %s AND {_UNFINISHED}",
+                        (job_id, runner)).rowcount == 1

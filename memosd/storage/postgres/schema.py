@@ -203,9 +203,22 @@ def m0006_search_stats(conn) -> None:
                  " until double precision NOT NULL, PRIMARY KEY (seq, model))")
 
 
+def m0007_job_leases(conn) -> None:
+    # A job is held by one member under a lease: the member running it (runner), until when (lease_until, renewed
+    # while it runs), whether someone at any member asked it to stop, and what another member needs to run it
+    # again once the lease runs out (spec, JSON). Background work one member does at a time takes a named lease.
+    conn.execute("ALTER TABLE jobs ADD COLUMN runner text, ADD COLUMN lease_until double precision,"
+                 " ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false, ADD COLUMN spec text")
+    from memosd.storage.records import JobState
+
+    unfinished = f"{JobState.QUEUED:d}, {JobState.RUNNING:d}"  # DDL takes no parameters
+    conn.execute(f"CREATE INDEX jobs_unfinished ON jobs (lease_until) WHERE state IN ({unfinished})")
+    conn.execute(f"CREATE TABLE leases (name {T} PRIMARY KEY, holder text NOT NULL, until double precision NOT NULL)")
+
+
 MIGRATIONS: tuple[tuple[str, Callable], ...] = tuple((f.__name__, f) for f in (
     m0000_extensions, m0001_governance, m0002_store, m0003_cubes, m0004_blobs, m0005_jobs,
-    m0006_search_stats))
+    m0006_search_stats, m0007_job_leases))
 
 
 def vector_index_name(model: str, dims: int) -> str:

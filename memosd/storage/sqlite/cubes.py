@@ -72,6 +72,14 @@ def expire_due(conn: sqlite3.Connection, now: float) -> int:
         (LifecycleState.EXPIRED, LifecycleState.ACTIVE, now)).rowcount
 
 
+def expire_batch(conn: sqlite3.Connection, now: float, limit: int) -> list[str]:
+    """Mark up to limit active cubes whose expiry is at or before now as expired; their ids."""
+    return [i for (i,) in conn.execute(
+        "UPDATE cubes SET state = ? WHERE seq IN (SELECT seq FROM cubes WHERE state = ? AND expires_at IS NOT NULL"
+        " AND expires_at <= ? ORDER BY expires_at LIMIT ?) RETURNING id",
+        (LifecycleState.EXPIRED, LifecycleState.ACTIVE, now, limit))]
+
+
 def setting(conn: sqlite3.Connection, key: str, default: str) -> str:
     """The stored value of a setting, storing default first if it has none (inside a write)."""
     row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()

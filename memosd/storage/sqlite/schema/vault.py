@@ -168,3 +168,13 @@ def m0007_blob_holders(db: Database) -> None:
         "CREATE INDEX cubes_blob ON cubes(json_extract(manifest, '$.blob.sha256'))"
         " WHERE manifest IS NOT NULL"
     )
+
+
+@migrations()
+def m0008_job_leases(db: Database) -> None:
+    # Jobs held by a daemon under a lease (the jobs module of memosd/storage/postgres shares the columns): the
+    # member running one, until when, whether someone asked it to stop, and what another member needs to run it
+    # again (spec). Background work one daemon does at a time (sweeps, compaction) takes a named lease.
+    for column in ("runner TEXT", "lease_until REAL", "cancel_requested INTEGER NOT NULL DEFAULT 0", "spec TEXT"):
+        db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+    db.execute("CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL)")
