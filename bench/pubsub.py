@@ -1,12 +1,17 @@
 """MemStore publish-to-receive latency, delivered rate and server CPU next to durable brokers, in the same run.
 
     python bench/pubsub.py [--rate 1000] [--seconds 5] [--subscribers 1,8,32] [--repeats 3] [--systems ...]
+    python bench/pubsub.py --cluster [--subscribers 1,8] [...]
 
 Systems: memosd with unary Publish (`memosd`) and with the PublishStream call (`memosd_stream`); Redis
 Streams with `appendonly yes`, `appendfsync always` (XADD, XREAD BLOCK); NATS JetStream with file storage
 and `sync_interval: always` (publish awaits its PubAck); Redis pub/sub, which keeps nothing (the floor). The
 three durable ones answer a publish only once it is on disk, and can replay it. Each is started by this
 script on loopback (memosd on a Unix socket) in a temporary directory.
+
+--cluster adds two members on one PostgreSQL vault with a NATS bus (bench/pubsub_cluster.py):
+`memosd_pg_one` publishes and subscribes at member A (one daemon on PostgreSQL), `memosd_pg_cluster`
+publishes at A and subscribes at B (A's commit, its notice over the bus, B's read of the vault).
 
 Every run: one publisher in this process sending at a fixed rate (open loop: a publish starts every 1/rate
 seconds whether or not earlier ones have returned), one spawned process holding all subscribers, every
@@ -39,6 +44,7 @@ from bench import pubsub_peers as peers  # noqa: E402
 from bench.pubsub_common import cpu_seconds, open_loop, paced, percentiles  # noqa: E402
 
 SYSTEMS = ("memosd", "memosd_stream", "redis_streams", "nats_jetstream", "redis_pubsub")
+CLUSTER_SYSTEMS = ("memosd_pg_one", "memosd_pg_cluster")
 DURABLE_PEERS = ("redis_streams", "nats_jetstream")
 
 
@@ -107,11 +113,11 @@ def run_once(system: str, servers: dict, n: int, rate: float, seconds: float, ru
     if system.startswith("memosd"):
         from memos_client import MemosClient
 
-        addr, key, pid = servers["memosd"]
+        addr, sub_addr, key, pid = servers[system]
         topic = f"bench/{name}"
         with MemosClient(addr, key=key) as c:
             cube_id = c.put("event payload " + "x" * 200, "agents/admin/bench").id
-        target, args = _memos_subscribers, (addr, key, topic, n, total, ready, out)
+        target, args = _memos_subscribers, (sub_addr, key, topic, n, total, ready, out)
         publish = _publish_memos_stream if system == "memosd_stream" else _publish_memos
         pub_args = (addr, key, topic, cube_id, total, rate)
     elif system == "redis_streams":
@@ -204,11 +210,12 @@ def main() -> None:
     ap.add_argument("--subscribers", default="1,8,32")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, of: " + ", ".join(SYSTEMS))
+    ap.add_argument("--cluster", action="store_true", help="also " + ", ".join(CLUSTER_SYSTEMS) + " (PostgreSQL, NATS)")
     args = ap.parse_args()
-    systems = [s for s in args.systems.split(",") if s]
-    unknown = set(systems) - set(SYSTEMS)
+    systems = [s for s in args.systems.split(",") if s] + (list(CLUSTER_SYSTEMS) if args.cluster else [])
+    unknown = set(systems) - set(SYSTEMS) - set(CLUSTER_SYSTEMS)
     if unknown:
-        sys.exit(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+        sys.exit(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS + CLUSTER_SYSTEMS)}")
     counts = [int(x) for x in args.subscribers.split(",")]
     runs: dict = {(s, n): [] for s in systems for n in counts}
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
@@ -222,7 +229,14 @@ def main() -> None:
             from tests.daemon import wait_serving
 
             wait_serving(listen)
-            servers["memosd"] = (listen, f"{tmp}/data/admin.key", memosd.pid)
+            servers["memosd"] = servers["memosd_stream"] = (listen, listen, f"{tmp}/data/admin.key", memosd.pid)
+            if args.cluster:
+                from bench.pubsub_cluster import Cluster
+
+                servers["cluster"] = cluster = Cluster(tmp)
+                (a, key, a_pid), (b, _, b_pid) = cluster.members
+                servers["memosd_pg_one"] = (a, a, key, a_pid)
+                servers["memosd_pg_cluster"] = (a, b, key, b_pid)  # server CPU: the receiving member's
             floor = round_trips(listen, servers["redis"].port)
             run_no = 0
             for rep in range(args.repeats):
@@ -238,7 +252,7 @@ def main() -> None:
             memosd.send_signal(signal.SIGTERM)
             memosd.wait(30)
             for server in servers.values():
-                if hasattr(server, "stop"):
+                if not isinstance(server, tuple) and hasattr(server, "stop"):
                     server.stop()
     results = []
     for n in counts:

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                            " (env MEMOSD_ACTIVATION_MODEL)")
             p.add_argument("--parametric-model", help="local causal LM directory that LoRA adapters are distilled"
                            " for (env MEMOSD_PARAMETRIC_MODEL; default the activation model)")
+            p.add_argument("--bus-url", help="nats://HOST:PORT (loopback) or tls://HOST:PORT: the bus of the daemons"
+                           " sharing a PostgreSQL vault (env MEMOSD_BUS_URL)")
             p.add_argument("--metrics-listen", metavar="HOST:PORT",
                            help="serve Prometheus metrics at http://HOST:PORT/metrics, loopback only (env MEMOSD_METRICS_LISTEN)")
         if name == "migrate":
@@ -191,6 +193,8 @@ async def _serve(config) -> int:
         loop.add_signal_handler(sig, stop.set)
     print(f"memosd {__version__} listening on {server.address}", file=sys.stderr, flush=True)
     print(search_modes_notice(config), file=sys.stderr, flush=True)
+    if server.core.cluster_state():
+        print(f"memosd: cluster: {server.core.cluster_state()}", file=sys.stderr, flush=True)
     notify.ready(f"serving on {server.address}")
     watchdog = asyncio.create_task(notify.run_watchdog(), name="memosd-watchdog")
     await stop.wait()

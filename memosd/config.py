@@ -13,7 +13,7 @@ from pathlib import Path
 from memos_mip.defaults import default_data_dir, default_socket_path
 from memosd.errors import InvalidArgument
 from memosd.limits import Limits
-from memosd.storage.urls import check_blob_url, vault_engine
+from memosd.storage.urls import POSTGRESQL, check_blob_url, vault_engine
 
 CONFIG_NAME = "memosd.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -34,6 +34,11 @@ class Config:
     # s3_endpoint_url for an S3-compatible service other than AWS.
     blob_url: str = "file:"
     s3_endpoint_url: str = ""
+    # The bus that tells the daemons sharing a PostgreSQL vault_url of each other's commits: nats://HOST:PORT
+    # (loopback) or tls://HOST:PORT, several comma-separated; empty: none. Without it (or while it is down)
+    # they find each other's commits by reading the vault every cluster_poll_interval seconds.
+    bus_url: str = field(default="", repr=False)
+    cluster_poll_interval: float = 0.5
     # Directory of a Hugging Face encoder for dense search; empty means BM25 only.
     embedding_model: str = ""
     # torch threads for embedding (backfill and queries); 0 picks a quarter of the cores, at least 1.
@@ -124,7 +129,7 @@ def _build(values: dict) -> Config:
     try:
         for key in ("sweep_interval", "access_flush_interval", "shutdown_grace", "topic_max_age",
                     "audit_checkpoint_interval", "job_lease", "member_heartbeat_interval",
-                    "governance_poll_interval"):
+                    "governance_poll_interval", "cluster_poll_interval"):
             if key in top:
                 top[key] = float(top[key])
         for key in ("subscriber_queue", "subscriptions_per_agent", "topic_max_events", "embedding_threads",
@@ -143,6 +148,10 @@ def _build(values: dict) -> Config:
     check_listen(config.listen, tls=bool(config.tls_cert))
     vault_engine(config.vault_url)
     check_blob_url(config.blob_url)
+    if config.bus_url:
+        check_bus_url(config.bus_url, config.vault_url)
+    if config.cluster_poll_interval <= 0:
+        raise InvalidArgument("cluster_poll_interval must be a positive number of seconds")
     if config.metrics_listen:
         check_metrics_listen(config.metrics_listen)
     if bool(config.tls_cert) != bool(config.tls_key):
@@ -167,6 +176,29 @@ def check_listen(listen: str, tls: bool = False) -> None:
             raise InvalidArgument(
                 f"listen address {listen!r} is not loopback; off loopback memosd needs TLS (tls_cert and tls_key)"
             )
+
+
+def check_bus_url(url: str, vault_url: str) -> None:
+    """nats://HOST:PORT on loopback, or tls://HOST:PORT anywhere (comma-separated for several servers); only
+    with a PostgreSQL vault, the one thing the daemons on a bus share."""
+    if vault_engine(vault_url) != POSTGRESQL:
+        raise InvalidArgument("bus_url joins the daemons that share a PostgreSQL vault_url, and this vault is"
+                              " sqlite: (this daemon's alone): set vault_url = postgresql://... or leave bus_url out")
+    for one in url.split(","):
+        one = one.strip()
+        scheme, sep, rest = one.partition("://")
+        host, _, port = rest.rpartition("@")[2].rpartition(":")
+        shown = f"{scheme}{sep}{host}:{port}" if sep else "the value given"
+        if scheme not in ("nats", "tls") or not sep or not host or not port.isdigit() or "/" in rest:
+            raise InvalidArgument(f"bus_url {shown}: use nats://HOST:PORT (loopback) or tls://HOST:PORT")
+        if scheme == "nats":
+            try:
+                loopback = host.strip("[]") == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise InvalidArgument(f"bus_url {shown} is not loopback; off loopback the bus needs TLS:"
+                                      f" tls://{host}:{port}")
 
 
 def check_metrics_listen(listen: str) -> str:
@@ -195,6 +227,7 @@ def write_default_config(data_dir: Path) -> Path:
         f'# listen = "unix:{default_socket_path()}"   # or "127.0.0.1:7700"\n'
         '# log_level = "info"\n'
         '# vault_url = "postgresql://memosd@db.example:5432/memosd"   # default "sqlite:" (this directory)\n'
+        '# bus_url = "nats://127.0.0.1:4222"   # with a PostgreSQL vault: hear other daemons\' commits at once\n'
         '# embedding_model = "/path/to/local/all-MiniLM-L6-v2"   # enables dense and hybrid search\n'
         "# embedding_threads = 0   # torch threads for embedding; 0: a quarter of the cores\n"
         '# activation_model = "/path/to/local/Qwen2.5-0.5B"   # enables memosctl kv build\n'

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from memosd import __version__
 from memosd.cluster.members import Membership
+from memosd.cluster.bus import Bus
+from memosd.cluster.follower import Follower
 from memosd.config import Config
 from memosd.governance import MemGovernance
 from memosd.lifecycle import MemLifecycle
@@ -82,6 +84,8 @@ class Daemon:
         # Who holds a job's or a sweep's lease: this member (its id kept in the data directory) in this run of it,
         # so that a member restarted after kill -9 never takes its last run's leases for its own.
         self.member_id = ""
+        self.bus: Bus | None = None  # the cluster's NATS bus, with bus_url
+        self.follower: Follower | None = None  # MemStore across daemons, on a PostgreSQL vault
 
     async def start(self) -> None:
         cfg = self.config
@@ -103,12 +107,36 @@ class Daemon:
                                                     per_agent_limit=cfg.subscriptions_per_agent),
                               default_max_events=cfg.topic_max_events, default_max_age=cfg.topic_max_age)
         await self.store.start()
+        await self._join_cluster()
         self.tensors = TensorMemory(cfg, self.vault, gov, member=self.member_id)
         await self.tensors.start()
         self.lifecycle = MemLifecycle(self.vault, store=self.store, sweep_interval=cfg.sweep_interval,
                                       flush_interval=cfg.access_flush_interval, member=self.member_id)
         self.lifecycle.start()
         gov.signer.start(cfg.audit_checkpoint_entries, cfg.audit_checkpoint_interval)
+
+    async def _join_cluster(self) -> None:
+        """On PostgreSQL other daemons may share the vault: follow their commits, over the bus when there is one
+        (a daemon on a PostgreSQL vault without a bus works alone, or with others by polling the vault)."""
+        cfg = self.config
+        if self.db is None or self.db.engine != "postgresql" or self.store is None or self.governance is None:
+            return
+        if cfg.bus_url:
+            self.bus = bus = Bus(cfg.bus_url, self.governance.daemon_id, poll_interval=cfg.cluster_poll_interval,
+                                 name=f"memosd {self.member_id}")
+            # Governance news: a change committed here is told to the others, which reload at once rather than
+            # at their next poll (the poll stays: it is what keeps them right while the bus is down).
+            gov = self.governance
+            gov.on_change(lambda version: bus.notify("governance", {"version": version}))
+            bus.on("governance", lambda _payload: gov.refresh())
+        self.follower = Follower(self.store, self.bus, poll_interval=cfg.cluster_poll_interval)
+        await self.follower.start()
+        if self.bus is not None:
+            await self.bus.start()
+
+    def cluster_state(self) -> str:
+        """One line for status: the bus's state, or how other daemons' commits are found (empty on SQLite)."""
+        return self.follower.describe() if self.follower is not None else ""
 
     def end_subscriptions(self) -> None:
         """Subscriptions never end by themselves: end them (with their positions) so the transport can drain."""
@@ -127,6 +155,10 @@ class Daemon:
             return
         assert self.lifecycle and self.tensors and self.governance, "start() sets them with the vault"
         await self.lifecycle.stop()
+        if self.bus is not None:
+            await self.bus.close()  # first: a notice arriving now would start a read of a closing vault
+        if self.follower is not None:
+            await self.follower.stop()
         await self.tensors.stop()
         await self.governance.stop_polling()
         if self.members is not None:

@@ -9,6 +9,7 @@ from tests.daemon import make_config, running
 from tests.pg_server import postgres_databases, postgres_server, postgres_url  # noqa: F401 (fixtures)
 from tests.storage_engine import engine, engine_params, vault_settings  # noqa: F401 (the storage contract's fixture)
 from tests.s3_server import blob_config, s3_server  # noqa: F401 (blob tests on each object store)
+from tests.nats_server import nats_server  # noqa: F401 (the cluster's bus)
 
 
 @pytest.fixture(scope="session", autouse=True)

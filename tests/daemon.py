@@ -98,6 +98,8 @@ def spawn_daemon(config: Config, *extra: str) -> subprocess.Popen:
            "--log-level", "warning", *extra]
     if config.vault_url != "sqlite:":
         cmd += ["--vault-url", config.vault_url]
+    if config.bus_url:
+        cmd += ["--bus-url", config.bus_url]
     if config.blob_url != "file:":
         cmd += ["--blob-url", config.blob_url, "--s3-endpoint-url", config.s3_endpoint_url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

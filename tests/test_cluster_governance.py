@@ -187,3 +187,24 @@ def test_a_policy_recorded_at_one_member_already_exists_at_another_that_has_not_
         admin_a.put_policy(document, signature)
         with pytest.raises(AlreadyExists, match="exists already"):
             admin_b.put_policy(document, signature)
+
+
+def test_with_the_bus_a_revocation_reaches_another_member_without_waiting_for_its_poll(tmp_path, postgres_url,
+                                                                                        nats_server):
+    # B's poll is an hour away: only the bus's governance notice can make B refuse bob in time.
+    with cluster(tmp_path, postgres_url, governance_poll_interval=3600, bus_url=nats_server.url) as \
+            ((a, b), (admin_a, admin_b)), contextlib.ExitStack() as stack:
+        admin_a.add_agent("bob", out=str(tmp_path / "bob.key"))
+        bob_b = connect(stack, b, tmp_path / "bob.key")
+        assert bob_b.whoami()[0].name == "bob"
+        wait_for(lambda: "connected" in admin_b.status().bus, "b's bus never connected", 30)
+        admin_a.revoke_agent("bob")
+
+        def refused():
+            try:
+                bob_b.whoami()
+            except Unauthenticated as exc:
+                return exc
+            return None
+
+        assert "revoked" in str(wait_for(refused, "b still lets bob in: the bus did not tell it", 10))

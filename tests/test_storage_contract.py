@@ -192,3 +192,19 @@ def test_the_export_reads_the_cubes_a_filter_selects_in_storage_order(engine, tm
     assert ids(CubeFilter(namespace_prefix="a")) == [put[0].id, put[1].id, put[3].id]
     assert ids(CubeFilter(), batch=1) == [c.id for c in put]  # batches join up, in the order stored
     assert ids(CubeFilter(namespace_prefix="nothing")) == []
+
+
+def test_the_shares_of_some_cubes_on_a_topic(engine):
+    from memosd.governance.policy import Share
+
+    def record(conn):
+        engine.sql.shares.record(conn, "c1", Share("news", "alice", own=True), "own")
+        engine.sql.shares.record(conn, "c1", Share("news", "bob", own=True), "own")
+        engine.sql.shares.record(conn, "c2", Share("news", "alice", own=True), "own")
+        engine.sql.shares.record(conn, "c1", Share("other", "alice", own=True), "own")
+
+    engine.write(record)
+    on_topic = engine.sql.shares.on_topic
+    assert sorted(engine.read(lambda conn: on_topic(conn, "news", ["c1", "c3"]))) == [
+        ("news", "c1", "alice", "own"), ("news", "c1", "bob", "own")]
+    assert engine.read(lambda conn: on_topic(conn, "news", [])) == []

@@ -1,1 +1,1 @@
-"""The daemons that share one vault: membership, and the bus that carries news between them."""
+"""The cluster: daemons sharing one PostgreSQL vault: their membership, and the NATS bus that tells each of the others' commits."""

@@ -70,7 +70,7 @@ class MemosServer:
         await core.start()
         vault, gov = core.vault, core.governance
         self.exchange = FdExchange.beside(cfg.listen)
-        watch(self.metrics, vault, core.store)
+        watch(self.metrics, vault, core.store, core.follower)
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

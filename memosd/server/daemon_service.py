@@ -40,8 +40,7 @@ class DaemonService:
 
     async def _cluster(self) -> dict:
         members = getattr(self.core, "members", None)
-        bus = getattr(self.core, "bus", None)
-        found = {"bus": bus.describe() if bus is not None else ""}
+        found = {"bus": self.core.cluster_state() if hasattr(self.core, "cluster_state") else ""}
         if members is None:
             return found
         now = time.time()

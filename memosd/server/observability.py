@@ -6,7 +6,7 @@ from memosd.metrics import Metrics, subscriber_families
 from memosd.vault.usage import VaultUsage
 
 
-def watch(metrics: Metrics, vault, store=None) -> VaultUsage:
+def watch(metrics: Metrics, vault, store=None, follower=None) -> VaultUsage:
     """Register the collectors a scrape (and Status) reads; returns the vault's, which Status shares."""
     usage = VaultUsage(vault)
     metrics.add_collector("vault", usage.families)
@@ -16,4 +16,9 @@ def watch(metrics: Metrics, vault, store=None) -> VaultUsage:
             return subscriber_families(hub)
 
         metrics.add_collector("store", subscribers)
+    if follower is not None:
+        async def cluster():
+            return follower.families()
+
+        metrics.add_collector("cluster", cluster)
     return usage

@@ -6,7 +6,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from memos_mip.bounds import quote
@@ -93,6 +93,10 @@ class MemStore:
         self.sql = db.sql
         self._shares = shares.ShareIndex()
         self._durables: dict[tuple[str, str], _Durable] = {}
+        # Where committed events go: straight to the Hub, or through a cluster's sequencer (follow()).
+        self._on_commit: Callable[[list[EventRecord]], None] = self._to_hub
+        # The last seq of a topic whose shares this daemon knows (None: all it holds); a replay stops there.
+        self._horizon: Callable[[str], int] | None = None
 
     async def start(self) -> None:
         self._shares.load(await self.db.read(self.sql.shares.all_shares))
@@ -125,6 +129,7 @@ class MemStore:
 
     def published(self, committed: list) -> None:
         """After a commit: the shares it made or ended, then its events to the live subscribers."""
+        records = []
         for record, share in committed:
             if record is None:
                 continue  # a duplicate: nothing new
@@ -132,7 +137,27 @@ class MemStore:
                 self._shares.drop(record.cube_id, record.topic)
             else:
                 self._shares.add(record.cube_id, share)
+            records.append(record)
+        if records:
+            self._on_commit(records)
+
+    def _to_hub(self, records: list[EventRecord]) -> None:
+        for record in records:
             self.hub.deliver(record)
+
+    def follow(self, on_commit: Callable[[list[EventRecord]], None], horizon: Callable[[str], int]) -> None:
+        """Hand this daemon's committed events to on_commit (a cluster's sequencer, memosd/cluster/follower.py)
+        instead of the Hub: with other daemons on the vault, seqs commit here and elsewhere, interleaved.
+        horizon(topic): the last seq the sequencer has handed the Hub, its shares applied to this daemon's index;
+        replays stop there and the Hub brings the rest, so no event is shown before the share it made."""
+        self._on_commit, self._horizon = on_commit, horizon
+
+    def sync_shares(self, topic: str, cube_ids: set[str], records) -> None:
+        """Make the index's shares of these cubes on the topic what the vault holds ((topic, cube_id, publisher,
+        authority) records): another daemon published or retracted them."""
+        for cube_id in cube_ids:
+            self._shares.drop(cube_id, topic)
+        self._shares.load(records)
 
     # -- subscribing --------------------------------------------------------------------------
 
@@ -184,9 +209,12 @@ class MemStore:
     async def read_events(self, p: Principal, topic: str, after: int, limit: int) -> list[EventRecord]:
         """Up to `limit` events after a position, with their cubes, as `p` may see them."""
         now = self.clock()
+        horizon = self._horizon(topic) if self._horizon is not None else None
 
         def job(conn: Conn):
             found = self.sql.events.events_after(conn, topic, after, limit)
+            if horizon is not None:
+                found = [f for f in found if f[0] <= horizon]
             return [EventRecord(topic, seq, EventKind(kind), cube_id, version, publisher, ts,
                                 None if kind == EventKind.RETRACTED else self.sql.cubes.cube_at_version(conn, cube_id, version, now))
                     for seq, kind, cube_id, version, publisher, ts in found]
@@ -210,13 +238,16 @@ class MemStore:
         """Load (or create) the named cursor and claim it for this stream."""
         check_name(spec.durable_name, "durable subscription name")
         key = (p.name, spec.durable_name)
-        if key not in self._durables:
+        known = self._durables.get(key)
+        if known is None or not known.active:
             now = self.clock()
-
+            # Read every time it is opened: another daemon on the vault may have acknowledged since.
             pattern, acked = await self.db.write(
                 lambda conn: self.sql.events.open_cursor(conn, p.name, spec.durable_name, spec.topic, now))
-            self._durables.setdefault(key, _Durable(pattern, acked))
-        durable = self._durables[key]
+            known = self._durables.setdefault(key, _Durable(pattern, acked))
+            if not known.active:
+                known.pattern, known.acked = pattern, acked
+        durable = known
         if durable.pattern != spec.topic:
             raise InvalidArgument(f"durable subscription {spec.durable_name} follows {durable.pattern}, not {spec.topic}")
         if durable.active:

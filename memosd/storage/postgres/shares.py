@@ -26,3 +26,12 @@ def record(conn, cube_id: str, share: Share, authority: str | None) -> None:
 def drop(conn, topic: str, cube_id: str) -> None:
     """A retraction ends every publisher's share of the cube on the topic."""
     conn.execute("DELETE FROM topic_cubes WHERE topic = %s AND cube_id = %s", (topic, cube_id))
+
+
+def on_topic(conn, topic: str, cube_ids: list[str]) -> list[tuple[str, str, str, str | None]]:
+    """The shares of these cubes on the topic as (topic, cube_id, publisher, authority): what another daemon's
+    publishes left."""
+    if not cube_ids:
+        return []
+    return conn.execute("SELECT topic, cube_id, publisher, authority FROM topic_cubes WHERE topic = %s"
+                        " AND cube_id = ANY(%s)", (topic, list(cube_ids))).fetchall()

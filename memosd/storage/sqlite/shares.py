@@ -28,3 +28,13 @@ def record(conn: sqlite3.Connection, cube_id: str, share: Share, authority: str 
 def drop(conn: sqlite3.Connection, topic: str, cube_id: str) -> None:
     """A retraction ends every publisher's share of the cube on the topic."""
     conn.execute("DELETE FROM topic_cubes WHERE topic = ? AND cube_id = ?", (topic, cube_id))
+
+
+def on_topic(conn: sqlite3.Connection, topic: str, cube_ids: list[str]) -> list[tuple[str, str, str, str | None]]:
+    """The shares of these cubes on the topic as (topic, cube_id, publisher, authority): what another daemon's
+    publishes left."""
+    if not cube_ids:
+        return []
+    marks = ",".join("?" * len(cube_ids))
+    return conn.execute(f"SELECT topic, cube_id, publisher, authority FROM topic_cubes WHERE topic = ?"
+                        f" AND cube_id IN ({marks})", (topic, *cube_ids)).fetchall()
