@@ -1,7 +1,8 @@
-"""Revocation lag across the members of a cluster with no bus: revoke an agent at member A, time until member B
-refuses it (two daemons on one PostgreSQL, each polling the vault every `--poll` seconds).
+"""Revocation lag across the members of a cluster: revoke an agent at member A, time until member B refuses it
+(two daemons on one PostgreSQL, each polling the vault every `--poll` seconds; then the same with a NATS bus,
+whose governance notice makes B reload at once, and B's poll at the first `--poll`).
 
-    python bench/cluster_revocation.py [--trials 30] [--poll 0.5 0.1]
+    python bench/cluster_revocation.py [--trials 30] [--poll 0.5 0.1] [--no-bus]
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memos_client import MemosClient, Unauthenticated  # noqa: E402
 from tests.cluster import member_configs, running_members  # noqa: E402
+from tests.nats_server import NatsServer  # noqa: E402
 from tests.pg_server import PostgresServer, TestDatabases  # noqa: E402
 
 
-def _lags(url: str, tmp: Path, poll: float, trials: int) -> list[float]:
-    configs = member_configs(tmp, url, 2, governance_poll_interval=poll)
+def _lags(url: str, tmp: Path, poll: float, trials: int, bus_url: str = "") -> list[float]:
+    configs = member_configs(tmp, url, 2, governance_poll_interval=poll, bus_url=bus_url)
     lags = []
     with running_members(configs) as (a, b), MemosClient(a.address, key=a.admin_key, timeout=30) as admin:
         for i in range(trials):
@@ -50,19 +52,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--poll", type=float, nargs="+", default=[0.5, 0.1])
+    parser.add_argument("--no-bus", action="store_true", help="polling only")
     args = parser.parse_args()
+    modes = [(f"poll {poll} s", poll, False) for poll in args.poll]
+    if not args.no_bus:
+        modes.append((f"bus, poll {args.poll[0]} s", args.poll[0], True))
     server = PostgresServer()
     server.start()
     databases = TestDatabases(server.url)
     databases.prepare()
     try:
         results = {}
-        for poll in args.poll:
+        for name, poll, bus in modes:
             url = databases.create()
-            with tempfile.TemporaryDirectory() as tmp:
-                lags = sorted(_lags(url, Path(tmp), poll, args.trials))
+            nats = NatsServer() if bus else None
+            if nats is not None:
+                nats.start()
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    lags = sorted(_lags(url, Path(tmp), poll, args.trials, nats.url if nats else ""))
+            finally:
+                if nats is not None:
+                    nats.kill()
             databases.drop(url)
-            results[f"poll {poll} s"] = {
+            results[name] = {
                 "trials": len(lags), "p50_ms": round(1000 * statistics.median(lags), 1),
                 "p99_ms": round(1000 * lags[min(len(lags) - 1, int(0.99 * len(lags)))], 1),
                 "max_ms": round(1000 * lags[-1], 1)}

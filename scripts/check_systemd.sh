@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CI check of the systemd units: `systemd-analyze verify` prints nothing for either unit, the system
+# CI check of the systemd units: `systemd-analyze verify` prints nothing for either unit (nor the system unit
+# with the cluster drop-in), the system
 # unit's `systemd-analyze security --offline=yes` exposure is 1.5 or lower, and the sysusers file
 # creates the memosd user (in a scratch root). Installs systemd's tools with apt-get when missing.
 set -euo pipefail
@@ -25,6 +26,14 @@ fail=0
 out="$(systemd-analyze verify "$work/system/memosd.service" 2>&1)" || fail=1
 if [ -n "$out" ] || [ $fail = 1 ]; then
   echo "check_systemd: systemd-analyze verify systemd/memosd.service:"; echo "$out"; exit 1
+fi
+# The cluster drop-in (docs/cluster.md) next to the unit: systemd-analyze reads drop-ins beside the units it verifies.
+mkdir -p "$work/cluster/memosd.service.d"
+cp "$work/system/memosd.service" "$work/cluster/"
+cp systemd/cluster.conf "$work/cluster/memosd.service.d/"
+out="$(systemd-analyze verify "$work/cluster/memosd.service" 2>&1)" || fail=1
+if [ -n "$out" ] || [ $fail = 1 ]; then
+  echo "check_systemd: systemd-analyze verify systemd/memosd.service with systemd/cluster.conf:"; echo "$out"; exit 1
 fi
 out="$(XDG_RUNTIME_DIR="$work/xdg" systemd-analyze --user verify "$work/user/memosd.service" 2>&1)" || fail=1
 if [ -n "$out" ] || [ $fail = 1 ]; then

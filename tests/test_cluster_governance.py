@@ -44,6 +44,15 @@ def test_an_agent_added_at_one_member_authenticates_at_another_at_once(tmp_path,
         assert alice_b.get(alice_b.put("noted at b", "agents/alice/notes").id).text == "noted at b"
 
 
+def test_agents_added_one_after_another_at_one_member_each_authenticate_at_another_at_once(tmp_path, postgres_url):
+    # Each new agent's first call at B must find it, however soon after B last looked in the vault for another.
+    with cluster(tmp_path, postgres_url, governance_poll_interval=3600) as ((a, b), (admin_a, _)), \
+            contextlib.ExitStack() as stack:
+        for name in ("carol", "dave", "erin"):
+            admin_a.add_agent(name, out=str(tmp_path / f"{name}.key"))
+            assert connect(stack, b, tmp_path / f"{name}.key").whoami()[0].name == name
+
+
 def test_a_grant_at_one_member_lets_the_agent_read_at_another(tmp_path, postgres_url):
     with cluster(tmp_path, postgres_url) as ((a, b), (admin_a, _)), contextlib.ExitStack() as stack:
         admin_a.add_agent("alice", out=str(tmp_path / "alice.key"))

@@ -159,13 +159,25 @@ class ClusterSync:
         return (isinstance(sub, str) and sub not in self._agents) or (isinstance(epoch, int) and epoch > self.epoch)
 
     async def _refresh_for_news(self) -> None:
-        # Callers at once share one refresh; past that, one per NEWS_REFRESH_GAP.
-        if self._news is None or self._news.done():
-            if time.monotonic() - self._news_at < NEWS_REFRESH_GAP:
-                return
+        # A refresh that began after this call arrived: one begun before may have read the vault before the
+        # change this token comes from. Callers at once share one; past that, one per NEWS_REFRESH_GAP (tokens
+        # naming unknown agents cost anyone nothing to make, so they may not make the vault read at will).
+        arrived = time.monotonic()
+        while True:
+            task = self._news
+            if task is not None and not task.done():
+                if self._news_at >= arrived:
+                    break
+                await asyncio.wait([task])  # begun too early: wait it out, then begin one
+                continue
+            wait = self._news_at + NEWS_REFRESH_GAP - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)  # the rate limit's next slot, not a condition
+                continue
             self._news_at = time.monotonic()
-            self._news = asyncio.ensure_future(self.refresh())
+            self._news = task = asyncio.ensure_future(self.refresh())
+            break
         try:
-            await asyncio.shield(self._news)
+            await asyncio.shield(task)
         except (MemosError, OSError) as exc:
             log.warning("could not look for a new agent in the vault: %s", exc)
