@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MEMOS_VENV ?= .venv-memos
 MEMOS_STAMP := $(MEMOS_VENV)/.installed
 
-.PHONY: bench-pubsub install memos-env run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many
+.PHONY: bench-pubsub cluster install memos-env run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ $(MEMOS_STAMP): scripts/memos_env.txt scripts/install_torch.sh
 ## Start the daemon on the embedded default (SQLite, Unix socket), in the foreground.
 run: install
 	$(BIN)/memosd serve
+
+## A local three-daemon cluster (PostgreSQL, NATS and the S3 stand-in from the dev extra), in the foreground;
+## Ctrl-C stops it all. docs/cluster.md says how to run one on your own servers.
+cluster: install
+	$(BIN)/python scripts/cluster.py
 
 ## The whole test suite, the round trips through the real MemOS included (memos-env).
 test: install memos-env

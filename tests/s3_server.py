@@ -46,17 +46,27 @@ def s3_server():
     with pytest.MonkeyPatch.context() as env:
         for key, value in AWS_ENV.items():
             env.setenv(key, value)
-        # Port 0: the server binds a free port and says which on stderr, which is read until it does.
-        proc = subprocess.Popen([sys.executable, "-u", "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        server = start_s3_server()
         try:
-            endpoint = _announced(proc)
-            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=10) as health:
-                assert health.status == 200
-            yield S3Server(endpoint, proc)
+            yield server
         finally:
-            proc.terminate()
-            proc.wait(10)
+            server.process.terminate()
+            server.process.wait(10)
+
+
+def start_s3_server() -> S3Server:
+    """moto's S3 server on a free loopback port, answering; the caller terminates its process."""
+    # Port 0: the server binds a free port and says which on stderr, which is read until it does.
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        endpoint = _announced(proc)
+        with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=10) as health:
+            assert health.status == 200
+    except BaseException:
+        proc.kill()
+        raise
+    return S3Server(endpoint, proc)
 
 
 def _announced(proc: subprocess.Popen) -> str:
