@@ -20,6 +20,7 @@ from memosd.vault.blobs import BlobStore
 from memosd.errors import FailedPrecondition
 from memosd.storage import Database, missing_modules, open_database
 from memosd.storage.objects import open_object_store
+from memosd.storage.objects.copies import RemoteCopies, remote_copies
 from memosd.storage.urls import redact
 from memosd.vault.parametric import ParametricVault
 
@@ -76,6 +77,7 @@ class Daemon:
         self.store: MemStore | None = None
         self.tensors: TensorMemory | None = None
         self.lifecycle: MemLifecycle | None = None
+        self.copies: RemoteCopies | None = None  # a backup's way to the blobs of a remote object store
 
     async def start(self) -> None:
         cfg = self.config
@@ -95,6 +97,7 @@ class Daemon:
         await self.store.start()
         self.tensors = TensorMemory(cfg, self.vault, gov)
         await self.tensors.start()
+        self.copies = remote_copies(self.tensors.blobs.objects)
         self.lifecycle = MemLifecycle(self.vault, store=self.store, sweep_interval=cfg.sweep_interval,
                                       flush_interval=cfg.access_flush_interval)
         self.lifecycle.start()
@@ -109,7 +112,7 @@ class Daemon:
         """A consistent copy of the data directory for an online backup; blocking, run it on a thread."""
         from memosd.storage.sqlite.backup import take_snapshot
 
-        return take_snapshot(self.config.data_dir)
+        return take_snapshot(self.config.data_dir, copies=self.copies)
 
     async def stop(self) -> None:
         """After the transport has stopped: background tasks, tensor memory, the audit signer, then the vault."""
