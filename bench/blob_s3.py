@@ -58,10 +58,11 @@ def disk_bound(directory: Path, size: int) -> dict:
     return {"write_fsync": write_s, "read_cold": read_s}
 
 
-def moto_server():
+def moto_server(log: Path):
+    """moto's server on a free loopback port; its request log (and any traceback) goes to `log`."""
     proc = subprocess.Popen([sys.executable, "-u", "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    endpoint = _announced(proc)
+    endpoint = _announced(proc, log)
     with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=10) as health:
         assert health.status == 200
     return proc, endpoint
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="runs per store, alternated (default 3)")
     p.add_argument("--data-parent", default=None, help="directory for the daemons' data (default: the temp dir)")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "blob_s3.json")
+    p.add_argument("--moto-log", type=Path, default=Path(tempfile.gettempdir()) / "memosd-bench-moto.log")
     args = p.parse_args(argv)
     import boto3
 
@@ -115,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"bench": "blob_s3", "size_mib": args.size_mib, "repeats": args.repeats, "cpus": os.cpu_count(),
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
                     "s3": "moto server (in memory, loopback): a stand-in, not S3's speed"}
-    moto, endpoint = moto_server()
     tmp = Path(tempfile.mkdtemp(prefix="memosd-bench-blob-s3-", dir=args.data_parent))
+    moto, endpoint = moto_server(args.moto_log)
     sock_dir = Path(tempfile.mkdtemp(prefix="memosd-bench-", dir="/tmp"))
     daemons = []
     try:
