@@ -112,6 +112,10 @@ class Daemon:
         """A consistent copy of the data directory for an online backup; blocking, run it on a thread."""
         from memosd.storage.sqlite.backup import take_snapshot
 
+        if self.db is not None and self.db.engine != "sqlite":
+            raise FailedPrecondition(f"a backup copies the embedded SQLite vault; this daemon's vault is on"
+                                     f" {self.db.engine}: back it up with pg_dump (and the bucket's own versioning"
+                                     " or replication for S3 blobs)")
         return take_snapshot(self.config.data_dir, copies=self.copies)
 
     async def stop(self) -> None:

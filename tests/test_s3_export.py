@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from memos_client import DataLoss, MemosClient
+from memos_client import DataLoss, FailedPrecondition, MemosClient
 from memosd.cli import main as memosd_main
 from memosd.limits import Limits
 from tests.daemon import make_config, running
@@ -73,3 +73,10 @@ def test_a_backup_carries_every_blob_and_restores_into_a_file_store(s3_config, t
     with running(restored) as daemon, MemosClient(daemon.address, key=daemon.admin_key) as client:
         for cube_id, data in want.items():
             assert bytes(client.download_blob(cube_id)) == data
+
+
+@pytest.mark.vaults("postgresql")
+def test_a_backup_of_a_postgresql_vault_is_refused_with_what_to_use(client, tmp_path):
+    with pytest.raises(FailedPrecondition, match="pg_dump"):
+        client.backup(tmp_path / "bk")
+    assert not (tmp_path / "bk" / "manifest.json").exists()  # a backup directory is complete once it has one
