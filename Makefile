@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MEMOS_VENV ?= .venv-memos
 MEMOS_STAMP := $(MEMOS_VENV)/.installed
 
-.PHONY: bench-pubsub cluster install memos-env run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many
+.PHONY: bench-pubsub cluster install memos-env run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory
 
 install: $(STAMP)
 
@@ -76,7 +76,7 @@ proto-check: proto
 	git diff --exit-code -- memos_mip/v1
 	@test -z "$$(git status --porcelain -- memos_mip/v1)" || { git status --porcelain -- memos_mip/v1; exit 1; }
 
-bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-export-import bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many
+bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-export-import bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory
 
 bench-ingest: install
 	$(BIN)/python bench/ingest_search.py --only ingest
@@ -121,6 +121,14 @@ bench-engines: install
 ## MemVault put_many throughput on SQLite and PostgreSQL in one run.
 bench-put-many: install
 	$(BIN)/python bench/vault_put_many.py
+
+## A 1 GiB KV cache up and down through the daemon on S3 (moto standing in) and on file:, next to the disk's bound.
+bench-blob-s3: install
+	$(BIN)/python bench/blob_s3.py
+
+## The daemon's resident memory at 100k plaintext cubes on SQLite and on PostgreSQL (a throwaway server).
+bench-memory: install
+	$(BIN)/python bench/daemon_memory.py
 
 clean:
 	rm -rf $(VENV) $(MEMOS_VENV) build dist *.egg-info .pytest_cache

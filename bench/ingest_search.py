@@ -72,11 +72,12 @@ def _parser() -> argparse.ArgumentParser:
 class Daemon:
     """`memosd serve` in a child process on a Unix socket; stop() sends SIGTERM as systemd would."""
 
-    def __init__(self, data_dir: Path, socket: Path, *, embedding_model: str = "", prefix: str = ""):
+    def __init__(self, data_dir: Path, socket: Path, *, embedding_model: str = "", prefix: str = "",
+                 extra: tuple[str, ...] = ()):
         self.data_dir, self.socket = data_dir, socket
         self.target = f"unix:{socket}"
         cmd = [*shlex.split(prefix), sys.executable, "-m", "memosd.cli", "serve", "--data-dir", str(data_dir),
-               "--listen", self.target, "--log-level", "warning"]
+               "--listen", self.target, "--log-level", "warning", *extra]
         if embedding_model:
             cmd += ["--embedding-model", embedding_model]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEMOSD_")}

@@ -24,6 +24,7 @@ from memosd.vault.blobs import BlobStore
 from memosd.errors import FailedPrecondition
 from memosd.storage import Database, missing_modules, open_database
 from memosd.storage.objects import open_object_store
+from memosd.storage.objects.copies import RemoteCopies, remote_copies
 from memosd.storage.urls import redact
 from memosd.vault.parametric import ParametricVault
 
@@ -86,6 +87,7 @@ class Daemon:
         self.member_id = ""
         self.bus: Bus | None = None  # the cluster's NATS bus, with bus_url
         self.follower: Follower | None = None  # MemStore across daemons, on a PostgreSQL vault
+        self.copies: RemoteCopies | None = None  # a backup's way to the blobs of a remote object store
 
     async def start(self) -> None:
         cfg = self.config
@@ -110,6 +112,7 @@ class Daemon:
         await self._join_cluster()
         self.tensors = TensorMemory(cfg, self.vault, gov, member=self.member_id)
         await self.tensors.start()
+        self.copies = remote_copies(self.tensors.blobs.objects)
         self.lifecycle = MemLifecycle(self.vault, store=self.store, sweep_interval=cfg.sweep_interval,
                                       flush_interval=cfg.access_flush_interval, member=self.member_id)
         self.lifecycle.start()
@@ -147,7 +150,11 @@ class Daemon:
         """A consistent copy of the data directory for an online backup; blocking, run it on a thread."""
         from memosd.storage.sqlite.backup import take_snapshot
 
-        return take_snapshot(self.config.data_dir)
+        if self.db is not None and self.db.engine != "sqlite":
+            raise FailedPrecondition(f"a backup copies the embedded SQLite vault; this daemon's vault is on"
+                                     f" {self.db.engine}: back it up with pg_dump (and the bucket's own versioning"
+                                     " or replication for S3 blobs)")
+        return take_snapshot(self.config.data_dir, copies=self.copies)
 
     async def stop(self) -> None:
         """After the transport has stopped: background tasks, tensor memory, the audit signer, then the vault."""

@@ -86,9 +86,18 @@ def check_tags(tags, limits: Limits) -> tuple[str, ...]:
     return tuple(dict.fromkeys(tags))
 
 
+def check_no_nul(value: str, what: str) -> str:
+    """Refuse a NUL character: PostgreSQL's text and jsonb cannot hold one, so neither engine stores it."""
+    at = value.find("\x00")
+    if at >= 0:
+        raise InvalidArgument(f"{what} holds a NUL character (\\x00) at character {at}; remove it")
+    return value
+
+
 def check_text(text: str, limits: Limits) -> str:
     if not text or not text.strip():
         raise InvalidArgument("text is empty; a plaintext cube needs some text")
+    check_no_nul(text, "text")
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
@@ -101,6 +110,12 @@ def check_text(text: str, limits: Limits) -> str:
     return text
 
 
+def check_source(source, limits: Limits) -> str:
+    if not isinstance(source, str) or len(source) > limits.max_source_chars:
+        raise InvalidArgument(f"source must be a string of at most {limits.max_source_chars} characters")
+    return check_no_nul(source, "source")
+
+
 def check_metadata(metadata, limits: Limits):
     if not metadata:
         return None
@@ -111,19 +126,42 @@ def check_metadata(metadata, limits: Limits):
     return metadata
 
 
-def _check_json(value, depth: int) -> None:
-    """Metadata is sent back as a protobuf Struct (doubles, bounded nesting): refuse what it cannot hold."""
+def check_metadata_strings(metadata: dict) -> None:
+    """Refuse metadata holding a string (key or value) with a NUL, whatever its size (the check of an import
+    that trims oversized or unusual metadata rather than refusing it)."""
+    stack = [(metadata, "")]
+    while stack:  # a loop, not recursion: the metadata is a client's JSON of any depth
+        value, where = stack.pop()
+        if isinstance(value, str):
+            check_no_nul(value, where or "metadata")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                named = where or f"metadata[{quote(key, 32)}]"
+                if isinstance(key, str):
+                    check_no_nul(key, f"a key in {named}" if where else "a metadata key")
+                stack.append((item, named))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, where) for item in value)
+
+
+def _check_json(value, depth: int, where: str = "") -> None:
+    """Metadata is sent back as a protobuf Struct (doubles, bounded nesting): refuse what it cannot hold.
+    `where` names the top-level key a value is under, for a message that says which field to fix."""
     if depth < 0:
         raise InvalidArgument(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels")
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidArgument("metadata keys must be strings")
-            _check_json(item, depth - 1)
+            named = where or f"metadata[{quote(key, 32)}]"
+            check_no_nul(key, f"a key in {named}" if where else "a metadata key")
+            _check_json(item, depth - 1, named)
     elif isinstance(value, (list, tuple)):
         for item in value:
-            _check_json(item, depth - 1)
-    elif isinstance(value, bool) or value is None or isinstance(value, str):
+            _check_json(item, depth - 1, where)
+    elif isinstance(value, str):
+        check_no_nul(value, where or "metadata")
+    elif isinstance(value, bool) or value is None:
         pass
     elif isinstance(value, (int, float)):
         try:
@@ -156,8 +194,7 @@ def check_draft(draft: CubeDraft, limits: Limits, now: float) -> CubeDraft:
     check_text(draft.text, limits)
     tags = check_tags(draft.tags, limits)
     check_metadata(draft.metadata, limits)
-    if len(draft.source) > limits.max_source_chars:
-        raise InvalidArgument(f"source is over {limits.max_source_chars} characters")
+    check_source(draft.source, limits)
     check_priority(draft.priority)
     expires_at = resolve_expiry(draft, now)
     return CubeDraft(

@@ -69,12 +69,17 @@ def start_s3_server() -> S3Server:
     return S3Server(endpoint, proc)
 
 
-def _announced(proc: subprocess.Popen) -> str:
+def _announced(proc: subprocess.Popen, log=None) -> str:
+    """The endpoint the server says it runs on; its stderr is drained (into the file `log`, if given)."""
     found: list[str] = []
 
     def read() -> None:
         assert proc.stderr is not None
+        out = open(log, "a") if log is not None else None  # noqa: SIM115 (open for the thread's life)
         for line in proc.stderr:  # drained to the end, so the server never blocks on a full pipe
+            if out is not None:
+                out.write(line)
+                out.flush()
             match = re.search(r"Running on (http://127\.0\.0\.1:\d+)", line)
             if match and not found:
                 found.append(match.group(1))

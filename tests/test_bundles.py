@@ -312,15 +312,19 @@ def test_remap_moves_the_root_and_keeps_what_is_below_it():
 
 _segment = st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,10}", fullmatch=True)
 _tag = st.from_regex(r"[A-Za-z0-9_:#-]{1,20}", fullmatch=True)
-_json = st.recursive(st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text(max_size=20),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+# Any text a cube may hold: every character but NUL, which the daemon refuses (test_nul_text.py, and below).
+_chars = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")  # as st.text() draws, less NUL
+_json = st.recursive(st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text(_chars, max_size=20),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(_chars, max_size=8), inner,
+                                                                                 max_size=3),
                      max_leaves=8)
 
 
 @settings(max_examples=150, deadline=None)
 @given(namespace=st.lists(_segment, min_size=1, max_size=4).map("/".join),
-       text=st.text(min_size=1, max_size=200).filter(str.strip),
-       tags=st.lists(_tag, max_size=5, unique=True), metadata=st.dictionaries(st.text(max_size=8), _json, max_size=4),
+       text=st.text(_chars, min_size=1, max_size=200).filter(str.strip),
+       tags=st.lists(_tag, max_size=5, unique=True),
+       metadata=st.dictionaries(st.text(_chars, max_size=8), _json, max_size=4),
        created=st.floats(0, 4e9), state=st.sampled_from([LifecycleState.ACTIVE, LifecycleState.ARCHIVED,
                                                            LifecycleState.EXPIRED]),
        visibility=st.sampled_from(list(Visibility)), priority=st.integers(-2**31, 2**31 - 1))
@@ -335,6 +339,43 @@ def test_cube_records_round_trip(namespace, text, tags, metadata, created, state
     for field in ("id", "namespace", "kind", "state", "text", "tags", "metadata", "source", "visibility", "priority"):
         assert getattr(back, field) == getattr(cube, field), field
     assert abs(back.created_at - cube.created_at) < 1e-5 and abs(back.updated_at - cube.updated_at) < 1e-5
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(_chars, min_size=1, max_size=50).filter(str.strip), metadata=st.dictionaries(
+       st.text(_chars, max_size=8), _json, min_size=1, max_size=4), field=st.sampled_from(["text", "metadata", "source"]),
+       at=st.integers(0, 10**6))
+def test_a_record_with_a_nul_anywhere_in_its_text_is_refused(text, metadata, field, at):
+    cube = MemCube(id=new_id(0), namespace="a/b", kind=MemoryKind.PLAINTEXT, created_at=0, updated_at=0, owner="a",
+                   text=text, metadata=metadata, source="src")
+    rec = cube_record(cube)
+    if field == "metadata":  # the NUL goes into one of its strings, a key or a value, at any depth
+        count = _with_nul(rec["metadata"], -1)[1]
+        rec["metadata"] = _with_nul(rec["metadata"], at % count)[0] if count else {"k": "\x00"}
+    else:
+        cut = at % (len(rec[field]) + 1)
+        rec[field] = rec[field][:cut] + "\x00" + rec[field][cut:]
+    with pytest.raises(BundleError, match=f"{field}.*NUL") as info:
+        cube_from_record(rec, Limits())
+    assert info.value.kind == "InvalidArgument"
+
+
+def _with_nul(value, n: int):
+    """The JSON value with a NUL added to its n-th string (keys and values, depth first), and how many it has."""
+    count = 0
+
+    def walk(v):
+        nonlocal count
+        if isinstance(v, str):
+            count += 1
+            return v + "\x00" if count - 1 == n else v
+        if isinstance(v, list):
+            return [walk(i) for i in v]
+        if isinstance(v, dict):
+            return {walk(k): walk(i) for k, i in v.items()}
+        return v
+
+    return walk(value), count
 
 
 def test_export_is_one_instant_while_writes_go_on(client, tmp_path):

@@ -26,7 +26,8 @@ from memos_mip.bundle_format import AGENTS, CUBES, FORMAT, MANIFEST, POLICIES, V
 from memosd.bundle.payloads import CODECS, PayloadFile
 from memosd.bundle.records import cube_record
 from memosd.cube import CubeFilter, MemoryKind
-from memosd.errors import FailedPrecondition
+from memosd.errors import FailedPrecondition, NotFound
+from memosd.storage.objects.copies import RemoteCopies
 from memosd.storage.sqlite.backup import blob_index  # the file blob store's index, as backups read it
 from memosd.vault import rows
 
@@ -55,12 +56,13 @@ class ExportSummary:
 
 
 def write_bundle(out, *, vault, data_dir: Path, root: str, cube_filter: CubeFilter, policies: list[ExportedPolicy],
-                 producer: dict, clock=time.time) -> ExportSummary:
-    """Write the bundle tar to `out` (anything with write()); blocking, run it on a thread."""
+                 producer: dict, clock=time.time, copies: RemoteCopies | None = None) -> ExportSummary:
+    """Write the bundle tar to `out` (anything with write()); blocking, run it on a thread. copies: the remote
+    object store the payloads are fetched from (verified), when they are not files in the data directory."""
     summary = ExportSummary(by_kind={k.name.lower(): 0 for k in MemoryKind})
     payloads: dict[str, PayloadFile] = {}
     with tempfile.TemporaryFile(dir=data_dir) as spool, tempfile.TemporaryDirectory(dir=data_dir) as scratch:
-        digest = _dump_cubes(spool, vault.db, data_dir, cube_filter, summary, payloads, clock, Path(scratch))
+        digest = _dump_cubes(spool, vault.db, data_dir, cube_filter, summary, payloads, clock, Path(scratch), copies)
         cubes_size = spool.tell()
         spool.seek(0)
         policy_lines = b"".join(_line({
@@ -96,16 +98,19 @@ def write_bundle(out, *, vault, data_dir: Path, root: str, cube_filter: CubeFilt
 
 
 def _dump_cubes(spool, db, data_dir: Path, f: CubeFilter, summary: ExportSummary, payloads: dict, clock,
-                scratch: Path) -> str:
+                scratch: Path, copies: RemoteCopies | None) -> str:
     h = hashlib.sha256()
     blobs: dict[str, Path] | None = None
     with db.snapshot() as conn:
         for row in db.sql.export.cube_rows(conn, f, clock()):
             cube = rows.to_cube(rows.row_dict(row), clock())
             if cube.kind is not MemoryKind.PLAINTEXT:
-                if blobs is None:
-                    blobs = blob_index(data_dir)
-                sha = (cube.manifest or {}).get("blob", {}).get("sha256", "")
+                blob = (cube.manifest or {}).get("blob", {})
+                sha = blob.get("sha256", "")
+                if blobs is None:  # a remote store's payloads are fetched as met, once each
+                    blobs = {} if copies is not None else blob_index(data_dir)
+                if copies is not None and sha not in blobs:
+                    blobs[sha] = _fetched(copies, cube.id, sha, blob.get("size"), scratch / "blobs" / sha)
                 if sha not in blobs:
                     raise FailedPrecondition(f"cube {cube.id}'s payload {sha} is not in the blob store")
                 for pf in CODECS[cube.kind].files(cube, blobs[sha], scratch):
@@ -116,6 +121,13 @@ def _dump_cubes(spool, db, data_dir: Path, f: CubeFilter, summary: ExportSummary
             summary.cubes += 1
             summary.by_kind[cube.kind.name.lower()] += 1
     return h.hexdigest()
+
+
+def _fetched(copies: RemoteCopies, cube_id: str, sha256: str, size, dest: Path) -> Path:
+    try:
+        return copies.copy(sha256, dest, size if isinstance(size, int) else None)
+    except NotFound:
+        raise FailedPrecondition(f"cube {cube_id}'s payload {sha256} is not in the object store") from None
 
 
 def _line(obj: dict) -> bytes:

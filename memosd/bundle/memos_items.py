@@ -23,7 +23,7 @@ from memos_mip.bundle_format import BundleError, from_rfc3339
 from memosd.cube import LifecycleState, MemCube, MemoryKind, Visibility
 from memosd.errors import InvalidArgument
 from memosd.ids import ULID_RE
-from memosd.limits import Limits, check_metadata, check_text
+from memosd.limits import Limits, check_metadata, check_metadata_strings, check_no_nul, check_text
 
 STATES = {"activated": LifecycleState.ACTIVE, "resolving": LifecycleState.ACTIVE,
           "archived": LifecycleState.ARCHIVED}
@@ -107,9 +107,14 @@ def memos_item_cube(item, namespace: str, limits: Limits, now: float, number: in
         text = check_text(item.get("memory") if isinstance(item.get("memory"), str) else "", limits)
     except InvalidArgument as exc:
         raise BundleError("InvalidArgument", f"{where}memory: {exc}") from None
+    memos_id = str(item.get("id") or "")
+    try:  # refused, not dropped: _fit below would quietly leave out a field the vault cannot store
+        check_no_nul(memos_id, "id")
+        check_metadata_strings(meta)
+    except InvalidArgument as exc:
+        raise BundleError("InvalidArgument", f"{where}{exc}") from None
     created = _time(meta.get("created_at")) or _time(meta.get("updated_at")) or now
     updated = _time(meta.get("updated_at")) or created
-    memos_id = str(item.get("id") or "")
     # A memosd cube exported to MemOS (memos_client.memos_export) keeps its id, and the header fields MemOS
     # has no place for, under memosd_*; its MemOS id is then its cube id as a UUID, not worth keeping twice.
     given = meta.get("memosd_id")
@@ -175,6 +180,8 @@ def link_cubes(cubes: dict[str, MemCube | None], edges: list[tuple[str, dict]], 
         kind = edge.get("type")
         if not isinstance(source, str) or not isinstance(target, str) or not isinstance(kind, str) or not kind:
             raise BundleError("InvalidArgument", f"{where}: an edge needs a source, a target and a type")
+        if "\x00" in kind:
+            raise BundleError("InvalidArgument", f"{where}: the edge's type holds a NUL character (\\x00)")
         for end in (source, target):
             if end not in cubes:
                 raise BundleError("InvalidArgument", f"{where}: names the node {quote(end)}, which the dump does"

@@ -9,7 +9,7 @@ from memos_mip.bundle_format import BundleError, from_rfc3339, rfc3339
 from memosd.cube import LifecycleState, MemCube, MemoryKind, Visibility
 from memosd.errors import InvalidArgument
 from memosd.ids import is_id
-from memosd.limits import Limits, check_metadata, check_namespace, check_tags, check_text
+from memosd.limits import Limits, check_metadata, check_namespace, check_source, check_tags, check_text
 
 KINDS = {k.name.lower(): k for k in MemoryKind}
 STATES = {s.name.lower(): s for s in LifecycleState if s is not LifecycleState.DELETED}
@@ -55,9 +55,7 @@ def cube_from_record(rec, limits: Limits, line: int = 0) -> MemCube:
         if not isinstance(derived, list) or len(derived) > MAX_DERIVED_FROM or not all(
                 isinstance(i, str) and is_id(i) for i in derived):
             raise InvalidArgument(f"derived_from must be a list of at most {MAX_DERIVED_FROM} cube ids")
-        source = rec.get("source") or ""
-        if not isinstance(source, str) or len(source) > limits.max_source_chars:
-            raise InvalidArgument(f"source must be a string of at most {limits.max_source_chars} characters")
+        source = check_source(rec.get("source") or "", limits)
         priority = rec.get("priority") or 0
         if not isinstance(priority, int) or isinstance(priority, bool) or not -2**31 <= priority < 2**31:
             raise InvalidArgument("priority must be a 32-bit integer")

@@ -79,7 +79,8 @@ class MemosServer:
         started = time.time()
         servicers = (VaultService(vault, gov), DaemonService(vault, started, cfg.listen, metrics=self.metrics, core=core),
                      GovernanceService(gov), StoreService(core.store), AdminService(cfg.data_dir, gov, core.snapshot),
-                     BundleService(vault, gov, cfg.data_dir, TensorMemorySink(vault, core.tensors)),
+                     BundleService(vault, gov, cfg.data_dir, TensorMemorySink(vault, core.tensors),
+                                   core.tensors.blobs.objects),
                      *tensor_servicers(core.tensors, vault, gov, self.exchange))
         # Each servicer class is named after its service (memos.v1.VaultService -> VaultService).
         by_name = {type(servicer).__name__: servicer for servicer in servicers}

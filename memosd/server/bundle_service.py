@@ -20,6 +20,7 @@ from memosd.governance.policy import Pattern
 from memosd.limits import check_namespace_prefix
 from memosd.server.auth import principal
 from memosd.server.status import error_named
+from memosd.storage.objects.copies import remote_copies
 
 log = logging.getLogger("memosd.bundles")
 EXPORTED_STATES = frozenset({LifecycleState.ACTIVE, LifecycleState.ARCHIVED, LifecycleState.EXPIRED})
@@ -29,8 +30,9 @@ _PATTERNS = {bundle_pb2.BUNDLE_FORMAT_UNSPECIFIED: _ANY_NAME, bundle_pb2.BUNDLE_
 
 
 class BundleService:
-    def __init__(self, vault, governance, data_dir: Path, tensors=None):
+    def __init__(self, vault, governance, data_dir: Path, tensors=None, objects=None):
         self.vault = vault
+        self.objects = objects  # the blob store an export's payloads come from (remote: fetched, verified)
         self.gov = governance
         self.data_dir = Path(data_dir)
         self.tensors = tensors
@@ -52,10 +54,12 @@ class BundleService:
         pipe = ChunkPipe()
         producer = {"software": "memosd", "version": __version__, "daemon_id": self.gov.daemon_id}
 
+        copies = remote_copies(self.objects)
+
         def run():
             try:
                 summary = write_bundle(pipe, vault=self.vault, data_dir=self.data_dir, root=prefix, cube_filter=f,
-                                       policies=policies, producer=producer)
+                                       policies=policies, producer=producer, copies=copies)
             except BaseException as exc:
                 pipe.finish(exc if isinstance(exc, errors.MemosError) else RuntimeError(f"export failed: {exc!r}"))
                 raise

@@ -23,6 +23,7 @@ async def import_cubes(vault, cubes: list[MemCube], actor: str, origin: str) -> 
     counts = [0, 0, 0]
 
     def job(conn: Conn) -> None:
+        sql.tensors.lock_imports(conn)  # a concurrent import of these ids commits first, then is seen here
         taken = sql.tensors.namespaces_of(conn, [c.id for c in cubes])
         fresh: list[MemCube] = []
         for c in cubes:

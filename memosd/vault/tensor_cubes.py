@@ -9,7 +9,9 @@ from typing import Any
 from memosd.cube import CubeDraft, MemCube, MemoryKind, Visibility
 from memosd.errors import InvalidArgument, NotFound
 from memosd.ids import is_id, new_id
-from memosd.limits import Limits, check_metadata, check_namespace, check_priority, check_tags, resolve_expiry
+from memosd.limits import (
+    Limits, check_metadata, check_namespace, check_priority, check_source, check_tags, resolve_expiry,
+)
 from memosd.storage import Conn
 
 
@@ -35,8 +37,7 @@ def new_cube(draft: TensorDraft, kind: MemoryKind, owner: str, limits: Limits, n
     check_namespace(draft.namespace)
     tags = check_tags(draft.tags, limits)
     check_metadata(draft.metadata, limits)
-    if len(draft.source) > limits.max_source_chars:
-        raise InvalidArgument(f"source is over {limits.max_source_chars} characters")
+    check_source(draft.source, limits)
     check_priority(draft.priority)
     expires_at = resolve_expiry(CubeDraft("", "", ttl_seconds=draft.ttl_seconds), now)
     if len(draft.derived_from) > max_derived_from or not all(is_id(i) for i in draft.derived_from):

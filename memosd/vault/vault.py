@@ -17,7 +17,8 @@ from memosd.cube import (
 from memosd.errors import Conflict, FailedPrecondition, Hidden, InvalidArgument, NotFound, PermissionDenied
 from memosd.ids import is_id, new_id
 from memosd.limits import (
-    Limits, check_draft, check_filter, check_metadata, check_priority, check_tags, check_text, resolve_expiry,
+    Limits, check_draft, check_filter, check_metadata, check_priority, check_source, check_tags, check_text,
+    resolve_expiry,
 )
 from memosd.storage import Conn, open_database
 from memosd.storage.records import CubeRow
@@ -125,9 +126,7 @@ class MemVault:
         if "metadata" in patch.fields:
             changes["metadata"] = rows.dumps(check_metadata(v.metadata, self.limits))
         if "source" in patch.fields:
-            if len(v.source) > self.limits.max_source_chars:
-                raise InvalidArgument(f"source is over {self.limits.max_source_chars} characters")
-            changes["source"] = v.source
+            changes["source"] = check_source(v.source, self.limits)
         if "priority" in patch.fields:
             changes["priority"] = check_priority(v.priority)
         if "visibility" in patch.fields:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from abc import ABC, abstractmethod
 from pathlib import Path
+
+from memosd.errors import DataLoss, NotFound
+
+COPY_PIECE = 4 << 20  # bytes per read of copy_to
 
 
 class ObjectReader(ABC):
@@ -76,6 +82,29 @@ class ObjectStore(ABC):
     @abstractmethod
     async def keys(self) -> list[tuple[str, float]]:
         """(sha256, last modified as a Unix time) of every stored object, for reconciliation."""
+
+    async def copy_to(self, sha256: str, dest: Path, size: int | None = None) -> None:
+        """Write the object into the new file dest, checked against sha256 (DataLoss if it does not match,
+        NotFound if it is not stored): a whole copy for an export or a backup. size: the recorded size, if known."""
+        if size is None:
+            size = await self.size(sha256)
+            if size is None:
+                raise NotFound(f"blob {sha256} is not stored")
+        reader = await self.open(sha256, size)
+        digest, seen = hashlib.sha256(), 0
+        try:
+            with open(dest, "xb") as out:  # noqa: ASYNC230 (a new local file; the reads are the slow part)
+                while seen < size:
+                    piece = await reader.read(seen, min(COPY_PIECE, size - seen))
+                    if not piece:
+                        break
+                    await asyncio.to_thread(out.write, piece)
+                    digest.update(piece)
+                    seen += len(piece)
+        finally:
+            await reader.close()
+        if seen != size or digest.hexdigest() != sha256:
+            raise DataLoss(f"blob {sha256} in the object store does not match its sha256")
 
     async def read_all(self, sha256: str, size: int, limit: int) -> bytes:
         """The first min(limit, size) bytes of the object."""

@@ -179,6 +179,13 @@ class S3ObjectStore(ObjectStore):
     async def open_local(self, sha256: str, size: int) -> int:
         return await self.cache.open(sha256, size, self._fetch)
 
+    async def copy_to(self, sha256: str, dest: Path, size: int | None = None) -> None:
+        if size is None:
+            size = await self.size(sha256)
+            if size is None:
+                raise NotFound(f"the payload {sha256} is not in the object store")
+        await self._fetch(sha256, size, dest)  # one streamed GET, hashed as it is written
+
     async def _fetch(self, sha256: str, size: int, path: Path) -> None:
         await self._call("fetch a blob", self._fetch_into, sha256, size, path)
 

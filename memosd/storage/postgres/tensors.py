@@ -86,6 +86,17 @@ def of_model(conn, model_fingerprint: str, f: CubeFilter, now: float,
         [model_fingerprint, *params, *lineage_params, limit]).fetchall()
 
 
+# pg_advisory_xact_lock key an import's transaction holds from looking up its ids to its commit, in every daemon
+# on the database: a second import of the same ids then finds them taken (skips them) instead of failing on the
+# primary key. Only imports bring ids of their own (every other cube gets a fresh one), so only they take it.
+IMPORT_LOCK = 0x6D656D6F_73640005
+
+
+def lock_imports(conn) -> None:
+    """Wait for any other import's transaction to end; held until this one does."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (IMPORT_LOCK,))
+
+
 def namespaces_of(conn, ids: Sequence[str]) -> dict[str, str]:
     """The namespace of each of these ids that a cube has, by id (ids no cube has are left out)."""
     if not ids:

