@@ -5,7 +5,9 @@ import asyncio
 import importlib
 import inspect
 import pkgutil
+import re
 import threading
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -320,3 +322,14 @@ def test_a_scope_too_large_to_inline_filters_through_one_parameter(postgres_url,
         assert inline == ids() == ["ab", "b", "c"]
     finally:
         db.close()
+
+
+def test_each_advisory_lock_key_names_one_lock():
+    # Two locks on one key would make unrelated work wait for each other (a migration blocked every put once).
+    root = Path(__file__).resolve().parents[1] / "memosd" / "storage" / "postgres"
+    keys: dict[str, list[str]] = {}
+    for path in sorted(root.glob("*.py")):
+        for name, value in re.findall(r"^(\w+_LOCK) = (0x[0-9A-Fa-f_]+)$", path.read_text(), re.M):
+            keys.setdefault(value.replace("_", "").lower(), []).append(f"{path.name}:{name}")
+    assert len(keys) >= 5
+    assert {k: v for k, v in keys.items() if len(v) > 1} == {}

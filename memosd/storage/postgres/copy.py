@@ -26,7 +26,7 @@ _PROGRESS = (
     " copied bigint NOT NULL DEFAULT 0, done boolean NOT NULL DEFAULT false)",
 )
 # Tables whose rows mean a database already holds a vault (a daemon's first start writes each of them).
-MIGRATE_LOCK = 0x6D656D6F_73640002
+MIGRATE_LOCK = 0x6D656D6F_73640004
 _VAULT_TABLES = ("settings", "agents", "audit", "cubes", "topics")
 
 
