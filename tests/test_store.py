@@ -119,6 +119,27 @@ def test_revoking_the_grant_ends_the_stream(team, client, daemon):
     assert isinstance(items[-1], PermissionDenied) and "revoked" in str(items[-1])
 
 
+def test_a_revocation_landing_while_the_stream_opens_ends_it(team, client, daemon, monkeypatch):
+    # The grant is revoked after Subscribe's own check passed and before the stream's guard began to watch.
+    alice, bob = team
+    alice.publish("teams/news", alice.put("x", "agents/alice/n").id)
+    [policy] = [p for p in client.list_policies("agent:bob")]
+    store = daemon.server.store
+    opening = store._start_positions
+
+    async def revoked_meanwhile(*args, **kwargs):
+        await store.gov.revoke_policy(store.gov._principal(store.gov.agent("admin")), policy.id)
+        return await opening(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_start_positions", revoked_meanwhile)
+    items = []
+    reader = threading.Thread(target=lambda: items.extend(_drain(bob.subscribe("teams/news", heartbeat_seconds=30))))
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "the stream stayed open after its grant was revoked"
+    assert isinstance(items[-1], PermissionDenied) and "revoked" in str(items[-1])
+
+
 def _drain(sub):
     out = []
     try:

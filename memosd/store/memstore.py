@@ -340,13 +340,17 @@ class _Stream:
 
     async def _guard(self, stream: asyncio.Task) -> None:
         closing = self.store.hub.closing
+        # A revocation may have landed while the stream opened (between the caller's check and now), setting an
+        # event this guard never saw: check once before the first wait, with the next change's event in hand.
+        opening = True
         while True:
             changed = self.store.gov.changed()
-            await first_of([self.sub.overflow.wait(), changed.wait(), closing.wait()])
+            if not opening:
+                await first_of([self.sub.overflow.wait(), changed.wait(), closing.wait()])
             try:
                 if closing.is_set():
                     raise Unavailable(f"the daemon is shutting down; resume after {self._positions()} once it is back")
-                if changed.is_set():
+                if opening or changed.is_set():
                     self._recheck()
                 if self.sub.overflowed:
                     raise self._too_slow()
@@ -354,6 +358,7 @@ class _Stream:
                 self._cut = exc
                 stream.cancel()
                 return
+            opening = False
 
     def _too_slow(self) -> ResourceExhausted:
         return ResourceExhausted(f"subscriber too slow: more than {self.sub.capacity} events waited; last delivered"
