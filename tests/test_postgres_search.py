@@ -52,6 +52,28 @@ def test_the_collection_counts_follow_every_insert_update_and_delete(db):
     assert _run(db.read(_stats)) == (1, 3)
 
 
+
+def test_a_many_row_copy_is_counted_once_and_each_text_parsed_into_its_tsvector_and_length(db):
+    from memosd.storage.postgres import cubes as records
+
+    texts = [f"walkers walked {i} miles" if i % 3 else None for i in range(50)]
+    rows_ = [(f"c{i}", "n", int(MemoryKind.PLAINTEXT), int(LifecycleState.ACTIVE), t, "[]", None, "", "alice",
+              int(Visibility.NAMESPACE), 0, 1.0, 1.0, None, "[]", None) for i, t in enumerate(texts)]
+    _run(db.write(lambda conn: records.copy_cubes(conn, rows_, [()] * len(rows_))))
+    # A write naming the derived columns does not set them: they are the text's.
+    _run(db.write(lambda conn: conn.execute("UPDATE cubes SET text_tsv = 'bogus', text_len = 99 WHERE id = 'c1'")))
+
+    def check(conn):
+        wrong = conn.execute("SELECT count(*) FROM cubes WHERE text_tsv IS DISTINCT FROM to_tsvector('english',"
+                             " coalesce(text, '')) OR text_len IS DISTINCT FROM memosd_tsv_length(text_tsv)")
+        return wrong.fetchone()[0], _stats(conn), conn.execute(
+            "SELECT count(text), sum(text_len) FROM cubes").fetchone()
+
+    wrong, stats, actual = _run(db.read(check))
+    assert wrong == 0
+    assert stats == actual == (33, 33 * 4)  # "walker", "walk", the number, "mile"
+
+
 def _reference_bm25(docs: dict[int, dict[str, int]], terms: list[str]) -> dict[int, float]:
     # FTS5's bm25() (k1 1.2, b 0.75, idf floored at 1e-6), over the documents' lexeme counts.
     n, avgdl = len(docs), sum(sum(d.values()) for d in docs.values()) / len(docs)

@@ -9,9 +9,10 @@ Choices, once for all tables:
   manifest get expression indexes on the jsonb cast.
 - Text that is compared by range or sorted (names, namespaces, topics, ids) is `COLLATE "C"`: bytewise like
   SQLite, so "p/" <= name < "p0" selects a subtree whatever the database's locale, on a plain btree index.
-- Full text: a stored, generated `tsvector` (english stemming, as SQLite's porter tokenizer) with a GIN index;
-  it changes with the text in the same statement, so no triggers keep it in step. BM25 needs each text's
-  length (text_len, generated too) and the collection's totals (search_stats, kept by a trigger).
+- Full text: a stored `tsvector` (english stemming, as SQLite's porter tokenizer) with a GIN index, and each
+  text's length in tokens (text_len), both written by one BEFORE trigger from the text in the statement that
+  changes it (m0007: generated columns parsed the text twice); BM25 also needs the collection's totals
+  (search_stats, kept by triggers).
 - Embeddings: one row per cube as in SQLite, in a pgvector `vector` column without a fixed dimension, because
   the dimension is the embedding model's and the model is configuration. HNSW (cosine) indexes are built per
   model, as partial expression indexes on `vector::vector(DIM)` (ensure_vector_index), which a query uses by
@@ -203,9 +204,47 @@ def m0006_search_stats(conn) -> None:
                  " until double precision NOT NULL, PRIMARY KEY (seq, model))")
 
 
+def m0007_search_ingest(conn) -> None:
+    # Ingest cost (profiled at 100k cubes): text_tsv and text_len were two generated columns, each running
+    # to_tsvector on the text (about 70 us a row each on one core), and search_stats took one upsert per row.
+    # Now a BEFORE trigger parses the text once and derives both; the totals of a multi-row INSERT or COPY are
+    # one upsert per statement (transition table). Updates of the text and deletes keep the row trigger.
+    # The columns stay what they were; only the trigger writes them (it overrides any value given for them).
+    conn.execute("ALTER TABLE cubes ALTER COLUMN text_len DROP EXPRESSION")
+    conn.execute("ALTER TABLE cubes ALTER COLUMN text_tsv DROP EXPRESSION")
+    conn.execute("""
+        CREATE FUNCTION memosd_text_search() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' OR NEW.text IS DISTINCT FROM OLD.text THEN
+                NEW.text_tsv := to_tsvector('english'::regconfig, coalesce(NEW.text, ''));
+                NEW.text_len := memosd_tsv_length(NEW.text_tsv);
+            ELSE
+                NEW.text_tsv := OLD.text_tsv;
+                NEW.text_len := OLD.text_len;
+            END IF;
+            RETURN NEW;
+        END $$""")
+    conn.execute("CREATE TRIGGER cubes_text_search BEFORE INSERT OR UPDATE OF text, text_tsv, text_len ON cubes"
+                 " FOR EACH ROW EXECUTE FUNCTION memosd_text_search()")
+    conn.execute("DROP TRIGGER cubes_search_stats ON cubes")
+    conn.execute("CREATE TRIGGER cubes_search_stats AFTER DELETE OR UPDATE OF text ON cubes"
+                 " FOR EACH ROW EXECUTE FUNCTION memosd_search_stats()")
+    conn.execute(f"""
+        CREATE FUNCTION memosd_search_stats_added() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO search_stats AS s
+                SELECT pg_backend_pid() % {SEARCH_STATS_SHARDS}, count(text), coalesce(sum(text_len), 0)
+                FROM added HAVING count(text) > 0
+                ON CONFLICT (shard) DO UPDATE SET docs = s.docs + excluded.docs, tokens = s.tokens + excluded.tokens;
+            RETURN NULL;
+        END $$""")
+    conn.execute("CREATE TRIGGER cubes_search_stats_added AFTER INSERT ON cubes REFERENCING NEW TABLE AS added"
+                 " FOR EACH STATEMENT EXECUTE FUNCTION memosd_search_stats_added()")
+
+
 MIGRATIONS: tuple[tuple[str, Callable], ...] = tuple((f.__name__, f) for f in (
     m0000_extensions, m0001_governance, m0002_store, m0003_cubes, m0004_blobs, m0005_jobs,
-    m0006_search_stats))
+    m0006_search_stats, m0007_search_ingest))
 
 
 def vector_index_name(model: str, dims: int) -> str:
