@@ -4,8 +4,8 @@ PostgreSQL's ts_rank is not BM25, so the score is computed here, with FTS5's for
 lexeme, idf = ln((N - n + 0.5) / (n + 0.5)) (at least 1e-6), times tf (k1 + 1) / (tf + k1 (1 - b + b dl / avgdl)).
 n is counted with the GIN index, tf read from the cube's tsvector, dl is cubes.text_len and N and avgdl come from
 search_stats (schema m0006_search_stats). A common word is ranked over a bounded candidate set rather than
-match by match (_walked, over cube_repeats and cubes_text_len, schema m0007_search_ingest). Words are lexemes of the english configuration (stemmed, without its
-stopwords), as SQLite's porter tokenizer stems them.
+match by match (_walked, over cube_repeats and cubes_text_len, schema m0007_search_ingest). Words are lexemes
+of the english configuration (stemmed, without its stopwords), as SQLite's porter tokenizer stems them.
 """
 
 from __future__ import annotations
