@@ -259,9 +259,10 @@ def _bm25_order(docs: dict[str, tuple[int, int]], n: int, df: int, avgdl: float)
 @pytest.mark.parametrize("walk", ["every match scored", "bounded walk"])
 def test_one_words_best_cubes_come_in_bm25_order_under_filters_updates_and_deletes(engine, vault, monkeypatch, walk):
     # PostgreSQL ranks a common word over a bounded candidate set (its repeats, then the shortest matches);
-    # WALK_FROM 0 takes that path on this small vault, and the order must be BM25's, as on SQLite.
+    # WALK_FROM and LARGE_VAULT 0 take that path on this small vault, and the order must be BM25's, as on SQLite.
     if walk == "bounded walk":
         monkeypatch.setattr(engine.sql.fulltext, "WALK_FROM", 0, raising=False)
+        monkeypatch.setattr(engine.sql.fulltext, "LARGE_VAULT", 0, raising=False)
     fillers = ["owl", "elk", "yak", "emu"]
     docs = {}
     drafts = []

@@ -129,8 +129,8 @@ def _all_groups(groups: Sequence[Sequence[str]]) -> str:
     return " & ".join(_all(g) for g in groups)
 
 
-# Matches (as counted) from which a plain-word query is ranked over a bounded candidate set rather than scored
-# match by match: scoring reads every match's row and tsvector (about 5 us each, 13k rows for a word in an
+# Matches (as counted) from which a plain-word query on a large vault (LARGE_VAULT) is ranked over a bounded
+# candidate set rather than scored match by match: scoring reads every match's row and tsvector (about 5 us each, 13k rows for a word in an
 # eighth of 100k cubes), while the bounded set costs the same whatever the word's count.
 WALK_FROM = 1500
 
@@ -198,7 +198,7 @@ def _ranked(conn: psycopg.Connection, match_sql: str, match_params: list, terms:
     idf = [max(math.log((n - counts[t] + 0.5) / (counts[t] + 0.5)), 1e-6) for t in terms]
     # A group's matches are at most its rarest lexeme's; the deciding groups' matches at most their sum.
     matches = sum(min(counts.get(t, n) for t in g) for g in walk.deciding) if walk else 0
-    if walk is not None and matches >= WALK_FROM:
+    if walk is not None and matches >= WALK_FROM and n >= LARGE_VAULT:  # small vaults: every match, exactly
         candidates = _walked(walk, match_sql, where, limit)
         chosen = f"c.seq IN ({candidates})"
         # The parts' parameters in order: the repeats by tf and from TOP_TF on (each: the filter, then the match
