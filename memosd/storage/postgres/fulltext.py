@@ -150,7 +150,7 @@ def _walked(walk: _Walk, match_sql: str, where: str, limit: int) -> str:
     as FullText's common-word cut-off, the ranking there is close, not exact. Each list reads rows in its order
     and stops once `limit` (or the deeper count) pass the filter, whatever the words' counts."""
     base = f"c.kind = {int(MemoryKind.PLAINTEXT)} AND c.text IS NOT NULL AND {where}"
-    depth = limit if walk.exact else max(4 * limit, 64)
+    depth = limit if walk.exact else max(8 * limit, 128)
     recheck = "" if walk.exact else f" AND c.text_tsv @@ {match_sql}"
     deciding = ", ".join(_literal(t) for t in dict.fromkeys(t for g in walk.deciding for t in g))
     repeats = f"SELECT c.seq FROM cube_repeats p JOIN cubes c ON c.seq = p.seq WHERE {base}{recheck}"
