@@ -208,7 +208,8 @@ def m0007_search_ingest(conn) -> None:
     # Ingest cost (profiled at 100k cubes): text_tsv and text_len were two generated columns, each running
     # to_tsvector on the text (about 70 us a row each on one core), and search_stats took one upsert per row.
     # Now a BEFORE trigger parses the text once and derives both; the totals of a multi-row INSERT or COPY are
-    # one upsert per statement (transition table). Updates of the text and deletes keep the row trigger.
+    # one upsert per statement (transition table, memosd_texts_added, which also files the new repeats).
+    # Updates of the text and deletes keep the row trigger.
     # The columns stay what they were; only the trigger writes them (it overrides any value given for them).
     #
     # BM25 of a common word without scoring all its matches (fulltext._walked): text_repeats holds the lexemes
@@ -270,7 +271,7 @@ def m0007_search_ingest(conn) -> None:
     conn.execute("CREATE TRIGGER cubes_search_stats AFTER DELETE OR UPDATE OF text ON cubes"
                  " FOR EACH ROW EXECUTE FUNCTION memosd_search_stats()")
     conn.execute(f"""
-        CREATE FUNCTION memosd_search_stats_added() RETURNS trigger LANGUAGE plpgsql AS $$
+        CREATE FUNCTION memosd_texts_added() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             INSERT INTO cube_repeats SELECT u.lexeme, a.seq, cardinality(u.positions), a.text_len
                 FROM added a, unnest(a.text_repeats) u;
@@ -280,8 +281,9 @@ def m0007_search_ingest(conn) -> None:
                 ON CONFLICT (shard) DO UPDATE SET docs = s.docs + excluded.docs, tokens = s.tokens + excluded.tokens;
             RETURN NULL;
         END $$""")
-    conn.execute("CREATE TRIGGER cubes_search_stats_added AFTER INSERT ON cubes REFERENCING NEW TABLE AS added"
-                 " FOR EACH STATEMENT EXECUTE FUNCTION memosd_search_stats_added()")
+    conn.execute("CREATE TRIGGER cubes_texts_added AFTER INSERT ON cubes REFERENCING NEW TABLE AS added"
+                 " FOR EACH STATEMENT EXECUTE FUNCTION memosd_texts_added()")
+
 
 MIGRATIONS: tuple[tuple[str, Callable], ...] = tuple((f.__name__, f) for f in (
     m0000_extensions, m0001_governance, m0002_store, m0003_cubes, m0004_blobs, m0005_jobs,
