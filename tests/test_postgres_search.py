@@ -52,6 +52,28 @@ def test_the_collection_counts_follow_every_insert_update_and_delete(db):
     assert _run(db.read(_stats)) == (1, 3)
 
 
+
+def test_a_many_row_copy_is_counted_once_and_each_text_parsed_into_its_tsvector_and_length(db):
+    from memosd.storage.postgres import cubes as records
+
+    texts = [f"walkers walked {i} miles" if i % 3 else None for i in range(50)]
+    rows_ = [(f"c{i}", "n", int(MemoryKind.PLAINTEXT), int(LifecycleState.ACTIVE), t, "[]", None, "", "alice",
+              int(Visibility.NAMESPACE), 0, 1.0, 1.0, None, "[]", None) for i, t in enumerate(texts)]
+    _run(db.write(lambda conn: records.copy_cubes(conn, rows_, [()] * len(rows_))))
+    # A write naming the derived columns does not set them: they are the text's.
+    _run(db.write(lambda conn: conn.execute("UPDATE cubes SET text_tsv = 'bogus', text_len = 99 WHERE id = 'c1'")))
+
+    def check(conn):
+        wrong = conn.execute("SELECT count(*) FROM cubes WHERE text_tsv IS DISTINCT FROM to_tsvector('english',"
+                             " coalesce(text, '')) OR text_len IS DISTINCT FROM memosd_tsv_length(text_tsv)")
+        return wrong.fetchone()[0], _stats(conn), conn.execute(
+            "SELECT count(text), sum(text_len) FROM cubes").fetchone()
+
+    wrong, stats, actual = _run(db.read(check))
+    assert wrong == 0
+    assert stats == actual == (33, 33 * 4)  # "walker", "walk", the number, "mile"
+
+
 def _reference_bm25(docs: dict[int, dict[str, int]], terms: list[str]) -> dict[int, float]:
     # FTS5's bm25() (k1 1.2, b 0.75, idf floored at 1e-6), over the documents' lexeme counts.
     n, avgdl = len(docs), sum(sum(d.values()) for d in docs.values()) / len(docs)
@@ -172,3 +194,59 @@ def test_remembered_word_counts_are_recounted_once_the_vault_changed_by_a_tenth(
     idf = max(math.log((n - df + 0.5) / (df + 0.5)), 1e-6)
     assert len(scores()) == 11 and scores()[-1] < first[-1]
     assert all(s <= idf * 2.2 / (1 + 1.2 * 0.25) + 1e-9 for s in scores())  # the new count, not the remembered one
+
+
+def _repeats(conn):
+    return sorted(conn.execute("SELECT term, seq, tf, dl FROM cube_repeats").fetchall())
+
+
+def _repeats_of_texts(conn):
+    return sorted(conn.execute("SELECT u.lexeme, c.seq, cardinality(u.positions), c.text_len FROM cubes c,"
+                               " unnest(c.text_tsv) u WHERE cardinality(u.positions) > 1").fetchall())
+
+
+def test_the_repeated_words_table_follows_every_insert_update_tombstone_and_delete(db):
+    from memosd.storage.postgres import cubes as records
+
+    texts = ["cats chase cats", "dogs dogs dogs bark", "a bird sings", None, "owls hoot, owls owls stare stare"]
+    rows_ = [(f"c{i}", "n", int(MemoryKind.PLAINTEXT), int(LifecycleState.ACTIVE), t, "[]", None, "", "alice",
+              int(Visibility.NAMESPACE), 0, 1.0, 1.0, None, "[]", None) for i, t in enumerate(texts)]
+    seqs = _run(db.write(lambda conn: records.copy_cubes(conn, rows_, [()] * len(rows_))))
+    first = _run(db.read(_repeats))
+    assert {(t, tf) for t, _, tf, _ in first} == {("cat", 2), ("dog", 3), ("owl", 3), ("stare", 2)}
+    assert first == _run(db.read(_repeats_of_texts))
+    _run(db.write(lambda conn: conn.execute("UPDATE cubes SET text = 'birds birds' WHERE seq = %s", (seqs[2],))))
+    _run(db.write(lambda conn: conn.execute("UPDATE cubes SET text = 'one cat' WHERE seq = %s", (seqs[0],))))
+    _run(db.write(lambda conn: conn.execute("UPDATE cubes SET text = NULL, state = %s WHERE seq = %s",
+                                            (int(LifecycleState.DELETED), seqs[1]))))  # a tombstone
+    _run(db.write(lambda conn: conn.execute("DELETE FROM cubes WHERE seq = %s", (seqs[4],))))
+    _run(db.write(lambda conn: conn.execute("UPDATE cubes SET priority = 3")))  # not the text: nothing moves
+    assert _run(db.read(_repeats)) == _run(db.read(_repeats_of_texts)) == [("bird", seqs[2], 2, 2)]
+
+
+def test_several_common_words_walked_score_their_hits_exactly_and_pass_the_filter(db, monkeypatch):
+    import random
+
+    rng = random.Random(5)
+    words = ["glacier", "river", "mountain", "valley", "forest", "meadow"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 9))) for _ in range(300)]
+    seqs = _insert_all(db, texts[:150], namespace="a") + _insert_all(db, texts[150:], namespace="b")
+    _run(db.write(lambda conn: conn.execute("UPDATE cubes SET state = %s WHERE seq = ANY(%s)",
+                                            (int(LifecycleState.ARCHIVED), seqs[::7]))))
+    fulltext = db.sql.fulltext
+    monkeypatch.setattr(fulltext, "LARGE_VAULT", 0)  # the walk is for large vaults: at any size here
+
+    def ranked(query, f, limit, **kw):
+        return _run(db.read(lambda conn: fulltext.ranked(conn, query, f, NOW, limit, **kw)))
+
+    for f in (CubeFilter(), CubeFilter(namespace_prefix="a"),
+              CubeFilter(states=frozenset({LifecycleState.ARCHIVED}))):
+        for query, one_of in ((["glacier", "river"], ()), (["meadow", "forest", "valley"], ["meadow"])):
+            monkeypatch.setattr(fulltext, "WALK_FROM", 10**9)
+            every = {row["seq"]: score for row, score in ranked(query, f, 300, one_of=one_of)}
+            monkeypatch.setattr(fulltext, "WALK_FROM", 0)
+            walked = ranked(query, f, 5, one_of=one_of)
+            assert len(walked) == 5
+            assert all(every[row["seq"]] == pytest.approx(score) for row, score in walked)  # in `every`: passed
+            scores = [score for _, score in walked]
+            assert scores == sorted(scores, reverse=True)

@@ -247,3 +247,55 @@ def test_best_keeps_the_nearest_order_and_drops_cubes_filtered_out_or_without_a_
     assert best(limit=1) == [("three", 0.8)]
     row = engine.read(lambda conn: engine.sql.vectors.best(conn, MODEL, nearest, CubeFilter(), NOW, 1))[0][0]
     assert set(row) == {c.strip() for c in rows.COLUMNS.split(",")} and rows.to_cube(row, NOW).namespace == "b"
+
+
+def _bm25_order(docs: dict[str, tuple[int, int]], n: int, df: int, avgdl: float) -> list[str]:
+    # FTS5's bm25() of one word: (text -> (tf, length)), best first.
+    idf = max(np.log((n - df + 0.5) / (df + 0.5)), 1e-6)
+    score = {t: idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * dl / avgdl)) for t, (tf, dl) in docs.items()}
+    return sorted(score, key=lambda t: -score[t])
+
+
+@pytest.mark.parametrize("walk", ["every match scored", "bounded walk"])
+def test_one_words_best_cubes_come_in_bm25_order_under_filters_updates_and_deletes(engine, vault, monkeypatch, walk):
+    # PostgreSQL ranks a common word over a bounded candidate set (its repeats, then the shortest matches);
+    # WALK_FROM and LARGE_VAULT 0 take that path on this small vault, and the order must be BM25's, as on SQLite.
+    if walk == "bounded walk":
+        monkeypatch.setattr(engine.sql.fulltext, "WALK_FROM", 0, raising=False)
+        monkeypatch.setattr(engine.sql.fulltext, "LARGE_VAULT", 0, raising=False)
+    fillers = ["owl", "elk", "yak", "emu"]
+    docs = {}
+    drafts = []
+    for tf in (1, 2, 3):
+        for extra in range(6):
+            text = " ".join(["fox"] * tf + [fillers[(tf + i) % 4] for i in range(extra)])
+            docs[text] = (tf, tf + extra)
+            drafts.append(CubeDraft("a" if (tf + extra) % 2 else "b", text, tags=("t",) if extra % 3 == 0 else ()))
+    drafts += [CubeDraft("a", "owl elk"), CubeDraft("b", "yak emu owl")]
+    cubes = {c.text: c for c in put(vault, *drafts)}
+
+    def check(f=CubeFilter(), limit=5):
+        n = len(cubes)
+        avgdl = sum(len(t.split()) for t in cubes) / n
+        allowed = {t: docs[t] for t, c in cubes.items() if t in docs and (not f.namespace_prefix or
+                   c.namespace == f.namespace_prefix) and (not f.tags or "t" in c.tags)}
+        expected = _bm25_order(allowed, n, sum(t in docs for t in cubes), avgdl)[:limit]
+        assert texts(ranked(engine, ["fox"], f, limit=limit)) == expected
+
+    check()
+    check(limit=1)
+    check(CubeFilter(namespace_prefix="a"))
+    check(CubeFilter(tags=("t",)), limit=3)
+    best = texts(ranked(engine, ["fox"], limit=1))[0]
+    asyncio.run(vault.delete(cubes.pop(best).id))
+    check()
+    second = texts(ranked(engine, ["fox"], limit=1))[0]
+    retext(vault, cubes[second], "owl owl owl")  # no fox any more
+    cubes["owl owl owl"] = cubes.pop(second)
+    check()
+    retext(vault, cubes["fox"], "fox fox fox fox")  # now the best of all
+    docs["fox fox fox fox"] = (4, 4)
+    cubes["fox fox fox fox"] = cubes.pop("fox")
+    check()
+    assert texts(ranked(engine, ["fox"], limit=1)) == ["fox fox fox fox"]
+    assert ranked(engine, ["fox"], CubeFilter(kinds=frozenset({MemoryKind.ACTIVATION}))) == []

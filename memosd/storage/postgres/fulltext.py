@@ -3,8 +3,9 @@
 PostgreSQL's ts_rank is not BM25, so the score is computed here, with FTS5's formula and constants: per query
 lexeme, idf = ln((N - n + 0.5) / (n + 0.5)) (at least 1e-6), times tf (k1 + 1) / (tf + k1 (1 - b + b dl / avgdl)).
 n is counted with the GIN index, tf read from the cube's tsvector, dl is cubes.text_len and N and avgdl come from
-search_stats (schema m0006_search_stats). Words are lexemes of the english configuration (stemmed, without its
-stopwords), as SQLite's porter tokenizer stems them.
+search_stats (schema m0006_search_stats). A common word is ranked over a bounded candidate set rather than
+match by match (_walked, over cube_repeats and cubes_text_len, schema m0009_search_ingest). Words are lexemes
+of the english configuration (stemmed, without its stopwords), as SQLite's porter tokenizer stems them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -45,6 +47,8 @@ def doc_count(conn: psycopg.Connection, word: str) -> int:
     (lexemes,) = _lexemes(conn, [word])
     if not lexemes:
         return 0
+    if len(lexemes) == 1:  # a word of one lexeme, as most are: counted (or remembered) as _ranked counts it
+        return _doc_counts(conn, _database(conn), lexemes, size(conn))[lexemes[0]]
     return _scalar(conn.execute("SELECT count(*) FROM cubes WHERE text_tsv @@ %s::tsquery", (_all(lexemes),)))
 
 
@@ -61,7 +65,11 @@ def ranked(conn: psycopg.Connection, words: Sequence[str], f: CubeFilter, now: f
     terms = list(dict.fromkeys(lex for lexemes in per_word for lex in lexemes))
     if not match:
         return []
-    return _ranked(conn, "%s::tsquery", [match], terms, f, now, limit)
+    groups = [g for g in per_word if g]
+    # Exact: one word of one lexeme, which every match then holds (and its repeats match without a recheck).
+    walk = _Walk(deciding=[g for g in (per_one_of if one_of else per_word) if g], every=_all_groups(groups),
+                 exact=not one_of and len(groups) == 1 and len(groups[0]) == 1)
+    return _ranked(conn, "%s::tsquery", [match], terms, f, now, limit, walk=walk)
 
 
 def ranked_query(conn: psycopg.Connection, query: str, f: CubeFilter, now: float,
@@ -107,11 +115,79 @@ def _any(per_word: Sequence[Sequence[str]]) -> str:
     return " | ".join(_all(lexemes) for lexemes in per_word if lexemes)
 
 
+@dataclass(frozen=True)
+class _Walk:
+    """How ranked() may bound a common word's candidates (see _walked): the word groups that decide the matches,
+    the tsquery all groups together match, and whether every match holds all the terms (one word of one lexeme)."""
+
+    deciding: list[list[str]]
+    every: str
+    exact: bool
+
+
+def _all_groups(groups: Sequence[Sequence[str]]) -> str:
+    return " & ".join(_all(g) for g in groups)
+
+
+# Matches (as counted) from which a plain-word query on a large vault (LARGE_VAULT) is ranked over a bounded
+# candidate set rather than scored match by match: scoring reads every match's row and tsvector (about 5 us each, 13k rows for a word in an
+# eighth of 100k cubes), while the bounded set costs the same whatever the word's count.
+WALK_FROM = 1500
+
+
+# cube_repeats is read by tf, one value at a time up to this one, and from it on by tf (most repeats are 2 or 3).
+TOP_TF = 9
+
+
+def _walked(walk: _Walk, match_sql: str, where: str, limit: int) -> str:
+    """The candidates' query (seqs) for a common word (its parameters: see _ranked). A cube holds each query
+    term once or not at all unless it repeats it (cube_repeats); once, its BM25 is idf * 2.2 / (1 + 1.2 (0.25 +
+    0.75 dl / avgdl)) per term it holds, falling with its length dl, and at any one tf it falls with dl too. So
+    for each tf the `limit` shortest repeats (cube_repeats_rank), with the `limit` shortest matches
+    (cubes_text_len), hold the exact best `limit` when every match holds the same terms (one word; tf from
+    TOP_TF on taken by tf). With several words a short cube holding one beats a longer one holding two, which
+    the walk may not reach: the shortest cubes holding every word are added, and more of the shortest matches;
+    as FullText's common-word cut-off, the ranking there is close, not exact. Each list reads rows in its order
+    and stops once `limit` (or the deeper count) pass the filter, whatever the words' counts."""
+    base = f"c.kind = {int(MemoryKind.PLAINTEXT)} AND c.text IS NOT NULL AND {where}"
+    depth = limit if walk.exact else max(8 * limit, 128)
+    recheck = "" if walk.exact else f" AND c.text_tsv @@ {match_sql}"
+    deciding = ", ".join(_literal(t) for t in dict.fromkeys(t for g in walk.deciding for t in g))
+    repeats = f"SELECT c.seq FROM cube_repeats p JOIN cubes c ON c.seq = p.seq WHERE {base}{recheck}"
+    parts = [f"(SELECT x.seq FROM unnest(ARRAY[{deciding}]::text[]) t(term), generate_series(2, {TOP_TF - 1}) v(tf),"
+             f" LATERAL ({repeats} AND p.term = t.term AND p.tf = v.tf ORDER BY p.dl, p.seq LIMIT {int(limit)}) x)",
+             f"({repeats} AND p.term IN ({deciding}) AND p.tf >= {TOP_TF} ORDER BY p.tf DESC, p.dl, p.seq"
+             f" LIMIT {int(limit)})",
+             f"(SELECT c.seq FROM cubes c WHERE c.text_tsv @@ {match_sql} AND {base} ORDER BY c.text_len, c.seq"
+             f" LIMIT {int(depth)})"]
+    if not walk.exact:
+        parts.append(f"(SELECT c.seq FROM cubes c WHERE c.text_tsv @@ {_quoted_tsquery(walk.every)} AND {base}"
+                     f" ORDER BY c.text_len, c.seq LIMIT {int(depth)})")
+    return " UNION ".join(parts)
+
+
+def _literal(text: str) -> str:
+    # A string constant in the statement (standard_conforming_strings: only ' is special), % for psycopg.
+    return "'" + text.replace("'", "''").replace("%", "%%") + "'"
+
+
+def _quoted_tsquery(text: str) -> str:
+    # A tsquery literal made of operands _quoted() built: a constant, so that the planner sees the words and
+    # picks the walk for a common one; % doubled, as the statement goes through psycopg's parameter syntax.
+    return _literal(text) + "::tsquery"
+
+
+def _database(conn: psycopg.Connection) -> tuple:
+    database = _scalar(conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()"))
+    return conn.info.host, conn.info.port, int(database)
+
+
 def _ranked(conn: psycopg.Connection, match_sql: str, match_params: list, terms: Sequence[str], f: CubeFilter,
-            now: float, limit: int) -> list[tuple[dict, float]]:
+            now: float, limit: int, walk: _Walk | None = None) -> list[tuple[dict, float]]:
     """The best `limit` matches passing the filter, scored by BM25 over the terms (lexemes). The filter is in
     the same query as the match, so only readable cubes are scored; each term's document count is a GIN
-    index lookup over all cubes with text, as FTS5 counts it (remembered on large vaults, see _doc_counts)."""
+    index lookup over all cubes with text, as FTS5 counts it (remembered on large vaults, see _doc_counts).
+    With walk (plain words), matches as many as WALK_FROM are ranked from a bounded set (_walked)."""
     where, params = filter_sql(f, now)
     terms = list(terms)
     database, n, tokens = conn.execute(
@@ -120,10 +196,21 @@ def _ranked(conn: psycopg.Connection, match_sql: str, match_params: list, terms:
     n, avgdl = max(int(n), 1), max(int(tokens), 1) / max(int(n), 1)
     counts = _doc_counts(conn, (conn.info.host, conn.info.port, int(database)), terms, n)
     idf = [max(math.log((n - counts[t] + 0.5) / (counts[t] + 0.5)), 1e-6) for t in terms]
+    # A group's matches are at most its rarest lexeme's; the deciding groups' matches at most their sum.
+    matches = sum(min(counts.get(t, n) for t in g) for g in walk.deciding) if walk else 0
+    if walk is not None and matches >= WALK_FROM and n >= LARGE_VAULT:  # small vaults: every match, exactly
+        candidates = _walked(walk, match_sql, where, limit)
+        chosen = f"c.seq IN ({candidates})"
+        # The parts' parameters in order: the repeats by tf and from TOP_TF on (each: the filter, then the match
+        # unless exact), the shortest matches (the match, then the filter), those holding every word (the filter).
+        repeats = [*params] if walk.exact else [*params, *match_params]
+        chosen_params = [*repeats, *repeats, *match_params, *params, *([] if walk.exact else params)]
+    else:
+        chosen = f"c.text_tsv @@ {match_sql} AND c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}"
+        chosen_params = [*match_params, *params]
     sql = f"""
         WITH w AS (SELECT * FROM unnest(%s::text[], %s::float8[]) AS w(term, idf)),
-        m AS (SELECT c.seq, c.text_tsv, c.text_len FROM cubes c
-              WHERE c.text_tsv @@ {match_sql} AND c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}),
+        m AS (SELECT c.seq, c.text_tsv, c.text_len FROM cubes c WHERE {chosen}),
         s AS (SELECT m.seq, sum(w.idf * (u.tf * {K1 + 1}) / (u.tf + {K1} * (1 - {B} + {B} * m.text_len / %s::float8)))
                      AS score
               FROM m,
@@ -132,7 +219,7 @@ def _ranked(conn: psycopg.Connection, match_sql: str, match_params: list, terms:
               JOIN w ON w.term = u.lexeme
               GROUP BY m.seq ORDER BY score DESC, m.seq LIMIT %s)
         SELECT {_CUBE_COLUMNS}, s.score FROM s JOIN cubes c ON c.seq = s.seq ORDER BY s.score DESC, c.seq"""
-    found = conn.execute(sql, [terms, idf, *match_params, *params, avgdl, terms, limit]).fetchall()
+    found = conn.execute(sql, [terms, idf, *chosen_params, avgdl, terms, limit]).fetchall()
     return [(row_dict(r[:-1]), float(r[-1])) for r in found]
 
 
@@ -153,6 +240,9 @@ def _doc_counts(conn: psycopg.Connection, database: tuple, terms: list[str], n: 
                 if known is not None and abs(n - known[1]) <= 0.1 * known[1]:
                     found[t] = known[0]
     todo = [t for t in terms if t not in found]
+    if todo and n >= LARGE_VAULT:
+        found.update(_sampled_counts(conn, database, todo))
+        todo = [t for t in terms if t not in found]
     if todo:
         rows = conn.execute("SELECT t.term, (SELECT count(*) FROM cubes x WHERE x.text_tsv @@ t.q)"
                             " FROM unnest(%s::text[], %s::tsquery[]) AS t(term, q)",
@@ -164,6 +254,43 @@ def _doc_counts(conn: psycopg.Connection, database: tuple, terms: list[str], n: 
                     _counts.clear()
                 _counts.update(((database, t), (found[t], n)) for t in todo)
     return found
+
+
+# ANALYZE's sample of text_tsv (pg_stats: the 1,000 commonest lexemes with the share of rows holding each) stands
+# in for counting a common word, which reads every row holding it (60-90 ms for a word in 13k of 100k cubes,
+# every time the vault has grown by a tenth): the share is a sample's, a few percent off, and idf = ln(N / n)
+# moves by as much in hundredths. Trusted only while the table has about the rows the sample was taken from.
+_SAMPLED = """
+    SELECT u.lexeme, u.share * t.rows FROM pg_stats s,
+        LATERAL unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS u(lexeme, share),
+        (SELECT reltuples AS sampled, (SELECT coalesce(max(seq), 0) FROM cubes) AS rows FROM pg_class
+         WHERE oid = 'cubes'::regclass) t
+    WHERE s.schemaname = current_schema() AND s.tablename = 'cubes' AND s.attname = 'text_tsv'
+        AND u.lexeme = ANY(%s) AND t.sampled > 0 AND abs(t.rows - t.sampled) <= 0.1 * t.rows"""
+
+
+_sampled: dict[tuple, dict[str, int]] = {}
+
+
+def _sampled_counts(conn: psycopg.Connection, database: tuple, terms: list[str]) -> dict[str, int]:
+    """Estimated document counts of the terms the table's statistics hold (the common ones); what pg_stats
+    answered is remembered until ANALYZE (or VACUUM) changes the table's row estimate."""
+    sampled = _scalar(conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'cubes'::regclass"))
+    key = (database, float(sampled))
+    with _counts_lock:
+        known = _sampled.get(key)
+    if known is None:
+        known = {}
+    missing = [t for t in terms if t not in known]
+    if missing:
+        found = {t: max(1, round(c)) for t, c in conn.execute(_SAMPLED, [missing]).fetchall()}
+        with _counts_lock:
+            if len(_sampled) > 64 or sum(map(len, _sampled.values())) > 50_000:
+                _sampled.clear()
+            known = _sampled.setdefault(key, {})
+            known.update(found)
+            known.update((t, 0) for t in missing if t not in found)  # 0: not in the sample, count it
+    return {t: known[t] for t in terms if known.get(t)}
 
 
 def explain_fts_error(query: str, sqlite_message: str) -> str:

@@ -9,9 +9,10 @@ Choices, once for all tables:
   manifest get expression indexes on the jsonb cast.
 - Text that is compared by range or sorted (names, namespaces, topics, ids) is `COLLATE "C"`: bytewise like
   SQLite, so "p/" <= name < "p0" selects a subtree whatever the database's locale, on a plain btree index.
-- Full text: a stored, generated `tsvector` (english stemming, as SQLite's porter tokenizer) with a GIN index;
-  it changes with the text in the same statement, so no triggers keep it in step. BM25 needs each text's
-  length (text_len, generated too) and the collection's totals (search_stats, kept by a trigger).
+- Full text: a stored `tsvector` (english stemming, as SQLite's porter tokenizer) with a GIN index, and each
+  text's length in tokens (text_len), both written by one BEFORE trigger from the text in the statement that
+  changes it (m0007: generated columns parsed the text twice); BM25 also needs the collection's totals
+  (search_stats, kept by triggers).
 - Embeddings: one row per cube as in SQLite, in a pgvector `vector` column without a fixed dimension, because
   the dimension is the embedding model's and the model is configuration. HNSW (cosine) indexes are built per
   model, as partial expression indexes on `vector::vector(DIM)` (ensure_vector_index), which a query uses by
@@ -26,7 +27,7 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from memosd.cube import LifecycleState
+from memosd.cube import LifecycleState, MemoryKind
 from memosd.errors import FailedPrecondition
 
 # pg_advisory_lock key for migrations: two daemons starting at once migrate one after the other.
@@ -226,9 +227,90 @@ def m0008_cluster(conn) -> None:
                  f" member_id {T} NOT NULL, endorsement bytea NOT NULL, created_at double precision NOT NULL)")
 
 
+def m0009_search_ingest(conn) -> None:
+    # Ingest cost (profiled at 100k cubes): text_tsv and text_len were two generated columns, each running
+    # to_tsvector on the text (about 70 us a row each on one core), and search_stats took one upsert per row.
+    # Now a BEFORE trigger parses the text once and derives both; the totals of a multi-row INSERT or COPY are
+    # one upsert per statement (transition table, memosd_texts_added, which also files the new repeats).
+    # Updates of the text and deletes keep the row trigger.
+    # The columns stay what they were; only the trigger writes them (it overrides any value given for them).
+    #
+    # BM25 of a common word without scoring all its matches (fulltext._walked): text_repeats holds the lexemes
+    # a text has more than once, with their positions (about one a text: most lexemes of a short text occur
+    # once), and cube_repeats the same as rows (term, seq, tf, dl), in term order; every other match of a word
+    # has tf 1, so its score only falls with its length, and cubes_text_len hands the shortest first.
+    conn.execute("ALTER TABLE cubes ALTER COLUMN text_len DROP EXPRESSION")
+    conn.execute("ALTER TABLE cubes ALTER COLUMN text_tsv DROP EXPRESSION")
+    conn.execute("ALTER TABLE cubes ADD COLUMN text_repeats tsvector NOT NULL DEFAULT ''")
+    conn.execute("""
+        CREATE FUNCTION memosd_tsv_repeats(tsvector) RETURNS tsvector LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+        AS 'SELECT ts_filter(setweight($1, ''A'', array(SELECT lexeme FROM unnest($1) WHERE cardinality(positions) > 1)),
+               ''{a}'')'""")
+    conn.execute("UPDATE cubes SET text_repeats = memosd_tsv_repeats(text_tsv) WHERE text IS NOT NULL")
+    conn.execute("""
+        CREATE FUNCTION memosd_text_search() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            repeats text[];
+        BEGIN
+            IF TG_OP = 'INSERT' OR NEW.text IS DISTINCT FROM OLD.text THEN
+                NEW.text_tsv := to_tsvector('english'::regconfig, coalesce(NEW.text, ''));
+                -- One pass over the lexemes for both (memosd_tsv_length, memosd_tsv_repeats).
+                SELECT coalesce(sum(cardinality(positions)), 0)::integer,
+                       coalesce(array_agg(lexeme) FILTER (WHERE cardinality(positions) > 1), '{}')
+                    INTO NEW.text_len, repeats FROM unnest(NEW.text_tsv);
+                NEW.text_repeats := ts_filter(setweight(NEW.text_tsv, 'A', repeats), '{a}');
+            ELSE
+                NEW.text_tsv := OLD.text_tsv;
+                NEW.text_len := OLD.text_len;
+                NEW.text_repeats := OLD.text_repeats;
+            END IF;
+            RETURN NEW;
+        END $$""")
+    conn.execute("CREATE TRIGGER cubes_text_search BEFORE INSERT OR UPDATE OF text, text_tsv, text_len, text_repeats"
+                 " ON cubes FOR EACH ROW EXECUTE FUNCTION memosd_text_search()")
+    # Lexemes are only compared for equality (with the query's): the database's collation, as the query's.
+    # A term's repeats are read one tf at a time, shortest first (cube_repeats_rank).
+    conn.execute("CREATE TABLE cube_repeats (term text NOT NULL, seq bigint NOT NULL, tf integer NOT NULL,"
+                 " dl integer NOT NULL)")
+    conn.execute("CREATE INDEX cube_repeats_rank ON cube_repeats (term, tf, dl, seq)")
+    conn.execute("CREATE INDEX cube_repeats_seq ON cube_repeats (seq)")
+    conn.execute("INSERT INTO cube_repeats SELECT u.lexeme, c.seq, cardinality(u.positions), c.text_len"
+                 " FROM cubes c, unnest(c.text_repeats) u")
+    conn.execute("""
+        CREATE FUNCTION memosd_cube_repeats() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            DELETE FROM cube_repeats WHERE seq = OLD.seq;
+            IF TG_OP = 'UPDATE' THEN
+                INSERT INTO cube_repeats SELECT u.lexeme, NEW.seq, cardinality(u.positions), NEW.text_len
+                    FROM unnest(NEW.text_repeats) u;
+            END IF;
+            RETURN NULL;
+        END $$""")
+    conn.execute("CREATE TRIGGER cubes_repeats AFTER DELETE OR UPDATE OF text ON cubes"
+                 " FOR EACH ROW EXECUTE FUNCTION memosd_cube_repeats()")
+    conn.execute(f"CREATE INDEX cubes_text_len ON cubes (text_len, seq) WHERE kind = {MemoryKind.PLAINTEXT:d}"
+                 " AND text IS NOT NULL")
+    conn.execute("DROP TRIGGER cubes_search_stats ON cubes")
+    conn.execute("CREATE TRIGGER cubes_search_stats AFTER DELETE OR UPDATE OF text ON cubes"
+                 " FOR EACH ROW EXECUTE FUNCTION memosd_search_stats()")
+    conn.execute(f"""
+        CREATE FUNCTION memosd_texts_added() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO cube_repeats SELECT u.lexeme, a.seq, cardinality(u.positions), a.text_len
+                FROM added a, unnest(a.text_repeats) u;
+            INSERT INTO search_stats AS s
+                SELECT pg_backend_pid() % {SEARCH_STATS_SHARDS}, count(text), coalesce(sum(text_len), 0)
+                FROM added HAVING count(text) > 0
+                ON CONFLICT (shard) DO UPDATE SET docs = s.docs + excluded.docs, tokens = s.tokens + excluded.tokens;
+            RETURN NULL;
+        END $$""")
+    conn.execute("CREATE TRIGGER cubes_texts_added AFTER INSERT ON cubes REFERENCING NEW TABLE AS added"
+                 " FOR EACH STATEMENT EXECUTE FUNCTION memosd_texts_added()")
+
+
 MIGRATIONS: tuple[tuple[str, Callable], ...] = tuple((f.__name__, f) for f in (
     m0000_extensions, m0001_governance, m0002_store, m0003_cubes, m0004_blobs, m0005_jobs,
-    m0006_search_stats, m0007_job_leases, m0008_cluster))
+    m0006_search_stats, m0007_job_leases, m0008_cluster, m0009_search_ingest))
 
 
 def vector_index_name(model: str, dims: int) -> str:
