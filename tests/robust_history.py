@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from memos_client import MemosError, OutcomeUnknown
 from memos_client.errors import DeadlineExceeded, Unavailable
 from memos_client.models import Event
+from tests.store_checks import check_history
 
 OK, FAILED, UNKNOWN = "ok", "failed", "unknown"
 
@@ -163,6 +164,17 @@ def describe(item) -> str:
     if isinstance(item, Event):
         return f"{item.topic}@{item.seq} cube={item.cube_id}"
     return repr(item)
+
+
+def check_ordered(items, what: str) -> dict[str, int]:
+    """tests/store_checks.check_history, item by item, so that a failure shows the history around the item."""
+    last: dict[str, int] = {}
+    for i, item in enumerate(items):
+        try:
+            last = check_history([item], start=last)
+        except AssertionError as exc:
+            raise AssertionError(f"{what}: {exc}\n  {window(items, i)}") from None
+    return last
 
 
 def check_durable(items, acks: list[tuple[int, Op]], topic: str, published: set[int]) -> None:

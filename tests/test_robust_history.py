@@ -9,7 +9,7 @@ import pytest
 
 from memos_client import NotFound, OutcomeUnknown
 from memos_client.models import Event, EventKind
-from tests.robust_history import History, check_durable, check_publishes, check_writes
+from tests.robust_history import History, check_durable, check_ordered, check_publishes, check_writes
 
 
 def cube(cube_id: str, text: str):
@@ -100,3 +100,10 @@ def test_each_broken_durable_promise_is_caught(items, acks, published, message):
         check_durable(items, acks, "t", published)
     if "[" not in message:
         assert "t@" in str(caught.value)  # the slice of the subscription's history around it
+
+
+def test_a_subscriber_history_with_a_duplicate_fails_showing_the_items_around_it():
+    with pytest.raises(AssertionError, match="got seq 2, expected 3") as caught:
+        check_ordered(events(1, 2, 2, 3), "subscriber")
+    assert "[2] t@2 cube=c" in str(caught.value) and "[3] t@3" in str(caught.value)
+    assert check_ordered(events(1, 2, 3), "subscriber") == {"t": 3}
