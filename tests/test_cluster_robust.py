@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import itertools
 import random
 import threading
@@ -36,6 +37,7 @@ PAUSE = 1.5  # the nemesis's schedule: seconds between one fault healed and the 
 OUTAGE = 2.0  # seconds a killed process stays down
 REVOCATION_LAG = 10.0  # how long after its acknowledgement a revocation may take to reach every member
 CALL_TIMEOUT = 10.0
+BLOB_SIZE = 48 * 1024
 
 
 class Member:
@@ -67,9 +69,9 @@ class Member:
 
 
 @contextlib.contextmanager
-def cluster(tmp_path):
+def cluster(tmp_path, s3_server):
     """(members, nats, postgres): three members on a PostgreSQL and a NATS of this test's own (it restarts them,
-    which a session-wide server shared with other tests must not suffer)."""
+    which a session-wide server shared with other tests must not suffer), their blobs in one S3 bucket."""
     postgres, nats = PostgresServer(), NatsServer()
     members: list[Member] = []
     try:
@@ -79,7 +81,8 @@ def cluster(tmp_path):
         vault_url = database_url(postgres.url, "robust")
         Database(vault_url, create=True).close()  # migrated, as `memosd init` does
         nats.start()
-        configs = member_configs(tmp_path, vault_url, 3, bus_url=nats.url)
+        configs = member_configs(tmp_path, vault_url, 3, bus_url=nats.url, s3_endpoint_url=s3_server.endpoint,
+                                 blob_url=f"s3://{s3_server.new_bucket()}/memosd")
         for config in configs:
             if members:
                 share_admin_key(configs[0], config)
@@ -188,6 +191,15 @@ def prober(history: History, clients: list[MemosClient], stop: threading.Event) 
         stop.wait(0.2)  # pacing, a schedule
 
 
+def uploader(history: History, client: MemosClient, stop: threading.Event, rng: random.Random) -> None:
+    """Blobs (content-addressed, so a retry at the next member cannot store one twice) through the members."""
+    for _ in range(OPS_PER_CLIENT // 5):
+        if stop.wait(PACE * 5):
+            return
+        data = rng.randbytes(BLOB_SIZE)
+        history.call("u0", "upload", client.upload_blob, data, sha256=hashlib.sha256(data).hexdigest())
+
+
 class Reader:
     """Reads a subscription on a thread, keeping every item; with acks, acknowledges every few events from the
     reading thread (so what follows an acknowledgement in `items` came after it)."""
@@ -219,9 +231,9 @@ class Reader:
         return all(seen.get(t, 0) >= last for t, last in topic_last.items())
 
 
-def test_the_cluster_keeps_its_promises_through_killed_daemons_nats_and_postgres(tmp_path):
+def test_the_cluster_keeps_its_promises_through_killed_daemons_nats_and_postgres(tmp_path, s3_server):
     history = History()
-    with cluster(tmp_path) as (members, nats, postgres):
+    with cluster(tmp_path, s3_server) as (members, nats, postgres):
         key = members[0].config.data_dir / "admin.key"
         with contextlib.ExitStack() as stack:
             def client(by: int, **kw) -> MemosClient:
@@ -247,7 +259,8 @@ def test_the_cluster_keeps_its_promises_through_killed_daemons_nats_and_postgres
                        for i in range(2)]
             threads += [threading.Thread(target=publisher, args=(history, client(i + 1), f"p{i}", cubes[i], stop))
                         for i in range(2)]
-            threads += [threading.Thread(target=prober, args=(history, mallory, stop))]
+            threads += [threading.Thread(target=prober, args=(history, mallory, stop)),
+                        threading.Thread(target=uploader, args=(history, client(2), stop, random.Random(7)))]
             for thread in threads:
                 thread.start()
             nemesis.run()
@@ -280,6 +293,7 @@ def test_the_cluster_keeps_its_promises_through_killed_daemons_nats_and_postgres
                                                             publish_id=op.args["publish_id"])
                        for op in history.of("publish")}
             check_publishes(history, replays, {t.name: t.last_seq for t in admin.topics("teams/robust")})
+            check_blobs(history, members, key)
             check_audit(members, key)
 
 
@@ -324,6 +338,17 @@ def final_cubes(admin: MemosClient) -> dict[str, list]:
     for cube in admin.list(NAMESPACE):
         final.setdefault(cube.text.split()[0], []).append(cube)
     return final
+
+
+def check_blobs(history: History, members, key) -> None:
+    """Every acknowledged upload is held, whole, for every member (one bucket, one vault)."""
+    uploads = history.of("upload", OK)
+    assert uploads, "no upload was acknowledged"
+    for member in members:
+        with MemosClient(member.address, key=key, timeout=CALL_TIMEOUT) as client:
+            missing = [op for op in uploads if client.upload_status(op.args["sha256"], BLOB_SIZE) != (True, 0)]
+            if missing:
+                fail(f"acknowledged blobs not stored for {member.address}", missing)
 
 
 def check_audit(members, key) -> None:
