@@ -32,7 +32,7 @@ NAMESPACE = "agents/admin/robust"
 TOPICS = ("teams/robust/a", "teams/robust/b")
 DURABLE = "cursor"
 OPS_PER_CLIENT = 250  # bound on each client's calls, whatever the schedule
-PACE = 0.1  # seconds between one client's calls (a schedule), so that its calls span the nemesis's faults
+PACE = 0.15  # seconds between one client's calls (a schedule), so that its calls span the nemesis's faults
 PAUSE = 1.5  # the nemesis's schedule: seconds between one fault healed and the next
 OUTAGE = 2.0  # seconds a killed process stays down
 REVOCATION_LAG = 10.0  # how long after its acknowledgement a revocation may take to reach every member
@@ -106,37 +106,41 @@ class Nemesis:
         self.done = threading.Event()
         self.error: BaseException | None = None
 
-    def schedule(self):
+    def schedule(self) -> list[tuple[str, list[Member]]]:
+        """(what, which members): "kill" SIGKILLs the members, "nats" kills NATS, "postgres" stops PostgreSQL;
+        several at once in one fault. Every member is killed at least once, so every client and subscription
+        is moved off its daemon."""
         m = self.members
-        return [("kill", m[0]), ("nats", None), ("postgres", None), ("revoke", None), ("kill", m[1]),
-                ("kill+nats", m[2]), ("postgres", None), ("kill", m[0])]
+        return [("kill", [m[0]]), ("nats", []), ("postgres", []), ("revoke", []), ("kill", [m[1]]),
+                ("kill+nats", [m[2]]), ("postgres+nats", []), ("kill", [m[0], m[1]]), ("postgres", []),
+                ("kill", [m[2]])]
 
     def run(self) -> None:
         try:
-            for fault, member in self.schedule():
+            for fault, members in self.schedule():
                 self.done.wait(PAUSE)  # pacing: a schedule, not a condition
-                self.history.call("nemesis", fault, self._do, fault, member,
-                                  member=member.address if member else "")
+                self.history.call("nemesis", fault, self._do, fault, members,
+                                  members=[f"m{self.members.index(m)}" for m in members])
         except BaseException as exc:  # noqa: BLE001 - handed to the test
             self.error = exc
         finally:
             self.done.set()
 
-    def _do(self, fault: str, member: Member | None) -> str:
+    def _do(self, fault: str, members: list[Member]) -> str:
         if fault == "revoke":
             return self.revoke()
-        if "kill" in fault:
+        for member in members:
             member.kill()
         if "nats" in fault:
             self.nats.kill()
-        if fault == "postgres":
+        if "postgres" in fault:
             self.postgres.stop()
         time.sleep(OUTAGE)  # the outage's length: part of the schedule
-        if fault == "postgres":
+        if "postgres" in fault:
             self.postgres.start()
         if "nats" in fault:
             self.nats.start()
-        if "kill" in fault:
+        for member in members:
             member.start()
         return fault
 
