@@ -11,6 +11,7 @@ import itertools
 import random
 import threading
 import time
+import traceback
 
 import pytest
 
@@ -204,6 +205,22 @@ def uploader(history: History, client: MemosClient, stop: threading.Event, rng: 
         history.call("u0", "upload", client.upload_blob, data, sha256=hashlib.sha256(data).hexdigest())
 
 
+class Process(threading.Thread):
+    """A client on a thread. History.call records the MemosErrors a call may end with; anything else ends the
+    client, and the test with it (kept here: an exception on a thread would otherwise only be printed)."""
+
+    def __init__(self, target, *args):
+        super().__init__(daemon=True)
+        self.target_, self.args_ = target, args
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.target_(*self.args_)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.error = exc
+
+
 class Reader:
     """Reads a subscription on a thread, keeping every item; with acks, acknowledges every few events from the
     reading thread (so what follows an acknowledgement in `items` came after it)."""
@@ -259,12 +276,10 @@ def test_the_cluster_keeps_its_promises_through_killed_daemons_nats_and_postgres
                 return admin.revoke_agent("mallory").name
 
             nemesis = Nemesis(history, members, nats, postgres, revoke)
-            threads = [threading.Thread(target=writer, args=(history, client(i), f"w{i}", stop, random.Random(i)))
-                       for i in range(2)]
-            threads += [threading.Thread(target=publisher, args=(history, client(i + 1), f"p{i}", cubes[i], stop))
-                        for i in range(2)]
-            threads += [threading.Thread(target=prober, args=(history, mallory, stop)),
-                        threading.Thread(target=uploader, args=(history, client(2), stop, random.Random(7)))]
+            threads = [Process(writer, history, client(i), f"w{i}", stop, random.Random(i)) for i in range(2)]
+            threads += [Process(publisher, history, client(i + 1), f"p{i}", cubes[i], stop) for i in range(2)]
+            threads += [Process(prober, history, mallory, stop), Process(uploader, history, client(2), stop,
+                                                                          random.Random(7))]
             for thread in threads:
                 thread.start()
             nemesis.run()
@@ -272,6 +287,8 @@ def test_the_cluster_keeps_its_promises_through_killed_daemons_nats_and_postgres
             for thread in threads:
                 thread.join(CALL_TIMEOUT * 4)
             assert not any(t.is_alive() for t in threads), "a client thread never returned"
+            for thread in threads:
+                assert thread.error is None, "".join(traceback.format_exception(thread.error))
             assert nemesis.error is None, f"the nemesis failed: {nemesis.error!r}\n{logs(members)}"
             print(f"\nhistory after {time.monotonic() - history.started:.1f} s: {dict(history.counts())}")
             print("\n".join(str(op) for op in history.ops if op.process == "nemesis"))
