@@ -136,7 +136,7 @@ class Nemesis:
             self.nats.kill()
         if "postgres" in fault:
             self.postgres.stop()
-        time.sleep(OUTAGE)  # the outage's length: part of the schedule
+        time.sleep(OUTAGE)  # how long the outage lasts: a schedule, not a wait
         if "postgres" in fault:
             self.postgres.start()
         if "nats" in fault:
