@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.pubsub_cluster import Cluster  # noqa: E402
+from tests.cluster import ProcessCluster  # noqa: E402
 
 WORDS = ("memory agent vault cube search plan tensor cache adapter policy grant stream topic event shard"
          " ledger sketch harbor meadow copper violet lantern orbit quiet rapid silver tunnel").split()
@@ -75,7 +75,7 @@ def main() -> None:
     from memos_client import MemosClient
 
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
-        cluster = Cluster(tmp, count=3)
+        cluster = ProcessCluster(Path(tmp), 3)
         try:
             (a, key, _), (b, _, _), (c, _, _) = cluster.members
             with MemosClient(a, key=key, timeout=300) as client:

@@ -231,9 +231,9 @@ def main() -> None:
             wait_serving(listen)
             servers["memosd"] = servers["memosd_stream"] = (listen, listen, f"{tmp}/data/admin.key", memosd.pid)
             if args.cluster:
-                from bench.pubsub_cluster import Cluster
+                from tests.cluster import ProcessCluster
 
-                servers["cluster"] = cluster = Cluster(tmp)
+                servers["cluster"] = cluster = ProcessCluster(Path(tmp), 2)
                 (a, key, a_pid), (b, _, b_pid) = cluster.members
                 servers["memosd_pg_one"] = (a, a, key, a_pid)
                 servers["memosd_pg_cluster"] = (a, b, key, b_pid)  # server CPU: the receiving member's

@@ -9,7 +9,6 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,14 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.daemon import wait_serving  # noqa: E402
-from tests.nats_server import NatsServer  # noqa: E402
-from tests.pg_server import PostgresServer, admin_connect, database_url  # noqa: E402
+from tests.cluster import ProcessCluster  # noqa: E402
 from tests.s3_server import AWS_ENV, start_s3_server  # noqa: E402
-
-
-def memosd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "memosd.cli", *args]
 
 
 def _interrupt(*_) -> None:
@@ -33,64 +26,39 @@ def _interrupt(*_) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--members", type=int, default=3, help="how many daemons (default 3)")
     parser.add_argument("--dir", help="keep everything under this folder (default: a new temporary one, removed)")
     args = parser.parse_args()
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="memosd-cluster-"))
     root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **AWS_ENV}
-    os.environ.update(AWS_ENV)
-    procs: list[subprocess.Popen] = []
-    pg, nats, s3 = PostgresServer(), NatsServer(), None
+    os.environ.update(AWS_ENV)  # the stand-in's credentials, for it and for the daemons
+    signal.signal(signal.SIGTERM, _interrupt)
+    s3 = cluster = None
     try:
-        pg.start()
-        with admin_connect(pg.url) as conn:
-            conn.execute("CREATE DATABASE memosd")
-        vault_url = database_url(pg.url, "memosd")
-        nats.start()
         s3 = start_s3_server()
-        bucket = s3.new_bucket()
-        storage = ["--vault-url", vault_url, "--blob-url", f"s3://{bucket}/memosd", "--s3-endpoint-url", s3.endpoint]
-        sockets = []
-        for i in range(args.members):
-            data, sock = root / f"member{i}", root / f"member{i}.sock"
-            if i == 0:
-                subprocess.run(memosd("init", "--data-dir", str(data), *storage), check=True, env=env)
-            else:
-                data.mkdir(mode=0o700, exist_ok=True)
-                shutil.copy2(root / "member0" / "admin.key", data / "admin.key")
-            procs.append(subprocess.Popen(memosd("serve", "--data-dir", str(data), "--listen", f"unix:{sock}",
-                                                 *storage, "--bus-url", nats.url, "--log-level", "warning"), env=env))
-            wait_serving(f"unix:{sock}")
-            sockets.append(sock)
-        print(f"\nmemosd cluster of {args.members} is up (PostgreSQL {pg.url}, NATS {nats.url}, S3 stand-in"
-              f" {s3.endpoint}). Point memosctl at any member, or at all of them for failover:\n")
-        print(f"  export MEMOS_KEY={root / 'member0' / 'admin.key'}")
-        for i, sock in enumerate(sockets):
-            print(f"  MEMOS_ADDR=unix:{sock} memosctl status     # member {i}")
-        print(f"  export MEMOS_ADDR={','.join(f'unix:{s}' for s in sockets)}\n\nCtrl-C stops it all.", flush=True)
-        signal.signal(signal.SIGTERM, _interrupt)
-        while all(p.poll() is None for p in procs):
+        storage = ("--blob-url", f"s3://{s3.new_bucket()}/memosd", "--s3-endpoint-url", s3.endpoint)
+        cluster = ProcessCluster(root, args.members, storage=storage)
+        sockets = [listen for listen, _, _ in cluster.members]
+        print(f"\nmemosd cluster of {args.members} is up (PostgreSQL {cluster.pg.url}, NATS {cluster.nats.url}, S3"
+              f" stand-in {s3.endpoint}). Point memosctl at any member, or at all of them for failover:\n")
+        print(f"  export MEMOS_KEY={cluster.members[0][1]}")
+        for i, listen in enumerate(sockets):
+            print(f"  MEMOS_ADDR={listen} memosctl status     # member {i}")
+        print(f"  export MEMOS_ADDR={','.join(sockets)}\n\nCtrl-C stops it all.", flush=True)
+        while all(p.poll() is None for p in cluster.procs):
             time.sleep(0.5)  # the foreground's heartbeat: a member that exits stops the cluster
         print("a member exited; stopping the cluster", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        nats.kill()
+        if cluster is not None:
+            cluster.stop()
         if s3 is not None:
             s3.process.terminate()
-        pg.stop()
+            s3.process.wait(10)
         if not args.dir:
-            pg.remove()
             shutil.rmtree(root, ignore_errors=True)
 
 
