@@ -20,6 +20,7 @@ from tests.cluster import member_configs, share_admin_key
 from tests.daemon import RunningDaemon, running, spawn_daemon
 from tests.relay import CuttingRelay
 from tests.store_checks import check_history
+from tests.timing import wait_for
 
 TOPIC = "agents/admin/feed"
 
@@ -72,6 +73,21 @@ def kill(proc) -> None:
     proc.wait(10)
 
 
+def noticed_gone(client) -> None:
+    """Wait until the client's channel to its daemon has seen the connection drop: until then a call may go out
+    on the dead connection, and the client cannot tell it from one the daemon received (OutcomeUnknown)."""
+    import grpc
+
+    states: list = []
+    channel = client._members.current.connect()
+    channel.subscribe(states.append, try_to_connect=False)
+    try:
+        wait_for(lambda: states and states[-1] is not grpc.ChannelConnectivity.READY,
+                 "the client never saw its daemon go", 30)
+    finally:
+        channel.unsubscribe(states.append)
+
+
 # ---- reads, and one token for the whole cluster ------------------------------------------------------------
 
 
@@ -83,6 +99,7 @@ def test_reads_go_on_at_the_second_daemon_when_the_first_is_killed(tmp_path, pos
         token = client.tokens.token()
         assert client.target == config.listen
         kill(proc)
+        noticed_gone(client)
         # A write no daemon received (the first's socket refuses connections) goes to the second as well.
         later = client.put("stored at the second", "agents/admin/notes")
         assert client.target == second.address  # and it stays there
