@@ -30,6 +30,18 @@ def cluster(tmp_path, postgres_url, count=2, **overrides):
         yield daemons, admins
 
 
+def refusal(client):
+    """A condition: the Unauthenticated error the client's next call gets, else None."""
+    def refused():
+        try:
+            client.whoami()
+        except Unauthenticated as exc:
+            return exc
+        return None
+
+    return refused
+
+
 def connect(stack, daemon, key):
     return stack.enter_context(MemosClient(daemon.address, key=str(key), timeout=30))
 
@@ -85,14 +97,7 @@ def test_a_revocation_at_one_member_refuses_and_ends_streams_at_another(tmp_path
         revoked_at = time.monotonic()
         admin_a.revoke_agent("bob")
 
-        def refused():
-            try:
-                bob_b.whoami()
-            except Unauthenticated as exc:
-                return exc
-            return None
-
-        assert "revoked" in str(wait_for(refused, "b still lets bob in", BOUND))
+        assert "revoked" in str(wait_for(refusal(bob_b), "b still lets bob in", BOUND))
         waiter.join(BOUND)
         assert time.monotonic() - revoked_at < BOUND
         assert ended and ended[0].code() is grpc.StatusCode.UNAUTHENTICATED and "revoked" in ended[0].details()
@@ -209,11 +214,4 @@ def test_with_the_bus_a_revocation_reaches_another_member_without_waiting_for_it
         wait_for(lambda: "connected" in admin_b.status().bus, "b's bus never connected", 30)
         admin_a.revoke_agent("bob")
 
-        def refused():
-            try:
-                bob_b.whoami()
-            except Unauthenticated as exc:
-                return exc
-            return None
-
-        assert "revoked" in str(wait_for(refused, "b still lets bob in: the bus did not tell it", 10))
+        assert "revoked" in str(wait_for(refusal(bob_b), "b still lets bob in: the bus did not tell it", 10))
