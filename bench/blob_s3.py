@@ -16,7 +16,6 @@ directory. Figures: medians and [min, max] over the repeats, in GB/s (1e9 bytes 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -33,6 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
 from bench.ingest_search import Daemon  # noqa: E402
 from tests.kv_helpers import kv_payload, manifest_for  # noqa: E402
 from tests.s3_server import AWS_ENV, _announced  # noqa: E402
+from bench.shared import emit  # noqa: E402
 
 LAYERS, HEADS, HEAD_DIM = 24, 8, 128  # float32: 192 KiB of cache per token
 NS = "agents/admin/kv"
@@ -152,10 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(sock_dir, ignore_errors=True)
     result["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(result, indent=2)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text + "\n")
-    print(text)
+    emit(result, args.output)
     return 0
 
 

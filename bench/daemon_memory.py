@@ -13,7 +13,6 @@ its anonymous and file-backed parts), and VmHWM (the peak) at the end. Without -
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -27,6 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
 
 from bench.corpus import NAMESPACES, Corpus  # noqa: E402
 from bench.ingest_search import Daemon, ingest, search_latency  # noqa: E402
+from bench.shared import emit  # noqa: E402
 
 
 def memory(pid: int) -> dict:
@@ -86,13 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     server, url = None, args.vault_url
     try:
         if url is None:
-            from tests.pg_server import PostgresServer, admin_connect, database_url
+            from tests.pg_server import PostgresServer
 
             server = PostgresServer()
             server.start()
-            with admin_connect(server.url) as conn:
-                conn.execute("CREATE DATABASE memosd_bench")
-            url = database_url(server.url, "memosd_bench")
+            url = server.create_database("memosd_bench")
         started = time.perf_counter()
         for name, extra in (("sqlite", ()), ("postgresql", ("--vault-url", url))):
             result[name] = one_engine(name, tmp / name, sock_dir / f"{name}.sock", records, queries,
@@ -105,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(sock_dir, ignore_errors=True)
     result["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(result, indent=2)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text + "\n")
-    print(text)
+    emit(result, args.output)
     return 0
 
 

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
 
 from bench.corpus import NAMESPACES, TAGS, Corpus  # noqa: E402
+from bench.shared import emit  # noqa: E402
 from memos_client import MemosClient  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "ingest_search.json"
@@ -437,10 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["targets"] = _targets(result)
     result["seconds"] = round(time.time() - started, 1)
-    text = json.dumps(result, indent=2)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text + "\n")
-    print(text)
+    emit(result, args.output)
     return 0
 
 

@@ -30,6 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
 
 from bench.corpus import Corpus  # noqa: E402
 from bench.locomo import DEFAULT_DATA, load_conversation, memory_text, recall  # noqa: E402
+from bench.shared import emit  # noqa: E402
 from memosd.storage.postgres import schema  # noqa: E402
 from memosd.cube import CubeDraft, CubeFilter, LifecycleState, MemoryKind, Visibility  # noqa: E402
 from memosd.vault.dense import DenseIndex  # noqa: E402
@@ -122,13 +123,11 @@ async def open_engines(tmp: Path, vault_url: str | None):
 
     engines, server = [], None
     if vault_url is None:
-        from tests.pg_server import PostgresServer, admin_connect, database_url
+        from tests.pg_server import PostgresServer
 
         server = PostgresServer()
         server.start()
-        with admin_connect(server.url) as conn:
-            conn.execute("CREATE DATABASE memosd_bench")
-        vault_url = database_url(server.url, "memosd_bench")
+        vault_url = server.create_database("memosd_bench")
     for name, url in (("sqlite", None), ("postgresql", vault_url)):
         config = make_config(tmp / name)
         if url:
@@ -265,10 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "search_engines.json")
     args = p.parse_args(argv)
     result = asyncio.run(main_async(args))
-    text = json.dumps(result, indent=2)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text + "\n")
-    print(text)
+    emit(result, args.output)
     return 0
 
 

@@ -1,8 +1,9 @@
-"""What the tensor benchmarks share: a daemon in a child process and a Qwen2-shaped model from its config."""
+"""What the benchmarks share: their JSON out (emit), a daemon in a child process and a Qwen2-shaped model."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 
@@ -45,3 +46,12 @@ def build_model(args):
                          num_key_value_heads=args.kv_heads, max_position_embeddings=32768, tie_word_embeddings=True)
     torch.manual_seed(0)
     return Qwen2ForCausalLM(config).eval()
+
+
+def emit(result: dict, output: Path | None) -> None:
+    """Print the benchmark's JSON, and keep it in `output` when one is given."""
+    text = json.dumps(result, indent=2)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n")
+    print(text)

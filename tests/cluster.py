@@ -47,16 +47,14 @@ class ProcessCluster:
     def __init__(self, root: Path, count: int, *, storage: tuple[str, ...] = (), log_level: str = "warning",
                  env: dict | None = None):
         from tests.nats_server import NatsServer
-        from tests.pg_server import PostgresServer, admin_connect, database_url
+        from tests.pg_server import PostgresServer
 
         self.pg, self.nats = PostgresServer(), NatsServer()
         self.procs: list[subprocess.Popen] = []
         self.members: list[tuple[str, str, int]] = []
         try:
             self.pg.start()
-            with admin_connect(self.pg.url) as conn:
-                conn.execute("CREATE DATABASE memosd")
-            self.vault_url = database_url(self.pg.url, "memosd")
+            self.vault_url = self.pg.create_database("memosd")
             self.nats.start()
             flags = ("--vault-url", self.vault_url, *storage)
             first = root / "member0"

@@ -71,6 +71,12 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.pgdata), "-l", str(self.log), "-w", "-t", str(START_TIMEOUT),
                   "-o", options, "start")
 
+    def create_database(self, name: str) -> str:
+        """A new, empty database on this server: its URL (the daemon migrates it, as `memosd init` does)."""
+        with admin_connect(self.url) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return database_url(self.url, name)
+
     def stop(self) -> None:
         if (self.pgdata / "postmaster.pid").exists():
             self._run("pg_ctl", "-D", str(self.pgdata), "-w", "-m", "fast", "stop")

@@ -22,7 +22,7 @@ from memosd.storage.postgres.db import Database
 from tests.cluster import member_configs, share_admin_key
 from tests.daemon import spawn_daemon
 from tests.nats_server import NatsServer
-from tests.pg_server import PostgresServer, admin_connect, database_url
+from tests.pg_server import PostgresServer
 from tests.robust_history import (OK, History, check_durable, check_events_match, check_ordered, check_publishes,
                                   check_writes, fail)
 from tests.timing import wait_for
@@ -77,9 +77,7 @@ def cluster(tmp_path, s3_server):
     members: list[Member] = []
     try:
         postgres.start()
-        with admin_connect(postgres.url) as conn:
-            conn.execute('CREATE DATABASE "robust"')
-        vault_url = database_url(postgres.url, "robust")
+        vault_url = postgres.create_database("robust")
         Database(vault_url, create=True).close()  # migrated, as `memosd init` does
         nats.start()
         configs = member_configs(tmp_path, vault_url, 3, bus_url=nats.url, s3_endpoint_url=s3_server.endpoint,
