@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from memosd.cluster.bus import Bus
 from tests.timing import until
@@ -67,3 +68,31 @@ async def _at_least(items: list, n: int) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def test_hostile_notices_on_the_bus_are_dropped_and_the_next_good_one_still_arrives(nats_server, caplog):
+    # Anyone who can reach the NATS server can publish on a cluster's subjects: what they send is bounded
+    # (size), parsed safely (nesting, not JSON, not an object) and never stops the bus from hearing more.
+    import nats
+
+    async def main():
+        b = Bus(nats_server.url, "memosd-c1", poll_interval=0.5)
+        heard: list = []
+        b.on("topic", heard.append)
+        await b.start()
+        raw = await nats.connect(nats_server.url)
+        try:
+            subject = b.prefix + "topic"
+            for data in (b"[" * 15000 + b"]" * 15000, b"{" * 8000, b"not json", b"[1, 2]", b"x" * 20000):
+                await raw.publish(subject, data)
+            await raw.publish(subject, b'{"topic": "teams/x", "seq": 3}')
+            await raw.flush()
+            await until(lambda: _at_least(heard, 1), "the good notice after the hostile ones never arrived")
+            assert heard == [{"topic": "teams/x", "seq": 3}]
+        finally:
+            await raw.close()
+            await b.close()
+
+    asyncio.run(main())
+    # Dropped quietly: a hostile notice is not the bus going down (that warning would send members polling).
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "bus" in r.getMessage()]

@@ -177,8 +177,8 @@ class Bus:
             return
         try:
             payload = json.loads(msg.data)
-        except ValueError:
-            log.warning("bus: a %s notice that is not JSON, ignored", kind)
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
+            log.debug("bus: a %s notice that is not JSON, ignored", kind)  # anyone on NATS may send one: no log flood
             return
         if not isinstance(payload, dict):
             return
