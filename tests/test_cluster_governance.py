@@ -215,3 +215,11 @@ def test_with_the_bus_a_revocation_reaches_another_member_without_waiting_for_it
         admin_a.revoke_agent("bob")
 
         assert "revoked" in str(wait_for(refusal(bob_b), "b still lets bob in: the bus did not tell it", 10))
+
+
+def test_an_agent_is_shown_nothing_of_the_clusters_hosts_addresses_or_bus(tmp_path, postgres_url):
+    with cluster(tmp_path, postgres_url, 2) as ((a, b), (admin_a, _)), contextlib.ExitStack() as stack:
+        admin_a.add_agent("eve", out=str(tmp_path / "eve.key"))  # holds no grant at all
+        status = connect(stack, b, tmp_path / "eve.key").status()
+        assert (status.members, status.member_id, status.bus) == ([], "", "")
+        assert len(admin_a.status().members) == 2  # the admin still sees them

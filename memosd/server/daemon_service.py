@@ -39,6 +39,10 @@ class DaemonService:
         )
 
     async def _cluster(self) -> dict:
+        # The other daemons' hosts, addresses and versions, and the bus's URL, are the operator's to know: an
+        # agent is shown none of them (it reaches the cluster through the addresses it was given).
+        if not principal().admin:
+            return {}
         members = getattr(self.core, "members", None)
         found = {"bus": self.core.cluster_state() if hasattr(self.core, "cluster_state") else ""}
         if members is None:
