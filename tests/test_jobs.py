@@ -1,13 +1,14 @@
 """MemScheduler's JobManager on its own: progress, watching, cancellation (queued and running), failures."""
 
 import asyncio
+import contextvars
 import threading
 import time
 
 import pytest
 
 from memosd.errors import InvalidArgument, NotFound
-from memosd.scheduler.jobs import JobManager, JobState
+from memosd.scheduler.jobs import Job, JobManager, JobState
 
 
 def run(coro):
@@ -161,3 +162,20 @@ def test_job_records_survive_a_restart_and_interrupted_jobs_are_failed(tmp_path)
     assert done.state is JobState.SUCCEEDED and done.result_ids == (result,) and done.metrics == {"loss": 0.5}
     assert stuck.state is JobState.FAILED and "stopped before the job finished" in str(stuck.error)
     assert listed == [stuck_id, done_id]
+
+
+def test_only_the_admin_is_told_which_member_runs_a_job():
+    # The runner names a host of the cluster: agents are shown none (as in Status), the admin is.
+    from memosd.governance import Principal
+    from memosd.server.auth import set_principal
+    from memosd.server.convert_tensor import job_to_proto
+
+    job = Job("01JOB", "kv_build", "alice", JobState.RUNNING, 0.0, message="building", runner="host-a:123:ab")
+    def as_caller(p):  # in a context of its own, as each call is: the caller set here goes with it
+        def shown():
+            set_principal(p)
+            return job_to_proto(job).message
+        return contextvars.copy_context().run(shown)
+
+    assert as_caller(Principal("alice")) == "building"
+    assert as_caller(Principal("admin", admin=True)) == "building (on host-a:123:ab)"

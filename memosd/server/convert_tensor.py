@@ -7,6 +7,7 @@ from memos_mip.v1 import activation_pb2, cube_pb2, job_pb2
 from memosd.cube import MemCube, MemoryKind, Visibility
 from memosd.errors import InvalidArgument, MemosError
 from memosd.scheduler.jobs import Job
+from memosd.server.auth import principal
 from memosd.server.convert_base import struct_to_dict, to_timestamp
 from memosd.server.status import status_for
 from memosd.vault.tensor_cubes import TensorDraft
@@ -63,11 +64,20 @@ def fill_activation(msg: cube_pb2.MemCube, c: MemCube) -> None:
     ))
 
 
+def _caller_is_admin() -> bool:
+    try:
+        return principal().admin
+    except LookupError:  # outside a call (no caller): show the least
+        return False
+
+
 def job_to_proto(job: Job) -> job_pb2.Job:
     msg = job_pb2.Job(
         id=job.id, kind=job.kind, owner=job.owner, state=int(job.state), done=job.done, total=job.total,
-        # Which member of the cluster runs it, for people: the protocol's Job has no field of its own for it yet.
-        message=f"{job.message} (on {job.runner})" if job.runner else job.message, result_ids=job.result_ids, created_at=to_timestamp(job.created_at),
+        # Which member of the cluster runs it, for the admin (agents are shown no host of the cluster, as in
+        # Status): the protocol's Job has no field of its own for it yet.
+        message=f"{job.message} (on {job.runner})" if job.runner and _caller_is_admin() else job.message,
+        result_ids=job.result_ids, created_at=to_timestamp(job.created_at),
         started_at=to_timestamp(job.started_at), finished_at=to_timestamp(job.finished_at),
     )
     msg.metrics.update(job.metrics)
