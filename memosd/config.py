@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -85,6 +86,11 @@ class Config:
 
 
 _LIMIT_KEYS = {f.name for f in dataclasses.fields(Limits)}
+# Settings in seconds, and the least each may be (0 turns some off: no topic age limit, no governance poll).
+_SECONDS = {"sweep_interval": "above 0", "access_flush_interval": "above 0", "shutdown_grace": "0 or more",
+            "topic_max_age": "0 or more", "audit_checkpoint_interval": "0 or more", "job_lease": "above 0",
+            "member_heartbeat_interval": "above 0", "governance_poll_interval": "0 or more",
+            "cluster_poll_interval": "above 0"}
 _TOP_KEYS = {f.name for f in dataclasses.fields(Config)} - {"limits"}
 
 
@@ -127,9 +133,7 @@ def _build(values: dict) -> Config:
         elif key == "limits" and isinstance(value, dict):
             limits.update({k: int(v) for k, v in value.items() if k in _LIMIT_KEYS})
     try:
-        for key in ("sweep_interval", "access_flush_interval", "shutdown_grace", "topic_max_age",
-                    "audit_checkpoint_interval", "job_lease", "member_heartbeat_interval",
-                    "governance_poll_interval", "cluster_poll_interval"):
+        for key in _SECONDS:
             if key in top:
                 top[key] = float(top[key])
         for key in ("subscriber_queue", "subscriptions_per_agent", "topic_max_events", "embedding_threads",
@@ -141,8 +145,11 @@ def _build(values: dict) -> Config:
     if "data_dir" in top:
         top["data_dir"] = Path(top["data_dir"]).expanduser()
     config = Config(**top, limits=Limits(**limits))
-    if not config.job_lease > 0:
-        raise InvalidArgument("job_lease must be a number of seconds above 0")
+    for key, least in _SECONDS.items():
+        value = getattr(config, key)
+        # "nan" and "inf" parse as floats; an interval of either never fires (or fires always).
+        if not (math.isfinite(value) and (value > 0 if least == "above 0" else value >= 0)):
+            raise InvalidArgument(f"{key} must be a finite number of seconds {least}")
     if config.log_level not in LOG_LEVELS:
         raise InvalidArgument(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     check_listen(config.listen, tls=bool(config.tls_cert))
@@ -150,8 +157,6 @@ def _build(values: dict) -> Config:
     check_blob_url(config.blob_url)
     if config.bus_url:
         check_bus_url(config.bus_url, config.vault_url)
-    if config.cluster_poll_interval <= 0:
-        raise InvalidArgument("cluster_poll_interval must be a positive number of seconds")
     if config.metrics_listen:
         check_metrics_listen(config.metrics_listen)
     if bool(config.tls_cert) != bool(config.tls_key):

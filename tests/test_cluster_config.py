@@ -57,3 +57,11 @@ def test_a_password_in_the_bus_url_is_never_shown(capsys):
 def test_the_poll_interval_must_be_positive():
     with pytest.raises(InvalidArgument, match="cluster_poll_interval"):
         load_config({"cluster_poll_interval": "0"}, env={})
+
+
+@pytest.mark.parametrize("key", ["job_lease", "member_heartbeat_interval", "cluster_poll_interval",
+                                 "governance_poll_interval", "sweep_interval"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_an_interval_that_never_or_always_fires_is_refused_naming_the_setting(key, value):
+    with pytest.raises(InvalidArgument, match=f"{key} must be a finite number of seconds"):
+        load_config({}, env={f"MEMOSD_{key.upper()}": value})
