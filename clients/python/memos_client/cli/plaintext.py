@@ -214,7 +214,10 @@ def _status(client: MemosClient, args) -> int:
 
 
 def _print_members(s) -> None:
-    """The cluster: every daemon sharing this one's vault, and when the vault last heard from each."""
+    """The cluster: every daemon sharing this one's vault, and when the vault last heard from each (the admin's
+    to see: an agent is shown no member)."""
+    if not s.members:
+        return
     print()
     print(f"bus        {s.bus or 'none (other members are heard from by polling the vault)'}")
     print(f"{'MEMBER':<28} {'VERSION':<10} {'LAST HEARD':<22} LISTEN")
