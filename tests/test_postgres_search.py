@@ -116,14 +116,17 @@ def test_two_daemons_backfilling_at_once_are_never_handed_the_same_cube(postgres
     _insert_all(db, [f"text {i}" for i in range(60)])
     daemons = [Database(postgres_url, create=False, pool_size=2) for _ in range(2)]
     handed: list[list] = [[], []]
-    start = threading.Barrier(2)
+    start, both_claimed = threading.Barrier(2), threading.Barrier(2)
 
     def backfill(d):
         start.wait()
-        cursor = 0
+        cursor, first = 0, True
         while batch := _claims(daemons[d], after=cursor, limit=5):  # as the backfill walks on
             handed[d].extend(batch)
             cursor = batch[-1][0]
+            if first:  # each holds claims before either walks on: they run at once, whatever the scheduler does
+                both_claimed.wait(30)
+                first = False
 
     threads = [threading.Thread(target=backfill, args=(d,)) for d in range(2)]
     try:
