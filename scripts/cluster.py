@@ -33,7 +33,10 @@ def main() -> int:
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="memosd-cluster-"))
     root.mkdir(parents=True, exist_ok=True)
     os.environ.update(AWS_ENV)  # the stand-in's credentials, for it and for the daemons
+    # SIGINT too, explicitly: a shell that starts this in the background hands it SIGINT ignored, and Python then
+    # keeps it so (the test suite run under `cmd &` left the cluster running after its Ctrl-C).
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     s3 = cluster = None
     try:
         s3 = start_s3_server()
