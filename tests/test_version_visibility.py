@@ -1,9 +1,14 @@
 """Each version of a cube has its own visibility: History and Get(version) decide on it per version."""
 
+import asyncio
+
 import pytest
 
 from memos_client import MemosClient, NotFound, PermissionDenied
 from memos_mip.v1 import cube_pb2, vault_pb2
+from memosd.cube import CubeDraft
+from memosd.errors import Hidden
+from memosd.vault import MemVault
 from tests.existence import assert_hidden
 
 OWNER, NAMESPACE = cube_pb2.VISIBILITY_OWNER, cube_pb2.VISIBILITY_NAMESPACE
@@ -78,3 +83,34 @@ def test_versions_of_a_cube_one_may_not_read_reveal_nothing(alice_bob, client):
     assert_hidden(bob.history, owner_only)
     assert_hidden(lambda i: bob.get(i, version=1), owner_only)
     assert len(client.history(owner_only)) == 2  # the admin reads every version
+
+
+def test_a_grant_landing_between_two_decisions_on_one_get_lets_the_reader_in(tmp_path):
+    """Guards run in a reader thread while governance changes in the event loop: Get's first decision may be
+    made before a grant and the check of the other versions after it. The answer is the later decision on the
+    version asked for, not a PermissionDenied that says the one version the cube has is unreadable (seen in CI
+    on a cluster, where a grant reaches a member between the two)."""
+    async def scenario():
+        vault = MemVault(tmp_path)
+        await vault.start()
+        try:
+            (cube,) = await vault.put_many([CubeDraft(namespace="agents/alice/shared", text="v1")], owner="alice")
+            decisions = []
+
+            def granted_after_the_first_decision(c):
+                decisions.append(c.version)
+                if len(decisions) == 1:
+                    raise Hidden(f"no cube with id {c.id}")
+
+            assert (await vault.get(cube.id, guard=granted_after_the_first_decision)).text == "v1"
+            assert decisions == [1, 1]
+
+            def never(c):
+                raise Hidden(f"no cube with id {c.id}")
+
+            with pytest.raises(Hidden, match="no cube with id"):
+                await vault.get(cube.id, guard=never)
+        finally:
+            await vault.close()
+
+    asyncio.run(scenario())

@@ -89,6 +89,7 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
         self._policies: dict[str, PolicyRecord] = {}
         self._tokens: dict[str, dict] = {}
         self._grants: dict[tuple, list[Policy]] = {}
+        self._generation = 0  # moved whenever decisions are forgotten; part of every cached decision's key
         self._init_sharing()
         self._init_sync()
         self._changed = asyncio.Event()
@@ -287,8 +288,10 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
         return tuple(rules)
 
     def _effective(self, p: Principal) -> list[Policy]:
-        # Cached per epoch and half-minute: a grant passed on lapses when its issuer's authority does.
-        key = (p.subjects, self.epoch, int(self.clock() // 30))
+        # Cached per epoch and half-minute: a grant passed on lapses when its issuer's authority does. Guards also
+        # run in reader threads: a list computed from the policies of before a change is filed under the old
+        # generation, where no later decision looks.
+        key = (p.subjects, self.epoch, self._generation, int(self.clock() // 30))
         found = self._grants.get(key)
         if found is None:
             if len(self._grants) > 10_000:
@@ -354,7 +357,7 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
 
         async with self._sync_lock:
             version = await self.db.write(job)
-            self._agents[record.name] = record
+            self._agents = {**self._agents, record.name: record}  # replaced, never changed: threads read it
             self._committed(version)
 
     def agent(self, name: str) -> AgentRecord:
@@ -417,9 +420,8 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
 
         async with self._sync_lock:
             version = await self.db.write(job)
-            self._policies[policy.id] = record
-            self._grants.clear()
-            self._forget_shares()
+            self._policies = {**self._policies, policy.id: record}  # replaced, never changed: threads read it
+            self._forget_decisions()
             self._committed(version)
         return policy
 
@@ -467,10 +469,14 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
 
     def _fresh_caches(self) -> None:
         """Forget every decision made, and wake the open streams to re-check their callers."""
-        self._grants.clear()
-        self._forget_shares()
+        self._forget_decisions()
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _forget_decisions(self) -> None:
+        self._generation += 1
+        self._grants = {}
+        self._forget_shares()
 
     def changed(self) -> asyncio.Event:
         """An event set at the next revocation; open streams wait on it to re-check their caller."""

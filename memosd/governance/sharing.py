@@ -24,6 +24,7 @@ class Sharing:
     if TYPE_CHECKING:  # what the mixin uses of MemGovernance, declared for the type checker
         clock: Callable[[], float]
         _agents: dict[str, AgentRecord]
+        _generation: int
 
         @staticmethod
         def _principal(agent: AgentRecord) -> Principal: ...
@@ -55,7 +56,8 @@ class Sharing:
         or their issuer's authority gone); a later grant is not the same authority, the publisher has to
         publish again."""
         visibility = int(getattr(cube, "visibility", Visibility.NAMESPACE))
-        key = (share, cube.id, cube.namespace, cube.kind, cube.owner, visibility)
+        # The generation: a decision made in a reader thread from the state of before a change is never reused.
+        key = (self._generation, share, cube.id, cube.namespace, cube.kind, cube.owner, visibility)
         now = self.clock()
         found = self._share_cache.get(key)
         if found is not None and now < found[1]:
@@ -84,4 +86,4 @@ class Sharing:
         return holds, min((pol.expires_at for pol in held if pol.expires_at is not None), default=math.inf)
 
     def _forget_shares(self) -> None:
-        self._share_cache.clear()
+        self._share_cache = {}

@@ -354,11 +354,19 @@ class MemVault:
         Hidden); a reader of other versions already knows the cube, and is told it may not read this one."""
         try:
             guard(cube)
-        except Hidden:
-            if not any(_allowed(guard, v) for v in self._versions(conn, row)):
-                raise
-            raise PermissionDenied(f"version {cube.version} of cube {cube.id} is not readable by you;"
-                                   " History lists the versions you may read") from None
+            return
+        except Hidden as exc:
+            hidden = exc
+        # Decided again for every version together: a grant may have landed since the first decision (guards run
+        # here, in a reader thread, while governance changes in the event loop), and a verdict on this version
+        # must not be set against verdicts on the others made under other grants.
+        readable = {v.version for v in self._versions(conn, row) if _allowed(guard, v)}
+        if cube.version in readable:
+            return
+        if not readable:
+            raise hidden
+        raise PermissionDenied(f"version {cube.version} of cube {cube.id} is not readable by you;"
+                               " History lists the versions you may read") from None
 
 
 def _allowed(guard, cube: MemCube) -> bool:
