@@ -67,6 +67,17 @@ def test_memos_dump_imports_its_textual_memories(client, tmp_path):
     assert client.import_bundle(dump).skipped == 2  # stable ids: a second import stores nothing twice
 
 
+def test_memories_without_timestamps_import_once(client, tmp_path):
+    """MemOS writes items with no created_at or updated_at (a naive cube's, a hand-written dump's): their ids
+    may not depend on the time of the import, or a second import stores them all again."""
+    undated = [{"id": "u1", "memory": "No date on this one."}, {"id": "u2", "memory": "Nor on this one."}]
+    dump = write_dump(tmp_path / "undated", textual=undated)
+    assert client.import_bundle(dump, "teams/undated").cubes == 2
+    again = client.import_bundle(dump, "teams/undated")
+    assert again.skipped == 2 and again.cubes == 0
+    assert sorted(c.text for c in client.list("teams/undated")) == ["No date on this one.", "Nor on this one."]
+
+
 def test_memos_tree_dump_under_a_chosen_namespace(client, tmp_path):
     dump = write_dump(tmp_path / "tree", textual=TREE)
     result = client.import_bundle(dump, "teams/memos", format="memos")

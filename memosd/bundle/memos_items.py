@@ -113,7 +113,8 @@ def memos_item_cube(item, namespace: str, limits: Limits, now: float, number: in
         check_metadata_strings(meta)
     except InvalidArgument as exc:
         raise BundleError("InvalidArgument", f"{where}{exc}") from None
-    created = _time(meta.get("created_at")) or _time(meta.get("updated_at")) or now
+    dated = _time(meta.get("created_at")) or _time(meta.get("updated_at"))
+    created = dated or now
     updated = _time(meta.get("updated_at")) or created
     # A memosd cube exported to MemOS (memos_client.memos_export) keeps its id, and the header fields MemOS
     # has no place for, under memosd_*; its MemOS id is then its cube id as a UUID, not worth keeping twice.
@@ -142,7 +143,7 @@ def memos_item_cube(item, namespace: str, limits: Limits, now: float, number: in
         source = f"memos:{source}"[:limits.max_source_chars] if source else "memos"
     priority = meta.get("memosd_priority")
     return MemCube(
-        id=given or stable_id(created, f"{namespace}\n{memos_id or text}"), namespace=namespace,
+        id=given or stable_id(dated or 0.0, f"{namespace}\n{memos_id or text}"), namespace=namespace,
         kind=MemoryKind.PLAINTEXT, created_at=created, updated_at=updated, owner="", text=text, tags=tags,
         metadata=_fit(kept, limits) if kept else None, source=source,
         visibility=Visibility.OWNER if meta.get("visibility") == "private" else Visibility.NAMESPACE,
@@ -206,7 +207,8 @@ def link_cubes(cubes: dict[str, MemCube | None], edges: list[tuple[str, dict]], 
 
 def stable_id(created: float, key: str) -> str:
     """A cube id (ULID) made from the memory's time and its MemOS id, so importing a dump again finds the
-    cubes it stored the first time instead of storing them twice."""
+    cubes it stored the first time instead of storing them twice. An undated memory's time is 0, never the
+    time of the import, which would give it a new id each time."""
     alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
     ms = max(0, min(int(created * 1000), 2**48 - 1))
     value = (ms << 80) | int.from_bytes(hashlib.sha256(key.encode()).digest()[:10], "big")
