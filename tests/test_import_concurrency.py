@@ -57,3 +57,13 @@ def test_concurrent_imports_of_one_memos_dump_store_its_memories_once(daemon, cl
     a, b = _at_once(daemon, dump, "agents/admin/memos", format="memos")
     assert (a.cubes + b.cubes, a.skipped + b.skipped) == (n, n)
     assert len(list(client.list("agents/admin/memos", page_size=1000))) == n
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_concurrent_imports_of_one_bundle_store_its_kv_caches_once(daemon, client, tmp_path, round_):
+    n = 6
+    write_bundle(tmp_path / "b", kv=n, namespace="agents/admin/src")
+    a, b = _at_once(daemon, tmp_path / "b", "agents/admin/kv")
+    assert a.tensors + b.tensors == n, (a, b)
+    stored = list(client.list("agents/admin/kv", page_size=1000))
+    assert len(stored) == n and len({c.id for c in stored}) == n

@@ -3,6 +3,7 @@ parametric vault, which check the manifest against the payload)."""
 
 from __future__ import annotations
 
+import asyncio
 import mmap
 from pathlib import Path
 
@@ -25,6 +26,9 @@ class TensorMemorySink:
     def __init__(self, vault, tensors):
         self.vault = vault
         self.tensors = tensors
+        # One check-then-store at a time per payload and namespace: two imports of one bundle at once would
+        # both find it absent and store it twice. (Within this daemon; two members of a cluster may still.)
+        self._storing: dict[tuple, tuple[asyncio.Lock, list[int]]] = {}  # the lock and how many want it
 
     async def put(self, cube: MemCube, blob: Path, owner: str) -> bool:
         """True if stored, False if the namespace holds the same payload already."""
@@ -44,16 +48,25 @@ class TensorMemorySink:
             sha256, stored = await self.tensors.blobs.put_parts([view], owner)
         if sha256 != manifest.blob_sha256 or stored != manifest.blob_size:
             raise DataLoss(f"cube {cube.id}: its payload does not match the manifest's sha256 and size")
-        if await self._present(cube.namespace, cube.kind, manifest.blob_sha256):
-            return False
-        now = self.vault.clock()
-        ttl = 0 if cube.expires_at is None else max(1, int(cube.expires_at - now))
-        draft = TensorDraft(namespace=cube.namespace, manifest=manifest, tags=cube.tags, metadata=cube.metadata,
-                            source=cube.source, derived_from=cube.derived_from, ttl_seconds=ttl,
-                            visibility=cube.visibility, priority=cube.priority)
-        store = self.tensors.activations if cube.kind is MemoryKind.ACTIVATION else self.tensors.parametric
-        await store.put(draft, owner)
-        return True
+        key = (cube.namespace, cube.kind, manifest.blob_sha256)
+        lock, wanted = self._storing.setdefault(key, (asyncio.Lock(), [0]))
+        wanted[0] += 1
+        try:
+            async with lock:
+                if await self._present(*key):
+                    return False
+                now = self.vault.clock()
+                ttl = 0 if cube.expires_at is None else max(1, int(cube.expires_at - now))
+                draft = TensorDraft(namespace=cube.namespace, manifest=manifest, tags=cube.tags,
+                                    metadata=cube.metadata, source=cube.source, derived_from=cube.derived_from,
+                                    ttl_seconds=ttl, visibility=cube.visibility, priority=cube.priority)
+                store = self.tensors.activations if cube.kind is MemoryKind.ACTIVATION else self.tensors.parametric
+                await store.put(draft, owner)
+                return True
+        finally:
+            wanted[0] -= 1
+            if not wanted[0]:
+                del self._storing[key]
 
     async def _present(self, namespace: str, kind: MemoryKind, sha256: str) -> bool:
         db = self.vault.db
