@@ -107,7 +107,8 @@ class Daemon:
         await self.vault.start()
         self.store = MemStore(self.db, gov, hub=Hub(capacity=cfg.subscriber_queue,
                                                     per_agent_limit=cfg.subscriptions_per_agent),
-                              default_max_events=cfg.topic_max_events, default_max_age=cfg.topic_max_age)
+                              default_max_events=cfg.topic_max_events, default_max_age=cfg.topic_max_age,
+                              holder=self.member_id, member=self.members.id)
         await self.store.start()
         await self._join_cluster()
         self.tensors = TensorMemory(cfg, self.vault, gov, member=self.member_id)
@@ -166,6 +167,8 @@ class Daemon:
             await self.bus.close()  # first: a notice arriving now would start a read of a closing vault
         if self.follower is not None:
             await self.follower.stop()
+        if self.store is not None:
+            await self.store.stop()
         await self.tensors.stop()
         await self.governance.stop_polling()
         if self.members is not None:

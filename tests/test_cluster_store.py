@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from dataclasses import replace
 
+import grpc
+import psycopg
 import pytest
 
-from memos_client import MemosClient
+from memos_client import MemosClient, Unavailable
+from memos_mip.v1 import store_pb2 as spb
 from memos_client.models import Event
 from memosd.metrics import sample_value
+from memosd.store.durables import lease_name
 from tests.cluster import member_configs, share_admin_key
 from tests.daemon import running
 from tests.store_checks import check_history
@@ -282,3 +287,54 @@ def test_memosd_serve_says_how_it_hears_of_the_other_members(tmp_path, postgres_
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _refusal(client, topic: str, durable: str):
+    """What a member answers a durable Subscribe with, read straight off the stub (no resuming client)."""
+    stream = client._store.Subscribe(spb.SubscribeRequest(topic=topic, durable_name=durable), timeout=30)
+    try:
+        next(stream)
+    except grpc.RpcError as exc:
+        return exc
+    finally:
+        stream.cancel()
+    return None
+
+
+def test_a_durable_subscription_is_open_on_one_stream_in_the_whole_cluster(tmp_path, postgres_url, nats_server):
+    with members(tmp_path, postgres_url, 2, bus_url=nats_server.url) as (a, b), \
+            MemosClient(a.address, key=a.admin_key) as at_a, MemosClient(b.address, key=b.admin_key) as at_b:
+        cube = at_a.put("x", "agents/admin/jobs")
+        for _ in range(3):
+            at_a.publish("teams/solo", cube.id)
+        earlier = Reader(at_b.subscribe("teams/solo", durable_name="solo"))
+        assert [e.seq for e in earlier.events(3, "B's durable stream delivered too little")] == [1, 2, 3]
+        earlier.close()
+        reader = Reader(at_a.subscribe("teams/solo", durable_name="solo"))  # resumes once B's claim is given up
+        assert [e.seq for e in reader.events(3, "A's durable stream delivered too little")] == [1, 2, 3]
+        refused = _refusal(at_b, "teams/solo", "solo")
+        assert refused is not None and refused.code() is grpc.StatusCode.UNAVAILABLE
+        assert "open on a stream at another daemon" in refused.details()
+        # B, which had the cursor open before, may not write it back over the stream A holds.
+        with pytest.raises(Unavailable, match="acknowledge its events on that stream's daemon"):
+            MemosClient(b.address, key=b.admin_key, timeout=10).ack("solo", "teams/solo", 3)
+        assert at_a.ack("solo", "teams/solo", 2) == 2
+        reader.close()
+        at_a.publish("teams/solo", cube.id)
+        after = Reader(at_b.subscribe("teams/solo", durable_name="solo"))  # A's stream ended: B opens it
+        assert [e.seq for e in after.events(2, "B never got the cursor back")][:2] == [3, 4]
+        after.close()
+
+
+def test_a_claim_left_by_a_daemon_that_went_away_runs_out(tmp_path, postgres_url):
+    with members(tmp_path, postgres_url, 1) as (a,), MemosClient(a.address, key=a.admin_key) as client:
+        cube = client.put("x", "agents/admin/jobs")
+        client.publish("teams/orphan", cube.id)
+        with psycopg.connect(postgres_url, autocommit=True) as conn:  # a member killed while its stream was open
+            conn.execute("INSERT INTO leases (name, holder, until) VALUES (%s, %s, %s)",
+                         (lease_name("admin", "orphan"), "gone-1234:99:ab", time.time() + 3))
+        refused = _refusal(client, "teams/orphan", "orphan")
+        assert refused is not None and refused.code() is grpc.StatusCode.UNAVAILABLE
+        reader = Reader(client.subscribe("teams/orphan", durable_name="orphan"))  # retried until it runs out
+        assert [e.seq for e in reader.events(1, "the claim of a daemon that went away never ran out")] == [1]
+        reader.close()

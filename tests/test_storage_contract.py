@@ -176,6 +176,25 @@ def test_a_job_whose_lease_ran_out_is_claimed_once_and_its_old_runner_is_fenced_
     assert engine.write(lambda conn: engine.sql.leases.take(conn, "sweep", "member-b", 30.0, 40.0)) is True
 
 
+def test_leases_name_their_holder_are_released_and_earlier_runs_of_a_member_give_theirs_up(engine):
+    leases = engine.sql.leases
+    assert engine.write(lambda conn: leases.take(conn, "durable\na\nw", "m1:1:aa", 10.0, 20.0)) is True
+    assert engine.write(lambda conn: leases.take(conn, "durable\na\nv", "m1:1:aa", 10.0, 20.0)) is True
+    assert engine.write(lambda conn: leases.take(conn, "durable\nb\nw", "m10:2:bb", 10.0, 20.0)) is True
+    assert engine.write(lambda conn: leases.take(conn, "sweep", "m1:1:aa", 10.0, 20.0)) is True
+    assert engine.read(lambda conn: leases.holder(conn, "durable\na\nw", 15.0)) == "m1:1:aa"
+    assert engine.read(lambda conn: leases.holder(conn, "durable\na\nw", 25.0)) is None  # ran out
+    engine.write(lambda conn: leases.release(conn, "durable\na\nv", "m10:2:bb"))  # not its holder: kept
+    assert engine.read(lambda conn: leases.holder(conn, "durable\na\nv", 15.0)) == "m1:1:aa"
+    engine.write(lambda conn: leases.release(conn, "durable\na\nv", "m1:1:aa"))
+    assert engine.read(lambda conn: leases.holder(conn, "durable\na\nv", 15.0)) is None
+    # m1 restarted as m1:3:cc: its earlier run's durable claims go, not m10's, nor other kinds of lease.
+    assert engine.write(lambda conn: leases.release_earlier(conn, "durable\n", "m1", "m1:3:cc")) == 1
+    assert engine.read(lambda conn: leases.holder(conn, "durable\na\nw", 15.0)) is None
+    assert engine.read(lambda conn: leases.holder(conn, "durable\nb\nw", 15.0)) == "m10:2:bb"
+    assert engine.read(lambda conn: leases.holder(conn, "sweep", 15.0)) == "m1:1:aa"
+
+
 def test_the_export_reads_the_cubes_a_filter_selects_in_storage_order(engine, tmp_path):
     from memosd.cube import CubeDraft, CubeFilter
     from memosd.vault import rows

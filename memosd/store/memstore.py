@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from memosd.limits import check_namespace
 from memosd.storage import Conn
 from memosd.storage.records import Topic
 from memosd.store import publishing, shares
+from memosd.store.durables import DurableClaims
 from memosd.store.hub import Hub, Subscriber, first_of
 
 log = logging.getLogger("memosd.store")
@@ -77,13 +79,14 @@ class _Durable:
     unacked_since: float | None = None
     active: bool = False
     wakeup: asyncio.Event | None = None  # the open stream's, set by an acknowledgement
+    lost: asyncio.Event | None = None  # the open stream's, set if its claim in the vault lapsed (durables.py)
 
 
 class MemStore:
     """Topics, events and subscriptions over the shared database, fanned out by an in-process Hub."""
 
     def __init__(self, db, governance: MemGovernance, *, hub: Hub, default_max_events: int = 100_000,
-                 default_max_age: float = 0.0, clock=time.time):
+                 default_max_age: float = 0.0, clock=time.time, holder: str = "", member: str = ""):
         self.db = db
         self.gov = governance
         self.hub = hub
@@ -93,6 +96,8 @@ class MemStore:
         self.sql = db.sql
         self._shares = shares.ShareIndex()
         self._durables: dict[tuple[str, str], _Durable] = {}
+        # A durable subscription is open on one stream in the whole cluster: claimed in the vault by this run.
+        self.claims = DurableClaims(db, holder or f"memstore:{secrets.token_hex(4)}", member)
         # Where committed events go: straight to the Hub, or through a cluster's sequencer (follow()).
         self._on_commit: Callable[[list[EventRecord]], None] = self._to_hub
         # The last seq of a topic whose shares this daemon knows (None: all it holds); a replay stops there.
@@ -103,6 +108,10 @@ class MemStore:
         # Publishing is how a cube is shared: a subscriber of the topic may read it while it stays published
         # and the authority it was published under holds.
         self.gov.add_read_source(self._shares.of)
+        await self.claims.start()
+
+    async def stop(self) -> None:
+        await self.claims.stop()
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -181,7 +190,8 @@ class MemStore:
         finally:
             self.hub.unregister(sub)
             if durable is not None:
-                durable.active, durable.wakeup = False, None
+                durable.active, durable.wakeup, durable.lost = False, None, None
+                await self.claims.release(p.name, spec.durable_name)
 
     async def _start_positions(self, pattern: Pattern, spec: SubscribeSpec, durable) -> dict[str, int]:
         topics = await self.db.read(lambda conn: self.sql.events.topics(conn, pattern))
@@ -241,9 +251,13 @@ class MemStore:
         known = self._durables.get(key)
         if known is None or not known.active:
             now = self.clock()
-            # Read every time it is opened: another daemon on the vault may have acknowledged since.
-            pattern, acked = await self.db.write(
-                lambda conn: self.sql.events.open_cursor(conn, p.name, spec.durable_name, spec.topic, now))
+
+            def job(conn: Conn) -> tuple[str, dict[str, int]]:
+                self.claims.claim(conn, p.name, spec.durable_name)
+                # Read every time it is opened: another daemon on the vault may have acknowledged since.
+                return self.sql.events.open_cursor(conn, p.name, spec.durable_name, spec.topic, now)
+
+            pattern, acked = await self.db.write(job)
             known = self._durables.setdefault(key, _Durable(pattern, acked))
             if not known.active:
                 known.pattern, known.acked = pattern, acked
@@ -253,6 +267,7 @@ class MemStore:
         if durable.active:
             raise FailedPrecondition(f"durable subscription {spec.durable_name} is already open on another stream")
         durable.active, durable.delivered, durable.unacked_since = True, {}, None
+        durable.lost = self.claims.opened(p.name, spec.durable_name)
         return durable
 
     async def ack(self, p: Principal, name: str, topic: str, seq: int) -> int:
@@ -268,7 +283,12 @@ class MemStore:
         if seq <= durable.acked.get(topic, 0):
             return durable.acked[topic]
         acked = dict(durable.acked, **{topic: seq})
-        await self.db.write(lambda conn: self.sql.events.save_cursor(conn, p.name, name, acked))
+
+        def job(conn: Conn) -> None:
+            self.claims.check_held(conn, p.name, name)
+            self.sql.events.save_cursor(conn, p.name, name, acked)
+
+        await self.db.write(job)
         durable.acked = acked
         durable.unacked_since = self.clock() if any(durable.delivered.get(t, 0) > a for t, a in acked.items()) else None
         if durable.wakeup is not None:
@@ -345,11 +365,16 @@ class _Stream:
         opening = True
         while True:
             changed = self.store.gov.changed()
+            lost = self.durable.lost if self.durable is not None else None
             if not opening:
-                await first_of([self.sub.overflow.wait(), changed.wait(), closing.wait()])
+                await first_of([self.sub.overflow.wait(), changed.wait(), closing.wait(),
+                                *([lost.wait()] if lost is not None else [])])
             try:
                 if closing.is_set():
                     raise Unavailable(f"the daemon is shutting down; resume after {self._positions()} once it is back")
+                if lost is not None and lost.is_set():
+                    raise Unavailable(f"this daemon lost its claim on durable subscription {self.spec.durable_name}"
+                                      " (the vault was out of reach); resume it, here or at another daemon")
                 if opening or changed.is_set():
                     self._recheck()
                 if self.sub.overflowed:
