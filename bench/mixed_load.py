@@ -130,8 +130,14 @@ def _summary(seconds: list[float]) -> dict:
             "p99_ms": round(float(p99), 2), "max_ms": round(float(ms.max()), 2)}
 
 
-def _flat(samples: list[tuple[float, float]], seconds: float) -> dict:
-    tail = [rss for at, rss in samples if at >= seconds / 2]
+def _rss(daemon: Daemon, at: float) -> tuple[float, float, float, float]:
+    # SQLite's memory-mapped pages count in VmRSS as file-backed (RssFile): the OS's page cache, not the heap.
+    mem = memory(daemon.pid)
+    return round(at, 1), mem["VmRSS"], mem["RssAnon"], mem["RssFile"]
+
+
+def _flat(samples: list[tuple[float, float, float, float]], seconds: float, column: int) -> dict:
+    tail = [s[column] for s in samples if s[0] >= seconds / 2]
     if len(tail) < 2:
         return {"flat": None, "spread": None}
     mean = sum(tail) / len(tail)
@@ -151,10 +157,10 @@ def run(args, daemon: Daemon, ids: list[str], queries: list[str]) -> dict:
     cpu = daemon.cpu_seconds()
     go.set()
     started = time.perf_counter()
-    samples = [(0.0, memory(daemon.pid)["VmRSS"])]
+    samples = [_rss(daemon, 0.0)]
     while time.perf_counter() - started < args.seconds:
         time.sleep(min(args.rss_interval, max(0.0, args.seconds - (time.perf_counter() - started))))
-        samples.append((round(time.perf_counter() - started, 1), memory(daemon.pid)["VmRSS"]))
+        samples.append(_rss(daemon, time.perf_counter() - started))
     calls = [c for _ in procs for c in out.get(timeout=args.seconds + 300)]
     wall = time.perf_counter() - started
     for proc in procs:
@@ -169,7 +175,8 @@ def run(args, daemon: Daemon, ids: list[str], queries: list[str]) -> dict:
     return {
         "calls": len(calls), "calls_per_s": round(len(calls) / wall), "latency": by_kind,
         "all": _summary([s for _, s, e in calls if not e]), "worst_kind_p99_ms": worst, "errors": errors,
-        "daemon_cpu_seconds": round(cpu, 1), "rss_mib": samples, "rss_last_half": _flat(samples, args.seconds),
+        "daemon_cpu_seconds": round(cpu, 1), "rss_mib_at_rss_anon_file": samples,
+        "rss_last_half": _flat(samples, args.seconds, 1), "rss_anon_last_half": _flat(samples, args.seconds, 2),
         "peak_rss_mib": memory(daemon.pid)["VmHWM"],
     }
 
