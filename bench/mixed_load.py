@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import platform
 import random
+import resource
 import shutil
 import sys
 import tempfile
@@ -130,6 +131,12 @@ def _summary(seconds: list[float]) -> dict:
             "p99_ms": round(float(p99), 2), "max_ms": round(float(ms.max()), 2)}
 
 
+def _children_cpu() -> float:
+    # The client processes once joined (the daemon, still running, is not among the children counted).
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _rss(daemon: Daemon, at: float) -> tuple[float, float, float, float]:
     # SQLite's memory-mapped pages count in VmRSS as file-backed (RssFile): the OS's page cache, not the heap.
     mem = memory(daemon.pid)
@@ -154,7 +161,7 @@ def run(args, daemon: Daemon, ids: list[str], queries: list[str]) -> dict:
              for i, n in enumerate(shares) if n]
     for proc in procs:
         proc.start()
-    cpu = daemon.cpu_seconds()
+    cpu, clients_cpu = daemon.cpu_seconds(), _children_cpu()
     go.set()
     started = time.perf_counter()
     samples = [_rss(daemon, 0.0)]
@@ -165,7 +172,7 @@ def run(args, daemon: Daemon, ids: list[str], queries: list[str]) -> dict:
     wall = time.perf_counter() - started
     for proc in procs:
         proc.join()
-    cpu = daemon.cpu_seconds() - cpu
+    cpu, clients_cpu = daemon.cpu_seconds() - cpu, _children_cpu() - clients_cpu
     by_kind = {kind: _summary([s for k, s, e in calls if k == kind and not e]) for kind in KINDS if kind in args.mix}
     errors: dict[str, int] = {}
     for kind, _, error in calls:
@@ -175,7 +182,8 @@ def run(args, daemon: Daemon, ids: list[str], queries: list[str]) -> dict:
     return {
         "calls": len(calls), "calls_per_s": round(len(calls) / wall), "latency": by_kind,
         "all": _summary([s for _, s, e in calls if not e]), "worst_kind_p99_ms": worst, "errors": errors,
-        "daemon_cpu_seconds": round(cpu, 1), "rss_mib_at_rss_anon_file": samples,
+        # Both share the machine's cores: the clients' CPU is what the daemon could not have.
+        "daemon_cpu_seconds": round(cpu, 1), "client_processes_cpu_seconds": round(clients_cpu, 1), "rss_mib_at_rss_anon_file": samples,
         "rss_last_half": _flat(samples, args.seconds, 1), "rss_anon_last_half": _flat(samples, args.seconds, 2),
         "peak_rss_mib": memory(daemon.pid)["VmHWM"],
     }
