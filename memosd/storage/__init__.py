@@ -1,9 +1,10 @@
 """The storage seam: the core reaches its records only through a Database and the engine's `sql` modules.
 
 A Database runs jobs: `await db.write(job)` runs job(conn) in one durable transaction, `await db.read(job)` in
-one consistent snapshot (`lane=Lane.POINT` for a read of a few rows by key, on readers no search or list holds). A job composes named record functions of the engine, `db.sql.<module>.<function>(conn,
-...)`: the core decides what is one transaction, the engine package owns every statement. Each engine is one
-package under memosd/storage/ with the same modules and functions (tests/test_storage_contract.py drives them).
+one consistent snapshot (`lane=Lane.POINT` for a read of a few rows by key, on readers no search or list holds).
+A job composes named record functions of the engine, `db.sql.<module>.<function>(conn, ...)`: the core decides
+what is one transaction, the engine package owns every statement. Each engine is one package under
+memosd/storage/ with the same modules and functions (tests/test_storage_contract.py drives them).
 """
 
 from __future__ import annotations
