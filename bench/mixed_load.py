@@ -183,7 +183,8 @@ def run(args, daemon: Daemon, ids: list[str], queries: list[str]) -> dict:
         "calls": len(calls), "calls_per_s": round(len(calls) / wall), "latency": by_kind,
         "all": _summary([s for _, s, e in calls if not e]), "worst_kind_p99_ms": worst, "errors": errors,
         # Both share the machine's cores: the clients' CPU is what the daemon could not have.
-        "daemon_cpu_seconds": round(cpu, 1), "client_processes_cpu_seconds": round(clients_cpu, 1), "rss_mib_at_rss_anon_file": samples,
+        "daemon_cpu_seconds": round(cpu, 1), "client_processes_cpu_seconds": round(clients_cpu, 1),
+        "rss_mib_at_rss_anon_file": samples,
         "rss_last_half": _flat(samples, args.seconds, 1), "rss_anon_last_half": _flat(samples, args.seconds, 2),
         "peak_rss_mib": memory(daemon.pid)["VmHWM"],
     }

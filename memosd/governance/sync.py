@@ -95,7 +95,8 @@ class ClusterSync:
                 return (records.governance_version(conn), records.load_settings(conn), records.load_agents(conn),
                         records.load_policies(conn))
 
-            version, settings, agents, policies = await self.db.read(load, lane=Lane.POINT)  # type: ignore[attr-defined]
+            found = await self.db.read(load, lane=Lane.POINT)  # type: ignore[attr-defined]
+            version, settings, agents, policies = found
             if version == self.version:
                 return False
             self._agents, self._policies = self._load_records(agents, policies)

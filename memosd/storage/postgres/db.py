@@ -51,8 +51,8 @@ class Database:
                                         "connect_timeout": max(1, int(connect_timeout))}
         self.applied = self._migrate(create)
         # A connection for every worker thread of both lanes: a point read never waits for one a scan holds.
-        self._pool = ConnectionPool(url, kwargs=self._kwargs, min_size=1, max_size=pool_size + point_readers, open=False,
-                                    check=ConnectionPool.check_connection, timeout=connect_timeout,
+        self._pool = ConnectionPool(url, kwargs=self._kwargs, min_size=1, max_size=pool_size + point_readers,
+                                    open=False, check=ConnectionPool.check_connection, timeout=connect_timeout,
                                     name="memosd-vault")
         self._pool.open(wait=False)
         self._workers = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="memosd-pg")
