@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                 ids = ingest(client, daemon, list(corpus.cubes(args.cubes)), 500)[1]
             rss_seeded = memory(daemon.pid)["VmRSS"]
             figures = run(args, daemon, ids, corpus.queries(500))
+            # The bound on RssFile: SQLite maps the database file (MMAP_BYTES), its pages count as resident.
+            figures["database_mib"] = round(sum(p.stat().st_size for p in data_dir.glob("memos.db*")) / 2**20, 1)
         result = {
             "bench": "mixed_load", "cubes": len(ids), "clients": args.clients, "client_processes": args.processes,
             "seconds": args.seconds, "mix": args.mix, "rss_mib_after_seeding": rss_seeded, **figures,
