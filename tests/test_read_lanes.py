@@ -63,6 +63,12 @@ def test_get_and_history_are_answered_while_scans_hold_every_reader(daemon, quic
         assert [v.version for v in quick.history(cube.id)] == [1, 2]
 
 
+def test_blob_metadata_is_answered_while_scans_hold_every_reader(daemon, quick):
+    ref = quick.upload_blob(b"\x01" * 4096, "agents/admin/kv")
+    with scan_lane_held(daemon):
+        assert quick.upload_status(ref.sha256, ref.size, "agents/admin/kv") == (True, 0)
+
+
 def test_a_full_read_queue_answers_search_and_list_with_resource_exhausted(daemon, quick):
     cube = quick.put("the red fox", "agents/a/n")
     with scan_lane_held(daemon, daemon.vault.db.max_scans):
