@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from memos_mip.auth import read_token
 from memosd.errors import MemosError, Unauthenticated
-from memosd.storage import Conn
+from memosd.storage import Conn, Lane
 
 if TYPE_CHECKING:
     from memosd.governance.core import AgentRecord, PolicyRecord, Principal
@@ -85,7 +85,9 @@ class ClusterSync:
         """Reload agents, policies and the epoch if the vault's governance version moved; True if it did. Then,
         as after a local revocation: fresh caches, and open streams woken to re-check their callers."""
         records = self.sql.governance  # type: ignore[attr-defined]
-        current = await self.db.read(records.governance_version)  # type: ignore[attr-defined]
+        # On the point lane: a token's caller may be waiting for this (authenticate_call), and the poll that
+        # spreads another member's revocation must not queue behind searches.
+        current = await self.db.read(records.governance_version, lane=Lane.POINT)  # type: ignore[attr-defined]
         if current == self.version:
             return False
         async with self._sync_lock:
@@ -93,7 +95,8 @@ class ClusterSync:
                 return (records.governance_version(conn), records.load_settings(conn), records.load_agents(conn),
                         records.load_policies(conn))
 
-            version, settings, agents, policies = await self.db.read(load)  # type: ignore[attr-defined]
+            found = await self.db.read(load, lane=Lane.POINT)  # type: ignore[attr-defined]
+            version, settings, agents, policies = found
             if version == self.version:
                 return False
             self._agents, self._policies = self._load_records(agents, policies)

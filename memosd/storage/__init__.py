@@ -1,9 +1,10 @@
 """The storage seam: the core reaches its records only through a Database and the engine's `sql` modules.
 
 A Database runs jobs: `await db.write(job)` runs job(conn) in one durable transaction, `await db.read(job)` in
-one consistent snapshot. A job composes named record functions of the engine, `db.sql.<module>.<function>(conn,
-...)`: the core decides what is one transaction, the engine package owns every statement. Each engine is one
-package under memosd/storage/ with the same modules and functions (tests/test_storage_contract.py drives them).
+one consistent snapshot (`lane=Lane.POINT` for a read of a few rows by key, on readers no search or list holds).
+A job composes named record functions of the engine, `db.sql.<module>.<function>(conn, ...)`: the core decides
+what is one transaction, the engine package owns every statement. Each engine is one package under
+memosd/storage/ with the same modules and functions (tests/test_storage_contract.py drives them).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from memosd.errors import FailedPrecondition
+from memosd.storage.lanes import Lane
 from memosd.storage.urls import POSTGRESQL, vault_engine
 
 # An engine's connection inside a job: opaque to the core, which only hands it to that engine's functions.
@@ -25,6 +27,8 @@ class Database(Protocol):
     """What every engine's Database offers the core (memosd/storage/sqlite/db.py, postgres/db.py)."""
 
     engine: str  # "sqlite" or "postgresql"
+    readers: int  # threads of the scan lane
+    max_scans: int  # reads the scan lane holds, queued or running, before it refuses more (ResourceExhausted)
 
     @property
     def sql(self) -> Any:
@@ -33,8 +37,8 @@ class Database(Protocol):
     async def write(self, job: Callable[[Conn], T]) -> T:
         """Run job(conn) in one transaction; return once it is committed and durable."""
 
-    async def read(self, job: Callable[[Conn], T]) -> T:
-        """Run job(conn) in one consistent, read-only snapshot."""
+    async def read(self, job: Callable[[Conn], T], *, lane: Lane = Lane.SCAN) -> T:
+        """Run job(conn) in one consistent, read-only snapshot, on the lane's readers."""
 
     def snapshot(self) -> AbstractContextManager[Conn]:
         """A connection of its own in one read snapshot, for a long read on the caller's thread."""

@@ -29,7 +29,7 @@ import xxhash
 
 from memosd.errors import Conflict, DataLoss, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from memosd.errors import Unavailable
-from memosd.storage import Conn
+from memosd.storage import Conn, Lane
 from memosd.storage.objects import ObjectStore
 from memosd.storage.objects.files import FileObjectStore
 from memosd.vault import blob_access
@@ -159,7 +159,8 @@ class BlobStore:
     async def referable_size(self, agent: str, sha256: str, guard: Guard | None = None) -> int | None:
         """The blob's size if `agent` may make a cube reference it (it holds the blob, or guard lets it read a
         live cube naming it); None, as for a blob not stored, otherwise."""
-        return await self.db.read(lambda c: blob_access.referable_size(self.sql, c, sha256, agent, guard))
+        return await self.db.read(lambda c: blob_access.referable_size(self.sql, c, sha256, agent, guard),
+                                  lane=Lane.POINT)
 
     async def status(self, owner: str, sha256: str, size: int, guard: Guard | None = None) -> tuple[bool, int]:
         """(stored and referable by owner: nothing to send, bytes of owner's unfinished upload held)."""
@@ -313,7 +314,7 @@ class BlobStore:
         and recorded for a blob stored before checksums were kept)."""
         fd = await self.objects.open_local(sha256, size)
         try:
-            row = await self.db.read(lambda c: self.sql.blobs.checksum(c, sha256))
+            row = await self.db.read(lambda c: self.sql.blobs.checksum(c, sha256), lane=Lane.POINT)
             if row is None:
                 raise NotFound(f"the payload {sha256} is not stored on this daemon")
             checksum = row[0]

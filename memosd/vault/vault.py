@@ -20,7 +20,7 @@ from memosd.limits import (
     Limits, check_draft, check_filter, check_metadata, check_priority, check_source, check_tags, check_text,
     resolve_expiry,
 )
-from memosd.storage import Conn, open_database
+from memosd.storage import Conn, Lane, open_database
 from memosd.storage.records import CubeRow
 from memosd.vault import rows
 from memosd.vault.fulltext import FullText, words
@@ -210,7 +210,7 @@ class MemVault:
                 raise NotFound(f"cube {cube_id} was deleted; History still lists its versions")
             return rows.to_cube(row, now)
 
-        cube = await self.db.read(job)
+        cube = await self.db.read(job, lane=Lane.POINT)
         self._count_access([cube], now)
         return cube
 
@@ -245,7 +245,7 @@ class MemVault:
                 guard(versions[-1])
             return readable
 
-        return await self.db.read(job)
+        return await self.db.read(job, lane=Lane.POINT)
 
     async def search(self, query: str, f: CubeFilter, limit: int, mode: SearchMode = SearchMode.AUTO,
                      fts_syntax: bool = False) -> tuple[builtins.list[SearchHit], SearchMode]:

@@ -15,6 +15,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from memosd.errors import Unavailable
+from memosd.storage.lanes import MAX_QUEUED_SCANS, Lane, ScanQueue
 from memosd.storage.postgres import schema
 from memosd.storage.urls import redact, redact_text
 
@@ -35,9 +36,10 @@ class Database:
 
     engine = "postgresql"
 
-    def __init__(self, url: str, *, create: bool = True, pool_size: int = 8, statement_timeout: float = 30.0,
-                 connect_timeout: float = 10.0):
+    def __init__(self, url: str, *, create: bool = True, pool_size: int = 8, point_readers: int = 2,
+                 max_scans: int = MAX_QUEUED_SCANS, statement_timeout: float = 30.0, connect_timeout: float = 10.0):
         self.url = url
+        self.readers, self.max_scans = pool_size, max_scans
         self.shown_url = redact(url)
         # Every connection: commits wait for the WAL flush whatever the server's default, statements end at
         # the timeout, and the server knows who we are. psycopg prepares a statement run often (prepare_threshold).
@@ -48,11 +50,15 @@ class Database:
         self._kwargs: dict[str, Any] = {"options": options, "application_name": "memosd",
                                         "connect_timeout": max(1, int(connect_timeout))}
         self.applied = self._migrate(create)
-        self._pool = ConnectionPool(url, kwargs=self._kwargs, min_size=1, max_size=pool_size, open=False,
-                                    check=ConnectionPool.check_connection, timeout=connect_timeout,
+        # A connection for every worker thread of both lanes: a point read never waits for one a scan holds.
+        self._pool = ConnectionPool(url, kwargs=self._kwargs, min_size=1, max_size=pool_size + point_readers,
+                                    open=False, check=ConnectionPool.check_connection, timeout=connect_timeout,
                                     name="memosd-vault")
         self._pool.open(wait=False)
         self._workers = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="memosd-pg")
+        # Point reads (Get, History, blob metadata) on threads of their own, as the SQLite engine's are.
+        self._point_workers = ThreadPoolExecutor(max_workers=point_readers, thread_name_prefix="memosd-pg-point")
+        self._scans = ScanQueue(max_scans)
         self._closed = False
 
     def _migrate(self, create: bool) -> list[str]:
@@ -69,17 +75,20 @@ class Database:
 
     async def write(self, job: Callable[[psycopg.Connection], T]) -> T:
         """Run job(conn) inside a transaction; return once it is committed and durable."""
-        return await self._submit(job, read=False)
+        return await self._submit(self._workers, job, read=False)
 
-    async def read(self, job: Callable[[psycopg.Connection], T]) -> T:
-        """Run job(conn) in one read-only snapshot."""
-        return await self._submit(job, read=True)
+    async def read(self, job: Callable[[psycopg.Connection], T], *, lane: Lane = Lane.SCAN) -> T:
+        """Run job(conn) in one read-only snapshot, on the lane's workers (writes share the scan lane's)."""
+        if lane is Lane.POINT:
+            return await self._submit(self._point_workers, job, read=True)
+        with self._scans.admit():
+            return await self._submit(self._workers, job, read=True)
 
-    async def _submit(self, job, *, read: bool):
+    async def _submit(self, workers: ThreadPoolExecutor, job, *, read: bool):
         if self._closed:
             raise Unavailable("the daemon is shutting down; retry against the restarted daemon")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._workers, self._run, job, read)
+        return await loop.run_in_executor(workers, self._run, job, read)
 
     @property
     def sql(self):
@@ -143,4 +152,5 @@ class Database:
             return
         self._closed = True
         self._workers.shutdown(wait=True)
+        self._point_workers.shutdown(wait=True)
         self._pool.close()
