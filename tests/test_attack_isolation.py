@@ -41,3 +41,36 @@ def test_a_writer_who_may_not_read_gets_no_text_tags_or_metadata_back_from_updat
     # A reader who writes gets the whole cube back, as before.
     client.grant("agent:bob", ["read"], ["teams/inbox/**"])
     assert bob.update(note.id, priority=4).text == "alice's inbox secret"
+
+
+def _bundle_with_id(bob, tmp_path, cube_id: str):
+    """A bundle of one of bob's own notes, its id replaced by cube_id (a bundle is bob's to write as he likes)."""
+    out = tmp_path / f"bundle-{cube_id}-{len(list(tmp_path.iterdir()))}"
+    bob.export(out, "agents/bob/notes")
+    record = json.loads((out / "cubes.jsonl").read_text().splitlines()[0])
+    data = (json.dumps({**record, "id": cube_id}) + "\n").encode()
+    (out / "cubes.jsonl").write_bytes(data)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == "cubes.jsonl":
+            entry.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    manifest["counts"]["cubes"] = manifest["counts"]["plaintext"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_an_import_does_not_tell_whether_another_agents_cube_has_an_id(agents, tmp_path):
+    alice, bob = agents
+    hers = alice.put("alice's private note", "agents/alice/private").id
+    bob.put("bob's note", "agents/bob/notes")
+    said = {}
+    for what, cube_id in (("hers", hers), ("unknown", UNKNOWN_ID)):
+        namespace = f"agents/bob/imported-{what}"
+        report = bob.import_bundle(_bundle_with_id(bob, tmp_path, cube_id), namespace)
+        (stored,) = bob.list(namespace)
+        said[what] = ((report.cubes, report.skipped, report.renamed), stored.id == cube_id,
+                      [i == cube_id for i in stored.derived_from])
+        again = bob.import_bundle(_bundle_with_id(bob, tmp_path, cube_id), namespace)
+        assert (again.cubes, again.skipped) == (0, 1)  # a re-run still stores nothing twice
+    assert said["hers"] == said["unknown"], said
+    assert alice.get(hers).text == "alice's private note"

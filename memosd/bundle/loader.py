@@ -262,7 +262,7 @@ async def load_bundle(reader: BundleReader, *, vault, governance, principal, opt
     batches = reader.cubes(verified.root)
     while batch := await asyncio.to_thread(next, batches, None):
         plain = [c for c in batch if c.kind is MemoryKind.PLAINTEXT]
-        stored, skipped, renamed = await import_cubes(vault, plain, principal.name, origin)
+        stored, skipped, renamed = await import_cubes(vault, plain, principal.name, origin, keep_ids=principal.admin)
         report.cubes += stored
         report.skipped += skipped
         report.renamed += renamed
