@@ -8,6 +8,7 @@ import json
 import pytest
 
 from memos_client import MemosClient
+from tests.kv_helpers import put_kv
 
 UNKNOWN_ID = "01JAAAAAAAAAAAAAAAAAAAAAAA"  # well-formed, and no cube of these tests has it
 
@@ -88,3 +89,19 @@ def test_search_scores_say_nothing_of_cubes_the_caller_may_not_read(agents):
     after = [h.bm25_score for h in bob.search("zebra", mode="bm25")]
     assert len(before) == len(after) == 1
     assert after == before  # were they not, how often alice writes "zebra" would show in bob's scores
+
+
+def test_an_import_does_not_tell_whether_a_cube_one_may_not_read_holds_the_same_kv_cache(agents, client, tmp_path):
+    alice, bob = agents
+    client.grant("agent:alice", ["read", "write"], ["teams/drop/**"])
+    client.grant("agent:bob", ["write"], ["teams/drop/**"])  # bob may add caches there, not read them
+    put_kv(bob, [1, 2, 3], "agents/bob/kv", seed=5)
+    bob.export(tmp_path / "kv", "agents/bob/kv")
+    put_kv(alice, [1, 2, 3], "teams/drop/hers", seed=5)  # the very bytes of bob's cache, in a cube bob may not read
+    said = {}
+    for where in ("hers", "empty"):
+        report = bob.import_bundle(tmp_path / "kv", f"teams/drop/{where}")
+        said[where] = (report.cubes, report.tensors, report.skipped)
+    assert said["hers"] == said["empty"] == (1, 1, 0), said
+    again = bob.import_bundle(tmp_path / "kv", "teams/drop/hers")
+    assert (again.tensors, again.skipped) == (0, 1)  # what bob stored himself still counts as imported before
