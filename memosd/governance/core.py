@@ -267,6 +267,10 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
             return True
         return any(g.covers(pattern) for pol in self._active(p, action) for g in pol.patterns)
 
+    def grants_end(self, p: Principal, action: str) -> float | None:
+        """When the first of p's active grants of `action` expires (None: none does); open streams judge p again then."""
+        return min((pol.expires_at for pol in self._active(p, action) if pol.expires_at is not None), default=None)
+
     def _active(self, p: Principal, action: str) -> list[Policy]:
         now = self.clock()
         return [pol for pol in self._effective(p) if pol.active(now) and ({action, "admin"} & pol.actions)]

@@ -346,12 +346,16 @@ class _Stream:
         while True:
             changed = self.store.gov.changed()
             if not opening:
-                await first_of([self.sub.overflow.wait(), changed.wait(), closing.wait()])
+                waits = [self.sub.overflow.wait(), changed.wait(), closing.wait()]
+                ends = self.store.gov.grants_end(self.p, "subscribe")
+                if ends is not None:
+                    # A grant running out is no revocation, and sets no event: wake then to judge the caller again.
+                    waits.append(asyncio.sleep(max(0.0, ends - self.store.clock()) + 0.05))
+                await first_of(waits)
             try:
                 if closing.is_set():
                     raise Unavailable(f"the daemon is shutting down; resume after {self._positions()} once it is back")
-                if opening or changed.is_set():
-                    self._recheck()
+                self._recheck()
                 if self.sub.overflowed:
                     raise self._too_slow()
             except MemosError as exc:
@@ -446,7 +450,8 @@ class _Stream:
     def _recheck(self) -> None:
         self.store.gov.still_valid(self.p)
         if not self.store.gov.covers(self.p, "subscribe", self.pattern):
-            raise PermissionDenied(f"agent {self.p.name} may no longer subscribe to {self.pattern}; the grant was revoked")
+            raise PermissionDenied(f"agent {self.p.name} may no longer subscribe to {self.pattern}; the grant was revoked"
+                                   " or has expired")
 
     def _positions(self) -> dict[str, int]:
         return dict(self.delivered)
