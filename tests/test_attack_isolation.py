@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import pytest
 
-from memos_client import MemosClient
+from memos_client import MemosClient, PermissionDenied
+from memos_mip.v1 import cube_pb2, vault_pb2
 from tests.kv_helpers import put_kv
 
 UNKNOWN_ID = "01JAAAAAAAAAAAAAAAAAAAAAAA"  # well-formed, and no cube of these tests has it
@@ -105,3 +107,49 @@ def test_an_import_does_not_tell_whether_a_cube_one_may_not_read_holds_the_same_
     assert said["hers"] == said["empty"] == (1, 1, 0), said
     again = bob.import_bundle(tmp_path / "kv", "teams/drop/hers")
     assert (again.tensors, again.skipped) == (0, 1)  # what bob stored himself still counts as imported before
+
+
+def test_an_open_subscription_ends_when_its_grant_expires(agents, client):
+    _, bob = agents
+    expires = time.time() + 3
+    client.grant("agent:bob", ["subscribe"], ["teams/feed/**"], expires_at=expires)
+    client.publish("teams/feed/old", client.put("before", "agents/admin/feed").id)
+    with bob.subscribe("teams/feed/**") as events:
+        seen = iter(events)
+        assert next(seen).topic == "teams/feed/old"
+        while time.time() < expires + 0.5:  # the grant's own deadline: nothing to wait on but the clock
+            time.sleep(0.1)
+        client.publish("teams/feed/after-expiry", client.put("after", "agents/admin/feed").id)
+        with pytest.raises(PermissionDenied, match="may no longer subscribe"):
+            event = next(seen)
+            pytest.fail(f"bob's stream outlived his grant and named {event.topic} ({event.kind.name})")
+
+
+def _owner_only(c, namespace: str, text: str) -> str:
+    draft = cube_pb2.CubeDraft(namespace=namespace, text=text, visibility=cube_pb2.VISIBILITY_OWNER)
+    return c._call(c._vault.Put, vault_pb2.PutRequest(cube=draft)).cube.header.descriptive.id
+
+
+def _make_public(c, cube_id: str, text: str) -> None:
+    c._call(c._vault.Update, vault_pb2.UpdateRequest(id=cube_id, cube=cube_pb2.CubeDraft(
+        text=text, visibility=cube_pb2.VISIBILITY_NAMESPACE), update_mask={"paths": ["text", "visibility"]}))
+
+
+def test_a_subscriber_reads_no_owner_only_version_of_a_shared_cube(agents, client):
+    alice, bob = agents
+    client.grant("agent:bob", ["subscribe"], ["agents/alice/news"])
+    draft = _owner_only(alice, "agents/alice/notes", "alice's private draft")  # v1: hers alone
+    _make_public(alice, draft, "alice's announcement")  # v2: fit to share
+    alice.publish("agents/alice/news", draft)
+    with bob.subscribe("agents/alice/news") as events:
+        assert next(iter(events)).cube.text == "alice's announcement"
+    assert bob.get(draft).text == "alice's announcement"  # the published version, through the share
+    assert [v.text for v in bob.history(draft)] == ["alice's announcement"]
+    with pytest.raises(PermissionDenied):
+        bob.get(draft, version=1)
+    # A version alice makes owner-only after sharing is hers alone too.
+    alice._call(alice._vault.Update, vault_pb2.UpdateRequest(id=draft, cube=cube_pb2.CubeDraft(
+        text="alice's second thoughts", visibility=cube_pb2.VISIBILITY_OWNER), update_mask={"paths": ["text", "visibility"]}))
+    assert "alice's second thoughts" not in [v.text for v in bob.history(draft)]
+    with pytest.raises(PermissionDenied):
+        bob.get(draft)
