@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from memos_client import MemosClient, PermissionDenied
+from memos_client import InvalidArgument, MemosClient, NotFound, PermissionDenied
 from memos_mip.v1 import cube_pb2, vault_pb2
 from tests.kv_helpers import put_kv
 
@@ -153,3 +153,27 @@ def test_a_subscriber_reads_no_owner_only_version_of_a_shared_cube(agents, clien
     assert "alice's second thoughts" not in [v.text for v in bob.history(draft)]
     with pytest.raises(PermissionDenied):
         bob.get(draft)
+
+
+LONG = "pol_" + "q" * 900  # well under the 1 KiB a message is cut to, so only quoting keeps it from coming back whole
+
+
+def test_a_malformed_policy_id_is_invalid_and_not_echoed_whole(agents):
+    _, bob = agents
+    for call in (bob.get_policy, bob.revoke_policy):
+        with pytest.raises(InvalidArgument, match="is not a policy id") as info:
+            call(LONG)
+        assert LONG not in str(info.value) and len(str(info.value)) < 300
+    with pytest.raises(NotFound, match="no policy pol_0000000000000000"):
+        bob.get_policy("pol_" + "0" * 16)  # well formed, unknown: as before
+
+
+def test_an_ack_on_a_malformed_topic_is_invalid_and_not_echoed_whole(agents):
+    _, bob = agents
+    bob.publish("agents/bob/t", bob.put("x", "agents/bob/n").id)
+    with bob.subscribe("agents/bob/t", durable_name="d") as events:
+        next(iter(events))
+        topic = "agents/bob/" + "q" * 900
+        with pytest.raises(InvalidArgument) as info:
+            bob.ack("d", topic, 1)
+        assert topic not in str(info.value) and len(str(info.value)) < 400

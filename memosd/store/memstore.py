@@ -256,6 +256,7 @@ class MemStore:
         return durable
 
     async def ack(self, p: Principal, name: str, topic: str, seq: int) -> int:
+        check_namespace(topic, what="topic")  # the errors below name it: never a string of any size
         durable = self._durables.get((p.name, name))
         if durable is None:
             raise NotFound(f"agent {p.name} has no durable subscription named {quote(name)} (open one with Subscribe)")
