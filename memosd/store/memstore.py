@@ -6,7 +6,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 
 from memos_mip.bounds import quote
@@ -347,7 +347,7 @@ class _Stream:
         while True:
             changed = self.store.gov.changed()
             if not opening:
-                waits = [self.sub.overflow.wait(), changed.wait(), closing.wait()]
+                waits: list[Coroutine] = [self.sub.overflow.wait(), changed.wait(), closing.wait()]
                 ends = self.store.gov.grants_end(self.p, "subscribe")
                 if ends is not None:
                     # A grant running out is no revocation, and sets no event: wake then to judge the caller again.
