@@ -15,6 +15,7 @@ import mcp_types as types
 import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 from memos_client import InvalidArgument, MemosClient
 from memos_client.mcp.http import loopback
@@ -212,9 +213,20 @@ def test_streamable_http_on_loopback(daemon, agents):
         line = proc.stderr.readline()
         url = line.rsplit(" at ", 1)[-1].strip()
         assert url.startswith("http://127.0.0.2:") and url.endswith("/mcp"), line
+        token = proc.stderr.readline().split("Bearer ", 1)[-1].strip().strip('"')
+        bearer = {"Authorization": f"Bearer {token}"}
+        # Any process of any user on the host can reach a loopback port: without the server's token it is refused
+        # before anything is done with alice's key.
+        for headers in ({}, {"Authorization": "Bearer " + "x" * len(token)}):
+            request = urllib.request.Request(url, data=b"{}", method="POST", headers={
+                **headers, "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)
+            assert refused.value.code == 401
 
         async def main():
-            async with streamable_http_client(url) as (read, write), ClientSession(read, write) as s:
+            async with create_mcp_http_client(headers=bearer) as http, \
+                    streamable_http_client(url, http_client=http) as (read, write), ClientSession(read, write) as s:
                 await s.initialize()
                 assert {t.name for t in (await s.list_tools()).tools} == TOOLS
                 added, _, err = await call(s, "memory_add", text="over HTTP")
@@ -224,7 +236,7 @@ def test_streamable_http_on_loopback(daemon, agents):
         asyncio.run(main())
         # A web page cannot reach it through DNS rebinding: another Host (or Origin) is refused.
         for header, value, status in (("Host", "attacker.example", 421), ("Origin", "http://attacker.example", 403)):
-            request = urllib.request.Request(url, data=b"{}", method="POST", headers={
+            request = urllib.request.Request(url, data=b"{}", method="POST", headers={**bearer,
                 header: value, "Content-Type": "application/json", "Accept": "application/json, text/event-stream"})
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(request, timeout=10)

@@ -216,3 +216,14 @@ def test_an_imports_live_payload_check_is_per_namespace_and_kind(engine):
     assert live("old", MemoryKind.ACTIVATION) is False  # a deleted cube no longer holds the payload
     assert live("kept", MemoryKind.PARAMETRIC) is True  # an archived one still does
     assert live("ns/sub", MemoryKind.ACTIVATION) is False
+
+
+def test_an_agents_import_counts_only_its_own_cubes_as_holding_the_payload(engine):
+    sha = "e" * 64
+    _insert(engine, _cube("hers", sha256=sha))  # owned by alice
+
+    def live(owner):
+        return engine.read(lambda conn: engine.sql.tensors.has_live_payload(conn, "ns", MemoryKind.ACTIVATION, sha, owner))
+
+    assert live(None) is True and live("alice") is True
+    assert live("bob") is False

@@ -25,7 +25,7 @@ from memosd.bundle.loader import BATCH, ImportReport
 from memosd.bundle.memos_items import Layout, item_links, layout_of, link_cubes, memos_item_cube, stable_id
 from memosd.cube import MemCube, MemoryKind
 from memosd.limits import Limits, check_namespace
-from memosd.vault.imported import import_cubes
+from memosd.vault.imported import agent_id, import_cubes
 
 __all__ = ["CONFIG", "MemosDump", "default_namespace", "load_memos_dump", "memos_item_cube", "read_memos_dump",
            "stable_id"]
@@ -184,9 +184,11 @@ async def load_memos_dump(files: dict[str, Path], *, vault, governance, principa
     report = ImportReport(format="memos-dump", notes=list(dump.notes))
     if dump.layouts:
         report.notes.insert(0, f"read MemOS {', '.join(dump.layouts)}" + ("" if config else " (no config.json)"))
+    if not principal.admin:
+        _links_to_agent_ids(dump.cubes, principal.name)
     for start in range(0, len(dump.cubes), BATCH):
         stored, skipped, renamed = await import_cubes(vault, dump.cubes[start:start + BATCH], principal.name,
-                                                      f"memos:{cube_id}")
+                                                      f"memos:{cube_id}", keep_ids=principal.admin)
         report.cubes += stored
         report.skipped += skipped
         report.renamed += renamed
@@ -197,3 +199,14 @@ async def load_memos_dump(files: dict[str, Path], *, vault, governance, principa
             " needs to bind a cache to its model; pass --model DIR (a local copy of that model) to memosctl"
             " import to bind and store them")
     return report
+
+
+def _links_to_agent_ids(cubes: list[MemCube], agent: str) -> None:
+    """An agent's import gives each cube agent_id(agent, id): the links between them follow (they name cubes
+    of the dump only: link_cubes refused any other)."""
+    for cube in cubes:
+        links = (cube.metadata or {}).get("memos_links")
+        if isinstance(links, list):
+            cube.metadata = {**(cube.metadata or {}), "memos_links": [
+                {**link, "to": agent_id(agent, link["to"])} if isinstance(link, dict) and isinstance(link.get("to"), str)
+                else link for link in links]}

@@ -95,5 +95,6 @@ CODECS: dict[MemoryKind, PayloadCodec] = {
 class TensorSink(Protocol):
     """Where an import stores tensor cubes: the daemon's blob store and tensor vault, when it has them."""
 
-    async def put(self, cube: MemCube, blob: Path, owner: str) -> bool:
-        """Store the payload file (verified already) and the cube; False if it was imported before."""
+    async def put(self, cube: MemCube, blob: Path, owner: str, *, any_owner: bool = False) -> bool:
+        """Store the payload file (verified already) and the cube; False if it was imported before (by owner, or
+        by anyone with any_owner)."""

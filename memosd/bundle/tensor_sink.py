@@ -30,8 +30,10 @@ class TensorMemorySink:
         # both find it absent and store it twice. (Within this daemon; two members of a cluster may still.)
         self._storing: dict[tuple, tuple[asyncio.Lock, list[int]]] = {}  # the lock and how many want it
 
-    async def put(self, cube: MemCube, blob: Path, owner: str) -> bool:
-        """True if stored, False if the namespace holds the same payload already."""
+    async def put(self, cube: MemCube, blob: Path, owner: str, *, any_owner: bool = False) -> bool:
+        """True if stored, False if the namespace holds the same payload already: in a cube of owner's (whoever's
+        with any_owner, the admin's imports). Another's cube would tell an agent that someone it may not read
+        stored these very bytes."""
         if cube.kind not in _MANIFESTS:
             raise FailedPrecondition(f"cube {cube.id} is {cube.kind.name.lower()}; it carries no tensors")
         if cube.manifest is None:  # records.py gives every tensor cube one; checked so from_json sees a dict
@@ -53,7 +55,7 @@ class TensorMemorySink:
         wanted[0] += 1
         try:
             async with lock:
-                if await self._present(*key):
+                if await self._present(*key, None if any_owner else owner):
                     return False
                 now = self.vault.clock()
                 ttl = 0 if cube.expires_at is None else max(1, int(cube.expires_at - now))
@@ -68,6 +70,6 @@ class TensorMemorySink:
             if not wanted[0]:
                 del self._storing[key]
 
-    async def _present(self, namespace: str, kind: MemoryKind, sha256: str) -> bool:
+    async def _present(self, namespace: str, kind: MemoryKind, sha256: str, owner: str | None) -> bool:
         db = self.vault.db
-        return await db.read(lambda conn: db.sql.tensors.has_live_payload(conn, namespace, kind, sha256))
+        return await db.read(lambda conn: db.sql.tensors.has_live_payload(conn, namespace, kind, sha256, owner))

@@ -21,7 +21,7 @@ from memosd.errors import (
 from memosd.governance.auditing import Auditing, DenialBudget
 from memosd.governance.sharing import Sharing
 from memosd.limits import check_namespace
-from memosd.governance.policy import Pattern, Policy, check_name, owned_pattern, parse_policy
+from memosd.governance.policy import Pattern, Policy, check_name, check_policy_id, owned_pattern, parse_policy
 from memosd.governance.signing import AUDIT_KEY_FILE, AuditSigner
 from memosd.governance.sync import ClusterSync
 from memosd.storage import Conn
@@ -267,6 +267,10 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
             return True
         return any(g.covers(pattern) for pol in self._active(p, action) for g in pol.patterns)
 
+    def grants_end(self, p: Principal, action: str) -> float | None:
+        """When the first of p's active grants of `action` expires (None: none does); open streams judge p again then."""
+        return min((pol.expires_at for pol in self._active(p, action) if pol.expires_at is not None), default=None)
+
     def _active(self, p: Principal, action: str) -> list[Policy]:
         now = self.clock()
         return [pol for pol in self._effective(p) if pol.active(now) and ({action, "admin"} & pol.actions)]
@@ -434,7 +438,7 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
         return sorted(found, key=lambda r: r.created_at)
 
     def get_policy(self, p: Principal, policy_id: str) -> PolicyRecord:
-        record = self._policies.get(policy_id)
+        record = self._policies.get(check_policy_id(policy_id))
         if record is None or not (p.admin or record.policy.issuer == p.name or record.policy.subject in p.subjects):
             raise NotFound(f"no policy {policy_id} visible to agent {p.name}")
         return record

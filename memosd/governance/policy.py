@@ -24,6 +24,15 @@ def check_name(name: str, what: str = "agent name") -> str:
     return name
 
 
+POLICY_ID = re.compile(r"pol_[0-9a-f]{8,64}")
+
+
+def check_policy_id(policy_id: str) -> str:
+    if not isinstance(policy_id, str) or not POLICY_ID.fullmatch(policy_id):
+        raise InvalidArgument(f"{quote(policy_id)} is not a policy id (pol_ and 8-64 lowercase hex digits)")
+    return policy_id
+
+
 @dataclass(frozen=True)
 class Pattern:
     """A namespace, or with subtree=True that namespace and everything below it ("ns/**")."""
@@ -107,7 +116,7 @@ def parse_policy(document: bytes, *, stored: bool = False) -> Policy:
         issued_at, not_before, expires_at = doc["issued_at"], doc.get("not_before") or doc["issued_at"], doc.get("expires_at")
     except KeyError as exc:
         raise InvalidArgument(f"policy document lacks {exc}") from None
-    if not (isinstance(pid, str) and re.fullmatch(r"pol_[0-9a-f]{8,64}", pid)):
+    if not (isinstance(pid, str) and POLICY_ID.fullmatch(pid)):
         raise InvalidArgument("policy id must look like pol_<hex>")
     check_name(issuer, "policy issuer")
     if not isinstance(subject, str) or not SUBJECT.fullmatch(subject):

@@ -56,6 +56,10 @@ class Sharing:
         or their issuer's authority gone); a later grant is not the same authority, the publisher has to
         publish again."""
         visibility = int(getattr(cube, "visibility", Visibility.NAMESPACE))
+        if visibility == Visibility.OWNER:
+            # An owner-only version is its owner's and the admin's alone (they read it by their own grants), shared
+            # or not: a share would otherwise hand its subscribers every owner-only version, older and later ones too.
+            return False
         # The generation: a decision made in a reader thread from the state of before a change is never reused.
         key = (self._generation, share, cube.id, cube.namespace, cube.kind, cube.owner, visibility)
         now = self.clock()

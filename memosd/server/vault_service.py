@@ -6,6 +6,7 @@ from memos_mip.v1 import vault_pb2
 from memosd.cube import MemoryKind
 from memosd.errors import InvalidArgument
 from memosd.governance import MemGovernance
+from memosd.governance.views import as_seen_by
 from memosd.limits import check_page_size
 from memosd.server import convert
 from memosd.server.auth import principal
@@ -50,9 +51,9 @@ class VaultService:
         return vault_pb2.GetResponse(cube=convert.cube_to_proto(cube))
 
     async def Update(self, request, context):
-        cube = await self.vault.update(request.id, convert.patch_from_proto(request), principal().name,
-                                       guard=self._guard("write"))
-        return vault_pb2.UpdateResponse(cube=convert.cube_to_proto(cube))
+        p = principal()
+        cube = await self.vault.update(request.id, convert.patch_from_proto(request), p.name, guard=self._guard("write"))
+        return vault_pb2.UpdateResponse(cube=convert.cube_to_proto(as_seen_by(self.gov, p, cube)))
 
     async def Delete(self, request, context):
         version = await self.vault.delete(request.id, principal().name, guard=self._guard("delete"))

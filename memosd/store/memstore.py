@@ -7,7 +7,7 @@ import enum
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 
 from memos_mip.bounds import quote
@@ -271,6 +271,7 @@ class MemStore:
         return durable
 
     async def ack(self, p: Principal, name: str, topic: str, seq: int) -> int:
+        check_namespace(topic, what="topic")  # the errors below name it: never a string of any size
         durable = self._durables.get((p.name, name))
         if durable is None:
             raise NotFound(f"agent {p.name} has no durable subscription named {quote(name)} (open one with Subscribe)")
@@ -367,16 +368,21 @@ class _Stream:
             changed = self.store.gov.changed()
             lost = self.durable.lost if self.durable is not None else None
             if not opening:
-                await first_of([self.sub.overflow.wait(), changed.wait(), closing.wait(),
-                                *([lost.wait()] if lost is not None else [])])
+                waits: list[Coroutine] = [self.sub.overflow.wait(), changed.wait(), closing.wait()]
+                if lost is not None:
+                    waits.append(lost.wait())
+                ends = self.store.gov.grants_end(self.p, "subscribe")
+                if ends is not None:
+                    # A grant running out is no revocation, and sets no event: wake then to judge the caller again.
+                    waits.append(asyncio.sleep(max(0.0, ends - self.store.clock()) + 0.05))
+                await first_of(waits)
             try:
                 if closing.is_set():
                     raise Unavailable(f"the daemon is shutting down; resume after {self._positions()} once it is back")
                 if lost is not None and lost.is_set():
                     raise Unavailable(f"this daemon lost its claim on durable subscription {self.spec.durable_name}"
                                       " (the vault was out of reach); resume it, here or at another daemon")
-                if opening or changed.is_set():
-                    self._recheck()
+                self._recheck()
                 if self.sub.overflowed:
                     raise self._too_slow()
             except MemosError as exc:
@@ -471,7 +477,8 @@ class _Stream:
     def _recheck(self) -> None:
         self.store.gov.still_valid(self.p)
         if not self.store.gov.covers(self.p, "subscribe", self.pattern):
-            raise PermissionDenied(f"agent {self.p.name} may no longer subscribe to {self.pattern}; the grant was revoked")
+            raise PermissionDenied(f"agent {self.p.name} may no longer subscribe to {self.pattern}; the grant was revoked"
+                                   " or has expired")
 
     def _positions(self) -> dict[str, int]:
         return dict(self.delivered)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 
 from memosd.cube import LifecycleState, MemCube, MemoryKind
@@ -9,15 +10,30 @@ from memosd.ids import new_id
 from memosd.storage import Conn
 
 
-async def import_cubes(vault, cubes: list[MemCube], actor: str, origin: str) -> tuple[int, int, int]:
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def agent_id(actor: str, cube_id: str) -> str:
+    """The id an agent's import gives a bundle's cube: the bundle id's time (its first 10 characters), and 80 bits
+    made from the importer and that id. Were the bundle's id kept where it is free, whether it was kept would
+    tell the importer that some cube it may not read has that id."""
+    value = int.from_bytes(hashlib.sha256(f"{actor}\n{cube_id}".encode()).digest()[:10], "big")
+    return cube_id[:10] + "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in reversed(range(16)))
+
+
+async def import_cubes(vault, cubes: list[MemCube], actor: str, origin: str, *,
+                       keep_ids: bool = False) -> tuple[int, int, int]:
     """Store plaintext cubes as version 1 owned by `actor`, in one transaction; (stored, skipped, renamed).
 
-    A cube whose id is free keeps it, so re-running an import skips what it stored before (same id, same
-    namespace). An id taken by another cube gets a new id, with the original one in derived_from."""
+    keep_ids (the admin's imports: it reads every cube anyway): a cube whose id is free keeps it. An agent's
+    cubes get agent_id(actor, id). Either way a re-run skips what it stored before (same id, same namespace),
+    and an id taken by another cube gets a new id, with the original one in derived_from."""
     if not cubes:
         return 0, 0, 0
     if any(c.kind is not MemoryKind.PLAINTEXT for c in cubes):
         raise ValueError("import_cubes takes plaintext cubes only")
+    if not keep_ids:
+        cubes = [replace(c, id=agent_id(actor, c.id)) for c in cubes]
     now = vault.clock()
     sql = vault.db.sql
     counts = [0, 0, 0]

@@ -105,7 +105,9 @@ def namespaces_of(conn, ids: Sequence[str]) -> dict[str, str]:
     return dict(conn.execute("SELECT id, namespace FROM cubes WHERE id = ANY(%s)", (list(ids),)).fetchall())
 
 
-def has_live_payload(conn, namespace: str, kind: MemoryKind, sha256: str) -> bool:
-    """Whether a cube of this kind in the namespace, not deleted, has the payload with this sha256."""
-    return conn.execute(f"SELECT 1 FROM cubes WHERE namespace = %s AND kind = %s AND state != %s AND {_BLOB} LIMIT 1",
-                        (namespace, int(kind), int(LifecycleState.DELETED), sha256)).fetchone() is not None
+def has_live_payload(conn, namespace: str, kind: MemoryKind, sha256: str, owner: str | None = None) -> bool:
+    """Whether a cube of this kind in the namespace (owned by owner, if given), not deleted, has the payload with
+    this sha256."""
+    mine, params = ("", ()) if owner is None else (" AND owner = %s", (owner,))
+    return conn.execute(f"SELECT 1 FROM cubes WHERE namespace = %s AND kind = %s AND state != %s AND {_BLOB}{mine} LIMIT 1",
+                        (namespace, int(kind), int(LifecycleState.DELETED), sha256, *params)).fetchone() is not None

@@ -105,8 +105,11 @@ def namespaces_of(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str
     return found
 
 
-def has_live_payload(conn: sqlite3.Connection, namespace: str, kind: MemoryKind, sha256: str) -> bool:
-    """Whether a cube of this kind in the namespace, not deleted, has the payload with this sha256."""
+def has_live_payload(conn: sqlite3.Connection, namespace: str, kind: MemoryKind, sha256: str,
+                     owner: str | None = None) -> bool:
+    """Whether a cube of this kind in the namespace (owned by owner, if given), not deleted, has the payload with
+    this sha256."""
+    mine, params = ("", ()) if owner is None else (" AND owner = ?", (owner,))
     return conn.execute("SELECT 1 FROM cubes WHERE namespace = ? AND kind = ? AND state != ?"
-                        " AND json_extract(manifest, '$.blob.sha256') = ?",
-                        (namespace, int(kind), int(LifecycleState.DELETED), sha256)).fetchone() is not None
+                        f" AND json_extract(manifest, '$.blob.sha256') = ?{mine}",
+                        (namespace, int(kind), int(LifecycleState.DELETED), sha256, *params)).fetchone() is not None
