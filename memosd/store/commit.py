@@ -53,6 +53,8 @@ class _Seen:
             cubes.add(job.cube_id)
         self.published: dict[tuple[str, str], tuple[int, str] | _Event] = {}
         self.publishers: dict[tuple[str, str], set[str]] = {}
+        # Shares recorded since the last drop, by (topic, cube, publisher): written in one batch (flush()).
+        self.recorded: dict[tuple[str, str, str], tuple[str, Share, str | None]] = {}
         events, topic_shares = store.sql.events, store.sql.shares
         # Topics locked in name order, so two daemons' transactions over the same topics never wait in a circle.
         for topic in sorted(by_topic):
@@ -64,6 +66,14 @@ class _Seen:
                 self.publishers[(topic, cube_id)] = set()
             for _, cube_id, publisher, _ in topic_shares.on_topic(conn, topic, sorted(cubes)):
                 self.publishers[(topic, cube_id)].add(publisher)
+        # Looked at as of the commit (a publish waiting for a transaction sees the cube as it is when it commits).
+        self.cubes = store.sql.cubes.current_cubes(conn, sorted({job.cube_id for job in jobs}), store.clock())
+
+    def flush(self, store: MemStore, conn: Conn) -> None:
+        """Write the shares recorded so far."""
+        if self.recorded:
+            store.sql.shares.record_many(conn, list(self.recorded.values()))
+            self.recorded.clear()
 
 
 def commit(store: MemStore, conn: Conn, entries: list[tuple[Principal, PublishJob]], *,
@@ -83,6 +93,7 @@ def commit(store: MemStore, conn: Conn, entries: list[tuple[Principal, PublishJo
             checked.append(exc)
             if stop_at_refusal:
                 break
+    seen.flush(store, conn)
     events = [c for c in checked if isinstance(c, _Event)]
     by_topic: dict[str, list[_Event]] = {}
     for e in events:
@@ -118,7 +129,7 @@ def _check(store: MemStore, conn: Conn, p: Principal, job: PublishJob, seen: _Se
         first_publisher = found.p.name if isinstance(found, _Event) else found[1]
         if job.may_publish or first_publisher == p.name:
             return _Again(found) if isinstance(found, _Event) else (found[0], True, None, None)
-    cube = sql.cubes.current_cube(conn, cube_id, job.now)
+    cube = seen.cubes.get(cube_id)
     if cube is None:
         raise NotFound(f"no cube with id {cube_id} to publish")
     on_topic = seen.publishers[(topic, cube_id)]
@@ -133,13 +144,14 @@ def _check(store: MemStore, conn: Conn, p: Principal, job: PublishJob, seen: _Se
                 raise PermissionDenied(f"agent {p.name} may not retract cube {cube_id}: it needs share on it")
         if not on_topic:
             raise NotFound(f"cube {cube_id} is not published on {topic}")
+        seen.flush(store, conn)  # shares recorded before the drop go first, as one by one they would
         sql.shares.drop(conn, topic, cube_id)
         on_topic.clear()
         kind = EventKind.RETRACTED
     else:
         share = gov.share_authority(p, cube, topic)
         kind = EventKind.UPDATED if on_topic else EventKind.PUBLISHED
-        sql.shares.record(conn, cube_id, share, shares.authority(share))
+        seen.recorded[(topic, cube_id, share.publisher)] = (cube_id, share, shares.authority(share))
         on_topic.add(share.publisher)
     # Another publisher's publish_id on a topic p cannot publish to is not p's to reuse.
     event = _Event(p, job, int(kind), cube, share, None if found else job.publish_id or None)

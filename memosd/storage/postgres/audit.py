@@ -30,8 +30,10 @@ def append_many(conn, entries: list[tuple[float, str, str, str, str, str]]) -> N
     links, with the head locked, read and written once."""
     if not entries:
         return
-    conn.execute("INSERT INTO settings (key, value) VALUES ('audit_head', '') ON CONFLICT (key) DO NOTHING")
-    (value,) = conn.execute("SELECT value FROM settings WHERE key = 'audit_head' FOR UPDATE").fetchone()
+    # One statement for append()'s two: the upsert takes the head row's lock (waiting for another writer's commit)
+    # and returns the head as that commit left it.
+    (value,) = conn.execute("INSERT INTO settings (key, value) VALUES ('audit_head', '') ON CONFLICT (key)"
+                            " DO UPDATE SET value = settings.value RETURNING value").fetchone()
     last, _, prev = value.partition(":") if value else ("0", "", "")
     seq, rows = int(last), []
     for ts, agent, action, target, decision, detail in entries:

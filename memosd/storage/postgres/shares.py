@@ -23,6 +23,14 @@ def record(conn, cube_id: str, share: Share, authority: str | None) -> None:
                  (share.topic, cube_id, share.publisher, authority))
 
 
+def record_many(conn, records: list[tuple[str, Share, str | None]]) -> None:
+    """record() of several (cube_id, share, authority), in order, as one batch."""
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO topic_cubes (topic, cube_id, publisher, authority) VALUES (%s, %s, %s, %s)"
+                        " ON CONFLICT (topic, cube_id, publisher) DO UPDATE SET authority = excluded.authority",
+                        [(share.topic, cube_id, share.publisher, authority) for cube_id, share, authority in records])
+
+
 def drop(conn, topic: str, cube_id: str) -> None:
     """A retraction ends every publisher's share of the cube on the topic."""
     conn.execute("DELETE FROM topic_cubes WHERE topic = %s AND cube_id = %s", (topic, cube_id))
