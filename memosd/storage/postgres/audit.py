@@ -41,9 +41,10 @@ def append_many(conn, entries: list[tuple[float, str, str, str, str, str]]) -> N
         seq += 1
         rows.append((seq, ts, agent, action, target, decision, detail, prev, h))
         prev = h
-    with conn.cursor() as cur:
-        cur.executemany("INSERT INTO audit (seq, ts, agent, action, target, decision, detail, prev_hash, hash)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+    columns = [list(c) for c in zip(*rows)]
+    conn.execute("INSERT INTO audit (seq, ts, agent, action, target, decision, detail, prev_hash, hash)"
+                 " SELECT * FROM unnest(%s::bigint[], %s::double precision[], %s::text[], %s::text[], %s::text[],"
+                 " %s::text[], %s::text[], %s::text[], %s::text[])", columns)
     conn.execute("UPDATE settings SET value = %s WHERE key = 'audit_head'", (f"{seq}:{prev}",))
 
 

@@ -26,7 +26,7 @@ def record(conn: sqlite3.Connection, cube_id: str, share: Share, authority: str 
 
 
 def record_many(conn: sqlite3.Connection, records: list[tuple[str, Share, str | None]]) -> None:
-    """record() of several (cube_id, share, authority), in order, as one batch."""
+    """record() of several (cube_id, share, authority), each (topic, cube, publisher) once, as one batch."""
     conn.executemany("INSERT INTO topic_cubes (topic, cube_id, publisher, authority) VALUES (?, ?, ?, ?)"
                      " ON CONFLICT (topic, cube_id, publisher) DO UPDATE SET authority = excluded.authority",
                      [(share.topic, cube_id, share.publisher, authority) for cube_id, share, authority in records])
