@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING
 
 from memosd.errors import MemosError
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from memosd.store.memstore import MemStore
     from memosd.store.publishing import PublishJob
 
+log = logging.getLogger("memosd.store")
 # The most publishes in one transaction: a burst goes in a few commits, and none holds the topics' and the
 # audit chain's locks (which every writer of the vault waits for) for long.
 MAX_GROUP = 256
@@ -43,29 +45,32 @@ class PublishGroups:
         try:
             while self._waiting:
                 group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
-                await self._commit(group)
+                try:
+                    await self._commit(group)
+                except Exception:  # its callers are answered; those waiting behind them still commit
+                    log.exception("handing on committed publishes failed")
         finally:
             self._committing = None
 
     async def _commit(self, group: list[tuple[Principal, PublishJob, asyncio.Future]]) -> None:
         store, entries = self._store, [(p, job) for p, job, _ in group]
-        outcomes: list
+        outcomes: list = []
         try:
-            outcomes = await store.db.write(lambda conn: commit.commit(store, conn, entries))
-        except Exception as exc:  # noqa: BLE001 - the transaction failed: every publish in it hears why
-            outcomes = [exc] * len(group)
-        except BaseException:
-            for _, _, done in group:
-                if not done.done():
+            try:
+                outcomes = await store.db.write(lambda conn: commit.commit(store, conn, entries))
+            except Exception as exc:  # noqa: BLE001 - the transaction failed: every publish in it hears why
+                outcomes = [exc] * len(group)
+            self.transactions += 1
+            self.publishes += len(group)
+            store.published([o[2:] for o in outcomes if isinstance(o, tuple)])
+        finally:
+            # Every caller is answered, whatever went wrong after the commit (or cancelled this task).
+            for (_, _, done), outcome in zip(group, outcomes or [None] * len(group)):
+                if done.done():
+                    continue  # its caller stopped waiting
+                if outcome is None:
                     done.cancel()
-            raise
-        self.transactions += 1
-        self.publishes += len(group)
-        store.published([o[2:] for o in outcomes if isinstance(o, tuple)])
-        for (_, _, done), outcome in zip(group, outcomes):
-            if done.done():
-                continue  # its caller stopped waiting
-            if isinstance(outcome, (MemosError, Exception)):
-                done.set_exception(outcome)
-            else:
-                done.set_result(outcome)
+                elif isinstance(outcome, (MemosError, Exception)):
+                    done.set_exception(outcome)
+                else:
+                    done.set_result(outcome)
