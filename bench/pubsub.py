@@ -2,6 +2,7 @@
 
     python bench/pubsub.py [--rate 1000] [--seconds 5] [--subscribers 1,8,32] [--repeats 3] [--systems ...]
     python bench/pubsub.py --cluster [--subscribers 1,8] [...]
+    python bench/pubsub.py --closed-loop 8 [--cluster] [--seconds 5] [--repeats 3]
 
 Systems: memosd with unary Publish (`memosd`) and with the PublishStream call (`memosd_stream`); Redis
 Streams with `appendonly yes`, `appendfsync always` (XADD, XREAD BLOCK); NATS JetStream with file storage
@@ -21,6 +22,10 @@ second from the first publish to its last receive (equal to the offered rate whe
 server_cpu_us_per_event: the server's CPU during the run over the events published. Configurations are
 alternated (every system at each subscriber count, then the next repeat) and reported as medians with
 [min, max] over the repeats; ratios are memosd's medians over each durable peer's.
+
+--closed-loop N measures throughput instead: N unary publishers to one topic, each starting its next publish
+when its last is acknowledged, for --seconds, on the SQLite daemon (`memosd`) and, with --cluster, the
+PostgreSQL member (`memosd_pg_one`), alternated; publishes_per_s and server CPU per publish, no subscribers.
 """
 
 from __future__ import annotations
@@ -100,6 +105,35 @@ def _publish_memos_stream(addr, key, topic, cube_id, total, rate, sent) -> float
         for i, (seq, _) in enumerate(c.publish_stream(requests())):
             sent[seq] = times[i]
         return time.perf_counter() - start
+
+
+def closed_loop(system: str, servers: dict, publishers: int, seconds: float, run_no: int) -> dict:
+    """N publishers in a loop, each awaiting its acknowledgement before the next: publishes/s and server CPU."""
+    from memos_client import AsyncMemosClient
+
+    addr, _, key, pid = servers[system]
+    topic = f"bench/closed{run_no}"
+
+    async def main() -> int:
+        async with AsyncMemosClient(addr, key=key) as c:
+            cube_id = (await c.put("event payload " + "x" * 200, "agents/admin/bench")).id
+            await c.publish(topic, cube_id)  # the topic exists before the clock starts
+            end = time.perf_counter() + seconds
+
+            async def publisher() -> int:
+                done = 0
+                while time.perf_counter() < end:
+                    await c.publish(topic, cube_id)
+                    done += 1
+                return done
+
+            return sum(await asyncio.gather(*(publisher() for _ in range(publishers))))
+
+    cpu, start = cpu_seconds(pid), time.perf_counter()
+    done = asyncio.run(main())
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
+    return {"publishes": done, "publishes_per_s": round(done / elapsed),
+            "server_cpu_us_per_event": round(cpu / max(done, 1) * 1e6, 1)}
 
 
 # ---- one run -------------------------------------------------------------------------------------------------
@@ -211,7 +245,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, of: " + ", ".join(SYSTEMS))
     ap.add_argument("--cluster", action="store_true", help="also " + ", ".join(CLUSTER_SYSTEMS) + " (PostgreSQL, NATS)")
+    ap.add_argument("--closed-loop", type=int, default=0, metavar="N",
+                    help="throughput of N closed-loop unary publishers instead of latency runs")
     args = ap.parse_args()
+    if args.closed_loop:
+        args.systems = "memosd"
     systems = [s for s in args.systems.split(",") if s] + (list(CLUSTER_SYSTEMS) if args.cluster else [])
     unknown = set(systems) - set(SYSTEMS) - set(CLUSTER_SYSTEMS)
     if unknown:
@@ -237,6 +275,20 @@ def main() -> None:
                 (a, key, a_pid), (b, _, b_pid) = cluster.members
                 servers["memosd_pg_one"] = (a, a, key, a_pid)
                 servers["memosd_pg_cluster"] = (a, b, key, b_pid)  # server CPU: the receiving member's
+            if args.closed_loop:
+                closed_systems = ["memosd"] + (["memosd_pg_one"] if args.cluster else [])
+                closed: dict = {s: [] for s in closed_systems}
+                for rep in range(args.repeats):
+                    for system in closed_systems[rep % 2:] + closed_systems[:rep % 2]:
+                        result = closed_loop(system, servers, args.closed_loop, args.seconds, rep)
+                        closed[system].append(result)
+                        print(json.dumps({"system": system, "repeat": rep, **result}), file=sys.stderr, flush=True)
+                print(_dumps({"closed_loop_publishers": args.closed_loop, "seconds": args.seconds,
+                              "repeats": args.repeats, "results": {
+                                  s: {f: [statistics.median(v := [r[f] for r in rs]), min(v), max(v)]
+                                      for f in ("publishes_per_s", "server_cpu_us_per_event")}
+                                  for s, rs in closed.items()}}, indent=2))
+                return
             floor = round_trips(listen, servers["redis"].port)
             run_no = 0
             for rep in range(args.repeats):

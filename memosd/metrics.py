@@ -135,6 +135,17 @@ def subscriber_families(hub) -> list[Family]:
     ]
 
 
+def publish_families(groups) -> list[Family]:
+    """MemStore's group commit of unary publishes (memosd/store/grouping.py: transactions, publishes)."""
+    return [
+        Family("memosd_publish_transactions_total", "counter",
+               "Transactions that committed unary Publish calls; fewer than the publishes when concurrent ones"
+               " were committed together.", [({}, groups.transactions)]),
+        Family("memosd_publish_transaction_publishes_total", "counter", "Unary Publish calls in those transactions.",
+               [({}, groups.publishes)]),
+    ]
+
+
 def render(families: list[Family]) -> str:
     """The Prometheus text exposition format."""
     lines = []

@@ -184,6 +184,61 @@ def test_concurrent_writers_in_two_daemons_keep_topic_seqs_gap_free_and_the_audi
             d.close()
 
 
+def test_groups_of_events_from_two_daemons_at_once_keep_topic_seqs_gap_free_and_the_audit_chain_intact(postgres_url):
+    # As MemStore's group commit writes them: topics locked in name order, each topic's events in one statement,
+    # the group's audit entries together.
+    daemons = [Database(postgres_url, create=False, pool_size=4) for _ in range(2)]
+    topics, groups_per_thread, threads_per_daemon = ("news", "ops", "fresh/one"), 6, 4
+    errors: list[BaseException] = []
+
+    def group(db, n):
+        def job(conn):
+            mine = sorted({topics[(n + k) % len(topics)] for k in range(1 + n % 3)})
+            written = []
+            for topic in mine:
+                db.sql.events.lock_topic(conn, topic)
+                rows = [(int(EventKind.PUBLISHED), f"c{n}-{i}", 1, "alice", float(n), None) for i in range(1 + n % 4)]
+                first = db.sql.events.append_events(conn, topic, rows, max_age=0.0, max_events=0)
+                written += [(topic, first + i) for i in range(len(rows))]
+            db.sql.audit.append_many(conn, [(float(n), "alice", "store.publish", topic, "allow", audit.detail(seq=seq))
+                                            for topic, seq in written])
+            return written
+        return job
+
+    def writer(db, w):
+        async def go():
+            return await asyncio.gather(*(db.write(group(db, w * 1000 + i)) for i in range(groups_per_thread)))
+        try:
+            _run(go())
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(db, d * threads_per_daemon + t))
+               for d, db in enumerate(daemons) for t in range(threads_per_daemon)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        db = daemons[0]
+        total = 0
+        for topic in topics:
+            seqs = [r[0] for r in _run(db.read(lambda conn, t=topic: db.sql.events.events_after(conn, t, 0, 10_000)))]
+            assert seqs == list(range(1, len(seqs) + 1)), f"{topic}: {seqs}"
+            assert _run(db.read(lambda conn, t=topic: db.sql.events.topics(conn, None)[t].last_seq)) == len(seqs)
+            total += len(seqs)
+        expected = sum(len({topics[(n + k) % 3] for k in range(1 + n % 3)}) * (1 + n % 4)
+                       for w in range(2 * threads_per_daemon) for n in range(w * 1000, w * 1000 + groups_per_thread))
+        assert total == expected
+        ok, checked, bad, reason = _run(db.read(lambda conn: audit.verify(db.sql.audit.entries(conn),
+                                                                        db.sql.audit.head(conn))))
+        assert (ok, checked, reason) == (True, total, "")
+    finally:
+        for d in daemons:
+            d.close()
+
+
 def test_a_publish_id_sent_to_two_daemons_at_once_publishes_once(postgres_url):
     daemons = [Database(postgres_url, create=False, pool_size=4) for _ in range(2)]
     results: list = []

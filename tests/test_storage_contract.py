@@ -54,6 +54,22 @@ def test_a_publish_id_finds_its_event(engine):
     assert engine.read(lambda conn: engine.sql.events.find_published(conn, "other", "p-1")) is None
 
 
+def test_a_group_of_events_takes_consecutive_seqs_and_their_publish_ids_are_found_at_once(engine):
+    rows = [(int(EventKind.PUBLISHED), f"c{i}", 1, "bob" if i else "alice", 100.0 + i, f"p-{i}" if i % 2 else None)
+            for i in range(4)]
+    append = engine.sql.events.append_events
+    assert engine.write(lambda conn: append(conn, "grouped", rows, max_age=0.0, max_events=9)) == 1
+    assert engine.write(lambda conn: append(conn, "grouped", rows[:1], max_age=0.0, max_events=0)) == 5
+    found = engine.read(lambda conn: engine.sql.events.events_after(conn, "grouped", 0, 10))
+    assert [(seq, cube, publisher) for seq, _, cube, _, publisher, _ in found] == [
+        (1, "c0", "alice"), (2, "c1", "bob"), (3, "c2", "bob"), (4, "c3", "bob"), (5, "c0", "alice")]
+    topic = engine.read(lambda conn: engine.sql.events.topics(conn, None))["grouped"]
+    assert (topic.owner, topic.last_seq, topic.max_events) == ("alice", 5, 9)  # made by the group's first event
+    assert engine.read(lambda conn: engine.sql.events.find_published_many(conn, "grouped", ["p-1", "p-3", "p-9"])) == {
+        "p-1": (2, "bob"), "p-3": (4, "bob")}
+    assert engine.read(lambda conn: engine.sql.events.find_published_many(conn, "grouped", [])) == {}
+
+
 def test_compaction_keeps_the_retained_events_and_moves_the_first_seq(engine):
     for i in range(5):
         _publish(engine, "counted", f"c{i}", ts=100.0 + i, max_events=2)
@@ -80,6 +96,20 @@ def test_a_durable_cursor_is_created_once_and_keeps_its_acks(engine):
     assert engine.write(lambda conn: engine.sql.events.open_cursor(conn, "alice", "feed", "other", 2.0)) == (
         "news/**", {"news/a": 3, "news/b": 1})
     assert engine.write(lambda conn: engine.sql.events.open_cursor(conn, "bob", "feed", "other", 2.0)) == ("other", {})
+
+
+def test_audit_entries_appended_together_make_the_chain_one_by_one_would(engine):
+    entries = [(1.0 + i, "alice", "store.publish", "news", "allow", audit.detail(seq=i + 1)) for i in range(3)]
+    engine.write(lambda conn: engine.sql.audit.append_many(conn, entries[:2]))
+    engine.write(lambda conn: engine.sql.audit.append_many(conn, []))
+    engine.write(lambda conn: engine.sql.audit.append(conn, *entries[2]))
+    found = engine.read(lambda conn: engine.sql.audit.read(conn, 0, 1000))[-3:]
+    assert [(e.ts, e.agent, e.action, e.target, e.decision, e.detail) for e in found] == entries
+    assert [e.seq for e in found] == [found[0].seq, found[0].seq + 1, found[0].seq + 2]
+    assert [e.prev_hash for e in found[1:]] == [e.hash for e in found[:-1]]
+    assert [e.hash for e in found] == [audit.entry_hash(e.prev_hash, *entries[i]) for i, e in enumerate(found)]
+    ok, checked, *_ = engine.read(lambda conn: audit.verify(engine.sql.audit.entries(conn), engine.sql.audit.head(conn)))
+    assert ok
 
 
 def test_the_audit_log_appends_a_chain_that_verifies(engine):

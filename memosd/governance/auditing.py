@@ -61,6 +61,14 @@ class Auditing:
         self.sql.audit.append(conn, self.clock(), agent, action, target, "allow", audit.detail(**fields))
         self.signer.note_entry()
 
+    def audit_write_many(self, conn: Conn, writes: list[tuple[str, str, str, dict]]) -> None:
+        """Audit allowed writes (agent, action, target, fields), in order, inside the transaction that makes them:
+        the entries audit_write would append one by one."""
+        self.sql.audit.append_many(conn, [(self.clock(), agent, action, target, "allow", audit.detail(**fields))
+                                          for agent, action, target, fields in writes])
+        for _ in writes:
+            self.signer.note_entry()
+
     async def audit(self, agent: str, action: str, target: str, **fields) -> None:
         """Audit an allowed action that writes nothing else, in a transaction of its own."""
         await self.db.write(lambda conn: self.audit_write(conn, agent, action, target, **fields))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memosd.metrics import Metrics, subscriber_families
+from memosd.metrics import Metrics, publish_families, subscriber_families
 from memosd.vault.usage import VaultUsage
 
 
@@ -13,7 +13,7 @@ def watch(metrics: Metrics, vault, store=None, follower=None) -> VaultUsage:
     hub = getattr(store, "hub", None)
     if hub is not None:
         async def subscribers():
-            return subscriber_families(hub)
+            return subscriber_families(hub) + publish_families(store.groups)
 
         metrics.add_collector("store", subscribers)
     if follower is not None:

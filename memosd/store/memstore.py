@@ -21,7 +21,7 @@ from memosd.governance.policy import Pattern, check_name
 from memosd.limits import check_namespace
 from memosd.storage import Conn
 from memosd.storage.records import Topic
-from memosd.store import publishing, shares
+from memosd.store import grouping, publishing, shares
 from memosd.store.durables import DurableClaims
 from memosd.store.hub import Hub, Subscriber, first_of
 
@@ -102,6 +102,7 @@ class MemStore:
         self._on_commit: Callable[[list[EventRecord]], None] = self._to_hub
         # The last seq of a topic whose shares this daemon knows (None: all it holds); a replay stops there.
         self._horizon: Callable[[str], int] | None = None
+        self.groups = grouping.PublishGroups(self)
 
     async def start(self) -> None:
         self._shares.load(await self.db.read(self.sql.shares.all_shares))
@@ -118,10 +119,10 @@ class MemStore:
     async def publish(self, p: Principal, topic: str, cube_id: str, publish_id: str = "",
                       retract: bool = False) -> tuple[int, bool]:
         """Append an event for the cube's current version; returns (seq, duplicate). The cube's owner and the
-        admin may retract it from any topic; on one they may not see, the seq returned is 0."""
+        admin may retract it from any topic; on one they may not see, the seq returned is 0. Publishes arriving
+        while another commits are committed together (memosd/store/grouping.py)."""
         job = publishing.prepare(self, p, topic, cube_id, publish_id, retract)
-        seq, duplicate, record, share = await self.db.write(lambda conn: publishing.commit_one(self, conn, p, job))
-        self.published([(record, share)])
+        seq, duplicate, _, _ = await self.groups.publish(p, job)
         return (seq if job.sees else 0), duplicate
 
     async def publish_many(self, p: Principal, items: list[tuple[str, str, str]]

@@ -1,4 +1,4 @@
-"""MemStore's publish path: one publish, or many over a stream committed together (no gRPC here)."""
+"""MemStore's publish path: one publish checked, or many over a stream committed together (no gRPC here)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from memos_mip.bounds import quote
-from memosd.errors import Hidden, InvalidArgument, MemosError, NotFound, PermissionDenied
+from memosd.errors import InvalidArgument, MemosError
 from memosd.governance import Principal
 from memosd.ids import is_id
 from memosd.limits import check_namespace
 from memosd.storage import Conn
-from memosd.store import shares
+from memosd.store import commit
 
 if TYPE_CHECKING:
     from memosd.store.memstore import MemStore
@@ -53,47 +53,6 @@ def prepare(store: MemStore, p: Principal, topic: str, cube_id: str, publish_id:
     return PublishJob(topic, cube_id, publish_id, retract, may_publish, sees, store.clock())
 
 
-def commit_one(store: MemStore, conn: Conn, p: Principal, job: PublishJob):
-    """Write one publish's event, share and audit entry in the caller's transaction: (seq, duplicate,
-    EventRecord or None for a duplicate, Share or None). Every refusal is raised before anything is
-    written, so a refused publish in a batch leaves the others' writes whole."""
-    from memosd.store.memstore import EventKind, EventRecord
-
-    sql, gov, topic, cube_id = store.sql, store.gov, job.topic, job.cube_id
-    found = job.publish_id and sql.events.find_published(conn, topic, job.publish_id)
-    if found and (job.may_publish or found[1] == p.name):
-        return found[0], True, None, None
-    cube = sql.cubes.current_cube(conn, cube_id, job.now)
-    if cube is None:
-        raise NotFound(f"no cube with id {cube_id} to publish")
-    on_topic = sql.shares.publishers(conn, topic, cube_id)
-    share = None
-    if job.retract:
-        if not (gov.owns_cube(p, cube) or p.name in on_topic):  # a publisher may end its own share
-            # Asked first: to a non-reader, any other answer would tell the cube from an unknown id.
-            if not gov.may_read_cube(p, cube):
-                raise Hidden(f"no cube with id {cube_id} to publish")
-            gov.check(p, "publish", topic)
-            if not gov.grants_cube(p, "share", cube):
-                raise PermissionDenied(f"agent {p.name} may not retract cube {cube_id}: it needs share on it")
-        if not on_topic:
-            raise NotFound(f"cube {cube_id} is not published on {topic}")
-        sql.shares.drop(conn, topic, cube_id)
-        kind = EventKind.RETRACTED
-    else:
-        share = gov.share_authority(p, cube, topic)
-        kind = EventKind.UPDATED if on_topic else EventKind.PUBLISHED
-        sql.shares.record(conn, cube_id, share, shares.authority(share))
-    # Another publisher's publish_id on a topic p cannot publish to is not p's to reuse.
-    seq = sql.events.append_event(conn, topic, int(kind), cube_id, cube.version, p.name, job.now,
-                                  None if found else job.publish_id or None, max_age=store.default_max_age,
-                                  max_events=store.default_max_events)
-    gov.audit_write(conn, p.name, "store.retract" if job.retract else "store.publish", topic, seq=seq,
-                    cube=cube_id, version=cube.version)
-    return seq, False, EventRecord(topic, seq, kind, cube_id, cube.version, p.name, job.now,
-                                   None if job.retract else cube), share
-
-
 async def publish_many(store: MemStore, p: Principal, items: list[tuple[str, str, str]]
                        ) -> tuple[list[tuple[int, bool]], MemosError | None]:
     """Publish (topic, cube_id, publish_id) items in order, in one transaction: the (seq, duplicate) of
@@ -109,13 +68,10 @@ async def publish_many(store: MemStore, p: Principal, items: list[tuple[str, str
             break
 
     def write(conn: Conn):
-        done = []
-        for job in jobs:
-            try:
-                done.append(commit_one(store, conn, p, job))
-            except MemosError as exc:
-                return done, exc
-        return done, None
+        outcomes = commit.commit(store, conn, [(p, job) for job in jobs], stop_at_refusal=True)
+        if outcomes and isinstance(outcomes[-1], MemosError):
+            return outcomes[:-1], outcomes[-1]
+        return outcomes, None
 
     done, refused = await store.db.write(write) if jobs else ([], None)
     store.published([(record, share) for _, _, record, share in done])

@@ -25,6 +25,29 @@ def append(conn, ts: float, agent: str, action: str, target: str, decision: str,
     conn.execute("UPDATE settings SET value = %s WHERE key = 'audit_head'", (f"{seq}:{h}",))
 
 
+def append_many(conn, entries: list[tuple[float, str, str, str, str, str]]) -> None:
+    """Append entries (ts, agent, action, target, decision, detail) in order, as append() would one by one: the same
+    links, with the head locked, read and written once."""
+    if not entries:
+        return
+    # One statement for append()'s two: the upsert takes the head row's lock (waiting for another writer's commit)
+    # and returns the head as that commit left it.
+    (value,) = conn.execute("INSERT INTO settings (key, value) VALUES ('audit_head', '') ON CONFLICT (key)"
+                            " DO UPDATE SET value = settings.value RETURNING value").fetchone()
+    last, _, prev = value.partition(":") if value else ("0", "", "")
+    seq, rows = int(last), []
+    for ts, agent, action, target, decision, detail in entries:
+        h = entry_hash(prev, ts, agent, action, target, decision, detail)
+        seq += 1
+        rows.append((seq, ts, agent, action, target, decision, detail, prev, h))
+        prev = h
+    columns = [list(c) for c in zip(*rows)]
+    conn.execute("INSERT INTO audit (seq, ts, agent, action, target, decision, detail, prev_hash, hash)"
+                 " SELECT * FROM unnest(%s::bigint[], %s::double precision[], %s::text[], %s::text[], %s::text[],"
+                 " %s::text[], %s::text[], %s::text[], %s::text[])", columns)
+    conn.execute("UPDATE settings SET value = %s WHERE key = 'audit_head'", (f"{seq}:{prev}",))
+
+
 def read(conn, after_seq: int, limit: int) -> list[AuditEntry]:
     """Up to limit entries after a seq, in order."""
     found = conn.execute(_ENTRY + " WHERE seq > %s ORDER BY seq LIMIT %s", (after_seq, limit)).fetchall()

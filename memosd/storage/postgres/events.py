@@ -13,28 +13,66 @@ _TOPIC = "SELECT name, owner, last_seq, first_seq, max_age, max_events FROM topi
 _TOPIC_LOCK = "SELECT pg_advisory_xact_lock(1835363695, hashtext(%s))"
 
 
-def find_published(conn, topic: str, publish_id: str) -> tuple[int, str] | None:
-    """(seq, publisher) of the event published on the topic under publish_id, if any. It takes the topic's lock
-    first (held to the commit), so that a concurrent publish under the same id is either seen here or waits."""
+def lock_topic(conn, topic: str) -> None:
+    """Wait for the topic's lock, held to the commit: publishers of a topic, in every daemon on the database, go one
+    at a time from their publish-id check to their commit, so a concurrent publish under one id is seen or waits."""
     conn.execute(_TOPIC_LOCK, (topic,))
-    return conn.execute("SELECT seq, publisher FROM events WHERE topic = %s AND publish_id = %s",
-                        (topic, publish_id)).fetchone()
+
+
+def find_published(conn, topic: str, publish_id: str) -> tuple[int, str] | None:
+    """(seq, publisher) of the event published on the topic under publish_id, if any (the topic's lock taken)."""
+    lock_topic(conn, topic)
+    return find_published_many(conn, topic, [publish_id]).get(publish_id)
+
+
+def find_published_many(conn, topic: str, publish_ids: list[str]) -> dict[str, tuple[int, str]]:
+    """{publish_id: (seq, publisher)} of the events published on the topic under these ids; call with its lock held."""
+    if not publish_ids:
+        return {}
+    found = conn.execute("SELECT publish_id, seq, publisher FROM events WHERE topic = %s AND publish_id = ANY(%s)",
+                         (topic, list(publish_ids))).fetchall()
+    return {r[0]: (int(r[1]), r[2]) for r in found}
 
 
 def append_event(conn, topic: str, kind: int, cube_id: str, cube_version: int, publisher: str,
                  ts: float, publish_id: str | None, *, max_age: float, max_events: int) -> int:
     """Append an event (creating the topic, owned by the publisher, with these retention limits); returns its seq."""
-    conn.execute(_TOPIC_LOCK, (topic,))
-    # Two first publishes meet at the primary key: one creates the topic, the other finds it.
-    conn.execute("INSERT INTO topics (name, owner, created_at, max_age, max_events) VALUES (%s, %s, %s, %s, %s)"
-                 " ON CONFLICT (name) DO NOTHING", (topic, publisher, ts, max_age, max_events))
-    # The update takes the topic row's lock: the next writer's update waits for our commit and counts on from it.
-    (seq,) = conn.execute("UPDATE topics SET last_seq = last_seq + 1 WHERE name = %s RETURNING last_seq",
-                          (topic,)).fetchone()
-    conn.execute("INSERT INTO events (topic, seq, kind, cube_id, cube_version, publisher, ts, publish_id)"
-                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                 (topic, seq, kind, cube_id, cube_version, publisher, ts, publish_id))
-    return int(seq)
+    lock_topic(conn, topic)
+    return append_events(conn, topic, [(kind, cube_id, cube_version, publisher, ts, publish_id)],
+                         max_age=max_age, max_events=max_events)
+
+
+# One statement for a group of events: the topic's row (created by its first event, owned by that publisher) moves
+# last_seq on by the count, which takes the row's lock, so the next writer's waits for our commit and counts on from
+# it; the events take the seqs below the new last_seq, in order. ON CONFLICT DO UPDATE: two first publishes meet at
+# the primary key, and the second adds to the first's count once it commits.
+_APPEND = """
+WITH top AS (
+    INSERT INTO topics (name, owner, created_at, max_age, max_events, last_seq) VALUES (%(topic)s, %(owner)s, %(ts)s,
+        %(max_age)s, %(max_events)s, %(n)s)
+    ON CONFLICT (name) DO UPDATE SET last_seq = topics.last_seq + excluded.last_seq
+    RETURNING last_seq
+)
+INSERT INTO events (topic, seq, kind, cube_id, cube_version, publisher, ts, publish_id)
+SELECT %(topic)s, top.last_seq - %(n)s + e.ord, e.kind, e.cube_id, e.cube_version, e.publisher, e.ts, e.publish_id
+FROM top, unnest(%(kinds)s::integer[], %(cubes)s::text[], %(versions)s::bigint[], %(publishers)s::text[],
+                 %(ts_all)s::double precision[], %(ids)s::text[])
+     WITH ORDINALITY AS e(kind, cube_id, cube_version, publisher, ts, publish_id, ord)
+RETURNING seq
+"""
+
+
+def append_events(conn, topic: str, rows: list[tuple[int, str, int, str, float, str | None]], *,
+                  max_age: float, max_events: int) -> int:
+    """Append events (kind, cube_id, cube_version, publisher, ts, publish_id), in order, with consecutive seqs;
+    returns the first's. The topic is created by the first, owned by its publisher, with these retention limits.
+    Call with the topic's lock held when a publish id was looked up."""
+    kinds, cubes, versions, publishers, ts_all, ids = (list(c) for c in zip(*rows))
+    seqs = conn.execute(_APPEND, {"topic": topic, "owner": publishers[0], "ts": ts_all[0], "max_age": max_age,
+                                  "max_events": max_events, "n": len(rows), "kinds": kinds, "cubes": cubes,
+                                  "versions": versions, "publishers": publishers, "ts_all": ts_all,
+                                  "ids": ids}).fetchall()
+    return int(min(r[0] for r in seqs))
 
 
 def events_after(conn, topic: str, after: int, limit: int) -> list[tuple]:

@@ -23,6 +23,15 @@ def record(conn, cube_id: str, share: Share, authority: str | None) -> None:
                  (share.topic, cube_id, share.publisher, authority))
 
 
+def record_many(conn, records: list[tuple[str, Share, str | None]]) -> None:
+    """record() of several (cube_id, share, authority), each (topic, cube, publisher) once, in one statement."""
+    columns = [list(c) for c in zip(*((share.topic, cube_id, share.publisher, authority)
+                                      for cube_id, share, authority in records))]
+    conn.execute("INSERT INTO topic_cubes (topic, cube_id, publisher, authority)"
+                 " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
+                 " ON CONFLICT (topic, cube_id, publisher) DO UPDATE SET authority = excluded.authority", columns)
+
+
 def drop(conn, topic: str, cube_id: str) -> None:
     """A retraction ends every publisher's share of the cube on the topic."""
     conn.execute("DELETE FROM topic_cubes WHERE topic = %s AND cube_id = %s", (topic, cube_id))

@@ -25,6 +25,23 @@ def append(conn: sqlite3.Connection, ts: float, agent: str, action: str, target:
     conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('audit_head', ?)", (f"{seq}:{h}",))
 
 
+def append_many(conn: sqlite3.Connection, entries: list[tuple[float, str, str, str, str, str]]) -> None:
+    """Append entries (ts, agent, action, target, decision, detail) in order, as append() would one by one: the same
+    links, with the head read and written once."""
+    row = conn.execute("SELECT value FROM settings WHERE key = 'audit_head'").fetchone()
+    prev = row[0].split(":", 1)[1] if row else ""
+    seq = None
+    for ts, agent, action, target, decision, detail in entries:
+        h = entry_hash(prev, ts, agent, action, target, decision, detail)
+        seq = conn.execute(
+            "INSERT INTO audit (ts, agent, action, target, decision, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (ts, agent, action, target, decision, detail, prev, h),
+        ).lastrowid
+        prev = h
+    if seq is not None:
+        conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('audit_head', ?)", (f"{seq}:{prev}",))
+
+
 def read(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[AuditEntry]:
     """Up to limit entries after a seq, in order."""
     found = conn.execute(_ENTRY + " WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()

@@ -11,24 +11,48 @@ from memosd.storage.records import Topic
 _TOPIC = "SELECT name, owner, last_seq, first_seq, max_age, max_events FROM topics"
 
 
+def lock_topic(conn: sqlite3.Connection, topic: str) -> None:
+    """Nothing to take: the one writer thread already publishes one transaction at a time."""
+
+
 def find_published(conn: sqlite3.Connection, topic: str, publish_id: str) -> tuple[int, str] | None:
     """(seq, publisher) of the event published on the topic under publish_id, if any."""
-    return conn.execute("SELECT seq, publisher FROM events WHERE topic = ? AND publish_id = ?",
-                        (topic, publish_id)).fetchone()
+    return find_published_many(conn, topic, [publish_id]).get(publish_id)
+
+
+def find_published_many(conn: sqlite3.Connection, topic: str, publish_ids: list[str]) -> dict[str, tuple[int, str]]:
+    """{publish_id: (seq, publisher)} of the events published on the topic under these ids."""
+    found: dict[str, tuple[int, str]] = {}
+    ids = list(publish_ids)
+    for start in range(0, len(ids), 500):  # well under SQLite's limit on bound parameters
+        part = ids[start:start + 500]
+        marks = ",".join("?" * len(part))
+        for publish_id, seq, publisher in conn.execute(
+                f"SELECT publish_id, seq, publisher FROM events WHERE topic = ? AND publish_id IN ({marks})",
+                (topic, *part)):
+            found[publish_id] = (seq, publisher)
+    return found
 
 
 def append_event(conn: sqlite3.Connection, topic: str, kind: int, cube_id: str, cube_version: int, publisher: str,
                  ts: float, publish_id: str | None, *, max_age: float, max_events: int) -> int:
     """Append an event (creating the topic, owned by the publisher, with these retention limits); returns its seq."""
-    top = conn.execute("SELECT last_seq FROM topics WHERE name = ?", (topic,)).fetchone()
-    if top is None:
-        conn.execute("INSERT INTO topics (name, owner, created_at, max_age, max_events) VALUES (?, ?, ?, ?, ?)",
-                     (topic, publisher, ts, max_age, max_events))
-    seq = (top[0] if top else 0) + 1
-    conn.execute("INSERT INTO events (topic, seq, kind, cube_id, cube_version, publisher, ts, publish_id)"
-                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (topic, seq, kind, cube_id, cube_version, publisher, ts, publish_id))
-    conn.execute("UPDATE topics SET last_seq = ? WHERE name = ?", (seq, topic))
-    return seq
+    return append_events(conn, topic, [(kind, cube_id, cube_version, publisher, ts, publish_id)],
+                         max_age=max_age, max_events=max_events)
+
+
+def append_events(conn: sqlite3.Connection, topic: str, rows: list[tuple[int, str, int, str, float, str | None]], *,
+                  max_age: float, max_events: int) -> int:
+    """Append events (kind, cube_id, cube_version, publisher, ts, publish_id), in order, with consecutive seqs;
+    returns the first's. The topic is created by the first, owned by its publisher, with these retention limits."""
+    (last,) = conn.execute(
+        "INSERT INTO topics (name, owner, created_at, max_age, max_events, last_seq) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET last_seq = last_seq + excluded.last_seq RETURNING last_seq",
+        (topic, rows[0][3], rows[0][4], max_age, max_events, len(rows))).fetchall()[0]
+    first = last - len(rows) + 1
+    conn.executemany("INSERT INTO events (topic, seq, kind, cube_id, cube_version, publisher, ts, publish_id)"
+                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(topic, first + i, *row) for i, row in enumerate(rows)])
+    return first
 
 
 def events_after(conn: sqlite3.Connection, topic: str, after: int, limit: int) -> list[tuple]:

@@ -25,6 +25,13 @@ def record(conn: sqlite3.Connection, cube_id: str, share: Share, authority: str 
                  (share.topic, cube_id, share.publisher, authority))
 
 
+def record_many(conn: sqlite3.Connection, records: list[tuple[str, Share, str | None]]) -> None:
+    """record() of several (cube_id, share, authority), each (topic, cube, publisher) once, as one batch."""
+    conn.executemany("INSERT INTO topic_cubes (topic, cube_id, publisher, authority) VALUES (?, ?, ?, ?)"
+                     " ON CONFLICT (topic, cube_id, publisher) DO UPDATE SET authority = excluded.authority",
+                     [(share.topic, cube_id, share.publisher, authority) for cube_id, share, authority in records])
+
+
 def drop(conn: sqlite3.Connection, topic: str, cube_id: str) -> None:
     """A retraction ends every publisher's share of the cube on the topic."""
     conn.execute("DELETE FROM topic_cubes WHERE topic = ? AND cube_id = ?", (topic, cube_id))
