@@ -11,6 +11,7 @@ import pytest
 from memos_client import InvalidArgument, MemosClient, NotFound, PermissionDenied
 from memos_mip.v1 import cube_pb2, vault_pb2
 from tests.kv_helpers import put_kv
+from tests.timing import wait_for
 
 UNKNOWN_ID = "01JAAAAAAAAAAAAAAAAAAAAAAA"  # well-formed, and no cube of these tests has it
 
@@ -117,8 +118,7 @@ def test_an_open_subscription_ends_when_its_grant_expires(agents, client):
     with bob.subscribe("teams/feed/**") as events:
         seen = iter(events)
         assert next(seen).topic == "teams/feed/old"
-        while time.time() < expires + 0.5:  # the grant's own deadline: nothing to wait on but the clock
-            time.sleep(0.1)
+        wait_for(lambda: time.time() >= expires + 0.5, "the clock never passed the grant's expiry", 10)
         client.publish("teams/feed/after-expiry", client.put("after", "agents/admin/feed").id)
         with pytest.raises(PermissionDenied, match="may no longer subscribe"):
             event = next(seen)
