@@ -19,8 +19,9 @@ POOLINGS = ("mean", "cls", "max")
 # "fp32" runs the weights as stored; "int8" quantizes the Linear layers' weights to int8 per output channel
 # (torch dynamic quantization), for a little speed at a measured cost in agreement (see bench/embed_rate.py).
 PRECISIONS = ("fp32", "int8")
-# Tokens (texts x padded length) per forward pass: about 32 texts of 200-500 characters. The activations of a
-# batch this size stay in cache; bigger ones were slower per text on a two-core machine, smaller ones no faster.
+# Tokens (texts x padded length) per forward pass: about 32 texts of 200-500 characters (~120 tokens each).
+# On the two-core dev machine 128 such texts a batch ran about a fifth slower per text than 32 (activations
+# out of cache), 8 no faster; short texts get more to a batch, long ones fewer, at the same cost.
 BATCH_TOKENS = 4096
 log = logging.getLogger("memosd.runtime")
 # Intra-op threads for inference: a quarter of the cores, 1 to 4. A short query gains little from more
@@ -44,8 +45,8 @@ class Embedder:
         if precision not in PRECISIONS:
             raise InvalidArgument(f"embedding precision must be one of {', '.join(PRECISIONS)}")
         self.batch_tokens = batch_tokens
-        # What was asked for; `precision` becomes what runs once loaded (fp32 when the model cannot be quantized).
-        self.requested_precision = self.precision = precision
+        # What runs once loaded: fp32 when the model cannot be quantized, whatever was asked for.
+        self.precision = precision
         # Vectors are stored under this name: a different model (or other weights in the same place, or the
         # int8 form of them) gets its own name, so its vectors are never mixed with another model's.
         self.name = _model_name(path) + ("+int8" if precision == "int8" else "")
