@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MEMOS_VENV ?= .venv-memos
 MEMOS_STAMP := $(MEMOS_VENV)/.installed
 
-.PHONY: bench-pubsub cluster install memos-env run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory bench-cluster bench-mixed
+.PHONY: bench-pubsub cluster install memos-env run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory bench-cluster bench-mixed bench-embed
 
 install: $(STAMP)
 
@@ -76,7 +76,7 @@ proto-check: proto
 	git diff --exit-code -- memos_mip/v1
 	@test -z "$$(git status --porcelain -- memos_mip/v1)" || { git status --porcelain -- memos_mip/v1; exit 1; }
 
-bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-export-import bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory bench-cluster bench-mixed
+bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-export-import bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory bench-cluster bench-mixed bench-embed
 
 bench-ingest: install
 	$(BIN)/python bench/ingest_search.py --only ingest
@@ -139,6 +139,10 @@ bench-cluster: install
 ## 64 clients of mixed put/get/list/search for 60 s on SQLite: latency per call kind, errors, the daemon's RSS every 5 s.
 bench-mixed: install
 	$(BIN)/python bench/mixed_load.py
+
+## Embedding: cubes/s of the daemon's encoder vs SentenceTransformer.encode, and the backfill through the daemon.
+bench-embed: install
+	$(BIN)/python bench/embed_rate.py
 
 clean:
 	rm -rf $(VENV) $(MEMOS_VENV) build dist *.egg-info .pytest_cache

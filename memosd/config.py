@@ -18,6 +18,8 @@ from memosd.storage.urls import POSTGRESQL, check_blob_url, vault_engine
 
 CONFIG_NAME = "memosd.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# As memosd.runtime.embedder.PRECISIONS, which this module does not import (it would load numpy at start).
+EMBEDDING_PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class Config:
     embedding_model: str = ""
     # torch threads for embedding (backfill and queries); 0 picks a quarter of the cores, at least 1.
     embedding_threads: int = 0
+    # "fp32" (the weights as stored) or "int8" (Linear layers quantized: faster, vectors less like fp32's).
+    embedding_precision: str = "fp32"
     # Directory of a local Hugging Face causal LM that builds KV caches from plaintext (kv build), and
     # the dtype to load it in ("auto": the checkpoint's, as from_pretrained does); empty: no builds.
     activation_model: str = ""
@@ -150,6 +154,10 @@ def _build(values: dict) -> Config:
         # "nan" and "inf" parse as floats; an interval of either never fires (or fires always).
         if not (math.isfinite(value) and (value > 0 if least == "above 0" else value >= 0)):
             raise InvalidArgument(f"{key} must be a finite number of seconds {least}")
+    if config.embedding_threads < 0:
+        raise InvalidArgument("embedding_threads must be 0 (a quarter of the cores) or a number of threads")
+    if config.embedding_precision not in EMBEDDING_PRECISIONS:
+        raise InvalidArgument(f"embedding_precision must be one of {', '.join(EMBEDDING_PRECISIONS)}")
     if config.log_level not in LOG_LEVELS:
         raise InvalidArgument(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     check_listen(config.listen, tls=bool(config.tls_cert))
@@ -235,6 +243,7 @@ def write_default_config(data_dir: Path) -> Path:
         '# bus_url = "nats://127.0.0.1:4222"   # with a PostgreSQL vault: hear other daemons\' commits at once\n'
         '# embedding_model = "/path/to/local/all-MiniLM-L6-v2"   # enables dense and hybrid search\n'
         "# embedding_threads = 0   # torch threads for embedding; 0: a quarter of the cores\n"
+        '# embedding_precision = "fp32"   # or "int8": faster, vectors further from fp32\'s\n'
         '# activation_model = "/path/to/local/Qwen2.5-0.5B"   # enables memosctl kv build\n'
         '# parametric_model = "/path/to/local/Qwen2.5-0.5B"   # memosctl distill (default: activation_model)\n'
         "# sweep_interval = 30.0\n"
