@@ -23,12 +23,16 @@ from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import InvalidArgument
 from memosd.storage.postgres.filters import filter_sql
 # The FTS5 query syntax is read the same way on both engines (see ranked_query): its tokens and its error messages.
-from memosd.storage.fts5 import FTS_TOKEN, fts5_syntax_problem
+from memosd.storage.fts5 import FIELD_WEIGHTS, FTS_TOKEN, fts5_syntax_problem
 from memosd.vault.rows import COLUMNS, row_dict
 
 _CUBE_COLUMNS = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
 # FTS5's bm25() defaults.
 K1, B = 1.2, 0.75
+# A term's tf as FTS5 counts it with column weights: each occurrence weighs its field's FIELD_WEIGHTS share. The
+# text's lexemes carry tsvector weight D, the search context's B and the metadata's C (schema m0010_search_fields).
+_WEIGHTED_TF = ("(SELECT sum(CASE x WHEN 'B' THEN {1} WHEN 'C' THEN {2} ELSE {0} END) FROM unnest(u.weights) x)"
+                .format(*map(float, FIELD_WEIGHTS)))
 
 
 def _scalar(cur: psycopg.Cursor) -> Any:
@@ -214,8 +218,8 @@ def _ranked(conn: psycopg.Connection, match_sql: str, match_params: list, terms:
         s AS (SELECT m.seq, sum(w.idf * (u.tf * {K1 + 1}) / (u.tf + {K1} * (1 - {B} + {B} * m.text_len / %s::float8)))
                      AS score
               FROM m,
-              LATERAL (SELECT lexeme, cardinality(positions) AS tf
-                       FROM unnest(ts_filter(setweight(m.text_tsv, 'A', %s::text[]), '{{a}}'))) u
+              LATERAL (SELECT u.lexeme, {_WEIGHTED_TF} AS tf FROM unnest(m.text_tsv) u
+                       WHERE u.lexeme = ANY(%s::text[])) u
               JOIN w ON w.term = u.lexeme
               GROUP BY m.seq ORDER BY score DESC, m.seq LIMIT %s)
         SELECT {_CUBE_COLUMNS}, s.score FROM s JOIN cubes c ON c.seq = s.seq ORDER BY s.score DESC, c.seq"""

@@ -189,17 +189,16 @@ _META_TEXT = "(SELECT group_concat(value, ' ') FROM json_each({r}.metadata) WHER
 def m0009_search_fields(db: Database) -> None:
     # Ranking sees more than the text: the cube's search context (CubeDraft.context, stored beside the text and
     # never returned) and its metadata's string values are two more columns of cubes_fts, weighted lower in
-    # bm25 (fulltext.FIELD_WEIGHTS). The external content is a view computing the three, so that 'rebuild'
-    # (which re-reads it) indexes every cube written before this migration too; the triggers compute the same
-    # values from old and new rows, so a 'delete' removes exactly what was indexed.
+    # bm25 (storage.fts5.FIELD_WEIGHTS). The index is contentless: the metadata column is computed, which an
+    # external-content table cannot read back (FTS5 fails to read a view computing it with json_each), and
+    # ranking reads only the index. The triggers compute the values from old and new rows alike, so a 'delete'
+    # removes exactly what was indexed; every cube written before this migration is indexed here.
     db.execute("ALTER TABLE cubes ADD COLUMN search_context TEXT")
     for trigger in ("cubes_ai", "cubes_ad", "cubes_au"):
         db.execute(f"DROP TRIGGER {trigger}")
     db.execute("DROP TABLE cubes_fts")
-    db.execute(f"CREATE VIEW cubes_search AS SELECT seq, text, search_context AS context,"
-               f" {_META_TEXT.format(r='cubes')} AS meta FROM cubes WHERE text IS NOT NULL")
     db.execute(
-        "CREATE VIRTUAL TABLE cubes_fts USING fts5(text, context, meta, content='cubes_search', content_rowid='seq',"
+        "CREATE VIRTUAL TABLE cubes_fts USING fts5(text, context, meta, content='',"
         " tokenize='porter unicode61 remove_diacritics 2')"
     )
 
@@ -221,4 +220,5 @@ def m0009_search_fields(db: Database) -> None:
         f" INSERT INTO cubes_fts(rowid, text, context, meta) SELECT {values('new')} WHERE new.text IS NOT NULL;"
         " END"
     )
-    db.execute("INSERT INTO cubes_fts(cubes_fts) VALUES ('rebuild')")
+    db.execute(f"INSERT INTO cubes_fts(rowid, text, context, meta) SELECT {values('cubes')} FROM cubes"
+               " WHERE text IS NOT NULL ORDER BY seq")
