@@ -5,7 +5,9 @@ lexeme, idf = ln((N - n + 0.5) / (n + 0.5)) (at least 1e-6), times tf (k1 + 1) /
 n is counted with the GIN index, tf read from the cube's tsvector, dl is cubes.text_len and N and avgdl come from
 search_stats (schema m0006_search_stats). A common word is ranked over a bounded candidate set rather than
 match by match (_walked, over cube_repeats and cubes_text_len, schema m0009_search_ingest). Words are lexemes
-of the english configuration (stemmed, without its stopwords), as SQLite's porter tokenizer stems them.
+of the english configuration (stemmed, without its stopwords), as SQLite's porter tokenizer stems them. The
+tsvector holds the cube's search context and metadata strings too (schema m0010_search_fields): tf weighs each
+occurrence by its field (FIELD_WEIGHTS), and dl counts all three fields, as FTS5 does with column weights.
 """
 
 from __future__ import annotations
