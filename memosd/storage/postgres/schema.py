@@ -318,7 +318,9 @@ def m0010_search_fields(conn) -> None:
     conn.execute("""
         CREATE FUNCTION memosd_search_tsv(body text, metadata text, context text) RETURNS tsvector
         LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-            SELECT CASE WHEN body IS NULL THEN ''::tsvector ELSE
+            -- Cubes with neither (most outside dialogue) pay for the one parse of their text, as before.
+            SELECT CASE WHEN body IS NULL THEN ''::tsvector
+                WHEN context IS NULL AND metadata IS NULL THEN to_tsvector('english'::regconfig, body) ELSE
                 to_tsvector('english'::regconfig, body)
                 || setweight(to_tsvector('english'::regconfig, coalesce(context, '')), 'B')
                 || setweight(to_tsvector('english'::regconfig, coalesce((
