@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
 
 from bench.corpus import Corpus  # noqa: E402
-from bench.locomo import DEFAULT_DATA, load_conversation, memory_text, recall  # noqa: E402
+from bench.locomo import DEFAULT_DATA, context_text, load_conversation, memory_text, recall  # noqa: E402
 from bench.shared import emit  # noqa: E402
 from memosd.storage.postgres import schema  # noqa: E402
 from memosd.cube import CubeDraft, CubeFilter, LifecycleState, MemoryKind, Visibility  # noqa: E402
@@ -61,10 +61,10 @@ class Engine:
         self.dense: DenseSearch | None = None
 
     async def put(self, records: list[dict]) -> None:
-        """Records {text, namespace, metadata?, tags?} as plaintext cubes."""
+        """Records {text, namespace, metadata?, tags?, context?} as plaintext cubes."""
         if self.vault is not None:
-            drafts = [CubeDraft(r["namespace"], r["text"], tags=tuple(r.get("tags", ())), metadata=r.get("metadata"))
-                      for r in records]
+            drafts = [CubeDraft(r["namespace"], r["text"], tags=tuple(r.get("tags", ())), metadata=r.get("metadata"),
+                                context=r.get("context", "")) for r in records]
             await self.vault.put_many(drafts, "bench")
             return
 
@@ -159,8 +159,12 @@ async def quality(engines: list[Engine], data: Path, model_dir: str | None) -> d
     encoded = time.perf_counter() - started
     for engine in engines:
         for conv in conversations:
+            # As bench/locomo.py writes them: metadata, and the neighbouring turns as the search context.
+            turns = conv["turns"]
             await engine.put([{"text": memory_text(t), "namespace": f"locomo/{conv['name']}",
-                               "metadata": {"dia_id": t["dia_id"]}} for t in conv["turns"]])
+                               "metadata": {"speaker": t["speaker"], "session": t["session"],
+                                            "session_date": t["date"], "dia_id": t["dia_id"]},
+                               "context": context_text(turns, i, 2)} for i, t in enumerate(turns)])
         await engine.embed(lambda seq, text: vectors[text])
     out: dict = {"questions": len(questions), "encode_seconds": round(encoded, 1)}
     for engine in engines:

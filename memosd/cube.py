@@ -44,6 +44,8 @@ class CubeDraft:
     visibility: Visibility = Visibility.NAMESPACE
     expires_at: float | None = None
     ttl_seconds: int = 0
+    # Indexed for full-text ranking (at a lower weight than the text), never returned: see the protocol's CubeDraft.
+    context: str = ""
 
 
 PATCHABLE = frozenset(

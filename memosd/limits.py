@@ -27,6 +27,8 @@ class Limits:
 
     max_text_bytes: int = 65536
     max_metadata_bytes: int = 16384
+    # A cube's search context (indexed, never returned): a few neighbouring turns or a header, not a document.
+    max_context_bytes: int = 16384
     max_tags: int = 32
     max_source_chars: int = 256
     max_batch: int = 1000
@@ -108,6 +110,21 @@ def check_text(text: str, limits: Limits) -> str:
             " Split it into several cubes"
         )
     return text
+
+
+def check_context(context: str, limits: Limits) -> str:
+    """A cube's search context: optional, valid UTF-8 without NUL, within max_context_bytes."""
+    if not context:
+        return ""
+    check_no_nul(context, "context")
+    try:
+        size = len(context.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(f"context is not valid UTF-8 ({exc.reason} at character {exc.start})") from None
+    if size > limits.max_context_bytes:
+        raise InvalidArgument(f"context is {size} bytes; the limit is {limits.max_context_bytes}"
+                              " (max_context_bytes in the config). Keep it to the few neighbouring turns or a header")
+    return context
 
 
 def check_source(source, limits: Limits) -> str:
@@ -196,11 +213,12 @@ def check_draft(draft: CubeDraft, limits: Limits, now: float) -> CubeDraft:
     check_metadata(draft.metadata, limits)
     check_source(draft.source, limits)
     check_priority(draft.priority)
+    context = check_context(draft.context, limits)
     expires_at = resolve_expiry(draft, now)
     return CubeDraft(
         namespace=draft.namespace, text=draft.text, tags=tags, metadata=draft.metadata or None,
         source=draft.source, priority=draft.priority, visibility=draft.visibility,
-        expires_at=expires_at, ttl_seconds=0,
+        expires_at=expires_at, ttl_seconds=0, context=context,
     )
 
 

@@ -203,7 +203,7 @@ class MemCube(_message.Message):
     def __init__(self, header: _Optional[_Union[CubeHeader, _Mapping]] = ..., plaintext: _Optional[_Union[PlaintextPayload, _Mapping]] = ..., activation: _Optional[_Union[ActivationManifest, _Mapping]] = ..., parametric: _Optional[_Union[ParametricManifest, _Mapping]] = ...) -> None: ...
 
 class CubeDraft(_message.Message):
-    __slots__ = ("namespace", "text", "tags", "metadata", "source", "priority", "visibility", "expires_at", "ttl_seconds")
+    __slots__ = ("namespace", "text", "tags", "metadata", "source", "priority", "visibility", "expires_at", "ttl_seconds", "context")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +213,7 @@ class CubeDraft(_message.Message):
     VISIBILITY_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     text: str
     tags: _containers.RepeatedScalarFieldContainer[str]
@@ -222,4 +223,5 @@ class CubeDraft(_message.Message):
     visibility: Visibility
     expires_at: _timestamp_pb2.Timestamp
     ttl_seconds: int
-    def __init__(self, namespace: _Optional[str] = ..., text: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[str] = ..., priority: _Optional[int] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    context: str
+    def __init__(self, namespace: _Optional[str] = ..., text: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[str] = ..., priority: _Optional[int] = ..., visibility: _Optional[_Union[Visibility, str]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl_seconds: _Optional[int] = ..., context: _Optional[str] = ...) -> None: ...

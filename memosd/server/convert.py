@@ -29,6 +29,7 @@ def draft_from_proto(d: cube_pb2.CubeDraft) -> CubeDraft:
         visibility=enum_value(Visibility, d.visibility, "visibility") if d.visibility else Visibility.NAMESPACE,
         expires_at=timestamp_seconds(d, "expires_at"),
         ttl_seconds=d.ttl_seconds,
+        context=d.context,
     )
 
 

@@ -84,7 +84,7 @@ class MemVault:
         if len(drafts) > self.limits.max_batch:
             raise InvalidArgument(f"{len(drafts)} cubes in one batch; at most {self.limits.max_batch}")
         now = self.clock()
-        cubes = []
+        cubes, contexts = [], []
         for i, draft in enumerate(drafts):
             try:
                 d = check_draft(draft, self.limits, now)
@@ -95,11 +95,12 @@ class MemVault:
                 updated_at=now, owner=owner, text=d.text, tags=d.tags, metadata=d.metadata, source=d.source,
                 visibility=d.visibility, priority=d.priority, expires_at=d.expires_at,
             ))
+            contexts.append(d.context)
 
         def job(conn: Conn) -> None:
             self._audit(conn, owner, "vault.put", ",".join(sorted({c.namespace for c in cubes})),
                         ids=[c.id for c in cubes])
-            self.sql.cubes.insert_cubes(conn, cubes)
+            self.sql.cubes.insert_cubes(conn, cubes, contexts if any(contexts) else None)
 
         await self.db.write(job)
         if self.dense is not None:

@@ -52,7 +52,8 @@ class ClientMethods(FailoverMethods, PortabilityMethods, TensorMethods, Parametr
 
     @method
     def put(self, text: str, namespace: str | None = None, **fields) -> Cube:
-        """Store one plaintext cube; fields: tags, metadata, source, priority, ttl, expires_at."""
+        """Store one plaintext cube; fields: tags, metadata, source, priority, ttl, expires_at, context (text
+        indexed for search with the cube, never returned: e.g. the neighbouring turns of a dialogue)."""
         request = vault_pb2.PutRequest(cube=rq.draft(text, self.default_namespace if namespace is None else namespace, **fields))
         return Cube.from_proto((yield self._call(self._vault.Put, request)).cube)
 

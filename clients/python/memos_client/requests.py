@@ -35,13 +35,14 @@ def timestamp(value: datetime | float | None) -> Timestamp | None:
 
 def draft(text: str, namespace: str = DEFAULT_NAMESPACE, *, tags: Iterable[str] = (), metadata: dict | None = None,
           source: str = "", priority: int = 0, ttl: float | None = None,
-          expires_at: datetime | float | None = None) -> cube_pb2.CubeDraft:
+          expires_at: datetime | float | None = None, context: str = "") -> cube_pb2.CubeDraft:
     msg = cube_pb2.CubeDraft(namespace=namespace, tags=list(tags), source=source, priority=priority,
                              ttl_seconds=int(ttl or 0), expires_at=timestamp(expires_at))
-    try:
-        msg.text = text
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument(f"text must be a str of valid UTF-8: {exc}") from None
+    for field, value in (("text", text), ("context", context)):
+        try:
+            setattr(msg, field, value)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(f"{field} must be a str of valid UTF-8: {exc}") from None
     if metadata:
         try:
             msg.metadata.update(metadata)
@@ -55,7 +56,7 @@ def draft_from_dict(item: dict) -> cube_pb2.CubeDraft:
     """A draft from a JSON Lines record {"text", "namespace", "tags", "metadata", ...}."""
     if not isinstance(item, dict) or not isinstance(item.get("text"), str):
         raise InvalidArgument('each record needs a "text" string')
-    known = {"text", "namespace", "tags", "metadata", "source", "priority", "ttl", "expires_at"}
+    known = {"text", "namespace", "tags", "metadata", "source", "priority", "ttl", "expires_at", "context"}
     extra = set(item) - known
     if extra:
         raise InvalidArgument(f"unknown fields {sorted(extra)}; records may have {sorted(known)}")

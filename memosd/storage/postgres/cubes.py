@@ -24,24 +24,28 @@ _COLUMNS = ("seq, id, namespace, kind, state, version, parent_version, text, tag
 
 # -- writes --------------------------------------------------------------------------------------
 
-def insert_cubes(conn, cubes: list[MemCube]) -> None:
-    """Store new plaintext cubes (active, version 1), listed after every cube stored before, in this order."""
+def insert_cubes(conn, cubes: list[MemCube], contexts: Sequence[str] | None = None) -> None:
+    """Store new plaintext cubes (active, version 1), listed after every cube stored before, in this order;
+    contexts: each cube's search context (indexed, never returned), "" or None for none."""
     rows_ = [(c.id, c.namespace, int(c.kind), int(LifecycleState.ACTIVE), c.text, rows.dumps(list(c.tags)),
               rows.dumps(c.metadata), c.source, c.owner, int(c.visibility), c.priority, c.created_at, c.updated_at,
               c.expires_at, "[]", None) for c in cubes]
-    copy_cubes(conn, rows_, [c.tags for c in cubes])
+    copy_cubes(conn, rows_, [c.tags for c in cubes], contexts)
 
 
-def copy_cubes(conn, values: Sequence[tuple], tags: Sequence[Sequence[str]]) -> list[int]:
+def copy_cubes(conn, values: Sequence[tuple], tags: Sequence[Sequence[str]],
+               contexts: Sequence[str] | None = None) -> list[int]:
     """Store version 1 rows (the _COLUMNS after seq, in order) and their tags with COPY, under SEQ_LOCK;
-    returns their seqs, increasing in the order given (tensors.insert_cubes shares it)."""
+    returns their seqs, increasing in the order given (tensors.insert_cubes shares it). contexts: the rows'
+    search contexts, if any has one."""
     if not values:
         return []
     seqs = allocate_seqs(conn, len(values))
+    columns = _COLUMNS + (", search_context" if contexts else "")
     with conn.cursor() as cur:
-        with cur.copy(f"COPY cubes ({_COLUMNS}) FROM STDIN") as copy:
-            for seq, row in zip(seqs, values):
-                copy.write_row(_full_row(seq, row))
+        with cur.copy(f"COPY cubes ({columns}) FROM STDIN") as copy:
+            for i, (seq, row) in enumerate(zip(seqs, values)):
+                copy.write_row(_full_row(seq, row) + ((contexts[i] or None,) if contexts else ()))
         pairs = [(tag, seq) for seq, cube_tags in zip(seqs, tags) for tag in cube_tags]
         if pairs:
             with cur.copy("COPY cube_tags (tag, seq) FROM STDIN") as copy:
@@ -91,8 +95,8 @@ def tombstone(conn, row: CubeRow, now: float) -> int:
     version; returns the tombstone's version."""
     version = row["version"] + 1
     changed = conn.execute(
-        "UPDATE cubes SET state = %s, text = NULL, version = %s, parent_version = %s, updated_at = %s"
-        " WHERE seq = %s AND version = %s",
+        "UPDATE cubes SET state = %s, text = NULL, search_context = NULL, version = %s, parent_version = %s,"
+        " updated_at = %s WHERE seq = %s AND version = %s",
         (int(LifecycleState.DELETED), version, row["version"], now, row["seq"], row["version"]))
     _check_current(changed.rowcount, row)
     _keep_version(conn, row)

@@ -5,7 +5,9 @@ lexeme, idf = ln((N - n + 0.5) / (n + 0.5)) (at least 1e-6), times tf (k1 + 1) /
 n is counted with the GIN index, tf read from the cube's tsvector, dl is cubes.text_len and N and avgdl come from
 search_stats (schema m0006_search_stats). A common word is ranked over a bounded candidate set rather than
 match by match (_walked, over cube_repeats and cubes_text_len, schema m0009_search_ingest). Words are lexemes
-of the english configuration (stemmed, without its stopwords), as SQLite's porter tokenizer stems them.
+of the english configuration (stemmed, without its stopwords), as SQLite's porter tokenizer stems them. The
+tsvector holds the cube's search context and metadata strings too (schema m0010_search_fields): tf weighs each
+occurrence by its field (FIELD_WEIGHTS), and dl counts all three fields, as FTS5 does with column weights.
 """
 
 from __future__ import annotations
@@ -23,12 +25,21 @@ from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import InvalidArgument
 from memosd.storage.postgres.filters import filter_sql
 # The FTS5 query syntax is read the same way on both engines (see ranked_query): its tokens and its error messages.
-from memosd.storage.fts5 import FTS_TOKEN, fts5_syntax_problem
+from memosd.storage.fts5 import FIELD_WEIGHTS, FTS_TOKEN, fts5_syntax_problem
 from memosd.vault.rows import COLUMNS, row_dict
 
 _CUBE_COLUMNS = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
 # FTS5's bm25() defaults.
 K1, B = 1.2, 0.75
+# A term's tf as FTS5 counts it with column weights: each occurrence weighs its field's FIELD_WEIGHTS share. The
+# text's lexemes carry tsvector weight D, the search context's B and the metadata's C (schema m0010_search_fields).
+# _QUERY_LEXEMES keeps the query's lexemes of a cube's tsvector with their weights, in C (deleting all the others,
+# which the setweight/ts_filter pair names): about half the cost of unnesting the whole vector to pick them.
+_W_TEXT, _W_CONTEXT, _W_META = map(float, FIELD_WEIGHTS)
+_WEIGHTED_TF = (f"{_W_TEXT} * cardinality(u.positions) - {_W_TEXT - _W_CONTEXT} * cardinality(array_positions(u.weights,"
+                f" 'B')) - {_W_TEXT - _W_META} * cardinality(array_positions(u.weights, 'C'))")
+_QUERY_LEXEMES = ("ts_delete(m.text_tsv, tsvector_to_array(ts_filter(setweight(m.text_tsv, 'A', %s::text[]),"
+                  " '{b,c,d}')))")
 
 
 def _scalar(cur: psycopg.Cursor) -> Any:
@@ -214,8 +225,7 @@ def _ranked(conn: psycopg.Connection, match_sql: str, match_params: list, terms:
         s AS (SELECT m.seq, sum(w.idf * (u.tf * {K1 + 1}) / (u.tf + {K1} * (1 - {B} + {B} * m.text_len / %s::float8)))
                      AS score
               FROM m,
-              LATERAL (SELECT lexeme, cardinality(positions) AS tf
-                       FROM unnest(ts_filter(setweight(m.text_tsv, 'A', %s::text[]), '{{a}}'))) u
+              LATERAL (SELECT u.lexeme, {_WEIGHTED_TF} AS tf FROM unnest({_QUERY_LEXEMES}) u) u
               JOIN w ON w.term = u.lexeme
               GROUP BY m.seq ORDER BY score DESC, m.seq LIMIT %s)
         SELECT {_CUBE_COLUMNS}, s.score FROM s JOIN cubes c ON c.seq = s.seq ORDER BY s.score DESC, c.seq"""

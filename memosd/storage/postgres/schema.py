@@ -308,9 +308,74 @@ def m0009_search_ingest(conn) -> None:
                  " FOR EACH STATEMENT EXECUTE FUNCTION memosd_texts_added()")
 
 
+def m0010_search_fields(conn) -> None:
+    # Ranking sees more than the text, as SQLite's cubes_fts does (its m0009): the cube's search context
+    # (CubeDraft.context, stored beside the text, never returned) and its metadata's top-level string values are
+    # in text_tsv too, with weights B and C (the text's lexemes keep D), which fulltext scores by FIELD_WEIGHTS.
+    # text_len (FTS5's document length) counts the tokens of all three. The triggers of m0009 follow the new
+    # fields; every cube written before is reindexed here, with its repeats and the totals recounted.
+    conn.execute("ALTER TABLE cubes ADD COLUMN search_context text")
+    conn.execute("""
+        CREATE FUNCTION memosd_search_tsv(body text, metadata text, context text) RETURNS tsvector
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+            -- Cubes with neither (most outside dialogue) pay for the one parse of their text, as before.
+            SELECT CASE WHEN body IS NULL THEN ''::tsvector
+                WHEN context IS NULL AND metadata IS NULL THEN to_tsvector('english'::regconfig, body) ELSE
+                to_tsvector('english'::regconfig, body)
+                || setweight(to_tsvector('english'::regconfig, coalesce(context, '')), 'B')
+                || setweight(to_tsvector('english'::regconfig, coalesce((
+                       SELECT string_agg(e.value #>> '{}', ' ') FROM jsonb_each(CASE WHEN jsonb_typeof(metadata::jsonb)
+                           = 'object' THEN metadata::jsonb ELSE '{}'::jsonb END) e
+                       WHERE jsonb_typeof(e.value) = 'string'), '')), 'C')
+            END $$""")
+    for trigger in ("cubes_text_search", "cubes_search_stats", "cubes_repeats"):
+        conn.execute(f"DROP TRIGGER {trigger} ON cubes")
+    conn.execute("""
+        UPDATE cubes c SET text_tsv = s.tsv, text_len = s.len, text_repeats = ts_filter(setweight(s.tsv, 'A', s.repeats),
+            '{a}')
+        FROM (SELECT x.seq, x.tsv,
+                     (SELECT coalesce(sum(cardinality(positions)), 0)::integer FROM unnest(x.tsv)) AS len,
+                     (SELECT coalesce(array_agg(lexeme) FILTER (WHERE cardinality(positions) > 1), '{}')
+                      FROM unnest(x.tsv)) AS repeats
+              FROM (SELECT seq, memosd_search_tsv(text, metadata, search_context) AS tsv FROM cubes
+                    WHERE text IS NOT NULL) x) s
+        WHERE c.seq = s.seq""")
+    conn.execute("DELETE FROM cube_repeats")
+    conn.execute("INSERT INTO cube_repeats SELECT u.lexeme, c.seq, cardinality(u.positions), c.text_len"
+                 " FROM cubes c, unnest(c.text_repeats) u")
+    conn.execute("DELETE FROM search_stats")
+    conn.execute("INSERT INTO search_stats SELECT 0, count(text), coalesce(sum(text_len), 0) FROM cubes")
+    conn.execute("""
+        CREATE OR REPLACE FUNCTION memosd_text_search() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            repeats text[];
+        BEGIN
+            IF TG_OP = 'INSERT' OR NEW.text IS DISTINCT FROM OLD.text OR NEW.metadata IS DISTINCT FROM OLD.metadata
+               OR NEW.search_context IS DISTINCT FROM OLD.search_context THEN
+                NEW.text_tsv := memosd_search_tsv(NEW.text, NEW.metadata, NEW.search_context);
+                SELECT coalesce(sum(cardinality(positions)), 0)::integer,
+                       coalesce(array_agg(lexeme) FILTER (WHERE cardinality(positions) > 1), '{}')
+                    INTO NEW.text_len, repeats FROM unnest(NEW.text_tsv);
+                NEW.text_repeats := ts_filter(setweight(NEW.text_tsv, 'A', repeats), '{a}');
+            ELSE
+                NEW.text_tsv := OLD.text_tsv;
+                NEW.text_len := OLD.text_len;
+                NEW.text_repeats := OLD.text_repeats;
+            END IF;
+            RETURN NEW;
+        END $$""")
+    fields = "text, metadata, search_context"
+    conn.execute(f"CREATE TRIGGER cubes_text_search BEFORE INSERT OR UPDATE OF {fields}, text_tsv, text_len,"
+                 " text_repeats ON cubes FOR EACH ROW EXECUTE FUNCTION memosd_text_search()")
+    conn.execute(f"CREATE TRIGGER cubes_search_stats AFTER DELETE OR UPDATE OF {fields} ON cubes"
+                 " FOR EACH ROW EXECUTE FUNCTION memosd_search_stats()")
+    conn.execute(f"CREATE TRIGGER cubes_repeats AFTER DELETE OR UPDATE OF {fields} ON cubes"
+                 " FOR EACH ROW EXECUTE FUNCTION memosd_cube_repeats()")
+
+
 MIGRATIONS: tuple[tuple[str, Callable], ...] = tuple((f.__name__, f) for f in (
     m0000_extensions, m0001_governance, m0002_store, m0003_cubes, m0004_blobs, m0005_jobs,
-    m0006_search_stats, m0007_job_leases, m0008_cluster, m0009_search_ingest))
+    m0006_search_stats, m0007_job_leases, m0008_cluster, m0009_search_ingest, m0010_search_fields))
 
 
 def vector_index_name(model: str, dims: int) -> str:

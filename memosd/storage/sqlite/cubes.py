@@ -15,18 +15,20 @@ _SELECT = f"SELECT {rows.COLUMNS} FROM cubes"
 
 # -- writes --------------------------------------------------------------------------------------
 
-def insert_cubes(conn: sqlite3.Connection, cubes: list[MemCube]) -> None:
-    """Store new plaintext cubes (active, version 1), listed after every cube stored before, in this order."""
+def insert_cubes(conn: sqlite3.Connection, cubes: list[MemCube], contexts: Sequence[str] | None = None) -> None:
+    """Store new plaintext cubes (active, version 1), listed after every cube stored before, in this order;
+    contexts: each cube's search context (indexed, never returned), "" or None for none."""
     (top,) = conn.execute("SELECT coalesce(max(seq), 0) FROM cubes").fetchone()
+    contexts = contexts or [""] * len(cubes)
     conn.executemany(
         "INSERT INTO cubes (seq, id, namespace, kind, state, version, parent_version, text, tags,"
-        " metadata, source, owner, visibility, priority, created_at, updated_at, expires_at)"
-        " VALUES (?, ?, ?, ?, 1, 1, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " metadata, source, owner, visibility, priority, created_at, updated_at, expires_at, search_context)"
+        " VALUES (?, ?, ?, ?, 1, 1, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (top + i + 1, c.id, c.namespace, int(c.kind), c.text, rows.dumps(list(c.tags)),
              rows.dumps(c.metadata), c.source, c.owner, int(c.visibility), c.priority, c.created_at, c.updated_at,
-             c.expires_at)
-            for i, c in enumerate(cubes)
+             c.expires_at, context or None)
+            for i, (c, context) in enumerate(zip(cubes, contexts, strict=True))
         ],
     )
     conn.executemany(
@@ -59,8 +61,8 @@ def tombstone(conn: sqlite3.Connection, row: CubeRow, now: float) -> int:
     version = row["version"] + 1
     _keep_version(conn, row)
     conn.execute(
-        "UPDATE cubes SET state = ?, text = NULL, version = ?, parent_version = ?, updated_at = ?"
-        " WHERE seq = ?", (LifecycleState.DELETED, version, row["version"], now, row["seq"]))
+        "UPDATE cubes SET state = ?, text = NULL, search_context = NULL, version = ?, parent_version = ?,"
+        " updated_at = ? WHERE seq = ?", (LifecycleState.DELETED, version, row["version"], now, row["seq"]))
     conn.execute("DELETE FROM cube_tags WHERE seq = ?", (row["seq"],))
     conn.execute("DELETE FROM embeddings WHERE seq = ?", (row["seq"],))
     return version

@@ -8,11 +8,13 @@ from collections.abc import Sequence
 
 from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import InvalidArgument
-from memosd.storage.fts5 import column_problem, fts5_syntax_problem
+from memosd.storage.fts5 import FIELD_WEIGHTS, column_problem, fts5_syntax_problem
 from memosd.storage.sqlite.filters import filter_sql
 from memosd.vault.rows import COLUMNS, row_dict
 
 _CUBE_COLUMNS = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
+# The ranking function for `rank`, given with each query (text, context and metadata columns, schema m0009).
+_RANK = f"bm25({', '.join(map(str, FIELD_WEIGHTS))})"
 
 
 def size(conn: sqlite3.Connection) -> int:
@@ -22,7 +24,7 @@ def size(conn: sqlite3.Connection) -> int:
 
 
 def doc_count(conn: sqlite3.Connection, word: str) -> int:
-    """How many cubes' texts hold the word, in any state."""
+    """How many cubes hold the word (in text, search context or metadata), in any state."""
     (count,) = conn.execute("SELECT count(*) FROM cubes_fts WHERE cubes_fts MATCH ?", (_quoted(word),)).fetchone()
     return count
 
@@ -69,14 +71,15 @@ def _ranked(conn: sqlite3.Connection, match: str, f: CubeFilter, now: float, lim
     if not narrowed:
         depth = max(limit * 4, 64)
         sql = (f"SELECT {_CUBE_COLUMNS}, r.rank FROM (SELECT rowid, rank FROM cubes_fts WHERE cubes_fts MATCH ?"
-               f" ORDER BY rank LIMIT ?) r JOIN cubes c ON c.seq = r.rowid WHERE {keep} ORDER BY r.rank LIMIT ?")
-        rows = conn.execute(sql, [match, depth, *params, limit]).fetchall()
+               f" AND rank MATCH ? ORDER BY rank LIMIT ?) r JOIN cubes c ON c.seq = r.rowid WHERE {keep}"
+               " ORDER BY r.rank LIMIT ?")
+        rows = conn.execute(sql, [match, _RANK, depth, *params, limit]).fetchall()
         if len(rows) >= limit or len(rows) == conn.execute(
                 "SELECT count(*) FROM (SELECT rowid FROM cubes_fts WHERE cubes_fts MATCH ? LIMIT ?)", (match, depth)
         ).fetchone()[0]:
             return [(row_dict(r[:-1]), -r[-1]) for r in rows]
-    sql = (f"SELECT {_CUBE_COLUMNS}, bm25(cubes_fts) AS rank FROM cubes_fts JOIN cubes c ON c.seq = cubes_fts.rowid"
-           f" WHERE cubes_fts MATCH ? AND {keep} ORDER BY rank LIMIT ?")
+    sql = (f"SELECT {_CUBE_COLUMNS}, bm25(cubes_fts, {', '.join(map(str, FIELD_WEIGHTS))}) AS rank FROM cubes_fts"
+           f" JOIN cubes c ON c.seq = cubes_fts.rowid WHERE cubes_fts MATCH ? AND {keep} ORDER BY rank LIMIT ?")
     return [(row_dict(r[:-1]), -r[-1]) for r in conn.execute(sql, [match, *params, limit]).fetchall()]
 
 

@@ -178,3 +178,47 @@ def m0008_job_leases(db: Database) -> None:
     for column in ("runner TEXT", "lease_until REAL", "cancel_requested INTEGER NOT NULL DEFAULT 0", "spec TEXT"):
         db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
     db.execute("CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL)")
+
+
+# The full-text index's fields beside the text (m0009): the search context a writer gave with the cube, and the
+# string values of its metadata's top-level keys (speaker, date, title, ...), as SQL over a cubes row `r`.
+_META_TEXT = "(SELECT group_concat(value, ' ') FROM json_each({r}.metadata) WHERE type = 'text')"
+
+
+@migrations()
+def m0009_search_fields(db: Database) -> None:
+    # Ranking sees more than the text: the cube's search context (CubeDraft.context, stored beside the text and
+    # never returned) and its metadata's string values are two more columns of cubes_fts, weighted lower in
+    # bm25 (storage.fts5.FIELD_WEIGHTS). The index is contentless: the metadata column is computed, which an
+    # external-content table cannot read back (FTS5 fails to read a view computing it with json_each), and
+    # ranking reads only the index. The triggers compute the values from old and new rows alike, so a 'delete'
+    # removes exactly what was indexed; every cube written before this migration is indexed here.
+    db.execute("ALTER TABLE cubes ADD COLUMN search_context TEXT")
+    for trigger in ("cubes_ai", "cubes_ad", "cubes_au"):
+        db.execute(f"DROP TRIGGER {trigger}")
+    db.execute("DROP TABLE cubes_fts")
+    db.execute(
+        "CREATE VIRTUAL TABLE cubes_fts USING fts5(text, context, meta, content='',"
+        " tokenize='porter unicode61 remove_diacritics 2')"
+    )
+
+    def values(r: str) -> str:
+        return f"{r}.seq, {r}.text, {r}.search_context, {_META_TEXT.format(r=r)}"
+
+    db.execute(
+        "CREATE TRIGGER cubes_ai AFTER INSERT ON cubes WHEN new.text IS NOT NULL BEGIN"
+        f" INSERT INTO cubes_fts(rowid, text, context, meta) VALUES ({values('new')}); END"
+    )
+    db.execute(
+        "CREATE TRIGGER cubes_ad AFTER DELETE ON cubes WHEN old.text IS NOT NULL BEGIN"
+        f" INSERT INTO cubes_fts(cubes_fts, rowid, text, context, meta) VALUES ('delete', {values('old')}); END"
+    )
+    db.execute(
+        "CREATE TRIGGER cubes_au AFTER UPDATE OF text, search_context, metadata ON cubes BEGIN"
+        f" INSERT INTO cubes_fts(cubes_fts, rowid, text, context, meta) SELECT 'delete', {values('old')}"
+        " WHERE old.text IS NOT NULL;"
+        f" INSERT INTO cubes_fts(rowid, text, context, meta) SELECT {values('new')} WHERE new.text IS NOT NULL;"
+        " END"
+    )
+    db.execute(f"INSERT INTO cubes_fts(rowid, text, context, meta) SELECT {values('cubes')} FROM cubes"
+               " WHERE text IS NOT NULL ORDER BY seq")
