@@ -178,3 +178,14 @@ def m0008_job_leases(db: Database) -> None:
     for column in ("runner TEXT", "lease_until REAL", "cancel_requested INTEGER NOT NULL DEFAULT 0", "spec TEXT"):
         db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
     db.execute("CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL)")
+
+
+@migrations()
+def m0009_vector_log(db: Database) -> None:
+    # Every change to a cube's stored vector, in commit order: what the daemon's saved HNSW index (which
+    # records the last rev it covers) replays at start to come up to date without reading every vector.
+    # Rows the saved index already covers are trimmed after each save.
+    db.execute("CREATE TABLE vector_log (rev INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER NOT NULL)")
+    for event, row in (("INSERT", "new"), ("UPDATE", "new"), ("DELETE", "old")):
+        db.execute(f"CREATE TRIGGER embeddings_log_{event.lower()} AFTER {event} ON embeddings BEGIN"
+                   f" INSERT INTO vector_log (seq) VALUES ({row}.seq); END")
