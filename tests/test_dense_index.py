@@ -231,7 +231,7 @@ def test_kill_9_leaves_no_gone_cube_and_misses_none(tmp_path):
         ids = client.put_many({"text": t, "namespace": "agents/admin/k"} for t in texts)
         embedded(client)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 0
+    assert proc.wait(90) == 0  # a clean stop drains and saves; slow only on a loaded machine
     assert (config.data_dir / "dense" / "index.json").exists()  # saved at a clean stop, covering all 40
 
     proc = spawn_daemon(config, *model)
@@ -263,4 +263,4 @@ def test_kill_9_leaves_no_gone_cube_and_misses_none(tmp_path):
             assert client.search("a brand new memo about volcanoes", mode="dense", limit=1)[0].cube.id == new
     finally:
         proc.terminate()
-        assert proc.wait(30) == 0
+        assert proc.wait(90) == 0

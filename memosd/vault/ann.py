@@ -9,11 +9,14 @@ import numpy as np
 
 from memosd.cube import CubeFilter, MemoryKind
 
-# Graph degree and build/search breadth, chosen on bench/dense_index.py (384-dim stand-ins, 100k and 1M):
-# recall@10 against exact stays at or above 0.99 with these while a query costs about a millisecond.
+# Graph degree and build/search breadth, chosen on bench/dense_index.py (384-dim stand-ins): efSearch 64 gave
+# recall@10 0.95 at 20k, 128 is the margin for 0.98; a query still costs a millisecond or two.
 HNSW_M = 32
 EF_CONSTRUCTION = 64
-EF_SEARCH = 64
+EF_SEARCH = 128
+# A filter admitting a share s of the rows leaves the walk about s of the candidates it looks at, so the breadth
+# is divided by s (faiss's filtered HNSW at a fixed ef kept 0.5 of the top 10 at s = 10%), up to this.
+EF_FILTERED_MAX = 2048
 # Below this many admitted vectors an exact scan of just those rows is as fast as the graph (a gather and a
 # dot product of ~10 MB) and exact; a filter that narrow also leaves HNSW too few admitted neighbours to follow.
 EXACT_MAX = 20_000
@@ -117,7 +120,8 @@ class AnnIndex:
                 return [], admitted
             if admitted <= max(EXACT_MAX, k):
                 return self._exact(query[0], np.flatnonzero(mask), k), admitted
-            found = self._walk(query, mask, k, ef)
+            share = admitted / max(1, len(self.rows))
+            found = self._walk(query, mask, k, min(EF_FILTERED_MAX, int(np.ceil(max(ef, k) / share))))
             if len(found) < k:
                 # The walk ran out of admitted neighbours before k (a narrow filter): exact over the admitted.
                 found = self._exact(query[0], np.flatnonzero(mask), k)

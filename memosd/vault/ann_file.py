@@ -27,11 +27,12 @@ def save(index: AnnIndex, folder: Path, model: str, rev: int) -> None:
     gen = int(old.get("gen", 0)) + 1 if old else 1
     with index.lock:
         # Rows are copied under the lock; the graph is only read by searches, and only this saver's caller adds.
-        meta = {"row_seq": index.row_seq.copy(), "row_ns": index.row_ns.copy(), "row_created": index.row_created.copy(),
+        meta: dict[str, np.ndarray] = {"row_seq": index.row_seq.copy(), "row_ns": index.row_ns.copy(), "row_created": index.row_created.copy(),
                 "namespaces": np.frombuffer(json.dumps(index.namespaces).encode(), dtype=np.uint8)}
         graph = faiss.serialize_index(index.graph)
     rows = io.BytesIO()
-    np.savez(rows, **meta)
+    np.savez(rows, row_seq=meta["row_seq"], row_ns=meta["row_ns"], row_created=meta["row_created"],
+             namespaces=meta["namespaces"])
     files = {}
     for part, data in (("graph", memoryview(graph)), ("rows", rows.getbuffer())):
         name = f"g{gen}.{part}"

@@ -109,7 +109,7 @@ class IndexKeeper:
         after = 0
         started = time.monotonic()
         while True:
-            page = await self.db.read(lambda conn: self.sql.vectors.page(conn, model, dim, after, _PAGE))
+            page = await self.db.read(lambda conn, after=after: self.sql.vectors.page(conn, model, dim, after, _PAGE))
             if not page:
                 break
             await asyncio.to_thread(_apply, fresh, page, [])
