@@ -74,6 +74,21 @@ def test_narrow_filter_is_applied_inside_the_graph(graph_only):
     assert sorted(s for s, _ in hits) == [7, 3005]
 
 
+def test_exact_scans_match_numpy():
+    # Both exact paths (a numpy gather for few admitted rows, faiss's flat scan under a bitmap for more).
+    rng = np.random.default_rng(3)
+    vectors = _unit(rng, 5000, 24)
+    index = AnnIndex(24)
+    index.add(range(1, 5001), vectors, [f"ns/{i % 10}" for i in range(5000)], [0.0] * 5000)
+    index.remove([1])  # a dead row is never scanned
+    for f, admitted in ((CubeFilter(), 4999), (CubeFilter(namespace_prefix="ns/3"), 500)):
+        for q in _unit(rng, 5, 24):
+            rows = [i for i in range(1, 5000) if f.namespace_prefix in ("", f"ns/{i % 10}")]
+            want = sorted(rows, key=lambda i: -float(vectors[i] @ q))[:10]
+            hits, count = index.nearest(q, f, 10)
+            assert count == admitted and [s - 1 for s, _ in hits] == want
+
+
 # -- through the vault: persistence, catch-up and rebuilds -----------------------------------------
 
 

@@ -20,6 +20,8 @@ EF_FILTERED_MAX = 2048
 # Below this many admitted vectors an exact scan of just those rows is as fast as the graph (a gather and a
 # dot product of ~10 MB) and exact; a filter that narrow also leaves HNSW too few admitted neighbours to follow.
 EXACT_MAX = 20_000
+# Up to this many admitted rows, copying them out and scoring them in numpy beats faiss's scan of every row's bit.
+_GATHER_MAX = 2_000
 _DEAD = -1
 
 
@@ -119,21 +121,32 @@ class AnnIndex:
             if k <= 0 or admitted == 0:
                 return [], admitted
             if admitted <= max(EXACT_MAX, k):
-                return self._exact(query[0], np.flatnonzero(mask), k), admitted
+                return self._exact(query, mask, admitted, k), admitted
             share = admitted / max(1, len(self.rows))
             found = self._walk(query, mask, k, min(EF_FILTERED_MAX, int(np.ceil(max(ef, k) / share))))
             if len(found) < k:
                 # The walk ran out of admitted neighbours before k (a narrow filter): exact over the admitted.
-                found = self._exact(query[0], np.flatnonzero(mask), k)
+                found = self._exact(query, mask, admitted, k)
             return found, admitted
 
-    def _exact(self, query: np.ndarray, rows: np.ndarray, k: int) -> list[tuple[int, float]]:
-        # einsum, not BLAS: a memory-bound product gains nothing from BLAS threads (see memosd/vault/dense.py).
-        scores = np.einsum("ij,j->i", self._matrix()[rows], query)
-        k = min(k, len(rows))
-        best = np.argpartition(-scores, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
-        best = best[np.argsort(-scores[best], kind="stable")]
-        return [(int(self.row_seq[rows[i]]), float(scores[i])) for i in best]
+    def _exact(self, query: np.ndarray, mask: np.ndarray, admitted: int, k: int) -> list[tuple[int, float]]:
+        if admitted <= _GATHER_MAX:
+            rows = np.flatnonzero(mask)
+            # einsum, not BLAS: a memory-bound product gains nothing from BLAS threads (see memosd/vault/dense.py).
+            scores = np.einsum("ij,j->i", self._matrix()[rows], query[0])
+            k = min(k, len(rows))
+            best = np.argpartition(-scores, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
+            best = best[np.argsort(-scores[best], kind="stable")]
+            return [(int(self.row_seq[rows[i]]), float(scores[i])) for i in best]
+        # More rows than that: faiss scans its flat storage in place, skipping the rows the bitmap leaves out
+        # (bench/dense_index.py, 10% of 100k: 8 ms against 43 ms for a numpy gather and product).
+        faiss = _faiss()
+        bits = np.packbits(mask, bitorder="little")
+        params = faiss.SearchParameters()
+        params.sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+        scores, labels = faiss.downcast_index(self.graph.storage).search(query, k, params=params)
+        del bits
+        return [(int(self.row_seq[r]), float(v)) for r, v in zip(labels[0], scores[0]) if r >= 0]
 
     def _walk(self, query: np.ndarray, mask: np.ndarray, k: int, ef: int) -> list[tuple[int, float]]:
         faiss = _faiss()
