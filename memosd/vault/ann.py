@@ -40,11 +40,9 @@ class AnnIndex:
     kinds and time conditions of a filter become a bitmap of rows before the graph is walked."""
 
     def __init__(self, dim: int):
-        faiss = _faiss()
         self.dim = dim
         self.lock = threading.Lock()
-        self.graph = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        self.graph.hnsw.efConstruction = EF_CONSTRUCTION
+        self._graph: object | None = None  # made on first use: a PostgreSQL vault's daemon never needs faiss
         self.row_seq = np.zeros(0, dtype=np.int64)
         self.row_ns = np.zeros(0, dtype=np.int32)
         self.row_created = np.zeros(0, dtype=np.float64)
@@ -55,6 +53,19 @@ class AnnIndex:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def graph(self):
+        if self._graph is None:
+            faiss = _faiss()
+            graph = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = EF_CONSTRUCTION
+            self._graph = graph
+        return self._graph
+
+    @graph.setter
+    def graph(self, graph) -> None:
+        self._graph = graph
 
     def __contains__(self, seq: int) -> bool:
         return int(seq) in self.rows
