@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MEMOS_VENV ?= .venv-memos
 MEMOS_STAMP := $(MEMOS_VENV)/.installed
 
-.PHONY: bench-pubsub cluster install memos-env run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory bench-cluster bench-mixed bench-embed
+.PHONY: bench-pubsub cluster install memos-env run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory bench-cluster bench-mixed bench-embed bench-dense
 
 install: $(STAMP)
 
@@ -76,7 +76,7 @@ proto-check: proto
 	git diff --exit-code -- memos_mip/v1
 	@test -z "$$(git status --porcelain -- memos_mip/v1)" || { git status --porcelain -- memos_mip/v1; exit 1; }
 
-bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-export-import bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory bench-cluster bench-mixed bench-embed
+bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-export-import bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory bench-cluster bench-mixed bench-embed bench-dense
 
 bench-ingest: install
 	$(BIN)/python bench/ingest_search.py --only ingest
@@ -117,6 +117,9 @@ bench-mcp: install
 ## LoCoMo recall@10 and search latency on SQLite and PostgreSQL in one run (a throwaway PostgreSQL server).
 bench-engines: install
 	$(BIN)/python bench/search_engines.py
+
+bench-dense: install
+	$(BIN)/python bench/dense_index.py
 
 ## MemVault put_many throughput on SQLite and PostgreSQL in one run.
 bench-put-many: install

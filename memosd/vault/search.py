@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import numpy as np
-
 from memosd.cube import CubeFilter, SearchHit
 from memosd.errors import MemosError
 from memosd.vault import rows
-from memosd.vault.dense import DenseIndex, top
+from memosd.vault.keeper import IndexKeeper
 
 log = logging.getLogger("memosd.vault")
 # Cubes embedded per pass of the backfill: large enough to batch well, small enough that each pass
@@ -19,9 +17,9 @@ BACKFILL_BATCH = 128
 # Share of the fused score that BM25 contributes; the rest is dense. Chosen on the LoCoMo dev split
 # (bench/locomo.py): 0.5 to 0.7 do about equally well there; below 0.5 a weak encoder drags BM25 down.
 BM25_WEIGHT = 0.6
-# Nearest candidates taken per wanted hit before the filter is applied. When too few pass, the filter
-# admits under about an eighth of the cubes, and asking SQL which ones is cheaper than casting wider.
-_CANDIDATES_PER_HIT = 8
+# Candidates beyond the wanted hits taken from the index (which applies the filter's namespace, scope, kinds, time
+# and tag conditions), for cubes that fail the conditions only SQL knows (lifecycle state, expiry, owner-only).
+_SLACK = 8
 
 
 class DenseSearch:
@@ -32,13 +30,14 @@ class DenseSearch:
     goes to pgvector's HNSW index, with the caller's filter in the same statement (vectors.nearest), and sees
     each member's vectors once committed, never a changed or deleted cube's (its vector goes in that commit)."""
 
-    def __init__(self, db, embedder):
+    def __init__(self, db, embedder, data_dir=None):
         self.db = db
         self.sql = db.sql
         self.embedder = embedder
         self.model_name = embedder.name
-        self.index = DenseIndex(embedder.dim)
         self.in_vault = db.engine == "postgresql"
+        folder = None if self.in_vault or data_dir is None else data_dir / "dense"
+        self.keeper = IndexKeeper(db, self.model_name, embedder.dim, folder)
         self.embedded = 0
         # Vectors committed (or being committed) but not yet in the index: still backlog, as not yet searchable.
         self._unindexed = 0
@@ -48,12 +47,13 @@ class DenseSearch:
         self._cursor = 0
         self._rewind: int | None = None
 
+    @property
+    def index(self):
+        return self.keeper.index
+
     async def start(self) -> None:
         if not self.in_vault:
-            seqs, vectors = await self.db.read(lambda conn: self.sql.vectors.load(conn, self.model_name,
-                                                                                  self.index.dim))
-            if seqs:
-                self.index.add(seqs, np.stack(vectors))
+            await self.keeper.start()
         self._task = asyncio.create_task(self._backfill(), name="memosd-embedding-backfill")
 
     async def stop(self) -> None:
@@ -64,6 +64,8 @@ class DenseSearch:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if not self.in_vault:
+            await self.keeper.stop()
 
     def wake(self) -> None:
         self._wake.set()
@@ -71,7 +73,8 @@ class DenseSearch:
     def forget(self, seqs) -> None:
         """Drop the vectors of cubes whose text changed or went; the backfill re-embeds changed ones."""
         seqs = [int(s) for s in seqs]
-        self.index.remove(seqs)
+        if not self.in_vault:
+            self.keeper.forget(seqs)
         if seqs:
             low = min(seqs) - 1
             self._rewind = low if self._rewind is None else min(self._rewind, low)
@@ -115,37 +118,29 @@ class DenseSearch:
         self._unindexed = len(todo)
         try:
             stored = await self.db.write(lambda conn: self.sql.vectors.store(conn, self.model_name, todo, vectors))
-            # Added after the commit, on the loop: in commit order with the forget() calls of writes, so a
-            # text changed after it was read here is never left with this (stale) vector.
+            # The index replays the vault's vector log: what this batch stored, and any change since.
             if not self.in_vault:
-                self.index.add([todo[i][0] for i in stored], vectors[stored])
+                await self.keeper.sync()
         finally:
             self._unindexed = 0
         self._cursor = max(self._cursor, todo[-1][0])
         self.embedded += len(stored)
         return True
 
-    def _score(self, query: str, candidates: int):
-        seqs, scores = self.index.scores(self.embedder.encode([query])[0])
-        return seqs, scores, top(seqs, scores, candidates)
-
     async def search(self, query: str, f: CubeFilter, now: float, limit: int) -> list[tuple[dict, float]]:
         """Rows and cosine similarities of the best `limit` cubes passing the filter, best first."""
+        vector = (await asyncio.to_thread(self.embedder.encode, [query]))[0]
+        model, vectors = self.model_name, self.sql.vectors
         if self.in_vault:
-            vector = (await asyncio.to_thread(self.embedder.encode, [query]))[0]
-            model = self.model_name
-            return await self.db.read(lambda conn: self.sql.vectors.nearest(conn, model, vector, f, now, limit))
-        # Embedding, scoring and picking the candidates all happen off the event loop.
-        seqs, scores, nearest = await asyncio.to_thread(self._score, query, limit * _CANDIDATES_PER_HIT)
-        if not len(seqs):
-            return []
-        vectors, model = self.sql.vectors, self.model_name
+            return await self.db.read(lambda conn: vectors.nearest(conn, model, vector, f, now, limit))
+        tagged = await self.db.read(lambda conn: vectors.tagged(conn, f.tags)) if f.tags else None
+        nearest, admitted = await self.keeper.nearest(vector, f, limit + _SLACK, tagged)
         found = await self.db.read(lambda conn: vectors.best(conn, model, nearest, f, now, limit))
-        if len(found) >= limit or len(nearest) == len(seqs):
+        if len(found) >= limit or len(nearest) >= admitted:
             return found
-        admitted = await self.db.read(lambda conn: vectors.admitted(conn, f, now))
-        keep = np.isin(seqs, np.asarray(admitted, dtype=np.int64))
-        nearest = top(seqs[keep], scores[keep], limit)
+        # Too many of the nearest failed a condition only SQL knows: search just the cubes SQL admits.
+        allowed = await self.db.read(lambda conn: vectors.admitted(conn, f, now))
+        nearest, _ = await self.keeper.nearest(vector, f, limit, allowed)
         return await self.db.read(lambda conn: vectors.best(conn, model, nearest, f, now, limit))
 
 

@@ -52,7 +52,7 @@ class MemVault:
         # audit(conn, agent, action, target, **fields) records a write inside its own transaction.
         self._audit = audit or (lambda conn, agent, action, target, **fields: None)
         self._tokens: PageTokens | None = None  # read (or made) by start() or the first List
-        self.dense = DenseSearch(self.db, embedder) if embedder is not None else None
+        self.dense = DenseSearch(self.db, embedder, self.data_dir) if embedder is not None else None
         self.fulltext = FullText()
         # Access metrics are counted in memory and flushed in batches (MemLifecycle), never on a read's path.
         self._access: dict[str, list] = {}

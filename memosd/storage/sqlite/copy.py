@@ -25,6 +25,7 @@ DB_NAME = "memos.db"
 # tables (cubes_fts, sqlite-utils' _sqlite_migrations) are not here: the target builds its own. settings comes
 # last: a target holds the source's daemon id only once everything else is in. members is not here: it
 # lists the daemons serving a vault, and the source's is stopped.
+# vector_log is not here either: it serves the embedded daemon's saved HNSW index (memosd/vault/keeper.py).
 TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("agents", ("name",)),
     ("policies", ("id",)),

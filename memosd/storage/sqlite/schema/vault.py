@@ -222,3 +222,14 @@ def m0009_search_fields(db: Database) -> None:
     )
     db.execute(f"INSERT INTO cubes_fts(rowid, text, context, meta) SELECT {values('cubes')} FROM cubes"
                " WHERE text IS NOT NULL ORDER BY seq")
+
+
+@migrations()
+def m0010_vector_log(db: Database) -> None:
+    # Every change to a cube's stored vector, in commit order: what the daemon's saved HNSW index (which
+    # records the last rev it covers) replays at start to come up to date without reading every vector.
+    # Rows the saved index already covers are trimmed after each save.
+    db.execute("CREATE TABLE vector_log (rev INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER NOT NULL)")
+    for event, row in (("INSERT", "new"), ("UPDATE", "new"), ("DELETE", "old")):
+        db.execute(f"CREATE TRIGGER embeddings_log_{event.lower()} AFTER {event} ON embeddings BEGIN"
+                   f" INSERT INTO vector_log (seq) VALUES ({row}.seq); END")
