@@ -46,7 +46,7 @@ class IndexKeeper:
 
     async def start(self) -> None:
         loaded = await asyncio.to_thread(ann_file.load, self.folder, self.model, self.dim) if self.folder else None
-        head = await self.db.read(self.sql.vectors.log_head)
+        head = await self.db.read(self.sql.vector_index.log_head)
         if loaded is not None and loaded[1] > head:
             # Saved after changes this vault never had (a restored backup): it cannot be caught up.
             log.warning("saved dense index is newer than the vault: rebuilding it")
@@ -75,7 +75,7 @@ class IndexKeeper:
         async with self._sync_lock:
             also = sorted(self._pending)
             rev, model, dim = self.rev, self.model, self.dim
-            head, present, gone = await self.db.read(lambda conn: self.sql.vectors.changed(conn, model, dim, rev, also))
+            head, present, gone = await self.db.read(lambda conn: self.sql.vector_index.changed(conn, model, dim, rev, also))
             if present or gone:
                 await asyncio.to_thread(_apply, self.index, present, gone)
             self._pending.difference_update(also)
@@ -96,7 +96,7 @@ class IndexKeeper:
         assert self.folder is not None
         rev = self.rev
         await asyncio.to_thread(ann_file.save, self.index, self.folder, self.model, rev)
-        await self.db.write(lambda conn: self.sql.vectors.trim_log(conn, rev))
+        await self.db.write(lambda conn: self.sql.vector_index.trim_log(conn, rev))
         self._unsaved = 0
         self._saved_at = time.monotonic()
 
@@ -104,12 +104,12 @@ class IndexKeeper:
         """A new index from every vector the vault holds for the model, covering the log's head read first:
         pages read later may hold newer changes, which the log replays again (applying a change is idempotent)."""
         model, dim = self.model, self.dim
-        head = await self.db.read(self.sql.vectors.log_head)
+        head = await self.db.read(self.sql.vector_index.log_head)
         fresh = AnnIndex(dim)
         after = 0
         started = time.monotonic()
         while True:
-            page = await self.db.read(lambda conn, after=after: self.sql.vectors.page(conn, model, dim, after, _PAGE))
+            page = await self.db.read(lambda conn, after=after: self.sql.vector_index.page(conn, model, dim, after, _PAGE))
             if not page:
                 break
             await asyncio.to_thread(_apply, fresh, page, [])

@@ -133,7 +133,7 @@ class DenseSearch:
         model, vectors = self.model_name, self.sql.vectors
         if self.in_vault:
             return await self.db.read(lambda conn: vectors.nearest(conn, model, vector, f, now, limit))
-        tagged = await self.db.read(lambda conn: vectors.tagged(conn, f.tags)) if f.tags else None
+        tagged = await self.db.read(lambda conn: self.sql.vector_index.tagged(conn, f.tags)) if f.tags else None
         nearest, admitted = await self.keeper.nearest(vector, f, limit + _SLACK, tagged)
         found = await self.db.read(lambda conn: vectors.best(conn, model, nearest, f, now, limit))
         if len(found) >= limit or len(nearest) >= admitted:
