@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from memos_client import InvalidArgument, MemosClient
+from memos_client import FailedPrecondition, InvalidArgument, MemosClient
 from memos_client.addresses import parse_addresses, resolve_targets
 from memos_client.cli.app import main
 from memos_client.failover import BY_PUBLISH_ID, IDEMPOTENT, NOT_REPLAYABLE, READS, STREAMS, replayable
@@ -81,3 +83,23 @@ def test_a_publish_is_sent_again_only_with_a_publish_id():
     assert not replayable("Publish", store_pb2.PublishRequest(topic="t", cube_id="c"))
     assert not replayable("Put", vault_pb2.PutRequest())
     assert replayable("Get", vault_pb2.GetRequest(id="x")) and replayable("Delete", vault_pb2.DeleteRequest(id="x"))
+
+
+def test_a_closed_client_refuses_calls_with_a_clear_error(daemon, aclient_factory):
+    """gRPC crashed the whole process (a segfault) on a call through a closed channel: a README block once
+    called a client after its `with` block had closed it."""
+    client = MemosClient(daemon.address, key=daemon.admin_key)
+    client.put("before the close", "agents/admin/closed")
+    client.close()
+    with pytest.raises(FailedPrecondition, match="this client was closed"):
+        client.put("after the close", "agents/admin/closed")
+    with pytest.raises(FailedPrecondition, match="this client was closed"):
+        list(client.subscribe("agents/admin/closed-topic"))
+
+    async def closed_async():
+        aclient = aclient_factory()
+        await aclient.close()
+        with pytest.raises(FailedPrecondition, match="this client was closed"):
+            await aclient.put("after the close", "agents/admin/closed")
+
+    asyncio.run(closed_async())

@@ -25,7 +25,7 @@ class AsyncMemosClient(AsyncSteps, ClientMethods):
 
     async def close(self) -> None:
         """Close the channels; calls in progress end."""
-        for channel in self._members.channels():
+        for channel in self._members.close():
             await channel.close()
 
     async def __aenter__(self) -> AsyncMemosClient:

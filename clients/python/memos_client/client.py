@@ -351,7 +351,7 @@ class MemosClient(SyncSteps, ClientMethods):
 
     def close(self) -> None:
         """Close the channels; calls in progress end."""
-        for channel in self._members.channels():
+        for channel in self._members.close():
             channel.close()
 
     def __enter__(self) -> MemosClient:

@@ -15,7 +15,9 @@ import threading
 
 import grpc
 
-from memos_client.errors import MemosError, OutcomeUnknown, Unauthenticated, Unavailable, from_rpc_error
+from memos_client.errors import (
+    FailedPrecondition, MemosError, OutcomeUnknown, Unauthenticated, Unavailable, from_rpc_error,
+)
 
 READS = frozenset({
     "Get", "List", "Search", "History", "Status", "WhoAmI", "ListAgents", "ListPolicies", "GetPolicy", "ListAudit",
@@ -91,6 +93,7 @@ class Members:
         self.all = [Member(t, self) for t in targets]
         self._at = 0
         self._services: dict = {}
+        self.closed = False  # set by the client's close(): gRPC may crash the process on a closed channel's call
 
     def service(self, factory) -> Service:
         """The service of stub class `factory`, called at whichever daemon is in use."""
@@ -117,6 +120,11 @@ class Members:
     def channels(self) -> list:
         return [m.channel for m in self.all if m.channel is not None]
 
+    def close(self) -> list:
+        """No call after this; the channels to close."""
+        self.closed = True
+        return self.channels()
+
 
 class Service:
     """A gRPC service whose RPCs are called at the client's daemon in use (`stub.Get(...)`), or at a given
@@ -138,6 +146,9 @@ class Rpc:
         self.service, self.name = service, name
 
     def at(self, member: Member):
+        if self.service._members.closed:
+            raise FailedPrecondition(f"this client was closed; {self.name} needs a new one (or the call inside"
+                                     " its `with` block)")
         return getattr(member.stub(self.service._factory, self.service._factory), self.name)
 
     def __call__(self, *args, **kwargs):
