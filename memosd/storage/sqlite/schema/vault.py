@@ -182,7 +182,9 @@ def m0008_job_leases(db: Database) -> None:
 
 # The full-text index's fields beside the text (m0009): the search context a writer gave with the cube, and the
 # string values of its metadata's top-level keys (speaker, date, title, ...), as SQL over a cubes row `r`.
-_META_TEXT = "(SELECT group_concat(value, ' ') FROM json_each({r}.metadata) WHERE type = 'text')"
+# A row whose metadata is not JSON (a hand edit, an older daemon's damage) indexes none rather than failing its write.
+_META_TEXT = ("(SELECT group_concat(value, ' ') FROM json_each(CASE WHEN json_valid({r}.metadata) THEN {r}.metadata"
+              " ELSE '{{}}' END) WHERE type = 'text')")
 
 
 @migrations()
