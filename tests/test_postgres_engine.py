@@ -139,23 +139,15 @@ def test_a_snapshot_keeps_seeing_what_was_committed_when_it_began(postgres_url):
 
 # -- concurrent writers ----------------------------------------------------------------------------
 
-def test_concurrent_writers_in_two_daemons_keep_topic_seqs_gap_free_and_the_audit_chain_intact(postgres_url):
+def _write_from_two_daemons(postgres_url, job_for, jobs_per_thread: int, threads_per_daemon: int = 4):
+    """job_for(db, n) written by threads_per_daemon threads on each of two Databases at once, jobs_per_thread
+    each (n = thread * 1000 + i), all in flight together; returns both Databases, still open."""
     daemons = [Database(postgres_url, create=False, pool_size=4) for _ in range(2)]
-    topics, per_thread, threads_per_daemon = ("news", "ops", "fresh/one"), 15, 4
     errors: list[BaseException] = []
-
-    def publish(db, n, topic):
-        def job(conn):
-            seq = db.sql.events.append_event(conn, topic, int(EventKind.PUBLISHED), f"c{n}", 1, "alice", float(n),
-                                             None, max_age=0.0, max_events=0)
-            db.sql.audit.append(conn, float(n), "alice", "store.publish", topic, "allow", audit.detail(seq=seq))
-            return seq
-        return job
 
     def writer(db, w):
         async def go():
-            await asyncio.gather(*(db.write(publish(db, w * 1000 + i, topics[(w + i) % len(topics)]))
-                                   for i in range(per_thread)))
+            await asyncio.gather(*(db.write(job_for(db, w * 1000 + i)) for i in range(jobs_per_thread)))
         try:
             _run(go())
         except BaseException as exc:  # noqa: BLE001 - reported below
@@ -163,23 +155,47 @@ def test_concurrent_writers_in_two_daemons_keep_topic_seqs_gap_free_and_the_audi
 
     threads = [threading.Thread(target=writer, args=(db, d * threads_per_daemon + t))
                for d, db in enumerate(daemons) for t in range(threads_per_daemon)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        for d in daemons:
+            d.close()
+    assert errors == []
+    return daemons
+
+
+def _gap_free_topics_and_intact_chain(db, topics) -> int:
+    """Each topic's seqs 1..n with its last_seq n, the audit chain verified over every event; the events' count."""
+    total = 0
+    for topic in topics:
+        seqs = [r[0] for r in _run(db.read(lambda conn, t=topic: db.sql.events.events_after(conn, t, 0, 10_000)))]
+        assert seqs == list(range(1, len(seqs) + 1)), f"{topic}: {seqs}"
+        assert _run(db.read(lambda conn, t=topic: db.sql.events.topics(conn, None)[t].last_seq)) == len(seqs)
+        total += len(seqs)
+    ok, checked, bad, reason = _run(db.read(lambda conn: audit.verify(db.sql.audit.entries(conn),
+                                                                    db.sql.audit.head(conn))))
+    assert (ok, checked, reason) == (True, total, "")
+    return total
+
+
+def test_concurrent_writers_in_two_daemons_keep_topic_seqs_gap_free_and_the_audit_chain_intact(postgres_url):
+    topics, per_thread, threads_per_daemon = ("news", "ops", "fresh/one"), 15, 4
+
+    def publish(db, n):
+        topic = topics[(n // 1000 + n % 1000) % len(topics)]  # thread w's i-th write: topic (w + i)
+
+        def job(conn):
+            seq = db.sql.events.append_event(conn, topic, int(EventKind.PUBLISHED), f"c{n}", 1, "alice", float(n),
+                                             None, max_age=0.0, max_events=0)
+            db.sql.audit.append(conn, float(n), "alice", "store.publish", topic, "allow", audit.detail(seq=seq))
+            return seq
+        return job
+
+    daemons = _write_from_two_daemons(postgres_url, publish, per_thread, threads_per_daemon)
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
-        db = daemons[0]
-        total = 0
-        for topic in topics:
-            seqs = [r[0] for r in _run(db.read(lambda conn, t=topic: db.sql.events.events_after(conn, t, 0, 10_000)))]
-            assert seqs == list(range(1, len(seqs) + 1)), f"{topic}: {seqs}"
-            assert _run(db.read(lambda conn, t=topic: db.sql.events.topics(conn, None)[t].last_seq)) == len(seqs)
-            total += len(seqs)
-        assert total == 2 * threads_per_daemon * per_thread
-        ok, checked, bad, reason = _run(db.read(lambda conn: audit.verify(db.sql.audit.entries(conn),
-                                                                        db.sql.audit.head(conn))))
-        assert (ok, checked, reason) == (True, total, "")
+        assert _gap_free_topics_and_intact_chain(daemons[0], topics) == 2 * threads_per_daemon * per_thread
     finally:
         for d in daemons:
             d.close()
@@ -188,9 +204,7 @@ def test_concurrent_writers_in_two_daemons_keep_topic_seqs_gap_free_and_the_audi
 def test_groups_of_events_from_two_daemons_at_once_keep_topic_seqs_gap_free_and_the_audit_chain_intact(postgres_url):
     # As MemStore's group commit writes them: topics locked in name order, each topic's events in one statement,
     # the group's audit entries together.
-    daemons = [Database(postgres_url, create=False, pool_size=4) for _ in range(2)]
     topics, groups_per_thread, threads_per_daemon = ("news", "ops", "fresh/one"), 6, 4
-    errors: list[BaseException] = []
 
     def group(db, n):
         def job(conn):
@@ -206,35 +220,11 @@ def test_groups_of_events_from_two_daemons_at_once_keep_topic_seqs_gap_free_and_
             return written
         return job
 
-    def writer(db, w):
-        async def go():
-            return await asyncio.gather(*(db.write(group(db, w * 1000 + i)) for i in range(groups_per_thread)))
-        try:
-            _run(go())
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=writer, args=(db, d * threads_per_daemon + t))
-               for d, db in enumerate(daemons) for t in range(threads_per_daemon)]
+    daemons = _write_from_two_daemons(postgres_url, group, groups_per_thread, threads_per_daemon)
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
-        db = daemons[0]
-        total = 0
-        for topic in topics:
-            seqs = [r[0] for r in _run(db.read(lambda conn, t=topic: db.sql.events.events_after(conn, t, 0, 10_000)))]
-            assert seqs == list(range(1, len(seqs) + 1)), f"{topic}: {seqs}"
-            assert _run(db.read(lambda conn, t=topic: db.sql.events.topics(conn, None)[t].last_seq)) == len(seqs)
-            total += len(seqs)
         expected = sum(len({topics[(n + k) % 3] for k in range(1 + n % 3)}) * (1 + n % 4)
                        for w in range(2 * threads_per_daemon) for n in range(w * 1000, w * 1000 + groups_per_thread))
-        assert total == expected
-        ok, checked, bad, reason = _run(db.read(lambda conn: audit.verify(db.sql.audit.entries(conn),
-                                                                        db.sql.audit.head(conn))))
-        assert (ok, checked, reason) == (True, total, "")
+        assert _gap_free_topics_and_intact_chain(daemons[0], topics) == expected
     finally:
         for d in daemons:
             d.close()
