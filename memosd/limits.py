@@ -96,14 +96,19 @@ def check_no_nul(value: str, what: str) -> str:
     return value
 
 
+def _utf8_size(value: str, what: str) -> int:
+    """The UTF-8 size of a text field without NUL; InvalidArgument naming the field otherwise."""
+    check_no_nul(value, what)
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(f"{what} is not valid UTF-8 (at character {exc.start})") from None
+
+
 def check_text(text: str, limits: Limits) -> str:
     if not text or not text.strip():
         raise InvalidArgument("text is empty; a plaintext cube needs some text")
-    check_no_nul(text, "text")
-    try:
-        size = len(text.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidArgument(f"text is not valid UTF-8 (at character {exc.start})") from None
+    size = _utf8_size(text, "text")
     if size > limits.max_text_bytes:
         raise InvalidArgument(
             f"text is {size} bytes; the limit is {limits.max_text_bytes} (max_text_bytes in the config)."
@@ -116,11 +121,7 @@ def check_context(context: str, limits: Limits) -> str:
     """A cube's search context: optional, valid UTF-8 without NUL, within max_context_bytes."""
     if not context:
         return ""
-    check_no_nul(context, "context")
-    try:
-        size = len(context.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise InvalidArgument(f"context is not valid UTF-8 ({exc.reason} at character {exc.start})") from None
+    size = _utf8_size(context, "context")
     if size > limits.max_context_bytes:
         raise InvalidArgument(f"context is {size} bytes; the limit is {limits.max_context_bytes}"
                               " (max_context_bytes in the config). Keep it to the few neighbouring turns or a header")
