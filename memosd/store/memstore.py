@@ -143,10 +143,7 @@ class MemStore:
         for record, share in committed:
             if record is None:
                 continue  # a duplicate: nothing new
-            if share is None:
-                self._shares.drop(record.cube_id, record.topic)
-            else:
-                self._shares.add(record.cube_id, share)
+            self._shares.apply(record.cube_id, record.topic, share)
             records.append(record)
         if records:
             self._on_commit(records)

@@ -1,0 +1,72 @@
+"""Lineage as a caller may see and claim it: a cube's derived_from names only source cubes the caller may read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from memosd.cube import MemCube
+from memosd.errors import NotFound, PermissionDenied
+from memosd.storage import Conn
+from memosd.vault import rows
+
+# may_read(source) -> bool, from governance (None: the caller reads everything, the admin).
+Reader = Callable[[MemCube], bool] | None
+
+
+def from_guard(guard) -> Reader:
+    """A read guard (raising PermissionDenied, or its Hidden, for a cube the caller may not read) as a Reader."""
+    if guard is None:
+        return None
+
+    def may_read(cube: MemCube) -> bool:
+        try:
+            guard(cube)
+        except PermissionDenied:
+            return False
+        return True
+
+    return may_read
+
+
+def _sources(sql, conn: Conn, ids: Iterable[str]) -> dict[str, MemCube]:
+    """The current rows (tombstones included: History still shows them to their readers) of these ids."""
+    found = {}
+    for cube_id in ids:
+        row = sql.cubes.current_row(conn, cube_id)
+        if row is not None:
+            found[cube_id] = rows.to_cube(row)
+    return found
+
+
+def narrow(sql, conn: Conn, cubes: list[MemCube], may_read: Reader) -> list[MemCube]:
+    """The cubes with derived_from narrowed to the sources may_read allows: an id (and the creation time its
+    ULID carries) of a cube the caller may not read, or of none at all, is not the caller's to learn."""
+    if may_read is None:
+        return cubes
+    wanted = sorted({i for c in cubes for i in c.derived_from})
+    if not wanted:
+        return cubes
+    allowed = {i for i, source in _sources(sql, conn, wanted).items() if may_read(source)}
+    return [c if allowed.issuperset(c.derived_from) else
+            replace(c, derived_from=tuple(i for i in c.derived_from if i in allowed)) for c in cubes]
+
+
+async def shown(db, cubes: list[MemCube], may_read: Reader) -> list[MemCube]:
+    """narrow() in a read of its own (none when no cube has lineage)."""
+    if may_read is None or not any(c.derived_from for c in cubes):
+        return cubes
+    return await db.read(lambda conn: narrow(db.sql, conn, cubes, may_read))
+
+
+async def check_claimed(db, derived_from: tuple[str, ...], guard) -> None:
+    """A writer may name as sources only cubes it may read: an id of any other, or of none, is refused with the
+    same words (so the refusal tells nothing), and never credited to its cube (MemScheduler's plans count it)."""
+    may_read = from_guard(guard)
+    if may_read is None or not derived_from:
+        return
+    found = await db.read(lambda conn: _sources(db.sql, conn, derived_from))
+    for cube_id in derived_from:
+        source = found.get(cube_id)
+        if source is None or not may_read(source):
+            raise NotFound(f"derived_from: no cube with id {cube_id}")
