@@ -68,7 +68,7 @@ def test_derived_from_names_only_the_sources_the_reader_may_read(agents, client,
 
 def test_a_subscriber_sees_only_the_sources_it_may_read(agents, client):
     alice, bob, _, _ = agents
-    client.grant("agent:alice", ["read", "write", "share", "publish"], [f"{SHARED}/**"])
+    client.grant("agent:alice", ["read", "write", "share", "publish", "subscribe"], [f"{SHARED}/**"])
     client.grant("agent:bob", ["read", "subscribe"], [f"{SHARED}/**"])
     secret = alice.put("alice's private source", "agents/alice/private")
     kv = put_kv(alice, [1, 2, 3], f"{SHARED}/kv", derived_from=[secret.id])

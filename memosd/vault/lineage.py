@@ -29,7 +29,7 @@ def from_guard(guard) -> Reader:
     return may_read
 
 
-def _sources(sql, conn: Conn, ids: Iterable[str]) -> dict[str, MemCube]:
+def sources(sql, conn: Conn, ids: Iterable[str]) -> dict[str, MemCube]:
     """The current rows (tombstones included: History still shows them to their readers) of these ids."""
     found = {}
     for cube_id in ids:
@@ -47,9 +47,18 @@ def narrow(sql, conn: Conn, cubes: list[MemCube], may_read: Reader) -> list[MemC
     wanted = sorted({i for c in cubes for i in c.derived_from})
     if not wanted:
         return cubes
-    allowed = {i for i, source in _sources(sql, conn, wanted).items() if may_read(source)}
-    return [c if allowed.issuperset(c.derived_from) else
-            replace(c, derived_from=tuple(i for i in c.derived_from if i in allowed)) for c in cubes]
+    known = sources(sql, conn, wanted)
+    return [narrow_known(c, known, may_read) for c in cubes]
+
+
+def narrow_known(cube: MemCube, known: dict[str, MemCube] | None, may_read: Reader) -> MemCube:
+    """narrow() of one cube with its sources looked up already (known: sources() of its derived_from; None,
+    or an id missing from it, shows no source); the cube itself when nothing is narrowed away."""
+    if may_read is None or not cube.derived_from:
+        return cube
+    known = known or {}
+    shown = tuple(i for i in cube.derived_from if i in known and may_read(known[i]))
+    return cube if len(shown) == len(cube.derived_from) else replace(cube, derived_from=shown)
 
 
 async def shown(db, cubes: list[MemCube], may_read: Reader) -> list[MemCube]:
@@ -65,7 +74,7 @@ async def check_claimed(db, derived_from: tuple[str, ...], guard) -> None:
     may_read = from_guard(guard)
     if may_read is None or not derived_from:
         return
-    found = await db.read(lambda conn: _sources(db.sql, conn, derived_from))
+    found = await db.read(lambda conn: sources(db.sql, conn, derived_from))
     for cube_id in derived_from:
         source = found.get(cube_id)
         if source is None or not may_read(source):
