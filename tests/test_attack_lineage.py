@@ -8,7 +8,7 @@ import tarfile
 
 import pytest
 
-from memos_client import Kind, MemosClient, NotFound
+from memos_client import AlreadyExists, Kind, MemosClient, NotFound
 from memos_client.models import Event, EventKind
 from tests.existence import answer, assert_hidden
 from tests.kv_helpers import FINGERPRINT, put_kv
@@ -140,3 +140,22 @@ def test_a_sharer_ends_no_other_publishers_share(agents, client):
     assert_hidden(dave.get, cube.id)
     with pytest.raises(NotFound, match="not published"):
         bob.retract(topic, cube.id)
+
+
+def test_a_publish_id_is_its_publishers_alone(agents, client):
+    alice, bob, carol, dave = agents
+    topic = "teams/feed"
+    for name in ("bob", "carol"):
+        client.grant(f"agent:{name}", ["publish"], [topic])
+    client.grant("agent:dave", ["subscribe"], [topic])
+    mine = bob.put("bob's daily digest", "agents/bob/digests")
+    hers = carol.put("carol's daily digest", "agents/carol/digests")
+    # carol publishes first under the id bob's client uses: his publish is not hers to swallow.
+    assert carol.publish(topic, hers.id, publish_id="daily-digest") == (1, False)
+    with pytest.raises(AlreadyExists, match="another publisher's"):
+        bob.publish(topic, mine.id, publish_id="daily-digest")
+    assert bob.publish(topic, mine.id, publish_id="bob-daily-digest") == (2, False)
+    assert bob.publish(topic, mine.id, publish_id="bob-daily-digest") == (2, True)  # his own id is still his
+    assert carol.publish(topic, hers.id, publish_id="daily-digest") == (1, True)
+    assert dave.get(mine.id).text == "bob's daily digest"
+    assert [e.cube_id for e in collect(dave.subscribe(topic, resume_for=0), 2) if isinstance(e, Event)] == [hers.id, mine.id]

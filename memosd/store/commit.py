@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from memosd.cube import MemCube
-from memosd.errors import Hidden, MemosError, NotFound, PermissionDenied
+from memosd.errors import AlreadyExists, Hidden, MemosError, NotFound, PermissionDenied
 from memosd.governance import Principal
 from memosd.governance.policy import Share
 from memosd.storage import Conn
@@ -129,8 +129,12 @@ def _check(store: MemStore, conn: Conn, p: Principal, job: PublishJob, seen: _Se
     found = seen.published.get((topic, job.publish_id)) if job.publish_id else None
     if found is not None:
         first_publisher = found.p.name if isinstance(found, _Event) else found[1]
-        if job.may_publish or first_publisher == p.name:
+        if first_publisher == p.name:
             return _Again(found) if isinstance(found, _Event) else (found[0], True, None, None)
+        if job.may_publish:
+            # Another publisher's id is not p's: answered as p's duplicate, p's publish would be dropped unseen
+            # (an agent that publishes first under a guessed id would silence another's publishes).
+            raise AlreadyExists(f"the publish_id is another publisher's on {topic}; publish under an id of your own")
     cube = seen.cubes.get(cube_id)
     if cube is None:
         raise NotFound(f"no cube with id {cube_id} to publish")
