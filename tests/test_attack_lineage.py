@@ -3,6 +3,7 @@ it, and whose shares a retraction ends."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 
@@ -159,3 +160,25 @@ def test_a_publish_id_is_its_publishers_alone(agents, client):
     assert carol.publish(topic, hers.id, publish_id="daily-digest") == (1, True)
     assert dave.get(mine.id).text == "bob's daily digest"
     assert [e.cube_id for e in collect(dave.subscribe(topic, resume_for=0), 2) if isinstance(e, Event)] == [hers.id, mine.id]
+
+
+def test_an_import_claims_no_lineage_its_importer_may_not_read(agents, client, tmp_path):
+    _, bob, carol, _ = agents
+    client.grant("agent:bob", ["read", "write"], [f"{SHARED}/**"])
+    client.grant("agent:carol", ["read"], [f"{SHARED}/**"])
+    hers = carol.put("carol's notes about the paris train", "agents/carol/notes")
+    put_kv(bob, [1, 2, 3], "agents/bob/kv")
+    out = tmp_path / "bundle"
+    bob.export(out, "agents/bob/kv")
+    (record,) = [json.loads(line) for line in (out / "cubes.jsonl").read_text().splitlines()]
+    data = (json.dumps({**record, "derived_from": [hers.id]}) + "\n").encode()  # the bundle is bob's to write
+    (out / "cubes.jsonl").write_bytes(data)
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == "cubes.jsonl":
+            entry.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert bob.import_bundle(out, f"{SHARED}/kv").tensors == 1
+    (imported,) = client.list(SHARED, kinds=[Kind.ACTIVATION])
+    assert imported.derived_from == []  # not kept: bob may not read carol's note
+    assert carol.plan("paris train", model_fingerprint=FINGERPRINT).activation is None

@@ -68,6 +68,12 @@ async def shown(db, cubes: list[MemCube], may_read: Reader) -> list[MemCube]:
     return await db.read(lambda conn: narrow(db.sql, conn, cubes, may_read))
 
 
+async def claimable(db, cubes: list[MemCube], may_read: Reader) -> list[MemCube]:
+    """Imported cubes with derived_from narrowed to the sources their importer may read: a bundle's lineage may
+    point outside it, and is kept as far as it names cubes here that the importer reads, never further."""
+    return await shown(db, cubes, may_read)
+
+
 async def check_claimed(db, derived_from: tuple[str, ...], guard) -> None:
     """A writer may name as sources only cubes it may read: an id of any other, or of none, is refused with the
     same words (so the refusal tells nothing), and never credited to its cube (MemScheduler's plans count it)."""
