@@ -65,6 +65,11 @@ def test_derived_from_names_only_the_sources_the_reader_may_read(agents, client,
     }
     assert seen == {path: [public.id] for path in seen}, seen
     assert client.get(kv.id).derived_from == [secret.id, public.id]  # the admin reads everything
+    # A deleted source a reader may read stays in the lineage (History still shows it); an unreadable one never shows.
+    client.delete(public.id)
+    alice.delete(secret.id)
+    assert bob.get(kv.id).derived_from == [public.id]
+    assert alice.get(kv.id).derived_from == [secret.id, public.id]
 
 
 def test_a_subscriber_sees_only_the_sources_it_may_read(agents, client):

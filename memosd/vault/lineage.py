@@ -31,11 +31,13 @@ def from_guard(guard) -> Reader:
 
 def sources(sql, conn: Conn, ids: Iterable[str]) -> dict[str, MemCube]:
     """The current rows (tombstones included: History still shows them to their readers) of these ids."""
-    found = {}
-    for cube_id in ids:
-        row = sql.cubes.current_row(conn, cube_id)
-        if row is not None:
-            found[cube_id] = rows.to_cube(row)
+    wanted = list(dict.fromkeys(ids))
+    found = sql.cubes.current_cubes(conn, wanted)  # few queries for the live ones; then one each for the rest
+    for cube_id in wanted:
+        if cube_id not in found:
+            row = sql.cubes.current_row(conn, cube_id)
+            if row is not None:
+                found[cube_id] = rows.to_cube(row)
     return found
 
 
