@@ -11,6 +11,7 @@ from memosd.governance import Principal
 from memosd.governance.policy import Share
 from memosd.storage import Conn
 from memosd.store import shares
+from memosd.vault import lineage
 
 if TYPE_CHECKING:
     from memosd.store.memstore import MemStore
@@ -82,7 +83,7 @@ def commit(store: MemStore, conn: Conn, entries: list[tuple[Principal, PublishJo
     (with stop_at_refusal, none after the first refusal). Every refusal is raised before its publish writes anything,
     so a refused publish leaves the others' writes whole; a publish id repeated in the transaction is a duplicate
     of its first publish there, as it would be of one committed before."""
-    from memosd.store.memstore import EventKind, EventRecord, with_sources
+    from memosd.store.memstore import EventKind, EventRecord
 
     seen = _Seen(store, conn, [job for _, job in entries])
     checked: list[_Event | _Again | MemosError | tuple] = []
@@ -117,7 +118,7 @@ def commit(store: MemStore, conn: Conn, entries: list[tuple[Principal, PublishJo
             outcomes.append((c.first.seq, True, None, None))
         else:
             outcomes.append(c)
-    with_sources(store.sql, conn, [o[2] for o in outcomes if isinstance(o, tuple) and o[2] is not None])
+    lineage.with_sources(store.sql, conn, [o[2] for o in outcomes if isinstance(o, tuple) and o[2] is not None])
     return outcomes
 
 

@@ -226,7 +226,7 @@ class MemStore:
             found = self.sql.events.events_after(conn, topic, after, limit)
             if horizon is not None:
                 found = [f for f in found if f[0] <= horizon]
-            return with_sources(self.sql, conn, [
+            return lineage.with_sources(self.sql, conn, [
                 EventRecord(topic, seq, EventKind(kind), cube_id, version, publisher, ts,
                             None if kind == EventKind.RETRACTED else self.sql.cubes.cube_at_version(conn, cube_id, version, now))
                 for seq, kind, cube_id, version, publisher, ts in found])
@@ -485,17 +485,6 @@ class _Stream:
 
     def _positions(self) -> dict[str, int]:
         return dict(self.delivered)
-
-
-def with_sources(sql, conn: Conn, records: list[EventRecord]) -> list[EventRecord]:
-    """The records, each cube's sources looked up (in conn) for view()."""
-    wanted = sorted({i for r in records if r.cube is not None for i in r.cube.derived_from})
-    if wanted:
-        known = lineage.sources(sql, conn, wanted)
-        for r in records:
-            if r.cube is not None and r.cube.derived_from:
-                r.sources = {i: known[i] for i in r.cube.derived_from if i in known}
-    return records
 
 
 def _parse_pattern(text: str) -> Pattern:

@@ -53,6 +53,18 @@ def narrow(sql, conn: Conn, cubes: list[MemCube], may_read: Reader) -> list[MemC
     return [narrow_known(c, known, may_read) for c in cubes]
 
 
+def with_sources(sql, conn: Conn, records: list) -> list:
+    """The records (MemStore's events: .cube and .sources), each cube's sources looked up in conn, so that each
+    subscriber is shown those it may read (narrow_known) without a read of its own."""
+    wanted = sorted({i for r in records if r.cube is not None for i in r.cube.derived_from})
+    if wanted:
+        known = sources(sql, conn, wanted)
+        for r in records:
+            if r.cube is not None and r.cube.derived_from:
+                r.sources = {i: known[i] for i in r.cube.derived_from if i in known}
+    return records
+
+
 def narrow_known(cube: MemCube, known: dict[str, MemCube] | None, may_read: Reader) -> MemCube:
     """narrow() of one cube with its sources looked up already (known: sources() of its derived_from; None,
     or an id missing from it, shows no source); the cube itself when nothing is narrowed away."""
