@@ -10,6 +10,7 @@ import tarfile
 import pytest
 
 from memos_client import AlreadyExists, Kind, MemosClient, NotFound
+from memos_client.cli import main
 from memos_client.models import Event, EventKind
 from tests.existence import answer, assert_hidden
 from tests.kv_helpers import FINGERPRINT, put_kv
@@ -187,3 +188,16 @@ def test_an_import_claims_no_lineage_its_importer_may_not_read(agents, client, t
     (imported,) = client.list(SHARED, kinds=[Kind.ACTIVATION])
     assert imported.derived_from == []  # not kept: bob may not read carol's note
     assert carol.plan("paris train", model_fingerprint=FINGERPRINT).activation is None
+
+
+def test_memosctl_get_shows_only_the_sources_its_caller_may_read(agents, client, daemon, tmp_path, capsys):
+    alice, _, _, _ = agents
+    client.grant("agent:alice", ["read", "write"], [f"{SHARED}/**"])
+    client.grant("agent:bob", ["read"], [f"{SHARED}/**"])
+    secret = alice.put("alice's private source", "agents/alice/private")
+    public = alice.put("a source bob reads too", f"{SHARED}/notes")
+    kv = put_kv(alice, [1, 2, 3], f"{SHARED}/kv", derived_from=[secret.id, public.id])
+    for args in (("get", kv.id), ("get", kv.id, "--json")):
+        assert main(["--addr", daemon.address, "--key", str(tmp_path / "bob.key"), *args]) == 0
+        out = capsys.readouterr().out
+        assert public.id in out and secret.id not in out, out
