@@ -102,6 +102,8 @@ class CubeFilter:
     # Set by governance: what the caller may read (None: everything) and, for owner-only cubes, who asks.
     scope: tuple | None = None
     viewer: str | None = None
+    # reader(cube) -> whether the caller may read it: a result's derived_from names only such sources.
+    reader: Any = field(default=None, compare=False, repr=False)
 
 
 class SearchMode(enum.IntEnum):

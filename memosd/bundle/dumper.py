@@ -29,7 +29,7 @@ from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import FailedPrecondition, NotFound
 from memosd.storage.objects.copies import RemoteCopies
 from memosd.storage.sqlite.backup import blob_index  # the file blob store's index, as backups read it
-from memosd.vault import rows
+from memosd.vault import lineage, rows
 
 CHUNK_BYTES = 1 << 20
 
@@ -103,7 +103,8 @@ def _dump_cubes(spool, db, data_dir: Path, f: CubeFilter, summary: ExportSummary
     blobs: dict[str, Path] | None = None
     with db.snapshot() as conn:
         for row in db.sql.export.cube_rows(conn, f, clock()):
-            cube = rows.to_cube(rows.row_dict(row), clock())
+            # Its lineage as the exporter may see it (f.reader): the bundle is the exporter's to read.
+            (cube,) = lineage.narrow(db.sql, conn, [rows.to_cube(rows.row_dict(row), clock())], f.reader)
             if cube.kind is not MemoryKind.PLAINTEXT:
                 blob = (cube.manifest or {}).get("blob", {})
                 sha = blob.get("sha256", "")

@@ -18,6 +18,7 @@ from memos_mip.bounds import JSONLimitError, loads
 from memos_mip.bundle_format import AGENTS, CUBES, FORMAT, MANIFEST, POLICIES, VERSION, BundleError, check_name
 from memos_mip.bundle_format import sha256_file
 from memosd.bundle.payloads import CODECS, TensorSink
+from memosd.vault import lineage
 from memosd.bundle.records import cube_from_record
 from memosd.cube import MemCube, MemoryKind
 from memosd.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MemosError, PermissionDenied
@@ -261,6 +262,8 @@ async def load_bundle(reader: BundleReader, *, vault, governance, principal, opt
     report = ImportReport(format=f"{FORMAT}/1")
     batches = reader.cubes(verified.root)
     while batch := await asyncio.to_thread(next, batches, None):
+        # An agent may not claim, through a bundle, lineage to cubes it may not read (a Plan would credit it).
+        batch = await lineage.claimable(vault.db, batch, governance.reader(principal))
         plain = [c for c in batch if c.kind is MemoryKind.PLAINTEXT]
         stored, skipped, renamed = await import_cubes(vault, plain, principal.name, origin, keep_ids=principal.admin)
         report.cubes += stored

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from memosd.metrics import Family
 from memosd.storage import Conn
+from memosd.vault import lineage
 
 if TYPE_CHECKING:
     from memosd.cluster.bus import Bus
@@ -166,6 +167,7 @@ class Follower:
         records = [EventRecord(topic, seq, EventKind(kind), cube_id, version, publisher, ts,
                                None if kind == EventKind.RETRACTED else sql.cubes.cube_at_version(conn, cube_id, version, now))
                    for seq, kind, cube_id, version, publisher, ts in sql.events.events_after(conn, topic, after, READ_BATCH)]
+        lineage.with_sources(sql, conn, records)
         # The shares as they stand in this snapshot: no older than the events read, perhaps newer.
         shares = sql.shares.on_topic(conn, topic, sorted({r.cube_id for r in records if r.cube_id}))
         return records, shares

@@ -280,7 +280,13 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
         exports) asks this one question. The admin's filter stays as it is: everything, owner-only too."""
         if p.admin:
             return f
-        return replace(f, scope=self._read_scope(p), viewer=p.name)
+        return replace(f, scope=self._read_scope(p), viewer=p.name, reader=self.reader(p))
+
+    def reader(self, p: Principal):
+        """may_read(cube) for p, as lineage (memosd/vault/lineage.py) asks it of source cubes; None for the admin."""
+        if p.admin:
+            return None
+        return lambda cube: self.may_read_cube(p, cube)
 
     def _read_scope(self, p: Principal) -> tuple[ScopeRule, ...]:
         """The rules the vault's query applies: p's own namespace and each active read grant."""

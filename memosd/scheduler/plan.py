@@ -64,7 +64,7 @@ class MemPlanner:
         if token_ids and not model_fingerprint:
             raise InvalidArgument("token_ids need the model_fingerprint of the model they are for")
         text_filter = CubeFilter(namespace_prefix=f.namespace_prefix, kinds=frozenset({MemoryKind.PLAINTEXT}),
-                                 scope=f.scope, viewer=f.viewer)
+                                 scope=f.scope, viewer=f.viewer, reader=f.reader)
         hits, mode = await self.vault.search(query, text_filter, limit or 5, SearchMode.AUTO)
         plan = Plan(plaintext=[Choice(h.cube, h.score, f"{mode.name.lower()} search, rank {i + 1} of {len(hits)}")
                                for i, h in enumerate(hits)])

@@ -52,7 +52,8 @@ class VaultService:
 
     async def Update(self, request, context):
         p = principal()
-        cube = await self.vault.update(request.id, convert.patch_from_proto(request), p.name, guard=self._guard("write"))
+        cube = await self.vault.update(request.id, convert.patch_from_proto(request), p.name, guard=self._guard("write"),
+                                       reader=self.gov.reader(p))
         return vault_pb2.UpdateResponse(cube=convert.cube_to_proto(as_seen_by(self.gov, p, cube)))
 
     async def Delete(self, request, context):

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from memosd.cube import MemCube
-from memosd.errors import Hidden, MemosError, NotFound, PermissionDenied
+from memosd.errors import AlreadyExists, Hidden, MemosError, NotFound, PermissionDenied
 from memosd.governance import Principal
 from memosd.governance.policy import Share
 from memosd.storage import Conn
 from memosd.store import shares
+from memosd.vault import lineage
 
 if TYPE_CHECKING:
     from memosd.store.memstore import MemStore
@@ -29,7 +30,7 @@ class _Event:
     job: PublishJob
     kind: int
     cube: MemCube
-    share: Share | None
+    share: Share | shares.Ended | None  # what it did to the shares: made one, ended one, or (None) ended all
     publish_id: str | None
     seq: int = 0
 
@@ -111,11 +112,13 @@ def commit(store: MemStore, conn: Conn, entries: list[tuple[Principal, PublishJo
     for c in checked:
         if isinstance(c, _Event):
             outcomes.append((c.seq, False, EventRecord(c.job.topic, c.seq, EventKind(c.kind), c.cube.id, c.cube.version,
-                                                       c.p.name, c.job.now, None if c.job.retract else c.cube), c.share))
+                                                       c.p.name, c.job.now, None if c.kind == EventKind.RETRACTED else c.cube),
+                             c.share))
         elif isinstance(c, _Again):
             outcomes.append((c.first.seq, True, None, None))
         else:
             outcomes.append(c)
+    lineage.with_sources(store.sql, conn, [o[2] for o in outcomes if isinstance(o, tuple) and o[2] is not None])
     return outcomes
 
 
@@ -127,15 +130,20 @@ def _check(store: MemStore, conn: Conn, p: Principal, job: PublishJob, seen: _Se
     found = seen.published.get((topic, job.publish_id)) if job.publish_id else None
     if found is not None:
         first_publisher = found.p.name if isinstance(found, _Event) else found[1]
-        if job.may_publish or first_publisher == p.name:
+        if first_publisher == p.name:
             return _Again(found) if isinstance(found, _Event) else (found[0], True, None, None)
+        if job.may_publish:
+            # Another publisher's id is not p's: answered as p's duplicate, p's publish would be dropped unseen
+            # (an agent that publishes first under a guessed id would silence another's publishes).
+            raise AlreadyExists(f"the publish_id is another publisher's on {topic}; publish under an id of your own")
     cube = seen.cubes.get(cube_id)
     if cube is None:
         raise NotFound(f"no cube with id {cube_id} to publish")
     on_topic = seen.publishers[(topic, cube_id)]
-    share = None
+    share: Share | shares.Ended | None = None
     if job.retract:
-        if not (gov.owns_cube(p, cube) or p.name in on_topic):  # a publisher may end its own share
+        owner = gov.owns_cube(p, cube)
+        if not (owner or p.name in on_topic):  # a publisher may end its own share, whatever grants it has left
             # Asked first: to a non-reader, any other answer would tell the cube from an unknown id.
             if not gov.may_read_cube(p, cube):
                 raise Hidden(f"no cube with id {cube_id} to publish")
@@ -145,9 +153,20 @@ def _check(store: MemStore, conn: Conn, p: Principal, job: PublishJob, seen: _Se
         if not on_topic:
             raise NotFound(f"cube {cube_id} is not published on {topic}")
         seen.flush(store, conn)  # shares recorded before the drop go first, as one by one they would
-        sql.shares.drop(conn, topic, cube_id)
-        on_topic.clear()
-        kind = EventKind.RETRACTED
+        if owner:
+            # The cube's owner (or its namespace's, or the admin) takes it off the topic: every share ends.
+            sql.shares.drop(conn, topic, cube_id)
+            on_topic.clear()
+        elif p.name in on_topic:
+            # Anyone else ends its own share only; the others' shares (and their subscribers' reads) stay.
+            sql.shares.drop(conn, topic, cube_id, p.name)
+            on_topic.discard(p.name)
+            share = shares.Ended(p.name)
+        else:
+            raise NotFound(f"cube {cube_id} is not published on {topic} by {p.name}")
+        # The cube leaves the topic when its last share ends; until then subscribers see it UPDATED (as the
+        # remaining shares show it), which also tells the cluster's other members to reload its shares.
+        kind = EventKind.UPDATED if on_topic else EventKind.RETRACTED
     else:
         share = gov.share_authority(p, cube, topic)
         kind = EventKind.UPDATED if on_topic else EventKind.PUBLISHED

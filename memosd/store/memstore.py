@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from memos_mip.bounds import quote
 from memosd.cube import MemCube
@@ -24,6 +24,7 @@ from memosd.storage.records import Topic
 from memosd.store import grouping, publishing, shares
 from memosd.store.durables import DurableClaims
 from memosd.store.hub import Hub, Subscriber, first_of
+from memosd.vault import lineage
 
 log = logging.getLogger("memosd.store")
 REPLAY_BATCH = 256
@@ -49,6 +50,8 @@ class EventRecord:
     publisher: str
     ts: float
     cube: MemCube | None = None
+    # The cube's sources (lineage.sources() of its derived_from): view() shows each subscriber those it may read.
+    sources: dict[str, MemCube] | None = field(default=None, repr=False, compare=False)
     # The transport's encoding of this event, made once and shared by every subscriber it goes to.
     encoded: bytes | None = field(default=None, repr=False, compare=False)
 
@@ -143,10 +146,7 @@ class MemStore:
         for record, share in committed:
             if record is None:
                 continue  # a duplicate: nothing new
-            if share is None:
-                self._shares.drop(record.cube_id, record.topic)
-            else:
-                self._shares.add(record.cube_id, share)
+            self._shares.apply(record.cube_id, record.topic, share)
             records.append(record)
         if records:
             self._on_commit(records)
@@ -226,9 +226,10 @@ class MemStore:
             found = self.sql.events.events_after(conn, topic, after, limit)
             if horizon is not None:
                 found = [f for f in found if f[0] <= horizon]
-            return [EventRecord(topic, seq, EventKind(kind), cube_id, version, publisher, ts,
-                                None if kind == EventKind.RETRACTED else self.sql.cubes.cube_at_version(conn, cube_id, version, now))
-                    for seq, kind, cube_id, version, publisher, ts in found]
+            return lineage.with_sources(self.sql, conn, [
+                EventRecord(topic, seq, EventKind(kind), cube_id, version, publisher, ts,
+                            None if kind == EventKind.RETRACTED else self.sql.cubes.cube_at_version(conn, cube_id, version, now))
+                for seq, kind, cube_id, version, publisher, ts in found])
 
         return await self.db.read(job)
 
@@ -240,7 +241,8 @@ class MemStore:
                 cube is not None and self.gov.can(p, "subscribe", record.topic, cube.kind)
                 and (any(self.gov.share_holds(s, cube) for s in self._shares.on(record.topic, cube.id))
                      or self.gov.grants_cube(p, "read", cube))):
-            return record
+            shown = lineage.narrow_known(cube, record.sources, self.gov.reader(p)) if cube is not None else None
+            return record if shown is cube else replace(record, cube=shown, encoded=None)
         return EventRecord(record.topic, record.seq, EventKind.REDACTED, "", 0, "", record.ts)
 
     # -- durable subscriptions ----------------------------------------------------------------

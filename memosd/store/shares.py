@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from collections.abc import Iterable
 
 from memosd.governance.policy import Share
@@ -43,8 +44,25 @@ class ShareIndex:
     def add(self, cube_id: str, share: Share) -> None:
         self._by_cube.setdefault(cube_id, {})[(share.topic, share.publisher)] = share
 
-    def drop(self, cube_id: str, topic: str) -> None:
+    def drop(self, cube_id: str, topic: str, publisher: str | None = None) -> None:
+        """End one publisher's share of the cube on the topic, or (None) every one."""
         found = self._by_cube.get(cube_id, {})
-        for key in [k for k in found if k[0] == topic]:
+        for key in [k for k in found if k[0] == topic and publisher in (None, k[1])]:
             del found[key]
+
+    def apply(self, cube_id: str, topic: str, change: Share | Ended | None) -> None:
+        """A committed publish's change: a share made (Share), one publisher's ended (Ended), or all ended (None)."""
+        if change is None:
+            self.drop(cube_id, topic)
+        elif isinstance(change, Ended):
+            self.drop(cube_id, topic, change.publisher)
+        else:
+            self.add(cube_id, change)
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A retraction by one publisher: its share ended, the other publishers' stay."""
+
+    publisher: str
 

@@ -9,7 +9,7 @@ from memos_mip.tensor_format import (
 from memosd.cube import CubeFilter, LifecycleState, MemCube, MemoryKind
 from memosd.errors import FailedPrecondition, InvalidArgument
 from memosd.limits import check_namespace_prefix
-from memosd.vault import rows, tensor_cubes
+from memosd.vault import lineage, rows, tensor_cubes
 from memosd.vault.tensor_cubes import TensorDraft
 from memosd.storage import Conn
 
@@ -58,6 +58,7 @@ class ActivationVault:
         except FormatError as exc:
             raise InvalidArgument(f"manifest: {exc}") from None
         await self._check_payload(m, owner, guard)
+        await lineage.check_claimed(self.db, cube.derived_from, guard)
         cube.manifest = m.to_json()
         keys = block_keys(m.model_fingerprint, m.token_ids)
         index = [(key, (i + 1) * BLOCK_TOKENS) for i, key in enumerate(keys)] or [(root_key(m.model_fingerprint),
@@ -92,7 +93,8 @@ class ActivationVault:
             raise InvalidArgument("model_fingerprint must be a hex sha256 (64 characters)")
         check_namespace_prefix(f.namespace_prefix)
         f = CubeFilter(namespace_prefix=f.namespace_prefix.rstrip("/"), kinds=frozenset({MemoryKind.ACTIVATION}),
-                       states=frozenset({LifecycleState.ACTIVE}), scope=f.scope, viewer=f.viewer)
+                       states=frozenset({LifecycleState.ACTIVE}), scope=f.scope, viewer=f.viewer,
+                       reader=f.reader)
         now = self.vault.clock()
         keys = block_keys(model_fingerprint, token_ids)
         found = await self.db.read(lambda conn: self.sql.tensors.prefix_candidates(
@@ -102,4 +104,6 @@ class ActivationVault:
             shared = common_prefix(token_ids, (cube.manifest or {}).get("token_ids", ()))
             if shared > best_len:
                 best, best_len = cube, shared
+        if best is not None:
+            (best,) = await lineage.shown(self.db, [best], f.reader)
         return best, best_len

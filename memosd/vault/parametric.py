@@ -9,7 +9,7 @@ from memos_mip.tensor_format import header_length
 from memosd.cube import CubeFilter, LifecycleState, MemCube, MemoryKind
 from memosd.errors import FailedPrecondition, InvalidArgument
 from memosd.limits import check_namespace_prefix
-from memosd.vault import rows, tensor_cubes
+from memosd.vault import lineage, rows, tensor_cubes
 from memosd.vault.tensor_cubes import TensorDraft
 from memosd.storage import Conn
 
@@ -56,6 +56,7 @@ class ParametricVault:
         except FormatError as exc:
             raise InvalidArgument(f"manifest: {exc}") from None
         await self._check_blob(m, owner, guard)
+        await lineage.check_claimed(self.db, cube.derived_from, guard)
         cube.manifest = m.to_json()
 
         def job(conn: Conn) -> None:
@@ -83,11 +84,15 @@ class ParametricVault:
             raise InvalidArgument("model_fingerprint must be a hex sha256 (64 characters)")
         check_namespace_prefix(f.namespace_prefix)
         f = CubeFilter(namespace_prefix=f.namespace_prefix.rstrip("/"), kinds=frozenset({kind}),
-                       states=frozenset({LifecycleState.ACTIVE}), scope=f.scope, viewer=f.viewer)
+                       states=frozenset({LifecycleState.ACTIVE}), scope=f.scope, viewer=f.viewer,
+                       reader=f.reader)
         now = self.vault.clock()
         if derived_from is not None and not derived_from:
             return []
-        lineage = None if derived_from is None else sorted(derived_from)
-        found = await self.db.read(
-            lambda conn: self.sql.tensors.of_model(conn, model_fingerprint, f, now, lineage, MAX_CANDIDATES))
-        return [rows.to_cube(rows.row_dict(r), now) for r in found]
+        wanted = None if derived_from is None else sorted(derived_from)
+        def job(conn: Conn) -> list[MemCube]:
+            found = self.sql.tensors.of_model(conn, model_fingerprint, f, now, wanted, MAX_CANDIDATES)
+            # Narrowed to what the reader may read: a plan credits a cube only with the sources its reader reads.
+            return lineage.narrow(self.sql, conn, [rows.to_cube(rows.row_dict(r), now) for r in found], f.reader)
+
+        return await self.db.read(job)

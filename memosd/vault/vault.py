@@ -7,7 +7,7 @@ import builtins  # the class defines list(); annotations after it say builtins.l
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from memos_mip.bounds import quote
@@ -22,7 +22,7 @@ from memosd.limits import (
 )
 from memosd.storage import Conn, Lane, open_database
 from memosd.storage.records import CubeRow
-from memosd.vault import rows
+from memosd.vault import lineage, rows
 from memosd.vault.fulltext import FullText, words
 from memosd.vault.query import PageTokens
 from memosd.vault.search import DenseSearch, fuse
@@ -107,8 +107,8 @@ class MemVault:
             self.dense.wake()
         return cubes
 
-    async def update(self, cube_id: str, patch: CubePatch, actor: str = "", guard=None) -> MemCube:
-        """Write a new version of a cube with the patched fields."""
+    async def update(self, cube_id: str, patch: CubePatch, actor: str = "", guard=None, reader=None) -> MemCube:
+        """Write a new version of a cube with the patched fields; its lineage as reader (lineage.Reader) sees it."""
         self._check_id(cube_id)
         if not patch.fields and patch.state is None:
             raise InvalidArgument("nothing to update: name fields in update_mask, or give a state")
@@ -163,6 +163,7 @@ class MemVault:
         if self.dense is not None and "text" in changes:
             self.dense.forget([seq])
             self.dense.wake()
+        (cube,) = await lineage.shown(self.db, [cube], reader)
         return cube
 
     async def delete(self, cube_id: str, actor: str = "", guard=None) -> int:
@@ -204,12 +205,12 @@ class MemVault:
                 # Each version's visibility is its own: a version once owner-only stays so.
                 if guard is not None:
                     self._guard_version(conn, guard, older, row)
-                return older
+                return lineage.narrow(self.sql, conn, [older], lineage.from_guard(guard))[0]
             if guard is not None:
                 self._guard_version(conn, guard, rows.to_cube(row), row)
             if row["state"] == LifecycleState.DELETED:
                 raise NotFound(f"cube {cube_id} was deleted; History still lists its versions")
-            return rows.to_cube(row, now)
+            return lineage.narrow(self.sql, conn, [rows.to_cube(row, now)], lineage.from_guard(guard))[0]
 
         cube = await self.db.read(job, lane=Lane.POINT)
         self._count_access([cube], now)
@@ -227,7 +228,7 @@ class MemVault:
             count = total if total is not None else counted
             page = found[:page_size]
             token = tokens.make(page[-1]["seq"], f, count) if len(found) > page_size else ""
-            return Page([rows.to_cube(r, now) for r in page], token, count)
+            return Page(lineage.narrow(self.sql, conn, [rows.to_cube(r, now) for r in page], f.reader), token, count)
 
         return await self.db.read(job)
 
@@ -244,7 +245,7 @@ class MemVault:
             readable = [v for v in versions if _allowed(guard, v)]
             if not readable:
                 guard(versions[-1])
-            return readable
+            return lineage.narrow(self.sql, conn, readable, lineage.from_guard(guard))
 
         return await self.db.read(job, lane=Lane.POINT)
 
@@ -278,6 +279,8 @@ class MemVault:
             rankings["semantic"] = self.dense.search(query, f, now, depth)
         found = dict(zip(rankings, await asyncio.gather(*rankings.values())))
         hits = fuse(found.get("lexical", []), found.get("semantic", []), limit, now)
+        shown = await lineage.shown(self.db, [h.cube for h in hits], f.reader)
+        hits = [h if h.cube is c else replace(h, cube=c) for h, c in zip(hits, shown)]
         self._count_access([h.cube for h in hits], now)
         return hits, mode
 

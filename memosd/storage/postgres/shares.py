@@ -32,9 +32,13 @@ def record_many(conn, records: list[tuple[str, Share, str | None]]) -> None:
                  " ON CONFLICT (topic, cube_id, publisher) DO UPDATE SET authority = excluded.authority", columns)
 
 
-def drop(conn, topic: str, cube_id: str) -> None:
-    """A retraction ends every publisher's share of the cube on the topic."""
-    conn.execute("DELETE FROM topic_cubes WHERE topic = %s AND cube_id = %s", (topic, cube_id))
+def drop(conn, topic: str, cube_id: str, publisher: str | None = None) -> None:
+    """A retraction ends one publisher's share of the cube on the topic, or (publisher None: its owner's) every one."""
+    if publisher is None:
+        conn.execute("DELETE FROM topic_cubes WHERE topic = %s AND cube_id = %s", (topic, cube_id))
+    else:
+        conn.execute("DELETE FROM topic_cubes WHERE topic = %s AND cube_id = %s AND publisher = %s",
+                     (topic, cube_id, publisher))
 
 
 def on_topic(conn, topic: str, cube_ids: list[str]) -> list[tuple[str, str, str, str | None]]:

@@ -32,9 +32,13 @@ def record_many(conn: sqlite3.Connection, records: list[tuple[str, Share, str | 
                      [(share.topic, cube_id, share.publisher, authority) for cube_id, share, authority in records])
 
 
-def drop(conn: sqlite3.Connection, topic: str, cube_id: str) -> None:
-    """A retraction ends every publisher's share of the cube on the topic."""
-    conn.execute("DELETE FROM topic_cubes WHERE topic = ? AND cube_id = ?", (topic, cube_id))
+def drop(conn: sqlite3.Connection, topic: str, cube_id: str, publisher: str | None = None) -> None:
+    """A retraction ends one publisher's share of the cube on the topic, or (publisher None: its owner's) every one."""
+    if publisher is None:
+        conn.execute("DELETE FROM topic_cubes WHERE topic = ? AND cube_id = ?", (topic, cube_id))
+    else:
+        conn.execute("DELETE FROM topic_cubes WHERE topic = ? AND cube_id = ? AND publisher = ?",
+                     (topic, cube_id, publisher))
 
 
 def on_topic(conn: sqlite3.Connection, topic: str, cube_ids: list[str]) -> list[tuple[str, str, str, str | None]]:
