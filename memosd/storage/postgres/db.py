@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
@@ -27,6 +27,8 @@ _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 # is a function of its connection alone, so running it again from the start is what the caller would do.
 _RETRIES = 5
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+# pg_advisory_lock(class, hashtext(name)) of Database.exclusive: "excl", apart from events' per-topic class.
+_EXCLUSIVE_CLASS = 0x6578636C
 
 
 class Database:
@@ -109,6 +111,51 @@ class Database:
             raise self._unavailable(exc) from None
         except (PoolTimeout, PoolClosed) as exc:
             raise self._no_connection(exc) from None
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """One holder at a time among every daemon on this database, held across awaits: a session advisory lock
+        on a pooled connection kept for the block (waiting as long as the holder takes; a daemon that dies
+        holding it lets go with its connection)."""
+        if self._closed:
+            raise Unavailable("the daemon is shutting down; retry against the restarted daemon")
+        conn = await asyncio.to_thread(self._lock, name)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(self._unlock, conn, name)
+
+    def _lock(self, name: str) -> psycopg.Connection:
+        try:
+            conn = self._pool.getconn()
+        except (PoolTimeout, PoolClosed) as exc:
+            raise self._no_connection(exc) from None
+        try:
+            conn.autocommit = True
+            conn.execute("SET statement_timeout = 0")  # the wait is the holder's work, however long it takes
+            conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_EXCLUSIVE_CLASS, name))
+            return conn
+        except psycopg.Error as exc:
+            self._give_back(conn, broken=True)
+            raise self._unavailable(exc) from None
+        except BaseException:
+            self._give_back(conn, broken=True)
+            raise
+
+    def _unlock(self, conn: psycopg.Connection, name: str) -> None:
+        try:
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_EXCLUSIVE_CLASS, name))
+            conn.execute("RESET statement_timeout")
+            conn.autocommit = False
+        except psycopg.Error:
+            self._give_back(conn, broken=True)  # closing it lets go of the lock too
+            return
+        self._give_back(conn, broken=False)
+
+    def _give_back(self, conn: psycopg.Connection, *, broken: bool) -> None:
+        if broken:
+            conn.close()
+        self._pool.putconn(conn)
 
     def _run(self, job, read: bool):
         for attempt in range(_RETRIES):
