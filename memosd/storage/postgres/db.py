@@ -180,7 +180,9 @@ class Database:
     def _run(self, job, read: bool):
         for attempt in range(_RETRIES):
             try:
+                checked_out = False
                 with self._pool.connection() as conn:
+                    checked_out = True  # what fails from here is this connection's
                     if read:
                         conn.execute(_SNAPSHOT)
                     result = job(conn)
@@ -193,7 +195,10 @@ class Database:
                 raise Unavailable("a vault database statement ran past its statement_timeout; retry, or ask for"
                                   " less at once") from None
             except psycopg.OperationalError as exc:
-                raise self._unavailable(exc) from None
+                # A read is safe to run again: once, on another connection, for one the server had just ended
+                # when the checkout's quiet-socket check passed it (a write is not: it may have committed).
+                if not (read and attempt == 0 and checked_out):
+                    raise self._unavailable(exc) from None
             except (PoolTimeout, PoolClosed) as exc:
                 raise self._no_connection(exc) from None
         raise AssertionError("unreachable")
