@@ -94,6 +94,13 @@ def _init(config) -> int:
     if not path.exists():
         write_default_config(config.data_dir)
     vault = "" if config.vault_url == "sqlite:" else f" with the vault at {redact(config.vault_url)}"
+    if not governance.created_admin and not (config.data_dir / "admin.key").exists():
+        print(f"memosd: the vault at {redact(config.vault_url)} was initialised already (daemon id"
+              f" {governance.daemon_id}); data directory {config.data_dir} joins it, audit key"
+              f" {governance.signer.key_path} (fingerprint {governance.signer.key_fingerprint}). Copy admin.key from"
+              f" the member that created the vault into {config.data_dir} to administer it here (its audit key is"
+              " endorsed at the next start). Start with: memosd serve")
+        return 0
     print(f"memosd: data directory {config.data_dir} is ready{vault}; admin key {config.data_dir / 'admin.key'},"
           f" audit key {governance.signer.key_path} (fingerprint {governance.signer.key_fingerprint});"
           f" daemon id {governance.daemon_id}. Start with: memosd serve")

@@ -41,6 +41,11 @@ class Config:
     # (loopback) or tls://HOST:PORT, several comma-separated; empty: none. Without it (or while it is down)
     # they find each other's commits by reading the vault every cluster_poll_interval seconds.
     bus_url: str = field(default="", repr=False)
+    # With tls:// bus URLs: the CA file that signed the NATS servers' certificates (empty: the system's CAs), and
+    # a client certificate and key for servers that ask for one. A tls:// server that offers no TLS is refused.
+    bus_tls_ca: str = ""
+    bus_tls_cert: str = ""
+    bus_tls_key: str = ""
     cluster_poll_interval: float = 0.5
     # Directory of a Hugging Face encoder for dense search; empty means BM25 only.
     embedding_model: str = ""
@@ -169,6 +174,8 @@ def _build(values: dict) -> Config:
         check_metrics_listen(config.metrics_listen)
     if bool(config.tls_cert) != bool(config.tls_key):
         raise InvalidArgument("tls_cert and tls_key go together: set both or neither")
+    if bool(config.bus_tls_cert) != bool(config.bus_tls_key):
+        raise InvalidArgument("bus_tls_cert and bus_tls_key go together: set both or neither")
     return config
 
 

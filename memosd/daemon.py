@@ -128,7 +128,8 @@ class Daemon:
             return
         if cfg.bus_url:
             self.bus = bus = Bus(cfg.bus_url, self.governance.daemon_id, poll_interval=cfg.cluster_poll_interval,
-                                 name=f"memosd {self.member_id}")
+                                 name=f"memosd {self.member_id}", tls_ca=cfg.bus_tls_ca, tls_cert=cfg.bus_tls_cert,
+                                 tls_key=cfg.bus_tls_key)
             # Governance news: a change committed here is told to the others, which reload at once rather than
             # at their next poll (the poll stays: it is what keeps them right while the bus is down).
             gov = self.governance

@@ -26,8 +26,9 @@ def _binary() -> str:
 class NatsServer:
     """nats-server (core NATS, no JetStream: the bus carries notices only) on 127.0.0.1."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.binary = _binary()
+        self.tls = tls  # (certificate, key): clients must use TLS
         self.port = -1  # the first start picks a free port; restarts keep it
         self.proc: subprocess.Popen | None = None
 
@@ -36,8 +37,9 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        proc = subprocess.Popen([self.binary, "-a", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        tls = ["--tls", "--tlscert", str(self.tls[0]), "--tlskey", str(self.tls[1])] if self.tls else []
+        proc = subprocess.Popen([self.binary, "-a", "127.0.0.1", "-p", str(self.port), *tls],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         ready, lines = threading.Event(), []
 
         def read() -> None:

@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import re
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -50,7 +51,8 @@ class Bus:
 
     Subjects are memosd.<cluster id>.<kind>, so clusters sharing a NATS server never hear each other."""
 
-    def __init__(self, url: str, cluster_id: str, *, poll_interval: float, name: str = "memosd", clock=time.time):
+    def __init__(self, url: str, cluster_id: str, *, poll_interval: float, name: str = "memosd", clock=time.time,
+                 tls_ca: str = "", tls_cert: str = "", tls_key: str = ""):
         if find_spec("nats") is None:
             raise FailedPrecondition("bus_url needs the NATS client: pip install 'memosd[cluster]' (nats-py)")
         self.url = url
@@ -72,6 +74,8 @@ class Bus:
         self._nc: Any = None  # nats.aio.client.Client, imported when connecting
         self._tasks: list[asyncio.Task] = []
         self._warned = False
+        self.refused = ""  # why the last server was refused (a tls:// URL answered by a server without TLS)
+        self._tls = tls_context(tls_ca, tls_cert, tls_key) if _wants_tls(url) else None
 
     # -- what the daemon's parts use -----------------------------------------------------------
 
@@ -99,7 +103,8 @@ class Bus:
             return f"bus connected to {self.shown_url}"
         since = datetime.fromtimestamp(self.down_since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         what = "down" if self.ever_connected else "not reached yet"
-        return (f"bus {self.shown_url} {what} since {since}: catching up from the vault every"
+        why = f" ({self.refused})" if self.refused else ""
+        return (f"bus {self.shown_url} {what} since {since}{why}: catching up from the vault every"
                 f" {self.poll_interval:g} s")
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -139,10 +144,9 @@ class Bus:
         self._set(False)
 
     async def _connect(self) -> None:
-        import nats
-
-        nc = nats.NATS()
+        nc = _client_class()()
         self._nc = nc
+        tls = {"tls": self._tls} if self._tls is not None else {}
         # connect() itself keeps trying until a server answers (max_reconnect_attempts=-1); no_echo: a member
         # never hears its own notices, it knows its own commits already.
         await nc.connect(
@@ -150,7 +154,7 @@ class Bus:
             max_reconnect_attempts=-1, reconnect_time_wait=RECONNECT_WAIT, connect_timeout=CONNECT_TIMEOUT,
             ping_interval=PING_INTERVAL, max_outstanding_pings=MAX_PINGS_OUT,
             disconnected_cb=self._disconnected, reconnected_cb=self._reconnected, error_cb=self._error,
-            closed_cb=self._disconnected)
+            closed_cb=self._disconnected, **tls)
         await nc.subscribe(self.prefix + ">", cb=self._message)
         await nc.flush()  # the server has the subscription: a notice sent from now on reaches us
         self._set(True)
@@ -198,7 +202,13 @@ class Bus:
         self._set(True)
 
     async def _error(self, exc: Exception) -> None:
-        if not self._warned:
+        if isinstance(exc, NoTls):
+            # Refused before anything was sent: said at ERROR once per outage, and in status for as long as it lasts.
+            if not self.refused:
+                log.error("bus %s: %s; catching up from the vault every %g s", self.shown_url, exc,
+                          self.poll_interval)
+            self.refused, self._warned = str(exc), True
+        elif not self._warned:
             log.warning("bus %s: %s; catching up from the vault every %g s until it is back", self.shown_url,
                         exc or type(exc).__name__, self.poll_interval)
             self._warned = True
@@ -210,13 +220,64 @@ class Bus:
             return
         self.connected = connected
         if connected:
-            self.ever_connected, self._warned = True, False
+            self.ever_connected, self._warned, self.refused = True, False, ""
             log.info("bus connected to %s", self.shown_url)
         elif self._tasks:
             self.down_since = self.clock()
             log.warning("bus %s down: catching up from the vault every %g s", self.shown_url, self.poll_interval)
         for watcher in self._watchers:
             watcher(connected)
+
+
+def _wants_tls(url: str) -> bool:
+    return any(one.strip().startswith("tls://") for one in url.split(","))
+
+
+def tls_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext:
+    """The client side of the bus's TLS: the server's certificate checked against ca (or the system's CAs) and its
+    name, with a client certificate where one is configured."""
+    try:
+        context = ssl.create_default_context(cafile=ca or None)
+        if cert:
+            context.load_cert_chain(cert, key or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise FailedPrecondition(f"bus TLS: cannot load {'bus_tls_ca' if ca else 'the system CAs'}"
+                                 f"{' or bus_tls_cert/bus_tls_key' if cert else ''}: {exc}") from None
+    return context
+
+
+_CLIENT: type | None = None
+
+
+def _client_class() -> type:
+    """nats-py's client, refusing a tls:// server whose INFO does not require TLS. nats-py itself upgrades to TLS
+    only when the INFO line asks for it, so whoever can rewrite that plaintext line could keep the link in
+    plaintext; this checks the INFO before the CONNECT (which may carry a password) goes out, at every connection,
+    the first and each reconnection."""
+    global _CLIENT
+    if _CLIENT is None:
+        import nats.aio.client
+        import nats.errors
+
+        class NoTlsError(NoTls, nats.errors.Error):
+            pass
+
+        class Client(nats.aio.client.Client):
+            async def _process_info(self, info, initial_connection=False):
+                server = self._current_server
+                if initial_connection and server is not None and server.uri.scheme == "tls" \
+                        and not info.get("tls_required"):
+                    raise NoTlsError(f"refused {server.uri.hostname}:{server.uri.port}: a tls:// server that"
+                                     " offers no TLS (its INFO does not require TLS); the bus never runs in"
+                                     " plaintext on a tls:// URL")
+                await super()._process_info(info, initial_connection)
+
+        _CLIENT = Client
+    return _CLIENT
+
+
+class NoTls(Exception):
+    """A server reached on a tls:// URL that offers no TLS."""
 
 
 def _check_kind(kind: str) -> None:

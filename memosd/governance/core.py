@@ -84,6 +84,7 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
         self.data_dir = Path(data_dir)
         self.clock = clock
         self.daemon_id = ""
+        self.created_admin = False  # whether start() made the vault's admin (a first start), or found one
         self.epoch = 1
         self._agents: dict[str, AgentRecord] = {}
         self._policies: dict[str, PolicyRecord] = {}
@@ -109,13 +110,20 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
         defaults = {"daemon_id": "memosd-" + secrets.token_hex(8), "policy_epoch": "1", "governance_version": "0"}
         await self.db.write(lambda conn: self.sql.governance.init_settings(conn, defaults))
         settings, self.version, agents, policies = await self.db.read(load)
-        self.daemon_id, self.epoch = settings["daemon_id"], int(settings["policy_epoch"])
         self._agents, self._policies = self._load_records(agents, policies)
         if ADMIN not in self._agents:
-            await self._create_admin()
-        elif not (self.data_dir / ADMIN_KEY_FILE).exists():
-            log.warning("admin key %s is missing; restore it from a backup to administer this daemon",
-                        self.data_dir / ADMIN_KEY_FILE)
+            # Members set up at the same moment on an empty vault: one creates the admin, the others find it.
+            async with self.db.exclusive("admin"):
+                settings, self.version, agents, policies = await self.db.read(load)
+                self._agents, self._policies = self._load_records(agents, policies)
+                self.daemon_id = settings["daemon_id"]
+                if ADMIN not in self._agents:
+                    await self._create_admin()
+                    self.created_admin = True
+        self.daemon_id, self.epoch = settings["daemon_id"], int(settings["policy_epoch"])
+        if not self.created_admin and not (self.data_dir / ADMIN_KEY_FILE).exists():
+            log.warning("admin key %s is missing; copy it from the member that created the vault (or restore it"
+                        " from a backup) to administer this daemon", self.data_dir / ADMIN_KEY_FILE)
         # The admin key vouches for this member's audit key, so that the other members trust its checkpoints.
         await self.signer.open(self.daemon_id, member=member_id(self.data_dir), admin=await asyncio.to_thread(self._admin_key),
                                admin_public=self._agents[ADMIN].public_key)
@@ -142,7 +150,11 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
         path = self.data_dir / ADMIN_KEY_FILE
         path.unlink(missing_ok=True)
         key.save(path)
-        await self._store_agent(AgentRecord(ADMIN, key.public_bytes, (), True, self.clock()), actor=ADMIN)
+        try:
+            await self._store_agent(AgentRecord(ADMIN, key.public_bytes, (), True, self.clock()), actor=ADMIN)
+        except BaseException:
+            path.unlink(missing_ok=True)  # not the vault's admin: no key file that would pass for it
+            raise
         log.info("created the admin key %s (fingerprint %s)", path, fingerprint(key.public_bytes))
 
     # -- authentication -----------------------------------------------------------------------

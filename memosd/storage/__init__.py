@@ -10,7 +10,7 @@ memosd/storage/ with the same modules and functions (tests/test_storage_contract
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -42,6 +42,10 @@ class Database(Protocol):
 
     def snapshot(self) -> AbstractContextManager[Conn]:
         """A connection of its own in one read snapshot, for a long read on the caller's thread."""
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Held by one holder at a time among every daemon on this vault, across awaits (SQLite: one daemon per
+        vault, so nothing to take; PostgreSQL: an advisory lock)."""
 
     def close(self) -> None:
         """Finish what is queued, then release the connections."""

@@ -71,7 +71,8 @@ class BlobStore:
         # Uploads write a block here while their _io thread hashes it (a pool of its own: no thread waits on
         # work queued behind it).
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="memosd-blob-write")
-        # Publishing a blob and collecting unreferenced ones never interleave.
+        # Publishing a blob and collecting unreferenced ones never interleave: within this daemon by this lock,
+        # among the daemons sharing a vault by the vault's (see _exclusive).
         self._publish_lock = asyncio.Lock()
         self._sweeper: asyncio.Task | None = None
 
@@ -118,7 +119,7 @@ class BlobStore:
         # other daemons share it may be one's upload in flight, so only an object older than that goes.
         cutoff = time.time() - self.objects.orphan_grace
         orphans, present = 0, set()
-        async with self._publish_lock:
+        async with self._exclusive():
             for sha, modified in await self.objects.keys():
                 if sha in known:
                     present.add(sha)
@@ -144,10 +145,11 @@ class BlobStore:
             if not up.lock.locked() and now - up.touched > self.upload_idle_seconds:
                 self._discard(up)
         cutoff = now - (self.unreferenced_grace if grace is None else grace)
-        async with self._publish_lock:
+        async with self._exclusive():
             doomed = await self.db.write(lambda conn: self.sql.blobs.collect(conn, cutoff))
-            # Rows first, then objects, under the lock a publish takes too: a blob published meanwhile either
-            # kept its row (and is not doomed) or finds its object gone and stores it again (see _commit).
+            # Rows first, then objects, under the lock a publish takes too, at every daemon of the vault: a blob
+            # published meanwhile either kept its row (and is not doomed) or, once this lets go, finds its object
+            # gone and stores it again (see _commit).
             for sha in doomed:
                 await self.objects.delete(sha)
         if doomed:
@@ -281,7 +283,7 @@ class BlobStore:
         """Store a verified, fsynced staging file and record it and its holder (the stored object and the row
         are what make it visible); a copy stored already wins and the staging file goes."""
         await self.objects.push(staged, sha256, size)  # a remote store's slow part, outside the lock
-        async with self._publish_lock:
+        async with self._exclusive():
             await self.objects.put(staged, sha256, size)
             now = time.time()
 
@@ -290,6 +292,13 @@ class BlobStore:
                 self.sql.holders.record(conn, sha256, holder, now)  # the uploader proved it has the bytes
 
             await self.db.write(job)
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self):
+        """Collecting and publishing blobs, one at a time here and in the whole vault: a sweep at another daemon
+        between its rows and its objects never meets an upload here recording a blob it is about to delete."""
+        async with self._publish_lock, self.db.exclusive("blobs"):
+            yield
 
     async def put_parts(self, parts: Sequence, holder: str) -> tuple[str, int]:
         """Store bytes the daemon has in hand (a KV cache it built, an imported payload) for `holder`, who

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
+import time
 import uuid
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import psycopg
@@ -27,6 +30,11 @@ _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 # is a function of its connection alone, so running it again from the start is what the caller would do.
 _RETRIES = 5
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+# A connection back in the pool for longer than this is checked with a round trip before it serves again; one
+# used more recently only if its socket has something to say (a server that ended it has: its FATAL, or EOF).
+_IDLE_CHECK = 5.0
+# pg_advisory_lock(class, hashtext(name)) of Database.exclusive: "excl", apart from events' per-topic class.
+_EXCLUSIVE_CLASS = 0x6578636C
 
 
 class Database:
@@ -50,9 +58,11 @@ class Database:
         self._kwargs: dict[str, Any] = {"options": options, "application_name": "memosd",
                                         "connect_timeout": max(1, int(connect_timeout))}
         self.applied = self._migrate(create)
+        # When each connection went back to the pool (time.monotonic()); one never returned counts as idle long.
+        self._back: weakref.WeakKeyDictionary[psycopg.Connection, float] = weakref.WeakKeyDictionary()
         # A connection for every worker thread of both lanes: a point read never waits for one a scan holds.
         self._pool = ConnectionPool(url, kwargs=self._kwargs, min_size=1, max_size=pool_size + point_readers,
-                                    open=False, check=ConnectionPool.check_connection, timeout=connect_timeout,
+                                    open=False, check=self._check, reset=self._returned, timeout=connect_timeout,
                                     name="memosd-vault")
         self._pool.open(wait=False)
         self._workers = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="memosd-pg")
@@ -60,6 +70,18 @@ class Database:
         self._point_workers = ThreadPoolExecutor(max_workers=point_readers, thread_name_prefix="memosd-pg-point")
         self._scans = ScanQueue(max_scans)
         self._closed = False
+
+    def _returned(self, conn: psycopg.Connection) -> None:
+        self._back[conn] = time.monotonic()
+
+    def _check(self, conn: psycopg.Connection) -> None:
+        """The pool's check at checkout, without a round trip for a connection busy a moment ago (that round
+        trip was an eighth of a publish): a server that restarted or ended the backend has closed the socket or
+        written its FATAL there, which a zero-timeout poll sees; a connection idle longer, which a silent network
+        may have cut, gets the full check. A dead one fails here and the pool gives out another."""
+        idle = time.monotonic() - self._back.get(conn, float("-inf"))
+        if idle > _IDLE_CHECK or conn.closed or select.select([conn.fileno()], [], [], 0)[0]:
+            ConnectionPool.check_connection(conn)
 
     def _migrate(self, create: bool) -> list[str]:
         try:
@@ -110,10 +132,57 @@ class Database:
         except (PoolTimeout, PoolClosed) as exc:
             raise self._no_connection(exc) from None
 
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """One holder at a time among every daemon on this database, held across awaits: a session advisory lock
+        on a pooled connection kept for the block (waiting as long as the holder takes; a daemon that dies
+        holding it lets go with its connection)."""
+        if self._closed:
+            raise Unavailable("the daemon is shutting down; retry against the restarted daemon")
+        conn = await asyncio.to_thread(self._lock, name)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(self._unlock, conn, name)
+
+    def _lock(self, name: str) -> psycopg.Connection:
+        try:
+            conn = self._pool.getconn()
+        except (PoolTimeout, PoolClosed) as exc:
+            raise self._no_connection(exc) from None
+        try:
+            conn.autocommit = True
+            conn.execute("SET statement_timeout = 0")  # the wait is the holder's work, however long it takes
+            conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_EXCLUSIVE_CLASS, name))
+            return conn
+        except psycopg.Error as exc:
+            self._give_back(conn, broken=True)
+            raise self._unavailable(exc) from None
+        except BaseException:
+            self._give_back(conn, broken=True)
+            raise
+
+    def _unlock(self, conn: psycopg.Connection, name: str) -> None:
+        try:
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_EXCLUSIVE_CLASS, name))
+            conn.execute("RESET statement_timeout")
+            conn.autocommit = False
+        except psycopg.Error:
+            self._give_back(conn, broken=True)  # closing it lets go of the lock too
+            return
+        self._give_back(conn, broken=False)
+
+    def _give_back(self, conn: psycopg.Connection, *, broken: bool) -> None:
+        if broken:
+            conn.close()
+        self._pool.putconn(conn)
+
     def _run(self, job, read: bool):
         for attempt in range(_RETRIES):
             try:
+                checked_out = False
                 with self._pool.connection() as conn:
+                    checked_out = True  # what fails from here is this connection's
                     if read:
                         conn.execute(_SNAPSHOT)
                     result = job(conn)
@@ -126,7 +195,10 @@ class Database:
                 raise Unavailable("a vault database statement ran past its statement_timeout; retry, or ask for"
                                   " less at once") from None
             except psycopg.OperationalError as exc:
-                raise self._unavailable(exc) from None
+                # A read is safe to run again: once, on another connection, for one the server had just ended
+                # when the checkout's quiet-socket check passed it (a write is not: it may have committed).
+                if not (read and attempt == 0 and checked_out):
+                    raise self._unavailable(exc) from None
             except (PoolTimeout, PoolClosed) as exc:
                 raise self._no_connection(exc) from None
         raise AssertionError("unreachable")

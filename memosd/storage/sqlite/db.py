@@ -8,8 +8,8 @@ import queue
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -120,6 +120,11 @@ class Database:
             return job(conn)
         finally:
             conn.execute("COMMIT")
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """Nothing to take: a SQLite vault has one daemon, whose own locks order its work."""
+        yield
 
     def close(self) -> None:
         """Finish queued writes, then stop the writer and readers."""

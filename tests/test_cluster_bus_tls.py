@@ -1,0 +1,129 @@
+"""A tls:// bus URL means TLS or nothing: a real nats-server with TLS is reached through the CA the daemon's
+bus_tls_ca names; a plain one (or a man in the middle rewriting the server's INFO line) is refused, never used in
+plaintext."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import logging
+from pathlib import Path
+
+import pytest
+
+from memosd.cluster.bus import Bus
+from memosd.config import load_config
+from tests.nats_server import NatsServer
+from tests.timing import until
+
+VAULT = "postgresql://memosd@127.0.0.1:5432/memosd"
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1, its own CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "memosd test bus")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / "bus.crt", tmp / "bus.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def _bus(url: str, ca: Path) -> Bus:
+    # The options as the daemon takes them: from its configuration (MEMOSD_BUS_TLS_CA here).
+    cfg = load_config({"vault_url": VAULT, "bus_url": url}, env={"MEMOSD_BUS_TLS_CA": str(ca)})
+    assert cfg.bus_tls_ca == str(ca)
+    return Bus(cfg.bus_url, "memosd-c1", poll_interval=0.5, tls_ca=cfg.bus_tls_ca, tls_cert=cfg.bus_tls_cert,
+               tls_key=cfg.bus_tls_key)
+
+
+@pytest.fixture
+def servers(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    secure, plain = NatsServer(tls=(cert, key)), NatsServer()
+    secure.start()
+    try:
+        plain.start()
+        try:
+            yield cert, secure, plain
+        finally:
+            plain.kill()
+    finally:
+        secure.kill()
+
+
+def test_a_tls_bus_reaches_a_tls_server_through_the_configured_ca(servers):
+    ca, secure, _plain = servers
+
+    async def main():
+        a, b = _bus(f"tls://127.0.0.1:{secure.port}", ca), _bus(f"tls://127.0.0.1:{secure.port}", ca)
+        heard: list = []
+        b.on("topic", heard.append)
+        await a.start()
+        await b.start()
+        try:
+            assert a.connected and b.connected, (a.describe(), b.describe())
+            assert a._nc._transport._io_writer.get_extra_info("ssl_object") is not None  # TLS on the wire
+            a.notify("topic", {"seq": 1})
+            await until(lambda: _true(heard == [{"seq": 1}]), "the notice never crossed the TLS bus")
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(main())
+
+
+def test_a_tls_url_answered_by_a_plain_server_is_refused_not_used_in_plaintext(servers, caplog):
+    ca, _secure, plain = servers
+
+    async def main():
+        bus = _bus(f"tls://127.0.0.1:{plain.port}", ca)
+        heard: list = []
+        bus.on("topic", heard.append)
+        with caplog.at_level(logging.ERROR, logger="memosd.cluster"):
+            await bus.start()
+            try:
+                await until(lambda: _true(bool(bus.refused)), "the plain server was never refused")
+                assert not bus.connected and not bus.ever_connected
+                assert "offers no TLS" in bus.describe() and "catching up from the vault" in bus.describe()
+                refusals = [r for r in caplog.records if "offers no TLS" in r.getMessage()]
+                assert len(refusals) == 1 and refusals[0].levelno == logging.ERROR
+                # Nothing it sends gets through in plaintext: a plain client on that server hears nothing.
+                import nats
+
+                spy = await nats.connect(plain.url)
+                got: list = []
+
+                async def spied(msg) -> None:
+                    got.append(msg)
+
+                await spy.subscribe("memosd.>", cb=spied)
+                await spy.flush()
+                bus.notify("topic", {"seq": 1})
+                await spy.publish("memosd.memosd-c1.topic", b'{"seq": 2}')
+                await spy.flush()
+                await until(lambda: _true(len(got) == 1), "the spy never heard its own probe")
+                assert [m.data for m in got] == [b'{"seq": 2}'] and heard == []
+                await spy.close()
+            finally:
+                await bus.close()
+
+    asyncio.run(main())
+
+
+async def _true(value: bool) -> bool:
+    return value
