@@ -1,7 +1,7 @@
 """The daemon's memory (resident set) at N plaintext cubes on each vault engine, SQLite and PostgreSQL, in one run;
 prints JSON.
 
-    python bench/daemon_memory.py [--cubes 100000] [--vault-url postgresql://USER@HOST/DB]
+    python bench/daemon_memory.py [--cubes 100000] [--vault-url postgresql://USER@HOST/DB] [--durable]
 
 Each engine gets a fresh daemon (`memosd serve` in a child process, blobs on `file:`); the bench corpus
 (bench/corpus.py) goes in through put_many, then BM25 searches (with and without a namespace filter) and List
@@ -74,12 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--vault-url", default=None, help="an empty PostgreSQL database (default: a throwaway server)")
+    p.add_argument("--durable", action="store_true",
+                   help="the throwaway server with fsync on (bench/vault_put_many.py's), not the tests' fsync-off one")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "daemon_memory.json")
     args = p.parse_args(argv)
     corpus = Corpus(args.seed)
     records = list(corpus.cubes(args.cubes))
     queries = corpus.queries(args.queries)
     result: dict = {"bench": "daemon_memory", "cubes": args.cubes, "cpus": os.cpu_count(),
+                    "postgresql_server": "--vault-url" if args.vault_url else "fsync on" if args.durable else "fsync off",
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     tmp = Path(tempfile.mkdtemp(prefix="memosd-bench-memory-"))
     sock_dir = Path(tempfile.mkdtemp(prefix="memosd-bench-", dir="/tmp"))
@@ -88,8 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         if url is None:
             from tests.pg_server import PostgresServer
 
-            server = PostgresServer()
-            server.start()
+            if args.durable:
+                from bench.vault_put_many import _server
+
+                server = _server()
+            else:
+                server = PostgresServer()
+                server.start()
             url = server.create_database("memosd_bench")
         started = time.perf_counter()
         for name, extra in (("sqlite", ()), ("postgresql", ("--vault-url", url))):
