@@ -5,8 +5,6 @@ plaintext."""
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import logging
 from pathlib import Path
 
@@ -14,33 +12,11 @@ import pytest
 
 from memosd.cluster.bus import Bus
 from memosd.config import load_config
+from tests.certs import self_signed
 from tests.nats_server import NatsServer
 from tests.timing import until
 
 VAULT = "postgresql://memosd@127.0.0.1:5432/memosd"
-
-
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1, its own CA."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "memosd test bus")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp / "bus.crt", tmp / "bus.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def _bus(url: str, ca: Path) -> Bus:
@@ -53,7 +29,7 @@ def _bus(url: str, ca: Path) -> Bus:
 
 @pytest.fixture
 def servers(tmp_path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path, "bus", ca=True)
     secure, plain = NatsServer(tls=(cert, key)), NatsServer()
     secure.start()
     try:

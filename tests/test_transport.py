@@ -2,20 +2,15 @@
 
 import asyncio
 import dataclasses
-import datetime
-import ipaddress
 import os
 import stat
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from memos_client import AsyncMemosClient, MemosClient, Unavailable
 from memosd.config import load_config
 from memosd.errors import InvalidArgument
+from tests.certs import self_signed
 from tests.daemon import make_config, running
 
 
@@ -59,23 +54,8 @@ def test_loopback_tcp_and_async_client(tmp_path):
         asyncio.run(go())
 
 
-def _self_signed(tmp_path):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "memosd-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .sign(key, hashes.SHA256()))
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                         serialization.NoEncryption()))
-    return str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
-
-
 def test_tls_listener(tmp_path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = map(str, self_signed(tmp_path, "listener"))
     config = dataclasses.replace(make_config(tmp_path, listen="127.0.0.1:0"), tls_cert=cert, tls_key=key)
     with running(config) as d:
         with MemosClient(d.address, key=d.admin_key, tls_ca=cert) as c:
