@@ -82,19 +82,34 @@ async def shown(db, cubes: list[MemCube], may_read: Reader) -> list[MemCube]:
     return await db.read(lambda conn: narrow(db.sql, conn, cubes, may_read))
 
 
+def _each(sql, conn: Conn, ids: Iterable[str]) -> dict[str, MemCube]:
+    """sources() for ids a caller chose (claimed lineage): one lookup per id, whatever it names (a live cube, a
+    tombstone, nothing), so the time taken says nothing of which (derived_from holds a bounded number of ids)."""
+    found = {}
+    for cube_id in dict.fromkeys(ids):
+        row = sql.cubes.current_row(conn, cube_id)
+        if row is not None:
+            found[cube_id] = rows.to_cube(row)
+    return found
+
+
 async def claimable(db, cubes: list[MemCube], may_read: Reader) -> list[MemCube]:
     """Imported cubes with derived_from narrowed to the sources their importer may read: a bundle's lineage may
     point outside it, and is kept as far as it names cubes here that the importer reads, never further."""
-    return await shown(db, cubes, may_read)
+    if may_read is None or not any(c.derived_from for c in cubes):
+        return cubes
+    known = await db.read(lambda conn: _each(db.sql, conn, [i for c in cubes for i in c.derived_from]))
+    return [narrow_known(c, known, may_read) for c in cubes]
 
 
 async def check_claimed(db, derived_from: tuple[str, ...], guard) -> None:
     """A writer may name as sources only cubes it may read: an id of any other, or of none, is refused with the
-    same words (so the refusal tells nothing), and never credited to its cube (MemScheduler's plans count it)."""
+    same words and in the same time (so the refusal tells nothing), and never credited to its cube (MemScheduler's
+    plans count it)."""
     may_read = from_guard(guard)
     if may_read is None or not derived_from:
         return
-    found = await db.read(lambda conn: sources(db.sql, conn, derived_from))
+    found = await db.read(lambda conn: _each(db.sql, conn, derived_from))
     for cube_id in derived_from:
         source = found.get(cube_id)
         if source is None or not may_read(source):
