@@ -37,3 +37,16 @@ class JobState(enum.IntEnum):
 
 
 FINISHED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+@dataclass(frozen=True)
+class ScopeStats:
+    """BM25's statistics counted over the cubes a caller may read, never the whole vault, so that no score (nor
+    which words decide a search) tells anything of cubes outside them: how many hold text, their total length,
+    and how many of them hold each query word (counts) and each of the engine's own terms (terms: lexemes on
+    PostgreSQL, words on SQLite)."""
+
+    docs: int
+    length: int
+    counts: dict[str, int]
+    terms: dict[str, int]

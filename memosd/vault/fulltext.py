@@ -51,17 +51,22 @@ class FullText:
 
     def _search(self, fulltext, conn: Conn, query: str, fts_syntax: bool, f: CubeFilter, now: float,
                 limit: int) -> list[tuple[dict, float]]:
+        # A caller who may not read everything is ranked with the statistics of what it may read: from the
+        # whole vault's, its scores, its order and which of its words decide would tell how common each word
+        # is in cubes it may not read.
+        scoped = f.scope is not None or f.viewer is not None
         if fts_syntax:
-            return fulltext.ranked_query(conn, query, f, now, limit)
+            return fulltext.ranked_query(conn, query, f, now, limit, scoped=scoped)
         terms = words(query)
         if not terms:
             return []
-        size = fulltext.size(conn)
+        stats = fulltext.scope_stats(conn, terms, f) if scoped else None
+        size = stats.docs if stats else fulltext.size(conn)
         if size < self.large_vault or len(terms) == 1:
-            return fulltext.ranked(conn, terms, f, now, limit)
+            return fulltext.ranked(conn, terms, f, now, limit, stats=stats)
         # The rarest words decide what matches, as long as the cubes they match stay within a budget;
         # the others (common in this vault) only add to those cubes' scores.
-        counts = {t: self._doc_count(fulltext, conn, t, size) for t in terms}
+        counts = stats.counts if stats else {t: self._doc_count(fulltext, conn, t, size) for t in terms}
         rare: list[str] = []
         budget, used = max(self.common_share * size, MIN_BUDGET), 0
         for t in sorted(terms, key=counts.__getitem__):
@@ -70,11 +75,11 @@ class FullText:
             rare.append(t)
             used += counts[t]
         if len(rare) == len(terms):
-            return fulltext.ranked(conn, terms, f, now, limit)
-        hits = fulltext.ranked(conn, terms, f, now, limit, one_of=rare)
+            return fulltext.ranked(conn, terms, f, now, limit, stats=stats)
+        hits = fulltext.ranked(conn, terms, f, now, limit, one_of=rare, stats=stats)
         if len(hits) < limit:
             seen = {row["seq"] for row, _ in hits}
-            more = fulltext.ranked(conn, terms, f, now, limit + len(hits))
+            more = fulltext.ranked(conn, terms, f, now, limit + len(hits), stats=stats)
             hits += [(row, score) for row, score in more if row["seq"] not in seen][: limit - len(hits)]
         return hits
 

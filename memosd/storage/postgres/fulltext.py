@@ -21,9 +21,10 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from memosd.cube import CubeFilter, MemoryKind
+from memosd.cube import CubeFilter, LifecycleState, MemoryKind
 from memosd.errors import InvalidArgument
 from memosd.storage.postgres.filters import filter_sql
+from memosd.storage.records import ScopeStats
 # The FTS5 query syntax is read the same way on both engines (see ranked_query): its tokens and its error messages.
 from memosd.storage.fts5 import FIELD_WEIGHTS, FTS_TOKEN, fts5_syntax_problem
 from memosd.vault.rows import COLUMNS, row_dict
@@ -63,11 +64,50 @@ def doc_count(conn: psycopg.Connection, word: str) -> int:
     return _scalar(conn.execute("SELECT count(*) FROM cubes WHERE text_tsv @@ %s::tsquery", (_all(lexemes),)))
 
 
+def scope_stats(conn: psycopg.Connection, words: Sequence[str], f: CubeFilter) -> ScopeStats:
+    """BM25's statistics over the plaintext cubes the filter's scope and viewer admit (in any state but
+    deleted, whatever else the filter asks): how many, their length in lexemes, and how many hold each word
+    (all of its lexemes) and each of the words' lexemes."""
+    per_word = _lexemes(conn, words)
+    docs, length, terms = _scope_counts(conn, f, [lex for lexemes in per_word for lex in lexemes])
+    counts = {}
+    for word, lexemes in zip(words, per_word, strict=True):
+        if len(lexemes) > 1:
+            where, params = _readable(f)
+            counts[word] = _scalar(conn.execute(f"SELECT count(*) FROM cubes c WHERE c.text_tsv @@ %s::tsquery"
+                                                f" AND {where}", [_all(lexemes), *params]))
+        else:
+            counts[word] = terms[lexemes[0]] if lexemes else 0
+    return ScopeStats(docs=docs, length=length, counts=counts, terms=terms)
+
+
+_READABLE_STATES = frozenset({LifecycleState.ACTIVE, LifecycleState.ARCHIVED, LifecycleState.EXPIRED})
+
+
+def _readable(f: CubeFilter) -> tuple[str, list]:
+    where, params = filter_sql(CubeFilter(states=_READABLE_STATES, scope=f.scope, viewer=f.viewer), 0.0)
+    return f"c.kind = {int(MemoryKind.PLAINTEXT)} AND c.text IS NOT NULL AND {where}", params
+
+
+def _scope_counts(conn: psycopg.Connection, f: CubeFilter, lexemes: Sequence[str]) -> tuple[int, int, dict[str, int]]:
+    """How many readable cubes (see scope_stats), their length, and how many of them hold each lexeme: counted
+    every time, exactly (a remembered count would change with writes the caller may not see)."""
+    where, params = _readable(f)
+    docs, length = conn.execute(f"SELECT count(*), coalesce(sum(c.text_len), 0) FROM cubes c WHERE {where}",
+                                params).fetchone() or (0, 0)
+    todo = list(dict.fromkeys(lexemes))
+    rows = conn.execute(f"SELECT t.term, (SELECT count(*) FROM cubes c WHERE c.text_tsv @@ t.q AND {where})"
+                        " FROM unnest(%s::text[], %s::tsquery[]) AS t(term, q)",
+                        [*params, todo, [_quoted(t) for t in todo]]).fetchall() if todo else []
+    return int(docs), int(length), {t: int(c) for t, c in rows}
+
+
 def ranked(conn: psycopg.Connection, words: Sequence[str], f: CubeFilter, now: float, limit: int, *,
-           one_of: Sequence[str] = ()) -> list[tuple[dict, float]]:
+           one_of: Sequence[str] = (), stats: ScopeStats | None = None) -> list[tuple[dict, float]]:
     """The best `limit` plaintext cubes passing the filter whose text holds any of the words (and, if one_of is
     given, one of those too), ranked by BM25 over all the words: (row as a dict of rows.COLUMNS, score), higher
-    scores first."""
+    scores first. With stats (scope_stats() of the words), BM25 is scored with the statistics of the caller's
+    readable cubes; without, with the whole vault's (for a caller who may read everything)."""
     found = _lexemes(conn, [*words, *one_of])
     per_word, per_one_of = found[:len(words)], found[len(words):]
     match = _any(per_word)
@@ -80,14 +120,14 @@ def ranked(conn: psycopg.Connection, words: Sequence[str], f: CubeFilter, now: f
     # Exact: one word of one lexeme, which every match then holds (and its repeats match without a recheck).
     walk = _Walk(deciding=[g for g in (per_one_of if one_of else per_word) if g], every=_all_groups(groups),
                  exact=not one_of and len(groups) == 1 and len(groups[0]) == 1)
-    return _ranked(conn, "%s::tsquery", [match], terms, f, now, limit, walk=walk)
+    return _ranked(conn, "%s::tsquery", [match], terms, f, now, limit, walk=walk, stats=stats)
 
 
-def ranked_query(conn: psycopg.Connection, query: str, f: CubeFilter, now: float,
-                 limit: int) -> list[tuple[dict, float]]:
+def ranked_query(conn: psycopg.Connection, query: str, f: CubeFilter, now: float, limit: int, *,
+                 scoped: bool = False) -> list[tuple[dict, float]]:
     """As ranked(), for a query in FTS5's syntax ("phrases", AND, OR, NOT, parentheses, prefix*), read into a
     tsquery so that one query means the same on both engines; InvalidArgument says what is wrong with a query
-    that cannot be read."""
+    that cannot be read. scoped: scored with the statistics of the caller's readable cubes."""
     problem = fts5_syntax_problem(query)
     if problem:  # told as SQLite tells it: one query means the same, or fails the same, on both engines
         raise InvalidArgument(f"the FTS5 query cannot be read: {problem}; fix it, or search without --fts"
@@ -96,8 +136,12 @@ def ranked_query(conn: psycopg.Connection, query: str, f: CubeFilter, now: float
     if not tsquery:
         return []
     (lexemes,) = _lexemes(conn, [" ".join(words)])
+    stats = None
+    if scoped:
+        docs, length, terms = _scope_counts(conn, f, lexemes)
+        stats = ScopeStats(docs=docs, length=length, counts={}, terms=terms)
     try:
-        return _ranked(conn, "to_tsquery('english', %s)", [tsquery], lexemes, f, now, limit)
+        return _ranked(conn, "to_tsquery('english', %s)", [tsquery], lexemes, f, now, limit, stats=stats)
     except pg_errors.SyntaxError:
         raise InvalidArgument(f"the FTS5 query cannot be read: {explain_fts_error(query, '')}; fix it, or"
                               " search without --fts (plain words)") from None
@@ -194,18 +238,24 @@ def _database(conn: psycopg.Connection) -> tuple:
 
 
 def _ranked(conn: psycopg.Connection, match_sql: str, match_params: list, terms: Sequence[str], f: CubeFilter,
-            now: float, limit: int, walk: _Walk | None = None) -> list[tuple[dict, float]]:
+            now: float, limit: int, walk: _Walk | None = None,
+            stats: ScopeStats | None = None) -> list[tuple[dict, float]]:
     """The best `limit` matches passing the filter, scored by BM25 over the terms (lexemes). The filter is in
-    the same query as the match, so only readable cubes are scored; each term's document count is a GIN
-    index lookup over all cubes with text, as FTS5 counts it (remembered on large vaults, see _doc_counts).
+    the same query as the match, so only readable cubes are scored; with stats, N, avgdl and each term's
+    document count are the readable cubes' (scope_stats); without, each term's document count is a GIN index
+    lookup over all cubes with text, as FTS5 counts it (remembered on large vaults, see _doc_counts).
     With walk (plain words), matches as many as WALK_FROM are ranked from a bounded set (_walked)."""
     where, params = filter_sql(f, now)
     terms = list(terms)
-    database, n, tokens = conn.execute(
-        "SELECT (SELECT oid FROM pg_database WHERE datname = current_database()), coalesce(sum(docs), 0),"
-        " coalesce(sum(tokens), 0) FROM search_stats").fetchone() or (0, 0, 0)
+    if stats is not None:
+        n, tokens = stats.docs, stats.length
+        counts = {t: stats.terms.get(t, 0) for t in terms}
+    else:
+        database, n, tokens = conn.execute(
+            "SELECT (SELECT oid FROM pg_database WHERE datname = current_database()), coalesce(sum(docs), 0),"
+            " coalesce(sum(tokens), 0) FROM search_stats").fetchone() or (0, 0, 0)
+        counts = _doc_counts(conn, (conn.info.host, conn.info.port, int(database)), terms, max(int(n), 1))
     n, avgdl = max(int(n), 1), max(int(tokens), 1) / max(int(n), 1)
-    counts = _doc_counts(conn, (conn.info.host, conn.info.port, int(database)), terms, n)
     idf = [max(math.log((n - counts[t] + 0.5) / (counts[t] + 0.5)), 1e-6) for t in terms]
     # A group's matches are at most its rarest lexeme's; the deciding groups' matches at most their sum.
     matches = sum(min(counts.get(t, n) for t in g) for g in walk.deciding) if walk else 0

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import heapq
+import math
 import re
 import sqlite3
+import threading
 from collections.abc import Sequence
 
-from memosd.cube import CubeFilter, MemoryKind
+from memosd.cube import CubeFilter, LifecycleState, MemoryKind
 from memosd.errors import InvalidArgument
-from memosd.storage.fts5 import FIELD_WEIGHTS, column_problem, fts5_syntax_problem
+from memosd.storage.fts5 import FIELD_WEIGHTS, FTS_TOKEN, OPERATORS, column_problem, fts5_syntax_problem
+from memosd.storage.records import ScopeStats
 from memosd.storage.sqlite.filters import filter_sql
 from memosd.vault.rows import COLUMNS, row_dict
 
@@ -30,18 +34,26 @@ def doc_count(conn: sqlite3.Connection, word: str) -> int:
 
 
 def ranked(conn: sqlite3.Connection, words: Sequence[str], f: CubeFilter, now: float, limit: int, *,
-           one_of: Sequence[str] = ()) -> list[tuple[dict, float]]:
+           one_of: Sequence[str] = (), stats: ScopeStats | None = None) -> list[tuple[dict, float]]:
     """The best `limit` plaintext cubes passing the filter whose text holds any of the words (and, if one_of is
     given, one of those too), ranked by BM25 over all the words: (row as a dict of rows.COLUMNS, score), higher
-    scores first."""
+    scores first. With stats (scope_stats() of the words), BM25 is scored with the statistics of the caller's
+    readable cubes; without, with the whole vault's (FTS5's bm25(), for a caller who may read everything)."""
     match = _any(words) if not one_of else f"({_any(one_of)}) AND ({_any(words)})"
+    if stats is not None:
+        return _scoped(conn, match, words, f, now, limit, stats)
     return _ranked(conn, match, f, now, limit)
 
 
-def ranked_query(conn: sqlite3.Connection, query: str, f: CubeFilter, now: float, limit: int) -> list[tuple[dict, float]]:
+def ranked_query(conn: sqlite3.Connection, query: str, f: CubeFilter, now: float, limit: int, *,
+                 scoped: bool = False) -> list[tuple[dict, float]]:
     """As ranked(), for a query in this engine's own full-text syntax (FTS5's); InvalidArgument says what is
-    wrong with a query that cannot be read."""
+    wrong with a query that cannot be read. scoped: scored with the statistics of the caller's readable cubes
+    (the query's words, phrases split into words, and prefixes, are what BM25 counts)."""
     try:
+        if scoped:
+            units = _query_units(query)
+            return _scoped(conn, query, units, f, now, limit, scope_stats(conn, units, f))
         return _ranked(conn, query, f, now, limit)
     except sqlite3.OperationalError as exc:
         # The statements are fixed; only the MATCH expression varies, so a parse failure is the user's.
@@ -81,6 +93,132 @@ def _ranked(conn: sqlite3.Connection, match: str, f: CubeFilter, now: float, lim
     sql = (f"SELECT {_CUBE_COLUMNS}, bm25(cubes_fts, {', '.join(map(str, FIELD_WEIGHTS))}) AS rank FROM cubes_fts"
            f" JOIN cubes c ON c.seq = cubes_fts.rowid WHERE cubes_fts MATCH ? AND {keep} ORDER BY rank LIMIT ?")
     return [(row_dict(r[:-1]), -r[-1]) for r in conn.execute(sql, [match, *params, limit]).fetchall()]
+
+
+# -- BM25 within the caller's readable cubes --------------------------------------------------------------------
+# FTS5's bm25() counts N, the average length and each phrase's matches over the whole table: a caller who may
+# read only some cubes would learn, from scores and order, how common its words are in the others. For such a
+# caller the score is computed here with FTS5's formula and constants, over statistics of the readable cubes
+# alone: occurrences per cube and column from cubes_fts_instances (m0011_fts_instances), weighted by column as
+# bm25() weighs them; a cube's length in characters of its three fields (the index keeps token counts in a form
+# SQL cannot sum), which BM25 only compares with the readable cubes' average.
+K1, B = 1.2, 0.75
+_DL = "(length(c.text) + coalesce(length(c.search_context), 0) + coalesce(length(c.metadata), 0))"
+_WEIGHTS = dict(zip(("text", "context", "meta"), FIELD_WEIGHTS, strict=True))
+_READABLE_STATES = frozenset({LifecycleState.ACTIVE, LifecycleState.ARCHIVED, LifecycleState.EXPIRED})
+
+
+def scope_stats(conn: sqlite3.Connection, words: Sequence[str], f: CubeFilter) -> ScopeStats:
+    """BM25's statistics over the plaintext cubes the filter's scope and viewer admit (in any state but
+    deleted, whatever else the filter asks): how many, their length, and how many hold each word (a word
+    ending in "*": a prefix)."""
+    where, params = _readable(f)
+    docs, length = conn.execute(f"SELECT count(*), coalesce(sum({_DL}), 0) FROM cubes c WHERE {where}",
+                                params).fetchone()
+    counts = {w: conn.execute(f"SELECT count(*) FROM cubes_fts JOIN cubes c ON c.seq = cubes_fts.rowid"
+                              f" WHERE cubes_fts MATCH ? AND {where}", [_unit_match(w), *params]).fetchone()[0]
+              for w in dict.fromkeys(words)}
+    return ScopeStats(docs=docs, length=length, counts=counts, terms=counts)
+
+
+def _readable(f: CubeFilter) -> tuple[str, list]:
+    where, params = filter_sql(CubeFilter(states=_READABLE_STATES, scope=f.scope, viewer=f.viewer), 0.0)
+    return f"c.kind = {int(MemoryKind.PLAINTEXT)} AND c.text IS NOT NULL AND {where}", params
+
+
+def _unit_match(word: str) -> str:
+    return _quoted(word[:-1]) + "*" if word.endswith("*") else _quoted(word)
+
+
+def _scoped(conn: sqlite3.Connection, match: str, words: Sequence[str], f: CubeFilter, now: float, limit: int,
+            stats: ScopeStats) -> list[tuple[dict, float]]:
+    """The best `limit` matches passing the filter, scored by BM25 over the words with the scope's statistics."""
+    where, params = filter_sql(f, now)
+    lengths = dict(conn.execute(
+        f"SELECT c.seq, {_DL} FROM cubes_fts JOIN cubes c ON c.seq = cubes_fts.rowid WHERE cubes_fts MATCH ?"
+        f" AND c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}", [match, *params]).fetchall())
+    if not lengths:
+        return []
+    n = max(stats.docs, 1)
+    avgdl = max(stats.length, 1) / n
+    scores = dict.fromkeys(lengths, 0.0)
+    for word in dict.fromkeys(words):
+        hits = stats.terms.get(word, 0)
+        idf = max(math.log((n - hits + 0.5) / (hits + 0.5)), 1e-6)
+        for seq, tf in _frequencies(conn, word, lengths).items():
+            scores[seq] += idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * lengths[seq] / avgdl))
+    best = heapq.nsmallest(limit, scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    marks = ",".join("?" * len(best))
+    found = {r[0]: r[1:] for r in conn.execute(
+        f"SELECT c.seq, {_CUBE_COLUMNS} FROM cubes c WHERE c.seq IN ({marks})", [seq for seq, _ in best])}
+    return [(row_dict(found[seq]), score) for seq, score in best if seq in found]
+
+
+def _frequencies(conn: sqlite3.Connection, word: str, cubes: dict) -> dict[int, float]:
+    """The word's occurrences in each of the cubes, each weighing its column's FIELD_WEIGHTS share (a word the
+    tokenizer makes several terms of: the least of theirs; a prefix: every term it begins)."""
+    if word.endswith("*"):
+        # A prefix is not stemmed (as FTS5 reads "word*"): the range of terms beginning with it, lower-cased.
+        start = word[:-1].lower()
+        rows = conn.execute("SELECT doc, col, count(*) FROM cubes_fts_instances WHERE term >= ? AND term < ?"
+                            " GROUP BY doc, col", (start, start + "\U0010ffff"))
+        return _weighted(rows, cubes)
+    per_term = [_weighted(conn.execute("SELECT doc, col, count(*) FROM cubes_fts_instances WHERE term = ?"
+                                       " GROUP BY doc, col", (term,)), cubes)
+                for term in dict.fromkeys(_terms([word])[0])]
+    if not per_term:
+        return {}
+    first, *rest = per_term
+    return {seq: min([tf, *(other.get(seq, 0.0) for other in rest)]) for seq, tf in first.items()
+            if all(seq in other for other in rest)}
+
+
+def _weighted(rows, cubes: dict) -> dict[int, float]:
+    found: dict[int, float] = {}
+    for doc, col, count in rows:
+        if doc in cubes:
+            found[doc] = found.get(doc, 0.0) + _WEIGHTS.get(col, 1.0) * count
+    return found
+
+
+# The tokenizer cubes_fts was made with (m0009_search_fields): a query word is read into the index's terms by
+# an index of its own with the same tokenizer, in memory (the daemon's readers may not write, not even to temp).
+TOKENIZE = "porter unicode61 remove_diacritics 2"
+_tokenizer_lock = threading.Lock()
+_tokenizer: sqlite3.Connection | None = None
+
+
+def _terms(words: Sequence[str]) -> list[list[str]]:
+    """Each word's terms as cubes_fts holds them (lower-cased, stemmed; none for punctuation)."""
+    global _tokenizer
+    with _tokenizer_lock:
+        if _tokenizer is None:
+            _tokenizer = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            _tokenizer.execute(f"CREATE VIRTUAL TABLE words USING fts5(w, tokenize='{TOKENIZE}')")
+            _tokenizer.execute("CREATE VIRTUAL TABLE words_terms USING fts5vocab(words, instance)")
+        _tokenizer.execute("DELETE FROM words")
+        _tokenizer.executemany("INSERT INTO words (rowid, w) VALUES (?, ?)", enumerate(words, 1))
+        found: list[list[str]] = [[] for _ in words]
+        for doc, term in _tokenizer.execute("SELECT doc, term FROM words_terms ORDER BY doc, offset"):
+            found[doc - 1].append(term)
+        _tokenizer.execute("DELETE FROM words")
+    return found
+
+
+def _query_units(query: str) -> list[str]:
+    """What BM25 counts of a query in FTS5's syntax: its words (a phrase's one by one) and prefixes ("word*")."""
+    units: list[str] = []
+    for tok in FTS_TOKEN.findall(query):
+        if tok in OPERATORS or tok in ("(", ")"):
+            continue
+        if tok.endswith("*") and not tok.startswith('"') and _WORD.fullmatch(tok[:-1]):
+            units.append(tok.lower())
+            continue
+        units += [w.lower() for w in _WORD.findall(tok)]
+    return list(dict.fromkeys(units))
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def explain_fts_error(query: str, sqlite_message: str) -> str:

@@ -235,3 +235,11 @@ def m0010_vector_log(db: Database) -> None:
     for event, row in (("INSERT", "new"), ("UPDATE", "new"), ("DELETE", "old")):
         db.execute(f"CREATE TRIGGER embeddings_log_{event.lower()} AFTER {event} ON embeddings BEGIN"
                    f" INSERT INTO vector_log (seq) VALUES ({row}.seq); END")
+
+
+@migrations()
+def m0011_fts_instances(db: Database) -> None:
+    # Every occurrence of every term in cubes_fts (term, cube, column, offset), read by term: BM25 scored within
+    # what a caller may read (storage.sqlite.fulltext.scoped) counts a query word's occurrences in each cube from
+    # it, as FTS5's own bm25() does, but over statistics of the caller's cubes rather than the whole vault's.
+    db.execute("CREATE VIRTUAL TABLE cubes_fts_instances USING fts5vocab(cubes_fts, instance)")
