@@ -50,3 +50,25 @@ def test_small_vaults_rank_exactly(tmp_path):
         assert sorted(search(v, "alpha beta gamma", limit=5)) == ["alpha beta", "beta", "gamma"]
     finally:
         asyncio.run(v.close())
+
+
+def test_which_words_decide_is_counted_within_the_callers_scope(tmp_path):
+    from memosd.governance.core import ScopeRule
+
+    v = MemVault(tmp_path)
+    v.fulltext = FullText(large_vault=30, common_share=0.2)
+    try:
+        # Enough cubes for the cut-off to act (more matches than MIN_BUDGET).
+        mine = [f"filler cube number {i} about the weather" for i in range(600)]
+        mine += ["the weather on the glacier was cold", "a glacier hike"]
+        asyncio.run(v.put_many([CubeDraft("agents/a/n", t) for t in mine], "a"))
+        # Outside a's scope "glacier" is everywhere: counted over the whole vault it would be the common word,
+        # "weather" would decide, and "a glacier hike" (no weather) would not come back.
+        asyncio.run(v.put_many([CubeDraft("agents/b/n", f"glacier {i}") for i in range(1000)], "b"))
+        scope = CubeFilter(scope=(ScopeRule("agents/a", True, frozenset()),), viewer="a")
+        hits, _ = asyncio.run(v.search("weather glacier", scope, 5))
+        found = [h.cube.text for h in hits]
+        assert set(found[:2]) == {"the weather on the glacier was cold", "a glacier hike"}, found
+        assert all(h.cube.namespace == "agents/a/n" for h in hits)
+    finally:
+        asyncio.run(v.close())
