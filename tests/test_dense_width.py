@@ -10,6 +10,7 @@ import pytest
 
 from memosd.cube import CubeDraft, CubeFilter, SearchMode
 from memosd.storage import open_database
+from memosd.storage.postgres import schema
 from memosd.vault import MemVault, search
 from tests.storage_engine import vault_settings
 from tests.test_dense_search import WordHashEmbedder
@@ -31,21 +32,43 @@ async def _dense(vault: MemVault, text: str, limit: int = 10) -> list[tuple[str,
     return [(h.cube.text, h.dense_score) for h in hits]
 
 
-@pytest.mark.parametrize("vault_engine", ["sqlite", "postgresql"])
+def _as_before_m0011(url: str) -> None:
+    """The vault as a memosd before m0011 left it: each model's HNSW index over all its vectors, of any width."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        for model, dims in conn.execute("SELECT DISTINCT model, vector_dims(vector) FROM embeddings").fetchall():
+            name = schema.vector_index_name(model, dims)
+            conn.execute(f"DROP INDEX {name}")
+            conn.execute(f"CREATE INDEX {name} ON embeddings USING hnsw ((vector::vector({dims})) vector_cosine_ops)"
+                         f" WHERE model = '{model}'")
+        conn.execute(f"DELETE FROM {schema.TABLE} WHERE name = 'm0011_vector_width'")
+
+
+# postgresql-before-m0011: the daemon that restarts at the new width is also the first to run m0011 on the vault.
+@pytest.mark.parametrize("vault_engine", ["sqlite", "postgresql", "postgresql-before-m0011"])
 def test_a_model_that_changes_width_is_re_embedded_never_mixed(vault_engine, request, tmp_path, caplog, monkeypatch):
-    url = vault_settings(vault_engine, request).get("vault_url", "sqlite:")
+    url = vault_settings(vault_engine.split("-")[0], request).get("vault_url", "sqlite:")
     caplog.set_level(logging.INFO, "memosd.vault")
     monkeypatch.setattr(search, "BACKFILL_BATCH", 2)  # re-embedding in steps leaves both widths stored at once
 
     def failures() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        return [f"{r.getMessage()} ({r.exc_info[1]!r})" if r.exc_info else r.getMessage()
+                for r in caplog.records if r.levelno >= logging.ERROR]
+
+    async def until_clean(condition, what: str) -> None:
+        # A failure logged (the backfill retrying the same error) ends the wait, as the test's failure.
+        async def settled():
+            return failures() or await condition()
+
+        await until(settled, what, 20)
+        assert failures() == []
 
     async def embedded(vault: MemVault) -> None:
-        async def settled():
-            return failures() or not (await vault.stats())["embedding_backlog"]
+        async def caught_up():
+            return not (await vault.stats())["embedding_backlog"]
 
-        await until(settled, "the backfill did not finish", 20)
-        assert failures() == []
+        await until_clean(caught_up, "the backfill did not finish")
 
     async def opened(encoder: WordHashEmbedder) -> MemVault:
         vault = MemVault(tmp_path, db=open_database(tmp_path, url=url), embedder=encoder)
@@ -60,14 +83,18 @@ def test_a_model_that_changes_width_is_re_embedded_never_mixed(vault_engine, req
             assert (await _dense(vault, "note number 3", 1))[0][0] == "note number 3"
         finally:
             await vault.close()
+        if vault_engine == "postgresql-before-m0011":
+            _as_before_m0011(url)
 
         encoder = _encoder(NEW)
         encoder.gate.clear()
         encoder.held.add(TEXTS[2])  # the second batch waits: cubes 0 and 1 at the new width, 2 to 4 at the old
         vault = await opened(encoder)
         try:
-            assert await asyncio.to_thread(encoder.entered.wait, 20), "the old cubes were not re-embedded"
-            assert failures() == []
+            async def reached():
+                return encoder.entered.is_set()
+
+            await until_clean(reached, "the old cubes were not re-embedded")
             assert (await vault.stats())["embedding_backlog"] == 3
             # Only the cubes re-embedded are candidates, however near the old vectors of the others would score.
             assert sorted(t for t, _ in await _dense(vault, "note number 3")) == TEXTS[:2]
