@@ -37,9 +37,10 @@ def _as_before_m0011(url: str) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        for model, dims in conn.execute("SELECT DISTINCT model, vector_dims(vector) FROM embeddings").fetchall():
+        found = conn.execute("SELECT DISTINCT model, dims FROM embeddings").fetchall()
+        conn.execute("ALTER TABLE embeddings DROP COLUMN dims")  # and the indexes over it
+        for model, dims in found:
             name = schema.vector_index_name(model, dims)
-            conn.execute(f"DROP INDEX {name}")
             conn.execute(f"CREATE INDEX {name} ON embeddings USING hnsw ((vector::vector({dims})) vector_cosine_ops)"
                          f" WHERE model = '{model}'")
         conn.execute(f"DELETE FROM {schema.TABLE} WHERE name = 'm0011_vector_width'")

@@ -178,7 +178,7 @@ def test_nearest_finds_the_closest_cubes_the_filter_admits_through_the_hnsw_inde
         q = "[1,0,0,0]"
         return " ".join(r[0] for r in conn.execute(
             "EXPLAIN SELECT c.seq FROM embeddings e JOIN cubes c ON c.seq = e.seq WHERE e.model = 'm'"
-            " AND vector_dims(e.vector) = 4 AND c.namespace = 'mine' ORDER BY e.vector::vector(4) <=> %s::vector(4) LIMIT 3", (q,)))
+            " AND e.dims = 4 AND c.namespace = 'mine' ORDER BY e.vector::vector(4) <=> %s::vector(4) LIMIT 3", (q,)))
 
     assert "embeddings_hnsw_" in _run(db.read(plan))  # store() built the model's index
 

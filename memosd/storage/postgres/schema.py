@@ -16,7 +16,9 @@ Choices, once for all tables:
 - Embeddings: one row per cube as in SQLite, in a pgvector `vector` column without a fixed dimension, because
   the dimension is the embedding model's and the model is configuration. HNSW (cosine) indexes are built per
   model and width, as partial expression indexes on `vector::vector(DIM)` over the model's vectors of that width
-  (ensure_vector_index), which a query uses by spelling the same cast, `model = ...` and `vector_dims(vector) = DIM`.
+  (ensure_vector_index), which a query uses by spelling the same cast, `model = ...` and `dims = DIM`. The width
+  is a stored column (m0011): vector_dims() reads a vector past 2 kB (500 floats) out of TOAST, in every row a
+  backlog count looks at.
 - States and event kinds are the same integers as in SQLite (LifecycleState, EventKind); times are seconds
   since the epoch in double precision; sequence numbers are bigint.
 """
@@ -381,8 +383,9 @@ def m0011_vector_width(conn) -> None:
         "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'embeddings'"
         " AND starts_with(indexname, 'embeddings_hnsw_')")}
     for name in built:
-        conn.execute(f"DROP INDEX {name}")
-    for model, dims in conn.execute("SELECT DISTINCT model, vector_dims(vector) FROM embeddings").fetchall():
+        conn.execute(f"DROP INDEX {name}")  # before the column: the table's rewrite would rebuild them
+    conn.execute("ALTER TABLE embeddings ADD COLUMN dims integer NOT NULL GENERATED ALWAYS AS (vector_dims(vector)) STORED")
+    for model, dims in conn.execute("SELECT DISTINCT model, dims FROM embeddings").fetchall():
         if vector_index_name(model, dims) in built:
             ensure_vector_index(conn, model, dims)
 
@@ -400,13 +403,13 @@ def vector_index_name(model: str, dims: int) -> str:
 
 def ensure_vector_index(conn, model: str, dims: int) -> str:
     """The HNSW (cosine) index over one model's embeddings of one width, created if missing; its name.
-    Queries use it with `WHERE model = %s AND vector_dims(vector) = DIMS ORDER BY vector::vector(DIMS) <=> %s`
+    Queries use it with `WHERE model = %s AND dims = DIMS ORDER BY vector::vector(DIMS) <=> %s`
     (DIMS a literal, as the planner matches it to the index's predicate)."""
     name = vector_index_name(model, dims)
     literal = model.replace("'", "''")  # DDL takes no parameters
     # Only vectors of this width: the cast would fail on any other, and so would every write of one.
     conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw ((vector::vector({int(dims)}))"
-                 f" vector_cosine_ops) WHERE model = '{literal}' AND vector_dims(vector) = {int(dims)}")
+                 f" vector_cosine_ops) WHERE model = '{literal}' AND dims = {int(dims)}")
     return name
 
 

@@ -18,7 +18,7 @@ CLAIM_SECONDS = 300.0
 _PLAINTEXT = f"c.kind = {int(MemoryKind.PLAINTEXT)}"
 # A vector of another width under the model's name (its encoder changed width) is no vector for the model: the
 # cube is embedded again, and dense search never compares that vector with a query of the new width.
-_CURRENT = "e.seq = c.seq AND e.model = %(model)s AND vector_dims(e.vector) = %(dim)s"
+_CURRENT = "e.seq = c.seq AND e.model = %(model)s AND e.dims = %(dim)s"
 _WITHOUT_VECTOR = (f" FROM cubes c WHERE {_PLAINTEXT} AND c.text IS NOT NULL"
                    f" AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE {_CURRENT})")
 _NOW = "extract(epoch FROM clock_timestamp())"
@@ -31,7 +31,7 @@ _ITERATIVE = "SET LOCAL hnsw.iterative_scan = relaxed_order"
 def load(conn: psycopg.Connection, model: str, dim: int) -> tuple[list[int], list[np.ndarray]]:
     """The seqs and float32 vectors stored for the model, leaving out any that are not `dim` wide."""
     # vector_send: pgvector's binary form (int16 dims, int16 unused, big-endian float32s), read without parsing text.
-    found = conn.execute("SELECT seq, vector_send(vector) FROM embeddings WHERE model = %s AND vector_dims(vector) = %s"
+    found = conn.execute("SELECT seq, vector_send(vector) FROM embeddings WHERE model = %s AND dims = %s"
                          " ORDER BY seq", (model, dim)).fetchall()
     return [s for s, _ in found], [np.frombuffer(v, dtype=">f4", offset=4).astype(np.float32) for _, v in found]
 
@@ -108,7 +108,7 @@ def best(conn: psycopg.Connection, model: str, dim: int, nearest: list[tuple[int
     scores = dict(nearest)
     passed = {s for (s,) in conn.execute(
         f"SELECT c.seq FROM cubes c WHERE c.seq = ANY(%s) AND {_PLAINTEXT} AND {where}"
-        " AND EXISTS (SELECT 1 FROM embeddings e WHERE e.seq = c.seq AND e.model = %s AND vector_dims(e.vector) = %s)",
+        " AND EXISTS (SELECT 1 FROM embeddings e WHERE e.seq = c.seq AND e.model = %s AND e.dims = %s)",
         [list(scores), *params, model, dim])}
     chosen = [s for s, _ in nearest if s in passed][:limit]
     found = conn.execute(f"SELECT {rows.COLUMNS} FROM cubes c WHERE c.seq = ANY(%s)", [chosen]).fetchall()
@@ -134,7 +134,7 @@ def nearest(conn: psycopg.Connection, model: str, vector: np.ndarray, f: CubeFil
         f"SELECT {_CUBE_COLUMNS}, 1 - (e.vector::vector({dim}) <=> %s::vector({dim})) FROM embeddings e"
         # The width spelled as the index's predicate is (a literal), for the planner to match them; a vector of
         # another width is filtered out before the cast, which would fail on it.
-        f" JOIN cubes c ON c.seq = e.seq WHERE e.model = %s AND vector_dims(e.vector) = {dim} AND {_PLAINTEXT}"
+        f" JOIN cubes c ON c.seq = e.seq WHERE e.model = %s AND e.dims = {dim} AND {_PLAINTEXT}"
         f" AND {where}"
         f" ORDER BY e.vector::vector({dim}) <=> %s::vector({dim}) LIMIT %s",
         [literal, model, *params, literal, limit]).fetchall()
