@@ -77,26 +77,27 @@ class Engine:
                                     json.dumps(r["metadata"]) if r.get("metadata") else None, "bench", int(Visibility.NAMESPACE), NOW, NOW))
         await self.db.write(rows)
 
-    async def embed(self, vector_of) -> None:
-        """Store a vector for every cube (vector_of(seq, text)), then set up dense search as the daemon does."""
-        after, dim = 0, None
+    async def embed(self, vector_of, dim: int) -> None:
+        """Store a `dim`-wide vector for every cube (vector_of(seq, text)), then set up dense search as the daemon
+        does."""
+        after, stored = 0, False
         if self.name == "postgresql":
             # store() builds the model's HNSW index with the first vectors and then adds to it one by one; a bulk
             # load builds it once at the end instead (many times faster on a few cores).
             self.sql.vectors._index = lambda conn, model, dim: None
-        while todo := await self.db.read(lambda conn, a=after: self.sql.vectors.missing(conn, MODEL, a, 2000)):
+        while todo := await self.db.read(lambda conn, a=after: self.sql.vectors.missing(conn, MODEL, dim, a, 2000)):
             vectors = np.stack([vector_of(s, t) for s, t in todo])
-            dim = vectors.shape[1]
+            stored = True
             await self.db.write(lambda conn, t=todo, v=vectors: self.sql.vectors.store(conn, MODEL, t, v))
             after = todo[-1][0]
-        if self.name == "postgresql" and dim:
+        if self.name == "postgresql" and stored:
             def build(conn, d=dim):
                 conn.execute("SET LOCAL statement_timeout = 0")
                 conn.execute("SET LOCAL maintenance_work_mem = '2GB'")
                 schema.ensure_vector_index(conn, MODEL, d)
                 conn.execute("ANALYZE")
             await self.db.write(build)
-        if self.name == "sqlite" and dim:
+        if self.name == "sqlite" and stored:
             self.dense = DenseSearch(self.db, _Vectors(dim, {}))
             seqs, found = await self.db.read(lambda conn: self.sql.vectors.load(conn, MODEL, dim))
             self.dense.index = DenseIndex(dim)
@@ -165,7 +166,7 @@ async def quality(engines: list[Engine], data: Path, model_dir: str | None) -> d
                                "metadata": {"speaker": t["speaker"], "session": t["session"],
                                             "session_date": t["date"], "dia_id": t["dia_id"]},
                                "context": context_text(turns, i, 2)} for i, t in enumerate(turns)])
-        await engine.embed(lambda seq, text: vectors[text])
+        await engine.embed(lambda seq, text: vectors[text], embedder.dim)
     out: dict = {"questions": len(questions), "encode_seconds": round(encoded, 1)}
     for engine in engines:
         found: dict[str, list[float]] = {"bm25": [], "hybrid": []}
@@ -205,7 +206,7 @@ async def speed(engines: list[Engine], n: int, queries: int, dim: int) -> dict:
             v = rng.standard_normal(dim).astype(np.float32)
             return v / np.linalg.norm(v)
 
-        await engine.embed(random_vector)
+        await engine.embed(random_vector, dim)
         started[engine.name] = round(time.perf_counter() - t, 1)
     texts = corpus.queries(queries)
     namespace = next(corpus.cubes(1))["namespace"].split("/")[0]

@@ -313,7 +313,7 @@ def test_embeddings_of_any_dimension_and_a_per_model_hnsw_index(postgres_url):
         def nearest(conn):
             conn.execute("SET LOCAL enable_seqscan = off")
             query = ("SELECT c.id FROM embeddings e JOIN cubes c ON c.seq = e.seq WHERE e.model = 'mini'"
-                     " ORDER BY e.vector::vector(3) <=> '[1,0,0]'::vector(3) LIMIT 2")
+                     " AND e.dims = 3 ORDER BY e.vector::vector(3) <=> '[1,0,0]'::vector(3) LIMIT 2")
             plan = " ".join(r[0] for r in conn.execute("EXPLAIN " + query))
             return plan, [r[0] for r in conn.execute(query)]
 

@@ -109,7 +109,7 @@ def test_scores_are_fts5s_bm25_over_the_lexemes(db):
 
 
 def _claims(db, model="m", after=0, limit=100):
-    return _run(db.read(lambda conn: db.sql.vectors.missing(conn, model, after, limit)))
+    return _run(db.read(lambda conn: db.sql.vectors.missing(conn, model, 3, after, limit)))
 
 
 def test_two_daemons_backfilling_at_once_are_never_handed_the_same_cube(postgres_url, db):
@@ -143,7 +143,7 @@ def test_two_daemons_backfilling_at_once_are_never_handed_the_same_cube(postgres
         assert _run(daemons[0].write(lambda conn: vectors.store(conn, "m", todo[:10], np.ones((10, 3))))) == list(range(10))
         _run(daemons[0].write(lambda conn: conn.execute("UPDATE embedding_claims SET until = 0")))
         assert {s for s, _ in _claims(daemons[1])} == first - {s for s, _ in todo[:10]} | second
-        assert _run(db.read(lambda conn: vectors.backlog(conn, "m"))) == 50
+        assert _run(db.read(lambda conn: vectors.backlog(conn, "m", 3))) == 50
     finally:
         for d in daemons:
             d.close()
@@ -178,7 +178,7 @@ def test_nearest_finds_the_closest_cubes_the_filter_admits_through_the_hnsw_inde
         q = "[1,0,0,0]"
         return " ".join(r[0] for r in conn.execute(
             "EXPLAIN SELECT c.seq FROM embeddings e JOIN cubes c ON c.seq = e.seq WHERE e.model = 'm'"
-            " AND c.namespace = 'mine' ORDER BY e.vector::vector(4) <=> %s::vector(4) LIMIT 3", (q,)))
+            " AND e.dims = 4 AND c.namespace = 'mine' ORDER BY e.vector::vector(4) <=> %s::vector(4) LIMIT 3", (q,)))
 
     assert "embeddings_hnsw_" in _run(db.read(plan))  # store() built the model's index
 

@@ -154,8 +154,8 @@ def test_size_and_word_counts(engine, vault):
 # -- stored vectors -------------------------------------------------------------------------------------
 
 
-def missing(engine, after=0, limit=100, model=MODEL):
-    return engine.read(lambda conn: engine.sql.vectors.missing(conn, model, after, limit))
+def missing(engine, after=0, limit=100, model=MODEL, dim=4):
+    return engine.read(lambda conn: engine.sql.vectors.missing(conn, model, dim, after, limit))
 
 
 def store(engine, todo, vectors, model=MODEL):
@@ -166,8 +166,8 @@ def load(engine, dim, model=MODEL):
     return engine.read(lambda conn: engine.sql.vectors.load(conn, model, dim))
 
 
-def backlog(engine, model=MODEL):
-    return engine.read(lambda conn: engine.sql.vectors.backlog(conn, model))
+def backlog(engine, model=MODEL, dim=4):
+    return engine.read(lambda conn: engine.sql.vectors.backlog(conn, model, dim))
 
 
 def test_cubes_without_a_vector_come_in_seq_order_after_a_cursor(engine, vault):
@@ -196,6 +196,7 @@ def test_vectors_are_stored_and_loaded_back_exactly(engine, vault):
     assert backlog(engine) == 0 and missing(engine) == []
     assert backlog(engine, "other-model") == 3 and load(engine, 4, "other-model") == ([], [])
     assert load(engine, 5) == ([], [])  # vectors of another width are left out
+    assert backlog(engine, dim=5) == 3 and len(missing(engine, dim=5)) == 3  # and their cubes embedded again
 
 
 def test_a_vector_is_stored_only_for_the_text_it_was_made_from(engine, vault):
@@ -234,18 +235,18 @@ def test_best_keeps_the_nearest_order_and_drops_cubes_filtered_out_or_without_a_
     store(engine, [t for t in todo if t[1] != "five"], np.ones((4, 4)))
     nearest = [(seq["four"], 0.9), (seq["three"], 0.8), (seq["five"], 0.7), (seq["one"], 0.6), (seq["two"], 0.5)]
 
-    def best(f=CubeFilter(), limit=10, model=MODEL, candidates=nearest):
-        found = engine.read(lambda conn: engine.sql.vectors.best(conn, model, candidates, f, NOW, limit))
+    def best(f=CubeFilter(), limit=10, model=MODEL, candidates=nearest, dim=4):
+        found = engine.read(lambda conn: engine.sql.vectors.best(conn, model, dim, candidates, f, NOW, limit))
         return [(row["text"], score) for row, score in found]
 
     assert best() == [("four", 0.9), ("three", 0.8), ("one", 0.6), ("two", 0.5)]  # five has no vector yet
     assert best(CubeFilter(namespace_prefix="a")) == [("four", 0.9), ("one", 0.6), ("two", 0.5)]
     assert best(CubeFilter(namespace_prefix="a"), limit=2) == [("four", 0.9), ("one", 0.6)]
-    assert best(model="other-model") == [] and best(candidates=[]) == []
+    assert best(model="other-model") == [] and best(candidates=[]) == [] and best(dim=5) == []
     one = asyncio.run(vault.list(CubeFilter(), 10)).cubes
     asyncio.run(vault.delete(next(c.id for c in one if c.text == "four")))  # its vector goes with it
     assert best(limit=1) == [("three", 0.8)]
-    row = engine.read(lambda conn: engine.sql.vectors.best(conn, MODEL, nearest, CubeFilter(), NOW, 1))[0][0]
+    row = engine.read(lambda conn: engine.sql.vectors.best(conn, MODEL, 4, nearest, CubeFilter(), NOW, 1))[0][0]
     assert set(row) == {c.strip() for c in rows.COLUMNS.split(",")} and rows.to_cube(row, NOW).namespace == "b"
 
 

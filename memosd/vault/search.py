@@ -35,6 +35,8 @@ class DenseSearch:
         self.sql = db.sql
         self.embedder = embedder
         self.model_name = embedder.name
+        # With the name, the width: vectors the model's name stored at another width are not the model's.
+        self.dim = embedder.dim
         self.in_vault = db.engine == "postgresql"
         folder = None if self.in_vault or data_dir is None else data_dir / "dense"
         self.keeper = IndexKeeper(db, self.model_name, embedder.dim, folder)
@@ -81,7 +83,7 @@ class DenseSearch:
 
     async def backlog(self) -> int:
         """Plaintext cubes not yet searchable by vector: without one stored, or stored but not yet indexed."""
-        missing = await self.db.read(lambda conn: self.sql.vectors.backlog(conn, self.model_name))
+        missing = await self.db.read(lambda conn: self.sql.vectors.backlog(conn, self.model_name, self.dim))
         # Read after the count: a batch committed since is either indexed already or still counted here (a
         # batch may count twice for a moment, but the backlog never reads 0 before its cubes are searchable).
         return missing + self._unindexed
@@ -107,7 +109,8 @@ class DenseSearch:
         if self._rewind is not None:
             self._cursor, self._rewind = min(self._cursor, self._rewind), None
         cursor = self._cursor
-        todo = await self.db.read(lambda conn: self.sql.vectors.missing(conn, self.model_name, cursor, BACKFILL_BATCH))
+        todo = await self.db.read(
+            lambda conn: self.sql.vectors.missing(conn, self.model_name, self.dim, cursor, BACKFILL_BATCH))
         if not todo:
             # A safety net for texts changed without forget(): one more pass from the start.
             if cursor > 0 and await self.backlog() > 0:
@@ -130,18 +133,18 @@ class DenseSearch:
     async def search(self, query: str, f: CubeFilter, now: float, limit: int) -> list[tuple[dict, float]]:
         """Rows and cosine similarities of the best `limit` cubes passing the filter, best first."""
         vector = (await asyncio.to_thread(self.embedder.encode, [query]))[0]
-        model, vectors = self.model_name, self.sql.vectors
+        model, dim, vectors = self.model_name, self.dim, self.sql.vectors
         if self.in_vault:
             return await self.db.read(lambda conn: vectors.nearest(conn, model, vector, f, now, limit))
         tagged = await self.db.read(lambda conn: self.sql.vector_index.tagged(conn, f.tags)) if f.tags else None
         nearest, admitted = await self.keeper.nearest(vector, f, limit + _SLACK, tagged)
-        found = await self.db.read(lambda conn: vectors.best(conn, model, nearest, f, now, limit))
+        found = await self.db.read(lambda conn: vectors.best(conn, model, dim, nearest, f, now, limit))
         if len(found) >= limit or len(nearest) >= admitted:
             return found
         # Too many of the nearest failed a condition only SQL knows: search just the cubes SQL admits.
         allowed = await self.db.read(lambda conn: vectors.admitted(conn, f, now))
         nearest, _ = await self.keeper.nearest(vector, f, limit, allowed)
-        return await self.db.read(lambda conn: vectors.best(conn, model, nearest, f, now, limit))
+        return await self.db.read(lambda conn: vectors.best(conn, model, dim, nearest, f, now, limit))
 
 
 def fuse(lexical: list[tuple[dict, float]], semantic: list[tuple[dict, float]], limit: int, now: float) -> list[SearchHit]:

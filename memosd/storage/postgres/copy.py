@@ -117,7 +117,7 @@ def finish(conn: psycopg.Connection) -> None:
         conn.execute(f"SELECT setval(pg_get_serial_sequence(%s, %s), coalesce((SELECT max({column}) FROM {table}),"
                      f" 0) + 1, false)", (table, column))
     # Each embedding model's HNSW index, built once over all its vectors rather than at the first search.
-    for model, dims in conn.execute("SELECT DISTINCT model, vector_dims(vector) FROM embeddings").fetchall():
+    for model, dims in conn.execute("SELECT DISTINCT model, dims FROM embeddings").fetchall():
         schema.ensure_vector_index(conn, model, dims)
     conn.execute("UPDATE memosd_migration SET finished_at = %s", (time.time(),))
     conn.commit()

@@ -15,8 +15,10 @@ Choices, once for all tables:
   (search_stats, kept by triggers).
 - Embeddings: one row per cube as in SQLite, in a pgvector `vector` column without a fixed dimension, because
   the dimension is the embedding model's and the model is configuration. HNSW (cosine) indexes are built per
-  model, as partial expression indexes on `vector::vector(DIM)` (ensure_vector_index), which a query uses by
-  spelling the same cast and `model = ...`.
+  model and width, as partial expression indexes on `vector::vector(DIM)` over the model's vectors of that width
+  (ensure_vector_index), which a query uses by spelling the same cast, `model = ...` and `dims = DIM`. The width
+  is a stored column (m0011): vector_dims() reads a vector past 2 kB (500 floats) out of TOAST, in every row a
+  backlog count looks at.
 - States and event kinds are the same integers as in SQLite (LifecycleState, EventKind); times are seconds
   since the epoch in double precision; sequence numbers are bigint.
 """
@@ -373,9 +375,25 @@ def m0010_search_fields(conn) -> None:
                  " FOR EACH ROW EXECUTE FUNCTION memosd_cube_repeats()")
 
 
+def m0011_vector_width(conn) -> None:
+    # Each model's HNSW index covered all of the model's vectors, cast to the index's width: once the model's
+    # encoder changed width (under the same name), every vector of the new width failed that cast and none could
+    # be stored. Built again over the vectors of its width only (ensure_vector_index); that costs a build of each.
+    built = {name for (name,) in conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'embeddings'"
+        " AND starts_with(indexname, 'embeddings_hnsw_')")}
+    for name in built:
+        conn.execute(f"DROP INDEX {name}")  # before the column: the table's rewrite would rebuild them
+    conn.execute("ALTER TABLE embeddings ADD COLUMN dims integer NOT NULL GENERATED ALWAYS AS (vector_dims(vector)) STORED")
+    for model, dims in conn.execute("SELECT DISTINCT model, dims FROM embeddings").fetchall():
+        if vector_index_name(model, dims) in built:
+            ensure_vector_index(conn, model, dims)
+
+
 MIGRATIONS: tuple[tuple[str, Callable], ...] = tuple((f.__name__, f) for f in (
     m0000_extensions, m0001_governance, m0002_store, m0003_cubes, m0004_blobs, m0005_jobs,
-    m0006_search_stats, m0007_job_leases, m0008_cluster, m0009_search_ingest, m0010_search_fields))
+    m0006_search_stats, m0007_job_leases, m0008_cluster, m0009_search_ingest, m0010_search_fields,
+    m0011_vector_width))
 
 
 def vector_index_name(model: str, dims: int) -> str:
@@ -384,12 +402,14 @@ def vector_index_name(model: str, dims: int) -> str:
 
 
 def ensure_vector_index(conn, model: str, dims: int) -> str:
-    """The HNSW (cosine) index over one model's embeddings, created if missing; its name.
-    Queries use it with `WHERE model = %s ORDER BY vector::vector(DIMS) <=> %s`."""
+    """The HNSW (cosine) index over one model's embeddings of one width, created if missing; its name.
+    Queries use it with `WHERE model = %s AND dims = DIMS ORDER BY vector::vector(DIMS) <=> %s`
+    (DIMS a literal, as the planner matches it to the index's predicate)."""
     name = vector_index_name(model, dims)
     literal = model.replace("'", "''")  # DDL takes no parameters
+    # Only vectors of this width: the cast would fail on any other, and so would every write of one.
     conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw ((vector::vector({int(dims)}))"
-                 f" vector_cosine_ops) WHERE model = '{literal}'")
+                 f" vector_cosine_ops) WHERE model = '{literal}' AND dims = {int(dims)}")
     return name
 
 

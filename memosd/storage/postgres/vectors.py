@@ -16,8 +16,11 @@ from memosd.vault import rows
 # enough that the cubes of a daemon that died are taken up by another soon after.
 CLAIM_SECONDS = 300.0
 _PLAINTEXT = f"c.kind = {int(MemoryKind.PLAINTEXT)}"
+# A vector of another width under the model's name (its encoder changed width) is no vector for the model: the
+# cube is embedded again, and dense search never compares that vector with a query of the new width.
+_CURRENT = "e.seq = c.seq AND e.model = %(model)s AND e.dims = %(dim)s"
 _WITHOUT_VECTOR = (f" FROM cubes c WHERE {_PLAINTEXT} AND c.text IS NOT NULL"
-                   " AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.seq = c.seq AND e.model = %(model)s)")
+                   f" AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE {_CURRENT})")
 _NOW = "extract(epoch FROM clock_timestamp())"
 # Cubes a caller's filter admits in a dense search: the HNSW index's own order, scanned on past the rows the
 # filter drops (pgvector's iterative scans) until `limit` pass.
@@ -28,17 +31,17 @@ _ITERATIVE = "SET LOCAL hnsw.iterative_scan = relaxed_order"
 def load(conn: psycopg.Connection, model: str, dim: int) -> tuple[list[int], list[np.ndarray]]:
     """The seqs and float32 vectors stored for the model, leaving out any that are not `dim` wide."""
     # vector_send: pgvector's binary form (int16 dims, int16 unused, big-endian float32s), read without parsing text.
-    found = conn.execute("SELECT seq, vector_send(vector) FROM embeddings WHERE model = %s AND vector_dims(vector) = %s"
+    found = conn.execute("SELECT seq, vector_send(vector) FROM embeddings WHERE model = %s AND dims = %s"
                          " ORDER BY seq", (model, dim)).fetchall()
     return [s for s, _ in found], [np.frombuffer(v, dtype=">f4", offset=4).astype(np.float32) for _, v in found]
 
 
-def missing(conn: psycopg.Connection, model: str, after: int, limit: int) -> list[tuple[int, str]]:
-    """Up to limit (seq, text) of plaintext cubes after seq `after` with no vector for the model, in seq order,
+def missing(conn: psycopg.Connection, model: str, dim: int, after: int, limit: int) -> list[tuple[int, str]]:
+    """Up to limit (seq, text) of plaintext cubes after seq `after` with no `dim`-wide vector for the model, in seq order,
     claimed for this daemon: another daemon is not handed them until they are stored or the claim runs out
     (CLAIM_SECONDS). It must be its read's first statement, as the backfill calls it (the claim is a write)."""
     conn.execute("SET TRANSACTION READ WRITE")
-    args = {"model": model, "after": after, "limit": limit, "lease": CLAIM_SECONDS}
+    args = {"model": model, "dim": dim, "after": after, "limit": limit, "lease": CLAIM_SECONDS}
     # Rows another daemon is claiming right now are locked, and skipped; its committed claims are skipped too.
     found = conn.execute(
         "WITH me AS (SELECT coalesce(current_setting('memosd.instance', true), pg_backend_pid()::text) AS id),"
@@ -52,9 +55,9 @@ def missing(conn: psycopg.Connection, model: str, after: int, limit: int) -> lis
     return [(s, t) for s, t in found]
 
 
-def backlog(conn: psycopg.Connection, model: str) -> int:
-    """How many plaintext cubes have text but no vector for the model."""
-    return _scalar(conn.execute("SELECT count(*)" + _WITHOUT_VECTOR, {"model": model}))
+def backlog(conn: psycopg.Connection, model: str, dim: int) -> int:
+    """How many plaintext cubes have text but no `dim`-wide vector for the model."""
+    return _scalar(conn.execute("SELECT count(*)" + _WITHOUT_VECTOR, {"model": model, "dim": dim}))
 
 
 def store(conn: psycopg.Connection, model: str, todo: list[tuple[int, str]], vectors: np.ndarray) -> list[int]:
@@ -94,10 +97,10 @@ def admitted(conn: psycopg.Connection, f: CubeFilter, now: float) -> list[int]:
     return [s for (s,) in conn.execute(f"SELECT c.seq FROM cubes c WHERE {_PLAINTEXT} AND {where}", params)]
 
 
-def best(conn: psycopg.Connection, model: str, nearest: list[tuple[int, float]], f: CubeFilter, now: float,
-         limit: int) -> list[tuple[dict, float]]:
+def best(conn: psycopg.Connection, model: str, dim: int, nearest: list[tuple[int, float]], f: CubeFilter,
+         now: float, limit: int) -> list[tuple[dict, float]]:
     """Rows (dicts of rows.COLUMNS) and scores of the first `limit` of the nearest (seq, score), in their order,
-    that are plaintext cubes the filter admits and whose vector for the model is current in this snapshot (an
+    that are plaintext cubes the filter admits and whose `dim`-wide vector for the model is current in this snapshot (an
     update or delete committed a moment ago may not have reached the caller's index yet)."""
     if not nearest or limit <= 0:
         return []
@@ -105,8 +108,8 @@ def best(conn: psycopg.Connection, model: str, nearest: list[tuple[int, float]],
     scores = dict(nearest)
     passed = {s for (s,) in conn.execute(
         f"SELECT c.seq FROM cubes c WHERE c.seq = ANY(%s) AND {_PLAINTEXT} AND {where}"
-        " AND EXISTS (SELECT 1 FROM embeddings e WHERE e.seq = c.seq AND e.model = %s)",
-        [list(scores), *params, model])}
+        " AND EXISTS (SELECT 1 FROM embeddings e WHERE e.seq = c.seq AND e.model = %s AND e.dims = %s)",
+        [list(scores), *params, model, dim])}
     chosen = [s for s, _ in nearest if s in passed][:limit]
     found = conn.execute(f"SELECT {rows.COLUMNS} FROM cubes c WHERE c.seq = ANY(%s)", [chosen]).fetchall()
     by_seq = {r["seq"]: r for r in map(rows.row_dict, found)}
@@ -129,7 +132,10 @@ def nearest(conn: psycopg.Connection, model: str, vector: np.ndarray, f: CubeFil
     literal = "[" + ",".join(map(repr, values.tolist())) + "]"
     found = conn.execute(
         f"SELECT {_CUBE_COLUMNS}, 1 - (e.vector::vector({dim}) <=> %s::vector({dim})) FROM embeddings e"
-        f" JOIN cubes c ON c.seq = e.seq WHERE e.model = %s AND {_PLAINTEXT} AND {where}"
+        # The width spelled as the index's predicate is (a literal), for the planner to match them; a vector of
+        # another width is filtered out before the cast, which would fail on it.
+        f" JOIN cubes c ON c.seq = e.seq WHERE e.model = %s AND e.dims = {dim} AND {_PLAINTEXT}"
+        f" AND {where}"
         f" ORDER BY e.vector::vector({dim}) <=> %s::vector({dim}) LIMIT %s",
         [literal, model, *params, literal, limit]).fetchall()
     # relaxed_order may hand back a few rows slightly out of order: put them back in it.
