@@ -72,3 +72,34 @@ def test_which_words_decide_is_counted_within_the_callers_scope(tmp_path):
         assert all(h.cube.namespace == "agents/a/n" for h in hits)
     finally:
         asyncio.run(v.close())
+
+
+def test_the_scope_sizes_follow_every_write(tmp_path):
+    """search_sizes (kept by triggers) always equals what the cubes themselves add up to, per namespace, kind,
+    visibility and owner: after puts, text, metadata, priority and visibility changes, and deletes."""
+    import sqlite3
+
+    from memosd.cube import CubePatch, Visibility
+
+    v = MemVault(tmp_path)
+    try:
+        made = asyncio.run(v.put_many([CubeDraft("agents/a/n", f"text {i}", metadata={"k": "v" * i}, context="ctx")
+                                       for i in range(6)], "a"))
+        changes = [("text", CubeDraft("", "a much longer text than before")),
+                   ("metadata", CubeDraft("", "", metadata={"other": "value"})),
+                   ("priority", CubeDraft("", "", priority=3)),
+                   ("visibility", CubeDraft("", "", visibility=Visibility.OWNER))]
+        for cube, (field, values) in zip(made, changes, strict=False):
+            asyncio.run(v.update(cube.id, CubePatch(frozenset({field}), values), "a"))
+        asyncio.run(v.delete(made[4].id, "a"))
+        conn = sqlite3.connect(tmp_path / "memos.db")
+        kept = conn.execute("SELECT namespace, kind, visibility, owner, docs, length FROM search_sizes"
+                            " ORDER BY 1, 2, 3, 4").fetchall()
+        counted = conn.execute(
+            "SELECT namespace, kind, visibility, owner, count(*), sum(length(text) + coalesce(length(search_context), 0)"
+            " + coalesce(length(metadata), 0)) FROM cubes WHERE text IS NOT NULL GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+        ).fetchall()
+        conn.close()
+        assert kept == counted and sum(r[4] for r in kept) == 5, (kept, counted)
+    finally:
+        asyncio.run(v.close())

@@ -53,6 +53,19 @@ def filter_sql(f: CubeFilter, now: float, alias: str, d: Dialect) -> tuple[str, 
     return " AND ".join(conds), params
 
 
+def readable_sql(f: CubeFilter, alias: str, d: Dialect) -> tuple[str, list]:
+    """Only the filter's read scope and viewer as conditions (in any state): the cubes a caller may read, say to
+    count them, with no column but namespace, kind, visibility and owner."""
+    conds: list[str] = []
+    params: list = []
+    if f.scope is not None:
+        conds.append(_scope_sql(f.scope, alias, params, d))
+    if f.viewer is not None:
+        conds.append(f"({alias}.visibility = {Visibility.NAMESPACE:d} OR {alias}.owner = {d.mark})")
+        params.append(f.viewer)
+    return " AND ".join(conds) or "1 = 1", params
+
+
 def _namespace_sql(namespace: str, subtree: bool, a: str, params: list, m: str) -> str:
     # "p" itself or anything under "p/": '/' sorts just before '0' (bytewise: PostgreSQL's names are
     # COLLATE "C"), so the range is index-friendly.

@@ -25,3 +25,8 @@ DIALECT = _shared.Dialect(mark="%s", false="false", kinds=_kinds, json_scope=_js
 def filter_sql(f: CubeFilter, now: float, alias: str = "c") -> tuple[str, list]:
     """WHERE conditions (joined by AND) and their parameters for a filter over cubes AS alias."""
     return _shared.filter_sql(f, now, alias, DIALECT)
+
+
+def readable_sql(f: CubeFilter, alias: str = "c") -> tuple[str, list]:
+    """The filter's read scope and viewer alone as conditions over cubes AS alias (see the shared readable_sql)."""
+    return _shared.readable_sql(f, alias, DIALECT)

@@ -21,10 +21,11 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 
-from memosd.cube import CubeFilter, LifecycleState, MemoryKind
+from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import InvalidArgument
-from memosd.storage.postgres.filters import filter_sql
+from memosd.storage.postgres.filters import filter_sql, readable_sql
 from memosd.storage.records import ScopeStats
+from memosd.storage.scope_counts import ScopeCounts
 # The FTS5 query syntax is read the same way on both engines (see ranked_query): its tokens and its error messages.
 from memosd.storage.fts5 import FIELD_WEIGHTS, FTS_TOKEN, fts5_syntax_problem
 from memosd.vault.rows import COLUMNS, row_dict
@@ -81,25 +82,29 @@ def scope_stats(conn: psycopg.Connection, words: Sequence[str], f: CubeFilter) -
     return ScopeStats(docs=docs, length=length, counts=counts, terms=terms)
 
 
-_READABLE_STATES = frozenset({LifecycleState.ACTIVE, LifecycleState.ARCHIVED, LifecycleState.EXPIRED})
-
-
 def _readable(f: CubeFilter) -> tuple[str, list]:
-    where, params = filter_sql(CubeFilter(states=_READABLE_STATES, scope=f.scope, viewer=f.viewer), 0.0)
+    where, params = readable_sql(f)
     return f"c.kind = {int(MemoryKind.PLAINTEXT)} AND c.text IS NOT NULL AND {where}", params
 
 
 def _scope_counts(conn: psycopg.Connection, f: CubeFilter, lexemes: Sequence[str]) -> tuple[int, int, dict[str, int]]:
-    """How many readable cubes (see scope_stats), their length, and how many of them hold each lexeme: counted
-    every time, exactly (a remembered count would change with writes the caller may not see)."""
+    """How many readable cubes (see scope_stats), their length, and how many of them hold each lexeme (counted,
+    or remembered while the scope keeps about its size: storage.scope_counts)."""
     where, params = _readable(f)
     docs, length = conn.execute(f"SELECT count(*), coalesce(sum(c.text_len), 0) FROM cubes c WHERE {where}",
                                 params).fetchone() or (0, 0)
-    todo = list(dict.fromkeys(lexemes))
-    rows = conn.execute(f"SELECT t.term, (SELECT count(*) FROM cubes c WHERE c.text_tsv @@ t.q AND {where})"
-                        " FROM unnest(%s::text[], %s::tsquery[]) AS t(term, q)",
-                        [*params, todo, [_quoted(t) for t in todo]]).fetchall() if todo else []
-    return int(docs), int(length), {t: int(c) for t, c in rows}
+
+    def count(todo: list[str]) -> dict[str, int]:
+        rows = conn.execute(f"SELECT t.term, (SELECT count(*) FROM cubes c WHERE c.text_tsv @@ t.q AND {where})"
+                            " FROM unnest(%s::text[], %s::tsquery[]) AS t(term, q)",
+                            [*params, todo, [_quoted(t) for t in todo]]).fetchall()
+        return {t: int(c) for t, c in rows}
+
+    terms = _scoped_counts.counts((_database(conn), f.scope, f.viewer), int(docs), list(lexemes), count)
+    return int(docs), int(length), terms
+
+
+_scoped_counts = ScopeCounts()
 
 
 def ranked(conn: psycopg.Connection, words: Sequence[str], f: CubeFilter, now: float, limit: int, *,

@@ -9,11 +9,12 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 
-from memosd.cube import CubeFilter, LifecycleState, MemoryKind
+from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import InvalidArgument
 from memosd.storage.fts5 import FIELD_WEIGHTS, FTS_TOKEN, OPERATORS, column_problem, fts5_syntax_problem
 from memosd.storage.records import ScopeStats
-from memosd.storage.sqlite.filters import filter_sql
+from memosd.storage.scope_counts import ScopeCounts
+from memosd.storage.sqlite.filters import filter_sql, readable_sql
 from memosd.vault.rows import COLUMNS, row_dict
 
 _CUBE_COLUMNS = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
@@ -105,24 +106,32 @@ def _ranked(conn: sqlite3.Connection, match: str, f: CubeFilter, now: float, lim
 K1, B = 1.2, 0.75
 _DL = "(length(c.text) + coalesce(length(c.search_context), 0) + coalesce(length(c.metadata), 0))"
 _WEIGHTS = dict(zip(("text", "context", "meta"), FIELD_WEIGHTS, strict=True))
-_READABLE_STATES = frozenset({LifecycleState.ACTIVE, LifecycleState.ARCHIVED, LifecycleState.EXPIRED})
 
 
 def scope_stats(conn: sqlite3.Connection, words: Sequence[str], f: CubeFilter) -> ScopeStats:
     """BM25's statistics over the plaintext cubes the filter's scope and viewer admit (in any state but
-    deleted, whatever else the filter asks): how many, their length, and how many hold each word (a word
-    ending in "*": a prefix)."""
-    where, params = _readable(f)
-    docs, length = conn.execute(f"SELECT count(*), coalesce(sum({_DL}), 0) FROM cubes c WHERE {where}",
-                                params).fetchone()
-    counts = {w: conn.execute(f"SELECT count(*) FROM cubes_fts JOIN cubes c ON c.seq = cubes_fts.rowid"
-                              f" WHERE cubes_fts MATCH ? AND {where}", [_unit_match(w), *params]).fetchone()[0]
-              for w in dict.fromkeys(words)}
+    deleted, whatever else the filter asks): how many, their length (search_sizes), and how many hold each word
+    (a word ending in "*": a prefix; see scope_counts for when a count is remembered)."""
+    where, params = readable_sql(f, "s")
+    docs, length = conn.execute("SELECT coalesce(sum(s.docs), 0), coalesce(sum(s.length), 0) FROM search_sizes s"
+                                f" WHERE s.kind = {int(MemoryKind.PLAINTEXT)} AND {where}", params).fetchone()
+    (database,) = conn.execute("SELECT file FROM pragma_database_list WHERE name = 'main'").fetchone()
+
+    def count(todo: list[str]) -> dict[str, int]:
+        where, params = _readable(f)
+        return {w: conn.execute(f"SELECT count(*) FROM cubes_fts JOIN cubes c ON c.seq = cubes_fts.rowid"
+                                f" WHERE cubes_fts MATCH ? AND {where}", [_unit_match(w), *params]).fetchone()[0]
+                for w in todo}
+
+    counts = _counts.counts((database, f.scope, f.viewer), docs, words, count)
     return ScopeStats(docs=docs, length=length, counts=counts, terms=counts)
 
 
+_counts = ScopeCounts()
+
+
 def _readable(f: CubeFilter) -> tuple[str, list]:
-    where, params = filter_sql(CubeFilter(states=_READABLE_STATES, scope=f.scope, viewer=f.viewer), 0.0)
+    where, params = readable_sql(f)
     return f"c.kind = {int(MemoryKind.PLAINTEXT)} AND c.text IS NOT NULL AND {where}", params
 
 

@@ -238,8 +238,33 @@ def m0010_vector_log(db: Database) -> None:
 
 
 @migrations()
-def m0011_fts_instances(db: Database) -> None:
-    # Every occurrence of every term in cubes_fts (term, cube, column, offset), read by term: BM25 scored within
-    # what a caller may read (storage.sqlite.fulltext.scoped) counts a query word's occurrences in each cube from
-    # it, as FTS5's own bm25() does, but over statistics of the caller's cubes rather than the whole vault's.
+def m0011_scoped_search(db: Database) -> None:
+    # BM25 scored within what a caller may read (storage.sqlite.fulltext.scope_stats, _scoped) needs, besides
+    # FTS5's index: every occurrence of a term (term, cube, column, offset), read by term, to count a word's
+    # occurrences in a cube as FTS5's own bm25() does; and how many cubes with text, and how long, each namespace
+    # holds per kind, visibility and owner (search_sizes, kept by triggers), so that a scope's totals are a sum
+    # over a few rows, not a read of every text it holds. Length is in characters of the three indexed fields.
     db.execute("CREATE VIRTUAL TABLE cubes_fts_instances USING fts5vocab(cubes_fts, instance)")
+    db.execute("CREATE TABLE search_sizes (namespace TEXT NOT NULL, kind INTEGER NOT NULL, visibility INTEGER NOT NULL,"
+               " owner TEXT NOT NULL, docs INTEGER NOT NULL, length INTEGER NOT NULL,"
+               " PRIMARY KEY (namespace, kind, visibility, owner)) WITHOUT ROWID")
+
+    def length(r: str) -> str:
+        return f"length({r}.text) + coalesce(length({r}.search_context), 0) + coalesce(length({r}.metadata), 0)"
+
+    def add(r: str) -> str:
+        return (f"INSERT INTO search_sizes SELECT {r}.namespace, {r}.kind, {r}.visibility, {r}.owner, 1, {length(r)}"
+                f" WHERE {r}.text IS NOT NULL ON CONFLICT DO UPDATE SET docs = docs + 1,"
+                " length = search_sizes.length + excluded.length;")
+
+    def remove(r: str) -> str:
+        key = f"namespace = {r}.namespace AND kind = {r}.kind AND visibility = {r}.visibility AND owner = {r}.owner"
+        return (f"UPDATE search_sizes SET docs = docs - 1, length = length - ({length(r)}) WHERE {key}"
+                f" AND {r}.text IS NOT NULL; DELETE FROM search_sizes WHERE {key} AND docs = 0;")
+
+    db.execute(f"CREATE TRIGGER cubes_sizes_ai AFTER INSERT ON cubes BEGIN {add('new')} END")
+    db.execute(f"CREATE TRIGGER cubes_sizes_ad AFTER DELETE ON cubes BEGIN {remove('old')} END")
+    db.execute("CREATE TRIGGER cubes_sizes_au AFTER UPDATE OF text, search_context, metadata, namespace, kind,"
+               f" visibility, owner ON cubes BEGIN {remove('old')} {add('new')} END")
+    db.execute(f"INSERT INTO search_sizes SELECT namespace, kind, visibility, owner, count(*), sum({length('cubes')})"
+               " FROM cubes WHERE text IS NOT NULL GROUP BY namespace, kind, visibility, owner")
