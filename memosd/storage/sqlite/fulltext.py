@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import re
 import sqlite3
@@ -151,10 +152,11 @@ def _scoped(conn: sqlite3.Connection, match: str, words: Sequence[str], f: CubeF
     n = max(stats.docs, 1)
     avgdl = max(stats.length, 1) / n
     scores = dict.fromkeys(lengths, 0.0)
+    cubes = json.dumps(list(lengths))
     for word in dict.fromkeys(words):
         hits = stats.terms.get(word, 0)
         idf = max(math.log((n - hits + 0.5) / (hits + 0.5)), 1e-6)
-        for seq, tf in _frequencies(conn, word, lengths).items():
+        for seq, tf in _frequencies(conn, word, cubes).items():
             scores[seq] += idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * lengths[seq] / avgdl))
     best = heapq.nsmallest(limit, scores.items(), key=lambda kv: (-kv[1], kv[0]))
     marks = ",".join("?" * len(best))
@@ -163,18 +165,14 @@ def _scoped(conn: sqlite3.Connection, match: str, words: Sequence[str], f: CubeF
     return [(row_dict(found[seq]), score) for seq, score in best if seq in found]
 
 
-def _frequencies(conn: sqlite3.Connection, word: str, cubes: dict) -> dict[int, float]:
-    """The word's occurrences in each of the cubes, each weighing its column's FIELD_WEIGHTS share (a word the
-    tokenizer makes several terms of: the least of theirs; a prefix: every term it begins)."""
+def _frequencies(conn: sqlite3.Connection, word: str, cubes: str) -> dict[int, float]:
+    """The word's occurrences in each of the cubes (a JSON list of seqs), each weighing its column's FIELD_WEIGHTS
+    share (a word the tokenizer makes several terms of: the least of theirs; a prefix: every term it begins)."""
     if word.endswith("*"):
         # A prefix is not stemmed (as FTS5 reads "word*"): the range of terms beginning with it, lower-cased.
         start = word[:-1].lower()
-        rows = conn.execute("SELECT doc, col, count(*) FROM cubes_fts_instances WHERE term >= ? AND term < ?"
-                            " GROUP BY doc, col", (start, start + "\U0010ffff"))
-        return _weighted(rows, cubes)
-    per_term = [_weighted(conn.execute("SELECT doc, col, count(*) FROM cubes_fts_instances WHERE term = ?"
-                                       " GROUP BY doc, col", (term,)), cubes)
-                for term in dict.fromkeys(_terms([word])[0])]
+        return _occurrences(conn, "term >= ? AND term < ?", [start, start + "\U0010ffff"], cubes)
+    per_term = [_occurrences(conn, "term = ?", [term], cubes) for term in dict.fromkeys(_terms([word])[0])]
     if not per_term:
         return {}
     first, *rest = per_term
@@ -182,12 +180,14 @@ def _frequencies(conn: sqlite3.Connection, word: str, cubes: dict) -> dict[int, 
             if all(seq in other for other in rest)}
 
 
-def _weighted(rows, cubes: dict) -> dict[int, float]:
-    found: dict[int, float] = {}
-    for doc, col, count in rows:
-        if doc in cubes:
-            found[doc] = found.get(doc, 0.0) + _WEIGHTS.get(col, 1.0) * count
-    return found
+_WEIGHTED = f"sum(CASE col WHEN 'text' THEN {_WEIGHTS['text']} WHEN 'context' THEN {_WEIGHTS['context']}" \
+            f" ELSE {_WEIGHTS['meta']} END)"
+
+
+def _occurrences(conn: sqlite3.Connection, terms: str, params: list, cubes: str) -> dict[int, float]:
+    # Every occurrence of the terms in the vault is read (by term), those of other cubes dropped in SQLite.
+    return dict(conn.execute(f"SELECT doc, {_WEIGHTED} FROM cubes_fts_instances WHERE {terms}"
+                             " AND doc IN (SELECT value FROM json_each(?)) GROUP BY doc", [*params, cubes]))
 
 
 # The tokenizer cubes_fts was made with (m0009_search_fields): a query word is read into the index's terms by
