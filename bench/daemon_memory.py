@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
 
 from bench.corpus import NAMESPACES, Corpus  # noqa: E402
-from bench.ingest_search import Daemon, ingest, search_latency  # noqa: E402
+from bench.ingest_search import Daemon, agent_figures, ingest, search_latency  # noqa: E402
 from bench.shared import emit  # noqa: E402
 
 
@@ -49,6 +49,7 @@ def one_engine(name: str, data_dir: Path, sock: Path, records: list[dict], queri
                                                                                            mem["RssFile"]]
         out["bm25_p95_ms"] = search_latency(client, queries, "bm25")["p95_ms"]
         out["bm25_filtered_p95_ms"] = search_latency(client, queries, "bm25", namespace=NAMESPACES[0])["p95_ms"]
+        out.update({f"{k}_p95_ms": v["p95_ms"] for k, v in agent_figures(client, daemon, queries).items()})
         out["list_pages_read"] = sum(1 for _ in zip(range(50), _pages(client)))
         mem = memory(daemon.pid)
         out["rss_mib_after_reads"], out["peak_rss_mib"] = mem["VmRSS"], mem["VmHWM"]

@@ -52,6 +52,32 @@ def test_the_collection_counts_follow_every_insert_update_and_delete(db):
     assert _run(db.read(_stats)) == (1, 3)
 
 
+def test_the_scope_sizes_follow_every_insert_copy_update_move_and_delete(db):
+    """search_sizes (per namespace, kind, visibility and owner, for BM25 within a caller's scope) always adds up to
+    what the cubes hold."""
+    from memosd.storage.postgres import cubes as records
+
+    seqs = _insert_all(db, ["the dogs ran", "cats", "birds sing loudly", "fish"])
+    rows_ = [(f"c{i}", "m", int(MemoryKind.PLAINTEXT), int(LifecycleState.ACTIVE), f"copied text {i}", "[]", None,
+              "", "bob", int(Visibility.OWNER), 0, 1.0, 1.0, None, "[]", None) for i in range(5)]
+    _run(db.write(lambda conn: records.copy_cubes(conn, rows_, [()] * len(rows_))))
+    for change in ("text = 'cats chase more cats'", "text = NULL", "namespace = 'elsewhere'",
+                   f"visibility = {int(Visibility.OWNER)}, owner = 'carol'"):
+        seq = seqs.pop()
+        _run(db.write(lambda conn, change=change, seq=seq: conn.execute(f"UPDATE cubes SET {change} WHERE seq = %s",
+                                                                        (seq,))))
+    _run(db.write(lambda conn: conn.execute("DELETE FROM cubes WHERE id = 'c0'")))
+
+    def both(conn):
+        kept = conn.execute("SELECT namespace, kind, visibility, owner, sum(docs), sum(length) FROM search_sizes"
+                            " GROUP BY 1, 2, 3, 4 HAVING sum(docs) <> 0 ORDER BY 1, 2, 3, 4").fetchall()
+        counted = conn.execute("SELECT namespace, kind, visibility, owner, count(*), sum(text_len) FROM cubes"
+                               " WHERE text IS NOT NULL GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4").fetchall()
+        return kept, counted
+
+    kept, counted = _run(db.read(both))
+    assert kept == counted and sum(r[4] for r in kept) == 7, (kept, counted)
+
 
 def test_a_many_row_copy_is_counted_once_and_each_text_parsed_into_its_tsvector_and_length(db):
     from memosd.storage.postgres import cubes as records

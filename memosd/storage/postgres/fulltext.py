@@ -88,11 +88,13 @@ def _readable(f: CubeFilter) -> tuple[str, list]:
 
 
 def _scope_counts(conn: psycopg.Connection, f: CubeFilter, lexemes: Sequence[str]) -> tuple[int, int, dict[str, int]]:
-    """How many readable cubes (see scope_stats), their length, and how many of them hold each lexeme (counted,
-    or remembered while the scope keeps about its size: storage.scope_counts)."""
+    """How many readable cubes (see scope_stats), their length (search_sizes, schema m0012_search_sizes), and how
+    many of them hold each lexeme (counted, or remembered while the scope keeps about its size:
+    storage.scope_counts)."""
+    sizes, sized = readable_sql(f, "s")
+    docs, length = conn.execute("SELECT coalesce(sum(s.docs), 0), coalesce(sum(s.length), 0) FROM search_sizes s"
+                                f" WHERE s.kind = {int(MemoryKind.PLAINTEXT)} AND {sizes}", sized).fetchone() or (0, 0)
     where, params = _readable(f)
-    docs, length = conn.execute(f"SELECT count(*), coalesce(sum(c.text_len), 0) FROM cubes c WHERE {where}",
-                                params).fetchone() or (0, 0)
 
     def count(todo: list[str]) -> dict[str, int]:
         rows = conn.execute(f"SELECT t.term, (SELECT count(*) FROM cubes c WHERE c.text_tsv @@ t.q AND {where})"

@@ -390,10 +390,52 @@ def m0011_vector_width(conn) -> None:
             ensure_vector_index(conn, model, dims)
 
 
+def m0012_search_sizes(conn) -> None:
+    # BM25 scored within what a caller may read (fulltext.scope_stats) needs the scope's number of cubes with text
+    # and their length: summed from these rows (per namespace, kind, visibility and owner, spread over shards
+    # as search_stats is, so that concurrent writers to one namespace do not queue on one row) rather than read
+    # from every cube the scope holds. A multi-row INSERT or COPY adds its totals once per statement.
+    conn.execute(f"CREATE TABLE search_sizes (namespace {T} NOT NULL, kind integer NOT NULL, visibility integer NOT NULL,"
+                 f" owner {T} NOT NULL, shard integer NOT NULL, docs bigint NOT NULL, length bigint NOT NULL,"
+                 " PRIMARY KEY (namespace, kind, visibility, owner, shard))")
+    conn.execute("INSERT INTO search_sizes SELECT namespace, kind, visibility, owner, 0, count(*), sum(text_len)"
+                 " FROM cubes WHERE text IS NOT NULL GROUP BY namespace, kind, visibility, owner")
+    upsert = (f"INSERT INTO search_sizes AS s SELECT %s, pg_backend_pid() %% {SEARCH_STATS_SHARDS}, %s"
+              " ON CONFLICT (namespace, kind, visibility, owner, shard) DO UPDATE SET docs = s.docs + excluded.docs,"
+              " length = s.length + excluded.length;")
+    old = upsert % ("OLD.namespace, OLD.kind, OLD.visibility, OLD.owner", "-1, -OLD.text_len")
+    new = upsert % ("NEW.namespace, NEW.kind, NEW.visibility, NEW.owner", "1, NEW.text_len")
+    conn.execute(f"""
+        CREATE FUNCTION memosd_search_sizes() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF OLD.text IS NOT NULL THEN {old} END IF;
+            IF TG_OP = 'UPDATE' AND NEW.text IS NOT NULL THEN {new} END IF;
+            RETURN NULL;
+        END $$""")
+    conn.execute("CREATE TRIGGER cubes_search_sizes_deleted AFTER DELETE ON cubes FOR EACH ROW"
+                 " EXECUTE FUNCTION memosd_search_sizes()")
+    conn.execute("CREATE TRIGGER cubes_search_sizes AFTER UPDATE ON cubes FOR EACH ROW WHEN ("
+                 " OLD.text_len IS DISTINCT FROM NEW.text_len OR (OLD.text IS NULL) <> (NEW.text IS NULL)"
+                 " OR OLD.namespace <> NEW.namespace OR OLD.kind <> NEW.kind OR OLD.visibility <> NEW.visibility"
+                 " OR OLD.owner <> NEW.owner) EXECUTE FUNCTION memosd_search_sizes()")
+    conn.execute(f"""
+        CREATE FUNCTION memosd_search_sizes_added() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO search_sizes AS s SELECT namespace, kind, visibility, owner,
+                    pg_backend_pid() % {SEARCH_STATS_SHARDS}, count(*), sum(text_len)
+                FROM added WHERE text IS NOT NULL GROUP BY namespace, kind, visibility, owner
+                ON CONFLICT (namespace, kind, visibility, owner, shard) DO UPDATE SET docs = s.docs + excluded.docs,
+                    length = s.length + excluded.length;
+            RETURN NULL;
+        END $$""")
+    conn.execute("CREATE TRIGGER cubes_search_sizes_added AFTER INSERT ON cubes REFERENCING NEW TABLE AS added"
+                 " FOR EACH STATEMENT EXECUTE FUNCTION memosd_search_sizes_added()")
+
+
 MIGRATIONS: tuple[tuple[str, Callable], ...] = tuple((f.__name__, f) for f in (
     m0000_extensions, m0001_governance, m0002_store, m0003_cubes, m0004_blobs, m0005_jobs,
     m0006_search_stats, m0007_job_leases, m0008_cluster, m0009_search_ingest, m0010_search_fields,
-    m0011_vector_width))
+    m0011_vector_width, m0012_search_sizes))
 
 
 def vector_index_name(model: str, dims: int) -> str:
