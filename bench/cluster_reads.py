@@ -82,12 +82,15 @@ def main() -> None:
                 ids = client.put_many([{"text": text(rng), "namespace": "bench/seed"} for _ in range(args.seed)])
             results: dict[str, list[dict]] = {}
             ingested = []
+            # spawn, not fork: this process holds gRPC channels and threads, and a forked child can hang in
+            # gRPC for good (the loaded round then ingested nothing, and the exit waited on the child).
+            ctx = multiprocessing.get_context("spawn")
             for _ in range(args.rounds):
                 for loaded in (False, True):
-                    stop, counted = multiprocessing.Event(), multiprocessing.Value("q", 0)
+                    stop, counted = ctx.Event(), ctx.Value("q", 0)
                     writer = None
                     if loaded:
-                        writer = multiprocessing.Process(target=ingest, args=(a, key, stop, counted))
+                        writer = ctx.Process(target=ingest, args=(a, key, stop, counted))
                         writer.start()
                     started = time.perf_counter()
                     for name, address in (("B", b), ("C", c)):
@@ -96,6 +99,9 @@ def main() -> None:
                     if writer is not None:
                         stop.set()
                         writer.join(120)
+                        if writer.is_alive():
+                            writer.terminate()
+                            sys.exit("the ingesting client did not stop")
                         ingested.append(round(counted.value / (time.perf_counter() - started)))
             print(json.dumps({"seed_cubes": args.seed, "rounds": args.rounds, "queries": args.queries,
                               "ingest_at_A_cubes_per_s": ingested,
