@@ -43,5 +43,17 @@ def aclient_factory(daemon):
     return lambda: AsyncMemosClient(daemon.address, key=daemon.admin_key, timeout=30)
 
 
+@pytest.fixture
+def agents(daemon, client, tmp_path):
+    """alice and bob, each with its own key and no grant until a test gives one (the attack tests)."""
+    opened = {}
+    for name in ("alice", "bob"):
+        client.add_agent(name, out=str(tmp_path / f"{name}.key"))
+        opened[name] = MemosClient(daemon.address, key=str(tmp_path / f"{name}.key"), timeout=30)
+    yield opened["alice"], opened["bob"]
+    for c in opened.values():
+        c.close()
+
+
 def pytest_generate_tests(metafunc):
     engine_params(metafunc)

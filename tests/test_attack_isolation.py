@@ -8,24 +8,12 @@ import time
 
 import pytest
 
-from memos_client import InvalidArgument, MemosClient, NotFound, PermissionDenied
+from memos_client import InvalidArgument, NotFound, PermissionDenied
 from memos_mip.v1 import cube_pb2, vault_pb2
 from tests.kv_helpers import put_kv
 from tests.timing import wait_for
 
 UNKNOWN_ID = "01JAAAAAAAAAAAAAAAAAAAAAAA"  # well-formed, and no cube of these tests has it
-
-
-@pytest.fixture
-def agents(daemon, client, tmp_path):
-    """alice and bob, each with its own key; the tests grant what each needs."""
-    opened = {}
-    for name in ("alice", "bob"):
-        client.add_agent(name, out=str(tmp_path / f"{name}.key"))
-        opened[name] = MemosClient(daemon.address, key=str(tmp_path / f"{name}.key"), timeout=30)
-    yield opened["alice"], opened["bob"]
-    for c in opened.values():
-        c.close()
 
 
 def test_a_writer_who_may_not_read_gets_no_text_tags_or_metadata_back_from_update(agents, client):

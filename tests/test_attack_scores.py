@@ -12,18 +12,6 @@ from memos_mip.v1 import cube_pb2, vault_pb2
 pytestmark = pytest.mark.vaults  # each test once per vault engine (SQLite, PostgreSQL)
 
 
-@pytest.fixture
-def agents(daemon, client, tmp_path):
-    """alice and bob, each with its own key; the tests grant what each needs."""
-    opened = {}
-    for name in ("alice", "bob"):
-        client.add_agent(name, out=str(tmp_path / f"{name}.key"))
-        opened[name] = MemosClient(daemon.address, key=str(tmp_path / f"{name}.key"), timeout=30)
-    yield opened["alice"], opened["bob"]
-    for c in opened.values():
-        c.close()
-
-
 def _ranking(c: MemosClient, query: str, **options) -> list[tuple[str, float]]:
     return [(h.cube.text, h.bm25_score) for h in c.search(query, mode="bm25", **options)]
 
@@ -93,3 +81,13 @@ def test_what_a_caller_may_read_is_ranked_as_bm25_ranks_it(agents, client):
     assert [t for t, _ in bobs][:2] == ["rare word here", "common"]
     assert all(score > 0 for _, score in bobs) and len(bobs) == 5
     assert [t for t, _ in bobs] == [t for t, _ in _ranking(alice, "common rare")]
+
+
+def test_a_long_fts_query_costs_a_bounded_number_of_counts(agents):
+    _, bob = agents
+    bob.put("a zebra crossing", "agents/bob/notes")
+    # Hundreds of distinct words (as many as the 4 KiB query bound holds): each would cost a count and a read of its occurrences; past the first 64 they
+    # still match, they only add no score.
+    query = " OR ".join(["zebra", *(f"w{i}" for i in range(450))])
+    hits = bob.search(query, mode="bm25", fts=True)
+    assert [h.cube.text for h in hits] == ["a zebra crossing"] and hits[0].bm25_score > 0

@@ -12,6 +12,10 @@ COLUMN = re.compile(r"([^\s:\"()]+):")  # FTS5's column filter, "col:term" (unqu
 # and metadata describe the cube's surroundings rather than say what it says, so they count for less; on the
 # LoCoMo dev split (bench/locomo.py) a context weight of 0.35 to 0.5 did about equally well, and 0.2 or 0.7 worse.
 FIELD_WEIGHTS = (1.0, 0.4, 0.5)
+# FTS5's bm25() constants, which both engines' own BM25 scoring uses too.
+K1, B = 1.2, 0.75
+# A plain query's words (memosd.vault.fulltext) and the words of an FTS5 query's terms.
+WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def fts5_syntax_problem(query: str) -> str | None:

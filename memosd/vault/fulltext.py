@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import threading
 
 from memosd.cube import CubeFilter
 from memosd.storage import Conn
+from memosd.storage.fts5 import WORD
 
-_WORD = re.compile(r"\w+", re.UNICODE)
 MAX_TERMS = 64
 # Function words that match nearly every cube: dropping them from plain queries keeps BM25 fast
 # and its ranking about the words that matter. Kept when a query has nothing else.
@@ -32,7 +31,7 @@ MIN_BUDGET = 500
 
 def words(text: str) -> list[str]:
     """The query's words to search for: lower-cased, deduplicated, without stopwords (unless that is all)."""
-    found = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))
+    found = list(dict.fromkeys(w.lower() for w in WORD.findall(text)))
     return ([w for w in found if w not in STOPWORDS] or found)[:MAX_TERMS]
 
 

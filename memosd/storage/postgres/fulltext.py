@@ -27,12 +27,10 @@ from memosd.storage.postgres.filters import filter_sql, readable_sql
 from memosd.storage.records import ScopeStats
 from memosd.storage.scope_counts import ScopeCounts
 # The FTS5 query syntax is read the same way on both engines (see ranked_query): its tokens and its error messages.
-from memosd.storage.fts5 import FIELD_WEIGHTS, FTS_TOKEN, fts5_syntax_problem
+from memosd.storage.fts5 import B, FIELD_WEIGHTS, FTS_TOKEN, K1, fts5_syntax_problem
 from memosd.vault.rows import COLUMNS, row_dict
 
 _CUBE_COLUMNS = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
-# FTS5's bm25() defaults.
-K1, B = 1.2, 0.75
 # A term's tf as FTS5 counts it with column weights: each occurrence weighs its field's FIELD_WEIGHTS share. The
 # text's lexemes carry tsvector weight D, the search context's B and the metadata's C (schema m0010_search_fields).
 # _QUERY_LEXEMES keeps the query's lexemes of a cube's tsvector with their weights, in C (deleting all the others,

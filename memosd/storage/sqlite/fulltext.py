@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import InvalidArgument
-from memosd.storage.fts5 import FIELD_WEIGHTS, FTS_TOKEN, OPERATORS, column_problem, fts5_syntax_problem
+from memosd.storage.fts5 import B, FIELD_WEIGHTS, FTS_TOKEN, K1, OPERATORS, WORD, column_problem, fts5_syntax_problem
 from memosd.storage.records import ScopeStats
 from memosd.storage.scope_counts import ScopeCounts
 from memosd.storage.sqlite.filters import filter_sql, readable_sql
@@ -104,7 +104,6 @@ def _ranked(conn: sqlite3.Connection, match: str, f: CubeFilter, now: float, lim
 # alone: occurrences per cube and column from cubes_fts_instances (m0011_fts_instances), weighted by column as
 # bm25() weighs them; a cube's length in characters of its three fields (the index keeps token counts in a form
 # SQL cannot sum), which BM25 only compares with the readable cubes' average.
-K1, B = 1.2, 0.75
 _DL = "(length(c.text) + coalesce(length(c.search_context), 0) + coalesce(length(c.metadata), 0))"
 _WEIGHTS = dict(zip(("text", "context", "meta"), FIELD_WEIGHTS, strict=True))
 
@@ -214,20 +213,23 @@ def _terms(words: Sequence[str]) -> list[list[str]]:
     return found
 
 
+# As many words as a plain query keeps (memosd.vault.fulltext.MAX_TERMS): each costs a count and a read of its
+# occurrences, so a long query must not multiply them; words past these still match, they only add no score.
+MAX_UNITS = 64
+
+
 def _query_units(query: str) -> list[str]:
     """What BM25 counts of a query in FTS5's syntax: its words (a phrase's one by one) and prefixes ("word*")."""
     units: list[str] = []
     for tok in FTS_TOKEN.findall(query):
         if tok in OPERATORS or tok in ("(", ")"):
             continue
-        if tok.endswith("*") and not tok.startswith('"') and _WORD.fullmatch(tok[:-1]):
+        if tok.endswith("*") and not tok.startswith('"') and WORD.fullmatch(tok[:-1]):
             units.append(tok.lower())
             continue
-        units += [w.lower() for w in _WORD.findall(tok)]
-    return list(dict.fromkeys(units))
+        units += [w.lower() for w in WORD.findall(tok)]
+    return list(dict.fromkeys(units))[:MAX_UNITS]
 
-
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def explain_fts_error(query: str, sqlite_message: str) -> str:
