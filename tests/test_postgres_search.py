@@ -253,7 +253,8 @@ def test_the_repeated_words_table_follows_every_insert_update_tombstone_and_dele
     assert _run(db.read(_repeats)) == _run(db.read(_repeats_of_texts)) == [("bird", seqs[2], 2, 2)]
 
 
-def test_several_common_words_walked_score_their_hits_exactly_and_pass_the_filter(db, monkeypatch):
+@pytest.mark.parametrize("fetch", [False, True], ids=["walking-shortest-first", "fetching-every-match"])
+def test_several_common_words_walked_score_their_hits_exactly_and_pass_the_filter(db, monkeypatch, fetch):
     import random
 
     rng = random.Random(5)
@@ -264,6 +265,7 @@ def test_several_common_words_walked_score_their_hits_exactly_and_pass_the_filte
                                             (int(LifecycleState.ARCHIVED), seqs[::7]))))
     fulltext = db.sql.fulltext
     monkeypatch.setattr(fulltext, "LARGE_VAULT", 0)  # the walk is for large vaults: at any size here
+    monkeypatch.setattr(fulltext, "_fetches", lambda depth, vault, matches: fetch)  # either way to the shortest
 
     def ranked(query, f, limit, **kw):
         return _run(db.read(lambda conn: fulltext.ranked(conn, query, f, NOW, limit, **kw)))
@@ -279,3 +281,53 @@ def test_several_common_words_walked_score_their_hits_exactly_and_pass_the_filte
             assert all(every[row["seq"]] == pytest.approx(score) for row, score in walked)  # in `every`: passed
             scores = [score for _, score in walked]
             assert scores == sorted(scores, reverse=True)
+
+
+def _analyzed_and_pending(conn):
+    analyzed = conn.execute("SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'cubes'"
+                            ).fetchone()[0]
+    return analyzed, conn.execute("SELECT pending_pages FROM pgstatginindex('cubes_fts')").fetchone()[0]
+
+
+def _until(condition, timeout=30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the timeout"
+        time.sleep(0.05)  # polling the server's counters, which it publishes at most once a second
+
+
+def test_the_upkeep_analyzes_the_grown_tables_and_empties_the_pending_list_once(db, postgres_url):
+    """A bulk ingest leaves the planner with an empty table's statistics and the GIN index with a pending list
+    every search reads: the upkeep (run every few seconds by the lifecycle) fixes both once enough was written,
+    and one member at a time: a second upkeep while the first holds its lock does nothing."""
+    _run(db.write(lambda conn: conn.execute("ALTER TABLE cubes SET (autovacuum_enabled = false);"
+                                            " CREATE EXTENSION IF NOT EXISTS pgstattuple")))
+    _insert_all(db, [f"glacier river number {i} of the valley" for i in range(1500)])
+    analyzed, pending = _run(db.read(_analyzed_and_pending))
+    assert not analyzed and pending > 0
+    fulltext = db.sql.fulltext
+    other = Database(postgres_url, create=False)
+    try:
+        held = threading.Event()
+        release = threading.Event()
+
+        def holding(conn):  # another member in the middle of its upkeep
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (fulltext.UPKEEP_LOCK,))
+            held.set()
+            release.wait(30)
+
+        holder = threading.Thread(target=lambda: _run(other.write(holding)))
+        holder.start()
+        held.wait(30)
+        assert _run(db.write(fulltext.upkeep)) == []
+        release.set()
+        holder.join()
+    finally:
+        other.close()
+    done: list[str] = []
+    _until(lambda: done.extend(_run(db.write(fulltext.upkeep))) or any("analyzed" in d for d in done))
+    assert any(d.startswith("analyzed") and "cubes" in d for d in done)
+    assert _run(db.read(_analyzed_and_pending)) == (True, 0)
+    assert _run(db.write(fulltext.upkeep)) == []  # nothing written since: nothing to do

@@ -141,11 +141,11 @@ def test_size_and_word_counts(engine, vault):
     assert engine.read(engine.sql.fulltext.size) == 0
     cubes = put(vault, "fox one", "fox two", "hound", "Fox three")
     assert engine.read(engine.sql.fulltext.size) >= len(cubes)
-    count = lambda word: engine.read(lambda conn: engine.sql.fulltext.doc_count(conn, word))  # noqa: E731
-    assert (count("fox"), count("hound"), count("zebra")) == (3, 1, 0)
+    counts = lambda *words: engine.read(lambda conn: engine.sql.fulltext.doc_counts(conn, list(words)))  # noqa: E731
+    assert counts("fox", "hound", "zebra") == {"fox": 3, "hound": 1, "zebra": 0}
     retext(vault, cubes[0], "hound again")
     asyncio.run(vault.delete(cubes[1].id))
-    assert (count("fox"), count("hound")) == (1, 2)
+    assert counts("hound", "fox") == {"fox": 1, "hound": 2}
     grown = engine.read(engine.sql.fulltext.size)
     put(vault, "more")
     assert engine.read(engine.sql.fulltext.size) > grown

@@ -1,5 +1,5 @@
-"""Periodic lifecycle work: flushing access counts, and marking expired cubes and compacting topics (done by one
-member of a cluster at a time, under a lease in the vault)."""
+"""Periodic lifecycle work: flushing access counts, keeping the search indexes' statistics fresh, and marking
+expired cubes and compacting topics (done by one member of a cluster at a time, under a lease in the vault)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import time
 
 log = logging.getLogger("memosd.lifecycle")
 SWEEP_LEASE = "lifecycle.sweep"
+# How often the search indexes' upkeep looks whether it has work (engine's fulltext.upkeep; cheap when none).
+UPKEEP_INTERVAL = 2.0
 
 
 class MemLifecycle:
@@ -28,6 +30,7 @@ class MemLifecycle:
             # Each daemon flushes the access counts it gathered itself.
             asyncio.create_task(self._every(self.flush_interval, self.vault.flush_access), name="memosd-access-flush"),
             asyncio.create_task(self._every(self.sweep_interval, self._sweep), name="memosd-expiry-sweep"),
+            asyncio.create_task(self._every(UPKEEP_INTERVAL, self._upkeep), name="memosd-search-upkeep"),
         ]
 
     async def stop(self) -> None:
@@ -47,6 +50,11 @@ class MemLifecycle:
             compacted = await self.store.compact()
             if compacted:
                 log.info("compacted %d events beyond their topics' retention", compacted)
+
+    async def _upkeep(self) -> None:
+        db = self.vault.db
+        for done in await db.write(db.sql.fulltext.upkeep):
+            log.debug("search upkeep: %s", done)
 
     async def _hold(self, name: str) -> bool:
         """Whether this member holds the lease on `name`: it keeps it by sweeping, and another member gets it two

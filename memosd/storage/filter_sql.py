@@ -66,6 +66,15 @@ def readable_sql(f: CubeFilter, alias: str, d: Dialect) -> tuple[str, list]:
     return " AND ".join(conds) or "1 = 1", params
 
 
+def sized_sql(f: CubeFilter, alias: str, d: Dialect) -> tuple[str, list]:
+    """The read scope, viewer and namespace prefix of the filter as conditions over a table with cubes'
+    namespace, kind, visibility and owner columns only (a count per namespace, say): who may read, and where."""
+    where, params = readable_sql(f, alias, d)
+    if not f.namespace_prefix:
+        return where, params
+    return f"{where} AND {_namespace_sql(f.namespace_prefix, True, alias, params, d.mark)}", params
+
+
 def _namespace_sql(namespace: str, subtree: bool, a: str, params: list, m: str) -> str:
     # "p" itself or anything under "p/": '/' sorts just before '0' (bytewise: PostgreSQL's names are
     # COLLATE "C"), so the range is index-friendly.

@@ -65,7 +65,7 @@ class FullText:
             return fulltext.ranked(conn, terms, f, now, limit, stats=stats)
         # The rarest words decide what matches, as long as the cubes they match stay within a budget;
         # the others (common in this vault) only add to those cubes' scores.
-        counts = stats.counts if stats else {t: self._doc_count(fulltext, conn, t, size) for t in terms}
+        counts = stats.counts if stats else self._doc_counts(fulltext, conn, terms, size)
         rare: list[str] = []
         budget, used = max(self.common_share * size, MIN_BUDGET), 0
         for t in sorted(terms, key=counts.__getitem__):
@@ -82,14 +82,16 @@ class FullText:
             hits += [(row, score) for row, score in more if row["seq"] not in seen][: limit - len(hits)]
         return hits
 
-    def _doc_count(self, fulltext, conn: Conn, term: str, size: int) -> int:
+    def _doc_counts(self, fulltext, conn: Conn, terms: list[str], size: int) -> dict[str, int]:
         with self._lock:
-            known = self._docs.get(term)
-        if known is not None and known[1] * 1.1 >= size:
-            return known[0]
-        count = fulltext.doc_count(conn, term)
-        with self._lock:
-            if len(self._docs) > 50_000:
-                self._docs.clear()
-            self._docs[term] = (count, size)
-        return count
+            known = {t: self._docs.get(t) for t in terms}
+        found = {t: k[0] for t, k in known.items() if k is not None and k[1] * 1.1 >= size}
+        todo = [t for t in terms if t not in found]
+        if todo:
+            counted = fulltext.doc_counts(conn, todo)
+            with self._lock:
+                if len(self._docs) > 50_000:
+                    self._docs.clear()
+                self._docs.update((t, (counted[t], size)) for t in todo)
+            found.update(counted)
+        return found

@@ -30,3 +30,8 @@ def filter_sql(f: CubeFilter, now: float, alias: str = "c") -> tuple[str, list]:
 def readable_sql(f: CubeFilter, alias: str = "c") -> tuple[str, list]:
     """The filter's read scope and viewer alone as conditions over cubes AS alias (see the shared readable_sql)."""
     return _shared.readable_sql(f, alias, DIALECT)
+
+
+def sized_sql(f: CubeFilter, alias: str = "s") -> tuple[str, list]:
+    """The filter's read scope, viewer and namespace prefix over search_sizes AS alias (see the shared sized_sql)."""
+    return _shared.sized_sql(f, alias, DIALECT)

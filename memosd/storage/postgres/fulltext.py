@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from psycopg import errors as pg_errors
 
 from memosd.cube import CubeFilter, MemoryKind
 from memosd.errors import InvalidArgument
-from memosd.storage.postgres.filters import filter_sql, readable_sql
+from memosd.storage.postgres.filters import filter_sql, readable_sql, sized_sql
 from memosd.storage.records import ScopeStats
 from memosd.storage.scope_counts import ScopeCounts
 # The FTS5 query syntax is read the same way on both engines (see ranked_query): its tokens and its error messages.
@@ -53,14 +54,20 @@ def size(conn: psycopg.Connection) -> int:
     return _scalar(conn.execute("SELECT coalesce(max(seq), 0) FROM cubes"))
 
 
-def doc_count(conn: psycopg.Connection, word: str) -> int:
-    """How many cubes' texts hold the word, in any state."""
-    (lexemes,) = _lexemes(conn, [word])
-    if not lexemes:
-        return 0
-    if len(lexemes) == 1:  # a word of one lexeme, as most are: counted (or remembered) as _ranked counts it
-        return _doc_counts(conn, _database(conn), lexemes, size(conn))[lexemes[0]]
-    return _scalar(conn.execute("SELECT count(*) FROM cubes WHERE text_tsv @@ %s::tsquery", (_all(lexemes),)))
+def doc_counts(conn: psycopg.Connection, words: Sequence[str]) -> dict[str, int]:
+    """How many cubes' texts hold each word, in any state."""
+    per_word = _lexemes(conn, words)
+    single = [lexemes[0] for lexemes in per_word if len(lexemes) == 1]
+    # A word of one lexeme, as most are: counted (or remembered) as _ranked counts it.
+    counts = _doc_counts(conn, _database(conn), single, size(conn)) if single else {}
+    found = {}
+    for word, lexemes in zip(words, per_word, strict=True):
+        if len(lexemes) > 1:
+            found[word] = _scalar(conn.execute("SELECT count(*) FROM cubes WHERE text_tsv @@ %s::tsquery",
+                                               (_all(lexemes),)))
+        else:
+            found[word] = counts[lexemes[0]] if lexemes else 0
+    return found
 
 
 def scope_stats(conn: psycopg.Connection, words: Sequence[str], f: CubeFilter) -> ScopeStats:
@@ -152,14 +159,28 @@ def ranked_query(conn: psycopg.Connection, query: str, f: CubeFilter, now: float
                               " search without --fts (plain words)") from None
 
 
+# A word's lexemes depend on the word and the database's english configuration alone: remembered per database.
+_lexemes_of: dict[tuple[tuple, str], tuple[str, ...]] = {}
+
+
 def _lexemes(conn: psycopg.Connection, words: Sequence[str]) -> list[list[str]]:
     """Each word's lexemes (none for a stopword; several for a word the parser splits, like "e-mail")."""
     if not words:
         return []
-    found = conn.execute(
-        "SELECT array(SELECT lexeme FROM unnest(to_tsvector('english', w))) FROM unnest(%s::text[])"
-        " WITH ORDINALITY AS u(w, i) ORDER BY i", (list(words),)).fetchall()
-    return [list(lexemes) for (lexemes,) in found]
+    database = _database(conn)
+    with _counts_lock:
+        known = {w: _lexemes_of[(database, w)] for w in words if (database, w) in _lexemes_of}
+    todo = list(dict.fromkeys(w for w in words if w not in known))
+    if todo:
+        found = conn.execute(
+            "SELECT array(SELECT lexeme FROM unnest(to_tsvector('english', w))) FROM unnest(%s::text[])"
+            " WITH ORDINALITY AS u(w, i) ORDER BY i", (todo,)).fetchall()
+        known.update((w, tuple(lexemes)) for w, (lexemes,) in zip(todo, found, strict=True))
+        with _counts_lock:
+            if len(_lexemes_of) > 50_000:
+                _lexemes_of.clear()
+            _lexemes_of.update(((database, w), known[w]) for w in todo)
+    return [list(known[w]) for w in words]
 
 
 def _quoted(text: str) -> str:
@@ -199,7 +220,18 @@ WALK_FROM = 1500
 TOP_TF = 9
 
 
-def _walked(walk: _Walk, match_sql: str, where: str, limit: int) -> str:
+def _depth(walk: _Walk, limit: int) -> int:
+    """How many of the shortest matches _walked takes (a few times limit, unless every match holds the same terms)."""
+    return limit if walk.exact else max(8 * limit, 128)
+
+
+def _fetches(depth: int, vault: int, matches: int) -> bool:
+    """Whether _walked finds the shortest matches by fetching them all: walking the cubes shortest first reads
+    about depth * vault / matches rows before `depth` of them match, fetching every match reads matches rows."""
+    return depth * vault > matches * matches
+
+
+def _walked(walk: _Walk, match_sql: str, where: str, limit: int, fetch: bool = False) -> str:
     """The candidates' query (seqs) for a common word (its parameters: see _ranked). A cube holds each query
     term once or not at all unless it repeats it (cube_repeats); once, its BM25 is idf * 2.2 / (1 + 1.2 (0.25 +
     0.75 dl / avgdl)) per term it holds, falling with its length dl, and at any one tf it falls with dl too. So
@@ -208,9 +240,19 @@ def _walked(walk: _Walk, match_sql: str, where: str, limit: int) -> str:
     TOP_TF on taken by tf). With several words a short cube holding one beats a longer one holding two, which
     the walk may not reach: the shortest cubes holding every word are added, and more of the shortest matches;
     as FullText's common-word cut-off, the ranking there is close, not exact. Each list reads rows in its order
-    and stops once `limit` (or the deeper count) pass the filter, whatever the words' counts."""
+    and stops once `limit` (or the deeper count) pass the filter, whatever the words' counts; with fetch, the
+    shortest matches are instead found among all the matches (from the GIN index), when that reads fewer rows
+    (see _ranked)."""
     base = f"c.kind = {int(MemoryKind.PLAINTEXT)} AND c.text IS NOT NULL AND {where}"
-    depth = limit if walk.exact else max(8 * limit, 128)
+    depth = _depth(walk, limit)
+
+    def shortest(match: str) -> str:
+        if fetch:  # OFFSET 0: planned as a subquery of its own, fetching every match rather than walking
+            return (f"(SELECT x.seq FROM (SELECT c.seq, c.text_len FROM cubes c WHERE c.text_tsv @@ {match} AND"
+                    f" {base} OFFSET 0) x ORDER BY x.text_len, x.seq LIMIT {int(depth)})")
+        return (f"(SELECT c.seq FROM cubes c WHERE c.text_tsv @@ {match} AND {base} ORDER BY c.text_len, c.seq"
+                f" LIMIT {int(depth)})")
+
     recheck = "" if walk.exact else f" AND c.text_tsv @@ {match_sql}"
     deciding = ", ".join(_literal(t) for t in dict.fromkeys(t for g in walk.deciding for t in g))
     repeats = f"SELECT c.seq FROM cube_repeats p JOIN cubes c ON c.seq = p.seq WHERE {base}{recheck}"
@@ -218,11 +260,9 @@ def _walked(walk: _Walk, match_sql: str, where: str, limit: int) -> str:
              f" LATERAL ({repeats} AND p.term = t.term AND p.tf = v.tf ORDER BY p.dl, p.seq LIMIT {int(limit)}) x)",
              f"({repeats} AND p.term IN ({deciding}) AND p.tf >= {TOP_TF} ORDER BY p.tf DESC, p.dl, p.seq"
              f" LIMIT {int(limit)})",
-             f"(SELECT c.seq FROM cubes c WHERE c.text_tsv @@ {match_sql} AND {base} ORDER BY c.text_len, c.seq"
-             f" LIMIT {int(depth)})"]
+             shortest(match_sql)]
     if not walk.exact:
-        parts.append(f"(SELECT c.seq FROM cubes c WHERE c.text_tsv @@ {_quoted_tsquery(walk.every)} AND {base}"
-                     f" ORDER BY c.text_len, c.seq LIMIT {int(depth)})")
+        parts.append(shortest(_quoted_tsquery(walk.every)))
     return " UNION ".join(parts)
 
 
@@ -237,9 +277,16 @@ def _quoted_tsquery(text: str) -> str:
     return _literal(text) + "::tsquery"
 
 
+_databases: weakref.WeakKeyDictionary[psycopg.Connection, tuple] = weakref.WeakKeyDictionary()
+
+
 def _database(conn: psycopg.Connection) -> tuple:
-    database = _scalar(conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()"))
-    return conn.info.host, conn.info.port, int(database)
+    """Which database the connection is to, as the caches here key it: asked once per connection."""
+    known = _databases.get(conn)
+    if known is None:
+        database = _scalar(conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()"))
+        known = _databases[conn] = (conn.info.host, conn.info.port, int(database))
+    return known
 
 
 def _ranked(conn: psycopg.Connection, match_sql: str, match_params: list, terms: Sequence[str], f: CubeFilter,
@@ -251,21 +298,32 @@ def _ranked(conn: psycopg.Connection, match_sql: str, match_params: list, terms:
     lookup over all cubes with text, as FTS5 counts it (remembered on large vaults, see _doc_counts).
     With walk (plain words), matches as many as WALK_FROM are ranked from a bounded set (_walked)."""
     where, params = filter_sql(f, now)
+    sized, sized_params = sized_sql(f)
     terms = list(terms)
     if stats is not None:
         n, tokens = stats.docs, stats.length
         counts = {t: stats.terms.get(t, 0) for t in terms}
     else:
-        database, n, tokens = conn.execute(
-            "SELECT (SELECT oid FROM pg_database WHERE datname = current_database()), coalesce(sum(docs), 0),"
-            " coalesce(sum(tokens), 0) FROM search_stats").fetchone() or (0, 0, 0)
-        counts = _doc_counts(conn, (conn.info.host, conn.info.port, int(database)), terms, max(int(n), 1))
+        n, tokens = conn.execute("SELECT coalesce(sum(docs), 0), coalesce(sum(tokens), 0) FROM search_stats"
+                                 ).fetchone() or (0, 0)
+        counts = _doc_counts(conn, _database(conn), terms, max(int(n), 1))
     n, avgdl = max(int(n), 1), max(int(tokens), 1) / max(int(n), 1)
     idf = [max(math.log((n - counts[t] + 0.5) / (counts[t] + 0.5)), 1e-6) for t in terms]
     # A group's matches are at most its rarest lexeme's; the deciding groups' matches at most their sum.
     matches = sum(min(counts.get(t, n) for t in g) for g in walk.deciding) if walk else 0
-    if walk is not None and matches >= WALK_FROM and n >= LARGE_VAULT:  # small vaults: every match, exactly
-        candidates = _walked(walk, match_sql, where, limit)
+    walking = walk is not None and matches >= WALK_FROM and n >= LARGE_VAULT  # small vaults: every match, exactly
+    vault = n
+    if walking and (stats is not None or f.namespace_prefix):
+        # The matches counted are the readable cubes' (or the vault's): about the namespace's share of them are in
+        # the namespace asked for; and a walk in length order passes over the cubes that are not readable too.
+        within, vault = conn.execute(
+            f"SELECT coalesce(sum(s.docs) FILTER (WHERE {sized}), 0), coalesce(sum(s.docs), 0) FROM search_sizes s"
+            f" WHERE s.kind = {int(MemoryKind.PLAINTEXT)}", sized_params).fetchone() or (0, 0)
+        matches = round(matches * int(within) / n)
+        walking = matches >= WALK_FROM
+    if walking:
+        assert walk is not None
+        candidates = _walked(walk, match_sql, where, limit, fetch=_fetches(_depth(walk, limit), int(vault), matches))
         chosen = f"c.seq IN ({candidates})"
         # The parts' parameters in order: the repeats by tf and from TOP_TF on (each: the filter, then the match
         # unless exact), the shortest matches (the match, then the filter), those holding every word (the filter).
@@ -305,19 +363,22 @@ def _doc_counts(conn: psycopg.Connection, database: tuple, terms: list[str], n: 
                 if known is not None and abs(n - known[1]) <= 0.1 * known[1]:
                     found[t] = known[0]
     todo = [t for t in terms if t not in found]
-    if todo and n >= LARGE_VAULT:
+    if not todo:
+        return found
+    unknown = todo
+    if n >= LARGE_VAULT:
         found.update(_sampled_counts(conn, database, todo))
-        todo = [t for t in terms if t not in found]
-    if todo:
+        unknown = [t for t in todo if t not in found]
+    if unknown:
         rows = conn.execute("SELECT t.term, (SELECT count(*) FROM cubes x WHERE x.text_tsv @@ t.q)"
                             " FROM unnest(%s::text[], %s::tsquery[]) AS t(term, q)",
-                            [todo, [_quoted(t) for t in todo]]).fetchall()
+                            [unknown, [_quoted(t) for t in unknown]]).fetchall()
         found.update((t, int(c)) for t, c in rows)
-        if n >= LARGE_VAULT:
-            with _counts_lock:
-                if len(_counts) > 50_000:
-                    _counts.clear()
-                _counts.update(((database, t), (found[t], n)) for t in todo)
+    if n >= LARGE_VAULT:  # sampled or counted, remembered alike (a sample is trusted only as long, see _SAMPLED)
+        with _counts_lock:
+            if len(_counts) > 50_000:
+                _counts.clear()
+            _counts.update(((database, t), (found[t], n)) for t in todo)
     return found
 
 
@@ -397,3 +458,52 @@ def _from_fts5(query: str) -> tuple[str, list[str]]:
             out.append(_quoted(tok))
             words.append(tok)
     return " ".join(out), words
+
+
+# -- upkeep ----------------------------------------------------------------------------------------
+
+# pg_try_advisory_xact_lock key of the search upkeep: one member of a cluster at a time does it, the others skip.
+UPKEEP_LOCK = 0x6D656D6F_73640006
+# ANALYZE the search tables once this many of their rows changed since the last (and a tenth of the table more):
+# the plans above (which list a walk reads, GIN or length order) are chosen from their statistics, and with the
+# statistics of a table a tenth of its size they read orders of magnitude too many rows (p95 65 -> 17 ms at 100k
+# cubes). Autovacuum would, but only once its naptime (a minute) is over, and never during a bulk ingest.
+ANALYZE_FROM = 1000
+# Clean the GIN index's pending list (gin_clean_pending_list) once this many cubes were written since the last
+# clean: every search reads that list whole (up to gin_pending_list_limit, 4 MB: +5-10 ms at 100k cubes).
+CLEAN_FROM = 500
+_SEARCH_TABLES = ("cubes", "cube_repeats", "cube_tags")
+_cleaned_at: dict[tuple, int | None] = {}
+
+
+def upkeep(conn: psycopg.Connection) -> list[str]:
+    """Keep search fast while the vault grows: refresh the planner's statistics of the search tables and fold the
+    full-text index's pending list into it when enough was written since; what it did (nothing, if another
+    member is at it). Run in a write transaction of its own, every few seconds (lifecycle.tasks)."""
+    if not _scalar(conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (UPKEEP_LOCK,))):
+        return []
+    done = []
+    rows = conn.execute("SELECT s.relname, s.n_mod_since_analyze, greatest(c.reltuples, 0), s.n_tup_ins"
+                        " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
+                        " WHERE s.schemaname = current_schema() AND s.relname = ANY(%s)",
+                        (list(_SEARCH_TABLES),)).fetchall()
+    stale = [name for name, changed, size, _ in rows if changed >= ANALYZE_FROM + 0.1 * size]
+    if stale:
+        conn.execute("ANALYZE " + ", ".join(stale))  # names of this module's own tables, not input
+        done.append("analyzed " + ", ".join(stale))
+    written = next((int(inserted) for name, _, _, inserted in rows if name == "cubes"), 0)
+    database = _database(conn)
+    last = _cleaned_at.get(database, 0)
+    if last is None:
+        return done
+    if written - last >= CLEAN_FROM or written < last:  # counters restart after a crash or pg_stat_reset()
+        try:
+            with conn.transaction():  # a savepoint: a refusal keeps what was done
+                pages = _scalar(conn.execute("SELECT gin_clean_pending_list('cubes_fts'::regclass)"))
+        except pg_errors.InsufficientPrivilege:
+            _cleaned_at[database] = None  # not this role's index to clean: autovacuum's, as it is by default
+            return [*done, "cannot fold cubes_fts's pending list: this role does not own the index (autovacuum will)"]
+        _cleaned_at[database] = written
+        if pages:
+            done.append(f"folded {pages} pending pages into cubes_fts")
+    return done

@@ -29,10 +29,16 @@ def size(conn: sqlite3.Connection) -> int:
     return found
 
 
-def doc_count(conn: sqlite3.Connection, word: str) -> int:
-    """How many cubes hold the word (in text, search context or metadata), in any state."""
-    (count,) = conn.execute("SELECT count(*) FROM cubes_fts WHERE cubes_fts MATCH ?", (_quoted(word),)).fetchone()
-    return count
+def upkeep(conn: sqlite3.Connection) -> list[str]:
+    """Nothing to do on SQLite: FTS5 merges its index segments as it writes (automerge), and no search plan here
+    depends on planner statistics (see the PostgreSQL engine's upkeep)."""
+    return []
+
+
+def doc_counts(conn: sqlite3.Connection, words: Sequence[str]) -> dict[str, int]:
+    """How many cubes hold each word (in text, search context or metadata), in any state."""
+    return {w: conn.execute("SELECT count(*) FROM cubes_fts WHERE cubes_fts MATCH ?", (_quoted(w),)).fetchone()[0]
+            for w in words}
 
 
 def ranked(conn: sqlite3.Connection, words: Sequence[str], f: CubeFilter, now: float, limit: int, *,
