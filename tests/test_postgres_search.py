@@ -131,7 +131,7 @@ def test_scores_are_fts5s_bm25_over_the_lexemes(db):
                                                               NOW, 10)))
     expected = _reference_bm25(docs, ["glacier", "weather", "hike"])
     assert {row["seq"]: pytest.approx(score) for row, score in found} == expected
-    assert [score for _, score in found] == sorted(expected.values(), reverse=True)
+    assert [score for _, score in found] == pytest.approx(sorted(expected.values(), reverse=True))
 
 
 def _claims(db, model="m", after=0, limit=100):
@@ -253,8 +253,9 @@ def test_the_repeated_words_table_follows_every_insert_update_tombstone_and_dele
     assert _run(db.read(_repeats)) == _run(db.read(_repeats_of_texts)) == [("bird", seqs[2], 2, 2)]
 
 
+@pytest.mark.parametrize("whole", [0, 160], ids=["all-walked", "rarest-whole"])
 @pytest.mark.parametrize("fetch", [False, True], ids=["walking-shortest-first", "fetching-every-match"])
-def test_several_common_words_walked_score_their_hits_exactly_and_pass_the_filter(db, monkeypatch, fetch):
+def test_several_common_words_walked_score_their_hits_exactly_and_pass_the_filter(db, monkeypatch, fetch, whole):
     import random
 
     rng = random.Random(5)
@@ -265,7 +266,8 @@ def test_several_common_words_walked_score_their_hits_exactly_and_pass_the_filte
                                             (int(LifecycleState.ARCHIVED), seqs[::7]))))
     fulltext = db.sql.fulltext
     monkeypatch.setattr(fulltext, "LARGE_VAULT", 0)  # the walk is for large vaults: at any size here
-    monkeypatch.setattr(fulltext, "_fetches", lambda depth, vault, matches: fetch)  # either way to the shortest
+    monkeypatch.setattr(fulltext, "_fetches", lambda *estimate: fetch)  # either way to the shortest
+    monkeypatch.setattr(fulltext, "WHOLE_UP_TO", whole)  # with and without the rarest word's every match
 
     def ranked(query, f, limit, **kw):
         return _run(db.read(lambda conn: fulltext.ranked(conn, query, f, NOW, limit, **kw)))

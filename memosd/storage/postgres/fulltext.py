@@ -16,7 +16,7 @@ import math
 import threading
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -41,6 +41,29 @@ _WEIGHTED_TF = (f"{_W_TEXT} * cardinality(u.positions) - {_W_TEXT - _W_CONTEXT} 
                 f" 'B')) - {_W_TEXT - _W_META} * cardinality(array_positions(u.weights, 'C'))")
 _QUERY_LEXEMES = ("ts_delete(m.text_tsv, tsvector_to_array(ts_filter(setweight(m.text_tsv, 'A', %s::text[]),"
                   " '{b,c,d}')))")
+
+
+def _score_sql(terms: Sequence[str], idf: Sequence[float], avgdl: float) -> str:
+    """A candidate's BM25 over the terms, as an expression over m (text_tsv, text_repeats, text_len; its one
+    parameter: the terms). A term a cube holds once weighs its field's share: a weight-restricted match of the
+    lexeme tells which field (0.2 us; the text's lexemes carry D, the context's B, the metadata's C), rather than
+    unnesting the cube's vector (about 9 us a cube). A cube repeating a query term (text_repeats holds the
+    lexemes a cube has more than once) is scored from its vector, each occurrence weighed by its field."""
+    def bm25(i: int, tf: float | str) -> str:
+        return f"{idf[i]!r} * ({tf} * {K1 + 1}) / ({tf} + {K1} * (1 - {B} + {B} * m.text_len / {avgdl!r}))"
+
+    once = " + ".join(
+        f"CASE WHEN m.text_tsv @@ {_literal(_quoted(t) + ':D')}::tsquery THEN {bm25(i, _W_TEXT)}"
+        f" WHEN m.text_tsv @@ {_literal(_quoted(t) + ':B')}::tsquery THEN {bm25(i, _W_CONTEXT)}"
+        f" WHEN m.text_tsv @@ {_literal(_quoted(t) + ':C')}::tsquery THEN {bm25(i, _W_META)} ELSE 0 END"
+        for i, t in enumerate(terms))
+    idfs = "ARRAY[" + ", ".join(map(repr, idf)) + "]::float8[]"
+    term_list = "ARRAY[" + ", ".join(_literal(t) for t in terms) + "]::text[]"
+    repeated = (f"(SELECT sum(({idfs})[array_position({term_list}, t.lexeme)] * (t.tf * {K1 + 1})"
+                f" / (t.tf + {K1} * (1 - {B} + {B} * m.text_len / {avgdl!r})))"
+                f" FROM (SELECT u.lexeme, {_WEIGHTED_TF} AS tf FROM unnest({_QUERY_LEXEMES}) u) t)")
+    any_term = _literal(" | ".join(map(_quoted, terms)))
+    return f"(CASE WHEN m.text_repeats @@ {any_term}::tsquery THEN {repeated} ELSE {once} END)"
 
 
 def _scalar(cur: psycopg.Cursor) -> Any:
@@ -131,7 +154,7 @@ def ranked(conn: psycopg.Connection, words: Sequence[str], f: CubeFilter, now: f
     groups = [g for g in per_word if g]
     # Exact: one word of one lexeme, which every match then holds (and its repeats match without a recheck).
     walk = _Walk(deciding=[g for g in (per_one_of if one_of else per_word) if g], every=_all_groups(groups),
-                 exact=not one_of and len(groups) == 1 and len(groups[0]) == 1)
+                 exact=not one_of and len(groups) == 1 and len(groups[0]) == 1, groups=groups)  # groups: _split
     return _ranked(conn, "%s::tsquery", [match], terms, f, now, limit, walk=walk, stats=stats)
 
 
@@ -199,11 +222,14 @@ def _any(per_word: Sequence[Sequence[str]]) -> str:
 @dataclass(frozen=True)
 class _Walk:
     """How ranked() may bound a common word's candidates (see _walked): the word groups that decide the matches,
-    the tsquery all groups together match, and whether every match holds all the terms (one word of one lexeme)."""
+    the tsquery all groups together match, whether every match holds all the terms (one word of one lexeme), and
+    the deciding groups rare enough that every match of theirs is a candidate (_ranked picks them)."""
 
     deciding: list[list[str]]
     every: str
     exact: bool
+    whole: list[list[str]] = field(default_factory=list)
+    groups: list[list[str]] = field(default_factory=list)  # every word's lexemes
 
 
 def _all_groups(groups: Sequence[Sequence[str]]) -> str:
@@ -220,18 +246,57 @@ WALK_FROM = 1500
 TOP_TF = 9
 
 
-def _depth(walk: _Walk, limit: int) -> int:
-    """How many of the shortest matches _walked takes (a few times limit, unless every match holds the same terms)."""
+def _depth(walk: _Walk, limit: int, part: str = "any") -> int:
+    """How many of the shortest matches _walked takes of a list: of any word a few times limit, unless every match
+    holds the same terms; of every word, or of pairs, twice limit (their few best are what they add)."""
+    if part != "any":
+        return max(2 * limit, 32)
     return limit if walk.exact else max(8 * limit, 128)
 
 
-def _fetches(depth: int, vault: int, matches: int) -> bool:
+# How many times more rows a walk shortest first reads than the words' shares say: a short cube holds fewer
+# words, so fewer of the shortest match a word (twice as few at 100k bench cubes), and fewer still a pair of them.
+WALK_BIAS = {"any": 2.0, "every": 4.0, "pairs": 4.0}
+
+
+# Pairs of words (a walked one and another) up to which the walk also takes the shortest cubes holding a pair.
+MAX_PAIRS = 16
+PAIRED = 2
+# Deciding words as rare as this (their matches together) have every match a candidate of the walk (_split).
+WHOLE_UP_TO = 1000
+
+
+def _split(walk: _Walk, counts: dict[str, int], n: int) -> _Walk:
+    """The walk with its rarest deciding groups (matching at most WHOLE_UP_TO cubes together) taken whole: the
+    shortest cubes holding a common word never outscore one holding a word a hundred times rarer, which a walk
+    in length order would pass over (at 100k cubes it lost the best hit of 41 queries in 300)."""
+    groups = sorted(walk.deciding, key=lambda g: min(counts.get(t, n) for t in g))
+    whole: list[list[str]] = []
+    used = 0
+    for group in groups:
+        count = min(counts.get(t, n) for t in group)
+        if used + count > WHOLE_UP_TO:
+            break
+        whole.append(group)
+        used += count
+    rarest = sorted(walk.groups, key=lambda g: min(counts.get(t, n) for t in g))  # what _pairs pairs with first
+    return replace(walk, deciding=groups[len(whole):], whole=whole, groups=rarest)
+
+
+def _fetches(depth: int, vault: int, matches: float, bias: float = 1.0) -> bool:
     """Whether _walked finds the shortest matches by fetching them all: walking the cubes shortest first reads
-    about depth * vault / matches rows before `depth` of them match, fetching every match reads matches rows."""
-    return depth * vault > matches * matches
+    about bias * depth * vault / matches rows before `depth` of them match, fetching every match reads matches."""
+    return bias * depth * vault > matches * matches
 
 
-def _walked(walk: _Walk, match_sql: str, where: str, limit: int, fetch: bool = False) -> str:
+def _pairs(walk: _Walk) -> list[str]:
+    """tsquery operands of the pairs of a walked word and one of the PAIRED rarest other query words (none past
+    MAX_PAIRS): a GIN lookup of many common words' pairs costs more than the walk it helps (30 ms at 100k)."""
+    pairs = [f"{_all(d)} & {_all(g)}" for d in walk.deciding for g in [g for g in walk.groups if g != d][:PAIRED]]
+    return pairs if len(pairs) <= MAX_PAIRS else []
+
+
+def _walked(walk: _Walk, match_sql: str, where: str, limit: int, fetch: dict[str, bool]) -> str:
     """The candidates' query (seqs) for a common word (its parameters: see _ranked). A cube holds each query
     term once or not at all unless it repeats it (cube_repeats); once, its BM25 is idf * 2.2 / (1 + 1.2 (0.25 +
     0.75 dl / avgdl)) per term it holds, falling with its length dl, and at any one tf it falls with dl too. So
@@ -240,14 +305,13 @@ def _walked(walk: _Walk, match_sql: str, where: str, limit: int, fetch: bool = F
     TOP_TF on taken by tf). With several words a short cube holding one beats a longer one holding two, which
     the walk may not reach: the shortest cubes holding every word are added, and more of the shortest matches;
     as FullText's common-word cut-off, the ranking there is close, not exact. Each list reads rows in its order
-    and stops once `limit` (or the deeper count) pass the filter, whatever the words' counts; with fetch, the
-    shortest matches are instead found among all the matches (from the GIN index), when that reads fewer rows
-    (see _ranked)."""
+    and stops once `limit` (or the deeper count) pass the filter, whatever the words' counts; where fetch says so
+    (for the shortest matches of "any" word, of "every" word, or of "pairs"), they are instead found among all
+    those matches (from the GIN index), when that reads fewer rows (see _ranked)."""
     base = f"c.kind = {int(MemoryKind.PLAINTEXT)} AND c.text IS NOT NULL AND {where}"
-    depth = _depth(walk, limit)
-
-    def shortest(match: str) -> str:
-        if fetch:  # OFFSET 0: planned as a subquery of its own, fetching every match rather than walking
+    def shortest(match: str, part: str) -> str:
+        depth = _depth(walk, limit, part)
+        if fetch[part]:  # OFFSET 0: planned as a subquery of its own, fetching every match rather than walking
             return (f"(SELECT x.seq FROM (SELECT c.seq, c.text_len FROM cubes c WHERE c.text_tsv @@ {match} AND"
                     f" {base} OFFSET 0) x ORDER BY x.text_len, x.seq LIMIT {int(depth)})")
         return (f"(SELECT c.seq FROM cubes c WHERE c.text_tsv @@ {match} AND {base} ORDER BY c.text_len, c.seq"
@@ -260,9 +324,14 @@ def _walked(walk: _Walk, match_sql: str, where: str, limit: int, fetch: bool = F
              f" LATERAL ({repeats} AND p.term = t.term AND p.tf = v.tf ORDER BY p.dl, p.seq LIMIT {int(limit)}) x)",
              f"({repeats} AND p.term IN ({deciding}) AND p.tf >= {TOP_TF} ORDER BY p.tf DESC, p.dl, p.seq"
              f" LIMIT {int(limit)})",
-             shortest(match_sql)]
+             shortest(match_sql, "any")]
     if not walk.exact:
-        parts.append(shortest(_quoted_tsquery(walk.every)))
+        parts.append(shortest(_quoted_tsquery(walk.every), "every"))
+        pairs = _pairs(walk)
+        if pairs:  # the shortest holding a walked word and another: two words' scores
+            parts.append(shortest(_quoted_tsquery(" | ".join(f"({p})" for p in pairs)), "pairs"))
+    if walk.whole:  # a rare word's every match: its idf outweighs the common words' lengths
+        parts.append(f"(SELECT c.seq FROM cubes c WHERE c.text_tsv @@ {_quoted_tsquery(_any(walk.whole))} AND {base})")
     return " UNION ".join(parts)
 
 
@@ -312,37 +381,46 @@ def _ranked(conn: psycopg.Connection, match_sql: str, match_params: list, terms:
     # A group's matches are at most its rarest lexeme's; the deciding groups' matches at most their sum.
     matches = sum(min(counts.get(t, n) for t in g) for g in walk.deciding) if walk else 0
     walking = walk is not None and matches >= WALK_FROM and n >= LARGE_VAULT  # small vaults: every match, exactly
-    vault = n
+    if walking:
+        assert walk is not None
+        walk = _split(walk, counts, n)
+        matches = sum(min(counts.get(t, n) for t in g) for g in walk.deciding)
+        walking = bool(walk.deciding) and matches >= WALK_FROM  # the rare words aside, too few: every match
+    vault, share = n, 1.0
     if walking and (stats is not None or f.namespace_prefix):
         # The matches counted are the readable cubes' (or the vault's): about the namespace's share of them are in
         # the namespace asked for; and a walk in length order passes over the cubes that are not readable too.
         within, vault = conn.execute(
             f"SELECT coalesce(sum(s.docs) FILTER (WHERE {sized}), 0), coalesce(sum(s.docs), 0) FROM search_sizes s"
             f" WHERE s.kind = {int(MemoryKind.PLAINTEXT)}", sized_params).fetchone() or (0, 0)
-        matches = round(matches * int(within) / n)
+        share = int(within) / n
+        matches = round(matches * share)
         walking = matches >= WALK_FROM
     if walking:
         assert walk is not None
-        candidates = _walked(walk, match_sql, where, limit, fetch=_fetches(_depth(walk, limit), int(vault), matches))
+        # How many cubes each list's match holds, for the choice of walking or fetching: the words' shares of the
+        # readable cubes, as if independent.
+        held = {tuple(g): min(counts.get(t, n) for t in g) / n for g in walk.groups}
+        every = n * share * math.prod(held.values())
+        pairs = n * share * min(1.0, sum(held[tuple(d)] * held[tuple(g)] for d in walk.deciding
+                                         for g in [g for g in walk.groups if g != d][:PAIRED]))
+        fetch = {part: _fetches(_depth(walk, limit, part), int(vault), estimate, WALK_BIAS[part])
+                 for part, estimate in (("any", matches), ("every", every), ("pairs", pairs))}
+        candidates = _walked(walk, match_sql, where, limit, fetch=fetch)
         chosen = f"c.seq IN ({candidates})"
         # The parts' parameters in order: the repeats by tf and from TOP_TF on (each: the filter, then the match
         # unless exact), the shortest matches (the match, then the filter), those holding every word (the filter).
         repeats = [*params] if walk.exact else [*params, *match_params]
-        chosen_params = [*repeats, *repeats, *match_params, *params, *([] if walk.exact else params)]
+        chosen_params = [*repeats, *repeats, *match_params, *params, *([] if walk.exact else params),
+                         *(params if _pairs(walk) and not walk.exact else []), *(params if walk.whole else [])]
     else:
         chosen = f"c.text_tsv @@ {match_sql} AND c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}"
         chosen_params = [*match_params, *params]
     sql = f"""
-        WITH w AS (SELECT * FROM unnest(%s::text[], %s::float8[]) AS w(term, idf)),
-        m AS (SELECT c.seq, c.text_tsv, c.text_len FROM cubes c WHERE {chosen}),
-        s AS (SELECT m.seq, sum(w.idf * (u.tf * {K1 + 1}) / (u.tf + {K1} * (1 - {B} + {B} * m.text_len / %s::float8)))
-                     AS score
-              FROM m,
-              LATERAL (SELECT u.lexeme, {_WEIGHTED_TF} AS tf FROM unnest({_QUERY_LEXEMES}) u) u
-              JOIN w ON w.term = u.lexeme
-              GROUP BY m.seq ORDER BY score DESC, m.seq LIMIT %s)
+        WITH m AS (SELECT c.seq, c.text_tsv, c.text_repeats, c.text_len FROM cubes c WHERE {chosen}),
+        s AS (SELECT m.seq, {_score_sql(terms, idf, avgdl)} AS score FROM m ORDER BY score DESC, m.seq LIMIT %s)
         SELECT {_CUBE_COLUMNS}, s.score FROM s JOIN cubes c ON c.seq = s.seq ORDER BY s.score DESC, c.seq"""
-    found = conn.execute(sql, [terms, idf, *chosen_params, avgdl, terms, limit]).fetchall()
+    found = conn.execute(sql, [*chosen_params, terms, limit]).fetchall()
     return [(row_dict(r[:-1]), float(r[-1])) for r in found]
 
 
@@ -472,7 +550,7 @@ ANALYZE_FROM = 1000
 # Clean the GIN index's pending list (gin_clean_pending_list) once this many cubes were written since the last
 # clean: every search reads that list whole (up to gin_pending_list_limit, 4 MB: +5-10 ms at 100k cubes).
 CLEAN_FROM = 500
-_SEARCH_TABLES = ("cubes", "cube_repeats", "cube_tags")
+_SEARCH_TABLES = ("cubes", "cube_repeats", "cube_tags", "embeddings")
 _cleaned_at: dict[tuple, int | None] = {}
 
 
