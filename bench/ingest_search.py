@@ -71,10 +71,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class Daemon:
-    """`memosd serve` in a child process on a Unix socket; stop() sends SIGTERM as systemd would."""
+    """`memosd serve` in a child process on a Unix socket; stop() sends SIGTERM as systemd would. A start may take
+    serving_timeout seconds: with a model, an embedded vault builds its HNSW index before it serves."""
 
     def __init__(self, data_dir: Path, socket: Path, *, embedding_model: str = "", prefix: str = "",
-                 extra: tuple[str, ...] = ()):
+                 extra: tuple[str, ...] = (), serving_timeout: float = 120):
         self.data_dir, self.socket = data_dir, socket
         self.target = f"unix:{socket}"
         cmd = [*shlex.split(prefix), sys.executable, "-m", "memosd.cli", "serve", "--data-dir", str(data_dir),
@@ -89,7 +90,7 @@ class Daemon:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
         try:
-            _wait_serving(self.target, self.proc)
+            _wait_serving(self.target, self.proc, serving_timeout)
         except BaseException:
             self.stop()
             raise
