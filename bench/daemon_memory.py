@@ -33,6 +33,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
 from bench.corpus import NAMESPACES, Corpus  # noqa: E402
 from bench.ingest_search import Daemon, _default_model, agent_figures, ingest, search_latency  # noqa: E402
 from bench.shared import emit  # noqa: E402
+from bench.vault_put_many import SHARED_BUFFERS  # noqa: E402
 
 
 def memory(pid: int) -> dict:
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     records = list(corpus.cubes(args.cubes))
     queries = corpus.queries(args.queries)
     result: dict = {"bench": "daemon_memory", "cubes": args.cubes, "cpus": os.cpu_count(),
-                    "postgresql_server": "--vault-url" if args.vault_url else "fsync on" if args.durable else "fsync off",
+                    "postgresql_server": "--vault-url" if args.vault_url else
+                    f"fsync on, shared_buffers {SHARED_BUFFERS}" if args.durable else "fsync off (the tests' server)",
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     model = None if args.no_hybrid else _default_model()
     if not args.no_hybrid:

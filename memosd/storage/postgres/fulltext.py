@@ -548,7 +548,9 @@ UPKEEP_LOCK = 0x6D656D6F_73640006
 # cubes). Autovacuum would, but only once its naptime (a minute) is over, and never during a bulk ingest.
 ANALYZE_FROM = 1000
 # Clean the GIN index's pending list (gin_clean_pending_list) once this many cubes were written since the last
-# clean: every search reads that list whole (up to gin_pending_list_limit, 4 MB: +5-10 ms at 100k cubes).
+# clean: every search reads that list whole (up to gin_pending_list_limit, 4 MB: +5-10 ms at 100k cubes). An
+# update that is not HOT writes the row's index entries again (a search's hits have their access counts
+# updated: at 100k cubes about half of those were not HOT), so those count as writes too.
 CLEAN_FROM = 500
 _SEARCH_TABLES = ("cubes", "cube_repeats", "cube_tags", "embeddings")
 _cleaned_at: dict[tuple, int | None] = {}
@@ -561,7 +563,8 @@ def upkeep(conn: psycopg.Connection) -> list[str]:
     if not _scalar(conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (UPKEEP_LOCK,))):
         return []
     done = []
-    rows = conn.execute("SELECT s.relname, s.n_mod_since_analyze, greatest(c.reltuples, 0), s.n_tup_ins"
+    rows = conn.execute("SELECT s.relname, s.n_mod_since_analyze, greatest(c.reltuples, 0),"
+                        " s.n_tup_ins + s.n_tup_upd - s.n_tup_hot_upd"
                         " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
                         " WHERE s.schemaname = current_schema() AND s.relname = ANY(%s)",
                         (list(_SEARCH_TABLES),)).fetchall()
