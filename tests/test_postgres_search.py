@@ -12,6 +12,7 @@ import pytest
 from memosd.cube import CubeFilter, LifecycleState, MemoryKind, Visibility
 from memosd.storage.postgres import vectors
 from memosd.storage.postgres.db import Database
+from tests.timing import wait_for
 
 NOW = 10.0
 
@@ -291,15 +292,6 @@ def _analyzed_and_pending(conn):
     return analyzed, conn.execute("SELECT pending_pages FROM pgstatginindex('cubes_fts')").fetchone()[0]
 
 
-def _until(condition, timeout=30.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "not within the timeout"
-        time.sleep(0.05)  # polling the server's counters, which it publishes at most once a second
-
-
 def test_the_upkeep_analyzes_the_grown_tables_and_empties_the_pending_list_once(db, postgres_url):
     """A bulk ingest leaves the planner with an empty table's statistics and the GIN index with a pending list
     every search reads: the upkeep (run every few seconds by the lifecycle) fixes both once enough was written,
@@ -329,7 +321,9 @@ def test_the_upkeep_analyzes_the_grown_tables_and_empties_the_pending_list_once(
     finally:
         other.close()
     done: list[str] = []
-    _until(lambda: done.extend(_run(db.write(fulltext.upkeep))) or any("analyzed" in d for d in done))
+    # The server publishes its table counters at most once a second: the upkeep sees the writes within that.
+    wait_for(lambda: done.extend(_run(db.write(fulltext.upkeep))) or any("analyzed" in d for d in done),
+             "the upkeep to analyze the grown cubes table")
     assert any(d.startswith("analyzed") and "cubes" in d for d in done)
     assert _run(db.read(_analyzed_and_pending)) == (True, 0)
     assert _run(db.write(fulltext.upkeep)) == []  # nothing written since: nothing to do
