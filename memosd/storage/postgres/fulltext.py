@@ -147,7 +147,11 @@ def ranked(conn: psycopg.Connection, words: Sequence[str], f: CubeFilter, now: f
     per_word, per_one_of = found[:len(words)], found[len(words):]
     match = _any(per_word)
     if one_of:
-        match = f"({_any(per_one_of)}) & ({match})" if _any(per_one_of) and match else ""
+        # Words of the query among them (as FullText's rarest words are) match only what the query matches: the
+        # index then reads their matches alone, not every query word's too (several times as many at 100k cubes).
+        within = all(g in per_word for g in per_one_of)
+        match = "" if not (_any(per_one_of) and match) else _any(per_one_of) if within else \
+            f"({_any(per_one_of)}) & ({match})"
     terms = list(dict.fromkeys(lex for lexemes in per_word for lex in lexemes))
     if not match:
         return []
