@@ -500,6 +500,12 @@ class MemGovernance(Auditing, Sharing, ClusterSync):
         self._grants = {}
         self._forget_shares()
 
+    @property
+    def generation(self) -> int:
+        """Moved whenever decisions are forgotten (every grant, revocation and reload): a decision kept under
+        another is stale."""
+        return self._generation
+
     def changed(self) -> asyncio.Event:
         """An event set at the next revocation; open streams wait on it to re-check their caller."""
         return self._changed

@@ -11,7 +11,7 @@ from memosd.errors import Hidden, PermissionDenied
 from memosd.governance.policy import Policy, Share, owned_pattern
 
 if TYPE_CHECKING:
-    from memosd.governance.core import AgentRecord, Principal
+    from memosd.governance.core import AgentRecord, PolicyRecord, Principal
 
 SHARE_CACHE_SECONDS = 1.0  # the longest a decision is reused; revocations clear it at once
 
@@ -24,6 +24,7 @@ class Sharing:
     if TYPE_CHECKING:  # what the mixin uses of MemGovernance, declared for the type checker
         clock: Callable[[], float]
         _agents: dict[str, AgentRecord]
+        _policies: dict[str, PolicyRecord]
         _generation: int
 
         @staticmethod
@@ -35,6 +36,19 @@ class Sharing:
 
     def _init_sharing(self) -> None:
         self._share_cache: dict[tuple, tuple[bool, float]] = {}
+        self._next_turn = (-1, math.inf, math.inf)  # (generation, from when, the next start or end of a policy)
+
+    def decided_until(self, now: float) -> float:
+        """Until when a decision made now may be reused while governance is unchanged (its generation): a second
+        on (SHARE_CACHE_SECONDS), the next half-minute (when _effective looks again at who may grant what), or
+        the next moment any policy starts or ends (one of the decision's or its publishers' grants), if sooner."""
+        generation, since, turn = self._next_turn
+        if generation != self._generation or not since <= now < turn:
+            turn = min((t for r in self._policies.values() if r.revoked_at is None
+                        for t in (r.policy.not_before, r.policy.expires_at) if t is not None and t > now),
+                       default=math.inf)
+            self._next_turn = (self._generation, now, turn)
+        return min(now + SHARE_CACHE_SECONDS, (now // 30 + 1) * 30, turn)
 
     def share_authority(self, p, cube, topic: str) -> Share:
         """The authority under which p may make the cube readable on a topic: p's own, or the policies

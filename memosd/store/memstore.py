@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from memos_mip.bounds import quote
-from memosd.cube import MemCube
 from memosd.errors import (
     Compacted, FailedPrecondition, InvalidArgument, MemosError, NotFound, PermissionDenied,
     ResourceExhausted, Unavailable,
@@ -21,39 +19,15 @@ from memosd.governance.policy import Pattern, check_name
 from memosd.limits import check_namespace
 from memosd.storage import Conn
 from memosd.storage.records import Topic
-from memosd.store import grouping, publishing, shares
+from memosd.store import grouping, publishing, shares, views
 from memosd.store.durables import DurableClaims
+from memosd.store.events import EventKind, EventRecord
 from memosd.store.hub import Hub, Subscriber, first_of
 from memosd.vault import lineage
 
 log = logging.getLogger("memosd.store")
 REPLAY_BATCH = 256
 MAX_BATCH = 256  # live events sent in one message when a subscriber is behind
-
-
-class EventKind(enum.IntEnum):
-    """Values equal the protocol's EventKind numbers."""
-
-    PUBLISHED = 1
-    UPDATED = 2
-    RETRACTED = 3
-    REDACTED = 4
-
-
-@dataclass
-class EventRecord:
-    topic: str
-    seq: int
-    kind: EventKind
-    cube_id: str
-    cube_version: int
-    publisher: str
-    ts: float
-    cube: MemCube | None = None
-    # The cube's sources (lineage.sources() of its derived_from): view() shows each subscriber those it may read.
-    sources: dict[str, MemCube] | None = field(default=None, repr=False, compare=False)
-    # The transport's encoding of this event, made once and shared by every subscriber it goes to.
-    encoded: bytes | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -98,6 +72,7 @@ class MemStore:
         self.default_max_age = default_max_age
         self.sql = db.sql
         self._shares = shares.ShareIndex()
+        self._views = views.ViewMemo(governance, self._shares)
         self._durables: dict[tuple[str, str], _Durable] = {}
         # A durable subscription is open on one stream in the whole cluster: claimed in the vault by this run.
         self.claims = DurableClaims(db, holder or f"memstore:{secrets.token_hex(4)}", member)
@@ -234,16 +209,8 @@ class MemStore:
         return await self.db.read(job)
 
     def view(self, p: Principal, record: EventRecord) -> EventRecord:
-        """The event as p may see it: with its cube while p's grant covers the cube's kind and p may read it,
-        through the topic's share (still published, its authority holding) or by its own grants."""
-        cube = record.cube
-        if record.kind is EventKind.RETRACTED or (
-                cube is not None and self.gov.can(p, "subscribe", record.topic, cube.kind)
-                and (any(self.gov.share_holds(s, cube) for s in self._shares.on(record.topic, cube.id))
-                     or self.gov.grants_cube(p, "read", cube))):
-            shown = lineage.narrow_known(cube, record.sources, self.gov.reader(p)) if cube is not None else None
-            return record if shown is cube else replace(record, cube=shown, encoded=None)
-        return EventRecord(record.topic, record.seq, EventKind.REDACTED, "", 0, "", record.ts)
+        """The event as p may see it (memosd/store/views.py), decided once for all of p's streams."""
+        return self._views.view(p, record)
 
     # -- durable subscriptions ----------------------------------------------------------------
 

@@ -29,6 +29,18 @@ class ShareIndex:
 
     def __init__(self):
         self._by_cube: dict[str, dict[tuple[str, str], Share]] = {}
+        # Moved for a cube at each share of it made or ended, so that a decision taken on its shares is known
+        # stale (memosd/store/views.py): the count of changes at its last one, unique across cubes and time.
+        self._changes = 0
+        self._stamps: dict[str, int] = {}
+
+    def stamp(self, cube_id: str) -> int:
+        """Changes when a share of the cube is made or ended, on any topic (0: none ever was)."""
+        return self._stamps.get(cube_id, 0)
+
+    def _changed(self, cube_id: str) -> None:
+        self._changes += 1
+        self._stamps[cube_id] = self._changes
 
     def load(self, records: Iterable[tuple[str, str, str, str | None]]) -> None:
         """Fill the index from the stored shares, (topic, cube_id, publisher, authority) each."""
@@ -43,12 +55,14 @@ class ShareIndex:
 
     def add(self, cube_id: str, share: Share) -> None:
         self._by_cube.setdefault(cube_id, {})[(share.topic, share.publisher)] = share
+        self._changed(cube_id)
 
     def drop(self, cube_id: str, topic: str, publisher: str | None = None) -> None:
         """End one publisher's share of the cube on the topic, or (None) every one."""
         found = self._by_cube.get(cube_id, {})
         for key in [k for k in found if k[0] == topic and publisher in (None, k[1])]:
             del found[key]
+            self._changed(cube_id)
 
     def apply(self, cube_id: str, topic: str, change: Share | Ended | None) -> None:
         """A committed publish's change: a share made (Share), one publisher's ended (Ended), or all ended (None)."""
