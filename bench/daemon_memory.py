@@ -2,6 +2,7 @@
 and its BM25, hybrid and dense search latency there; prints JSON.
 
     python bench/daemon_memory.py [--cubes 100000] [--vault-url postgresql://USER@HOST/DB] [--durable] [--no-hybrid]
+                                  [--embedding-precision fp32|int8]
 
 Each engine gets a fresh daemon (`memosd serve` in a child process, blobs on `file:`); the bench corpus
 (bench/corpus.py) goes in through put_many, then BM25 searches (with and without a namespace filter) and List
@@ -43,7 +44,7 @@ def memory(pid: int) -> dict:
 
 
 def one_engine(name: str, data_dir: Path, sock: Path, records: list[dict], queries: list[str], batch: int,
-               extra: tuple[str, ...], model: str | None, seed: int) -> dict:
+               extra: tuple[str, ...], model: str | None, seed: int, precision: str = "fp32") -> dict:
     if extra:  # `memosd serve` refuses a PostgreSQL database without the schema: `memosd init` makes it
         subprocess.run([sys.executable, "-m", "memosd.cli", "init", "--data-dir", str(data_dir), *extra], check=True,
                        cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -63,18 +64,19 @@ def one_engine(name: str, data_dir: Path, sock: Path, records: list[dict], queri
         out["rss_anon_file_mib_after_reads"] = [mem["RssAnon"], mem["RssFile"]]
         out["status_counts"] = client.status().counts
     if model:
-        out.update(hybrid_phase(name, data_dir, sock, queries, extra, model, seed))
+        out.update(hybrid_phase(name, data_dir, sock, queries, extra, model, seed, precision))
     return out
 
 
 def hybrid_phase(name: str, data_dir: Path, sock: Path, queries: list[str], extra: tuple[str, ...], model: str,
-                 seed: int) -> dict:
+                 seed: int, precision: str) -> dict:
     """Hybrid (plain and namespace-filtered) and dense p95 over every cube, with stand-in vectors written into the
-    stopped daemon's vault; the daemon restarted with the model, timed once its embedding backlog is 0."""
+    stopped daemon's vault; the daemon restarted with the model (run at `precision`), timed once its embedding
+    backlog is 0."""
     from bench import stand_in_vectors
     from memosd.runtime.embedder import Embedder
 
-    encoder = Embedder(model)  # reads the model's name and width; the weights are loaded by the daemon only
+    encoder = Embedder(model, precision=precision)  # reads the model's name and width; the weights are loaded by the daemon only
     if name == "postgresql":
         written = stand_in_vectors.write_postgres(extra[extra.index("--vault-url") + 1], encoder.name, encoder.dim,
                                                   seed)
@@ -83,9 +85,10 @@ def hybrid_phase(name: str, data_dir: Path, sock: Path, queries: list[str], extr
         written = stand_in_vectors.write_sqlite(data_dir, encoder.name, encoder.dim, seed)
         index = "faiss HNSW index built by the daemon from the vault before it serves (in daemon_start_seconds)"
     detail: dict = {"vectors": "random unit stand-ins (latency only; what the hits are worth is not measured)",
-                    "query_embedding": f"real ({model})", "model": encoder.name, "dim": encoder.dim,
+                    "query_embedding": f"real ({model}, {precision})", "model": encoder.name, "dim": encoder.dim,
                     **written, "dense_index": index}
-    with Daemon(data_dir, sock, embedding_model=model, extra=extra, serving_timeout=1800) as daemon, \
+    with Daemon(data_dir, sock, embedding_model=model, extra=(*extra, "--embedding-precision", precision),
+                serving_timeout=1800) as daemon, \
             daemon.client() as client:
         detail["daemon_start_seconds"] = round(daemon.start_seconds, 2)
         detail["backlog_wait_seconds"], detail["backlog_after_wait"] = _drained(client, timeout=600)
@@ -137,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the throwaway server with fsync on (bench/vault_put_many.py's), not the tests' fsync-off one")
     p.add_argument("--no-hybrid", action="store_true",
                    help="skip the hybrid and dense phase (stand-in vectors, the daemon restarted with the model)")
+    p.add_argument("--embedding-precision", choices=("fp32", "int8"), default="fp32",
+                   help="the daemon's embedding_precision in the hybrid phase (int8: the query encoder about 2.5x"
+                        " faster here; stand-in vectors are written under that model name)")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "daemon_memory.json")
     args = p.parse_args(argv)
     corpus = Corpus(args.seed)
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         for name, extra in (("sqlite", ()), ("postgresql", ("--vault-url", url))):
             result[name] = one_engine(name, tmp / name, sock_dir / f"{name}.sock", records, queries,
-                                      args.batch_size, extra, model, args.seed)
+                                      args.batch_size, extra, model, args.seed, args.embedding_precision)
         result["seconds"] = round(time.perf_counter() - started, 1)
     finally:
         if server is not None:
