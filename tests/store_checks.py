@@ -1,5 +1,7 @@
 """Validators for subscription histories, after etcd's watch validators: ordered, unique, reliable."""
 
+import asyncio
+import contextlib
 import inspect
 import threading
 
@@ -70,3 +72,11 @@ def collect(sub, n, timeout=20.0):
     assert done.wait(timeout), f"only {len(items)} of {n} items arrived"
     sub.close()
     return items
+
+
+async def cancel_all(tasks) -> None:
+    """Cancel in-process subscription tasks and wait until each has ended."""
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

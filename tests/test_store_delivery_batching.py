@@ -4,7 +4,6 @@ once, and each subscriber's own view of a group, its encoding shared with those 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import pytest
 
@@ -17,6 +16,7 @@ from memosd.server.store_service import _item
 from memosd.store.memstore import EventKind, SubscribeSpec
 from tests.daemon import admin_channel
 from tests.kv_helpers import put_kv
+from tests.store_checks import cancel_all
 from tests.timing import wait_for
 
 FEED = "teams/feed"
@@ -142,12 +142,6 @@ def test_subscribers_with_the_same_view_share_one_encoding(daemon, client, admin
                     Principal("bob") if name == "bob" else Principal("admin", admin=True), spec, sender(name)))
                 for name in sent]
 
-    async def stop(tasks):
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
     tasks = daemon.call(start())
     try:
         _streams_open(daemon, 3)
@@ -158,7 +152,7 @@ def test_subscribers_with_the_same_view_share_one_encoding(daemon, client, admin
         loop.call_soon_threadsafe(hold.set)
         wait_for(lambda: len(sent["bob"]) == 2, "the group did not reach bob's stream")
     finally:
-        daemon.call(stop(tasks))
+        daemon.call(cancel_all(tasks))
     (first, first_bytes), (second, second_bytes), (bobs, bobs_bytes) = (sent[n][1] for n in sent)
     assert [r.seq for r in first] == [r.seq for r in bobs] == [2, 3]
     # The admin's two streams: the same records, so one encoding of each.

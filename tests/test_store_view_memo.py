@@ -4,7 +4,6 @@ never reused once a grant, a share or the time it rests on has moved."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 
@@ -15,6 +14,7 @@ from memosd.governance import Principal
 from memosd.store import views
 from memosd.store.memstore import EventKind, SubscribeSpec
 from tests.kv_helpers import put_kv
+from tests.store_checks import cancel_all
 from tests.timing import ManualClock, wait_for
 
 FEED = "teams/feed"
@@ -85,12 +85,6 @@ def test_streams_of_one_reader_share_one_decision_per_event(daemon, client, peop
         spec = SubscribeSpec(topic=FEED, live_only=True, heartbeat_seconds=QUIET)
         return [asyncio.ensure_future(store.run_subscription(p, spec, sender(name))) for name, p in readers.items()]
 
-    async def stop(tasks):
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
     tasks = daemon.call(start())
     try:
         wait_for(lambda: len(store.hub) >= 4, "the streams did not open")
@@ -98,7 +92,7 @@ def test_streams_of_one_reader_share_one_decision_per_event(daemon, client, peop
             alice.publish(FEED, cube.id)
         wait_for(lambda: all(len(s) == 2 for s in sent.values()), "the events did not reach every stream")
     finally:
-        daemon.call(stop(tasks))
+        daemon.call(cancel_all(tasks))
     assert decisions == {(name, seq): 1 for name in ("admin", "carol") for seq in (1, 2)}
     # Each reader's streams were handed the very same views; the readers their own (carol's narrowed).
     assert all(a is b for a, b in zip(sent["admin 1"], sent["admin 2"]))
