@@ -27,14 +27,14 @@ def decide(gov: MemGovernance, shares: ShareIndex, p: Principal, record: EventRe
 
 class ViewMemo:
     """decide(), remembered on the event for each reader. Every stream asks it of every event, and the streams
-    of one reader (all the admin's, say) would each decide the same again: at 32 subscribers that was a quarter
-    of the daemon's CPU. The view handed again is the same object, so its encoding is made once as well.
+    of one reader (all the admin's, say) would each decide the same again: at 32 subscribers that was 10-28% of
+    the daemon's CPU, by profile. The view handed again is the same object, so its encoding is made once too.
 
     A view is reused while all it rests on stands: the reader as governance knows it (the Principal: name,
-    groups, admin); governance's generation (moved by every grant, revocation and reload, and so with every change of
-    the policy epoch, which is not keyed apart); the shares
-    of the cube and of its sources (ShareIndex.stamp: any topic's, since a source is read through its own
-    shares); and time, up to governance.decided_until() (a second at most, never past a grant's start or end)."""
+    groups, admin); governance's generation (moved by every grant, revocation and reload, and so with every
+    change of the policy epoch, which is not keyed apart); the shares of the cube and of its sources
+    (ShareIndex.stamp: any topic's, since a source is read through its own shares); and time, up to
+    governance.decided_until() (a second at most, never past a grant's start or end)."""
 
     def __init__(self, gov: MemGovernance, shares: ShareIndex):
         self.gov, self.shares = gov, shares
