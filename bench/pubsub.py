@@ -4,7 +4,9 @@
     python bench/pubsub.py --cluster [--subscribers 1,8] [...]
     python bench/pubsub.py --closed-loop 8 [--cluster] [--seconds 5] [--repeats 3]
 
-Systems: memosd with unary Publish (`memosd`) and with the PublishStream call (`memosd_stream`); Redis
+Systems: memosd with unary Publish (`memosd`), with the PublishStream call (`memosd_stream`), both delivering
+over the Subscribe gRPC stream, and with PublishStream and same-host delivery (`memosd_local`: the events as
+frames on a socket of each subscription's own, the client's default on a Unix socket); Redis
 Streams with `appendonly yes`, `appendfsync always` (XADD, XREAD BLOCK); NATS JetStream with file storage
 and `sync_interval: always` (publish awaits its PubAck); Redis pub/sub, which keeps nothing (the floor). The
 three durable ones answer a publish only once it is on disk, and can replay it. Each is started by this
@@ -48,20 +50,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import pubsub_peers as peers  # noqa: E402
 from bench.pubsub_common import cpu_seconds, open_loop, paced, percentiles  # noqa: E402
 
-SYSTEMS = ("memosd", "memosd_stream", "redis_streams", "nats_jetstream", "redis_pubsub")
+SYSTEMS = ("memosd", "memosd_stream", "memosd_local", "redis_streams", "nats_jetstream", "redis_pubsub")
+MEMOSD_SYSTEMS = ("memosd", "memosd_stream", "memosd_local")
 CLUSTER_SYSTEMS = ("memosd_pg_one", "memosd_pg_cluster")
 DURABLE_PEERS = ("redis_streams", "nats_jetstream")
 
 
 # ---- memosd --------------------------------------------------------------------------------------------------
 
-def _memos_subscribers(addr, key, topic, n, total, ready, out):
+def _memos_subscribers(addr, key, topic, n, total, ready, out, same_host):
     from memos_client import MemosClient
 
     received: list[dict] = [{} for _ in range(n)]
 
     def one(i):
-        with MemosClient(addr, key=key) as c:
+        with MemosClient(addr, key=key, local_transfers=same_host) as c:
             sub = c.subscribe(topic, live_only=True, heartbeat_seconds=1, heartbeats=True)
             for item in sub:
                 if hasattr(item, "seq"):
@@ -151,8 +154,8 @@ def run_once(system: str, servers: dict, n: int, rate: float, seconds: float, ru
         topic = f"bench/{name}"
         with MemosClient(addr, key=key) as c:
             cube_id = c.put("event payload " + "x" * 200, "agents/admin/bench").id
-        target, args = _memos_subscribers, (sub_addr, key, topic, n, total, ready, out)
-        publish = _publish_memos_stream if system == "memosd_stream" else _publish_memos
+        target, args = _memos_subscribers, (sub_addr, key, topic, n, total, ready, out, system == "memosd_local")
+        publish = _publish_memos if system in ("memosd", *CLUSTER_SYSTEMS) else _publish_memos_stream
         pub_args = (addr, key, topic, cube_id, total, rate)
     elif system == "redis_streams":
         port, pid = servers["redis"].port, servers["redis"].proc.pid
@@ -199,7 +202,7 @@ def summarize(runs: list[dict]) -> dict:
 def ratios(summary: dict) -> dict:
     """memosd's medians over each durable peer's (p99 and server CPU per event): the targets are <= 2."""
     found = {}
-    for ours in ("memosd", "memosd_stream"):
+    for ours in MEMOSD_SYSTEMS:
         for peer in DURABLE_PEERS:
             a, b = summary.get(ours), summary.get(peer)
             if a and b and a.get("p99_ms") and b.get("p99_ms"):
@@ -267,7 +270,8 @@ def main() -> None:
             from tests.daemon import wait_serving
 
             wait_serving(listen)
-            servers["memosd"] = servers["memosd_stream"] = (listen, listen, f"{tmp}/data/admin.key", memosd.pid)
+            for system in MEMOSD_SYSTEMS:
+                servers[system] = (listen, listen, f"{tmp}/data/admin.key", memosd.pid)
             if args.cluster:
                 from tests.cluster import ProcessCluster
 

@@ -9,16 +9,23 @@ import pytest
 
 from memos_client import MemosClient
 from memos_client.models import Event, Heartbeat
+from memos_client.subscription import _Position
 
 PUBLISH_PATHS = ("unary", "stream")
+DELIVERY_PATHS = ("same-host", "grpc")
 
 
-def parametrize_publishing(metafunc) -> None:
-    """pytest_generate_tests of the MemStore test modules: each test that publishes runs once with
-    MemosClient.publish as the unary Publish and once over PublishStream, its body unchanged."""
-    if "publish" in inspect.getsource(metafunc.function):
+def parametrize_paths(metafunc) -> None:
+    """pytest_generate_tests of the MemStore test modules, their bodies unchanged: each test that publishes runs
+    once with MemosClient.publish as the unary Publish and once over PublishStream; each that subscribes, once
+    with its events over the same-host socket (the clients' default on a Unix socket) and once over gRPC."""
+    source = inspect.getsource(metafunc.function)
+    if "publish" in source:
         metafunc.fixturenames.append("publish_path")
         metafunc.parametrize("publish_path", PUBLISH_PATHS, indirect=True)
+    if "subscribe(" in source:
+        metafunc.fixturenames.append("delivery_path")
+        metafunc.parametrize("delivery_path", DELIVERY_PATHS, indirect=True)
 
 
 def _publish_over_stream(self, topic: str, cube_id: str, *, publish_id: str = "") -> tuple[int, bool]:
@@ -31,9 +38,18 @@ def _publish_over_stream(self, topic: str, cube_id: str, *, publish_id: str = ""
 
 @pytest.fixture
 def publish_path(request, monkeypatch):
-    """Which path MemosClient.publish takes in this test (see parametrize_publishing)."""
+    """Which path MemosClient.publish takes in this test (see parametrize_paths)."""
     if request.param == "stream":
         monkeypatch.setattr(MemosClient, "publish", _publish_over_stream)
+    return request.param
+
+
+@pytest.fixture
+def delivery_path(request, monkeypatch):
+    """Which path every subscription's events take in this test (see parametrize_paths)."""
+    if request.param == "grpc":
+        ask = _Position.request
+        monkeypatch.setattr(_Position, "request", lambda self, same_host: ask(self, False))
     return request.param
 
 

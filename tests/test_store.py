@@ -17,7 +17,7 @@ from tests.daemon import make_config, running
 from tests.store_checks import check_history, collect
 from tests.existence import assert_hidden
 from tests.timing import wait_for
-from tests.store_checks import parametrize_publishing as pytest_generate_tests, publish_path  # noqa: F401
+from tests.store_checks import delivery_path, parametrize_paths as pytest_generate_tests, publish_path  # noqa: F401
 
 pytestmark = pytest.mark.vaults  # each test once per vault engine (SQLite, PostgreSQL)
 
@@ -47,8 +47,10 @@ def test_replay_then_live_in_order_with_kinds(client):
     client.update(cube.id, text="v2")
     assert client.publish("teams/news", cube.id) == (2, False)
     sub = client.subscribe("teams/news", heartbeat_seconds=1, heartbeats=True)
-    threading.Timer(0.3, lambda: client.retract("teams/news", cube.id)).start()
+    later = threading.Timer(0.3, lambda: client.retract("teams/news", cube.id))
+    later.start()
     items = collect(sub, 4)
+    later.join()  # its call answered before the client closes
     events = [i for i in items if isinstance(i, Event)]
     assert [(e.seq, e.kind, e.cube_version) for e in events] == [
         (1, EventKind.PUBLISHED, 1), (2, EventKind.UPDATED, 2), (3, EventKind.RETRACTED, 2)]
@@ -185,8 +187,10 @@ def test_pattern_subscription_across_topics(client):
     client.publish("teams/a/x", cube.id)
     client.publish("teams/b/y", cube.id)
     sub = client.subscribe("teams/**")
-    threading.Timer(0.3, lambda: client.publish("teams/c/z", cube.id)).start()
+    later = threading.Timer(0.3, lambda: client.publish("teams/c/z", cube.id))
+    later.start()
     items = collect(sub, 3)
+    later.join()  # its call answered before the client closes
     assert sorted((e.topic, e.seq) for e in items) == [("teams/a/x", 1), ("teams/b/y", 1), ("teams/c/z", 1)]
     check_history(items)
 

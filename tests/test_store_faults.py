@@ -12,7 +12,7 @@ from memos_client.models import Event
 from tests.daemon import spawn_daemon
 from tests.store_checks import check_history
 from tests.timing import wait_for
-from tests.store_checks import parametrize_publishing as pytest_generate_tests, publish_path  # noqa: F401
+from tests.store_checks import delivery_path, parametrize_paths as pytest_generate_tests, publish_path  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.vaults]  # once per vault engine (SQLite, PostgreSQL)
 TOTAL = 300

@@ -15,7 +15,7 @@ from tests.existence import assert_hidden
 from tests.kv_helpers import put_kv
 from tests.store_checks import collect
 from tests.timing import ManualClock
-from tests.store_checks import parametrize_publishing as pytest_generate_tests, publish_path  # noqa: F401
+from tests.store_checks import delivery_path, parametrize_paths as pytest_generate_tests, publish_path  # noqa: F401
 
 FEED = "agents/bob/feed"
 
@@ -201,8 +201,10 @@ def test_a_pattern_wider_than_the_grant_is_refused_and_the_granted_topic_shows_n
     assert "may subscribe to teams/x" in str(error) and "teams/x/**" in str(error)
     # What he may have instead: the granted topic, and nothing of its neighbours.
     sub = bob.subscribe("teams/x", heartbeat_seconds=1, heartbeats=True)
-    threading.Timer(0.3, lambda: client.publish("teams/x/secret-plans", cube.id)).start()
+    later = threading.Timer(0.3, lambda: client.publish("teams/x/secret-plans", cube.id))
+    later.start()
     items = collect(sub, 3)
+    later.join()  # its call answered before the client closes
     assert [(i.topic, i.seq) for i in items if isinstance(i, Event)] == [("teams/x", 1)]
     heartbeats = [i for i in items if isinstance(i, Heartbeat)]
     assert heartbeats and all(h.delivered == {"teams/x": 1} for h in heartbeats)

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from memos_mip.v1 import cube_pb2 as memos_dot_v1_dot_cube__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14memos/v1/store.proto\x12\x08memos.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13memos/v1/cube.proto\"v\n\x05Topic\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x10\n\x08last_seq\x18\x03 \x01(\x03\x12\x11\n\tfirst_seq\x18\x04 \x01(\x03\x12\x17\n\x0fmax_age_seconds\x18\x05 \x01(\x03\x12\x12\n\nmax_events\x18\x06 \x01(\x03\"\xcb\x01\n\x05\x45vent\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.memos.v1.EventKind\x12\x0f\n\x07\x63ube_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63ube_version\x18\x05 \x01(\x03\x12\x11\n\tpublisher\x18\x06 \x01(\t\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x04\x63ube\x18\x08 \x01(\x0b\x32\x11.memos.v1.MemCube\"t\n\tHeartbeat\x12\x35\n\tdelivered\x18\x01 \x03(\x0b\x32\".memos.v1.Heartbeat.DeliveredEntry\x1a\x30\n\x0e\x44\x65liveredEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"D\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07\x63ube_id\x18\x02 \x01(\t\x12\x12\n\npublish_id\x18\x03 \x01(\t\"1\n\x0fPublishResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"C\n\x14PublishStreamRequest\x12+\n\tpublishes\x18\x01 \x03(\x0b\x32\x18.memos.v1.PublishRequest\"@\n\x15PublishStreamResponse\x12\'\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x19.memos.v1.PublishResponse\"D\n\x0eRetractRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07\x63ube_id\x18\x02 \x01(\t\x12\x12\n\npublish_id\x18\x03 \x01(\t\"\xf9\x01\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x34\n\x05\x61\x66ter\x18\x03 \x03(\x0b\x32%.memos.v1.SubscribeRequest.AfterEntry\x12\x11\n\tlive_only\x18\x04 \x01(\x08\x12\x19\n\x11heartbeat_seconds\x18\x05 \x01(\x05\x12\x14\n\x0c\x64urable_name\x18\x06 \x01(\t\x12\x1b\n\x13\x61\x63k_timeout_seconds\x18\x07 \x01(\x05\x1a,\n\nAfterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\\\n\x11SubscribeResponse\x12\x1f\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0f.memos.v1.Event\x12&\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.memos.v1.Heartbeat\">\n\nAckRequest\x12\x14\n\x0c\x64urable_name\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\" \n\x0b\x41\x63kResponse\x12\x11\n\tacked_seq\x18\x01 \x01(\x03\"#\n\x11ListTopicsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"5\n\x12ListTopicsResponse\x12\x1f\n\x06topics\x18\x01 \x03(\x0b\x32\x0f.memos.v1.Topic\"Q\n\x13SetRetentionRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x17\n\x0fmax_age_seconds\x18\x02 \x01(\x03\x12\x12\n\nmax_events\x18\x03 \x01(\x03*\x8c\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_KIND_PUBLISHED\x10\x01\x12\x16\n\x12\x45VENT_KIND_UPDATED\x10\x02\x12\x18\n\x14\x45VENT_KIND_RETRACTED\x10\x03\x12\x17\n\x13\x45VENT_KIND_REDACTED\x10\x04\x32\xe9\x03\n\x0cStoreService\x12>\n\x07Publish\x12\x18.memos.v1.PublishRequest\x1a\x19.memos.v1.PublishResponse\x12T\n\rPublishStream\x12\x1e.memos.v1.PublishStreamRequest\x1a\x1f.memos.v1.PublishStreamResponse(\x01\x30\x01\x12>\n\x07Retract\x12\x18.memos.v1.RetractRequest\x1a\x19.memos.v1.PublishResponse\x12\x46\n\tSubscribe\x12\x1a.memos.v1.SubscribeRequest\x1a\x1b.memos.v1.SubscribeResponse0\x01\x12\x32\n\x03\x41\x63k\x12\x14.memos.v1.AckRequest\x1a\x15.memos.v1.AckResponse\x12G\n\nListTopics\x12\x1b.memos.v1.ListTopicsRequest\x1a\x1c.memos.v1.ListTopicsResponse\x12>\n\x0cSetRetention\x12\x1d.memos.v1.SetRetentionRequest\x1a\x0f.memos.v1.Topicb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14memos/v1/store.proto\x12\x08memos.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13memos/v1/cube.proto\"v\n\x05Topic\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x10\n\x08last_seq\x18\x03 \x01(\x03\x12\x11\n\tfirst_seq\x18\x04 \x01(\x03\x12\x17\n\x0fmax_age_seconds\x18\x05 \x01(\x03\x12\x12\n\nmax_events\x18\x06 \x01(\x03\"\xcb\x01\n\x05\x45vent\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12!\n\x04kind\x18\x03 \x01(\x0e\x32\x13.memos.v1.EventKind\x12\x0f\n\x07\x63ube_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63ube_version\x18\x05 \x01(\x03\x12\x11\n\tpublisher\x18\x06 \x01(\t\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1f\n\x04\x63ube\x18\x08 \x01(\x0b\x32\x11.memos.v1.MemCube\"t\n\tHeartbeat\x12\x35\n\tdelivered\x18\x01 \x03(\x0b\x32\".memos.v1.Heartbeat.DeliveredEntry\x1a\x30\n\x0e\x44\x65liveredEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"D\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07\x63ube_id\x18\x02 \x01(\t\x12\x12\n\npublish_id\x18\x03 \x01(\t\"1\n\x0fPublishResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"C\n\x14PublishStreamRequest\x12+\n\tpublishes\x18\x01 \x03(\x0b\x32\x18.memos.v1.PublishRequest\"@\n\x15PublishStreamResponse\x12\'\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x19.memos.v1.PublishResponse\"D\n\x0eRetractRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07\x63ube_id\x18\x02 \x01(\t\x12\x12\n\npublish_id\x18\x03 \x01(\t\"\x8c\x02\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\x12\x34\n\x05\x61\x66ter\x18\x03 \x03(\x0b\x32%.memos.v1.SubscribeRequest.AfterEntry\x12\x11\n\tlive_only\x18\x04 \x01(\x08\x12\x19\n\x11heartbeat_seconds\x18\x05 \x01(\x05\x12\x14\n\x0c\x64urable_name\x18\x06 \x01(\t\x12\x1b\n\x13\x61\x63k_timeout_seconds\x18\x07 \x01(\x05\x12\x11\n\tsame_host\x18\x08 \x01(\x08\x1a,\n\nAfterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x84\x01\n\x11SubscribeResponse\x12\x1f\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0f.memos.v1.Event\x12&\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.memos.v1.Heartbeat\x12&\n\x05local\x18\x03 \x01(\x0b\x32\x17.memos.v1.LocalDelivery\"O\n\rLocalDelivery\x12\x0e\n\x06ticket\x18\x01 \x01(\x0c\x12\x17\n\x0f\x65xchange_socket\x18\x02 \x01(\t\x12\x15\n\rticket_ttl_ms\x18\x03 \x01(\x03\">\n\nAckRequest\x12\x14\n\x0c\x64urable_name\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\" \n\x0b\x41\x63kResponse\x12\x11\n\tacked_seq\x18\x01 \x01(\x03\"#\n\x11ListTopicsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"5\n\x12ListTopicsResponse\x12\x1f\n\x06topics\x18\x01 \x03(\x0b\x32\x0f.memos.v1.Topic\"Q\n\x13SetRetentionRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x17\n\x0fmax_age_seconds\x18\x02 \x01(\x03\x12\x12\n\nmax_events\x18\x03 \x01(\x03*\x8c\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_KIND_PUBLISHED\x10\x01\x12\x16\n\x12\x45VENT_KIND_UPDATED\x10\x02\x12\x18\n\x14\x45VENT_KIND_RETRACTED\x10\x03\x12\x17\n\x13\x45VENT_KIND_REDACTED\x10\x04\x32\xe9\x03\n\x0cStoreService\x12>\n\x07Publish\x12\x18.memos.v1.PublishRequest\x1a\x19.memos.v1.PublishResponse\x12T\n\rPublishStream\x12\x1e.memos.v1.PublishStreamRequest\x1a\x1f.memos.v1.PublishStreamResponse(\x01\x30\x01\x12>\n\x07Retract\x12\x18.memos.v1.RetractRequest\x1a\x19.memos.v1.PublishResponse\x12\x46\n\tSubscribe\x12\x1a.memos.v1.SubscribeRequest\x1a\x1b.memos.v1.SubscribeResponse0\x01\x12\x32\n\x03\x41\x63k\x12\x14.memos.v1.AckRequest\x1a\x15.memos.v1.AckResponse\x12G\n\nListTopics\x12\x1b.memos.v1.ListTopicsRequest\x1a\x1c.memos.v1.ListTopicsResponse\x12>\n\x0cSetRetention\x12\x1d.memos.v1.SetRetentionRequest\x1a\x0f.memos.v1.Topicb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEAT_DELIVEREDENTRY']._serialized_options = b'8\001'
   _globals['_SUBSCRIBEREQUEST_AFTERENTRY']._loaded_options = None
   _globals['_SUBSCRIBEREQUEST_AFTERENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTKIND']._serialized_start=1478
-  _globals['_EVENTKIND']._serialized_end=1618
+  _globals['_EVENTKIND']._serialized_start=1619
+  _globals['_EVENTKIND']._serialized_end=1759
   _globals['_TOPIC']._serialized_start=88
   _globals['_TOPIC']._serialized_end=206
   _globals['_EVENT']._serialized_start=209
@@ -59,21 +59,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRACTREQUEST']._serialized_start=788
   _globals['_RETRACTREQUEST']._serialized_end=856
   _globals['_SUBSCRIBEREQUEST']._serialized_start=859
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1108
-  _globals['_SUBSCRIBEREQUEST_AFTERENTRY']._serialized_start=1064
-  _globals['_SUBSCRIBEREQUEST_AFTERENTRY']._serialized_end=1108
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1110
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=1202
-  _globals['_ACKREQUEST']._serialized_start=1204
-  _globals['_ACKREQUEST']._serialized_end=1266
-  _globals['_ACKRESPONSE']._serialized_start=1268
-  _globals['_ACKRESPONSE']._serialized_end=1300
-  _globals['_LISTTOPICSREQUEST']._serialized_start=1302
-  _globals['_LISTTOPICSREQUEST']._serialized_end=1337
-  _globals['_LISTTOPICSRESPONSE']._serialized_start=1339
-  _globals['_LISTTOPICSRESPONSE']._serialized_end=1392
-  _globals['_SETRETENTIONREQUEST']._serialized_start=1394
-  _globals['_SETRETENTIONREQUEST']._serialized_end=1475
-  _globals['_STORESERVICE']._serialized_start=1621
-  _globals['_STORESERVICE']._serialized_end=2110
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1127
+  _globals['_SUBSCRIBEREQUEST_AFTERENTRY']._serialized_start=1083
+  _globals['_SUBSCRIBEREQUEST_AFTERENTRY']._serialized_end=1127
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1130
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1262
+  _globals['_LOCALDELIVERY']._serialized_start=1264
+  _globals['_LOCALDELIVERY']._serialized_end=1343
+  _globals['_ACKREQUEST']._serialized_start=1345
+  _globals['_ACKREQUEST']._serialized_end=1407
+  _globals['_ACKRESPONSE']._serialized_start=1409
+  _globals['_ACKRESPONSE']._serialized_end=1441
+  _globals['_LISTTOPICSREQUEST']._serialized_start=1443
+  _globals['_LISTTOPICSREQUEST']._serialized_end=1478
+  _globals['_LISTTOPICSRESPONSE']._serialized_start=1480
+  _globals['_LISTTOPICSRESPONSE']._serialized_end=1533
+  _globals['_SETRETENTIONREQUEST']._serialized_start=1535
+  _globals['_SETRETENTIONREQUEST']._serialized_end=1616
+  _globals['_STORESERVICE']._serialized_start=1762
+  _globals['_STORESERVICE']._serialized_end=2251
 # @@protoc_insertion_point(module_scope)

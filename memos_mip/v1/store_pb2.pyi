@@ -115,7 +115,7 @@ class RetractRequest(_message.Message):
     def __init__(self, topic: _Optional[str] = ..., cube_id: _Optional[str] = ..., publish_id: _Optional[str] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("topic", "after_seq", "after", "live_only", "heartbeat_seconds", "durable_name", "ack_timeout_seconds")
+    __slots__ = ("topic", "after_seq", "after", "live_only", "heartbeat_seconds", "durable_name", "ack_timeout_seconds", "same_host")
     class AfterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class SubscribeRequest(_message.Message):
     HEARTBEAT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DURABLE_NAME_FIELD_NUMBER: _ClassVar[int]
     ACK_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SAME_HOST_FIELD_NUMBER: _ClassVar[int]
     topic: str
     after_seq: int
     after: _containers.ScalarMap[str, int]
@@ -137,15 +138,28 @@ class SubscribeRequest(_message.Message):
     heartbeat_seconds: int
     durable_name: str
     ack_timeout_seconds: int
-    def __init__(self, topic: _Optional[str] = ..., after_seq: _Optional[int] = ..., after: _Optional[_Mapping[str, int]] = ..., live_only: _Optional[bool] = ..., heartbeat_seconds: _Optional[int] = ..., durable_name: _Optional[str] = ..., ack_timeout_seconds: _Optional[int] = ...) -> None: ...
+    same_host: bool
+    def __init__(self, topic: _Optional[str] = ..., after_seq: _Optional[int] = ..., after: _Optional[_Mapping[str, int]] = ..., live_only: _Optional[bool] = ..., heartbeat_seconds: _Optional[int] = ..., durable_name: _Optional[str] = ..., ack_timeout_seconds: _Optional[int] = ..., same_host: _Optional[bool] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("events", "heartbeat")
+    __slots__ = ("events", "heartbeat", "local")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
     heartbeat: Heartbeat
-    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    local: LocalDelivery
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., local: _Optional[_Union[LocalDelivery, _Mapping]] = ...) -> None: ...
+
+class LocalDelivery(_message.Message):
+    __slots__ = ("ticket", "exchange_socket", "ticket_ttl_ms")
+    TICKET_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_SOCKET_FIELD_NUMBER: _ClassVar[int]
+    TICKET_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    ticket: bytes
+    exchange_socket: str
+    ticket_ttl_ms: int
+    def __init__(self, ticket: _Optional[bytes] = ..., exchange_socket: _Optional[str] = ..., ticket_ttl_ms: _Optional[int] = ...) -> None: ...
 
 class AckRequest(_message.Message):
     __slots__ = ("durable_name", "topic", "seq")

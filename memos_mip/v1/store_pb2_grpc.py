@@ -118,7 +118,9 @@ class StoreServiceServicer:
         idle heartbeats carry the sequence delivered so far. Needs `subscribe` on the topic; a pattern
         ("prefix/**") needs one grant covering all of it, or PERMISSION_DENIED names the granted
         patterns inside it (never the topics): it is refused rather than quietly narrowed, so that a
-        stream never looks complete while it misses topics.
+        stream never looks complete while it misses topics. With same_host, on a daemon listening on a
+        Unix socket, the first response is `local` and the events and heartbeats come over a socket of
+        their own instead (see LocalDelivery); this stream then carries only the final status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -78,7 +78,7 @@ class MemosServer:
         ])
         started = time.time()
         servicers = (VaultService(vault, gov), DaemonService(vault, started, cfg.listen, metrics=self.metrics, core=core),
-                     GovernanceService(gov), StoreService(core.store), AdminService(cfg.data_dir, gov, core.snapshot),
+                     GovernanceService(gov), StoreService(core.store, self.exchange), AdminService(cfg.data_dir, gov, core.snapshot),
                      BundleService(vault, gov, cfg.data_dir, TensorMemorySink(vault, core.tensors),
                                    core.tensors.blobs.objects),
                      *tensor_servicers(core.tensors, vault, gov, self.exchange))

@@ -6,6 +6,8 @@ from memos_mip.v1 import store_pb2 as pb
 from memosd.errors import InvalidArgument
 from memosd.server.auth import principal
 from memosd.server.convert import cube_to_proto, to_timestamp
+from memosd.server.fd_exchange import FdExchange
+from memosd.server.local_delivery import SameHostStream
 from memosd.store import MemStore
 from memosd.store.memstore import EventRecord, SubscribeSpec
 
@@ -52,8 +54,9 @@ def _topic(t) -> pb.Topic:
 
 
 class StoreService:
-    def __init__(self, store: MemStore):
+    def __init__(self, store: MemStore, exchange: FdExchange | None = None):
         self.store = store
+        self.exchange = exchange  # None when the daemon listens on TCP: no same-host delivery
 
     async def Publish(self, request, context):
         seq, duplicate = await self.store.publish(principal(), request.topic, request.cube_id, request.publish_id)
@@ -75,7 +78,16 @@ class StoreService:
     async def Subscribe(self, request, context):
         # A coroutine writing with context.write (not a generator), so that MemStore can race each write
         # against its subscriber's queue overflowing.
-        await self.store.run_subscription(principal(), _spec(request), lambda item: context.write(_item(item)))
+        p, spec = principal(), _spec(request)
+        if not (request.same_host and self.exchange is not None):
+            await self.store.run_subscription(p, spec, lambda item: context.write(_item(item)))
+            return
+        local = SameHostStream(self.exchange, p.name)
+        try:
+            await self.store.run_subscription(p, spec, lambda item: local.send(_item(item)),
+                                              opened=lambda: local.open(context))
+        finally:
+            local.close()
 
     async def Ack(self, request, context):
         acked = await self.store.ack(principal(), request.durable_name, request.topic, request.seq)

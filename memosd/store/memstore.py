@@ -146,12 +146,13 @@ class MemStore:
 
     # -- subscribing --------------------------------------------------------------------------
 
-    async def run_subscription(self, p: Principal, spec: SubscribeSpec, send) -> None:
+    async def run_subscription(self, p: Principal, spec: SubscribeSpec, send, opened=None) -> None:
         """Deliver events (and heartbeats) to `send` until the caller goes away or an error ends it.
 
         send(item) is a coroutine writing a list of EventRecords (in order) or a Heartbeat to the
         subscriber; a guard ends it when the subscriber's queue overflows or a revocation lands, so a
-        stalled subscriber cannot hold the stream open."""
+        stalled subscriber cannot hold the stream open. opened(), a coroutine, runs once the subscription is
+        checked, registered and positioned, before the first send."""
         pattern = _parse_pattern(spec.topic)
         self.gov.check_covers(p, "subscribe", pattern)
         sub = self.hub.register(p.name, pattern)
@@ -161,6 +162,8 @@ class MemStore:
             if durable is not None:
                 durable.wakeup = sub.wakeup
             delivered = await self._start_positions(pattern, spec, durable)
+            if opened is not None:
+                await opened()
             stream = _Stream(self, p, pattern, sub, send, delivered, durable, spec)
             await stream.run()
         finally:

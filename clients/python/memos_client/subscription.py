@@ -6,9 +6,11 @@ import time
 
 import grpc
 
-from memos_client.errors import ResourceExhausted, StaleToken, Unavailable, from_rpc_error
+from memos_client import local_delivery
+from memos_client.errors import FailedPrecondition, InternalError, ResourceExhausted, StaleToken, Unavailable, from_rpc_error
+from memos_client.fdpass import unix_path
 from memos_client.models import Event, Heartbeat
-from memos_client.steps import END, Item, Next, Sleep
+from memos_client.steps import END, Item, Next, Offload, Sleep
 from memos_mip.v1 import store_pb2
 
 # Errors after which the same subscription can go on from where it was: the daemon restarting or
@@ -25,12 +27,12 @@ class _Position:
         self.after_seq, self.after, self.live_only = after_seq, {}, live_only
         self.heartbeat_seconds, self.ack_timeout_seconds = heartbeat_seconds, ack_timeout_seconds
 
-    def request(self) -> store_pb2.SubscribeRequest:
+    def request(self, same_host: bool) -> store_pb2.SubscribeRequest:
         return store_pb2.SubscribeRequest(
             topic=self.topic, after_seq=0 if self.durable_name else self.after_seq,
             after={} if self.durable_name else self.after, live_only=self.live_only,
             heartbeat_seconds=self.heartbeat_seconds, durable_name=self.durable_name,
-            ack_timeout_seconds=self.ack_timeout_seconds)
+            ack_timeout_seconds=self.ack_timeout_seconds, same_host=same_host)
 
     def items(self, msg, heartbeats: bool):
         """The message's events (and heartbeat), each counted as seen just before the caller gets it."""
@@ -85,33 +87,60 @@ class Subscription:
     """Iterate a topic's events (heartbeats too with heartbeats=True). After a dropped connection, a daemon
     restart or a slow-subscriber cut-off it resubscribes from the last event seen (per topic), at the next
     of the client's daemons when its daemon went away, for up to `resume_for` seconds; a durable one from
-    its acknowledged cursor. memos_client.Compacted if that point is no longer retained."""
+    its acknowledged cursor. memos_client.Compacted if that point is no longer retained.
+    From a daemon on a Unix socket of this host, the events come over a socket of their own (same_host:
+    LocalDelivery in protos/memos/v1/store.proto) unless the client's local_transfers is off; where that socket
+    cannot be collected (another mount namespace), over the gRPC stream."""
 
     def __init__(self, client, position: _Position, *, heartbeats: bool, resume_for: float):
         self._client, self._position = client, position
         self._heartbeats, self._resume_for = heartbeats, resume_for
         self._call = None
+        self._frames: local_delivery.LocalFrames | None = None
         self._closed = False
         self._moves = 0  # daemons moved on from since the last message
+        self._same_host = client.local_transfers
+        self.same_host = False  # whether the events now come over a same-host socket
 
     def _events(self):
         """The steps (memos_client.steps) of both clients' iteration."""
         failing_since = None
         while not self._closed:
             member = self._client._members.current
+            same_host = self._same_host and unix_path(member.target) is not None
             try:
-                self._call = self._client._store.Subscribe.at(member)(self._position.request())
+                self._call = self._client._store.Subscribe.at(member)(self._position.request(same_host))
                 receive = Next(self._call)
-                while (msg := (yield receive)) is not END:
+                msg = yield receive
+                if msg is not END and msg.HasField("local"):
+                    try:
+                        self._frames = yield Offload(local_delivery.collect, member.target, msg.local)
+                    except FailedPrecondition:
+                        self._same_host = False  # out of this client's reach: over the gRPC stream from now on
+                        self._call.cancel()
+                        continue
+                    self.same_host, receive = True, Next(self._frames)
+                    msg = yield receive
+                while msg is not END:
                     failing_since, self._moves = None, 0
                     for item in self._position.items(msg, self._heartbeats):
                         yield Item(item)
+                    msg = yield receive
+                if self._frames is not None:
+                    # The socket is over: the call's status says why (the daemon ends it once the socket is closed).
+                    if (yield Next(self._call)) is not END:
+                        raise InternalError("the daemon sent a same-host subscription's events on its gRPC stream")
                 return
             except grpc.RpcError as exc:
                 if self._closed:
                     return
                 failing_since, pause = _resume_or_raise(self, exc, failing_since, member)
                 yield Sleep(pause)
+            finally:
+                if self._frames is not None:
+                    self._frames.close()
+                    self._call.cancel()  # ended already, unless the iteration was left early
+                    self._frames, self.same_host = None, False
 
     def __iter__(self):
         return self._client._iterate(self._events())
@@ -125,6 +154,9 @@ class Subscription:
         self._closed = True
         if self._call is not None:
             self._call.cancel()
+        frames = self._frames
+        if frames is not None:
+            frames.interrupt()
 
     def __enter__(self) -> Subscription:
         return self
