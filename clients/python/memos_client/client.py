@@ -35,7 +35,8 @@ class ClientMethods(FailoverMethods, PortabilityMethods, TensorMethods, Parametr
         targets = resolve_targets(addr)
         self.timeout = timeout
         # Tensor payloads mapped from the daemon's files when it listens on a Unix socket on this host
-        # (fetch_payload); turned off, or off by itself once that fails, they stream over gRPC.
+        # (fetch_payload), and subscriptions' events over a socket of their own (memos_client.subscription);
+        # turned off, or off by itself once that fails, both go over gRPC.
         self.local_transfers = local_transfers and unix_path(targets[0]) is not None
         agent_key = resolve_key(key, targets[0])
         # One token source for every member: a cluster has one identity (the tokens' audience) and one

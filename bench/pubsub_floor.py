@@ -1,0 +1,112 @@
+"""Where a MemStore event's daemon CPU goes: MemStore's own work, without any transport, at the rate and with the
+durability of bench/pubsub.py, so that its server_cpu_us_per_event splits into the core and the transport.
+
+    python bench/pubsub_floor.py [--rate 1000] [--seconds 5] [--repeats 3]
+
+In this process: the real daemon (build_server, SQLite, a commit and fsync per commit group) on its own loop
+thread, and an open-loop publisher on that loop calling MemStore.publish_stream directly (one publish per batch,
+as bench/pubsub.py's PublishStream publisher sends them), so no gRPC and no socket is involved:
+- `core_publish`: no subscriber (group, checks, commit with its audit entry and share, the Hub);
+- `core_deliver`: one live subscription (admin) whose send encodes each message as Subscribe does
+  (store_service._item) and writes it nowhere.
+cpu_us_per_event is this process's CPU (all threads) over the events published; latency is the publish's
+acknowledgement. Runs alternate; medians with [min, max].
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.pubsub_common import cpu_seconds, percentiles  # noqa: E402
+
+
+async def _publish(store, p, topic: str, cube_id: str, total: int, rate: float) -> list[float]:
+    """Open loop over one in-process publish stream: each publish due every 1/rate s; its ack latency."""
+    due: list[float] = []
+
+    async def batches():
+        start = time.perf_counter()
+        for i in range(total):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            due.append(time.perf_counter())
+            yield [(topic, cube_id, "")]
+
+    latencies = []
+    async for acks in store.publish_stream(p, batches()):
+        now, done = time.perf_counter(), len(latencies)
+        latencies.extend(now - due[done + i] for i in range(len(acks)))
+    return latencies
+
+
+def run(daemon, mode: str, cube_id: str, rate: float, seconds: float, run_no: int) -> dict:
+    from memosd.governance import Principal
+    from memosd.server.store_service import _item
+    from memosd.store.memstore import SubscribeSpec
+
+    store, admin = daemon.server.store, Principal("admin", admin=True)
+    topic, total = f"floor/{mode}-{run_no}", int(rate * seconds)
+    subscription = None
+    if mode == "core_deliver":
+        async def send(item):
+            _item(item)
+
+        async def subscribe():
+            return asyncio.ensure_future(store.run_subscription(
+                admin, SubscribeSpec(topic=topic, live_only=True, heartbeat_seconds=300), send))
+
+        subscription = daemon.call(subscribe())
+        deadline = time.monotonic() + 30
+        while len(store.hub) < 1:
+            assert time.monotonic() < deadline, "the subscription never opened"
+            time.sleep(0.01)
+    before = cpu_seconds()
+    latencies = daemon.call(_publish(store, admin, topic, cube_id, total, rate), timeout=seconds * 10 + 60)
+    used = cpu_seconds() - before
+    if subscription is not None:
+        async def cancel():
+            subscription.cancel()
+            await asyncio.gather(subscription, return_exceptions=True)
+
+        daemon.call(cancel())
+    return {"events": len(latencies), "cpu_us_per_event": round(used / total * 1e6, 1), **percentiles(latencies)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=float, default=1000)
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    from memos_client import MemosClient
+    from tests.daemon import make_config, running
+
+    modes = ("core_publish", "core_deliver")
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp, running(make_config(Path(tmp))) as daemon:
+        with MemosClient(daemon.address, key=daemon.admin_key) as c:
+            cube_id = c.put("event payload " + "x" * 200, "agents/admin/bench").id
+        run(daemon, "core_publish", cube_id, args.rate, 1, 0)  # warm up
+        for rep in range(args.repeats):
+            for mode in modes[rep % 2:] + modes[:rep % 2]:
+                result = run(daemon, mode, cube_id, args.rate, args.seconds, rep + 1)
+                runs[mode].append(result)
+                print(json.dumps({"mode": mode, "repeat": rep, **result}), file=sys.stderr, flush=True)
+    summary = {m: {f: [statistics.median(v := [r[f] for r in rs]), min(v), max(v)]
+                   for f in ("cpu_us_per_event", "p50_ms", "p99_ms")} for m, rs in runs.items()}
+    print(json.dumps({"rate_per_s": args.rate, "seconds": args.seconds, "repeats": args.repeats,
+                      "results": summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
