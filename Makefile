@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MEMOS_VENV ?= .venv-memos
 MEMOS_STAMP := $(MEMOS_VENV)/.installed
 
-.PHONY: bench-pubsub cluster install memos-env run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory bench-cluster bench-mixed bench-embed bench-dense
+.PHONY: bench-pubsub bench-pubsub-floor cluster install memos-env run test test-fast lint proto proto-check protocol-docs proto-contract check-systemd bench bench-ingest bench-search bench-locomo bench-governance bench-export-import clean bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory bench-cluster bench-mixed bench-embed bench-dense
 
 install: $(STAMP)
 
@@ -76,7 +76,7 @@ proto-check: proto
 	git diff --exit-code -- memos_mip/v1
 	@test -z "$$(git status --porcelain -- memos_mip/v1)" || { git status --porcelain -- memos_mip/v1; exit 1; }
 
-bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-export-import bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory bench-cluster bench-mixed bench-embed bench-dense
+bench: bench-ingest bench-search bench-locomo bench-governance bench-pubsub bench-pubsub-floor bench-export-import bench-kv-ttft bench-blob bench-adapter bench-mcp bench-engines bench-put-many bench-blob-s3 bench-memory bench-cluster bench-mixed bench-embed bench-dense
 
 bench-ingest: install
 	$(BIN)/python bench/ingest_search.py --only ingest
@@ -93,6 +93,10 @@ bench-governance: install
 bench-pubsub: install
 	scripts/install_redis.sh
 	$(BIN)/python bench/pubsub.py
+
+## MemStore's own CPU per event, with no transport: what bench-pubsub's server CPU is made of.
+bench-pubsub-floor: install
+	$(BIN)/python bench/pubsub_floor.py
 
 bench-export-import: install
 	$(BIN)/python bench/export_import.py
