@@ -6,6 +6,7 @@ a migrated template (CREATE DATABASE ... TEMPLATE takes milliseconds; migrating 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -125,6 +126,18 @@ def database_url(url: str, name: str) -> str:
     """The same server's URL (postgresql://...) naming another database."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@contextlib.contextmanager
+def empty_database(url: str, name: str):
+    """A new database without any schema on the server at `url` (its URL), dropped afterwards."""
+    with admin_connect(url) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield database_url(url, name)
+    finally:
+        with admin_connect(url) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class TestDatabases:

@@ -12,6 +12,7 @@ from contextlib import closing, contextmanager
 import pytest
 
 from memosd.daemon import open_storage
+from memosd.storage.sqlite.db import register_functions
 from tests.daemon import make_config
 
 ENGINES = ["sqlite", "postgresql"]
@@ -62,6 +63,7 @@ def raw_connection(config):
             yield conn
     else:
         with closing(sqlite3.connect(config.data_dir / "memos.db", isolation_level=None)) as conn:
+            register_functions(conn)  # the triggers' own (a tool writing cubes without them is refused)
             yield conn
 
 

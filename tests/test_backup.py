@@ -16,6 +16,7 @@ from memos_client import errors as client_errors
 from memosd.cli import main as memosd_main
 from memosd.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument
 from memosd.storage.sqlite import backup
+from memosd.storage.sqlite.db import register_functions
 from tests.daemon import make_config, running
 from tests.timing import wait_for
 
@@ -35,6 +36,7 @@ def _add_blob_cube(data_dir, payload: bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(payload)
     conn = sqlite3.connect(data_dir / "memos.db", isolation_level=None)
+    register_functions(conn)  # the full-text triggers call it
     try:
         conn.execute(
             "INSERT INTO cubes (id, namespace, kind, state, version, parent_version, owner, visibility, created_at,"

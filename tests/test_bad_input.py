@@ -76,6 +76,22 @@ def test_malformed_fts_query(client):
         client.search("(*&^%", mode="bm25")
 
 
+def test_a_query_of_ten_thousand_words_or_only_stopwords(daemon, client):
+    client.put_many([{"text": "the cat is on the mat", "namespace": "agents/a/n"},
+                     {"text": "a dog", "namespace": "agents/a/n"}])
+    huge = " ".join(f"word{i}" for i in range(10_000))
+    for fts in (False, True):
+        with pytest.raises(InvalidArgument, match="query is .* bytes; the limit is 4096") as err:
+            client.search(huge, fts=fts)
+        assert "word1 word2" not in str(err.value)
+    # Only stopwords: they are the query then. SQLite indexes them; PostgreSQL's english configuration does not
+    # (docs/storage.md), so there it finds nothing, without an error.
+    on_sqlite = not daemon.config.vault_url.startswith("postgresql")
+    assert [h.cube.text for h in client.search("the is on", mode="bm25")] == ["the cat is on the mat"] * on_sqlite
+    # 4 KiB of query words in a script without spaces: pairs, at most 64 of them counted.
+    assert client.search("苹果" * 600, mode="bm25") == []
+
+
 def test_tampered_and_foreign_page_tokens(client):
     client.put_many([{"text": f"n{i}", "namespace": "agents/a/n"} for i in range(5)])
     token = client.list_page(page_size=2).next_page_token

@@ -15,7 +15,7 @@ from memosd.errors import InvalidArgument
 from memosd.storage import open_database
 from memosd.storage.sqlite.db import all_migrations
 from memosd.vault.vault import MemVault
-from tests.pg_server import admin_connect, database_url
+from tests.pg_server import empty_database
 
 NOW = 1000.0
 
@@ -103,15 +103,8 @@ def test_the_sqlite_migration_indexes_the_cubes_written_before_it(tmp_path):
 
 
 def test_the_postgresql_migration_indexes_the_cubes_written_before_it(postgres_server, tmp_path, monkeypatch):
-    name = f"memosd_search_fields_{os.getpid()}"
-    with admin_connect(postgres_server) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = database_url(postgres_server, name)
-    try:
+    with empty_database(postgres_server, f"memosd_search_fields_{os.getpid()}") as url:
         _migrate_in(url, tmp_path, monkeypatch)
-    finally:
-        with admin_connect(postgres_server) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _migrate_in(url, tmp_path, monkeypatch):

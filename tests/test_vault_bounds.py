@@ -14,6 +14,7 @@ from memos_client import InvalidArgument, MemosClient
 from memos_client.models import Event
 from memos_mip.v1 import cube_pb2, vault_pb2
 from memosd.limits import Limits
+from memosd.storage.sqlite.db import register_functions
 from memosd.vault.tensor_cubes import TensorDraft, new_cube
 from memosd.cube import MemoryKind
 from memosd.errors import InvalidArgument as CoreInvalidArgument
@@ -108,6 +109,7 @@ def test_poisoned_rows_do_not_break_reads_for_everyone(daemon, client, tmp_path)
     client.publish("teams/news", poisoned.id)
     # As an older daemon or a hand edit could have left them: times and numbers no reply can carry.
     with sqlite3.connect(daemon.config.data_dir / "memos.db") as db:
+        register_functions(db)  # the full-text triggers call it
         db.execute("UPDATE cubes SET expires_at = ?, last_accessed_at = ?, created_at = 'soon', priority = ?,"
                    " access_count = ? WHERE id = ?", (1e300, -1e300, 2**40, -3, poisoned.id))
         (snapshot,) = db.execute("SELECT snapshot FROM cube_versions WHERE id = ?", (poisoned.id,)).fetchone()

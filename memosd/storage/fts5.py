@@ -14,7 +14,7 @@ COLUMN = re.compile(r"([^\s:\"()]+):")  # FTS5's column filter, "col:term" (unqu
 FIELD_WEIGHTS = (1.0, 0.4, 0.5)
 # FTS5's bm25() constants, which both engines' own BM25 scoring uses too.
 K1, B = 1.2, 0.75
-# A plain query's words (memosd.vault.fulltext) and the words of an FTS5 query's terms.
+# The words of an FTS5 query's terms (a plain query's: memosd.storage.segment.words).
 WORD = re.compile(r"\w+", re.UNICODE)
 
 

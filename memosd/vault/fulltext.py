@@ -6,7 +6,8 @@ import threading
 
 from memosd.cube import CubeFilter
 from memosd.storage import Conn
-from memosd.storage.fts5 import WORD
+from memosd.storage import segment
+from memosd.storage.fts5 import FTS_TOKEN
 
 MAX_TERMS = 64
 # Function words that match nearly every cube: dropping them from plain queries keeps BM25 fast
@@ -30,8 +31,9 @@ MIN_BUDGET = 500
 
 
 def words(text: str) -> list[str]:
-    """The query's words to search for: lower-cased, deduplicated, without stopwords (unless that is all)."""
-    found = list(dict.fromkeys(w.lower() for w in WORD.findall(text)))
+    """The query's words to search for: lower-cased, deduplicated, without stopwords (unless that is all); a
+    run of Chinese, Japanese, Thai, ... as its character pairs (memosd.storage.segment)."""
+    found = list(dict.fromkeys(w.lower() for w in segment.words(text)))
     return ([w for w in found if w not in STOPWORDS] or found)[:MAX_TERMS]
 
 
@@ -55,6 +57,7 @@ class FullText:
         # is in cubes it may not read.
         scoped = f.scope is not None or f.viewer is not None
         if fts_syntax:
+            query = segment.fts_query(query, FTS_TOKEN.findall(query))
             return fulltext.ranked_query(conn, query, f, now, limit, scoped=scoped)
         terms = words(query)
         if not terms:

@@ -255,8 +255,10 @@ class MemVault:
         check_filter(f, self.limits)
         if not query.strip():
             raise InvalidArgument("query is empty")
-        if len(query.encode("utf-8", "replace")) > self.limits.max_query_bytes:
-            raise InvalidArgument(f"query is over {self.limits.max_query_bytes} bytes")
+        size = len(query.encode("utf-8", "replace"))
+        if size > self.limits.max_query_bytes:
+            raise InvalidArgument(f"query is {size} bytes; the limit is {self.limits.max_query_bytes}: search for"
+                                  " fewer words")
         if not 0 <= limit <= self.limits.max_page_size:
             raise InvalidArgument(f"limit must be between 1 and {self.limits.max_page_size} (0 for 10)")
         limit = limit or 10

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 from memosd.cube import LifecycleState, MemoryKind
 from memosd.errors import FailedPrecondition
+from memosd.storage import segment
 
 # pg_advisory_lock key for migrations: two daemons starting at once migrate one after the other.
 MIGRATION_LOCK = 0x6D656D6F_73640001
@@ -332,16 +333,7 @@ def m0010_search_fields(conn) -> None:
             END $$""")
     for trigger in ("cubes_text_search", "cubes_search_stats", "cubes_repeats"):
         conn.execute(f"DROP TRIGGER {trigger} ON cubes")
-    conn.execute("""
-        UPDATE cubes c SET text_tsv = s.tsv, text_len = s.len, text_repeats = ts_filter(setweight(s.tsv, 'A', s.repeats),
-            '{a}')
-        FROM (SELECT x.seq, x.tsv,
-                     (SELECT coalesce(sum(cardinality(positions)), 0)::integer FROM unnest(x.tsv)) AS len,
-                     (SELECT coalesce(array_agg(lexeme) FILTER (WHERE cardinality(positions) > 1), '{}')
-                      FROM unnest(x.tsv)) AS repeats
-              FROM (SELECT seq, memosd_search_tsv(text, metadata, search_context) AS tsv FROM cubes
-                    WHERE text IS NOT NULL) x) s
-        WHERE c.seq = s.seq""")
+    _reindex(conn, "text IS NOT NULL")
     conn.execute("DELETE FROM cube_repeats")
     conn.execute("INSERT INTO cube_repeats SELECT u.lexeme, c.seq, cardinality(u.positions), c.text_len"
                  " FROM cubes c, unnest(c.text_repeats) u")
@@ -432,10 +424,86 @@ def m0012_search_sizes(conn) -> None:
                  " FOR EACH STATEMENT EXECUTE FUNCTION memosd_search_sizes_added()")
 
 
+def m0013_unspaced_scripts(conn) -> None:
+    # Chinese, Japanese, Thai and the other scripts written without spaces are indexed as character pairs, as
+    # on SQLite (memosd.storage.segment, whose index_text these are the same steps of): the parser took each run
+    # of their letters for one word. memosd_search_tsv reads each field through the new function; the cubes whose
+    # fields hold such a run (or metadata with \u escapes, which may spell one) are indexed again, with their
+    # repeats, and the totals moved by the change in their lengths (search_sizes follows text_len by trigger).
+    run, marks, index = segment.RUN, segment.MARKS, segment.INDEX_FUNCTION
+    conn.execute(f"""
+        CREATE FUNCTION {index}(t text) RETURNS text LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+        DECLARE
+            parts text[];
+            runs text[];
+            units text;
+            tail text[] := '{{}}';
+            result text;
+        BEGIN
+            IF t !~ '[{run}]' THEN RETURN t; END IF;
+            parts := regexp_split_to_array(t, '[{run}]+');
+            runs := ARRAY(SELECT m[1] FROM regexp_matches(t, '([{run}]+)', 'g') AS m);
+            result := parts[1];
+            FOR i IN 1 .. cardinality(runs) LOOP
+                units := regexp_replace(runs[i], '[{marks}]', '', 'g');
+                IF length(units) < 2 THEN
+                    result := result || ' ' || units || ' ';
+                ELSE
+                    result := result || ' ' || array_to_string(ARRAY(SELECT substr(units, k, 2)
+                        FROM generate_series(1, length(units) - 1) AS k), ' ') || ' ';
+                    tail := tail || regexp_split_to_array(units, '');
+                END IF;
+                result := result || parts[i + 1];
+            END LOOP;
+            IF cardinality(tail) > 0 THEN result := result || ' ' || array_to_string(tail, ' '); END IF;
+            RETURN result;
+        END $$""")
+    conn.execute(f"""
+        CREATE OR REPLACE FUNCTION memosd_search_tsv(body text, metadata text, context text) RETURNS tsvector
+        LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+            SELECT CASE WHEN body IS NULL THEN ''::tsvector
+                WHEN context IS NULL AND metadata IS NULL THEN to_tsvector('english'::regconfig, {index}(body)) ELSE
+                to_tsvector('english'::regconfig, {index}(body))
+                || setweight(to_tsvector('english'::regconfig, coalesce({index}(context), '')), 'B')
+                || setweight(to_tsvector('english'::regconfig, coalesce({index}((
+                       SELECT string_agg(e.value #>> '{{}}', ' ') FROM jsonb_each(CASE WHEN jsonb_typeof(metadata::jsonb)
+                           = 'object' THEN metadata::jsonb ELSE '{{}}'::jsonb END) e
+                       WHERE jsonb_typeof(e.value) = 'string')), '')), 'C')
+            END $$""")
+    conn.execute(f"""
+        CREATE TEMP TABLE unspaced ON COMMIT DROP AS SELECT seq, text_len AS old_len FROM cubes
+        WHERE text IS NOT NULL AND (text ~ '[{run}]' OR search_context ~ '[{run}]' OR metadata ~ '[{run}]'
+                                    OR strpos(metadata, '\\u') > 0)""")
+    conn.execute("ALTER TABLE cubes DISABLE TRIGGER cubes_text_search")  # it would keep the old index
+    _reindex(conn, "seq IN (SELECT seq FROM unspaced)")
+    conn.execute("ALTER TABLE cubes ENABLE TRIGGER cubes_text_search")
+    conn.execute("DELETE FROM cube_repeats WHERE seq IN (SELECT seq FROM unspaced)")
+    conn.execute("INSERT INTO cube_repeats SELECT u.lexeme, c.seq, cardinality(u.positions), c.text_len"
+                 " FROM cubes c JOIN unspaced USING (seq), unnest(c.text_repeats) u")
+    conn.execute("INSERT INTO search_stats AS s SELECT 0, 0, sum(c.text_len - u.old_len) FROM cubes c"
+                 " JOIN unspaced u USING (seq) HAVING count(*) > 0"
+                 " ON CONFLICT (shard) DO UPDATE SET tokens = s.tokens + excluded.tokens")
+
+
+def _reindex(conn, where: str) -> None:
+    """Index the cubes matching `where` again with memosd_search_tsv: text_tsv, text_len, text_repeats (with the
+    BEFORE trigger dropped or disabled, which would keep the old values)."""
+    conn.execute(f"""
+        UPDATE cubes c SET text_tsv = s.tsv, text_len = s.len, text_repeats = ts_filter(setweight(s.tsv, 'A', s.repeats),
+            '{{a}}')
+        FROM (SELECT x.seq, x.tsv,
+                     (SELECT coalesce(sum(cardinality(positions)), 0)::integer FROM unnest(x.tsv)) AS len,
+                     (SELECT coalesce(array_agg(lexeme) FILTER (WHERE cardinality(positions) > 1), '{{}}')
+                      FROM unnest(x.tsv)) AS repeats
+              FROM (SELECT seq, memosd_search_tsv(text, metadata, search_context) AS tsv FROM cubes
+                    WHERE {where}) x) s
+        WHERE c.seq = s.seq""")
+
+
 MIGRATIONS: tuple[tuple[str, Callable], ...] = tuple((f.__name__, f) for f in (
     m0000_extensions, m0001_governance, m0002_store, m0003_cubes, m0004_blobs, m0005_jobs,
     m0006_search_stats, m0007_job_leases, m0008_cluster, m0009_search_ingest, m0010_search_fields,
-    m0011_vector_width, m0012_search_sizes))
+    m0011_vector_width, m0012_search_sizes, m0013_unspaced_scripts))
 
 
 def vector_index_name(model: str, dims: int) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlite_utils import Database as SqliteUtilsDatabase
 
-from memosd.storage.sqlite.db import all_migrations
+from memosd.storage.sqlite.db import all_migrations, register_functions
 
 DB_NAME = "memos.db"
 # Every table of the vault that holds records, with its key (the copy's order and its resume point). Derived
@@ -96,6 +96,7 @@ def copy_database(data_dir: Path, into: Path) -> str:
 def open_copy(path: Path) -> sqlite3.Connection:
     """The copied database, brought to this memosd's schema (replaying any WAL into it), for reading."""
     conn = sqlite3.connect(path, isolation_level=None)
+    register_functions(conn)
     for migration_set in all_migrations():
         migration_set.apply(SqliteUtilsDatabase(conn))
     conn.execute("PRAGMA query_only=1")

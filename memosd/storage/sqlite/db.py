@@ -16,6 +16,7 @@ from typing import TypeVar
 from sqlite_utils import Database as SqliteUtilsDatabase
 
 from memosd.errors import MemosError, Unavailable
+from memosd.storage import segment
 from memosd.storage.lanes import MAX_QUEUED_SCANS, Lane, ScanQueue
 
 T = TypeVar("T")
@@ -36,9 +37,17 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
+    register_functions(conn)
     if readonly:
         conn.execute("PRAGMA query_only=1")
     return conn
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """The SQL functions the schema's triggers call: every connection that may write cubes (or migrate) needs them.
+    trusted_schema on, as SQLite's default: a build that turns it off would refuse them inside triggers."""
+    conn.create_function(segment.INDEX_FUNCTION, 1, segment.index_text, deterministic=True)
+    conn.execute("PRAGMA trusted_schema=1")
 
 
 def all_migrations() -> tuple:

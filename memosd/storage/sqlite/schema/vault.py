@@ -4,6 +4,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from memosd.cube import LifecycleState
+from memosd.storage import segment
 
 migrations = Migrations("memosd.vault")
 
@@ -207,6 +208,13 @@ def m0009_search_fields(db: Database) -> None:
     def values(r: str) -> str:
         return f"{r}.seq, {r}.text, {r}.search_context, {_META_TEXT.format(r=r)}"
 
+    _fts_triggers(db, values)
+    db.execute(f"INSERT INTO cubes_fts(rowid, text, context, meta) SELECT {values('cubes')} FROM cubes"
+               " WHERE text IS NOT NULL ORDER BY seq")
+
+
+def _fts_triggers(db: Database, values) -> None:
+    """The triggers keeping cubes_fts in step with cubes, indexing values(row) (rowid, text, context, meta)."""
     db.execute(
         "CREATE TRIGGER cubes_ai AFTER INSERT ON cubes WHEN new.text IS NOT NULL BEGIN"
         f" INSERT INTO cubes_fts(rowid, text, context, meta) VALUES ({values('new')}); END"
@@ -222,8 +230,6 @@ def m0009_search_fields(db: Database) -> None:
         f" INSERT INTO cubes_fts(rowid, text, context, meta) SELECT {values('new')} WHERE new.text IS NOT NULL;"
         " END"
     )
-    db.execute(f"INSERT INTO cubes_fts(rowid, text, context, meta) SELECT {values('cubes')} FROM cubes"
-               " WHERE text IS NOT NULL ORDER BY seq")
 
 
 @migrations()
@@ -268,3 +274,29 @@ def m0011_scoped_search(db: Database) -> None:
                f" visibility, owner ON cubes BEGIN {remove('old')} {add('new')} END")
     db.execute(f"INSERT INTO search_sizes SELECT namespace, kind, visibility, owner, count(*), sum({length('cubes')})"
                " FROM cubes WHERE text IS NOT NULL GROUP BY namespace, kind, visibility, owner")
+
+
+@migrations()
+def m0012_unspaced_scripts(db: Database) -> None:
+    # Chinese, Japanese, Thai and the other scripts written without spaces are indexed as character pairs
+    # (memosd.storage.segment): the triggers index each field through segment.INDEX_FUNCTION, which every
+    # connection registers (storage.sqlite.db.register_functions). The cubes whose fields hold such a run are
+    # indexed again: removed by the terms they were indexed with, added by the new ones. Others index as before.
+    index = segment.INDEX_FUNCTION
+    for trigger in ("cubes_ai", "cubes_ad", "cubes_au"):
+        db.execute(f"DROP TRIGGER {trigger}")
+
+    def values(r: str) -> str:
+        return f"{r}.seq, {index}({r}.text), {index}({r}.search_context), {index}({_META_TEXT.format(r=r)})"
+
+    _fts_triggers(db, values)
+    meta = _META_TEXT.format(r="c")
+    fields = f"SELECT c.seq, c.text, c.search_context, {meta} AS meta FROM cubes c WHERE c.text IS NOT NULL"
+    changed = (f"{index}(text) IS NOT text OR {index}(search_context) IS NOT search_context"
+               f" OR {index}(meta) IS NOT meta")
+    db.execute("CREATE TEMP TABLE unspaced AS SELECT * FROM (" + fields + f") WHERE {changed}")
+    db.execute("INSERT INTO cubes_fts(cubes_fts, rowid, text, context, meta)"
+               " SELECT 'delete', seq, text, search_context, meta FROM unspaced ORDER BY seq")
+    db.execute(f"INSERT INTO cubes_fts(rowid, text, context, meta) SELECT seq, {index}(text),"
+               f" {index}(search_context), {index}(meta) FROM unspaced ORDER BY seq")
+    db.execute("DROP TABLE unspaced")
