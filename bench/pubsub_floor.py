@@ -9,7 +9,8 @@ as bench/pubsub.py's PublishStream publisher sends them), so no gRPC and no sock
 - `core_publish`: no subscriber (group, checks, commit with its audit entry and share, the Hub);
 - `core_deliver`: one live subscription (admin) whose send encodes each message as Subscribe does
   (store_service._item) and writes it nowhere.
-cpu_us_per_event is this process's CPU (all threads) over the events published; latency is the publish's
+cpu_us_per_event is this process's CPU (all threads) over the events published; bytes_written_per_event and
+write_calls_per_event what it handed to write calls (the WAL's page frames, the log); latency is the publish's
 acknowledgement. Runs alternate; medians with [min, max].
 """
 
@@ -70,16 +71,25 @@ def run(daemon, mode: str, cube_id: str, rate: float, seconds: float, run_no: in
         while len(store.hub) < 1:
             assert time.monotonic() < deadline, "the subscription never opened"
             time.sleep(0.01)
-    before = cpu_seconds()
+    before, written = cpu_seconds(), _written()
     latencies = daemon.call(_publish(store, admin, topic, cube_id, total, rate), timeout=seconds * 10 + 60)
-    used = cpu_seconds() - before
+    used, written = cpu_seconds() - before, [b - a for a, b in zip(written, _written(), strict=True)]
     if subscription is not None:
         async def cancel():
             subscription.cancel()
             await asyncio.gather(subscription, return_exceptions=True)
 
         daemon.call(cancel())
-    return {"events": len(latencies), "cpu_us_per_event": round(used / total * 1e6, 1), **percentiles(latencies)}
+    return {"events": len(latencies), "cpu_us_per_event": round(used / total * 1e6, 1),
+            "bytes_written_per_event": round(written[0] / total), "write_calls_per_event": round(written[1] / total, 1),
+            **percentiles(latencies)}
+
+
+def _written() -> tuple[int, int]:
+    """This process's bytes handed to write calls so far, and how many write calls (/proc/self/io): what one
+    commit costs the disk (SQLite's WAL appends whole pages, one frame each, for every page the commit changed)."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["wchar"]), int(fields["syscw"])
 
 
 def main() -> None:
@@ -103,7 +113,8 @@ def main() -> None:
                 runs[mode].append(result)
                 print(json.dumps({"mode": mode, "repeat": rep, **result}), file=sys.stderr, flush=True)
     summary = {m: {f: [statistics.median(v := [r[f] for r in rs]), min(v), max(v)]
-                   for f in ("cpu_us_per_event", "p50_ms", "p99_ms")} for m, rs in runs.items()}
+                   for f in ("cpu_us_per_event", "bytes_written_per_event", "write_calls_per_event", "p50_ms", "p99_ms")}
+               for m, rs in runs.items()}
     print(json.dumps({"rate_per_s": args.rate, "seconds": args.seconds, "repeats": args.repeats,
                       "results": summary}, indent=2))
 

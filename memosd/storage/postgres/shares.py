@@ -24,12 +24,14 @@ def record(conn, cube_id: str, share: Share, authority: str | None) -> None:
 
 
 def record_many(conn, records: list[tuple[str, Share, str | None]]) -> None:
-    """record() of several (cube_id, share, authority), each (topic, cube, publisher) once, in one statement."""
+    """record() of several (cube_id, share, authority), each (topic, cube, publisher) once, in one statement. A
+    share already recorded with the same authority (a cube published again) is not rewritten (no dead row)."""
     columns = [list(c) for c in zip(*((share.topic, cube_id, share.publisher, authority)
                                       for cube_id, share, authority in records))]
     conn.execute("INSERT INTO topic_cubes (topic, cube_id, publisher, authority)"
                  " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[])"
-                 " ON CONFLICT (topic, cube_id, publisher) DO UPDATE SET authority = excluded.authority", columns)
+                 " ON CONFLICT (topic, cube_id, publisher) DO UPDATE SET authority = excluded.authority"
+                 " WHERE topic_cubes.authority IS DISTINCT FROM excluded.authority", columns)
 
 
 def drop(conn, topic: str, cube_id: str, publisher: str | None = None) -> None:
