@@ -5,7 +5,9 @@
     python bench/ingest_search.py --only ingest     # ingest (and the embedding backfill rate)
     python bench/ingest_search.py --only search     # search (the corpus is ingested first, untimed)
 
-Every figure says which corpus size it was measured at. Results also go to bench/results/ingest_search.json.
+Every figure says which corpus size it was measured at. The search part also times memosd's core in process (the
+daemon stopped) and tantivy on the same corpus and queries (bench/search_peers.py), with the p95 ratios. Results
+also go to bench/results/ingest_search.json.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
 
+from bench import search_peers  # noqa: E402
 from bench.corpus import NAMESPACES, TAGS, Corpus  # noqa: E402
 from bench.shared import emit  # noqa: E402
 from memos_client import MemosClient  # noqa: E402
@@ -334,7 +337,30 @@ def bm25_phase(args, corpus: Corpus, records: list[dict], data_dir: Path, querie
             out["data_bytes"] = client.status().data_bytes
     finally:
         shutil.rmtree(sock.parent, ignore_errors=True)
+    if args.only != "ingest":
+        out["search_in_process"] = search_peers.memosd_in_process(data_dir, queries, summary)
+        out["search_peer"] = _peer(records, queries)
+        out["search_ratios"] = _ratios(out)
     return out
+
+
+def _peer(records: list[dict], queries: list[str]) -> dict:
+    try:
+        import tantivy  # noqa: F401 (the peer's engine, from the dev extra)
+    except ImportError:
+        return {"skipped": "tantivy is not installed (pip install -e '.[dev]')"}
+    return search_peers.tantivy_figures(records, queries, summary)
+
+
+def _ratios(out: dict) -> dict:
+    """p95 of memosd (from its client, and in process) over tantivy's, for each of the three searches."""
+    peer, found = out["search_peer"], {}
+    for name in ("bm25", "bm25_namespace_prefix", "bm25_tag"):
+        if name in peer:
+            base = peer[name]["p95_ms"]
+            found[name] = {"client_over_tantivy": round(out["search"][name]["p95_ms"] / base, 1),
+                           "in_process_over_tantivy": round(out["search_in_process"][name]["p95_ms"] / base, 1)}
+    return found
 
 
 def _tokens_per_cube(model: str, texts: list[str]) -> float | None:

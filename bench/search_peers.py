@@ -1,0 +1,112 @@
+"""The BM25 engine a user would otherwise embed, on the same corpus and queries as bench/ingest_search.py: tantivy
+(PyPI `tantivy`, Lucene's design in Rust: an inverted index with block-max WAND), in this process.
+
+Its text field uses tantivy's `en_stem` tokenizer (lower-cased, English stemming, as memosd's porter); namespace
+and tags are raw terms. The three searches are ingest_search's: BM25 top 10 of every query's words (OR, as memosd's
+plain queries), the same within a namespace prefix (a regex term query on the raw namespace, ANDed), and within
+one tag. Times are of searcher.search() alone, in process (no RPC): memosd's figures in the same run are from its
+client, so the ratio holds the transport too; ingest_search prints memosd's own in-process figure beside it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from bench.corpus import NAMESPACES, TAGS
+
+K = 10
+
+
+def tantivy_figures(records: list[dict], queries: list[str], summary) -> dict:
+    """Index the records, then time the queries plain, by namespace prefix and by tag (ingest_search's cycles)."""
+    import tantivy
+
+    schema = tantivy.SchemaBuilder()
+    schema.add_text_field("text", stored=False, tokenizer_name="en_stem")
+    schema.add_text_field("namespace", stored=False, tokenizer_name="raw")
+    schema.add_text_field("tags", stored=False, tokenizer_name="raw")
+    schema.add_integer_field("seq", stored=True, indexed=False)
+    built = schema.build()
+    folder = Path(tempfile.mkdtemp(prefix="memosd-bench-tantivy-"))
+    try:
+        index = tantivy.Index(built, path=str(folder))
+        started = time.perf_counter()
+        writer = index.writer(heap_size=256 * 1024 * 1024, num_threads=1)
+        for seq, r in enumerate(records, 1):
+            writer.add_document(tantivy.Document(text=r["text"], namespace=r["namespace"], tags=r["tags"], seq=seq))
+        writer.commit()
+        writer.wait_merging_threads()
+        index.reload()
+        out: dict = {"engine": str(getattr(tantivy, "__version__", "tantivy")), "cubes": len(records),
+                     "index_seconds": round(time.perf_counter() - started, 2),
+                     "index_bytes": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
+                     "timing": "searcher.search() in this process, one at a time, after 20 untimed"}
+        searcher = index.searcher()
+
+        def words(q: str):
+            terms = re.findall(r"\w+", q)
+            return index.parse_query(" ".join(terms), ["text"]) if terms else tantivy.Query.empty_query()
+
+        def run(make) -> dict:
+            built_queries = [make(i, q) for i, q in enumerate(queries)]
+            for q in built_queries[:20]:
+                searcher.search(q, K)
+            seconds, hits = [], 0
+            for q in built_queries:
+                t = time.perf_counter()
+                found = searcher.search(q, K).hits
+                seconds.append(time.perf_counter() - t)
+                hits += len(found)
+            return dict(summary(seconds), mean_hits=round(hits / len(queries), 2))
+
+        prefixes = [ns.rsplit("/", 1)[0] for ns in NAMESPACES[:10]]
+        under = itertools.cycle(prefixes)
+        tags = itertools.cycle(TAGS[:10])
+        out["bm25"] = run(lambda i, q: words(q))
+        out["bm25_namespace_prefix"] = run(lambda i, q: tantivy.Query.boolean_query([
+            (tantivy.Occur.Must, words(q)),
+            (tantivy.Occur.Must, tantivy.Query.regex_query(built, "namespace", re.escape(next(under)) + "(/.*)?"))]))
+        out["bm25_tag"] = run(lambda i, q: tantivy.Query.boolean_query([
+            (tantivy.Occur.Must, words(q)), (tantivy.Occur.Must, tantivy.Query.term_query(built, "tags", next(tags)))]))
+        return out
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def memosd_in_process(data_dir: Path, queries: list[str], summary) -> dict:
+    """memosd's own BM25 over the daemon's data directory (the daemon stopped), in this process: MemVault.search as
+    the Search RPC calls it, as the admin, without gRPC; the same three searches."""
+    import asyncio
+
+    from memosd.cube import CubeFilter
+    from memosd.vault.vault import MemVault
+
+    prefixes = [ns.rsplit("/", 1)[0] for ns in NAMESPACES[:10]]
+
+    async def timed(filters) -> dict:
+        vault = MemVault(data_dir)
+        try:
+            for q, f in list(zip(queries, filters))[:20]:
+                await vault.search(q, f, K)
+            seconds, hits = [], 0
+            for q, f in zip(queries, filters):
+                t = time.perf_counter()
+                found, _ = await vault.search(q, f, K)
+                seconds.append(time.perf_counter() - t)
+                hits += len(found)
+            return dict(summary(seconds), mean_hits=round(hits / len(queries), 2))
+        finally:
+            await vault.close()
+
+    n = len(queries)
+    return {"timing": "MemVault.search in this process (the daemon's core without gRPC), one at a time, after 20"
+                      " untimed",
+            "bm25": asyncio.run(timed([CubeFilter()] * n)),
+            "bm25_namespace_prefix": asyncio.run(timed([CubeFilter(namespace_prefix=p) for p, _ in
+                                                        zip(itertools.cycle(prefixes), range(n))])),
+            "bm25_tag": asyncio.run(timed([CubeFilter(tags=(t,)) for t, _ in zip(itertools.cycle(TAGS[:10]), range(n))]))}
