@@ -414,6 +414,7 @@ def stand_in_phase(args, data_dir: Path, queries: list[str], model: str) -> dict
     conn = sqlite3.connect(data_dir / "memos.db")
     seqs = [s for (s,) in conn.execute("SELECT seq FROM cubes WHERE text IS NOT NULL")]
     rng = np.random.default_rng(args.seed)
+    written = []
     with conn:
         for start in range(0, len(seqs), 10000):
             chunk = seqs[start:start + 10000]
@@ -421,6 +422,7 @@ def stand_in_phase(args, data_dir: Path, queries: list[str], model: str) -> dict
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             conn.executemany("INSERT OR REPLACE INTO embeddings (seq, model, vector) VALUES (?, ?, ?)",
                              [(q, encoder.name, v.tobytes()) for q, v in zip(chunk, vectors)])
+            written.append(vectors)
     conn.close()
     sock = _socket_for("standin")
     out: dict = {"corpus_cubes": len(seqs), "vectors": "random unit vectors (latency only; quality is not measured)",
@@ -435,6 +437,8 @@ def stand_in_phase(args, data_dir: Path, queries: list[str], model: str) -> dict
             out["bm25"] = search_latency(client, queries, "bm25")
     finally:
         shutil.rmtree(sock.parent, ignore_errors=True)
+    # The vector index a user would otherwise reach for, on the same vectors and queries.
+    out["dense_peer"] = search_peers.faiss_figures(np.concatenate(written), queries, model, summary)
     return out
 
 

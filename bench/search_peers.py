@@ -110,3 +110,43 @@ def memosd_in_process(data_dir: Path, queries: list[str], summary) -> dict:
             "bm25_namespace_prefix": asyncio.run(timed([CubeFilter(namespace_prefix=p) for p, _ in
                                                         zip(itertools.cycle(prefixes), range(n))])),
             "bm25_tag": asyncio.run(timed([CubeFilter(tags=(t,)) for t, _ in zip(itertools.cycle(TAGS[:10]), range(n))]))}
+
+
+def faiss_figures(vectors, queries: list[str], model: str, summary) -> dict:
+    """faiss on the stand-in vectors (unit rows, inner product): exact (IndexFlatIP) and HNSW with memosd's own
+    M, efConstruction and efSearch, one thread, queries embedded by the same model first (untimed); the HNSW's
+    recall@10 against the exact top 10 of the same queries."""
+    import faiss
+
+    from memosd.runtime.embedder import Embedder
+    from memosd.vault.ann import EF_CONSTRUCTION, EF_SEARCH, HNSW_M
+
+    asked = Embedder(model).encode(queries).astype("float32")
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    started = time.perf_counter()
+    hnsw = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = EF_CONSTRUCTION
+    hnsw.add(vectors)
+    built = time.perf_counter() - started
+    hnsw.hnsw.efSearch = EF_SEARCH
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        out: dict = {"engine": f"faiss {faiss.__version__}", "vectors": len(vectors), "hnsw_build_seconds":
+                     round(built, 1), "timing": "index.search() of one embedded query, in this process, one thread"}
+        found = {}
+        for name, index in (("exact", flat), ("hnsw", hnsw)):
+            for q in asked[:20]:
+                index.search(q[None], K)
+            seconds, found[name] = [], []
+            for q in asked:
+                t = time.perf_counter()
+                found[name].append(set(index.search(q[None], K)[1][0].tolist()))
+                seconds.append(time.perf_counter() - t)
+            out[name] = summary(seconds)
+        out["hnsw_recall_at_10"] = round(sum(len(a & b) for a, b in zip(found["exact"], found["hnsw"], strict=True))
+                                         / (K * len(asked)), 3)
+        return out
+    finally:
+        faiss.omp_set_num_threads(threads)
