@@ -1,10 +1,12 @@
 """Embedding rate: the daemon's encoder path next to plain sentence-transformers, and the backfill through the daemon.
 
 Three measurements, JSON on stdout:
-- encoder: cubes/s of memosd.runtime.embedder.Embedder (fp32 and int8, at the daemon's thread bound) and of
+- encoder: cubes/s of memosd.runtime.embedder.Embedder (fp32 on its default runtime, ONNX Runtime where installed,
+  and on torch; int8; at the daemon's thread bound) and of
   `SentenceTransformer(dir).encode` (fp32, what a user would otherwise run: at the daemon's thread count and at
   torch's default), on the same texts of 200-500 characters; the variants alternate within each repeat, and the
-  medians and ranges are reported, with the agreement (cosine) of each variant's vectors with the peer's;
+  medians and ranges are reported, with the agreement (cosine) of each variant's vectors with the peer's, and
+  each variant's latency for one short query at a time (what a hybrid search waits for);
 - backfill: cubes/s from the first put until `embedding_backlog` reads 0, through a real daemon;
 - search: hybrid Search latency through that daemon while the backfill runs, and idle after it.
 """
@@ -76,6 +78,7 @@ def encoder_phase(model: str, texts: list[str], repeats: int) -> dict:
     bound = ours.threads
     variants = {
         f"memosd fp32, {bound} thread(s)": (ours, bound),
+        f"memosd fp32 on torch, {bound} thread(s)": (Embedder(model, runtime="torch"), bound),
         f"memosd int8, {bound} thread(s)": (Embedder(model, precision="int8"), bound),
         f"sentence-transformers fp32, {bound} thread(s)": (SentenceTransformer(model, device="cpu"), bound),
         f"sentence-transformers fp32, {default_threads} thread(s) (torch default)":
@@ -110,6 +113,18 @@ def encoder_phase(model: str, texts: list[str], repeats: int) -> dict:
                      "cosine_to_peer_fp32": {"mean": round(float(cosines.mean()), 5),
                                              "min": round(float(cosines.min()), 5)}}
     out["precision_in_use"] = {"memosd int8": variants[f"memosd int8, {bound} thread(s)"][0].precision}
+    out["runtime_in_use"] = {"memosd fp32": ours.runtime}
+    queries = Corpus(7).queries(200)
+    for name in names:
+        encoder, threads = variants[name]
+        torch.set_num_threads(threads)
+        ms = []
+        for q in queries:
+            started = time.perf_counter()
+            encoder.encode([q])
+            ms.append((time.perf_counter() - started) * 1000)
+        out[name]["one_query"] = _p95(ms[20:])
+    torch.set_num_threads(default_threads)
     return out
 
 

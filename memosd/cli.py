@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--embedding-precision", choices=("fp32", "int8"),
                            help="fp32 (default) or int8: faster embedding, vectors further from fp32's"
                            " (env MEMOSD_EMBEDDING_PRECISION)")
+            p.add_argument("--embedding-runtime", choices=("auto", "torch"),
+                           help="auto (default): fp32 through ONNX Runtime where installed, or torch"
+                           " (env MEMOSD_EMBEDDING_RUNTIME)")
             p.add_argument("--activation-model", help="local causal LM directory that builds KV caches from plaintext"
                            " (env MEMOSD_ACTIVATION_MODEL)")
             p.add_argument("--parametric-model", help="local causal LM directory that LoRA adapters are distilled"

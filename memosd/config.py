@@ -20,6 +20,7 @@ CONFIG_NAME = "memosd.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # As memosd.runtime.embedder.PRECISIONS, which this module does not import (it would load numpy at start).
 EMBEDDING_PRECISIONS = ("fp32", "int8")
+EMBEDDING_RUNTIMES = ("auto", "torch")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class Config:
     embedding_threads: int = 0
     # "fp32" (the weights as stored) or "int8" (Linear layers quantized: faster, vectors less like fp32's).
     embedding_precision: str = "fp32"
+    # auto: fp32 encoding through ONNX Runtime where it is installed and gives the same vectors (else torch).
+    embedding_runtime: str = "auto"
     # Directory of a local Hugging Face causal LM that builds KV caches from plaintext (kv build), and
     # the dtype to load it in ("auto": the checkpoint's, as from_pretrained does); empty: no builds.
     activation_model: str = ""
@@ -163,6 +166,8 @@ def _build(values: dict) -> Config:
         raise InvalidArgument("embedding_threads must be 0 (a quarter of the cores) or a number of threads")
     if config.embedding_precision not in EMBEDDING_PRECISIONS:
         raise InvalidArgument(f"embedding_precision must be one of {', '.join(EMBEDDING_PRECISIONS)}")
+    if config.embedding_runtime not in EMBEDDING_RUNTIMES:
+        raise InvalidArgument(f"embedding_runtime must be one of {', '.join(EMBEDDING_RUNTIMES)}")
     if config.log_level not in LOG_LEVELS:
         raise InvalidArgument(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     check_listen(config.listen, tls=bool(config.tls_cert))
@@ -251,6 +256,7 @@ def write_default_config(data_dir: Path) -> Path:
         '# embedding_model = "/path/to/local/all-MiniLM-L6-v2"   # enables dense and hybrid search\n'
         "# embedding_threads = 0   # torch threads for embedding; 0: a quarter of the cores\n"
         '# embedding_precision = "fp32"   # or "int8": faster, vectors further from fp32\'s\n'
+        '# embedding_runtime = "auto"   # ONNX Runtime for fp32 where installed (same vectors), or "torch"\n'
         '# activation_model = "/path/to/local/Qwen2.5-0.5B"   # enables memosctl kv build\n'
         '# parametric_model = "/path/to/local/Qwen2.5-0.5B"   # memosctl distill (default: activation_model)\n'
         "# sweep_interval = 30.0\n"

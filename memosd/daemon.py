@@ -97,7 +97,7 @@ class Daemon:
             from memosd.runtime.embedder import Embedder
 
             embedder = Embedder(cfg.embedding_model, threads=cfg.embedding_threads or None,
-                                precision=cfg.embedding_precision)
+                                precision=cfg.embedding_precision, runtime=cfg.embedding_runtime)
         self.db, self.governance = await open_storage(cfg, self._governance_type, serving=True)
         gov = self.governance
         self.members = Membership(self.db, cfg.data_dir, version=__version__, interval=cfg.member_heartbeat_interval)

@@ -1,4 +1,5 @@
-"""The encoder behind dense search: agreement with plain fp32, length buckets, threads, int8 and its fallback."""
+"""The encoder behind dense search: agreement with plain fp32 (on ONNX Runtime and on torch), length buckets, threads,
+int8 and the fallbacks."""
 
 from __future__ import annotations
 
@@ -49,16 +50,47 @@ def _cosines(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (vectors * reference).sum(1)
 
 
-def test_fp32_vectors_agree_with_one_text_at_a_time(model_path, reference):
-    embedder = Embedder(model_path, batch_tokens=1024)
+@pytest.mark.parametrize("runtime", ["auto", "torch"])
+def test_fp32_vectors_agree_with_one_text_at_a_time(model_path, reference, runtime):
+    embedder = Embedder(model_path, batch_tokens=1024, runtime=runtime)
     cosines = _cosines(embedder.encode(TEXTS), reference)
     assert embedder.precision == "fp32" and cosines.min() > 0.9999
+    # auto: ONNX Runtime (the ml extra installs it), whose vectors are torch's, under the same model name.
+    assert embedder.runtime == ("onnxruntime" if runtime == "auto" else "torch")
+    assert embedder.name == Embedder(model_path, runtime="torch").name
+
+
+def test_an_export_that_differs_from_torch_is_not_used(model_path, reference, caplog, monkeypatch):
+    from memosd.runtime import onnx_encoder
+
+    monkeypatch.setattr(onnx_encoder, "TOLERANCE", -1.0)  # no difference is small enough: the check refuses
+    embedder = Embedder(model_path)
+    with caplog.at_level(logging.WARNING, logger="memosd.runtime"):
+        cosines = _cosines(embedder.encode(TEXTS), reference)
+    assert embedder.runtime == "torch" and cosines.min() > 0.9999
+    assert "runs on torch" in caplog.text and "differ from torch's" in caplog.text
+
+
+def test_without_onnxruntime_the_encoder_runs_on_torch(model_path, reference, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as where the package is not installed
+    embedder = Embedder(model_path)
+    assert _cosines(embedder.encode(TEXTS[:4]), reference[:4]).min() > 0.9999 and embedder.runtime == "torch"
+
+
+def test_tiny_models_of_other_families_export_or_fall_back_with_torchs_vectors(model_path, tmp_path):
+    for kind in ("bert", "gpt2"):
+        directory = _tiny_model(tmp_path / kind, model_path, kind)
+        auto, plain = Embedder(directory), Embedder(directory, runtime="torch")
+        assert np.allclose(auto.encode(TEXTS[:3]), plain.encode(TEXTS[:3]), atol=1e-4)
+        assert auto.runtime in ("onnxruntime", "torch") and plain.runtime == "torch"
 
 
 def test_int8_vectors_stay_close_to_fp32_under_their_own_name(model_path, reference):
     embedder = Embedder(model_path, precision="int8")
     cosines = _cosines(embedder.encode(TEXTS), reference)
-    assert embedder.precision == "int8"
+    assert embedder.precision == "int8" and embedder.runtime == "torch"  # torch's int8 kernels
     # Measured on this model: mean about 0.96, min about 0.93 (bench/embed_rate.py reports both).
     assert cosines.mean() > 0.94 and cosines.min() > 0.88
     assert embedder.name == Embedder(model_path).name + "+int8"
@@ -129,6 +161,15 @@ def test_a_plain_transformers_dir_quantizes(model_path, tmp_path):
     assert embedder.precision == "int8"
 
 
+def test_runtime_comes_from_the_toml_file_the_variable_and_the_flag(tmp_path):
+    assert load_config({}, env={}).embedding_runtime == "auto"
+    (tmp_path / "memosd.toml").write_text('embedding_runtime = "torch"\n')
+    assert load_config({"data_dir": str(tmp_path)}, env={}).embedding_runtime == "torch"
+    env = {"MEMOSD_EMBEDDING_RUNTIME": "auto"}
+    assert load_config({"data_dir": str(tmp_path)}, env=env).embedding_runtime == "auto"
+    assert load_config({"data_dir": str(tmp_path), "embedding_runtime": "torch"}, env=env).embedding_runtime == "torch"
+
+
 def test_precision_comes_from_the_flag_the_variable_and_the_toml_file(tmp_path):
     assert load_config({}, env={}).embedding_precision == "fp32"
     (tmp_path / "memosd.toml").write_text('embedding_precision = "int8"\nembedding_threads = 1\n')
@@ -140,6 +181,7 @@ def test_precision_comes_from_the_flag_the_variable_and_the_toml_file(tmp_path):
 
 
 @pytest.mark.parametrize(("values", "message"), [({"embedding_precision": "fp16"}, "embedding_precision must be one of"),
+                                                 ({"embedding_runtime": "cuda"}, "embedding_runtime must be one of"),
                                                  ({"embedding_threads": "-1"}, "embedding_threads must be 0"),
                                                  ({"embedding_threads": "two"}, "bad number")])
 def test_bad_embedding_settings_are_refused_naming_the_setting(values, message):
@@ -147,6 +189,8 @@ def test_bad_embedding_settings_are_refused_naming_the_setting(values, message):
         load_config(values, env={})
 
 
-def test_an_embedder_refuses_an_unknown_precision(model_path):
+def test_an_embedder_refuses_an_unknown_precision_or_runtime(model_path):
     with pytest.raises(InvalidArgument, match="precision must be one of fp32, int8"):
         Embedder(model_path, precision="fp16")
+    with pytest.raises(InvalidArgument, match="runtime must be one of auto, torch"):
+        Embedder(model_path, runtime="tensorrt")

@@ -19,6 +19,8 @@ POOLINGS = ("mean", "cls", "max")
 # "fp32" runs the weights as stored; "int8" quantizes the Linear layers' weights to int8 per output channel
 # (torch dynamic quantization): 1.3-1.7x on an AVX2 CPU, vectors at cosine ~0.96 to fp32's (bench/embed_rate.py).
 PRECISIONS = ("fp32", "int8")
+# "auto": fp32 through ONNX Runtime where it is installed and gives torch's vectors (runtime/onnx_encoder.py).
+RUNTIMES = ("auto", "torch")
 # Tokens (texts x padded length) per forward pass: about 32 texts of 200-500 characters (~120 tokens each).
 # On the two-core dev machine 128 such texts a batch ran about a fifth slower per text than 32 (activations
 # out of cache), 8 no faster; short texts get more to a batch, long ones fewer, at the same cost.
@@ -34,7 +36,7 @@ class Embedder:
     """Loads an encoder from a local directory, offline, and turns texts into unit vectors."""
 
     def __init__(self, path: str | Path, *, max_length: int | None = None, batch_tokens: int = BATCH_TOKENS,
-                 threads: int | None = None, precision: str = "fp32"):
+                 threads: int | None = None, precision: str = "fp32", runtime: str = "auto"):
         path = Path(path).expanduser()
         if not (path / "config.json").is_file():
             raise InvalidArgument(f"embedding model path {path} has no config.json; point it at a local model directory")
@@ -44,6 +46,10 @@ class Embedder:
         self.max_length = max_length or _read_max_length(path)
         if precision not in PRECISIONS:
             raise InvalidArgument(f"embedding precision must be one of {', '.join(PRECISIONS)}")
+        if runtime not in RUNTIMES:
+            raise InvalidArgument(f"embedding runtime must be one of {', '.join(RUNTIMES)}")
+        # What runs the forward pass once loaded: "onnxruntime" or "torch" (asked for, or fallen back to).
+        self.runtime = runtime
         self.batch_tokens = batch_tokens
         # What runs once loaded: fp32 when the model cannot be quantized, whatever was asked for.
         self.precision = precision
@@ -56,6 +62,7 @@ class Embedder:
         self._tokenize_lock = threading.Lock()
         self._model: Any = None
         self._tokenizer: Any = None
+        self._onnx: Any = None
         self._failed: str | None = None
 
     def load(self) -> None:
@@ -81,6 +88,11 @@ class Embedder:
                 raise FailedPrecondition(self._failed) from None
             if self.precision == "int8":
                 model = self._quantized(model, tokenizer)
+            if self.runtime == "auto" and self.precision == "fp32":
+                from memosd.runtime.onnx_encoder import onnx_encoder
+
+                self._onnx = onnx_encoder(model, tokenizer, self._threads, self.path)
+            self.runtime = "onnxruntime" if self._onnx is not None else "torch"
             self._tokenizer, self._model = tokenizer, model
 
     @property
@@ -128,7 +140,7 @@ class Embedder:
                        for picked in length_buckets([len(x) for x in ids], self.batch_tokens)]
         with torch.inference_mode():
             for picked, batch in batches:
-                hidden = self._model(**batch).last_hidden_state
+                hidden = self._onnx.hidden(batch) if self._onnx else self._model(**batch).last_hidden_state
                 out[picked] = _pool(hidden, batch["attention_mask"], self.pooling).float().numpy()
         return out
 
