@@ -147,6 +147,9 @@ def faiss_figures(vectors, queries: list[str], model: str, summary) -> dict:
             out[name] = summary(seconds)
         out["hnsw_recall_at_10"] = round(sum(len(a & b) for a, b in zip(found["exact"], found["hnsw"], strict=True))
                                          / (K * len(asked)), 3)
+        out["recall_note"] = ("uniform random unit vectors have no neighbourhoods: HNSW's worst case, so this recall"
+                              " says little of real embeddings; bench/dense_index.py measures recall on clustered"
+                              " stand-ins")
         return out
     finally:
         faiss.omp_set_num_threads(threads)
