@@ -68,7 +68,7 @@ class Embedder:
     def load(self) -> None:
         """Load the tokenizer and model (once); FailedPrecondition if the directory does not hold one."""
         with self._load_lock:
-            if self._model is not None:
+            if self._tokenizer is not None:
                 return
             if self._failed:
                 raise FailedPrecondition(self._failed)
@@ -93,7 +93,8 @@ class Embedder:
 
                 self._onnx = onnx_encoder(model, tokenizer, self._threads, self.path)
             self.runtime = "onnxruntime" if self._onnx is not None else "torch"
-            self._tokenizer, self._model = tokenizer, model
+            # On ONNX Runtime the torch model is not run again: its weights (90 MB for MiniLM) are let go.
+            self._tokenizer, self._model = tokenizer, (None if self._onnx is not None else model)
 
     @property
     def threads(self) -> int:
@@ -126,7 +127,7 @@ class Embedder:
         """Unit-length float32 vectors, one row per text. Thread-safe; blocks (call off the event loop)."""
         import torch
 
-        if self._model is None:
+        if self._tokenizer is None:
             self.load()
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:

@@ -50,7 +50,22 @@ def onnx_encoder(model, tokenizer, threads: int, path) -> OnnxEncoder | None:
         log.warning("embedding model %s runs on torch: ONNX Runtime could not take it (%s: %s)", path,
                     type(exc).__name__, str(exc)[:200])
         return None
+    finally:
+        _release()
     return encoder
+
+
+def _release() -> None:
+    """Hand back to the OS what the export freed (the traced copy, the graph's bytes): about 100 MB for MiniLM that
+    glibc's allocator would otherwise keep in the daemon's resident set."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the allocator keeps it, which costs memory, not correctness
+        pass
 
 
 def _export(model, tokenizer, threads: int, onnxruntime) -> OnnxEncoder:
