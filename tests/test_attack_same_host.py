@@ -13,6 +13,7 @@ import pytest
 from memos_client.auth import AgentKey, TokenSource
 from memos_client.channel import sync_channel
 from memos_client.fdpass import take, unix_path
+from memos_mip.fdpass import ERROR, MAX_REPLY, TAKE
 from memos_mip.frames import HEADER
 from memos_mip.v1 import store_pb2, store_pb2_grpc
 from memosd.server import fd_exchange
@@ -107,3 +108,39 @@ def test_over_grpc_too_nothing_published_after_the_grant_ends_is_sent(daemon, cl
         with pytest.raises(grpc.RpcError) as info:
             next(stream)
         assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_ticket_collected_after_a_revocation_leads_to_a_socket_already_over(daemon, client, tmp_path):
+    client.add_agent("bob", out=str(tmp_path / "bob.key"))
+    policy = client.grant("agent:bob", ["subscribe"], [TOPIC])
+    with sync_channel(daemon.address, TokenSource(AgentKey.load(tmp_path / "bob.key"))) as channel:
+        stream = _subscribe(channel)
+        first = next(stream)  # the ticket, not collected yet
+        wait_for(lambda: len(daemon.server.store.hub) == 1, "the subscription never opened")
+        client.revoke_policy(policy)
+        wait_for(lambda: len(daemon.server.store.hub) == 0, "the revoked subscription stayed registered")
+        client.publish(TOPIC, client.put("after the revocation", "agents/admin/n").id)
+        fd = take(unix_path(daemon.address).with_name(first.local.exchange_socket), first.local.ticket)
+        with socket.socket(fileno=fd) as sock:
+            sock.settimeout(DEADLINE)
+            assert _next_message(sock) is None
+        with pytest.raises(grpc.RpcError) as info:
+            next(stream)
+        assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_malformed_requests_get_a_short_answer_and_burn_no_ticket(daemon, admin):
+    path = daemon.server.exchange.path
+    stream = _subscribe(admin)
+    try:
+        ticket = next(stream).local.ticket
+        for request in (b"", b"X" + ticket, TAKE + ticket + b"!", TAKE + ticket[:-1], TAKE + ticket * 4000):
+            with _connected(path) as conn:
+                conn.settimeout(DEADLINE)
+                conn.send(request)
+                reply = conn.recv(MAX_REPLY)
+                assert reply.startswith(ERROR) and len(reply) < 100 and ticket not in reply, request[:20]
+        _connected(path).close()  # and one that connects and leaves
+        socket.socket(fileno=take(path, ticket)).close()  # still good, once
+    finally:
+        stream.cancel()
