@@ -45,9 +45,10 @@ def admin(daemon):
 
 def test_connections_that_send_nothing_hold_up_no_other_ticket(daemon, admin):
     # Each handler waited up to 2 s for a silent connection's ticket, four at a time: forty silent connections
-    # (no token needed) made every ticket behind them wait 20 s, past its 10 s.
+    # (no token needed) made every ticket behind them wait 20 s, past its 10 s. A hundred: more than the daemon
+    # keeps waiting (fd_exchange.MAX_WAITING), so the oldest are closed to make room, not the newest.
     path = daemon.server.exchange.path
-    silent = [_connected(path) for _ in range(40)]
+    silent = [_connected(path) for _ in range(100)]
     stream = _subscribe(admin)
     try:
         first = next(stream)
