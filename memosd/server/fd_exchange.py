@@ -118,7 +118,7 @@ class FdExchange:
                         if key.fileobj is self._listener:
                             if not self._admit(selector, waiting):
                                 return
-                        else:
+                        elif key.fileobj in waiting:  # not closed earlier in this round to make room
                             conn = key.fileobj
                             assert isinstance(conn, socket.socket)
                             selector.unregister(conn)
