@@ -319,6 +319,7 @@ class _Stream:
         # A write to a stalled subscriber blocks; a guard cuts the stream off when its queue overflows or
         # a revocation lands, whatever the loop is waiting on.
         self._cut: MemosError | None = None
+        self._ends = self.store.gov.grants_end(self.p, "subscribe")
         this = asyncio.current_task()
         assert this is not None  # run() is always awaited in a task
         guard = asyncio.ensure_future(self._guard(this))
@@ -344,7 +345,7 @@ class _Stream:
                 waits: list[Coroutine] = [self.sub.overflow.wait(), changed.wait(), closing.wait()]
                 if lost is not None:
                     waits.append(lost.wait())
-                ends = self.store.gov.grants_end(self.p, "subscribe")
+                self._ends = ends = self.store.gov.grants_end(self.p, "subscribe")
                 if ends is not None:
                     # A grant running out is no revocation, and sets no event: wake then to judge the caller again.
                     waits.append(asyncio.sleep(max(0.0, ends - self.store.clock()) + 0.05))
@@ -409,6 +410,7 @@ class _Stream:
         """Send events (in order) as one message, then count them as delivered."""
         if not records:
             return
+        self._check_grants_end()
         await self.send([self.store.view(self.p, r) for r in records])
         for record in records:
             self.delivered[record.topic] = record.seq
@@ -434,6 +436,7 @@ class _Stream:
             for topic in sorted(self.delivered):
                 await self._replay(topic)
         else:
+            self._check_grants_end()
             await self.send(Heartbeat(self._positions()))
 
     def _redelivery_due(self) -> bool:
@@ -446,6 +449,13 @@ class _Stream:
         for topic in self.delivered:
             self.delivered[topic] = self.durable.acked.get(topic, 0)
         self.durable.unacked_since = None
+
+    def _check_grants_end(self) -> None:
+        # The guard wakes a little after a grant ends, by the event loop's clock (which a step of the wall clock
+        # does not move): until then nothing may go out that was committed after the end.
+        if self._ends is not None and self.store.clock() >= self._ends:
+            self._recheck()
+            self._ends = self.store.gov.grants_end(self.p, "subscribe")  # another grant still covers it
 
     def _recheck(self) -> None:
         self.store.gov.still_valid(self.p)
