@@ -81,22 +81,23 @@ def test_a_tls_url_answered_by_a_plain_server_is_refused_not_used_in_plaintext(s
                 # Nothing it sends gets through in plaintext: a plain client on that server hears nothing.
                 import nats
 
-                spy = await nats.connect(plain.url)
+                # Bounded, as every wait here: a step that hangs fails naming itself, not the whole test's timeout.
+                spy = await asyncio.wait_for(nats.connect(plain.url, connect_timeout=2, allow_reconnect=False), 20)
                 got: list = []
 
                 async def spied(msg) -> None:
                     got.append(msg)
 
                 await spy.subscribe("memosd.>", cb=spied)
-                await spy.flush()
+                await spy.flush(timeout=10)
                 bus.notify("topic", {"seq": 1})
                 await spy.publish("memosd.memosd-c1.topic", b'{"seq": 2}')
-                await spy.flush()
+                await spy.flush(timeout=10)
                 await until(lambda: _true(len(got) == 1), "the spy never heard its own probe")
                 assert [m.data for m in got] == [b'{"seq": 2}'] and heard == []
-                await spy.close()
+                await asyncio.wait_for(spy.close(), 20)
             finally:
-                await bus.close()
+                await asyncio.wait_for(bus.close(), 20)
 
     asyncio.run(main())
 

@@ -138,9 +138,12 @@ class Bus:
         nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
             try:
-                await nc.close()
+                # Bounded: a client whose connect() was cancelled part-way may wait on a server that never
+                # answers, and a daemon's shutdown must not wait with it.
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await nc.close()
             except Exception as exc:  # noqa: BLE001 - a connection that fails while closing is closed enough
-                log.debug("closing the bus connection: %s", exc)
+                log.debug("closing the bus connection: %s", exc or type(exc).__name__)
         self._set(False)
 
     async def _connect(self) -> None:
