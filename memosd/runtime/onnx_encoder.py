@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import warnings
 from typing import Any
 
@@ -20,6 +21,9 @@ log = logging.getLogger("memosd.runtime")
 # (float32 arithmetic in another order differs by about 1e-6 of it).
 TOLERANCE = 1e-4
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# torch.onnx.export keeps its state in globals: two exports at once (two daemons in one process, as the cluster
+# tests run them) fail with "GLOBALS.in_onnx_export must be False" and leave one daemon on torch.
+EXPORTING = threading.Lock()
 PROBES = (["a probe", "a longer probe of the exported graph, padded beside the short one"],
           ["one text alone, of yet another length, as a query comes"])
 
@@ -87,7 +91,7 @@ def _export(model, tokenizer, threads: int, onnxruntime) -> OnnxEncoder:
 
     example = tokenizer(PROBES[0], padding=True, return_tensors="pt")
     graph = io.BytesIO()
-    with warnings.catch_warnings():  # the exporter's notices about tracing, on every start
+    with EXPORTING, warnings.catch_warnings():  # the exporter's notices about tracing, on every start
         warnings.simplefilter("ignore")
         torch.onnx.export(Hidden(), tuple(example[n] for n in names), graph, input_names=names,
                           output_names=["hidden"], opset_version=17, dynamo=False,
