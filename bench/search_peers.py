@@ -78,28 +78,44 @@ def tantivy_figures(records: list[dict], queries: list[str], summary) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+# Queries (the first ones) whose top 10 is also ranked exactly, every match scored, for the agreement figure.
+EXACT_QUERIES = 100
+
+
 def memosd_in_process(data_dir: Path, queries: list[str], summary) -> dict:
     """memosd's own BM25 over the daemon's data directory (the daemon stopped), in this process: MemVault.search as
-    the Search RPC calls it, as the admin, without gRPC; the same three searches."""
+    the Search RPC calls it, as the admin, without gRPC; the same three searches. On a vault past FullText's
+    LARGE_VAULT the rarest query words decide the matches (a cut-off, not exact ranking): `top10_agreement` is the
+    share of the exact top 10 (every match scored, FullText without the cut-off) that the search returned, over the
+    first EXACT_QUERIES queries, by number of query words too."""
     import asyncio
 
     from memosd.cube import CubeFilter
+    from memosd.vault.fulltext import FullText, words
     from memosd.vault.vault import MemVault
 
     prefixes = [ns.rsplit("/", 1)[0] for ns in NAMESPACES[:10]]
+
+    async def top(vault, pairs) -> list[set[str]]:
+        return [{h.cube.id for h in (await vault.search(q, f, K))[0]} for q, f in pairs]
 
     async def timed(filters) -> dict:
         vault = MemVault(data_dir)
         try:
             for q, f in list(zip(queries, filters))[:20]:
                 await vault.search(q, f, K)
-            seconds, hits = [], 0
+            seconds, hits, returned = [], 0, []
             for q, f in zip(queries, filters):
                 t = time.perf_counter()
                 found, _ = await vault.search(q, f, K)
                 seconds.append(time.perf_counter() - t)
                 hits += len(found)
-            return dict(summary(seconds), mean_hits=round(hits / len(queries), 2))
+                returned.append({h.cube.id for h in found})
+            sample = list(zip(queries, filters))[:EXACT_QUERIES]
+            vault.fulltext = FullText(large_vault=2**62)  # every match scored
+            exact = await top(vault, sample)
+            return dict(summary(seconds), mean_hits=round(hits / len(queries), 2),
+                        top10_agreement=_agreement(returned, exact, [len(words(q)) for q, _ in sample]))
         finally:
             await vault.close()
 
@@ -110,6 +126,16 @@ def memosd_in_process(data_dir: Path, queries: list[str], summary) -> dict:
             "bm25_namespace_prefix": asyncio.run(timed([CubeFilter(namespace_prefix=p) for p, _ in
                                                         zip(itertools.cycle(prefixes), range(n))])),
             "bm25_tag": asyncio.run(timed([CubeFilter(tags=(t,)) for t, _ in zip(itertools.cycle(TAGS[:10]), range(n))]))}
+
+
+def _agreement(returned: list[set[str]], exact: list[set[str]], sizes: list[int]) -> dict:
+    """The share of each exact top 10 returned, averaged: over all the queries, and by number of query words."""
+    shares = [len(r & e) / len(e) if e else 1.0 for r, e in zip(returned, exact)]
+    by: dict[str, list[float]] = {}
+    for n, share in zip(sizes, shares):
+        by.setdefault(f"{n}_words", []).append(share)
+    return {"all": round(sum(shares) / max(len(shares), 1), 3),
+            **{k: round(sum(v) / len(v), 3) for k, v in sorted(by.items())}}
 
 
 def faiss_figures(vectors, queries: list[str], model: str, summary) -> dict:
