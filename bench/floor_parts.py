@@ -8,8 +8,8 @@ bench/pubsub_floor.py's --parts:
   event;
 - `append_fdatasync`: an encoded event (about Redis's 274 bytes) appended to a file and fdatasync'd, as Redis's
   AOF with appendfsync always does: the floor of a durable log with no database at all;
-- `grpc_unary`, `grpc_echo_stream`, `grpc_push_stream`: gRPC's own server CPU per message with nothing behind it
-  (measure_grpc).
+- `grpc_unary`, `grpc_echo_stream`, `grpc_push_stream`: gRPC's own server CPU per message with nothing behind it;
+  `unix_echo_frames`: the same echo as length-prefixed frames over a Unix socket on asyncio (measure_grpc).
 cpu_us_per_event is that thread's CPU (time.thread_time: user and system) over the events; for the gRPC parts,
 this process's.
 """
@@ -113,7 +113,7 @@ def measure(part: str, rate: float, seconds: float) -> dict:
     return {"events": total, "cpu_us_per_event": round(cpu / total * 1e6, 1), "rate_kept_per_s": round(total / wall)}
 
 
-GRPC_PARTS = ("grpc_unary", "grpc_echo_stream", "grpc_push_stream")
+GRPC_PARTS = ("grpc_unary", "grpc_echo_stream", "grpc_push_stream", "unix_echo_frames")
 _CLIENT = r"""
 import sys, time, grpc
 address, mode, total, rate = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
@@ -135,6 +135,18 @@ elif mode == "grpc_unary":
         if delay > 0:
             time.sleep(delay)
         call(b"x" * 274)
+elif mode == "unix_echo_frames":
+    import socket, struct
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(address)
+    reader, start = sock.makefile("rb"), time.perf_counter()
+    for i in range(total):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sock.sendall(struct.pack(">I", 274) + b"x" * 274)
+        (size,) = struct.unpack(">I", reader.read(4))
+        assert len(reader.read(size)) == size
 else:
     call = channel.unary_stream("/floor.Floor/Push")
     assert sum(1 for _ in call(f"{total} {rate}".encode())) == total
@@ -143,8 +155,10 @@ else:
 
 def measure_grpc(part: str, rate: float, seconds: float) -> dict:
     """gRPC's own cost per message, with nothing behind it: a grpc.aio server in this process (its own loop, as
-    the daemon's) and a client process; `grpc_unary` answers paced unary calls (Publish's shape), `grpc_echo_stream` answers each message of one stream (PublishStream's
-    shape), `grpc_push_stream` pushes paced messages of 274 bytes to one reader (Subscribe's). cpu_us_per_event
+    the daemon's) and a client process; `grpc_unary` answers paced unary calls (Publish's shape),
+    `grpc_echo_stream` answers each message of one stream (PublishStream's shape), `grpc_push_stream` pushes paced
+    messages of 274 bytes to one reader (Subscribe's); `unix_echo_frames` echoes length-prefixed frames on an
+    asyncio Unix socket server (what a same-host publish path would cost). cpu_us_per_event
     is this process's CPU over the messages."""
     import asyncio
     import resource
@@ -180,21 +194,45 @@ def measure_grpc(part: str, rate: float, seconds: float) -> dict:
     loop, started = asyncio.new_event_loop(), threading.Event()
     box: dict = {}
 
+    async def frames(reader, writer):  # length-prefixed frames over a Unix socket, as same-host delivery writes
+        while True:
+            try:
+                head = await reader.readexactly(4)
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(head + await reader.readexactly(int.from_bytes(head, "big")))
+        writer.close()
+
     async def serve():
+        if part == "unix_echo_frames":
+            box["server"] = await asyncio.start_unix_server(frames, box["path"])
+            started.set()
+            return
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((handler,))
         box["port"], box["server"] = server.add_insecure_port("127.0.0.1:0"), server
         await server.start()
         started.set()
 
+    folder = tempfile.TemporaryDirectory(dir="/tmp")
+    box["path"] = str(Path(folder.name) / "floor.sock")
     thread = threading.Thread(target=lambda: (loop.run_until_complete(serve()), loop.run_forever()), daemon=True)
     thread.start()
     started.wait(30)
+    address = box["path"] if part == "unix_echo_frames" else f"127.0.0.1:{box['port']}"
     before = resource.getrusage(resource.RUSAGE_SELF)
-    subprocess.run([sys.executable, "-c", _CLIENT, f"127.0.0.1:{box['port']}", part, str(total), str(rate)],
+    subprocess.run([sys.executable, "-c", _CLIENT, address, part, str(total), str(rate)],
                    check=True, timeout=seconds * 5 + 60)
     after = resource.getrusage(resource.RUSAGE_SELF)
-    asyncio.run_coroutine_threadsafe(box["server"].stop(None), loop).result(30)
+
+    async def stop():
+        if part == "unix_echo_frames":
+            box["server"].close()
+        else:
+            await box["server"].stop(None)
+
+    asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
+    folder.cleanup()
     loop.call_soon_threadsafe(loop.stop)
     thread.join(30)
     used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
