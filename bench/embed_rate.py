@@ -2,7 +2,7 @@
 
 Three measurements, JSON on stdout:
 - encoder: cubes/s of memosd.runtime.embedder.Embedder (fp32 on its default runtime, ONNX Runtime where installed,
-  and on torch; int8; at the daemon's thread bound) and of
+  and on torch; int8; bf16; at the daemon's thread bound) and of
   `SentenceTransformer(dir).encode` (fp32, what a user would otherwise run: at the daemon's thread count and at
   torch's default), on the same texts of 200-500 characters; the variants alternate within each repeat, and the
   medians and ranges are reported, with the agreement (cosine) of each variant's vectors with the peer's, and
@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--texts", type=int, default=256, help="texts per encoder repeat (default 256)")
     p.add_argument("--repeats", type=int, default=3, help="alternating repeats of the encoder variants (default 3)")
     p.add_argument("--cubes", type=int, default=5000, help="cubes put for the backfill (default 5000; 0: skip)")
-    p.add_argument("--precision", choices=("fp32", "int8"), default="fp32", help="the daemon's embedding_precision")
+    p.add_argument("--precision", choices=("fp32", "int8", "bf16"), default="fp32",
+                   help="the daemon's embedding_precision")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--output", type=Path, default=None, help="where the JSON is written too")
     return p
@@ -80,6 +81,7 @@ def encoder_phase(model: str, texts: list[str], repeats: int) -> dict:
         f"memosd fp32, {bound} thread(s)": (ours, bound),
         f"memosd fp32 on torch, {bound} thread(s)": (Embedder(model, runtime="torch"), bound),
         f"memosd int8, {bound} thread(s)": (Embedder(model, precision="int8"), bound),
+        f"memosd bf16, {bound} thread(s)": (Embedder(model, precision="bf16"), bound),
         f"sentence-transformers fp32, {bound} thread(s)": (SentenceTransformer(model, device="cpu"), bound),
         f"sentence-transformers fp32, {default_threads} thread(s) (torch default)":
             (SentenceTransformer(model, device="cpu"), default_threads),
@@ -112,7 +114,8 @@ def encoder_phase(model: str, texts: list[str], repeats: int) -> dict:
         out[name] = {"cubes_per_s": _summary(rates[name]),
                      "cosine_to_peer_fp32": {"mean": round(float(cosines.mean()), 5),
                                              "min": round(float(cosines.min()), 5)}}
-    out["precision_in_use"] = {"memosd int8": variants[f"memosd int8, {bound} thread(s)"][0].precision}
+    out["precision_in_use"] = {f"memosd {p}": variants[f"memosd {p}, {bound} thread(s)"][0].precision
+                               for p in ("int8", "bf16")}
     out["runtime_in_use"] = {"memosd fp32": ours.runtime}
     queries = Corpus(7).queries(200)
     for name in names:

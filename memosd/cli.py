@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from memosd import __version__
-from memosd.config import CONFIG_NAME, load_config, write_default_config
+from memosd.config import CONFIG_NAME, EMBEDDING_PRECISIONS, load_config, write_default_config
 from memosd.errors import MemosError
 from memosd.logs import setup_logging
 from memosd.storage.urls import redact
@@ -39,9 +39,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--listen", help="unix:/path/to.sock or 127.0.0.1:PORT (env MEMOSD_LISTEN)")
             p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="(env MEMOSD_LOG_LEVEL)")
             p.add_argument("--embedding-model", help="local encoder directory for dense search (env MEMOSD_EMBEDDING_MODEL)")
-            p.add_argument("--embedding-precision", choices=("fp32", "int8"),
-                           help="fp32 (default) or int8: faster embedding, vectors further from fp32's"
-                           " (env MEMOSD_EMBEDDING_PRECISION)")
+            p.add_argument("--embedding-precision", choices=EMBEDDING_PRECISIONS,
+                           help="fp32 (default); int8: faster embedding, vectors further from fp32's; bf16: for CPUs"
+                           " with bfloat16 units (AMX), 3x fp32's backfill rate (env MEMOSD_EMBEDDING_PRECISION)")
             p.add_argument("--embedding-runtime", choices=("auto", "torch"),
                            help="auto (default): fp32 through ONNX Runtime where installed, or torch"
                            " (env MEMOSD_EMBEDDING_RUNTIME)")

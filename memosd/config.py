@@ -19,7 +19,7 @@ from memosd.storage.urls import POSTGRESQL, check_blob_url, vault_engine
 CONFIG_NAME = "memosd.toml"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # As memosd.runtime.embedder.PRECISIONS, which this module does not import (it would load numpy at start).
-EMBEDDING_PRECISIONS = ("fp32", "int8")
+EMBEDDING_PRECISIONS = ("fp32", "int8", "bf16")
 EMBEDDING_RUNTIMES = ("auto", "torch")
 
 
@@ -255,7 +255,7 @@ def write_default_config(data_dir: Path) -> Path:
         '# bus_url = "nats://127.0.0.1:4222"   # with a PostgreSQL vault: hear other daemons\' commits at once\n'
         '# embedding_model = "/path/to/local/all-MiniLM-L6-v2"   # enables dense and hybrid search\n'
         "# embedding_threads = 0   # torch threads for embedding; 0: a quarter of the cores\n"
-        '# embedding_precision = "fp32"   # or "int8": faster, vectors further from fp32\'s\n'
+        '# embedding_precision = "fp32"   # "int8": faster, vectors further from fp32\'s; "bf16": AMX CPUs\n'
         '# embedding_runtime = "auto"   # ONNX Runtime for fp32 where installed (same vectors), or "torch"\n'
         '# activation_model = "/path/to/local/Qwen2.5-0.5B"   # enables memosctl kv build\n'
         '# parametric_model = "/path/to/local/Qwen2.5-0.5B"   # memosctl distill (default: activation_model)\n'
