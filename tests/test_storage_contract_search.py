@@ -135,6 +135,20 @@ def test_a_filter_passing_only_low_ranked_cubes_still_finds_them(engine, vault):
     assert set(texts(ranked(engine, ["fox"], limit=5))) == {"fox fox fox"}
 
 
+def test_one_of_with_only_low_ranked_cubes_readable_still_finds_them_scored_whole(engine, vault):
+    # As above, with the deciding words' two match expressions (SQLite): the best of each list are theirs, so the
+    # answer comes from cubes neither list reached, scored on every word.
+    put(vault, *[CubeDraft("theirs", "hound fox fox") for _ in range(150)])
+    put(vault, CubeDraft("mine", "a hound and a fox in a much longer text than theirs holds"),
+        CubeDraft("mine", "a hound alone, in a long text with many other words as well"))
+    words = ["fox", "hound"]
+    full = {row["text"]: score for row, score in ranked(engine, words, CubeFilter(namespace_prefix="mine"))}
+    for f in (CubeFilter(scope=(ScopeRule("mine", True),)), CubeFilter(namespace_prefix="mine")):
+        hits = ranked(engine, words, f, limit=5, one_of=["hound"])
+        assert [score for _, score in hits] == pytest.approx([full[t] for t in texts(hits)], rel=1e-9)
+        assert sorted(texts(hits)) == sorted(full) and texts(hits) == sorted(full, key=lambda t: -full[t])
+
+
 def test_a_query_in_the_engines_syntax_is_ranked_and_a_malformed_one_explained(engine, vault):
     put(vault, "the red fox", "a red hound", "a fox")
 

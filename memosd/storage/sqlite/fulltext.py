@@ -95,26 +95,34 @@ def _any(words: Sequence[str]) -> str:
 def _ranked(conn: sqlite3.Connection, matches: Sequence[str], f: CubeFilter, now: float,
             limit: int) -> list[tuple[dict, float]]:
     """The best `limit` cubes passing the filter among those the match expressions match (a cube matching several:
-    its least rank, its best score). Ranking (bm25 for every match) is the cost: when the caller narrowed the search (namespace,
-    tags, kinds, time), join first so that only cubes passing the filter are scored; otherwise rank inside FTS5
-    and join only the best candidates, which usually pass (live cubes, the caller's readable scope); if too few
-    do, join first after all."""
+    its least rank, its best score). Ranking (bm25 for every match) is the cost: when the caller narrowed the
+    search (namespace, tags, kinds, time), join first so that only cubes passing the filter are scored; otherwise
+    rank inside FTS5 and look up only each expression's best candidates, which usually pass (live cubes, the
+    caller's readable scope). That answer stands only where no unread match could outrank it: each expression's
+    list either held all its matches or ends at a rank no better than the last hit kept. Else join first after
+    all (as when too few candidates pass)."""
     where, params = filter_sql(f, now)
     keep = f"c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}"
     narrowed = bool(f.namespace_prefix or f.tags or f.kinds or f.created_after is not None
                     or f.created_before is not None)
     if not narrowed:
         depth = max(limit * 4, 64)
-        best = " UNION ALL ".join("SELECT * FROM (SELECT rowid, rank FROM cubes_fts WHERE cubes_fts MATCH ? AND"
-                                  " rank MATCH ? ORDER BY rank LIMIT ?)" for _ in matches)
-        sql = (f"SELECT {_CUBE_COLUMNS}, r.rank FROM (SELECT rowid, min(rank) AS rank FROM ({best}) GROUP BY rowid) r"
-               f" JOIN cubes c ON c.seq = r.rowid WHERE {keep} ORDER BY r.rank LIMIT ?")
-        rows = conn.execute(sql, [*(v for m in matches for v in (m, _RANK, depth)), *params, limit]).fetchall()
-        # Fewer than limit passed: the answer is whole if every match expression had fewer than depth matches.
-        if len(rows) >= limit or all(conn.execute(
-                "SELECT count(*) FROM (SELECT rowid FROM cubes_fts WHERE cubes_fts MATCH ? LIMIT ?)", (m, depth)
-        ).fetchone()[0] < depth for m in matches):
-            return [(row_dict(r[:-1]), -r[-1]) for r in rows]
+        lists = [conn.execute("SELECT rowid, rank FROM cubes_fts WHERE cubes_fts MATCH ? AND rank MATCH ?"
+                              " ORDER BY rank LIMIT ?", (m, _RANK, depth)).fetchall() for m in matches]
+        best: dict[int, float] = {}
+        for found in lists:
+            for seq, rank in found:
+                best[seq] = min(rank, best.get(seq, rank))
+        passing = {seq for (seq,) in conn.execute(
+            f"SELECT c.seq FROM cubes c WHERE c.seq IN (SELECT value FROM json_each(?)) AND {keep}",
+            [json.dumps(list(best)), *params])}
+        chosen = [seq for seq in sorted(best, key=lambda q: (best[q], q)) if seq in passing][:limit]
+        last = best[chosen[-1]] if len(chosen) == limit else None
+        if all(len(found) < depth or (last is not None and last <= found[-1][1]) for found in lists):
+            rows = {r["seq"]: r for r in map(row_dict, conn.execute(
+                f"SELECT {_CUBE_COLUMNS} FROM cubes c WHERE c.seq IN (SELECT value FROM json_each(?))",
+                [json.dumps(chosen)]))}
+            return [(rows[seq], -best[seq]) for seq in chosen if seq in rows]
     # Each in a subquery of its own (LIMIT -1: never flattened, bm25() needs its FTS5 cursor).
     each = (f"SELECT * FROM (SELECT {_CUBE_COLUMNS}, bm25(cubes_fts, {', '.join(map(str, FIELD_WEIGHTS))}) AS rank"
             f" FROM cubes_fts JOIN cubes c ON c.seq = cubes_fts.rowid WHERE cubes_fts MATCH ? AND {keep} LIMIT -1)")
