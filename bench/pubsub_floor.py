@@ -104,7 +104,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--parts", action="store_true",
-                    help="also time the bare parts under it (bench/floor_parts.py: SQLite's statements, a log's fsync)")
+                    help="also time the bare parts under it (bench/floor_parts.py: grpc.aio, a framed Unix socket, SQLite's"
+                         " statements, a log's fdatasync)")
     args = ap.parse_args()
     from bench import floor_parts
     from memos_client import MemosClient
