@@ -6,6 +6,7 @@ import pytest
 
 from memosd.cube import CubeDraft, CubeFilter
 from memosd.vault import MemVault
+from memosd.vault import fulltext
 from memosd.vault.fulltext import FullText
 
 
@@ -103,3 +104,16 @@ def test_the_scope_sizes_follow_every_write(tmp_path):
         assert kept == counted and sum(r[4] for r in kept) == 5, (kept, counted)
     finally:
         asyncio.run(v.close())
+
+
+def test_for_a_top_the_rare_words_matches_are_not_topped_up(vault, monkeypatch):
+    # Hybrid search's lexical side (top below limit): only the fused top must be BM25's, so the common words'
+    # second search runs only when the rare words match fewer cubes than that top.
+    monkeypatch.setattr(fulltext, "MIN_BUDGET", 0)  # "zebra" alone decides (its cube), "weather" is common
+    def lexical(query, limit, top):
+        found = asyncio.run(vault.fulltext.search(vault.db, query, False, CubeFilter(), vault.clock(), limit, top=top))
+        return [row["text"] for row, _ in found]
+
+    assert lexical("zebra weather", 5, 1) == ["zebra weather glacier"]
+    assert lexical("zebra weather", 5, 2)[0] == "zebra weather glacier" and len(lexical("zebra weather", 5, 2)) == 5
+    assert lexical("zebra weather", 5, 5) == search(vault, "zebra weather", limit=5)

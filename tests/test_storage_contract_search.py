@@ -149,6 +149,28 @@ def test_one_of_with_only_low_ranked_cubes_readable_still_finds_them_scored_whol
         assert sorted(texts(hits)) == sorted(full) and texts(hits) == sorted(full, key=lambda t: -full[t])
 
 
+@pytest.mark.parametrize("walk", ["every match scored", "bounded walk"])
+def test_ranked_for_a_top_returns_that_top_exactly_and_further_candidates_scored_exactly(engine, vault,
+                                                                                          monkeypatch, walk):
+    # Hybrid search asks BM25 for 50 candidates of which only its fused top 10 must be BM25's own: the cut-off
+    # (SQLite's candidate lists, PostgreSQL's walk) is sized for the top, and the rest are real matches with
+    # their real scores, best first. 200 matches: more than SQLite's lists hold, so the sizing takes effect.
+    if walk == "bounded walk":
+        monkeypatch.setattr(engine.sql.fulltext, "WALK_FROM", 0, raising=False)
+        monkeypatch.setattr(engine.sql.fulltext, "LARGE_VAULT", 0, raising=False)
+    fillers = ["owl", "elk", "yak", "emu", "gnu", "ram"]
+    put(vault, *[" ".join(["fox"] * (1 + i % 3) + ["hound"] * (i % 5 == 0) + fillers[:i % 7]) for i in range(200)])
+    words = ["fox", "hound"]
+    exact = {row["seq"]: score for row, score in ranked(engine, words, limit=500)}
+    for one_of in ((), ["hound"]):
+        alone = ranked(engine, words, limit=5, one_of=one_of)
+        wider = ranked(engine, words, limit=40, one_of=one_of, top=5)
+        assert [(row["seq"], score) for row, score in wider[:5]] == [(row["seq"], score) for row, score in alone]
+        assert len(wider) == 40  # 200 cubes hold fox, 40 of them hound too
+        assert [score for _, score in wider] == pytest.approx([exact[row["seq"]] for row, _ in wider], rel=1e-9)
+        assert [score for _, score in wider] == sorted((score for _, score in wider), reverse=True)
+
+
 def test_a_query_in_the_engines_syntax_is_ranked_and_a_malformed_one_explained(engine, vault):
     put(vault, "the red fox", "a red hound", "a fox")
 

@@ -45,13 +45,17 @@ class FullText:
         self._docs: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
-    async def search(self, db, query: str, fts_syntax: bool, f: CubeFilter, now: float,
-                     limit: int) -> list[tuple[dict, float]]:
-        """Rows and BM25 scores (higher is better) of the best `limit` matches, in one read of the database."""
-        return await db.read(lambda conn: self._search(db.sql.fulltext, conn, query, fts_syntax, f, now, limit))
+    async def search(self, db, query: str, fts_syntax: bool, f: CubeFilter, now: float, limit: int,
+                     top: int | None = None) -> list[tuple[dict, float]]:
+        """Rows and BM25 scores (higher is better) of the best `limit` matches, in one read of the database. With
+        top (below limit: hybrid search's lexical side), the best `top` are a BM25 search's for `top` and the rest
+        further candidates: on a large vault, the next best of the cubes the cut-off reached, fewer than limit
+        when the rarest words match fewer (see the engines' ranked())."""
+        return await db.read(lambda conn: self._search(db.sql.fulltext, conn, query, fts_syntax, f, now, limit,
+                                                       min(limit, top or limit)))
 
     def _search(self, fulltext, conn: Conn, query: str, fts_syntax: bool, f: CubeFilter, now: float,
-                limit: int) -> list[tuple[dict, float]]:
+                limit: int, top: int) -> list[tuple[dict, float]]:
         # A caller who may not read everything is ranked with the statistics of what it may read: from the
         # whole vault's, its scores, its order and which of its words decide would tell how common each word
         # is in cubes it may not read.
@@ -65,7 +69,7 @@ class FullText:
         stats = fulltext.scope_stats(conn, terms, f) if scoped else None
         size = stats.docs if stats else fulltext.size(conn)
         if size < self.large_vault or len(terms) == 1:
-            return fulltext.ranked(conn, terms, f, now, limit, stats=stats)
+            return fulltext.ranked(conn, terms, f, now, limit, stats=stats, top=top)
         # The rarest words decide what matches, as long as the cubes they match stay within a budget;
         # the others (common in this vault) only add to those cubes' scores.
         counts = stats.counts if stats else self._doc_counts(fulltext, conn, terms, size)
@@ -77,11 +81,11 @@ class FullText:
             rare.append(t)
             used += counts[t]
         if len(rare) == len(terms):
-            return fulltext.ranked(conn, terms, f, now, limit, stats=stats)
-        hits = fulltext.ranked(conn, terms, f, now, limit, one_of=rare, stats=stats)
-        if len(hits) < limit:
+            return fulltext.ranked(conn, terms, f, now, limit, stats=stats, top=top)
+        hits = fulltext.ranked(conn, terms, f, now, limit, one_of=rare, stats=stats, top=top)
+        if len(hits) < top:
             seen = {row["seq"] for row, _ in hits}
-            more = fulltext.ranked(conn, terms, f, now, limit + len(hits), stats=stats)
+            more = fulltext.ranked(conn, terms, f, now, limit + len(hits), stats=stats, top=top + len(hits))
             hits += [(row, score) for row, score in more if row["seq"] not in seen][: limit - len(hits)]
         return hits
 

@@ -275,7 +275,8 @@ class MemVault:
         # BM25 (on a reader thread) and dense (the encoder, then the index) run side by side.
         rankings = {}
         if lexical and mode is not SearchMode.DENSE:
-            rankings["lexical"] = self.fulltext.search(self.db, query, fts_syntax, f, now, depth)
+            # Fused, only the best `limit` must be BM25's own; the rest are candidates (FullText.search's top).
+            rankings["lexical"] = self.fulltext.search(self.db, query, fts_syntax, f, now, depth, top=limit)
         if mode is not SearchMode.BM25:
             assert self.dense is not None  # refused above: every mode but BM25 needs it
             rankings["semantic"] = self.dense.search(query, f, now, depth)

@@ -37,8 +37,9 @@ _CUBE_COLUMNS = ", ".join(f"c.{c.strip()}" for c in COLUMNS.split(","))
 # _QUERY_LEXEMES keeps the query's lexemes of a cube's tsvector with their weights, in C (deleting all the others,
 # which the setweight/ts_filter pair names): about half the cost of unnesting the whole vector to pick them.
 _W_TEXT, _W_CONTEXT, _W_META = map(float, FIELD_WEIGHTS)
-_WEIGHTED_TF = (f"{_W_TEXT} * cardinality(u.positions) - {_W_TEXT - _W_CONTEXT} * cardinality(array_positions(u.weights,"
-                f" 'B')) - {_W_TEXT - _W_META} * cardinality(array_positions(u.weights, 'C'))")
+_WEIGHTED_TF = (f"{_W_TEXT}::float8 * cardinality(u.positions)"
+                f" - {_W_TEXT - _W_CONTEXT}::float8 * cardinality(array_positions(u.weights, 'B'))"
+                f" - {_W_TEXT - _W_META}::float8 * cardinality(array_positions(u.weights, 'C'))")
 _QUERY_LEXEMES = ("ts_delete(m.text_tsv, tsvector_to_array(ts_filter(setweight(m.text_tsv, 'A', %s::text[]),"
                   " '{b,c,d}')))")
 
@@ -49,8 +50,10 @@ def _score_sql(terms: Sequence[str], idf: Sequence[float], avgdl: float) -> str:
     lexeme tells which field (0.2 us; the text's lexemes carry D, the context's B, the metadata's C), rather than
     unnesting the cube's vector (about 9 us a cube). A cube repeating a query term (text_repeats holds the
     lexemes a cube has more than once) is scored from its vector, each occurrence weighed by its field."""
+    # In float8 throughout: with numeric constants and an integer length, PostgreSQL computes in numeric, about
+    # a sixth of a search's time at 100k cubes.
     def bm25(i: int, tf: float | str) -> str:
-        return f"{idf[i]!r} * ({tf} * {K1 + 1}) / ({tf} + {K1} * (1 - {B} + {B} * m.text_len / {avgdl!r}))"
+        return f"{idf[i]!r} * ({tf} * {K1 + 1}) / ({tf} + {K1} * (1 - {B} + {B} * m.text_len::float8 / {avgdl!r}))"
 
     once = " + ".join(
         f"CASE WHEN m.text_tsv @@ {_literal(_quoted(t) + ':D')}::tsquery THEN {bm25(i, _W_TEXT)}"
@@ -60,7 +63,7 @@ def _score_sql(terms: Sequence[str], idf: Sequence[float], avgdl: float) -> str:
     idfs = "ARRAY[" + ", ".join(map(repr, idf)) + "]::float8[]"
     term_list = "ARRAY[" + ", ".join(_literal(t) for t in terms) + "]::text[]"
     repeated = (f"(SELECT sum(({idfs})[array_position({term_list}, t.lexeme)] * (t.tf * {K1 + 1})"
-                f" / (t.tf + {K1} * (1 - {B} + {B} * m.text_len / {avgdl!r})))"
+                f" / (t.tf + {K1} * (1 - {B} + {B} * m.text_len::float8 / {avgdl!r})))"
                 f" FROM (SELECT u.lexeme, {_WEIGHTED_TF} AS tf FROM unnest({_QUERY_LEXEMES}) u) t)")
     any_term = _literal(" | ".join(map(_quoted, terms)))
     return f"(CASE WHEN m.text_repeats @@ {any_term}::tsquery THEN {repeated} ELSE {once} END)"
@@ -138,11 +141,14 @@ _scoped_counts = ScopeCounts()
 
 
 def ranked(conn: psycopg.Connection, words: Sequence[str], f: CubeFilter, now: float, limit: int, *,
-           one_of: Sequence[str] = (), stats: ScopeStats | None = None) -> list[tuple[dict, float]]:
+           one_of: Sequence[str] = (), stats: ScopeStats | None = None,
+           top: int | None = None) -> list[tuple[dict, float]]:
     """The best `limit` plaintext cubes passing the filter whose text holds any of the words (and, if one_of is
     given, one of those too), ranked by BM25 over all the words: (row as a dict of rows.COLUMNS, score), higher
     scores first. With stats (scope_stats() of the words), BM25 is scored with the statistics of the caller's
-    readable cubes; without, with the whole vault's (for a caller who may read everything)."""
+    readable cubes; without, with the whole vault's (for a caller who may read everything). With top (below
+    limit), only the best `top` need be those a search for `top` finds: a common word's walk is sized for them,
+    and the rest are the next best of the cubes it reached (hybrid search's further candidates for fusion)."""
     found = _lexemes(conn, [*words, *one_of])
     per_word, per_one_of = found[:len(words)], found[len(words):]
     match = _any(per_word)
@@ -158,7 +164,8 @@ def ranked(conn: psycopg.Connection, words: Sequence[str], f: CubeFilter, now: f
     groups = [g for g in per_word if g]
     # Exact: one word of one lexeme, which every match then holds (and its repeats match without a recheck).
     walk = _Walk(deciding=[g for g in (per_one_of if one_of else per_word) if g], every=_all_groups(groups),
-                 exact=not one_of and len(groups) == 1 and len(groups[0]) == 1, groups=groups)  # groups: _split
+                 exact=not one_of and len(groups) == 1 and len(groups[0]) == 1, groups=groups,  # groups: _split
+                 top=min(limit, top or limit))
     return _ranked(conn, "%s::tsquery", [match], terms, f, now, limit, walk=walk, stats=stats)
 
 
@@ -227,13 +234,15 @@ def _any(per_word: Sequence[Sequence[str]]) -> str:
 class _Walk:
     """How ranked() may bound a common word's candidates (see _walked): the word groups that decide the matches,
     the tsquery all groups together match, whether every match holds all the terms (one word of one lexeme), and
-    the deciding groups rare enough that every match of theirs is a candidate (_ranked picks them)."""
+    the deciding groups rare enough that every match of theirs is a candidate (_ranked picks them), and how many
+    best hits it is sized for."""
 
     deciding: list[list[str]]
     every: str
     exact: bool
     whole: list[list[str]] = field(default_factory=list)
     groups: list[list[str]] = field(default_factory=list)  # every word's lexemes
+    top: int = 0  # how many best hits the walk is sized for (ranked's top)
 
 
 def _all_groups(groups: Sequence[Sequence[str]]) -> str:
@@ -408,9 +417,9 @@ def _ranked(conn: psycopg.Connection, match_sql: str, match_params: list, terms:
         every = n * share * math.prod(held.values())
         pairs = n * share * min(1.0, sum(held[tuple(d)] * held[tuple(g)] for d in walk.deciding
                                          for g in [g for g in walk.groups if g != d][:PAIRED]))
-        fetch = {part: _fetches(_depth(walk, limit, part), int(vault), estimate, WALK_BIAS[part])
+        fetch = {part: _fetches(_depth(walk, walk.top, part), int(vault), estimate, WALK_BIAS[part])
                  for part, estimate in (("any", matches), ("every", every), ("pairs", pairs))}
-        candidates = _walked(walk, match_sql, where, limit, fetch=fetch)
+        candidates = _walked(walk, match_sql, where, walk.top, fetch=fetch)
         chosen = f"c.seq IN ({candidates})"
         # The parts' parameters in order: the repeats by tf and from TOP_TF on (each: the filter, then the match
         # unless exact), the shortest matches (the match, then the filter), those holding every word (the filter).

@@ -42,15 +42,18 @@ def doc_counts(conn: sqlite3.Connection, words: Sequence[str]) -> dict[str, int]
 
 
 def ranked(conn: sqlite3.Connection, words: Sequence[str], f: CubeFilter, now: float, limit: int, *,
-           one_of: Sequence[str] = (), stats: ScopeStats | None = None) -> list[tuple[dict, float]]:
+           one_of: Sequence[str] = (), stats: ScopeStats | None = None,
+           top: int | None = None) -> list[tuple[dict, float]]:
     """The best `limit` plaintext cubes passing the filter whose text holds any of the words (and, if one_of, some
     of the words, is given, one of those), ranked by BM25 over all the words, each once (_matches): (row as a dict
     of rows.COLUMNS, score), higher scores first. With stats (scope_stats() of the words), BM25 is scored with the
     statistics of the caller's readable cubes; without, with the whole vault's (FTS5's bm25(), for a caller who
-    may read everything)."""
+    may read everything). With top (below limit), only the best `top` need be those a search for `top` finds:
+    the candidate lists are sized for them, and the rest are the next best of those lists (hybrid search's
+    further candidates for fusion)."""
     if stats is not None:  # scored here, each word once: the match only says which cubes
         return _scoped(conn, _any(one_of or words), words, f, now, limit, stats)
-    return _ranked(conn, _matches(words, one_of), f, now, limit)
+    return _ranked(conn, _matches(words, one_of), f, now, limit, top)
 
 
 def _matches(words: Sequence[str], one_of: Sequence[str]) -> list[str]:
@@ -93,21 +96,23 @@ def _any(words: Sequence[str]) -> str:
     return " OR ".join(map(_quoted, words))
 
 
-def _ranked(conn: sqlite3.Connection, matches: Sequence[str], f: CubeFilter, now: float,
-            limit: int) -> list[tuple[dict, float]]:
+def _ranked(conn: sqlite3.Connection, matches: Sequence[str], f: CubeFilter, now: float, limit: int,
+            top: int | None = None) -> list[tuple[dict, float]]:
     """The best `limit` cubes passing the filter among those the match expressions match (a cube matching several:
     its least rank, its best score). Ranking (bm25 for every match) is the cost: when the caller narrowed the
     search (namespace, tags, kinds, time), join first so that only cubes passing the filter are scored; otherwise
     rank inside FTS5 and look up only each expression's best candidates, which usually pass (live cubes, the
     caller's readable scope). That answer stands only where no unread match could outrank it: each expression's
     list either held all its matches or ends at a rank no better than the last hit kept. Else join first after
-    all (as when too few candidates pass)."""
+    all (as when too few candidates pass). With top, the lists are sized for the best `top` and the answer stands
+    on them alone (see ranked)."""
     where, params = filter_sql(f, now)
     keep = f"c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}"
     narrowed = bool(f.namespace_prefix or f.tags or f.kinds or f.created_after is not None
                     or f.created_before is not None)
     if not narrowed:
-        depth = max(limit * 4, 64)
+        top = min(limit, top or limit)
+        depth = max(top * 4, 64)
         lists = [conn.execute("SELECT rowid, rank FROM cubes_fts WHERE cubes_fts MATCH ? AND rank MATCH ?"
                               " ORDER BY rank LIMIT ?", (m, _RANK, depth)).fetchall() for m in matches]
         best: dict[int, float] = {}
@@ -118,7 +123,7 @@ def _ranked(conn: sqlite3.Connection, matches: Sequence[str], f: CubeFilter, now
             f"SELECT c.seq FROM cubes c WHERE c.seq IN (SELECT value FROM json_each(?)) AND {keep}",
             [json.dumps(list(best)), *params])}
         chosen = [seq for seq in sorted(best, key=lambda q: (best[q], q)) if seq in passing][:limit]
-        last = best[chosen[-1]] if len(chosen) == limit else None
+        last = best[chosen[top - 1]] if len(chosen) >= top else None
         if all(len(found) < depth or (last is not None and last <= found[-1][1]) for found in lists):
             rows = {r["seq"]: r for r in map(row_dict, conn.execute(
                 f"SELECT {_CUBE_COLUMNS} FROM cubes c WHERE c.seq IN (SELECT value FROM json_each(?))",
