@@ -149,6 +149,23 @@ def test_one_of_with_only_low_ranked_cubes_readable_still_finds_them_scored_whol
         assert sorted(texts(hits)) == sorted(full) and texts(hits) == sorted(full, key=lambda t: -full[t])
 
 
+def test_a_namespace_filters_best_are_the_whole_rankings_best_of_that_namespace(engine, vault):
+    # SQLite ranks a namespace holding a large share of the vault from the whole vault's best (lists deepened by
+    # the share), and joins first when those lists cannot hold the answer: here "long" holds 300 of 401 matches but
+    # none of the best 101, so for its best 10 its lists hold none of it, for its best 40 enough; "short" (a
+    # quarter) is all in its lists.
+    fillers = "owl elk yak emu gnu ram cod eel".split()
+    put(vault, *[CubeDraft("long", " ".join(["fox"] + fillers[:3 + i % 6])) for i in range(300)])
+    put(vault, *[CubeDraft("short", "fox" + " hound" * (i % 3 == 0) + " owl" * (i % 2)) for i in range(100)])
+    put(vault, CubeDraft("shorter", "fox hound"))  # a namespace whose name "short" is a prefix of, not under it
+    every = ranked(engine, ["fox", "hound"], limit=1000)
+    for namespace, limit in (("long", 10), ("long", 40), ("short", 10), ("short", 150)):
+        hits = ranked(engine, ["fox", "hound"], CubeFilter(namespace_prefix=namespace), limit=limit)
+        expected = [(row["seq"], score) for row, score in every if row["namespace"] == namespace][:limit]
+        assert [row["seq"] for row, _ in hits] == [seq for seq, _ in expected]
+        assert [score for _, score in hits] == pytest.approx([score for _, score in expected], rel=1e-9)
+
+
 @pytest.mark.parametrize("walk", ["every match scored", "bounded walk"])
 def test_ranked_for_a_top_returns_that_top_exactly_and_further_candidates_scored_exactly(engine, vault,
                                                                                           monkeypatch, walk):

@@ -26,6 +26,11 @@ def filter_sql(f: CubeFilter, now: float, alias: str = "c") -> tuple[str, list]:
     return _shared.filter_sql(f, now, alias, DIALECT)
 
 
+def sized_sql(f: CubeFilter, alias: str) -> tuple[str, list]:
+    """The filter's read scope, viewer and namespace prefix as conditions over search_sizes AS alias."""
+    return _shared.sized_sql(f, alias, DIALECT)
+
+
 def readable_sql(f: CubeFilter, alias: str = "c") -> tuple[str, list]:
     """The filter's read scope and viewer alone as conditions over cubes AS alias (see the shared readable_sql)."""
     return _shared.readable_sql(f, alias, DIALECT)
