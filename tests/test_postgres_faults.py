@@ -98,5 +98,13 @@ def test_a_failing_write_commits_nothing_and_a_read_may_not_write(postgres_url):
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             _run(db.read(lambda conn: db.sql.governance.insert_agent(conn, "bob", b"k" * 32, (), False, 1.0)))
         assert _run(db.read(lambda conn: conn.execute("SHOW synchronous_commit").fetchone())) == ("on",)
+        # A read is one read-only snapshot, a write the server's default, on whichever pooled connection served
+        # the other before.
+        mode = "SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only')"
+        for _ in range(4):
+            assert _run(db.read(lambda conn: conn.execute(mode).fetchone())) == ("repeatable read", "on")
+            assert _run(db.write(lambda conn: conn.execute(mode).fetchone())) == ("read committed", "off")
+        with db.snapshot() as conn:
+            assert conn.execute(mode).fetchone() == ("repeatable read", "on")
     finally:
         db.close()

@@ -226,6 +226,29 @@ def test_remembered_word_counts_are_recounted_once_the_vault_changed_by_a_tenth(
     assert all(s <= idf * 2.2 / (1 + 1.2 * 0.25) + 1e-9 for s in scores())  # the new count, not the remembered one
 
 
+def test_common_words_counts_come_from_the_tables_sample_while_it_holds_about_the_rows_it_was_taken_from(db):
+    # ANALYZE's sample stands in for counting common words row by row; read once per sample, and not trusted
+    # once the table grew by over a quarter since it was taken (until the next ANALYZE).
+    _run(db.write(lambda conn: conn.execute("ALTER TABLE cubes SET (autovacuum_enabled = false)")))
+    _insert_all(db, [("glacier " if i % 4 == 0 else "") + ("river " if i % 2 else "") + f"filler{i}"
+                     for i in range(400)], namespace="a")
+    fulltext = db.sql.fulltext
+
+    def sampled(conn, words=("glacier", "river", "nowhere")):
+        return fulltext._sampled_counts(conn, fulltext._database(conn), list(words))
+
+    _run(db.write(lambda conn: conn.execute("ANALYZE cubes")))
+    counts = _run(db.read(sampled))
+    assert set(counts) == {"glacier", "river"}  # a word the sample lacks is counted, not guessed
+    assert counts["glacier"] == pytest.approx(100, rel=0.1) and counts["river"] == pytest.approx(200, rel=0.1)
+    assert _run(db.read(lambda conn: sampled(conn, ["river"]))) == {"river": counts["river"]}  # remembered
+    _insert_all(db, [f"glacier river {i}" for i in range(200)], namespace="b")  # 600 rows: the sample's 400 too few
+    assert _run(db.read(sampled)) == {}
+    _run(db.write(lambda conn: conn.execute("ANALYZE cubes")))
+    again = _run(db.read(sampled))
+    assert again["glacier"] == pytest.approx(300, rel=0.1) and again["river"] == pytest.approx(400, rel=0.1)
+
+
 def _repeats(conn):
     return sorted(conn.execute("SELECT term, seq, tf, dl FROM cube_repeats").fetchall())
 

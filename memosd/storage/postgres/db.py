@@ -24,8 +24,10 @@ from memosd.storage.urls import redact, redact_text
 
 T = TypeVar("T")
 log = logging.getLogger("memosd.vault")
-# A read is one snapshot, as SQLite's read transaction is; it may not write.
-_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+# A read is one snapshot, as SQLite's read transaction is; it may not write. Asked for in the BEGIN psycopg sends
+# (the connection's isolation_level and read_only), not in a statement after it: a round trip less per read.
+_SNAPSHOT = {"isolation_level": psycopg.IsolationLevel.REPEATABLE_READ, "read_only": True}
+_DEFAULT = {"isolation_level": None, "read_only": None}
 # Serialization failures and deadlocks are PostgreSQL telling one of two concurrent writers to try again; a job
 # is a function of its connection alone, so running it again from the start is what the caller would do.
 _RETRIES = 5
@@ -35,6 +37,13 @@ _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 _IDLE_CHECK = 5.0
 # pg_advisory_lock(class, hashtext(name)) of Database.exclusive: "excl", apart from events' per-topic class.
 _EXCLUSIVE_CLASS = 0x6578636C
+
+
+def _begin(conn: psycopg.Connection, mode: dict) -> None:
+    """Set how the connection's next transaction begins (no round trip: psycopg sends it with its BEGIN)."""
+    for name, value in mode.items():
+        if getattr(conn, name) != value:
+            setattr(conn, name, value)
 
 
 class Database:
@@ -124,7 +133,7 @@ class Database:
         """A pooled connection in one read-only snapshot, for a long read on the caller's thread (an export)."""
         try:
             with self._pool.connection() as conn:
-                conn.execute(_SNAPSHOT)
+                _begin(conn, _SNAPSHOT)
                 yield conn
                 conn.commit()
         except psycopg.Error as exc:
@@ -183,8 +192,7 @@ class Database:
                 checked_out = False
                 with self._pool.connection() as conn:
                     checked_out = True  # what fails from here is this connection's
-                    if read:
-                        conn.execute(_SNAPSHOT)
+                    _begin(conn, _SNAPSHOT if read else _DEFAULT)
                     result = job(conn)
                     conn.commit()
                     return result

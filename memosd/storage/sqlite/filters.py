@@ -26,7 +26,7 @@ def filter_sql(f: CubeFilter, now: float, alias: str = "c") -> tuple[str, list]:
     return _shared.filter_sql(f, now, alias, DIALECT)
 
 
-def sized_sql(f: CubeFilter, alias: str) -> tuple[str, list]:
+def sized_sql(f: CubeFilter, alias: str = "s") -> tuple[str, list]:
     """The filter's read scope, viewer and namespace prefix as conditions over search_sizes AS alias."""
     return _shared.sized_sql(f, alias, DIALECT)
 
