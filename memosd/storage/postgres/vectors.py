@@ -23,9 +23,11 @@ _WITHOUT_VECTOR = (f" FROM cubes c WHERE {_PLAINTEXT} AND c.text IS NOT NULL"
                    f" AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE {_CURRENT})")
 _NOW = "extract(epoch FROM clock_timestamp())"
 # Cubes a caller's filter admits in a dense search: the HNSW index's own order, scanned on past the rows the
-# filter drops (pgvector's iterative scans) until `limit` pass.
+# filter drops (pgvector's iterative scans) until `limit` pass. Set with the index's lookup in one round trip
+# (set_config(..., true) is SET LOCAL).
 _CUBE_COLUMNS = ", ".join(f"c.{c.strip()}" for c in rows.COLUMNS.split(","))
-_ITERATIVE = "SET LOCAL hnsw.iterative_scan = relaxed_order"
+_PREPARE = ("SELECT to_regclass(%s), set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+            " set_config('hnsw.ef_search', %s, true)")
 
 
 def load(conn: psycopg.Connection, model: str, dim: int) -> tuple[list[int], list[np.ndarray]]:
@@ -124,11 +126,13 @@ def nearest(conn: psycopg.Connection, model: str, vector: np.ndarray, f: CubeFil
     vectors it loaded and embedded itself)."""
     values = np.asarray(vector, dtype=np.float32)
     dim = len(values)
-    if limit <= 0 or _scalar(conn.execute("SELECT to_regclass(%s)", (schema.vector_index_name(model, dim),))) is None:
+    if limit <= 0:
+        return []
+    index = conn.execute(_PREPARE, (schema.vector_index_name(model, dim), str(max(40, min(1000, 2 * int(limit)))))
+                         ).fetchone()
+    if index is None or index[0] is None:
         return []  # nothing was stored for this model at this width
     where, params = filter_sql(f, now)
-    conn.execute(_ITERATIVE)
-    conn.execute(f"SET LOCAL hnsw.ef_search = {max(40, min(1000, 2 * int(limit)))}")
     literal = "[" + ",".join(map(repr, values.tolist())) + "]"
     found = conn.execute(
         f"SELECT {_CUBE_COLUMNS}, 1 - (e.vector::vector({dim}) <=> %s::vector({dim})) FROM embeddings e"
