@@ -65,6 +65,12 @@ def test_ranked_hits_hold_any_word_best_first_as_cube_rows(engine, vault):
     assert ranked(engine, ["zebra"]) == []
 
 
+def test_a_limit_of_zero_ranks_nothing_under_any_filter(engine, vault):
+    put(vault, "fox one", "fox two")
+    for f in (CubeFilter(), CubeFilter(namespace_prefix="a"), CubeFilter(tags=("t",))):
+        assert ranked(engine, ["fox"], f, limit=0) == [] and ranked(engine, ["fox"], f, limit=0, top=0) == []
+
+
 def test_ranked_hits_stop_at_the_limit_keeping_the_best(engine, vault):
     put(vault, *[f"fox {'filler ' * i}" for i in range(10)])
     best = ranked(engine, ["fox"], limit=3)

@@ -106,6 +106,8 @@ def _ranked(conn: sqlite3.Connection, matches: Sequence[str], f: CubeFilter, now
     unread match could outrank it: each expression's list either held all its matches or ends at a rank no
     better than the last hit kept. Else join first after all (as when too few candidates pass). With top, the
     lists are sized for the best `top` and the answer stands on them alone (see ranked)."""
+    if limit <= 0:
+        return []
     where, params = filter_sql(f, now)
     keep = f"c.kind = {int(MemoryKind.PLAINTEXT)} AND {where}"
     narrowed = bool(f.tags or f.kinds or f.created_after is not None or f.created_before is not None)
