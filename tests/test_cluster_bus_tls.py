@@ -55,7 +55,11 @@ def test_a_tls_bus_reaches_a_tls_server_through_the_configured_ca(servers):
             assert a.connected and b.connected, (a.describe(), b.describe())
             assert a._nc._transport._io_writer.get_extra_info("ssl_object") is not None  # TLS on the wire
             a.notify("topic", {"seq": 1})
-            await until(lambda: _true(heard == [{"seq": 1}]), "the notice never crossed the TLS bus")
+            try:
+                await until(lambda: _true(heard == [{"seq": 1}]), "the notice never crossed the TLS bus")
+            except AssertionError as exc:  # seen once under load (session 15): say where the notice stopped
+                raise AssertionError(f"{exc}; a sent {a.sent}, b received {b.received}, heard {heard};"
+                                     f" a: {a.describe()}; b: {b.describe()}") from None
         finally:
             await a.close()
             await b.close()
