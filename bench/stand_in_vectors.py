@@ -22,8 +22,6 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 
 
-
-
 class Remembered:
     """Vectors by text, made once and remembered (the bench writes the same corpus into each engine's vault, and
     ranks it exactly against the same vectors to measure what the daemon's index found)."""
